@@ -1,0 +1,1 @@
+"""The chat data plane: IRC edges, the clue ingestion service, the exchange."""

@@ -1,0 +1,28 @@
+"""Finding the external programs chatops drives, with the install command when one is missing."""
+
+from __future__ import annotations
+
+import shutil
+
+# Debian package that provides each program.
+PACKAGES = {
+    "haproxy": "haproxy",
+    "redis-server": "redis-server",
+    "redis-cli": "redis-tools",
+}
+
+
+class MissingBinary(Exception):
+    def __init__(self, name: str):
+        pkg = PACKAGES.get(name, name)
+        super().__init__(
+            f"{name} is not installed (or not on PATH). Install it with: "
+            f"sudo apt-get install -y {pkg}   (or run `make run`, which installs it)")
+        self.name = name
+
+
+def require(name: str) -> str:
+    path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/bin:/sbin:/bin")
+    if not path:
+        raise MissingBinary(name)
+    return path

@@ -1,0 +1,329 @@
+"""The `chatops` command."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from chat import logs
+from controlplane import audit, binaries, clusterfile, haproxy_config, processes
+from controlplane.remediation import proxy_reload
+from controlplane.rundir import RunDir, RunDirError
+from controlplane.supervisor import (AlreadyRunning, StartError, Supervisor, pid_alive, read_state,
+                                     supervisor_pid)
+
+EXIT_NOT_RUNNING = 3  # as `systemctl status` and LSB init scripts use it
+
+
+def _fail(message: str, code: int = 1) -> None:
+    click.echo(f"chatops: {message}", err=True)
+    sys.exit(code)
+
+
+def _run_dir(path: str | None) -> RunDir:
+    return RunDir.resolve(path)
+
+
+def _load(path: str | None, run: RunDir | None = None) -> clusterfile.LoadedCluster:
+    """The given cluster file; else the one the running cluster was started from; else the default."""
+    if not path and run is not None:
+        state = read_state(run)
+        if state and state.get("config") and Path(state["config"]).exists():
+            path = state["config"]
+    try:
+        return clusterfile.load(path)
+    except clusterfile.ClusterFileError as exc:
+        _fail(str(exc), 2)
+
+
+config_option = click.option("--config", "config", metavar="FILE", envvar="CHATOPS_CONFIG",
+                             help="Cluster file (default: the shipped local cluster).")
+run_dir_option = click.option("--run-dir", metavar="DIR",
+                              help="Runtime files: pids, sockets, logs, configs [env CHATOPS_RUN_DIR; default .run].")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """chatops: observe, explain and fix a chat cluster."""
+
+
+# -- config --
+
+@main.group()
+def config() -> None:
+    """Cluster-file commands."""
+
+
+@config.command("check")
+@click.argument("file", required=False)
+def config_check(file: str | None) -> None:
+    """Validate a cluster file (the shipped default when FILE is omitted)."""
+    loaded = _load(file)
+    cf = loaded.spec
+    click.echo(f"{loaded.path}: OK ({len(cf.hosts)} hosts, {len(cf.clusters)} clusters, "
+               f"{len(cf.redis.shards)} shards, profile {cf.profile})")
+
+
+# -- proxy --
+
+@main.group()
+def proxy() -> None:
+    """HAProxy configs: render, check, reload."""
+
+
+@proxy.command("render")
+@config_option
+@run_dir_option
+@click.option("--host", "hosts", multiple=True, help="Only this chat host (repeatable).")
+@click.option("--check", is_flag=True, help="Run `haproxy -c` on every rendered config.")
+@click.option("--output", type=click.Path(file_okay=False), help="Write <host>.cfg files here instead of printing.")
+def proxy_render(config: str | None, run_dir: str | None, hosts: tuple[str, ...], check: bool,
+                 output: str | None) -> None:
+    """Render each chat host's HAProxy config from the cluster file."""
+    run = _run_dir(run_dir)
+    cf = _load(config, run).spec
+    chat_hosts = [h for h, _ in cf.chat_hosts()]
+    for h in hosts:
+        if h not in chat_hosts:
+            _fail(f"not a chat host: {h} (chat hosts: {', '.join(chat_hosts)})", 2)
+    failed = []
+    try:
+        for host in hosts or chat_hosts:
+            text = haproxy_config.render(cf, host, run)
+            if output:
+                haproxy_config.write_atomic(Path(output) / f"{host}.cfg", text)
+            elif not check:
+                click.echo(text)
+            if check:
+                result = haproxy_config.check(text)
+                click.echo(f"{host}: haproxy -c {'OK' if result.ok else 'FAILED'}")
+                for line in result.output.splitlines():
+                    click.echo(f"    {line}")
+                if not result.ok:
+                    failed.append(host)
+    except (RunDirError, binaries.MissingBinary, haproxy_config.RenderError) as exc:
+        _fail(str(exc))
+    if failed:
+        _fail(f"invalid config for: {', '.join(failed)}")
+
+
+@proxy.command("reload")
+@config_option
+@run_dir_option
+@click.option("--host", "hosts", multiple=True, help="Only this chat host (repeatable; default: all).")
+@click.option("--yes", "-y", is_flag=True, help="Apply without asking.")
+@click.option("--dry-run", is_flag=True, help="Show the plan and stop.")
+def proxy_reload_cmd(config: str | None, run_dir: str | None, hosts: tuple[str, ...], yes: bool,
+                     dry_run: bool) -> None:
+    """Render, validate and diff the configs, then reload through the master socket."""
+    run = _run_dir(run_dir)
+    cf = _load(config, run).spec
+    try:
+        p = proxy_reload.plan(cf, run, list(hosts) or None)
+    except (proxy_reload.PlanError, RunDirError, binaries.MissingBinary, haproxy_config.RenderError) as exc:
+        _fail(str(exc), 2)
+    click.echo(p.describe())
+    if not p.ok:
+        _fail("not reloading: a rendered config is invalid")
+    if dry_run:
+        return
+    if not yes:
+        if not sys.stdin.isatty():
+            _fail("refusing to reload without confirmation; pass --yes", 2)
+        click.confirm(f"Reload HAProxy on {', '.join(h.host for h in p.hosts)}?", abort=True)
+    results = proxy_reload.apply(p, run, audit.actor())
+    for r in results:
+        click.echo(f"{r.host}: {'OK' if r.ok else 'FAILED'}: {r.detail}")
+    if not all(r.ok for r in results) or len(results) < len(p.hosts):
+        _fail("reload failed; see above (the audit log has the record)")
+
+
+# -- up / down / status --
+
+def _format_uptime(seconds: float) -> str:
+    s = int(seconds)
+    d, s = divmod(s, 86400)
+    h, s = divmod(s, 3600)
+    m, s = divmod(s, 60)
+    return f"{d}d{h:02d}h{m:02d}m" if d else f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+
+
+def _port_open(address: str, port: int) -> bool:
+    try:
+        with socket.create_connection((address, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _status_rows(state: dict) -> list[dict]:
+    now = time.time()
+    rows = []
+    for p in state["processes"]:
+        up = pid_alive(p["pid"]) and p["status"] != "restarting" and _port_open(p["address"], p["port"])
+        rows.append({**p, "up": up, "uptime": _format_uptime(now - p["started_at"]) if up else "-"})
+    return rows
+
+
+def _print_table(rows: list[dict], describe: bool = False) -> None:
+    cols = ["HOST", "ADDRESS", "PORT", "PROCESS", "PID", "STATUS", "UPTIME", "RESTARTS"]
+    data = [[r["host"], r["address"], str(r["port"]), r["name"], str(r["pid"] or "-"),
+             "up" if r["up"] else "down", r["uptime"], str(r["restarts"])] for r in rows]
+    if describe:
+        cols.append("WHAT")
+        for d, r in zip(data, rows):
+            d.append(r["describe"])
+    widths = [max(len(c), *(len(d[i]) for d in data)) for i, c in enumerate(cols)]
+    click.echo("  ".join(c.ljust(w) for c, w in zip(cols, widths)).rstrip())
+    for d in data:
+        click.echo("  ".join(v.ljust(w) for v, w in zip(d, widths)).rstrip())
+
+
+def _print_hints(cf: clusterfile.ClusterFile) -> None:
+    host, _ = cf.chat_hosts()[0]
+    addr = cf.address(host)
+    base = cf.haproxy.listener_base_port
+    click.echo(f"\nEvery chat host reaches shard i at its own address, port {base}+i "
+               f"(the talk's CACHE_SERVER=localhost CACHE_PORT={base}). On {host}:")
+    click.echo(f"  redis-cli -h {addr} -p {base} PING")
+    click.echo(f"  redis-cli -h {addr} -p {base} CLIENT INFO     # laddr= is the shard, addr= is {host}")
+    click.echo(f"  HAProxy stats: http://{addr}:{cf.haproxy.stats_port}/stats   "
+               f"(;csv for CSV, /metrics for Prometheus)")
+
+
+@main.command()
+@config_option
+@run_dir_option
+@click.option("--detach", is_flag=True, help="Run the supervisor in the background; stop it with `chatops down`.")
+@click.option("--start-timeout", default=20.0, show_default=True, help="Seconds each process has to answer.")
+def up(config: str | None, run_dir: str | None, detach: bool, start_timeout: float) -> None:
+    """Start every Redis shard and every chat host's HAProxy, and keep them running."""
+    run = _run_dir(run_dir)
+    loaded = _load(config)
+    if detach:
+        _up_detached(loaded, run, start_timeout)
+        return
+    log = logs.setup("supervisor", sys.stdout)
+    try:
+        specs = processes.specs(loaded.spec, run)
+        run.haproxy_master_socket(loaded.spec.chat_hosts()[0][0])  # fail early on a too-long run dir
+    except (binaries.MissingBinary, RunDirError) as exc:
+        _fail(str(exc))
+    sup = Supervisor(specs, run, log, str(loaded.path), start_timeout)
+    try:
+        sup.acquire()
+    except AlreadyRunning as exc:
+        _fail(str(exc))
+
+    def on_signal(signum, _frame):
+        logs.event(log, None, f"received {signal.Signals(signum).name}; stopping")
+        sup.stopping.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, on_signal)
+    code = 0
+    try:
+        logs.event(log, None, "starting cluster", config=loaded.path, run_dir=run.root)
+        sup.start_all()
+        if not sup.stopping.is_set():
+            sup.write_state()
+            click.echo("")
+            _print_table(_status_rows(read_state(run)), describe=True)
+            _print_hints(loaded.spec)
+            click.echo("\nRunning in the foreground; Ctrl-C stops everything.", nl=True)
+            sys.stdout.flush()
+            sup.loop()
+    except StartError as exc:
+        logs.event(log, None, f"start failed: {exc}", 40)
+        code = 1
+    finally:
+        sup.stop_all()
+        sup.release()
+    sys.exit(code)
+
+
+def _up_detached(loaded: clusterfile.LoadedCluster, run: RunDir, start_timeout: float) -> None:
+    run.ensure()
+    other = supervisor_pid(run)
+    if other:
+        _fail(f"a cluster is already running from {run.root} (supervisor pid {other}); `chatops down` first")
+    run.state_file.unlink(missing_ok=True)
+    log_path = run.log("supervisor")
+    with open(log_path, "ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "controlplane.cli", "up", "--config", str(loaded.path),
+             "--run-dir", str(run.root), "--start-timeout", str(start_timeout)],
+            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + start_timeout * 4 + 30
+    while time.monotonic() < deadline:
+        code = proc.poll()
+        if code is not None:
+            tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-20:])
+            _fail(f"the supervisor exited with code {code} while starting:\n{tail}")
+        state = read_state(run)
+        if state and state.get("ready"):
+            _print_table(_status_rows(state), describe=True)
+            _print_hints(loaded.spec)
+            click.echo(f"\nSupervisor pid {proc.pid} runs in the background (log: {log_path}); "
+                       "stop it with `chatops down`.")
+            return
+        time.sleep(0.1)
+    _fail(f"the cluster did not come up in time; see {log_path}")
+
+
+@main.command()
+@run_dir_option
+@click.option("--timeout", default=30.0, show_default=True, help="Seconds to wait for everything to stop.")
+def down(run_dir: str | None, timeout: float) -> None:
+    """Stop a cluster started with `chatops up --detach`."""
+    run = _run_dir(run_dir)
+    pid = supervisor_pid(run)
+    if not pid:
+        click.echo(f"no cluster is running from {run.root}")
+        return
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not pid_alive(pid):
+            click.echo(f"stopped (supervisor pid {pid})")
+            return
+        time.sleep(0.1)
+    _fail(f"supervisor pid {pid} did not stop within {timeout:.0f}s")
+
+
+@main.command()
+@run_dir_option
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def status(run_dir: str | None, as_json: bool) -> None:
+    """Show each process of the local cluster: host, address, port, pid, up/down, uptime."""
+    run = _run_dir(run_dir)
+    pid = supervisor_pid(run)
+    state = read_state(run)
+    if not pid or not state:
+        if as_json:
+            click.echo(json.dumps({"running": False, "run_dir": str(run.root)}))
+        else:
+            click.echo(f"no cluster is running from {run.root}")
+        sys.exit(EXIT_NOT_RUNNING)
+    rows = _status_rows(state)
+    if as_json:
+        click.echo(json.dumps({"running": True, "supervisor_pid": pid, "config": state["config"],
+                               "processes": rows}, indent=1))
+    else:
+        click.echo(f"supervisor pid {pid}, up {_format_uptime(time.time() - state['started_at'])}, "
+                   f"config {state['config']}")
+        _print_table(rows)
+    if not all(r["up"] for r in rows):
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

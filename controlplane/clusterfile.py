@@ -1,0 +1,445 @@
+"""The cluster file: the one YAML document every part of chatops reads.
+
+Structure is checked by pydantic models that forbid unknown keys; relations between parts
+(references, clashing addresses and ports, loopback-only in the local profile) are checked
+afterwards by `_cross_checks`. Every problem is reported as `key.path: message`, and all of
+them are reported at once so an operator fixes a broken file in one pass.
+
+The reference for every key is docs/cluster-file.md; keep the two in step.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+
+DEFAULT_CLUSTER_FILE = Path(__file__).with_name("default-cluster.yaml")
+
+# Names end up as HAProxy proxy names, file names, log tags and Prometheus label values, so
+# they are held to the narrowest alphabet that serves all four.
+NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+ROOM_RE = re.compile(r"^[a-z0-9_]{1,25}$")  # Twitch channel logins, without the '#'
+ENV_RE = re.compile(r"^[A-Z_][A-Z0-9_]*$")
+DURATION_RE = re.compile(r"^(\d+)(ms|s|m|h)$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+class ClusterFileError(Exception):
+    """The cluster file cannot be used; `problems` holds one (path, message) per fault."""
+
+    def __init__(self, source: str, problems: list[tuple[str, str]]):
+        self.source = source
+        self.problems = problems
+        lines = [f"{source}: {len(problems)} problem(s)"]
+        lines += [f"  {path or '<top>'}: {msg}" for path, msg in problems]
+        super().__init__("\n".join(lines))
+
+
+def _describe_unsafe(value: str) -> str | None:
+    """Say why a string could not be written verbatim into a generated config line."""
+    for ch, what in (("\n", "a newline"), ("\r", "a carriage return"), ("\x00", "a NUL byte"),
+                     ("#", "'#' (starts a comment)")):
+        if ch in value:
+            return f"contains {what}, which would inject text into a generated config"
+    if any(c.isspace() for c in value):
+        return "contains whitespace, which would split a generated config line"
+    return None
+
+
+def _name(value: str) -> str:
+    unsafe = _describe_unsafe(value)
+    if unsafe:
+        raise ValueError(f"name {value!r} {unsafe}")
+    if not NAME_RE.match(value):
+        raise ValueError(f"name {value!r} must match [a-z0-9-] (1-63 chars, no leading/trailing '-')")
+    return value
+
+
+def _room(value: str) -> str:
+    if not ROOM_RE.match(value):
+        raise ValueError(f"room {value!r} must be 1-25 chars of [a-z0-9_], written without '#'")
+    return value
+
+
+def _env_name(value: str) -> str:
+    if not ENV_RE.match(value):
+        raise ValueError(
+            f"{value!r} is not an environment-variable name ([A-Z_][A-Z0-9_]*); "
+            "secrets are never written inline, only the name of the variable holding them")
+    return value
+
+
+def _address(value: str) -> str:
+    try:
+        return str(ipaddress.IPv4Address(value))
+    except ValueError:
+        raise ValueError(f"{value!r} is not an IPv4 address") from None
+
+
+def _duration(value: Any) -> str:
+    if not isinstance(value, str) or not DURATION_RE.match(value):
+        raise ValueError(f"{value!r} is not a duration like 100ms, 5s, 10m or 1h")
+    return value
+
+
+def seconds(duration: str) -> float:
+    """'100ms' -> 0.1; the cluster file keeps durations as text so configs render them verbatim."""
+    m = DURATION_RE.match(duration)
+    if not m:
+        raise ValueError(f"{duration!r} is not a duration")
+    return int(m.group(1)) * _UNIT_SECONDS[m.group(2)]
+
+
+def milliseconds(duration: str) -> int:
+    return int(round(seconds(duration) * 1000))
+
+
+Name = Annotated[str, AfterValidator(_name)]
+Room = Annotated[str, AfterValidator(_room)]
+EnvName = Annotated[str, AfterValidator(_env_name)]
+Address = Annotated[str, AfterValidator(_address)]
+Duration = Annotated[str, AfterValidator(_duration)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class Host(_Model):
+    address: Address
+    # How Ansible reaches the host: `local` for the embedded default, `ssh` for real machines.
+    ansible_connection: Literal["local", "ssh"] = "local"
+
+
+class Frontend(_Model):
+    """The cluster's public entry point, rendered on every chat host of the cluster."""
+    irc_port: Port = 6667
+    ws_port: Port = 8080
+
+
+class EdgeService(_Model):
+    irc_port: Port = 16667
+    ws_port: Port = 18080
+    server_name: str = "tmi.chatops.local"
+    motd: str = "Welcome to the chat room!"
+    max_output_buffer: Annotated[int, Field(ge=4096)] = 1_048_576
+
+
+class ClueClientSettings(_Model):
+    """How edges talk to clue: the talk's outage turned on these numbers."""
+    pool_size: Annotated[int, Field(ge=1, le=1024)] = 16
+    timeout: Duration = "5s"
+
+
+class ClueService(_Model):
+    port: Port = 19000
+    client: ClueClientSettings = ClueClientSettings()
+    cache_max_conns: Annotated[int, Field(ge=1, le=10_000)] = 10  # CACHE_MAX_CONNS
+    cache_timeout: Duration = "100ms"                              # CACHE_TIMEOUT
+
+
+class ExchangeService(_Model):
+    port: Port = 19100
+    keepalive: bool = True          # the talk's second bug was this being off
+    pool_size: Annotated[int, Field(ge=1, le=1024)] = 8
+    timeout: Duration = "2s"
+
+
+class Services(_Model):
+    edge: EdgeService = EdgeService()
+    clue: ClueService = ClueService()
+    exchange: ExchangeService = ExchangeService()
+
+
+class Cluster(_Model):
+    hosts: Annotated[list[Name], Field(min_length=1)]
+    frontend: Frontend = Frontend()
+    services: Services = Services()
+    rooms: list[Room] = []
+
+
+class Replica(_Model):
+    host: Name
+    port: Port
+
+
+class Shard(_Model):
+    name: Name
+    host: Name
+    port: Port
+    replica: Replica | None = None
+
+
+class Redis(_Model):
+    maxclients: Annotated[int, Field(ge=16, le=1_000_000)] = 10_000
+    # 0 keeps idle clients forever, as in the talk; the leaked-clients detector flags it.
+    timeout: Annotated[int, Field(ge=0)] = 0
+    maxmemory: Annotated[str, Field(pattern=r"^\d+(kb|mb|gb)?$")] = "256mb"
+    maxmemory_policy: Literal[
+        "noeviction", "allkeys-lru", "allkeys-lfu", "volatile-lru", "volatile-lfu",
+        "allkeys-random", "volatile-random", "volatile-ttl"] = "allkeys-lfu"
+    shards: Annotated[list[Shard], Field(min_length=1, max_length=256)]
+
+
+class HAProxyTimeouts(_Model):
+    connect: Duration = "1s"
+    client: Duration = "10m"
+    server: Duration = "10m"
+    check: Duration = "1s"
+    queue: Duration = "5s"
+
+
+class HAProxy(_Model):
+    maxconn: Annotated[int, Field(ge=64, le=9000)] = 4000
+    listener_base_port: Port = 2000           # shard i listens on base + i, the talk's CACHE_PORT
+    stats_port: Port = 8404                   # ;csv stats page and /metrics (Prometheus exporter)
+    check_interval: Duration = "2s"
+    timeouts: HAProxyTimeouts = HAProxyTimeouts()
+    # Bound old workers: one was seen to crash (exit 139) after runtime-API changes and reloads.
+    hard_stop_after: Duration = "60s"
+    mworker_max_reloads: Annotated[int, Field(ge=1, le=1000)] = 25
+
+
+class Listen(_Model):
+    address: Address = "127.0.0.1"
+    port: Port = 5000
+
+
+class Scrape(_Model):
+    interval: Duration = "5s"
+    client_list_interval: Duration = "30s"
+    history: Duration = "1h"
+
+
+class Thresholds(_Model):
+    """Detector thresholds; each is documented in docs/cluster-file.md."""
+    hold: Duration = "30s"
+    hot_shard_cpu_percent: Annotated[float, Field(gt=0, le=100)] = 80.0
+    hot_shard_ops_factor: Annotated[float, Field(gt=1)] = 2.0
+    idle_client_after: Duration = "60s"
+    leaked_idle_clients: Annotated[int, Field(ge=1)] = 500
+    maxclients_warn_ratio: Annotated[float, Field(gt=0, le=1)] = 0.8
+    proxy_session_warn_ratio: Annotated[float, Field(gt=0, le=1)] = 0.8
+    churn_ratio: Annotated[float, Field(gt=0, le=1)] = 0.5
+
+
+class ControlPlane(_Model):
+    listen: Listen = Listen()
+    auth_token_env: EnvName = "CHATOPS_API_TOKEN"
+    scrape: Scrape = Scrape()
+    thresholds: Thresholds = Thresholds()
+
+
+class AlertDestination(_Model):
+    name: Name
+    type: Literal["slack", "webhook"]
+    url_env: EnvName           # the webhook URL is the secret; only its variable is named here
+    min_severity: Literal["info", "warning", "critical"] = "warning"
+
+
+class ClusterFile(_Model):
+    version: Literal[1] = 1
+    profile: Literal["local", "remote"] = "local"
+    hosts: Annotated[dict[Name, Host], Field(min_length=1)]
+    clusters: Annotated[dict[Name, Cluster], Field(min_length=1)]
+    redis: Redis
+    haproxy: HAProxy = HAProxy()
+    controlplane: ControlPlane = ControlPlane()
+    alerts: list[AlertDestination] = []
+
+    # -- derived views, so callers never re-walk the raw structure --
+
+    def chat_hosts(self) -> list[tuple[str, str]]:
+        """(host name, cluster name) for every chat host, in file order."""
+        return [(h, cname) for cname, c in self.clusters.items() for h in c.hosts]
+
+    def cluster_of(self, host: str) -> str | None:
+        return next((c for h, c in self.chat_hosts() if h == host), None)
+
+    def address(self, host: str) -> str:
+        return self.hosts[host].address
+
+    def listener_port(self, shard_index: int) -> int:
+        return self.haproxy.listener_base_port + shard_index
+
+    def host_by_address(self) -> dict[str, str]:
+        return {h.address: name for name, h in self.hosts.items()}
+
+
+@dataclass(frozen=True)
+class LoadedCluster:
+    """A validated cluster file and where it came from."""
+    spec: ClusterFile
+    path: Path
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate mapping keys instead of silently keeping the last."""
+
+
+def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False):
+    seen: dict[Any, yaml.Node] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r} (first at line {seen[key].start_mark.line + 1})",
+                key_node.start_mark)
+        seen[key] = key_node
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _loc(loc: tuple) -> str:
+    return ".".join(str(p) for p in loc)
+
+
+def _pydantic_problems(err: ValidationError) -> list[tuple[str, str]]:
+    out = []
+    for e in err.errors():
+        loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        # Dict keys that fail validation are reported by pydantic with a trailing '[key]' marker.
+        loc = tuple(p for p in loc if p != "[key]")
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (not in the cluster-file reference, docs/cluster-file.md)"
+        elif msg.startswith("Value error, "):
+            msg = msg[len("Value error, "):]
+        out.append((_loc(loc), msg))
+    return out
+
+
+def _cross_checks(cf: ClusterFile) -> list[tuple[str, str]]:
+    problems: list[tuple[str, str]] = []
+
+    by_addr: dict[str, str] = {}
+    for name, host in cf.hosts.items():
+        addr = ipaddress.IPv4Address(host.address)
+        if cf.profile == "local" and not addr.is_loopback:
+            problems.append((f"hosts.{name}.address",
+                             f"{host.address} is outside loopback 127.0.0.0/8; the local profile "
+                             "simulates every host on a loopback address"))
+        if host.address in by_addr:
+            problems.append((f"hosts.{name}.address",
+                             f"duplicate address {host.address} (also hosts.{by_addr[host.address]})"))
+        else:
+            by_addr[host.address] = name
+        if cf.profile == "local" and host.ansible_connection != "local":
+            problems.append((f"hosts.{name}.ansible_connection", "the local profile needs 'local'"))
+
+    def known_host(path: str, host: str) -> bool:
+        if host not in cf.hosts:
+            problems.append((path, f"unknown host {host!r} (not under hosts:)"))
+            return False
+        return True
+
+    # Every socket anything binds, so a clash is caught here rather than at EADDRINUSE.
+    bound: dict[tuple[str, int], str] = {}
+
+    def bind(path: str, host: str, port: int) -> None:
+        key = (cf.hosts[host].address, port)
+        if key in bound:
+            problems.append((path, f"duplicate port {port} on {key[0]} (also {bound[key]})"))
+        else:
+            bound[key] = path
+
+    chat_owner: dict[str, str] = {}
+    room_owner: dict[str, str] = {}
+    for cname, cluster in cf.clusters.items():
+        for i, h in enumerate(cluster.hosts):
+            path = f"clusters.{cname}.hosts.{i}"
+            if not known_host(path, h):
+                continue
+            if h in chat_owner:
+                problems.append((path, f"host {h!r} is already a chat host of cluster {chat_owner[h]!r}"))
+                continue
+            chat_owner[h] = cname
+            fe, sv = cluster.frontend, cluster.services
+            bind(f"clusters.{cname}.frontend.irc_port", h, fe.irc_port)
+            bind(f"clusters.{cname}.frontend.ws_port", h, fe.ws_port)
+            bind(f"clusters.{cname}.services.edge.irc_port", h, sv.edge.irc_port)
+            bind(f"clusters.{cname}.services.edge.ws_port", h, sv.edge.ws_port)
+            bind(f"clusters.{cname}.services.clue.port", h, sv.clue.port)
+            bind(f"clusters.{cname}.services.exchange.port", h, sv.exchange.port)
+            bind("haproxy.stats_port", h, cf.haproxy.stats_port)
+            for si, shard in enumerate(cf.redis.shards):
+                bind(f"haproxy.listener_base_port (shard {shard.name})", h, cf.listener_port(si))
+        for i, room in enumerate(cluster.rooms):
+            if room in room_owner:
+                problems.append((f"clusters.{cname}.rooms.{i}",
+                                 f"room {room!r} is already placed on cluster {room_owner[room]!r}"))
+            room_owner[room] = cname
+
+    if cf.listener_port(len(cf.redis.shards) - 1) > 65535:
+        problems.append(("haproxy.listener_base_port",
+                         f"base + {len(cf.redis.shards) - 1} shards runs past port 65535"))
+
+    shard_names: set[str] = set()
+    for i, shard in enumerate(cf.redis.shards):
+        path = f"redis.shards.{i}"
+        if shard.name in shard_names:
+            problems.append((f"{path}.name", f"duplicate shard name {shard.name!r}"))
+        shard_names.add(shard.name)
+        for what, host, port in (("", shard.host, shard.port),) + (
+                (("replica.", shard.replica.host, shard.replica.port),) if shard.replica else ()):
+            if not known_host(f"{path}.{what}host", host):
+                continue
+            if host in chat_owner:
+                problems.append((f"{path}.{what}host",
+                                 f"{host!r} is a chat host; Redis shards run on their own hosts"))
+            bind(f"{path}.{what}port", host, port)
+
+    cp = cf.controlplane.listen
+    if cp.address in by_addr:
+        bind("controlplane.listen.port", by_addr[cp.address], cp.port)
+    elif cf.profile == "local" and not ipaddress.IPv4Address(cp.address).is_loopback:
+        problems.append(("controlplane.listen.address", f"{cp.address} is outside loopback"))
+
+    names: set[str] = set()
+    for i, dest in enumerate(cf.alerts):
+        if dest.name in names:
+            problems.append((f"alerts.{i}.name", f"duplicate alert destination {dest.name!r}"))
+        names.add(dest.name)
+    return problems
+
+
+def parse(text: str, source: str = "<cluster file>") -> ClusterFile:
+    """Validate cluster-file text; raises ClusterFileError listing every problem found."""
+    try:
+        raw = yaml.load(text, Loader=_StrictLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ClusterFileError(source, [(where, f"not valid YAML: {problem}")]) from None
+    if not isinstance(raw, dict):
+        raise ClusterFileError(source, [("", "the cluster file must be a YAML mapping")])
+    try:
+        cf = ClusterFile.model_validate(raw)
+    except ValidationError as exc:
+        raise ClusterFileError(source, _pydantic_problems(exc)) from None
+    problems = _cross_checks(cf)
+    if problems:
+        raise ClusterFileError(source, problems)
+    return cf
+
+
+def load(path: str | Path | None = None) -> LoadedCluster:
+    """Load and validate a cluster file; the shipped default when `path` is None."""
+    p = Path(path) if path else DEFAULT_CLUSTER_FILE
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ClusterFileError(str(p), [("", f"cannot read: {exc.strerror or exc}")]) from None
+    except UnicodeDecodeError as exc:
+        raise ClusterFileError(str(p), [("", f"not UTF-8 text: {exc.reason} at byte {exc.start}")]) from None
+    return LoadedCluster(spec=parse(text, str(p)), path=p.resolve())

@@ -1,0 +1,115 @@
+"""What the local supervisor runs: one ProcessSpec per Redis shard (and replica) and per chat
+host's HAProxy, derived from the cluster file. Specs are plain data plus two hooks (prepare,
+ready) so the supervisor never needs to know what a Redis or an HAProxy is.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass, field
+from typing import Callable
+
+from collectors import haproxy_runtime
+from controlplane import binaries, haproxy_config
+from controlplane.clusterfile import ClusterFile
+from controlplane.rundir import RunDir
+
+
+@dataclass
+class ProcessSpec:
+    name: str                 # unique, e.g. redis-shard0, haproxy-chat1
+    kind: str                 # redis | haproxy
+    host: str
+    address: str
+    port: int                 # the port that proves it is up
+    argv: list[str]
+    describe: str             # one line for the "what runs where" table
+    ready: Callable[[], bool]
+    prepare: Callable[[], None] = field(default=lambda: None)
+
+
+def redis_ping(address: str, port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((address, port), timeout=timeout) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def haproxy_ready(run: RunDir, host: str) -> bool:
+    """Up means the master has a live worker and that worker answers on the admin socket."""
+    try:
+        table = haproxy_runtime.parse_show_proc(
+            haproxy_runtime.command(run.haproxy_master_socket(host), "show proc", timeout=1.0))
+        if not table.workers:
+            return False
+        haproxy_runtime.command(run.haproxy_socket(host), "show info", timeout=1.0)
+        return True
+    except haproxy_runtime.RuntimeAPIError:
+        return False
+
+
+def _redis_spec(cf: ClusterFile, run: RunDir, name: str, shard_name: str, host: str, port: int,
+                primary: tuple[str, int] | None) -> ProcessSpec:
+    address = cf.address(host)
+    workdir = run.redis_dir(name)
+    r = cf.redis
+    argv = [
+        binaries.require("redis-server"),
+        "--bind", address, "--port", str(port),
+        # Each simulated host has its own loopback address, which protected mode would refuse.
+        "--protected-mode", "no",
+        "--daemonize", "no", "--dir", str(workdir), "--logfile", "",
+        "--save", "", "--appendonly", "no",
+        "--maxclients", str(r.maxclients), "--timeout", str(r.timeout),
+        "--maxmemory", r.maxmemory, "--maxmemory-policy", r.maxmemory_policy,
+    ]
+    if primary:
+        argv += ["--replicaof", primary[0], str(primary[1])]
+    role = f"replica of {shard_name}" if primary else f"shard {shard_name}"
+    return ProcessSpec(
+        name=name, kind="redis", host=host, address=address, port=port, argv=argv,
+        describe=f"redis-server ({role})",
+        ready=lambda: redis_ping(address, port),
+        prepare=lambda: workdir.mkdir(parents=True, exist_ok=True))
+
+
+def _haproxy_spec(cf: ClusterFile, run: RunDir, host: str) -> ProcessSpec:
+    exe = binaries.require("haproxy")
+    cfg = run.haproxy_config(host)
+    master = run.haproxy_master_socket(host)
+
+    def prepare() -> None:
+        text = haproxy_config.render(cf, host, run)
+        result = haproxy_config.check(text)
+        if not result.ok:
+            raise haproxy_config.RenderError(f"haproxy -c rejected the config for {host}:\n{result.output}")
+        haproxy_config.write_atomic(cfg, text)
+        # A stale socket from a killed master would make the new master fail to bind it.
+        for sock in (master, run.haproxy_socket(host)):
+            sock.unlink(missing_ok=True)
+
+    n = len(cf.redis.shards)
+    first, last = cf.listener_port(0), cf.listener_port(n - 1)
+    return ProcessSpec(
+        name=f"haproxy-{host}", kind="haproxy", host=host, address=cf.address(host),
+        port=cf.haproxy.stats_port,
+        # -W: master-worker in the foreground; -S: the master CLI used for hitless reloads.
+        argv=[exe, "-W", "-f", str(cfg), "-S", f"{master},mode,600"],
+        describe=f"haproxy (cluster {cf.cluster_of(host)}; shard listeners :{first}-{last}, stats :{cf.haproxy.stats_port})",
+        ready=lambda: haproxy_ready(run, host),
+        prepare=prepare)
+
+
+def specs(cf: ClusterFile, run: RunDir) -> list[ProcessSpec]:
+    """Redis first, then the proxies in front of it, which is also the order to start them in."""
+    out: list[ProcessSpec] = []
+    for shard in cf.redis.shards:
+        out.append(_redis_spec(cf, run, f"redis-{shard.name}", shard.name, shard.host, shard.port, None))
+        if shard.replica:
+            out.append(_redis_spec(cf, run, f"redis-{shard.name}-replica", shard.name, shard.replica.host,
+                                   shard.replica.port, (cf.address(shard.host), shard.port)))
+    for host, _cluster in cf.chat_hosts():
+        out.append(_haproxy_spec(cf, run, host))
+    return out

@@ -1,0 +1,1 @@
+"""Actions that change the cluster. Each has plan() without side effects and an audited apply()."""
