@@ -19,10 +19,10 @@ TIME_FORMAT = "%b %d %H:%M:%S"
 def _field_value(value: Any) -> str:
     text = str(value)
     # A field never spans lines and never lets a space fake a new key=value pair.
-    text = text.replace("\r", "\\r").replace("\n", "\\n")
-    if not text or any(c.isspace() or c in '"=' for c in text):
-        text = '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    return text
+    if text and not any(c.isspace() or c in '"=' for c in text):
+        return text
+    text = text.replace("\\", "\\\\").replace('"', '\\"').replace("\r", "\\r").replace("\n", "\\n")
+    return f'"{text}"'
 
 
 def format_line(service: str, remote: str | None, event: str, fields: dict[str, Any] | None = None,

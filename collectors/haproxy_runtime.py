@@ -99,6 +99,9 @@ def parse_show_proc(text: str) -> ProcTable:
             continue
         if section == "programs":
             continue
+        if section == "other":  # a section a newer release added: never guess what its rows are
+            unparsed.append(raw)
+            continue
         # The master row's reloads cell reads "2 [failed: 0]"; fold it so splitting stays positional.
         parts = line.replace(" [failed: ", "[failed:").split()
         if len(parts) < len(columns):

@@ -1,0 +1,49 @@
+# The two commands a newcomer needs on a fresh Debian machine:
+#   make run    install what is missing, then start the local cluster (`chatops up`)
+#   make test   install what is missing, then run the whole test suite
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# Debian packages the cluster and the tests drive for real.
+APT_PACKAGES := haproxy redis-server redis-tools
+
+.PHONY: run test deps system-packages clean
+
+run: deps
+	$(BIN)/chatops up $(ARGS)
+
+test: deps
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+deps: system-packages $(STAMP)
+
+# Installs only what is missing: as root directly, otherwise through sudo, else says what to run.
+system-packages:
+	@missing=""; \
+	for exe in haproxy redis-server redis-cli; do \
+	  command -v $$exe >/dev/null 2>&1 || [ -x /usr/sbin/$$exe ] || missing="$$missing $$exe"; \
+	done; \
+	$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || missing="$$missing python3-venv"; \
+	if [ -n "$$missing" ]; then \
+	  echo "make: missing:$$missing; installing $(APT_PACKAGES) python3-venv with apt-get"; \
+	  if [ "$$(id -u)" = 0 ]; then sudo=""; \
+	  elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then sudo="sudo"; \
+	  else echo "make: cannot install packages: not root and no passwordless sudo. Run:" >&2; \
+	       echo "  sudo apt-get update && sudo apt-get install -y $(APT_PACKAGES) python3-venv" >&2; exit 1; fi; \
+	  $$sudo apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq $(APT_PACKAGES) python3-venv >/dev/null || \
+	  { echo "make: apt-get install failed; install by hand: apt-get install -y $(APT_PACKAGES) python3-venv" >&2; exit 1; }; \
+	fi
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+	  { echo "make: chatops needs Python >= 3.11 ($(PYTHON) is $$($(PYTHON) -V 2>&1))" >&2; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+clean:
+	rm -rf $(VENV) .run .pytest_cache

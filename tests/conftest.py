@@ -1,0 +1,203 @@
+"""Shared test helpers: real binaries (failing with the install command when missing), a private
+loopback subnet per test so clusters never collide with `make run` or each other, and a real
+`chatops up` supervisor process that is always torn down."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import yaml
+
+from controlplane import binaries
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def require(name: str) -> str:
+    """Fail (never skip) when a binary the test drives for real is missing."""
+    try:
+        return binaries.require(name)
+    except binaries.MissingBinary as exc:
+        pytest.fail(str(exc), pytrace=False)
+
+
+def _subnet_free(prefix: str) -> bool:
+    probe = socket.socket()
+    try:
+        probe.bind((f"{prefix}.1", 0))
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.close()
+
+
+@pytest.fixture
+def subnet() -> str:
+    """A random 127.A.B prefix of our own: every simulated host of the test lives in it."""
+    rng = random.Random()
+    for _ in range(50):
+        prefix = f"127.{rng.randint(64, 250)}.{rng.randint(0, 255)}"
+        if _subnet_free(prefix):
+            return prefix
+    raise RuntimeError("no free loopback subnet")
+
+
+@pytest.fixture
+def run_dir():
+    """A short run directory: Unix socket paths must stay under 108 bytes."""
+    path = Path(tempfile.mkdtemp(prefix="co-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def small_cluster(subnet: str, *, replica: bool = False, **overrides) -> dict:
+    """Two clusters (one chat host each) and two shards on two Redis hosts, inside `subnet`."""
+    shards = [{"name": "shard0", "host": "redis1", "port": 6379},
+              {"name": "shard1", "host": "redis2", "port": 6379}]
+    if replica:
+        shards[0]["replica"] = {"host": "redis2", "port": 6380}
+    doc = {
+        "version": 1,
+        "hosts": {"chat1": {"address": f"{subnet}.1"}, "chat-testing": {"address": f"{subnet}.9"},
+                  "redis1": {"address": f"{subnet}.21"}, "redis2": {"address": f"{subnet}.22"}},
+        "clusters": {"main": {"hosts": ["chat1"], "rooms": ["lobby"]},
+                     "testing": {"hosts": ["chat-testing"], "rooms": ["testroom"]}},
+        "redis": {"shards": shards},
+        "haproxy": {"check_interval": "500ms", "hard_stop_after": "30s"},
+        "controlplane": {"listen": {"address": f"{subnet}.100", "port": 5000}},
+    }
+    for key, value in overrides.items():
+        doc[key] = value
+    return doc
+
+
+def write_cluster(path: Path, doc: dict) -> Path:
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def chatops(*args: str, timeout: float = 60, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "controlplane.cli", *args], capture_output=True,
+                          text=True, timeout=timeout, cwd=REPO, **kw)
+
+
+def descendants(pid: int) -> set[int]:
+    """Every live process below `pid`, read from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    out, todo = set(), [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            if c not in out:
+                out.add(c)
+                todo.append(c)
+    return out
+
+
+def processes_mentioning(text: str) -> set[int]:
+    """Live, non-zombie processes whose command line contains `text` (a run dir or address)."""
+    found = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            cmd = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if text in cmd and state != "Z":
+            found.add(int(entry))
+    return found
+
+
+def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def read_state(run: Path) -> dict | None:
+    try:
+        return json.loads((run / "state.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+class RunningCluster:
+    def __init__(self, proc: subprocess.Popen, run: Path, config: Path, log: Path):
+        self.proc, self.run, self.config, self.log = proc, run, config, log
+
+    @property
+    def state(self) -> dict:
+        return read_state(self.run)
+
+    def pid_of(self, name: str) -> int:
+        return next(p["pid"] for p in self.state["processes"] if p["name"] == name)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+@contextmanager
+def cluster_up(config: Path, run: Path, timeout: float = 30.0):
+    """Run `chatops up` in the foreground as a child, as an operator would; always stop it."""
+    require("redis-server")
+    require("haproxy")
+    log = run.parent / f"{run.name}-up.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "controlplane.cli", "up", "--config", str(config), "--run-dir", str(run)],
+            stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
+    rc = RunningCluster(proc, run, config, log)
+    try:
+        def ready():
+            if proc.poll() is not None:
+                raise AssertionError(f"chatops up exited with {proc.returncode}:\n{rc.output()}")
+            state = read_state(run)
+            return state and state.get("ready")
+        wait_for(ready, timeout, what="the cluster to come up")
+        yield rc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        for pid in leftovers(run, config):
+            os.kill(pid, signal.SIGKILL)
+        log.unlink(missing_ok=True)
+
+
+def leftovers(run: Path, config: Path) -> set[int]:
+    """Processes still running from this cluster: HAProxy names the run dir in its command line,
+    and redis-server retitles itself `redis-server <address>:<port>`."""
+    doc = yaml.safe_load(config.read_text())
+    found = processes_mentioning(str(run))
+    for host in doc["hosts"].values():
+        found |= processes_mentioning(f"{host['address']}:")
+    return found

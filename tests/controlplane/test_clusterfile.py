@@ -1,0 +1,92 @@
+"""The cluster file: the shipped default is valid, and every broken example is refused with the
+key path and the problem, by the library and by `chatops config check`."""
+
+from pathlib import Path
+
+import pytest
+
+from controlplane import clusterfile
+from tests.conftest import chatops
+
+BROKEN = sorted((Path(__file__).parent.parent / "fixtures" / "broken_clusters").glob("*.yaml"))
+
+
+def expectation(path: Path) -> tuple[str, str]:
+    first = path.read_text().splitlines()[0]
+    assert first.startswith("# expect: "), f"{path.name} must start with '# expect: <path>: <message>'"
+    key, _, message = first[len("# expect: "):].partition(": ")
+    return key, message
+
+
+def test_default_cluster_file_is_valid_and_reproduces_the_talk():
+    cf = clusterfile.load().spec
+    assert set(cf.clusters) == {"main", "event", "testing"}
+    assert cf.clusters["main"].hosts == ["chat1", "chat2"]
+    assert len(cf.clusters["event"].hosts) == 1
+    assert cf.clusters["testing"].hosts == ["chat-testing"]
+    assert len(cf.redis.shards) == 4
+    assert {s.host for s in cf.redis.shards} == {"redis1", "redis2"}
+    assert cf.haproxy.listener_base_port == 2000
+    assert all(h.address.startswith("127.") for h in cf.hosts.values())
+    assert cf.cluster_of("chat-testing") == "testing"
+    assert cf.host_by_address()["127.0.1.9"] == "chat-testing"
+
+
+def test_config_check_cli_accepts_the_default():
+    result = chatops("config", "check")
+    assert result.returncode == 0, result.stderr
+    assert "OK" in result.stdout and "4 shards" in result.stdout
+
+
+def test_there_are_broken_examples():
+    assert len(BROKEN) >= 15
+
+
+@pytest.mark.parametrize("path", BROKEN, ids=lambda p: p.stem)
+def test_broken_example_is_refused_naming_key_and_problem(path):
+    key, message = expectation(path)
+    with pytest.raises(clusterfile.ClusterFileError) as err:
+        clusterfile.load(path)
+    problems = err.value.problems
+    assert any((k or "<top>") == key and message in m for k, m in problems), problems
+
+    result = chatops("config", "check", str(path))
+    assert result.returncode == 2
+    assert f"{key}: " in result.stderr and message in result.stderr, result.stderr
+
+
+def test_every_problem_is_reported_at_once():
+    text = (Path(__file__).parent.parent / "fixtures" / "broken_clusters" / "unknown_host.yaml").read_text()
+    text = text.replace("port: 6379", "port: 6379}\n    - {name: shard0, host: nowhere, port: 1")
+    text = text.replace("}}", "}")
+    with pytest.raises(clusterfile.ClusterFileError) as err:
+        clusterfile.parse(text)
+    paths = [k for k, _ in err.value.problems]
+    assert "clusters.main.hosts.1" in paths and "redis.shards.1.name" in paths and "redis.shards.1.host" in paths
+
+
+def test_missing_and_unreadable_files_get_a_clear_error(tmp_path):
+    result = chatops("config", "check", str(tmp_path / "nope.yaml"))
+    assert result.returncode == 2 and "cannot read" in result.stderr
+    bad = tmp_path / "latin1.yaml"
+    bad.write_bytes(b"hosts: {caf\xe9: {address: 127.0.0.1}}\n")
+    result = chatops("config", "check", str(bad))
+    assert result.returncode == 2 and "not UTF-8" in result.stderr
+
+
+def test_remote_profile_allows_real_addresses(subnet):
+    from tests.conftest import small_cluster
+    import yaml
+    doc = small_cluster(subnet)
+    doc["profile"] = "remote"
+    doc["hosts"]["redis1"] = {"address": "10.20.0.21", "ansible_connection": "ssh"}
+    cf = clusterfile.parse(yaml.safe_dump(doc))
+    assert cf.address("redis1") == "10.20.0.21"
+
+
+def test_durations():
+    assert clusterfile.seconds("100ms") == pytest.approx(0.1)
+    assert clusterfile.seconds("10m") == 600
+    assert clusterfile.milliseconds("2s") == 2000
+    with pytest.raises(ValueError):
+        clusterfile.seconds("5 s")
