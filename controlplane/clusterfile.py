@@ -2,8 +2,8 @@
 
 Structure is checked by pydantic models that forbid unknown keys; relations between parts
 (references, clashing addresses and ports, loopback-only in the local profile) are checked
-afterwards by `_cross_checks`. Every problem is reported as `key.path: message`, and all of
-them are reported at once so an operator fixes a broken file in one pass.
+afterwards by `_cross_checks`, once the structure is sound. Every problem is reported as
+`key.path: message`, and each stage reports all of its problems at once.
 
 The reference for every key is docs/cluster-file.md; keep the two in step.
 """
@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 DEFAULT_CLUSTER_FILE = Path(__file__).with_name("default-cluster.yaml")
 
@@ -83,8 +83,21 @@ def _address(value: str) -> str:
 
 
 def _duration(value: Any) -> str:
-    if not isinstance(value, str) or not DURATION_RE.match(value):
-        raise ValueError(f"{value!r} is not a duration like 100ms, 5s, 10m or 1h")
+    # Runs before the strict str check, so a bare number gets this hint rather than "not a string".
+    m = DURATION_RE.match(value) if isinstance(value, str) else None
+    if not m:
+        raise ValueError(f"{value!r} is not a duration like 100ms, 5s, 10m or 1h (a number with a unit)")
+    if int(m.group(1)) == 0:
+        # Zero means "no timeout" to HAProxy and a busy loop to a scheduler; neither is wanted.
+        raise ValueError(f"{value!r} must be greater than zero")
+    return value
+
+
+def _text_line(value: str) -> str:
+    """Free text that ends up inside an IRC line: one line of printable characters."""
+    bad = next((c for c in value if not c.isprintable()), None)
+    if bad is not None:
+        raise ValueError(f"contains the control character {bad!r}, which would inject an IRC line")
     return value
 
 
@@ -104,7 +117,9 @@ Name = Annotated[str, AfterValidator(_name)]
 Room = Annotated[str, AfterValidator(_room)]
 EnvName = Annotated[str, AfterValidator(_env_name)]
 Address = Annotated[str, AfterValidator(_address)]
-Duration = Annotated[str, AfterValidator(_duration)]
+Duration = Annotated[str, BeforeValidator(_duration)]
+TextLine = Annotated[str, AfterValidator(_text_line), Field(min_length=1, max_length=400)]
+HostName = Annotated[str, Field(pattern=r"^[A-Za-z0-9](?:[A-Za-z0-9.-]{0,253})$")]
 Port = Annotated[int, Field(ge=1, le=65535)]
 
 
@@ -127,8 +142,8 @@ class Frontend(_Model):
 class EdgeService(_Model):
     irc_port: Port = 16667
     ws_port: Port = 18080
-    server_name: str = "tmi.chatops.local"
-    motd: str = "Welcome to the chat room!"
+    server_name: HostName = "tmi.chatops.local"
+    motd: TextLine = "Welcome to the chat room!"
     max_output_buffer: Annotated[int, Field(ge=4096)] = 1_048_576
 
 
@@ -181,7 +196,7 @@ class Redis(_Model):
     maxclients: Annotated[int, Field(ge=16, le=1_000_000)] = 10_000
     # 0 keeps idle clients forever, as in the talk; the leaked-clients detector flags it.
     timeout: Annotated[int, Field(ge=0)] = 0
-    maxmemory: Annotated[str, Field(pattern=r"^\d+(kb|mb|gb)?$")] = "256mb"
+    maxmemory: Annotated[str, Field(pattern=r"^\d+([kKmMgG][bB]?)?$")] = "256mb"  # Redis's own units
     maxmemory_policy: Literal[
         "noeviction", "allkeys-lru", "allkeys-lfu", "volatile-lru", "volatile-lfu",
         "allkeys-random", "volatile-random", "volatile-ttl"] = "allkeys-lfu"
@@ -190,13 +205,16 @@ class Redis(_Model):
 
 class HAProxyTimeouts(_Model):
     connect: Duration = "1s"
-    client: Duration = "10m"
-    server: Duration = "10m"
+    # Long on purpose: clue's pooled connections sit idle between bursts, and idle leaks are for
+    # the leaked-clients detector to find (idle > 60 s and > 600 s), not for HAProxy to hide.
+    client: Duration = "1h"
+    server: Duration = "1h"
     check: Duration = "1s"
     queue: Duration = "5s"
 
 
 class HAProxy(_Model):
+    # HAProxy needs about two descriptors per connection, and this machine's hard limit is 20,000.
     maxconn: Annotated[int, Field(ge=64, le=9000)] = 4000
     listener_base_port: Port = 2000           # shard i listens on base + i, the talk's CACHE_PORT
     stats_port: Port = 8404                   # ;csv stats page and /metrics (Prometheus exporter)
@@ -287,7 +305,12 @@ class _StrictLoader(yaml.SafeLoader):
 def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False):
     seen: dict[Any, yaml.Node] = {}
     for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue  # `<<: *anchor` is flattened by construct_mapping; explicit keys may override it
         key = loader.construct_object(key_node, deep=deep)
+        if not isinstance(key, (str, int, float, bool)) and key is not None:
+            raise yaml.constructor.ConstructorError(
+                None, None, "mapping keys must be plain scalars, not lists or mappings", key_node.start_mark)
         if key in seen:
             raise yaml.constructor.ConstructorError(
                 None, None, f"duplicate key {key!r} (first at line {seen[key].start_mark.line + 1})",
@@ -300,7 +323,8 @@ _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _c
 
 
 def _loc(loc: tuple) -> str:
-    return ".".join(str(p) for p in loc)
+    # repr() any part that is not plain printable text, so a hostile key cannot split the error line.
+    return ".".join(str(p) if str(p).isprintable() else repr(p) for p in loc)
 
 
 def _pydantic_problems(err: ValidationError) -> list[tuple[str, str]]:

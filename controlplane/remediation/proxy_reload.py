@@ -118,7 +118,7 @@ def _reload_host(run: RunDir, hp: HostPlan) -> HostResult:
     deadline = time.monotonic() + RELOAD_TIMEOUT
     last_error = "no answer"
     while time.monotonic() < deadline:
-        time.sleep(0.1)
+        time.sleep(0.02)
         try:
             after = _show_proc(run, hp.host)
         except haproxy_runtime.RuntimeAPIError as exc:

@@ -4,9 +4,10 @@ key path and the problem, by the library and by `chatops config check`."""
 from pathlib import Path
 
 import pytest
+import yaml
 
 from controlplane import clusterfile
-from tests.conftest import chatops
+from tests.conftest import chatops, small_cluster
 
 BROKEN = sorted((Path(__file__).parent.parent / "fixtures" / "broken_clusters").glob("*.yaml"))
 
@@ -55,14 +56,44 @@ def test_broken_example_is_refused_naming_key_and_problem(path):
     assert f"{key}: " in result.stderr and message in result.stderr, result.stderr
 
 
-def test_every_problem_is_reported_at_once():
-    text = (Path(__file__).parent.parent / "fixtures" / "broken_clusters" / "unknown_host.yaml").read_text()
-    text = text.replace("port: 6379", "port: 6379}\n    - {name: shard0, host: nowhere, port: 1")
-    text = text.replace("}}", "}")
+def test_every_problem_of_a_stage_is_reported_at_once():
+    text = """
+hosts:
+  chat1: {address: 127.0.1.1}
+  redis1: {address: 127.0.2.1}
+clusters:
+  main: {hosts: [chat1, chat9]}
+redis:
+  shards:
+    - {name: shard0, host: redis1, port: 6379}
+    - {name: shard0, host: nowhere, port: 6380}
+"""
     with pytest.raises(clusterfile.ClusterFileError) as err:
         clusterfile.parse(text)
     paths = [k for k, _ in err.value.problems]
-    assert "clusters.main.hosts.1" in paths and "redis.shards.1.name" in paths and "redis.shards.1.host" in paths
+    assert paths == ["clusters.main.hosts.1", "redis.shards.1.name", "redis.shards.1.host"]
+
+
+def test_yaml_anchors_and_merge_keys_are_allowed():
+    cf = clusterfile.parse("""
+hosts:
+  chat1: {address: 127.0.1.1}
+  redis1: {address: 127.0.2.1}
+clusters:
+  main: {hosts: [chat1]}
+redis:
+  shards:
+    - &shard {name: shard0, host: redis1, port: 6379}
+    - {<<: *shard, name: shard1, port: 6380}
+""")
+    assert [(s.name, s.host, s.port) for s in cf.redis.shards] == [("shard0", "redis1", 6379), ("shard1", "redis1", 6380)]
+
+
+def test_a_hostile_key_cannot_split_the_error_line():
+    with pytest.raises(clusterfile.ClusterFileError) as err:
+        clusterfile.parse('hosts: {"evil\\nkey": {address: 127.0.0.1}}\nclusters: {}\nredis: {shards: []}\n')
+    assert len(str(err.value).splitlines()) == 1 + len(err.value.problems)  # one line per problem
+    assert "'evil\\nkey'" in str(err.value)
 
 
 def test_missing_and_unreadable_files_get_a_clear_error(tmp_path):
@@ -75,8 +106,6 @@ def test_missing_and_unreadable_files_get_a_clear_error(tmp_path):
 
 
 def test_remote_profile_allows_real_addresses(subnet):
-    from tests.conftest import small_cluster
-    import yaml
     doc = small_cluster(subnet)
     doc["profile"] = "remote"
     doc["hosts"]["redis1"] = {"address": "10.20.0.21", "ansible_connection": "ssh"}
