@@ -1,6 +1,8 @@
 """The cluster file: the shipped default is valid, and every broken example is refused with the
 key path and the problem, by the library and by `chatops config check`."""
 
+import re
+import typing
 from pathlib import Path
 
 import pytest
@@ -119,3 +121,24 @@ def test_durations():
     assert clusterfile.milliseconds("2s") == 2000
     with pytest.raises(ValueError):
         clusterfile.seconds("5 s")
+
+
+def _field_paths(model, prefix=""):
+    """Every key the cluster file accepts, as dotted paths, read off the pydantic models."""
+    for name, field in model.model_fields.items():
+        path = f"{prefix}{name}"
+        yield path
+        todo = [field.annotation]
+        while todo:
+            t = todo.pop()
+            if isinstance(t, type) and issubclass(t, clusterfile._Model):
+                yield from _field_paths(t, path + ".")
+            else:
+                todo.extend(typing.get_args(t))
+
+
+def test_docs_describe_every_key():
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "cluster-file.md").read_text()
+    missing = [p for p in _field_paths(clusterfile.ClusterFile)
+               if not re.search(rf"`(?:[\w.<>\[\]]+\.)?{re.escape(p.rsplit('.', 1)[-1])}(?:\.[\w.]+)?`", doc)]
+    assert missing == [], f"docs/cluster-file.md does not mention: {missing}"
