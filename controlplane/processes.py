@@ -25,7 +25,8 @@ class ProcessSpec:
     argv: list[str]
     describe: str             # one line for the "what runs where" table
     ready: Callable[[], bool]
-    prepare: Callable[[], None] = field(default=lambda: None)
+    # Called before every start; `restart` is True when the supervisor brings a dead process back.
+    prepare: Callable[[bool], None] = field(default=lambda restart: None)
 
 
 def redis_ping(address: str, port: int, timeout: float = 0.5) -> bool:
@@ -72,7 +73,7 @@ def _redis_spec(cf: ClusterFile, run: RunDir, name: str, shard_name: str, host: 
         name=name, kind="redis", host=host, address=address, port=port, argv=argv,
         describe=f"redis-server ({role})",
         ready=lambda: redis_ping(address, port),
-        prepare=lambda: workdir.mkdir(parents=True, exist_ok=True))
+        prepare=lambda restart: workdir.mkdir(parents=True, exist_ok=True))
 
 
 def _haproxy_spec(cf: ClusterFile, run: RunDir, host: str) -> ProcessSpec:
@@ -80,8 +81,11 @@ def _haproxy_spec(cf: ClusterFile, run: RunDir, host: str) -> ProcessSpec:
     cfg = run.haproxy_config(host)
     master = run.haproxy_master_socket(host)
 
-    def prepare() -> None:
-        text = haproxy_config.render(cf, host, run)
+    def prepare(restart: bool) -> None:
+        # A restart keeps the config the dead master last ran, which `proxy reload` may have
+        # changed since start-up; re-rendering from the cluster file as it was at start-up would
+        # silently undo that reload.
+        text = cfg.read_text() if restart and cfg.exists() else haproxy_config.render(cf, host, run)
         result = haproxy_config.check(text)
         if not result.ok:
             raise haproxy_config.RenderError(f"haproxy -c rejected the config for {host}:\n{result.output}")

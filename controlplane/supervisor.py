@@ -106,8 +106,8 @@ class Supervisor:
 
     # -- processes --
 
-    def _spawn(self, m: Managed) -> None:
-        m.spec.prepare()
+    def _spawn(self, m: Managed, restart: bool = False) -> None:
+        m.spec.prepare(restart)
         log_path = self.run.log(m.spec.name)
         if m.log_file is None:
             m.log_file = open(log_path, "ab", buffering=0)
@@ -163,7 +163,7 @@ class Supervisor:
             if m.restart_at is not None:
                 if now >= m.restart_at:
                     try:
-                        self._spawn(m)
+                        self._spawn(m, restart=True)
                     except Exception as exc:
                         event(self.log, m.spec.name, "restart failed", logging.ERROR, error=exc)
                         self._schedule_restart(m, now)

@@ -2,6 +2,8 @@
 master socket, audited. The acceptance test: 10 reloads in a row under a Redis client loop through
 a shard listener cause 0 client errors."""
 
+import os
+import signal
 import threading
 import time
 
@@ -13,6 +15,7 @@ import yaml
 
 from collectors import haproxy_runtime
 from controlplane import audit, clusterfile, haproxy_config
+from controlplane.processes import haproxy_ready
 from controlplane.remediation import proxy_reload
 from controlplane.rundir import RunDir
 from tests.conftest import chatops, cluster_up, small_cluster, wait_for, write_cluster
@@ -99,7 +102,8 @@ def test_ten_reloads_under_load_cause_zero_client_errors(config, run_dir, subnet
 
 
 def test_changed_config_is_diffed_then_applied(config, run_dir, subnet):
-    with cluster_up(config, run_dir):
+    run = RunDir(run_dir)
+    with cluster_up(config, run_dir) as c:
         doc = yaml.safe_load(config.read_text())
         doc["haproxy"]["maxconn"] = 3000
         write_cluster(config, doc)
@@ -119,6 +123,14 @@ def test_changed_config_is_diffed_then_applied(config, run_dir, subnet):
         assert "Maxconn: 3000" in info
         again = chatops("proxy", "reload", "--config", str(config), "--run-dir", str(run_dir), "--dry-run")
         assert "no config change" in again.stdout
+
+        # A master that dies later comes back with the reloaded config, not the start-up one.
+        old = c.pid_of("haproxy-chat-testing")
+        os.kill(old, signal.SIGKILL)
+        wait_for(lambda: c.pid_of("haproxy-chat-testing") != old and haproxy_ready(run, "chat-testing"),
+                 what="haproxy restart")
+        info = haproxy_runtime.command(run.haproxy_socket("chat-testing"), "show info")
+        assert "Maxconn: 3000" in info
 
 
 def test_stale_plan_and_invalid_config_are_refused(config, run_dir):
