@@ -5,7 +5,7 @@ import re
 import pytest
 import yaml
 
-from controlplane import clusterfile, haproxy_config
+from controlplane import binaries, clusterfile, haproxy_config
 from controlplane.rundir import RunDir
 from tests.conftest import chatops, require, small_cluster
 
@@ -101,3 +101,9 @@ def test_render_refuses_a_run_dir_with_spaces(default_cf, tmp_path):
     spaced = tmp_path / "my run"
     with pytest.raises(haproxy_config.RenderError):
         haproxy_config.render(default_cf, "chat1", RunDir(spaced))
+
+
+def test_a_missing_binary_names_the_install_command():
+    with pytest.raises(binaries.MissingBinary, match=r"apt-get install -y no-such-tool-xyz"):
+        binaries.require("no-such-tool-xyz")
+    assert "apt-get install -y redis-tools" in str(binaries.MissingBinary("redis-cli"))

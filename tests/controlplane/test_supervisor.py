@@ -1,6 +1,7 @@
 """The local supervisor, driven through the real `chatops` command against real redis-server and
 haproxy processes on a private loopback subnet."""
 
+import json
 import os
 import signal
 import socket
@@ -11,8 +12,8 @@ import time
 import pytest
 import redis
 
-from tests.conftest import (REPO, chatops, cluster_up, leftovers, read_state, require, small_cluster,
-                            wait_for, write_cluster)
+from tests.conftest import (REPO, chatops, cluster_up, descendants, leftovers, read_state, require,
+                            small_cluster, wait_for, write_cluster)
 
 
 @pytest.fixture
@@ -67,7 +68,6 @@ def test_status_table(config, run_dir, subnet):
         assert int(rows["redis-shard1"][4]) == c.pid_of("redis-shard1")
 
         js = chatops("status", "--run-dir", str(run_dir), "--json")
-        import json
         assert json.loads(js.stdout)["running"] is True
 
 
@@ -109,7 +109,7 @@ def test_repeated_crashes_back_off(config, run_dir):
 def test_stop_signal_leaves_no_process_behind(config, run_dir, sig):
     with cluster_up(config, run_dir) as c:
         pids = {p["pid"] for p in c.state["processes"]}
-        all_below = pids | {d for p in pids for d in _descendants(p)}
+        all_below = pids | {d for p in pids for d in descendants(p)}
         assert len(all_below) > len(pids)  # haproxy workers are there too
         c.proc.send_signal(sig)
         assert c.proc.wait(timeout=20) == 0
@@ -173,8 +173,3 @@ def _alive(pid: int) -> bool:
         return state != "Z"
     except OSError:
         return False
-
-
-def _descendants(pid):
-    from tests.conftest import descendants
-    return descendants(pid)
