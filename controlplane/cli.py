@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import socket
@@ -213,8 +214,7 @@ def up(config: str | None, run_dir: str | None, detach: bool, start_timeout: flo
         return
     log = logs.setup("supervisor", sys.stdout)
     try:
-        specs = processes.specs(loaded.spec, run)
-        run.haproxy_master_socket(loaded.spec.chat_hosts()[0][0])  # fail early on a too-long run dir
+        specs = processes.specs(loaded.spec, run)  # also refuses a run dir too long for socket paths
     except (binaries.MissingBinary, RunDirError) as exc:
         _fail(str(exc))
     sup = Supervisor(specs, run, log, str(loaded.path), start_timeout)
@@ -242,7 +242,7 @@ def up(config: str | None, run_dir: str | None, detach: bool, start_timeout: flo
             sys.stdout.flush()
             sup.loop()
     except StartError as exc:
-        logs.event(log, None, f"start failed: {exc}", 40)
+        logs.event(log, None, f"start failed: {exc}", logging.ERROR)
         code = 1
     finally:
         sup.stop_all()

@@ -41,7 +41,7 @@ class ClusterFileError(Exception):
         super().__init__("\n".join(lines))
 
 
-def _describe_unsafe(value: str) -> str | None:
+def describe_unsafe(value: str) -> str | None:
     """Say why a string could not be written verbatim into a generated config line."""
     for ch, what in (("\n", "a newline"), ("\r", "a carriage return"), ("\x00", "a NUL byte"),
                      ("#", "'#' (starts a comment)")):
@@ -53,7 +53,7 @@ def _describe_unsafe(value: str) -> str | None:
 
 
 def _name(value: str) -> str:
-    unsafe = _describe_unsafe(value)
+    unsafe = describe_unsafe(value)
     if unsafe:
         raise ValueError(f"name {value!r} {unsafe}")
     if not NAME_RE.match(value):

@@ -17,7 +17,7 @@ from pathlib import Path
 import jinja2
 
 from controlplane import binaries
-from controlplane.clusterfile import ClusterFile, _describe_unsafe
+from controlplane.clusterfile import ClusterFile, describe_unsafe
 from controlplane.rundir import RunDir
 
 
@@ -28,7 +28,7 @@ class RenderError(Exception):
 def _finalize(value):
     """Every {{ }} in the template is one config token: refuse anything that is not."""
     if isinstance(value, str):
-        unsafe = _describe_unsafe(value)
+        unsafe = describe_unsafe(value)
         if unsafe or not value:
             raise RenderError(f"refusing to render {value!r} into an HAProxy config: {unsafe or 'empty'}")
     return value

@@ -98,7 +98,9 @@ def _show_proc(run: RunDir, host: str) -> haproxy_runtime.ProcTable:
 def _reload_host(run: RunDir, hp: HostPlan) -> HostResult:
     path = run.haproxy_config(hp.host)
     current = path.read_text() if path.exists() else ""
-    if current != hp.running:
+    # Applying the same plan twice finds the rendered config already in place: reload it again
+    # rather than call the plan stale, so apply() stays idempotent.
+    if current not in (hp.running, hp.rendered):
         return HostResult(hp.host, False, "the running config changed since the plan was made; plan again")
     if not hp.check.ok:
         return HostResult(hp.host, False, f"haproxy -c rejected the rendered config:\n{hp.check.output}")
@@ -109,7 +111,7 @@ def _reload_host(run: RunDir, hp: HostPlan) -> HostResult:
     if before.master is None:
         return HostResult(hp.host, False, "`show proc` named no master process")
     old_pids = [w.pid for w in before.workers]
-    if hp.changed:
+    if current != hp.rendered:
         haproxy_config.write_atomic(path, hp.rendered)
     try:
         haproxy_runtime.command(run.haproxy_master_socket(hp.host), "reload")
@@ -127,8 +129,8 @@ def _reload_host(run: RunDir, hp: HostPlan) -> HostResult:
         if after.master is None or after.master.reloads <= before.master.reloads:
             continue
         if after.master.failed_reloads > before.master.failed_reloads:
-            if hp.changed:  # put back what the running workers were started from
-                haproxy_config.write_atomic(path, hp.running)
+            if current != hp.rendered:  # put back what the running workers were started from
+                haproxy_config.write_atomic(path, current)
             return HostResult(hp.host, False, "HAProxy refused the new config; the old workers keep serving",
                               old_pids)
         new = [w.pid for w in after.workers if w.pid not in old_pids]

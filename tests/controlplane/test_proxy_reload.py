@@ -155,6 +155,22 @@ def test_stale_plan_and_invalid_config_are_refused(config, run_dir):
         assert len(failed) == 2 and all(r["actor"] == "tester" for r in failed)
 
 
+def test_apply_is_idempotent(config, run_dir):
+    run = RunDir(run_dir)
+    with cluster_up(config, run_dir):
+        doc = yaml.safe_load(config.read_text())
+        doc["haproxy"]["maxconn"] = 2500
+        write_cluster(config, doc)
+        p = proxy_reload.plan(clusterfile.load(config).spec, run, ["chat1"])
+        assert p.hosts[0].changed
+        first = proxy_reload.apply(p, run, "tester")
+        second = proxy_reload.apply(p, run, "tester")
+        assert [r.ok for r in first + second] == [True, True], [r.detail for r in first + second]
+        assert run.haproxy_config("chat1").read_text() == p.hosts[0].rendered
+        info = haproxy_runtime.command(run.haproxy_socket("chat1"), "show info")
+        assert "Maxconn: 2500" in info
+
+
 def test_unknown_host_and_no_cluster(config, run_dir):
     result = chatops("proxy", "reload", "--config", str(config), "--run-dir", str(run_dir), "--host", "redis1", "--yes")
     assert result.returncode == 2 and "not a chat host: redis1" in result.stderr
