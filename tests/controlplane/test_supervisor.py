@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 
 import pytest
 import redis
@@ -40,6 +41,13 @@ def test_each_listener_reaches_its_shard_from_its_own_host(config, run_dir, subn
                 info = wait_for(lambda: _try_client_info(host_addr, 2000 + index), what="listener")
                 assert info["laddr"] == shard_addr          # the right shard answered
                 assert info["addr"].startswith(host_addr + ":")  # and saw the chat host as itself
+        # The stats page (CSV) and the Prometheus exporter answer on each chat host's address.
+        with urllib.request.urlopen(f"http://{subnet}.9:8404/stats;csv", timeout=5) as resp:
+            csv_text = resp.read().decode()
+        assert csv_text.startswith("# pxname,svname,")
+        assert "redis-shard0,shard0," in csv_text and "fe_edge_testing,FRONTEND," in csv_text
+        with urllib.request.urlopen(f"http://{subnet}.9:8404/metrics", timeout=5) as resp:
+            assert 'haproxy_backend_active_servers{proxy="redis-shard1"} 1' in resp.read().decode()
         # The replica follows its primary.
         r = redis.Redis(host=f"{subnet}.22", port=6380, socket_timeout=2)
         assert wait_for(lambda: r.info("replication")["master_link_status"] == "up", what="replication")
