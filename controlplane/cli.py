@@ -147,6 +147,56 @@ def proxy_reload_cmd(config: str | None, run_dir: str | None, hosts: tuple[str, 
         _fail("reload failed; see above (the audit log has the record)")
 
 
+# -- users --
+
+@main.group()
+def users() -> None:
+    """Chat users and their tokens (the cluster must be running)."""
+
+
+@users.command("add")
+@click.argument("name")
+@config_option
+@run_dir_option
+@click.option("--mod", "mod_rooms", multiple=True, metavar="ROOM", help="Make the user a mod of ROOM (repeatable).")
+@click.option("--broadcaster", "broadcaster_rooms", multiple=True, metavar="ROOM",
+              help="Make the user ROOM's broadcaster (repeatable).")
+@click.option("--bot", is_flag=True, help="A known bot: Twitch's 7,500 messages per 30 s limit.")
+@click.option("--color", default="", help="Chat colour, like #1E90FF.")
+def users_add(name: str, config: str | None, run_dir: str | None, mod_rooms: tuple[str, ...],
+              broadcaster_rooms: tuple[str, ...], bot: bool, color: str) -> None:
+    """Create (or update) user NAME and print a new token for `PASS oauth:<token>`."""
+    import asyncio
+
+    from chat.cache import CacheUnavailable, ShardedCache
+    from chat.users import add_user
+
+    run = _run_dir(run_dir)
+    cf = _load(config, run).spec
+    mod_rooms = tuple(r.lstrip("#") for r in mod_rooms)
+    broadcaster_rooms = tuple(r.lstrip("#") for r in broadcaster_rooms)
+    host = cf.chat_hosts()[0][0]
+
+    async def go() -> str:
+        cache = ShardedCache.for_host(cf, host, timeout=2.0)
+        try:
+            return await add_user(cache, name.lower(), mod_rooms=mod_rooms,
+                                  broadcaster_rooms=broadcaster_rooms, bot=bot, color=color)
+        finally:
+            await cache.close()
+
+    try:
+        token = asyncio.run(go())
+    except ValueError as exc:
+        _fail(str(exc), 2)
+    except CacheUnavailable as exc:
+        _fail(f"cannot reach Redis through {host}'s shard listeners ({exc}); is the cluster up (`chatops status`)?")
+    roles = ", ".join([f"mod of #{r}" for r in mod_rooms] + [f"broadcaster of #{r}" for r in broadcaster_rooms]
+                      + (["bot"] if bot else []))
+    click.echo(f"user {name.lower()}{f' ({roles})' if roles else ''}; connect with:", err=True)
+    click.echo(f"oauth:{token}")
+
+
 # -- up / down / status --
 
 def _format_uptime(seconds: float) -> str:
@@ -214,7 +264,7 @@ def up(config: str | None, run_dir: str | None, detach: bool, start_timeout: flo
         return
     log = logs.setup("supervisor", sys.stdout)
     try:
-        specs = processes.specs(loaded.spec, run)  # also refuses a run dir too long for socket paths
+        specs = processes.specs(loaded.spec, run, loaded.path)  # also refuses a run dir too long for socket paths
     except (binaries.MissingBinary, RunDirError) as exc:
         _fail(str(exc))
     sup = Supervisor(specs, run, log, str(loaded.path), start_timeout)

@@ -142,6 +142,7 @@ class Frontend(_Model):
 class EdgeService(_Model):
     irc_port: Port = 16667
     ws_port: Port = 18080
+    http_port: Port = 17080          # internal: deliveries from the exchange, /metrics, /healthz
     server_name: HostName = "tmi.chatops.local"
     motd: TextLine = "Welcome to the chat room!"
     max_output_buffer: Annotated[int, Field(ge=4096)] = 1_048_576
@@ -158,6 +159,13 @@ class ClueService(_Model):
     client: ClueClientSettings = ClueClientSettings()
     cache_max_conns: Annotated[int, Field(ge=1, le=10_000)] = 10  # CACHE_MAX_CONNS
     cache_timeout: Duration = "100ms"                              # CACHE_TIMEOUT
+    # Twitch's limits: 20 messages per 30 s, 100 for a room's mods and broadcaster, 7,500 for
+    # known bots (the load generator's senders are bots).
+    rate_window: Duration = "30s"
+    user_rate: Annotated[int, Field(ge=1)] = 20
+    privileged_rate: Annotated[int, Field(ge=1)] = 100
+    bot_rate: Annotated[int, Field(ge=1)] = 7500
+    room_rate: Annotated[int, Field(ge=1)] = 2000                 # messages per second per room
 
 
 class ExchangeService(_Model):
@@ -290,6 +298,13 @@ class ClusterFile(_Model):
     def host_by_address(self) -> dict[str, str]:
         return {h.address: name for name, h in self.hosts.items()}
 
+    def cluster_of_room(self, room: str) -> str:
+        """Rooms not placed anywhere live on the first cluster, as new channels did on main."""
+        for cname, c in self.clusters.items():
+            if room in c.rooms:
+                return cname
+        return next(iter(self.clusters))
+
 
 @dataclass(frozen=True)
 class LoadedCluster:
@@ -392,6 +407,7 @@ def _cross_checks(cf: ClusterFile) -> list[tuple[str, str]]:
             bind(f"clusters.{cname}.frontend.ws_port", h, fe.ws_port)
             bind(f"clusters.{cname}.services.edge.irc_port", h, sv.edge.irc_port)
             bind(f"clusters.{cname}.services.edge.ws_port", h, sv.edge.ws_port)
+            bind(f"clusters.{cname}.services.edge.http_port", h, sv.edge.http_port)
             bind(f"clusters.{cname}.services.clue.port", h, sv.clue.port)
             bind(f"clusters.{cname}.services.exchange.port", h, sv.exchange.port)
             bind("haproxy.stats_port", h, cf.haproxy.stats_port)

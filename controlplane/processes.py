@@ -6,7 +6,11 @@ ready) so the supervisor never needs to know what a Redis or an HAProxy is.
 from __future__ import annotations
 
 import socket
+import sys
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 from collectors import haproxy_runtime
@@ -49,6 +53,23 @@ def haproxy_ready(run: RunDir, host: str) -> bool:
         return True
     except haproxy_runtime.RuntimeAPIError:
         return False
+
+
+def http_healthy(address: str, port: int, timeout: float = 0.5) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://{address}:{port}/healthz", timeout=timeout) as resp:
+            return resp.status == 200
+    except (OSError, urllib.error.URLError):
+        return False
+
+
+def _chat_spec(cf: ClusterFile, config: Path, host: str, kind: str, port: int, health_port: int,
+               describe: str) -> ProcessSpec:
+    address = cf.address(host)
+    return ProcessSpec(
+        name=f"{kind}-{host}", kind=kind, host=host, address=address, port=port,
+        argv=[sys.executable, "-m", f"chat.{kind}", "--config", str(config), "--host", host],
+        describe=describe, ready=lambda: http_healthy(address, health_port))
 
 
 def _redis_spec(cf: ClusterFile, run: RunDir, name: str, shard_name: str, host: str, port: int,
@@ -106,8 +127,9 @@ def _haproxy_spec(cf: ClusterFile, run: RunDir, host: str) -> ProcessSpec:
         prepare=prepare)
 
 
-def specs(cf: ClusterFile, run: RunDir) -> list[ProcessSpec]:
-    """Redis first, then the proxies in front of it, which is also the order to start them in."""
+def specs(cf: ClusterFile, run: RunDir, config: Path) -> list[ProcessSpec]:
+    """In start order: Redis, the proxies in front of it, then per chat host the exchange, clue
+    (which needs the exchange) and the edge (which needs both)."""
     out: list[ProcessSpec] = []
     for shard in cf.redis.shards:
         out.append(_redis_spec(cf, run, f"redis-{shard.name}", shard.name, shard.host, shard.port, None))
@@ -116,4 +138,13 @@ def specs(cf: ClusterFile, run: RunDir) -> list[ProcessSpec]:
                                    shard.replica.port, (cf.address(shard.host), shard.port)))
     for host, _cluster in cf.chat_hosts():
         out.append(_haproxy_spec(cf, run, host))
+    for host, cluster in cf.chat_hosts():
+        sv = cf.clusters[cluster].services
+        out.append(_chat_spec(cf, config, host, "exchange", sv.exchange.port, sv.exchange.port,
+                              f"exchange (keepalive {'on' if sv.exchange.keepalive else 'OFF'}, pool {sv.exchange.pool_size})"))
+        out.append(_chat_spec(cf, config, host, "clue", sv.clue.port, sv.clue.port,
+                              f"clue (Redis via :{cf.listener_port(0)}-{cf.listener_port(len(cf.redis.shards) - 1)})"))
+        out.append(_chat_spec(cf, config, host, "edge", sv.edge.irc_port, sv.edge.http_port,
+                              f"edge (irc :{sv.edge.irc_port}, ws :{sv.edge.ws_port}; via haproxy "
+                              f":{cf.clusters[cluster].frontend.irc_port}/:{cf.clusters[cluster].frontend.ws_port})"))
     return out

@@ -1,0 +1,445 @@
+"""The sharded Redis client the chat services use: the talk's `redis_cluster.get_instance(key)`.
+
+Each shard is reached through the chat host's own HAProxy listener (the talk's
+`CACHE_SERVER=localhost CACHE_PORT=2000`, here `<host address>:<listener_base_port + i>`), over
+one bounded connection pool per shard. A key picks its shard through the slot map
+(`chat.sharding`); clients and pipelines refuse keys that live on another shard, so the talk's
+problem pattern #2 (a pipeline spanning shards) fails loudly in development instead of quietly
+writing to the wrong shard in production.
+
+Every command is counted per shard, per slot and per key prefix in plain in-process counters
+(`stats()`); the service turns them into metrics at scrape time. A shard that cannot be reached
+is logged in the talk's style, at most once a second per shard, and raised as `CacheUnavailable`
+so the caller can fail closed.
+"""
+
+from __future__ import annotations
+
+import errno
+import heapq
+import logging
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+import redis.exceptions
+from redis.asyncio.client import Pipeline
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from chat import logs
+from chat.sharding import SLOTS, SlotMap, key_prefix, key_slot
+from controlplane import clusterfile
+
+__all__ = ["CacheUnavailable", "CrossShardError", "RoutedPipeline", "ShardEndpoint", "ShardedCache"]
+
+LOG_EVERY = 1.0          # seconds between error lines for one shard; the rest are counted
+MAX_PREFIXES = 1000      # distinct prefixes counted before the rest go to OTHER_PREFIX
+OTHER_PREFIX = "(other)"
+NO_KEY = "(none)"
+
+# What "the shard is unreachable" looks like from redis-py: refused, reset or closed connections,
+# timeouts, an exhausted pool (a ConnectionError too), and raw socket errors.
+_UNAVAILABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
+
+
+class CacheUnavailable(Exception):
+    """A shard could not answer in time; callers fail closed (refuse the message, not crash)."""
+
+    def __init__(self, shard: str, detail: str):
+        super().__init__(f"{shard}: {detail}")
+        self.shard = shard
+        self.detail = detail
+
+
+class CrossShardError(ValueError):
+    """A key was sent to a client or pipeline of a shard that does not own the key's slot."""
+
+    def __init__(self, message: str, key: Any, anchor: Any = None):
+        super().__init__(message)
+        self.key = key
+        self.anchor = anchor
+
+
+@dataclass(frozen=True)
+class ShardEndpoint:
+    """Where this host reaches shard `index`: its local HAProxy listener, not the shard itself."""
+    index: int
+    name: str
+    address: str
+    port: int
+
+    @property
+    def where(self) -> str:
+        return f"{self.address}:{self.port}"
+
+
+# -- which arguments of a command are keys --
+# redis-py passes a subcommand inside the name ("CLIENT LIST", "OBJECT ENCODING"), so the first
+# argument after the name is the key for every command not listed here.
+_NO_KEYS, _ALL, _TWO, _ALL_BUT_LAST, _PAIRS, _NUMKEYS = range(6)
+_KINDS: dict[str, int] = {
+    **dict.fromkeys("PING ECHO INFO TIME DBSIZE CLIENT CONFIG COMMAND SCRIPT FUNCTION FLUSHDB "
+                    "FLUSHALL SELECT HELLO AUTH SLOWLOG LATENCY DEBUG SCAN RANDOMKEY KEYS MULTI "
+                    "EXEC DISCARD UNWATCH WAIT LASTSAVE SAVE BGSAVE BGREWRITEAOF ROLE PUBLISH "
+                    "SPUBLISH SUBSCRIBE UNSUBSCRIBE PSUBSCRIBE PUNSUBSCRIBE PUBSUB MONITOR QUIT "
+                    "SWAPDB READONLY READWRITE ACL MODULE SHUTDOWN CLUSTER RESET".split(), _NO_KEYS),
+    **dict.fromkeys("MGET DEL UNLINK EXISTS TOUCH WATCH SINTER SUNION SDIFF SINTERSTORE "
+                    "SUNIONSTORE SDIFFSTORE PFCOUNT PFMERGE".split(), _ALL),
+    **dict.fromkeys("RENAME RENAMENX RPOPLPUSH BRPOPLPUSH SMOVE LMOVE BLMOVE COPY".split(), _TWO),
+    **dict.fromkeys("BLPOP BRPOP".split(), _ALL_BUT_LAST),
+    **dict.fromkeys("MSET MSETNX".split(), _PAIRS),
+    **dict.fromkeys("EVAL EVALSHA EVAL_RO EVALSHA_RO FCALL FCALL_RO".split(), _NUMKEYS),
+}
+_RESOLVED: dict[Any, int] = {}    # command name as redis-py sends it -> kind, filled on first use
+
+
+def command_keys(args: Sequence[Any]) -> Sequence[Any]:
+    """The key arguments of a redis-py command tuple `(name, *args)`."""
+    if len(args) < 2:
+        return ()
+    name = args[0]
+    kind = _RESOLVED.get(name)
+    if kind is None:
+        kind = _KINDS.get(str(name).split(" ", 1)[0].upper(), -1)
+        if len(_RESOLVED) < 1024:   # command names come from redis-py's code: a small, fixed set
+            _RESOLVED[name] = kind
+    if kind == -1:
+        return args[1:2]
+    if kind == _NO_KEYS:
+        return ()
+    if kind == _ALL:
+        return args[1:]
+    if kind == _TWO:
+        return args[1:3]
+    if kind == _ALL_BUT_LAST:
+        return args[1:-1]
+    if kind == _PAIRS:
+        return args[1::2]
+    try:  # _NUMKEYS: name script numkeys key... arg...
+        return args[3:3 + int(args[2])]
+    except (IndexError, ValueError, TypeError):
+        return ()
+
+
+def _format_seconds(value: float) -> str:
+    return f"{value * 1000:.0f}ms" if value < 1 else f"{value:g}s"
+
+
+def _errno_name(exc: BaseException) -> str | None:
+    """The errno name (ECONNREFUSED, ECONNRESET, ...) behind a redis-py error, if there is one.
+
+    redis-py wraps the socket's OSError in its own ConnectionError; the original stays on the
+    exception chain."""
+    seen = 0
+    current: BaseException | None = exc
+    while current is not None and seen < 6:
+        if isinstance(current, OSError) and current.errno:
+            return errno.errorcode.get(current.errno, f"errno {current.errno}")
+        current = current.__cause__ or current.__context__
+        seen += 1
+    return None
+
+
+class ShardedCache:
+    """One bounded connection pool per shard, keys routed by slot, every command counted.
+
+    Pools are `BlockingConnectionPool`s: when all `max_conns` connections of a shard are busy, a
+    burst waits up to `timeout` for one to come back rather than opening more connections. An
+    unbounded pool under a burst is exactly how the talk's clients piled thousands of connections
+    onto one Redis; a bounded wait turns that into a visible, fail-closed timeout instead.
+
+    Every step (waiting for a pooled connection, connecting, each read and write) is bounded by
+    `timeout`, and redis-py's own retries are off (Retry(NoBackoff(), 0)): a call on an
+    unreachable shard fails at the first step that blocks, so after about one timeout (a few at
+    worst: pool wait, then connect, then read), and whether to retry is the caller's call.
+    """
+
+    def __init__(self, endpoints: Sequence[ShardEndpoint], slot_map: SlotMap | None = None, *,
+                 max_conns: int = 10, timeout: float | str = 0.1, logger: logging.Logger | None = None,
+                 client_name: str | None = None, decode_responses: bool = True):
+        if not endpoints:
+            raise ValueError("a sharded cache needs at least one shard")
+        if [e.index for e in endpoints] != list(range(len(endpoints))):
+            raise ValueError("shard endpoints must be given in index order 0..n-1")
+        slot_map = slot_map or SlotMap.even(len(endpoints))
+        self._check_map(slot_map, len(endpoints))
+        if isinstance(timeout, str):
+            timeout = clusterfile.seconds(timeout)
+        if timeout <= 0:
+            raise ValueError(f"timeout must be positive, not {timeout!r}")
+        if max_conns < 1:
+            raise ValueError(f"max_conns must be at least 1, not {max_conns!r}")
+        self.endpoints = tuple(endpoints)
+        self.max_conns = max_conns
+        self.timeout = float(timeout)
+        self.timeout_text = _format_seconds(self.timeout)
+        self._map = slot_map
+        self._log = logger or logging.getLogger("chatops.cache")
+        self._closed = False
+        self._pools = [aioredis.BlockingConnectionPool(
+            host=e.address, port=e.port, max_connections=max_conns,
+            timeout=self.timeout,                       # wait for a free pooled connection
+            socket_connect_timeout=self.timeout, socket_timeout=self.timeout,
+            retry=Retry(NoBackoff(), 0),                # no silent retries: the caller decides
+            client_name=client_name, decode_responses=decode_responses,
+        ) for e in endpoints]
+        self._clients = [_ShardClient(self, e.index, pool) for e, pool in zip(endpoints, self._pools)]
+        # Counters: plain lists and one Counter, since this runs once per Redis command.
+        n = len(endpoints)
+        self._ops_by_shard = [0] * n
+        self._errors_by_shard = [0] * n
+        self._ops_by_slot = [0] * SLOTS
+        self._ops_by_prefix: Counter[str] = Counter()
+        self._last_logged = [float("-inf")] * n
+        self._suppressed = [0] * n
+
+    @classmethod
+    def for_host(cls, cf: clusterfile.ClusterFile, host: str, *, slot_map: SlotMap | None = None,
+                 max_conns: int | None = None, timeout: float | str | None = None,
+                 logger: logging.Logger | None = None, client_name: str | None = None,
+                 decode_responses: bool = True) -> ShardedCache:
+        """The cache as chat host `host` sees it: shard i at `<host address>:<listener port i>`,
+        pool size and timeout from its cluster's clue settings unless given."""
+        if host not in cf.hosts:
+            raise ValueError(f"unknown host {host!r} (not under hosts: in the cluster file)")
+        cluster = cf.cluster_of(host)
+        if cluster is None:
+            raise ValueError(f"{host!r} is not a chat host of any cluster, so it runs no HAProxy "
+                             "listeners to reach the shards through")
+        clue = cf.clusters[cluster].services.clue
+        address = cf.address(host)
+        endpoints = [ShardEndpoint(i, shard.name, address, cf.listener_port(i))
+                     for i, shard in enumerate(cf.redis.shards)]
+        return cls(endpoints, slot_map,
+                   max_conns=clue.cache_max_conns if max_conns is None else max_conns,
+                   timeout=clue.cache_timeout if timeout is None else timeout,
+                   logger=logger, client_name=client_name, decode_responses=decode_responses)
+
+    @staticmethod
+    def _check_map(slot_map: SlotMap, n_shards: int) -> None:
+        if slot_map.n_shards != n_shards:
+            raise ValueError(f"the slot map is for {slot_map.n_shards} shards, "
+                             f"but the cluster file has {n_shards}")
+
+    # -- routing --
+
+    @property
+    def slot_map(self) -> SlotMap:
+        return self._map
+
+    def use_slot_map(self, slot_map: SlotMap) -> None:
+        """Route by a new map (after slots moved); same shards, so the pools stay."""
+        self._check_map(slot_map, len(self.endpoints))
+        self._map = slot_map
+
+    def shard_of(self, key: str | bytes) -> int:
+        return self._map.shard_of(key)
+
+    def client_for(self, key: str | bytes) -> aioredis.Redis:
+        """The client of the shard owning `key` (the talk's get_instance(key))."""
+        return self._clients[self._map.shard_of(key)]
+
+    def client_for_shard(self, index: int) -> aioredis.Redis:
+        """The client of shard `index`, for keyless commands (PING, INFO, CLIENT INFO)."""
+        return self._clients[index]
+
+    def pipeline_for(self, key: str | bytes, transaction: bool = False) -> RoutedPipeline:
+        """A pipeline on `key`'s shard that refuses any key living on another shard."""
+        shard = self._map.shard_of(key)
+        return RoutedPipeline(self, shard, key, self._pools[shard],
+                              self._clients[shard].response_callbacks, transaction)
+
+    # -- accounting, called for every command --
+
+    def _route(self, shard: int, args: Sequence[Any], anchor: Any) -> tuple[int, str] | None:
+        """Check that every key of the command lives on `shard`; returns (slot, prefix) of the
+        first key for counting, or None for a keyless command."""
+        if self._closed:
+            raise CacheUnavailable(self.endpoints[shard].name, "cache client is closed")
+        keys = command_keys(args)
+        if not keys:
+            return None
+        owners = self._map
+        first = -1
+        for key in keys:
+            slot = key_slot(key)
+            if owners.shard_of_slot(slot) != shard:
+                raise self._cross_shard(shard, key, slot, anchor)
+            if first < 0:
+                first = slot
+        return first, key_prefix(keys[0])
+
+    def _cross_shard(self, shard: int, key: Any, slot: int, anchor: Any) -> CrossShardError:
+        owner = self.endpoints[self._map.shard_of_slot(slot)].name
+        here = self.endpoints[shard].name
+        if anchor is None:
+            what = f"the client of {here}"
+        else:
+            what = f"a pipeline on {here} (chosen by key {anchor!r}, slot {key_slot(anchor)})"
+        return CrossShardError(
+            f"key {key!r} (slot {slot}) lives on {owner}, not on {here}: it cannot go to {what}. "
+            "Keys used together need the same hash tag, e.g. '{room}.bans' and '{room}.ratelimits'.",
+            key, anchor)
+
+    def _count(self, shard: int, routed: tuple[int, str] | None) -> None:
+        self._ops_by_shard[shard] += 1
+        if routed is None:
+            return
+        slot, prefix = routed
+        self._ops_by_slot[slot] += 1
+        counts = self._ops_by_prefix
+        # Bounded: keys with unmasked IDs (no hash tag, no digits) must not grow this forever.
+        if prefix in counts or len(counts) < MAX_PREFIXES:
+            counts[prefix] += 1
+        else:
+            counts[OTHER_PREFIX] += 1
+
+    # -- failures --
+
+    def _unavailable(self, shard: int, exc: BaseException, command: Any) -> CacheUnavailable:
+        """Count, log (rate-limited) and describe a failure to reach `shard`."""
+        self._errors_by_shard[shard] += 1
+        ep = self.endpoints[shard]
+        if isinstance(command, bytes):
+            command = command.decode("ascii", "replace")
+        command = str(command).lower()
+        text = str(exc)
+        name = _errno_name(exc)
+        if isinstance(exc, (redis.exceptions.TimeoutError, TimeoutError)):
+            detail = f"Timed out (after {self.timeout_text})"
+            line = f"{detail} on {ep.name} ({ep.where}) waiting for: {command}"
+        elif "No connection available" in text:
+            detail = f"No connection available (all {self.max_conns} busy for {self.timeout_text})"
+            line = f"{detail} on {ep.name} ({ep.where}) for: {command}"
+        else:
+            if name is None:
+                # Through HAProxy a down shard usually looks like this: HAProxy accepts, then
+                # closes because it has no server to forward to.
+                name = "closed by peer" if "closed" in text.lower() else text
+            kind = "Connect error" if "connecting to" in text or name == "ECONNREFUSED" else "Connection error"
+            detail = f"{kind}: {name}"
+            line = f"{kind} on {ep.name} ({ep.where}): {name}"
+        self._report(shard, line)
+        return CacheUnavailable(ep.name, detail)
+
+    def _report(self, shard: int, line: str) -> None:
+        now = time.monotonic()
+        if now - self._last_logged[shard] < LOG_EVERY:
+            self._suppressed[shard] += 1
+            return
+        fields: dict[str, Any] = {}
+        if self._suppressed[shard]:
+            fields["suppressed"] = self._suppressed[shard]
+        self._last_logged[shard] = now
+        self._suppressed[shard] = 0
+        logs.event(self._log, "redis", line, logging.WARNING, **fields)
+
+    # -- stats --
+
+    def top_slots(self, n: int = 20) -> list[tuple[int, int]]:
+        """The `n` busiest slots as (slot, ops), busiest first."""
+        ops = self._ops_by_slot
+        best = heapq.nlargest(n, ((count, -slot) for slot, count in enumerate(ops) if count))
+        return [(-neg_slot, count) for count, neg_slot in best]
+
+    def stats(self, top: int = 20) -> dict[str, Any]:
+        """Counters since start: ops and errors by shard name, ops by key prefix, busiest slots."""
+        names = [e.name for e in self.endpoints]
+        return {
+            "ops_by_shard": dict(zip(names, self._ops_by_shard)),
+            "errors_by_shard": dict(zip(names, self._errors_by_shard)),
+            "ops_by_prefix": dict(self._ops_by_prefix.most_common()),
+            "top_slots": self.top_slots(top),
+        }
+
+    # -- lifecycle --
+
+    async def close(self) -> None:
+        """Close every pool's connections; safe to call more than once."""
+        if self._closed:
+            return
+        self._closed = True
+        for pool in self._pools:
+            await pool.disconnect()
+
+    async def __aenter__(self) -> ShardedCache:
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        await self.close()
+
+
+class _ShardClient(aioredis.Redis):
+    """A redis.asyncio.Redis bound to one shard: checks and counts every command's keys and
+    turns connection failures into CacheUnavailable."""
+
+    def __init__(self, cache: ShardedCache, shard: int, pool: aioredis.BlockingConnectionPool):
+        super().__init__(connection_pool=pool)
+        self._cache = cache
+        self._shard = shard
+
+    async def execute_command(self, *args: Any, **options: Any) -> Any:
+        cache = self._cache
+        routed = cache._route(self._shard, args, None)
+        cache._count(self._shard, routed)
+        try:
+            return await super().execute_command(*args, **options)
+        except _UNAVAILABLE as exc:
+            raise cache._unavailable(self._shard, exc, args[0]) from exc
+
+    def pipeline(self, transaction: bool = True, shard_hint: str | None = None) -> RoutedPipeline:
+        return RoutedPipeline(self._cache, self._shard, None, self.connection_pool,
+                              self.response_callbacks, transaction)
+
+
+class RoutedPipeline(Pipeline):
+    """A redis.asyncio pipeline pinned to one shard.
+
+    Each command's keys are checked as it is queued (CrossShardError names the offending key and
+    the key that chose the shard); commands are counted when `execute()` sends them.
+    """
+
+    def __init__(self, cache: ShardedCache, shard: int, anchor: Any, pool: aioredis.ConnectionPool,
+                 response_callbacks: Any, transaction: bool):
+        super().__init__(pool, response_callbacks, transaction, None)
+        self._cache = cache
+        self._shard = shard
+        self._anchor = anchor
+        self._queued: list[tuple[int, str] | None] = []
+
+    def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        routed = self._cache._route(self._shard, args, self._anchor)
+        if self._anchor is None and routed is not None:
+            self._anchor = command_keys(args)[0]    # the first key names the pipeline in errors
+        if (self.watching or args[0] == "WATCH") and not self.explicit_transaction:
+            # WATCH, and commands after it until MULTI, run immediately.
+            self._cache._count(self._shard, routed)
+            return self._immediate(args, kwargs)
+        self._queued.append(routed)
+        return self.pipeline_execute_command(*args, **kwargs)
+
+    async def _immediate(self, args: tuple, kwargs: dict) -> Any:
+        try:
+            return await self.immediate_execute_command(*args, **kwargs)
+        except _UNAVAILABLE as exc:
+            raise self._cache._unavailable(self._shard, exc, args[0]) from exc
+
+    async def execute(self, raise_on_error: bool = True) -> list[Any]:
+        cache, shard = self._cache, self._shard
+        if self._queued and cache._closed:
+            raise CacheUnavailable(cache.endpoints[shard].name, "cache client is closed")
+        for routed in self._queued:
+            cache._count(shard, routed)
+        self._queued = []
+        try:
+            return await super().execute(raise_on_error)
+        except _UNAVAILABLE as exc:
+            raise cache._unavailable(shard, exc, "pipeline") from exc
+
+    async def reset(self) -> None:
+        self._queued = []
+        await super().reset()

@@ -1,0 +1,325 @@
+"""clue: message ingestion. For every PRIVMSG an edge forwards, clue decides, from Redis state
+reached through the host's own shard listeners, whether it may be sent: who the user is, whether
+they are banned or timed out, whether they are over their rate limit or the room is over its,
+and what colour and badges they wear. Accepted messages go to the exchange; rejected ones return
+the Twitch NOTICE msg-id the edge shows the user. Mods and the broadcaster run `.ban`, `.timeout`
+and `.unban` here too, which the exchange turns into CLEARCHAT for everyone in the room.
+
+When Redis cannot be reached the message is refused (`msg_unavailable`): a ban must never be
+skipped because the ban list could not be read.
+
+    python -m chat.clue --config FILE --host chat1
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+import zlib
+from dataclasses import dataclass
+
+from aiohttp import web
+from prometheus_client import Counter, Histogram
+from prometheus_client.core import CounterMetricFamily
+
+from chat import keys, logs, service
+from chat.cache import CacheUnavailable, ShardedCache
+from chat.upstream import Upstream, UpstreamError, make_session
+from controlplane.clusterfile import ClueService, seconds
+
+TIMEOUT_DEFAULT = 600          # seconds, as Twitch's /timeout without a duration
+MAX_TIMEOUT = 14 * 24 * 3600
+
+
+def user_id(login: str) -> str:
+    """Stable numeric ids without a counter key: ids only need to be unique enough to tag."""
+    return str(zlib.crc32(login.encode()) & 0x7FFFFFFF)
+
+
+# -- pure decisions --
+
+@dataclass(frozen=True)
+class ModCommand:
+    action: str          # ban | timeout | unban
+    target: str
+    duration: int = 0    # seconds, timeout only
+    reason: str = ""
+
+
+def parse_mod_command(text: str) -> ModCommand | None | str:
+    """`.ban x`, `/timeout x 60 spam`, `.unban x` -> ModCommand; a malformed one -> usage text;
+    anything else -> None (an ordinary message)."""
+    if not text or text[0] not in "./":
+        return None
+    word, _, rest = text[1:].partition(" ")
+    word = word.lower()
+    if word in ("untimeout",):
+        word = "unban"
+    if word not in ("ban", "timeout", "unban"):
+        return None
+    args = rest.split()
+    if not args:
+        return f"Usage: .{word} <username>" + (" [duration] [reason]" if word == "timeout" else "")
+    target = args[0].lstrip("@").lower()
+    if word == "timeout":
+        duration = TIMEOUT_DEFAULT
+        reason_at = 1
+        if len(args) > 1 and args[1].isdigit():
+            duration, reason_at = min(int(args[1]), MAX_TIMEOUT), 2
+        return ModCommand("timeout", target, max(duration, 1), " ".join(args[reason_at:]))
+    return ModCommand(word, target, 0, " ".join(args[1:]))
+
+
+@dataclass(frozen=True)
+class Role:
+    broadcaster: bool
+    mod: bool
+    bot: bool
+
+    @property
+    def privileged(self) -> bool:
+        return self.broadcaster or self.mod
+
+
+def user_limit(role: Role, settings: ClueService, override: str | None) -> int:
+    if role.bot:
+        return settings.bot_rate
+    if role.privileged:
+        return settings.privileged_rate
+    return int(override) if override and override.isdigit() else settings.user_rate
+
+
+def badges(role: Role) -> str:
+    return "broadcaster/1" if role.broadcaster else "moderator/1" if role.mod else ""
+
+
+def notice(msg_id: str, text: str) -> dict:
+    return {"ok": False, "notice": {"msg_id": msg_id, "text": text}}
+
+
+def ban_notice(expiry: int, now: float) -> dict:
+    if expiry == 0:
+        return notice("msg_banned", "You are permanently banned from talking in this channel.")
+    return notice("msg_timedout", f"You are timed out for {max(1, int(expiry - now))} more seconds.")
+
+
+# -- the service --
+
+class Clue:
+    def __init__(self, ctx: service.Context, cache: ShardedCache, exchange: Upstream):
+        self.ctx = ctx
+        self.settings = ctx.services.clue
+        self.window = int(seconds(self.settings.rate_window))
+        self.server_name = ctx.services.edge.server_name
+        self.cache = cache
+        self.exchange = exchange
+        r = ctx.registry
+        self.m_messages = Counter("chat_clue_messages", "PRIVMSGs decided, by result (accepted or the NOTICE msg-id)",
+                                  ["result"], registry=r)
+        self.m_auth = Counter("chat_clue_auth", "Token lookups, by result", ["result"], registry=r)
+        self.m_decision = Histogram("chat_clue_decision_seconds", "Time to decide one PRIVMSG, Redis included",
+                                    registry=r, buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1))
+        self.m_exchange_errors = Counter("chat_clue_exchange_errors", "Accepted messages the exchange did not take",
+                                         ["kind"], registry=r)
+        r.register(_CacheCollector(cache))
+
+    # auth: token -> user
+    async def auth(self, item: dict) -> dict:
+        token = str(item.get("token", ""))
+        if not token or len(token) > 200:
+            self.m_auth.labels("invalid").inc()
+            return {"ok": False, "error": "invalid token"}
+        try:
+            login = await self.cache.client_for(keys.token(token)).get(keys.token(token))
+            if login is None:
+                self.m_auth.labels("invalid").inc()
+                return {"ok": False, "error": "invalid token"}
+            login = login.decode() if isinstance(login, bytes) else login
+            pipe = self.cache.pipeline_for(keys.user(login))
+            pipe.hmget(keys.user(login), "id", "display_name")
+            (uid, display), = await pipe.execute()
+        except CacheUnavailable:
+            self.m_auth.labels("unavailable").inc()
+            return {"ok": False, "error": "unavailable"}
+        self.m_auth.labels("ok").inc()
+        return {"ok": True, "login": login, "user_id": _s(uid) or user_id(login),
+                "display_name": _s(display) or login}
+
+    async def privmsg(self, item: dict) -> dict:
+        started = time.perf_counter()
+        try:
+            result = await self._privmsg(item)
+        except CacheUnavailable:
+            result = notice("msg_unavailable", "Your message was not sent: chat is temporarily unavailable.")
+        self.m_decision.observe(time.perf_counter() - started)
+        self.m_messages.labels("accepted" if result["ok"] else result["notice"]["msg_id"]).inc()
+        return result
+
+    async def _privmsg(self, item: dict) -> dict:
+        login, room, text = item["login"], item["room"], item["text"]
+        now = time.time()
+        second = int(now)
+        bans, mods, room_key, limits = keys.bans(room), keys.mods(room), keys.room(room), keys.ratelimits(room)
+        ucount, rcount = keys.user_counter(room, login), keys.room_counter(room, second)
+        # One round trip to the room's shard and one to the user's, in parallel.
+        rp = self.cache.pipeline_for(bans)
+        rp.hget(bans, login)
+        rp.sismember(mods, login)
+        rp.hmget(room_key, "id", "broadcaster")
+        rp.hmget(limits, "room_rate", "user_rate")
+        rp.incr(ucount)
+        rp.expire(ucount, self.window, nx=True)
+        rp.incr(rcount)
+        rp.expire(rcount, 2, nx=True)
+        up = self.cache.pipeline_for(keys.user(login))
+        up.hmget(keys.user(login), "id", "display_name", "bot")
+        up.get(keys.color(login))
+        (ban, is_mod, (room_id, broadcaster), (room_rate, user_rate), used, _, room_used, _), \
+            ((uid, display, bot), color) = await asyncio.gather(rp.execute(), up.execute())
+
+        if ban is not None:
+            expiry = int(_s(ban) or 0)
+            if expiry == 0 or expiry > now:
+                return ban_notice(expiry, now)
+        role = Role(broadcaster=_s(broadcaster) == login, mod=bool(is_mod), bot=_s(bot) == "1")
+        room_id = _s(room_id) or user_id(room)
+        uid = _s(uid) or user_id(login)
+
+        command = parse_mod_command(text)
+        if isinstance(command, str):
+            return notice("usage", command)
+        if command is not None:
+            return await self._moderate(command, role, room, room_id, now)
+
+        if used > user_limit(role, self.settings, _s(user_rate)):
+            return notice("msg_ratelimit", "Your message was not sent because you are sending messages too quickly.")
+        if room_used > (int(_s(room_rate)) if _s(room_rate).isdigit() else self.settings.room_rate):
+            return notice("msg_ratelimit", "Your message was not sent because this room is too busy right now.")
+
+        msg_id = str(uuid.uuid4())
+        tags = {
+            "badge-info": "", "badges": badges(role), "color": _s(color), "display-name": _s(display) or login,
+            "emotes": "", "first-msg": "0", "flags": "", "id": msg_id, "mod": "1" if role.mod else "0",
+            "room-id": room_id, "subscriber": "0", "tmi-sent-ts": str(int(now * 1000)), "turbo": "0",
+            "user-id": uid, "user-type": "mod" if role.mod else "",
+        }
+        nonce = (item.get("tags") or {}).get("client-nonce")
+        if nonce:
+            tags["client-nonce"] = str(nonce)[:64]
+        await self._publish({
+            "room": room, "command": "PRIVMSG", "tags": tags,
+            "source": f"{login}!{login}@{login}.{self.server_name}", "params": [f"#{room}", text],
+            "origin": {"edge": item.get("edge"), "conn": item.get("conn")},
+        })
+        return {"ok": True, "id": msg_id, "tmi_sent_ts": tags["tmi-sent-ts"]}
+
+    async def _moderate(self, cmd: ModCommand, role: Role, room: str, room_id: str, now: float) -> dict:
+        if not role.privileged:
+            return notice("no_permission", "You don't have permission to perform that action.")
+        bans = keys.bans(room)
+        client = self.cache.client_for(bans)
+        if cmd.action == "unban":
+            removed = await client.hdel(bans, cmd.target)
+            if not removed:
+                return notice("bad_unban_no_ban", f"{cmd.target} is not banned from this channel.")
+            return notice("unban_success", f"{cmd.target} is no longer banned from this channel.")
+        expiry = 0 if cmd.action == "ban" else int(now) + cmd.duration
+        await client.hset(bans, cmd.target, expiry)
+        tags = {"room-id": room_id, "target-user-id": user_id(cmd.target), "tmi-sent-ts": str(int(now * 1000))}
+        if cmd.action == "timeout":
+            tags = {"ban-duration": str(cmd.duration), **tags}
+        await self._publish({"room": room, "command": "CLEARCHAT", "tags": tags, "source": self.server_name,
+                             "params": [f"#{room}", cmd.target], "origin": None})
+        if cmd.action == "ban":
+            return notice("ban_success", f"{cmd.target} is now banned from this channel.")
+        return notice("timeout_success", f"{cmd.target} has been timed out for {cmd.duration} seconds.")
+
+    async def _publish(self, message: dict) -> None:
+        try:
+            await self.exchange.call(message)
+        except UpstreamError as exc:
+            kind = "timeout" if "timed out" in str(exc) else "error"
+            self.m_exchange_errors.labels(kind).inc()
+            logs.event(self.ctx.log, "exchange", f"publish failed: {exc}", 30)
+            raise CacheUnavailable("exchange", str(exc)) from exc
+
+    def app(self) -> web.Application:
+        app = service.metrics_app(self.ctx)
+
+        def batch(handler):
+            async def route(request: web.Request) -> web.Response:
+                try:
+                    body = await request.json()
+                    items = body["items"]
+                    if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+                        raise ValueError("items must be a list of objects")
+                except (ValueError, KeyError, TypeError) as exc:
+                    return web.json_response({"error": f"bad request: {exc}"}, status=400)
+                try:
+                    results = await asyncio.gather(*(handler(i) for i in items))
+                except KeyError as exc:
+                    return web.json_response({"error": f"bad request: missing {exc}"}, status=400)
+                return web.json_response({"results": results})
+            return route
+
+        app.router.add_post("/v1/auth", batch(self.auth))
+        app.router.add_post("/v1/privmsg", batch(self.privmsg))
+
+        async def key_stats(_request):
+            return web.json_response(self.cache.stats())
+        app.router.add_get("/v1/stats/keys", key_stats)
+        return app
+
+
+def _s(value) -> str:
+    if value is None:
+        return ""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class _CacheCollector:
+    """Exposes the cache's own counters at scrape time, rather than a metric call per Redis op."""
+
+    def __init__(self, cache: ShardedCache):
+        self.cache = cache
+
+    def collect(self):
+        stats = self.cache.stats()
+        by_shard = CounterMetricFamily("chat_clue_redis_ops", "Redis commands sent, by shard", labels=["shard"])
+        for shard, n in stats["ops_by_shard"].items():
+            by_shard.add_metric([str(shard)], n)
+        yield by_shard
+        by_prefix = CounterMetricFamily("chat_clue_redis_ops_by_prefix",
+                                        "Redis commands sent, by key pattern ({*} stands for the hash tag)",
+                                        labels=["prefix"])
+        for prefix, n in stats["ops_by_prefix"].items():
+            by_prefix.add_metric([prefix], n)
+        yield by_prefix
+        errors = CounterMetricFamily("chat_clue_redis_errors", "Redis calls that failed, by shard", labels=["shard"])
+        for shard, n in stats["errors_by_shard"].items():
+            errors.add_metric([str(shard)], n)
+        yield errors
+
+
+async def main(ctx: service.Context, stop: asyncio.Event) -> None:
+    settings = ctx.services
+    cache = ShardedCache.for_host(ctx.cf, ctx.host, logger=ctx.log)
+    session = make_session(pool_size=settings.exchange.pool_size, keepalive=True, local_address=ctx.address)
+    exchange = Upstream(session, f"http://{ctx.address}:{settings.exchange.port}/v1/publish", name="exchange",
+                        timeout=seconds(settings.exchange.timeout), concurrency=settings.exchange.pool_size)
+    clue = Clue(ctx, cache, exchange)
+    runner = await service.serve_http(clue.app(), ctx.address, settings.clue.port)
+    logs.event(ctx.log, None, "listening", address=f"{ctx.address}:{settings.clue.port}")
+    try:
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+        await exchange.close()
+        await session.close()
+        await cache.close()
+
+
+if __name__ == "__main__":
+    _ctx = service.parse_args("chat_clue")
+    service.run(lambda stop: main(_ctx, stop))

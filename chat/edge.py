@@ -1,0 +1,603 @@
+"""The edge: where IRC clients connect, over TCP and over WebSocket, behind the cluster's HAProxy
+frontend. It speaks the subset of IRC that Twitch's chat speaks (the protocol itself is the
+sans-I/O `chat.irc`), asks clue about every PRIVMSG over a keepalive pool, tells the exchanges of
+its cluster which rooms it holds, and writes the messages the exchange delivers to every local
+subscriber.
+
+Fan-out encodes each message once (one line with tags, one without) and coalesces writes: a
+client's lines from one loop turn leave in one write. A client whose unsent output passes
+`max_output_buffer` is disconnected with a logged reason, so one slow reader never holds memory
+or slows the others.
+
+    python -m chat.edge --config FILE --host chat1
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from typing import Iterable
+
+import aiohttp
+import websockets
+from aiohttp import web
+from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
+from websockets.asyncio.server import ServerConnection as WsConnection, serve as ws_serve
+
+from chat import irc, logs, service
+from chat.upstream import Upstream, UpstreamError, UpstreamTimeout, make_session
+from controlplane.clusterfile import seconds
+
+PING_INTERVAL = 60.0            # the edge PINGs every client this often...
+PING_TIMEOUT = 2 * PING_INTERVAL  # ...and drops one silent for this long
+SUBSCRIPTION_REFRESH = 5.0      # full room list to every exchange, so a restarted one relearns it
+SENT_LOG_EVERY = 5.0            # "Message successfully sent to #room" at most this often per room
+TAG_CAPS = frozenset({"twitch.tv/tags", "message-tags", "server-time"})
+_ids = itertools.count(1)
+
+
+class Client:
+    """One connected user, whatever the transport."""
+
+    transport_name = "?"
+
+    def __init__(self, edge: "Edge", peer: str):
+        self.edge = edge
+        self.id = next(_ids)
+        self.peer = peer
+        self.proto = irc.ServerConnection(edge.server_name)
+        self.login: str | None = None
+        self.user_id = ""
+        self.anonymous = False
+        self.rooms: set[str] = set()
+        self.out: list[bytes] = []
+        self.out_size = 0
+        self.closed = False
+        self.last_heard = time.monotonic()
+        self.busy = False                 # an async step (auth, join) is running...
+        self.backlog: list = []           # ...and these events wait behind it, in order
+
+    @property
+    def tagged(self) -> bool:
+        return not TAG_CAPS.isdisjoint(self.proto.caps)
+
+    def data(self, data: bytes) -> None:
+        self.last_heard = time.monotonic()
+        events = self.proto.receive_data(data)
+        self.flush_protocol()
+        if events:
+            self.edge.handle(self, events)
+        if self.proto.state == "closed" and not self.closed:
+            self.close("client quit")
+
+    def flush_protocol(self) -> None:
+        for line in self.proto.lines_to_send():
+            self.deliver(line)
+
+    def deliver(self, line: bytes) -> None:
+        if self.closed:
+            return
+        self.out.append(line)
+        self.out_size += len(line)
+        if self.out_size + self.buffered() > self.edge.max_output:
+            self.edge.slow_consumer(self)
+            return
+        self.edge.mark_dirty(self)
+
+    def buffered(self) -> int:
+        return 0
+
+    def write_out(self) -> None:
+        raise NotImplementedError
+
+    def close(self, reason: str) -> None:
+        raise NotImplementedError
+
+
+class TcpClient(asyncio.Protocol, Client):
+    transport_name = "tcp"
+
+    def __init__(self, edge: "Edge"):
+        Client.__init__(self, edge, "?")
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
+        # Bound the kernel-side view too: past this, get_write_buffer_size() grows and we notice.
+        transport.set_write_buffer_limits(high=256 * 1024)
+        self.edge.connected(self)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.data(data)
+        except Exception as exc:  # a bug must cost one connection, never the edge
+            self.edge.log.exception("handler failed", extra={"remote": "client", "fields": {"peer": self.peer}})
+            self.close(f"internal error: {exc!r}")
+
+    def connection_lost(self, exc) -> None:
+        self.closed = True
+        self.edge.disconnected(self, "connection lost" if exc is None else f"connection lost: {exc}")
+
+    def buffered(self) -> int:
+        return self.transport.get_write_buffer_size() if self.transport else 0
+
+    def write_out(self) -> None:
+        if self.out and self.transport and not self.closed:
+            self.transport.write(self.out[0] if len(self.out) == 1 else b"".join(self.out))
+        self.out.clear()
+        self.out_size = 0
+
+    def close(self, reason: str) -> None:
+        if self.transport and not self.transport.is_closing():
+            self.write_out()
+            self.transport.close()
+        self.closed = True
+        self.edge.disconnected(self, reason)
+
+    def abort(self) -> None:
+        if self.transport:
+            self.transport.abort()
+
+
+class WsClient(Client):
+    """IRC over WebSocket: one line per text frame out; several CRLF-separated lines per frame in."""
+
+    transport_name = "ws"
+
+    def __init__(self, edge: "Edge", ws: WsConnection):
+        peer = ws.remote_address
+        super().__init__(edge, f"{peer[0]}:{peer[1]}" if peer else "?")
+        self.ws = ws
+        self.sending: list[str] = []
+        self.wake = asyncio.Event()
+        self.writer: asyncio.Task | None = None
+
+    def buffered(self) -> int:
+        return sum(len(s) for s in self.sending) + (self.ws.transport.get_write_buffer_size() if self.ws.transport else 0)
+
+    def write_out(self) -> None:
+        if self.closed:
+            return
+        for line in self.out:
+            self.sending.append(line.rstrip(b"\r\n").decode("utf-8", "replace"))
+        self.out.clear()
+        self.out_size = 0
+        self.wake.set()
+
+    async def write_loop(self) -> None:
+        try:
+            while not self.closed:
+                await self.wake.wait()
+                self.wake.clear()
+                batch, self.sending = self.sending, []
+                for text in batch:
+                    await self.ws.send(text)
+        except websockets.ConnectionClosed:
+            pass
+
+    def close(self, reason: str) -> None:
+        if not self.closed:
+            self.closed = True
+            self.edge.disconnected(self, reason)
+            asyncio.ensure_future(self.ws.close(1000, reason[:100]))
+
+    def abort(self) -> None:
+        if self.ws.transport:
+            self.ws.transport.abort()
+
+
+class Edge:
+    def __init__(self, ctx: service.Context):
+        self.ctx = ctx
+        self.log = ctx.log
+        cfg = ctx.services.edge
+        self.server_name = cfg.server_name
+        self.motd = [cfg.motd]
+        # 002 names the edge, so a client (and a test) can tell which edge HAProxy picked.
+        self.welcome = ("Welcome, GLHF!", f"Your host is {cfg.server_name} (edge {ctx.host})",
+                        "This server is rather new")
+        self.max_output = cfg.max_output_buffer
+        self.http_url = f"http://{ctx.address}:{cfg.http_port}/v1/deliver"
+        self.clients: set[Client] = set()
+        self.rooms: dict[str, set[Client]] = {}
+        self.anonymous_nicks: set[str] = set()
+        self.dirty: list[Client] = []
+        self.flush_scheduled = False
+        self.tasks: set[asyncio.Task] = set()
+        self.sent_log: dict[str, tuple[float, int]] = {}
+        self.closed_errors: dict[str, int] = {}
+        r = ctx.registry
+        self.m_conns = Gauge("chat_edge_connections", "Open client connections", ["transport"], registry=r)
+        self.m_conns_total = Counter("chat_edge_connections_accepted", "Client connections accepted",
+                                     ["transport"], registry=r)
+        self.m_received = Counter("chat_edge_messages_received", "PRIVMSGs received from clients", registry=r)
+        self.m_sent = Counter("chat_edge_messages_accepted", "PRIVMSGs clue accepted", registry=r)
+        self.m_rejected = Counter("chat_edge_messages_rejected", "PRIVMSGs refused, by NOTICE msg-id",
+                                  ["reason"], registry=r)
+        self.m_delivered = Counter("chat_edge_deliveries", "Message lines written to clients", registry=r)
+        self.m_clue = Histogram("chat_edge_clue_request_seconds", "Duration of one request to clue", registry=r,
+                                buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5))
+        self.m_clue_timeouts = Counter("chat_edge_clue_timeouts", "Requests to clue that timed out", registry=r)
+        self.m_slow = Counter("chat_edge_slow_consumer_disconnects", "Clients dropped for not reading", registry=r)
+        self.m_rooms = Gauge("chat_edge_rooms", "Rooms with at least one local subscriber", registry=r)
+        r.register(_ProtocolErrors(self))
+        clue_cfg = ctx.services.clue
+        self.clue_timeout_text = clue_cfg.client.timeout
+        self.session = make_session(pool_size=clue_cfg.client.pool_size, keepalive=True, local_address=ctx.address)
+        self.clue = Upstream(self.session, f"http://{ctx.address}:{clue_cfg.port}/v1/privmsg", name="clue",
+                             timeout=seconds(clue_cfg.client.timeout), concurrency=clue_cfg.client.pool_size,
+                             observe=lambda s, n: self.m_clue.observe(s))
+        self.clue_auth = Upstream(self.session, f"http://{ctx.address}:{clue_cfg.port}/v1/auth", name="clue",
+                                  timeout=seconds(clue_cfg.client.timeout), concurrency=2)
+        ex = ctx.services.exchange
+        self.exchanges = [f"http://{addr}:{ex.port}/v1/subscriptions" for _, addr in ctx.peers()]
+
+    # -- connections --
+
+    def connected(self, client: Client) -> None:
+        self.clients.add(client)
+        self.m_conns.labels(client.transport_name).inc()
+        self.m_conns_total.labels(client.transport_name).inc()
+
+    def disconnected(self, client: Client, reason: str) -> None:
+        if client not in self.clients:
+            return
+        self.clients.discard(client)
+        self.m_conns.labels(client.transport_name).dec()
+        for kind, n in client.proto.errors.items():
+            self.closed_errors[kind] = self.closed_errors.get(kind, 0) + n
+        for room in list(client.rooms):
+            self._leave(client, room)
+        if client.anonymous and client.login:
+            self.anonymous_nicks.discard(client.login)
+
+    def slow_consumer(self, client: Client) -> None:
+        self.m_slow.inc()
+        logs.event(self.log, "client", "Slow consumer disconnected", 30, nick=client.login or "*",
+                   peer=client.peer, buffered=client.out_size + client.buffered(), limit=self.max_output)
+        client.out.clear()
+        client.out_size = 0
+        client.closed = True
+        self.disconnected(client, "slow consumer")
+        client.abort()
+
+    def mark_dirty(self, client: Client) -> None:
+        self.dirty.append(client)
+        if not self.flush_scheduled:
+            self.flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        self.flush_scheduled = False
+        dirty, self.dirty = self.dirty, []
+        for client in dirty:
+            if client.out:
+                client.write_out()
+
+    # -- events from clients --
+
+    def handle(self, client: Client, events: Iterable) -> None:
+        if client.busy:
+            client.backlog.extend(events)
+            return
+        events = list(events)
+        for i, ev in enumerate(events):
+            if isinstance(ev, irc.Privmsg):
+                self.privmsg(client, ev)
+            elif isinstance(ev, (irc.RegistrationRequest, irc.Join)):
+                client.busy = True
+                client.backlog = events[i + 1:] + client.backlog
+                self._spawn(self._async_step(client, ev))
+                return
+            elif isinstance(ev, irc.Part):
+                for room in ev.channels:
+                    if room[1:] in client.rooms:
+                        self._leave(client, room[1:])
+                        client.deliver(irc.encode("PART", room, source=self._source(client)))
+            elif isinstance(ev, irc.Quit):
+                client.close(f"quit: {ev.reason}")
+                return
+
+    async def _async_step(self, client: Client, ev) -> None:
+        try:
+            if isinstance(ev, irc.RegistrationRequest):
+                await self.register(client, ev)
+            else:
+                await self.join(client, ev.channels)
+        except Exception as exc:
+            self.log.exception("client step failed", extra={"remote": "client", "fields": {"peer": client.peer}})
+            client.close(f"internal error: {exc!r}")
+            return
+        finally:
+            client.busy = False
+        client.flush_protocol()
+        backlog, client.backlog = client.backlog, []
+        if backlog and not client.closed:
+            self.handle(client, backlog)
+
+    async def register(self, client: Client, ev: irc.RegistrationRequest) -> None:
+        password = ev.password or ""
+        if password.startswith("oauth:"):
+            password = password[len("oauth:"):]
+        if not password:
+            if not ev.nick.startswith("justinfan"):
+                client.proto.reject_registration("Login authentication failed")
+            elif ev.nick in self.anonymous_nicks:
+                client.deliver(client.proto.numeric("433", ev.nick, "Nickname is already in use"))
+                client.proto.reject_registration("Nickname is already in use")
+            else:
+                client.anonymous, client.login = True, ev.nick
+                self.anonymous_nicks.add(ev.nick)
+                client.proto.accept_registration(ev.nick, welcome=self.welcome, motd=self.motd)
+        else:
+            try:
+                result = await self.clue_auth.call({"token": password})
+            except UpstreamError as exc:
+                logs.event(self.log, "clue", f"auth failed: {exc}", 30)
+                result = {"ok": False}
+            if result.get("ok"):
+                client.login, client.user_id = result["login"], result["user_id"]
+                client.proto.accept_registration(result["login"], welcome=self.welcome, motd=self.motd)
+            else:
+                client.proto.reject_registration("Login authentication failed")
+        client.flush_protocol()
+        if client.proto.state == "closed":
+            client.close("registration refused")
+
+    async def join(self, client: Client, channels: Iterable[str]) -> None:
+        for channel in channels:
+            room = channel[1:]
+            home = self.ctx.cf.cluster_of_room(room)
+            if home != self.ctx.cluster:
+                fe = self.ctx.cf.clusters[home].frontend
+                where = ", ".join(f"{self.ctx.cf.address(h)}:{fe.irc_port}" for h in self.ctx.cf.clusters[home].hosts)
+                client.deliver(client.proto.numeric("403", channel, f"No such channel here: #{room} is served by "
+                                                                    f"cluster {home} ({where})"))
+                continue
+            if room in client.rooms:
+                continue
+            members = self.rooms.get(room)
+            if members is None:
+                members = self.rooms[room] = set()
+                self.m_rooms.set(len(self.rooms))
+                await self._announce([room], full=False)
+            members.add(client)
+            client.rooms.add(room)
+            nick = client.login
+            client.deliver(irc.encode("JOIN", channel, source=self._source(client)))
+            client.deliver(client.proto.numeric("353", "=", channel, nick))
+            client.deliver(client.proto.numeric("366", channel, "End of /NAMES list"))
+
+    def _leave(self, client: Client, room: str) -> None:
+        client.rooms.discard(room)
+        members = self.rooms.get(room)
+        if members is not None:
+            members.discard(client)
+            if not members:
+                del self.rooms[room]
+                self.m_rooms.set(len(self.rooms))
+
+    def privmsg(self, client: Client, ev: irc.Privmsg) -> None:
+        if not ev.target.startswith("#"):
+            client.deliver(client.proto.numeric("401", ev.target, "No such nick/channel"))
+            return
+        room = ev.target[1:]
+        if client.anonymous:
+            self._notice(client, room, "msg_anonymous", "You must log in to send messages.")
+            return
+        self.m_received.inc()
+        nonce = ev.tags.get("+client-nonce") or ev.tags.get("client-nonce")
+        fut = self.clue.call({"login": client.login, "room": room, "text": ev.text, "edge": self.ctx.host,
+                              "conn": client.id, "tags": {"client-nonce": nonce} if nonce else {}})
+        fut.add_done_callback(lambda f: self._verdict(client, room, f))
+
+    def _verdict(self, client: Client, room: str, fut: asyncio.Future) -> None:
+        exc = fut.exception()
+        if isinstance(exc, UpstreamTimeout):
+            self.m_clue_timeouts.inc()
+            logs.event(self.log, "clue", f"Timed out (after {self.clue_timeout_text}) while writing request for: privmsg", 30)
+            result = {"ok": False, "notice": {"msg_id": "msg_unavailable", "text": "Your message was not sent: chat is temporarily unavailable."}}
+        elif exc is not None:
+            logs.event(self.log, "clue", f"request failed: {exc}", 30)
+            result = {"ok": False, "notice": {"msg_id": "msg_unavailable", "text": "Your message was not sent: chat is temporarily unavailable."}}
+        else:
+            result = fut.result()
+        if result.get("ok"):
+            self.m_sent.inc()
+            self._log_sent(room)
+            return
+        n = result.get("notice") or {}
+        self.m_rejected.labels(n.get("msg_id", "unknown")).inc()
+        if not client.closed:
+            self._notice(client, room, n.get("msg_id", "msg_rejected"), n.get("text", "Your message was not sent."))
+
+    def _log_sent(self, room: str) -> None:
+        now = time.monotonic()
+        last, count = self.sent_log.get(room, (0.0, 0))
+        count += 1
+        if now - last >= SENT_LOG_EVERY:
+            logs.event(self.log, "clue", f"Message successfully sent to #{room}", messages=count)
+            self.sent_log[room] = (now, 0)
+        else:
+            self.sent_log[room] = (last, count)
+
+    def _notice(self, client: Client, room: str, msg_id: str, text: str) -> None:
+        tags = {"msg-id": msg_id} if client.tagged else None
+        client.deliver(irc.encode("NOTICE", f"#{room}", text, tags=tags, source=self.server_name, trailing=True))
+        client.flush_protocol()
+
+    def _source(self, client: Client) -> str:
+        return f"{client.login}!{client.login}@{client.login}.{self.server_name}"
+
+    # -- deliveries from the exchange --
+
+    def deliver(self, message: dict) -> bool:
+        members = self.rooms.get(message["room"])
+        if not members:
+            return True
+        command = message["command"]
+        if command not in ("PRIVMSG", "CLEARCHAT"):
+            return False
+        tags = dict(message.get("tags") or {})
+        ts = tags.get("tmi-sent-ts")
+        if ts and ts.isdigit():
+            tags["time"] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(int(ts) / 1000)) + f".{int(ts) % 1000:03d}Z"
+        params = message["params"]
+        tagged = irc.encode(command, *params, tags=tags, source=message["source"], trailing=True)
+        plain = None
+        origin = message.get("origin") or {}
+        origin_conn = origin.get("conn") if origin.get("edge") == self.ctx.host else None
+        n = 0
+        for client in members:
+            if client.id == origin_conn and "echo-message" not in client.proto.caps:
+                continue
+            if command == "CLEARCHAT" and "twitch.tv/commands" not in client.proto.caps:
+                continue
+            if client.tagged:
+                client.deliver(tagged)
+            else:
+                if plain is None:
+                    plain = irc.encode(command, *params, source=message["source"], trailing=True)
+                client.deliver(plain)
+            n += 1
+        self.m_delivered.inc(n)
+        return True
+
+    # -- subscriptions at the exchanges --
+
+    async def _announce(self, rooms: list[str], full: bool) -> None:
+        body = {"edge": self.ctx.host, "url": self.http_url, "rooms": rooms, "full": full}
+        timeout = seconds(self.ctx.services.exchange.timeout)
+
+        async def one(url: str) -> None:
+            try:
+                async with self.session.post(url, json=body, timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
+                    if resp.status != 200:
+                        raise UpstreamError(f"HTTP {resp.status}")
+            except Exception as exc:  # an unreachable exchange must not stop a JOIN
+                logs.event(self.log, "exchange", f"subscription update failed: {exc!r}", 30, url=url)
+        await asyncio.gather(*(one(u) for u in self.exchanges))
+
+    async def refresh_loop(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await self._announce(sorted(self.rooms), full=True)
+            self.ping_idle()
+            try:
+                await asyncio.wait_for(stop.wait(), SUBSCRIPTION_REFRESH)
+            except asyncio.TimeoutError:
+                pass
+
+    def ping_idle(self) -> None:
+        now = time.monotonic()
+        for client in list(self.clients):
+            idle = now - client.last_heard
+            if idle > PING_TIMEOUT:
+                logs.event(self.log, "client", "Ping timeout", nick=client.login or "*", peer=client.peer)
+                client.close("ping timeout")
+            elif idle > PING_INTERVAL:
+                client.proto.ping(self.server_name)
+                client.flush_protocol()
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.ensure_future(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def app(self) -> web.Application:
+        app = service.metrics_app(self.ctx)
+
+        async def deliver(request: web.Request) -> web.Response:
+            try:
+                items = (await request.json())["items"]
+                results = [self.deliver(m) for m in items]
+            except (ValueError, KeyError, TypeError, IndexError) as exc:
+                return web.json_response({"error": f"bad request: {exc!r}"}, status=400)
+            return web.json_response({"results": results})
+
+        app.router.add_post("/v1/deliver", deliver)
+        return app
+
+    async def websocket(self, ws: WsConnection) -> None:
+        client = WsClient(self, ws)
+        self.connected(client)
+        client.writer = asyncio.ensure_future(client.write_loop())
+        try:
+            async for frame in ws:
+                data = frame.encode() if isinstance(frame, str) else frame
+                if not data.endswith(b"\n"):
+                    data += b"\r\n"
+                client.data(data)
+                if client.closed:
+                    break
+        except websockets.ConnectionClosed:
+            pass
+        except Exception:
+            self.log.exception("websocket handler failed", extra={"remote": "client", "fields": {"peer": client.peer}})
+        finally:
+            client.closed = True
+            self.disconnected(client, "websocket closed")
+            client.wake.set()
+            client.writer.cancel()
+
+    async def close(self) -> None:
+        for client in list(self.clients):
+            client.close("server shutting down")
+        for task in list(self.tasks):
+            task.cancel()
+        await self.clue.close()
+        await self.clue_auth.close()
+        await self.session.close()
+
+
+class _ProtocolErrors:
+    """Protocol errors (too long, bad UTF-8, unknown command...) from open and closed connections."""
+
+    def __init__(self, edge: Edge):
+        self.edge = edge
+
+    def collect(self):
+        totals = dict(self.edge.closed_errors)
+        for client in self.edge.clients:
+            for kind, n in client.proto.errors.items():
+                totals[kind] = totals.get(kind, 0) + n
+        fam = CounterMetricFamily("chat_edge_protocol_errors", "Bad client input, by kind", labels=["kind"])
+        for kind, n in sorted(totals.items()):
+            fam.add_metric([kind], n)
+        yield fam
+
+
+async def main(ctx: service.Context, stop: asyncio.Event) -> None:
+    edge = Edge(ctx)
+    cfg = ctx.services.edge
+    loop = asyncio.get_running_loop()
+    tcp = await loop.create_server(lambda: TcpClient(edge), ctx.address, cfg.irc_port, backlog=2048,
+                                   reuse_address=True)
+    ws = await ws_serve(edge.websocket, ctx.address, cfg.ws_port, subprotocols=["text.ircv3.net"],
+                        max_size=irc.MAX_TAGS + irc.MAX_LINE * 4, compression=None,
+                        select_subprotocol=_select_subprotocol)
+    runner = await service.serve_http(edge.app(), ctx.address, cfg.http_port)
+    refresher = asyncio.ensure_future(edge.refresh_loop(stop))
+    logs.event(ctx.log, None, "listening", irc=f"{ctx.address}:{cfg.irc_port}", ws=f"{ctx.address}:{cfg.ws_port}",
+               http=f"{ctx.address}:{cfg.http_port}")
+    try:
+        await stop.wait()
+    finally:
+        tcp.close()
+        ws.close()
+        await edge.close()
+        refresher.cancel()
+        await runner.cleanup()
+
+
+def _select_subprotocol(_conn, offered):
+    """Offer text.ircv3.net to clients that ask for it; accept clients that ask for nothing."""
+    return "text.ircv3.net" if "text.ircv3.net" in offered else None
+
+
+if __name__ == "__main__":
+    _ctx = service.parse_args("tmi_edge")
+    service.run(lambda stop: main(_ctx, stop))

@@ -1,0 +1,175 @@
+"""The exchange: fans every accepted message out to each edge of the cluster that has
+subscribers in the message's room.
+
+Edges tell every exchange of their cluster which rooms they hold (on the first subscriber of a
+room, at once; and their whole set every few seconds, so a restarted exchange relearns it). Each
+edge gets its own sender: messages for it queue up and leave in batches over a connection pool
+whose keepalive switch, size and timeout come from the cluster file. Unlike the talk's exchange,
+this one is instrumented: deliveries, i/o timeouts and new connections are counted, and it logs
+the talk's lines, `[exchange] i/o timeout` and (sampled) `Exchange success`.
+
+    python -m chat.exchange --config FILE --host chat1
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from aiohttp import web
+from prometheus_client import Counter, Gauge, Histogram
+
+from chat import logs, service
+from chat.upstream import Upstream, UpstreamTimeout, make_session
+from controlplane.clusterfile import seconds
+
+SUBSCRIPTION_TTL = 15.0       # an edge that stops refreshing is forgotten after this
+SUCCESS_LOG_EVERY = 5.0       # "Exchange success" at most once per this many seconds per edge
+
+
+class EdgeLink:
+    """One edge as the exchange sees it: the rooms it holds and the pipe to it."""
+
+    def __init__(self, name: str, url: str, upstream: Upstream):
+        self.name = name
+        self.url = url
+        self.rooms: set[str] = set()
+        self.seen = time.monotonic()
+        self.upstream = upstream
+        self.last_success_log = 0.0
+        self.successes_since_log = 0
+
+
+class Exchange:
+    def __init__(self, ctx: service.Context):
+        self.ctx = ctx
+        settings = ctx.services.exchange
+        self.settings = settings
+        self.timeout = seconds(settings.timeout)
+        self.edges: dict[str, EdgeLink] = {}
+        self.tasks: set[asyncio.Task] = set()
+        r = ctx.registry
+        self.m_received = Counter("chat_exchange_messages", "Messages received from clue", registry=r)
+        self.m_deliveries = Counter("chat_exchange_deliveries", "Messages handed to edges, by result",
+                                    ["edge", "result"], registry=r)
+        self.m_requests = Histogram("chat_exchange_request_seconds", "Duration of one delivery request to an edge",
+                                    ["edge"], registry=r, buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5))
+        self.m_batch = Histogram("chat_exchange_batch_messages", "Messages per delivery request",
+                                 registry=r, buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512))
+        self.m_timeouts = Counter("chat_exchange_io_timeouts", "Delivery requests that timed out (the talk's i/o timeout)",
+                                  ["edge"], registry=r)
+        self.m_connections = Counter("chat_exchange_connections_opened",
+                                     "TCP connections opened to edges; close to the request rate means no keepalive",
+                                     registry=r)
+        self.m_keepalive = Gauge("chat_exchange_keepalive", "1 when delivery connections are kept alive", registry=r)
+        self.m_pool = Gauge("chat_exchange_pool_size", "Connections allowed per edge", registry=r)
+        self.m_edges = Gauge("chat_exchange_edges", "Edges with live subscriptions", registry=r)
+        self.m_keepalive.set(1 if settings.keepalive else 0)
+        self.m_pool.set(settings.pool_size)
+        self.session = make_session(pool_size=settings.pool_size, keepalive=settings.keepalive,
+                                    local_address=ctx.address, on_connect=self.m_connections.inc)
+
+    def _link(self, name: str, url: str) -> EdgeLink:
+        link = self.edges.get(name)
+        if link is None or link.url != url:
+            up = Upstream(self.session, url, name=f"edge {name}", timeout=self.timeout,
+                          concurrency=self.settings.pool_size,
+                          observe=lambda secs, n, e=name: (self.m_requests.labels(e).observe(secs),
+                                                           self.m_batch.observe(n)))
+            link = self.edges[name] = EdgeLink(name, url, up)
+        return link
+
+    def subscribe(self, body: dict) -> dict:
+        name, url, rooms = body["edge"], body["url"], body["rooms"]
+        if not isinstance(rooms, list) or not isinstance(name, str) or not isinstance(url, str):
+            raise ValueError("edge, url and rooms are required")
+        link = self._link(name, url)
+        if body.get("full", True):
+            link.rooms = {str(r) for r in rooms}
+        else:
+            link.rooms |= {str(r) for r in rooms}
+        link.seen = time.monotonic()
+        self.m_edges.set(len(self.edges))
+        return {"ok": True, "rooms": len(link.rooms)}
+
+    def publish(self, message: dict) -> dict:
+        self.m_received.inc()
+        room = message["room"]
+        now = time.monotonic()
+        targets = 0
+        for link in list(self.edges.values()):
+            if now - link.seen > SUBSCRIPTION_TTL:
+                del self.edges[link.name]
+                logs.event(self.ctx.log, "exchange", "forgot edge: no refresh", edge=link.name)
+                continue
+            if room in link.rooms:
+                targets += 1
+                fut = link.upstream.call(message)
+                fut.add_done_callback(lambda f, link=link: self._delivered(link, f))
+        self.m_edges.set(len(self.edges))
+        return {"ok": True, "edges": targets}
+
+    def _delivered(self, link: EdgeLink, fut: asyncio.Future) -> None:
+        exc = fut.exception()
+        if exc is None:
+            self.m_deliveries.labels(link.name, "ok").inc()
+            link.successes_since_log += 1
+            now = time.monotonic()
+            if now - link.last_success_log >= SUCCESS_LOG_EVERY:
+                logs.event(self.ctx.log, "exchange", "Exchange success", edge=link.name,
+                           messages=link.successes_since_log)
+                link.last_success_log, link.successes_since_log = now, 0
+        elif isinstance(exc, UpstreamTimeout):
+            self.m_deliveries.labels(link.name, "timeout").inc()
+            self.m_timeouts.labels(link.name).inc()
+            logs.event(self.ctx.log, "exchange", "i/o timeout", 30, edge=link.name)
+        else:
+            self.m_deliveries.labels(link.name, "error").inc()
+            logs.event(self.ctx.log, "exchange", "delivery failed", 30, edge=link.name, error=exc)
+
+    def app(self) -> web.Application:
+        app = service.metrics_app(self.ctx)
+
+        async def publish(request: web.Request) -> web.Response:
+            try:
+                items = (await request.json())["items"]
+                results = [self.publish(m) for m in items]
+            except (ValueError, KeyError, TypeError) as exc:
+                return web.json_response({"error": f"bad request: {exc!r}"}, status=400)
+            return web.json_response({"results": results})
+
+        async def subscriptions(request: web.Request) -> web.Response:
+            try:
+                return web.json_response(self.subscribe(await request.json()))
+            except (ValueError, KeyError, TypeError) as exc:
+                return web.json_response({"error": f"bad request: {exc!r}"}, status=400)
+
+        async def show(_request):
+            return web.json_response({n: {"url": e.url, "rooms": sorted(e.rooms)} for n, e in self.edges.items()})
+
+        app.router.add_post("/v1/publish", publish)
+        app.router.add_post("/v1/subscriptions", subscriptions)
+        app.router.add_get("/v1/subscriptions", show)
+        return app
+
+    async def close(self) -> None:
+        for link in self.edges.values():
+            await link.upstream.close()
+        await self.session.close()
+
+
+async def main(ctx: service.Context, stop: asyncio.Event) -> None:
+    ex = Exchange(ctx)
+    port = ctx.services.exchange.port
+    runner = await service.serve_http(ex.app(), ctx.address, port)
+    logs.event(ctx.log, None, "listening", address=f"{ctx.address}:{port}", keepalive=ctx.services.exchange.keepalive)
+    try:
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+        await ex.close()
+
+
+if __name__ == "__main__":
+    _ctx = service.parse_args("exchange")
+    service.run(lambda stop: main(_ctx, stop))

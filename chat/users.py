@@ -1,0 +1,49 @@
+"""Users, tokens and room roles, as clue reads them from Redis (key names: chat.keys).
+
+A token is what a client sends as `PASS oauth:<token>`; it maps to a login. Roles are per room:
+a room's broadcaster and its mods get the higher rate limit and may `.ban`, `.timeout` and
+`.unban`; bots get Twitch's known-bot limit.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+
+from chat import keys
+from chat.cache import ShardedCache
+from chat.clue import user_id
+
+LOGIN_RE = re.compile(r"^[a-z0-9_]{1,25}$")
+COLOR_RE = re.compile(r"^#[0-9A-Fa-f]{6}$")
+
+
+def check_login(login: str) -> str:
+    if not LOGIN_RE.match(login):
+        raise ValueError(f"{login!r} is not a valid login: 1-25 characters of [a-z0-9_]")
+    return login
+
+
+async def add_user(cache: ShardedCache, login: str, *, mod_rooms: tuple[str, ...] = (),
+                   broadcaster_rooms: tuple[str, ...] = (), bot: bool = False,
+                   color: str = "", display_name: str = "") -> str:
+    """Create or update a user and return a new token for them."""
+    check_login(login)
+    for room in (*mod_rooms, *broadcaster_rooms):
+        check_login(room)
+    if color and not COLOR_RE.match(color):
+        raise ValueError(f"{color!r} is not a colour like #1E90FF")
+    token = secrets.token_hex(15)
+    await cache.client_for(keys.token(token)).set(keys.token(token), login)
+    pipe = cache.pipeline_for(keys.user(login))
+    pipe.hset(keys.user(login), mapping={"id": user_id(login), "login": login,
+                                         "display_name": display_name or login, "bot": "1" if bot else "0"})
+    if color:
+        pipe.set(keys.color(login), color)
+    await pipe.execute()
+    for room in mod_rooms:
+        await cache.client_for(keys.mods(room)).sadd(keys.mods(room), login)
+    for room in broadcaster_rooms:
+        await cache.client_for(keys.room(room)).hset(keys.room(room), mapping={"id": user_id(room),
+                                                                               "broadcaster": login})
+    return token
