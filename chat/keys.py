@@ -37,8 +37,10 @@ def ratelimits(name: str) -> str:    # hash of per-room overrides: room_rate, us
     return f"{{{name}}}.ratelimits"
 
 
-def user_counter(name: str, login: str) -> str:   # messages by one user in the current window
-    return f"{{{name}}}.rl.u.{login}"
+def user_counters(name: str, window: int) -> str:  # hash: login -> messages in this fixed window
+    # One hash per room and window rather than a key per user, so the key's kind stays one
+    # counting prefix ({*}.rl.u.#) however many users talk.
+    return f"{{{name}}}.rl.u.{window}"
 
 
 def room_counter(name: str, second: int) -> str:  # messages in the room during one second

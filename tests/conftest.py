@@ -195,9 +195,9 @@ def cluster_up(config: Path, run: Path, timeout: float = 30.0):
 
 def leftovers(run: Path, config: Path) -> set[int]:
     """Processes still running from this cluster: HAProxy names the run dir in its command line,
-    and redis-server retitles itself `redis-server <address>:<port>`."""
+    the chat services the cluster file, and redis-server retitles itself `redis-server <address>:<port>`."""
     doc = yaml.safe_load(config.read_text())
-    found = processes_mentioning(str(run))
+    found = processes_mentioning(str(run)) | processes_mentioning(str(config))
     for host in doc["hosts"].values():
         found |= processes_mentioning(f"{host['address']}:")
     return found

@@ -46,8 +46,10 @@ def test_each_listener_reaches_its_shard_from_its_own_host(config, run_dir, subn
             csv_text = resp.read().decode()
         assert csv_text.startswith("# pxname,svname,")
         assert "redis-shard0,shard0," in csv_text and "fe_edge_testing,FRONTEND," in csv_text
-        with urllib.request.urlopen(f"http://{subnet}.9:8404/metrics", timeout=5) as resp:
-            assert 'haproxy_backend_active_servers{proxy="redis-shard1"} 1' in resp.read().decode()
+        def exporter_sees_shard1_up():
+            with urllib.request.urlopen(f"http://{subnet}.9:8404/metrics", timeout=5) as resp:
+                return 'haproxy_backend_active_servers{proxy="redis-shard1"} 1' in resp.read().decode()
+        wait_for(exporter_sees_shard1_up, what="the Prometheus exporter to report shard1's server")
         # The replica follows its primary.
         r = redis.Redis(host=f"{subnet}.22", port=6380, socket_timeout=2)
         assert wait_for(lambda: r.info("replication")["master_link_status"] == "up", what="replication")
@@ -69,7 +71,8 @@ def test_status_table(config, run_dir, subnet):
         assert lines[1].split() == ["HOST", "ADDRESS", "PORT", "PROCESS", "PID", "STATUS", "UPTIME", "RESTARTS"]
         rows = {ln.split()[3]: ln.split() for ln in lines[2:]}
         assert set(rows) == {"redis-shard0", "redis-shard0-replica", "redis-shard1",
-                             "haproxy-chat1", "haproxy-chat-testing"}
+                             "haproxy-chat1", "haproxy-chat-testing"} | {
+                                 f"{svc}-{h}" for svc in ("exchange", "clue", "edge") for h in ("chat1", "chat-testing")}
         assert rows["redis-shard0"][:3] == ["redis1", f"{subnet}.21", "6379"]
         assert rows["haproxy-chat-testing"][:2] == ["chat-testing", f"{subnet}.9"]
         assert all(r[5] == "up" for r in rows.values())

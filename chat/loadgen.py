@@ -1,0 +1,1047 @@
+"""Fake traffic, the talk's lesson: "generate fake traffic to force us to handle more load than we
+need". Opens many IRC clients against a running cluster, exactly as viewers and bots would reach
+it (TCP and WebSocket, through each cluster's HAProxy frontend), makes a few of them talk at an
+evenly paced total rate, and measures what came back:
+
+- sent, accepted (the sender's own echo came back: `echo-message`), rejected (a NOTICE, by msg-id:
+  msg_ratelimit, msg_unavailable, msg_banned...);
+- delivered: receivers that got a PRIVMSG whose `id` is one of the accepted messages, and the
+  delivery completeness, delivered / (accepted x receivers in that message's room);
+- end-to-end latency, receive time minus the message's `tmi-sent-ts` (stamped by clue once it
+  decided), as p50/p99/max; plus send -> echo (`ack_ms`) and send -> receive (`client_to_client_ms`),
+  which also cover the edge -> clue -> Redis leg;
+- connection failures and disconnects, by kind, with a few examples.
+
+Messages are told apart by a per-run `client-nonce` prefix, so other traffic in the same rooms
+(another load generator, real users) is ignored. A message that receivers got but whose echo never
+came, or one that got neither an echo nor a NOTICE, is counted as lost, separately.
+
+    python -m chat.loadgen [--config FILE] [--clients 200] [--senders 10] [--rate 50]
+        [--duration 30] [--rooms a,b] [--hot-room ROOM] [--tpp] [--ws-fraction 0.25]
+        [--source-address 127.0.3.1] [--json] [--quiet] [--report-every 10]
+
+Exit status: 0 when the run took place (whatever it measured), 1 when it could not (no sender
+could join, the users could not be created), 2 for a usage error (bad option, a non-loopback
+address, too many clients for the descriptor limit).
+
+Senders are bot users it creates (`loadgen_<n>`, Twitch's 7,500 messages per 30 s) through the
+same shard listeners `chatops users add` uses; the tokens it made are deleted at the end.
+Receivers are anonymous (`justinfan<digits>`), as most viewers are.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import ipaddress
+import itertools
+import json
+import logging
+import math
+import os
+import random
+import resource
+import secrets
+import signal
+import sys
+import time
+from collections import Counter, OrderedDict, deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from chat import irc, logs
+from controlplane import clusterfile
+
+__all__ = ["Options", "LoadgenError", "plan", "run", "main", "parse_args", "TPP_COMMANDS", "Histogram"]
+
+LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
+# The Twitch Plays Pokémon command mix: mostly directions and A, a little B and start, and the
+# occasional vote on how the game is played.
+TPP_COMMANDS = ("up", "down", "left", "right", "a", "b", "start", "anarchy", "democracy")
+TPP_WEIGHTS = (16, 16, 16, 16, 14, 10, 4, 3, 3)
+CHAT_WORDS = ("Kappa", "PogChamp", "LUL", "gg", "wow", "nice", "lol", "BibleThump", "Kreygasm", "hype")
+
+CONNECT_TIMEOUT = 5.0
+CONNECT_ATTEMPTS = 3            # a refused or dropped connection during set-up is retried...
+CONNECT_BACKOFF = 0.5           # ...after 0.5 s, then 1 s
+SETUP_TIMEOUT = 15.0            # connecting, registering and joining, for everyone (plus per-client slack)
+CONNECT_CONCURRENCY = 200       # connections being opened at once
+DRAIN_MAX = 3.0                 # after sending stops, wait at most this long for the last deliveries...
+DRAIN_QUIET = 0.5               # ...and stop as soon as nothing has arrived for this long
+SETTLE_AFTER = 1.0              # a message counts towards "completeness so far" this long after its echo
+FORGET_AFTER = 60.0             # unbounded runs forget settled ids after this long
+MAX_TICK = 0.005                # the sender pacer's tick at high rates (evenly paced, not bursty)
+MAX_CATCH_UP = 0.1              # a late tick sends at most this many seconds' worth of messages
+FD_RESERVE = 64
+TEXT_MAX = 400
+
+
+class LoadgenError(Exception):
+    """A problem the operator must fix (bad option, non-loopback address); exit status 2."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Options
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class Options:
+    clients: int = 200                  # receivers (anonymous)
+    senders: int = 10                   # bot users that talk
+    rate: float = 50.0                  # messages per second, all senders together
+    duration: float = 30.0              # seconds of sending; 0 = until SIGINT/SIGTERM (or stop_event)
+    rooms: tuple[str, ...] = ()         # default: every room of every cluster
+    hot_room: str | None = None         # everyone in this one room
+    tpp: bool = False                   # senders send the Twitch Plays Pokémon command mix
+    ws_fraction: float = 0.25           # share of clients (receivers and senders) on WebSocket
+    source_address: str | None = None   # bind every client socket to this loopback address
+    json: bool = False
+    quiet: bool = False
+    report_every: float = 10.0
+    sender_prefix: str = "loadgen"      # senders are <prefix>_<n>
+    setup_timeout: float | None = None  # default: SETUP_TIMEOUT + 1 s per 500 clients
+    stop_event: asyncio.Event | None = field(default=None, repr=False)  # set it to stop an API run
+    handle_signals: bool = True         # SIGINT/SIGTERM stop the run (main thread only)
+    seed: int | None = None
+
+    def check(self) -> None:
+        if self.clients < 0 or self.senders < 0:
+            raise LoadgenError("--clients and --senders must not be negative")
+        if not (self.rate > 0) or math.isinf(self.rate):
+            raise LoadgenError(f"--rate must be a positive number of messages per second, not {self.rate!r}")
+        if self.duration < 0 or math.isinf(self.duration):
+            raise LoadgenError("--duration must be 0 (until stopped) or a positive number of seconds")
+        if not 0 <= self.ws_fraction <= 1:
+            raise LoadgenError(f"--ws-fraction must be between 0 and 1, not {self.ws_fraction!r}")
+        if not self.report_every > 0:
+            raise LoadgenError("--report-every must be positive")
+        for room in (*self.rooms, *((self.hot_room,) if self.hot_room else ())):
+            if not clusterfile.ROOM_RE.match(room):
+                raise LoadgenError(f"room {room!r} must be 1-25 characters of [a-z0-9_], without '#'")
+        longest = f"{self.sender_prefix}_{max(self.senders - 1, 0)}"
+        if not clusterfile.ROOM_RE.match(longest):
+            raise LoadgenError(f"sender logins like {longest!r} must be 1-25 characters of [a-z0-9_]")
+        if self.source_address is not None:
+            check_loopback(self.source_address, "--source-address")
+
+
+def check_loopback(address: str, what: str) -> str:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        raise LoadgenError(f"{what}: {address!r} is not an IP address") from None
+    if ip not in LOOPBACK:
+        raise LoadgenError(f"{what}: refusing {address}: the load generator only talks to loopback "
+                           f"addresses (127.0.0.0/8), so it can never flood a real network")
+    return address
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[Options, str | None]:
+    ap = argparse.ArgumentParser(
+        prog="chatops loadgen" if argv is not None else "python -m chat.loadgen",
+        description="Open many IRC clients against the cluster, make some of them talk, and measure "
+                    "acceptance, delivery completeness and end-to-end latency.")
+    ap.add_argument("--config", metavar="FILE", default=os.environ.get("CHATOPS_CONFIG"),
+                    help="cluster file (default: $CHATOPS_CONFIG, else the shipped one)")
+    ap.add_argument("--clients", type=int, default=200, metavar="N", help="receivers, anonymous (default 200)")
+    ap.add_argument("--senders", type=int, default=10, metavar="S", help="bot users that talk (default 10)")
+    ap.add_argument("--rate", type=float, default=50.0, metavar="R",
+                    help="messages per second, all senders together, evenly paced (default 50)")
+    ap.add_argument("--duration", type=float, default=30.0, metavar="SECONDS",
+                    help="seconds of sending; 0 runs until SIGINT/SIGTERM (default 30)")
+    ap.add_argument("--rooms", metavar="A,B,C", help="rooms to spread clients over (default: every room "
+                                                     "of every cluster in the cluster file)")
+    ap.add_argument("--hot-room", metavar="ROOM", help="put every client and sender in this one room")
+    ap.add_argument("--tpp", action="store_true",
+                    help="senders send the Twitch Plays Pokémon command mix (up, down, a, b, start, ...)")
+    ap.add_argument("--ws-fraction", type=float, default=0.25, metavar="F",
+                    help="share of clients connecting over WebSocket (default 0.25)")
+    ap.add_argument("--source-address", metavar="ADDR",
+                    help="bind every client socket to this loopback address, e.g. 127.0.3.1")
+    ap.add_argument("--sender-prefix", default="loadgen", metavar="NAME",
+                    help="senders are NAME_0, NAME_1, ... (default loadgen)")
+    ap.add_argument("--json", action="store_true", help="print the report as one JSON object, last on stdout")
+    ap.add_argument("--quiet", action="store_true", help="no progress line")
+    ap.add_argument("--report-every", type=float, default=10.0, metavar="SECONDS",
+                    help="progress interval when stderr is not a terminal (default 10)")
+    ap.add_argument("--seed", type=int, help="seed the message mix")
+    args = ap.parse_args(argv)
+    rooms = tuple(r.strip().lstrip("#").lower() for r in (args.rooms or "").split(",") if r.strip())
+    opts = Options(clients=args.clients, senders=args.senders, rate=args.rate, duration=args.duration,
+                   rooms=rooms, hot_room=args.hot_room.lstrip("#").lower() if args.hot_room else None,
+                   tpp=args.tpp, ws_fraction=args.ws_fraction, source_address=args.source_address,
+                   json=args.json, quiet=args.quiet, report_every=args.report_every,
+                   sender_prefix=args.sender_prefix, seed=args.seed)
+    return opts, args.config
+
+
+# ---------------------------------------------------------------------------------------------
+# The plan: who connects where (pure, so it is tested without a cluster)
+# ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ClientPlan:
+    index: int
+    sender: bool
+    room: str
+    cluster: str
+    host: str
+    address: str
+    port: int           # the cluster frontend's irc_port or ws_port on that host
+    transport: str      # "tcp" | "ws"
+    nick: str
+
+
+def _is_ws(i: int, fraction: float) -> bool:
+    """Spread WebSocket clients evenly: client i is WS when floor((i+1)f) > floor(if)."""
+    return math.floor((i + 1) * fraction + 1e-9) > math.floor(i * fraction + 1e-9)
+
+
+def rooms_of(cf: clusterfile.ClusterFile, options: Options) -> list[str]:
+    if options.hot_room:
+        return [options.hot_room]
+    if options.rooms:
+        return list(dict.fromkeys(options.rooms))
+    rooms = [r for c in cf.clusters.values() for r in c.rooms]
+    if not rooms:
+        raise LoadgenError("the cluster file places no rooms on any cluster; pass --rooms or --hot-room")
+    return rooms
+
+
+def plan(cf: clusterfile.ClusterFile, options: Options, nick_base: int = 0) -> list[ClientPlan]:
+    """Receivers then senders, each spread round-robin over the rooms and, within a room, over the
+    chat hosts of the room's cluster; WebSocket clients spread evenly by ws_fraction."""
+    rooms = rooms_of(cf, options)
+    out: list[ClientPlan] = []
+    per_room = Counter()
+    for sender, count in ((False, options.clients), (True, options.senders)):
+        for i in range(count):
+            room = rooms[i % len(rooms)]
+            cluster = cf.cluster_of_room(room)
+            c = cf.clusters[cluster]
+            host = c.hosts[per_room[room] % len(c.hosts)]
+            per_room[room] += 1
+            address = check_loopback(cf.address(host), f"chat host {host}")
+            ws = _is_ws(i, options.ws_fraction)
+            nick = f"{options.sender_prefix}_{i}" if sender else f"justinfan{nick_base + i}"
+            out.append(ClientPlan(len(out), sender, room, cluster, host, address,
+                                  c.frontend.ws_port if ws else c.frontend.irc_port, "ws" if ws else "tcp", nick))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Measuring
+# ---------------------------------------------------------------------------------------------
+
+class Histogram:
+    """Latencies in ms in log-spaced buckets (2% wide): bounded memory however long the run,
+    percentiles within 2%. Values at or below `floor` share the first bucket."""
+
+    STEP = math.log(1.02)
+
+    def __init__(self, floor: float = 0.01):
+        self.floor = floor
+        self.counts: Counter[int] = Counter()
+        self.n = 0
+        self.max = 0.0
+
+    def add(self, ms: float) -> None:
+        self.n += 1
+        if ms > self.max:
+            self.max = ms
+        self.counts[0 if ms <= self.floor else int(math.log(ms / self.floor) / self.STEP) + 1] += 1
+
+    def percentile(self, p: float) -> float | None:
+        if not self.n:
+            return None
+        rank = max(1, math.ceil(self.n * p / 100))
+        seen = 0
+        for b in sorted(self.counts):
+            seen += self.counts[b]
+            if seen >= rank:
+                upper = self.floor * math.exp(self.STEP * b)
+                return min(upper, self.max)
+        return self.max
+
+    def summary(self) -> dict[str, float | None]:
+        r = lambda v: None if v is None else round(v, 2)  # noqa: E731
+        return {"p50": r(self.percentile(50)), "p99": r(self.percentile(99)),
+                "max": r(self.max) if self.n else None, "n": self.n}
+
+
+class Tally:
+    """Every counter of one run, and the matching of deliveries to accepted messages."""
+
+    def __init__(self, receivers_per_room: dict[str, int] | None = None):
+        self.receivers = receivers_per_room or {}
+        self.sent = 0
+        self.accepted = 0
+        self.rejected: Counter[str] = Counter()
+        self.delivered = 0
+        self.expected = 0
+        self.deliveries_seen = 0          # every matched delivery line, for the drain
+        self.late = 0                     # deliveries for ids settled already (still counted)
+        self.lost_delivered = 0           # delivered, but the sender never saw its echo
+        self.latency = Histogram()        # receive - tmi-sent-ts, at receivers
+        self.ack = Histogram()            # send -> echo, at senders
+        self.c2c = Histogram()            # send -> receive, at receivers
+        self.errors: Counter[str] = Counter()
+        self.examples: list[str] = []
+        self._pending_settle: deque[tuple[float, str, str]] = deque()   # (t echo, id, room)
+        self._deliv: dict[str, int] = {}                                 # id -> receivers so far
+        self._deliv_first: OrderedDict[str, float] = OrderedDict()       # id -> first seen
+        self._settled: OrderedDict[str, float] = OrderedDict()           # id -> settle time
+
+    def error(self, kind: str, detail: str, n: int = 1) -> None:
+        self.errors[kind] += n
+        if len(self.examples) < 8 and not any(e.startswith(kind + ":") for e in self.examples):
+            self.examples.append(f"{kind}: {detail}")
+
+    def echo(self, msg_id: str, room: str, now: float) -> None:
+        self.accepted += 1
+        self._pending_settle.append((now, msg_id, room))
+
+    def delivery(self, msg_id: str, now: float) -> None:
+        self.deliveries_seen += 1
+        if msg_id in self._settled:
+            self.delivered += 1
+            self.late += 1
+            return
+        n = self._deliv.get(msg_id)
+        if n is None:
+            self._deliv_first[msg_id] = now
+            self._deliv[msg_id] = 1
+        else:
+            self._deliv[msg_id] = n + 1
+
+    def settle(self, now: float, after: float = SETTLE_AFTER, forget: float | None = None) -> None:
+        """Fold messages echoed more than `after` seconds ago into delivered/expected; with
+        `forget`, drop what is older than that, so an unbounded run keeps bounded state."""
+        q = self._pending_settle
+        while q and q[0][0] <= now - after:
+            _, msg_id, room = q.popleft()
+            self.expected += self.receivers.get(room, 0)
+            self.delivered += self._deliv.pop(msg_id, 0)
+            self._deliv_first.pop(msg_id, None)
+            self._settled[msg_id] = now
+        if forget is not None:
+            while self._settled and next(iter(self._settled.values())) <= now - forget:
+                self._settled.popitem(last=False)
+            while self._deliv_first and next(iter(self._deliv_first.values())) <= now - forget:
+                msg_id, _ = self._deliv_first.popitem(last=False)
+                self._deliv.pop(msg_id, None)
+                self.lost_delivered += 1
+
+    def finish(self) -> None:
+        self.settle(float("inf"), after=0.0)
+        self.lost_delivered += len(self._deliv)
+        self._deliv.clear()
+        self._deliv_first.clear()
+
+    @property
+    def completeness(self) -> float | None:
+        return self.delivered / self.expected if self.expected else None
+
+
+# ---------------------------------------------------------------------------------------------
+# Clients
+# ---------------------------------------------------------------------------------------------
+
+class SetupFailed(Exception):
+    def __init__(self, kind: str, detail: str, retry: bool = False):
+        super().__init__(detail)
+        self.kind = kind
+        self.detail = detail
+        self.retry = retry
+
+
+class Client:
+    """One fake user. The transport subclasses only move bytes; every line goes through here."""
+
+    def __init__(self, gen: "Generator", p: ClientPlan, token: str | None):
+        self.gen = gen
+        self.plan = p
+        self.token = token
+        self.framer = irc.Framer()
+        self.joined: asyncio.Future = _new_future()
+        self.outstanding: OrderedDict[str, float] = OrderedDict()   # nonce -> send time (monotonic)
+        self.closing = False
+        self.up = False
+        self.ready = False          # set up completely: a later loss is a disconnect
+
+    # -- bytes in --
+
+    def feed(self, data: bytes) -> None:
+        for item in self.framer.feed(data):
+            if isinstance(item, irc.LineError):
+                self.gen.tally.error("bad_line", f"{self.plan.nick}: {item.kind}: {item.detail}")
+                continue
+            self.handle(item)
+
+    def handle(self, m: irc.Message) -> None:
+        cmd = m.command
+        if cmd == "PRIVMSG":
+            self.gen.privmsg(self, m)
+        elif cmd == "NOTICE":
+            msg_id = m.tags.get("msg-id")
+            if not self.joined.done() and (msg_id is None or m.params[:1] == ("*",)):
+                # `NOTICE * :Login authentication failed` comes before 464.
+                self._fail("registration_failed", m.params[-1] if m.params else "NOTICE")
+            elif msg_id:
+                self.gen.notice(self, msg_id)
+        elif cmd == "366":
+            if not self.joined.done():
+                self.joined.set_result(True)
+        elif cmd == "PING":
+            self.send_line(irc.encode("PONG", m.params[-1] if m.params else self.plan.host, trailing=True))
+        elif cmd in ("464", "433", "432", "451"):
+            self._fail("registration_failed", f"{cmd} {m.params[-1] if m.params else ''}")
+        elif cmd in ("403", "405", "471", "473", "474", "475"):
+            self._fail("join_failed", f"{cmd} {' '.join(m.params[1:])}")
+
+    def _fail(self, kind: str, detail: str) -> None:
+        if not self.joined.done():
+            self.joined.set_exception(SetupFailed(kind, f"{self.plan.nick} via {self.plan.address}:{self.plan.port}: {detail}"))
+
+    def hello(self) -> bytes:
+        lines = [irc.encode("CAP", "REQ", "twitch.tv/tags twitch.tv/commands echo-message", trailing=True)]
+        if self.token:
+            lines.append(irc.encode("PASS", f"oauth:{self.token}"))
+        lines.append(irc.encode("NICK", self.plan.nick))
+        lines.append(irc.encode("JOIN", f"#{self.plan.room}"))
+        return b"".join(lines)
+
+    def lost(self, reason: str) -> None:
+        """The connection ended; an error unless we were closing it."""
+        self.up = False
+        if not self.joined.done():
+            self.joined.set_exception(SetupFailed("connection_closed", f"{self.plan.nick} via "
+                                                  f"{self.plan.address}:{self.plan.port}: closed during set-up: {reason}",
+                                                  retry=True))
+        elif self.ready and not self.closing:
+            self.gen.tally.error("disconnected", f"{self.plan.nick} ({self.plan.transport} to "
+                                                 f"{self.plan.host}): {reason}")
+            self.gen.disconnected(self)
+
+    # -- transport --
+
+    async def open(self) -> None:
+        raise NotImplementedError
+
+    def send_line(self, line: bytes) -> None:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
+
+class TcpClient(Client, asyncio.Protocol):
+    transport: asyncio.Transport | None = None
+
+    async def open(self) -> None:
+        loop = asyncio.get_running_loop()
+        src = self.gen.options.source_address
+        self.joined = _new_future()
+        self.framer = irc.Framer()
+        await loop.create_connection(lambda: self, self.plan.address, self.plan.port,
+                                     local_addr=(src, 0) if src else None)
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        self.up = True
+        transport.write(self.hello())
+
+    def data_received(self, data: bytes) -> None:
+        self.feed(data)
+
+    def connection_lost(self, exc) -> None:
+        self.lost("closed by the server" if exc is None else f"{type(exc).__name__}: {exc}")
+
+    def send_line(self, line: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(line)
+
+    async def close(self) -> None:
+        self.closing = True
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+
+class WsClient(Client):
+    ws = None
+    reader: asyncio.Task | None = None
+    writer: asyncio.Task | None = None
+
+    async def open(self) -> None:
+        from websockets.asyncio.client import connect
+        loop = asyncio.get_running_loop()
+        src = self.gen.options.source_address
+        self.joined = _new_future()
+        self.framer = irc.Framer()
+        self.queue: list[str] = []
+        self.wake = asyncio.Event()
+        kwargs: dict[str, Any] = {"local_addr": (src, 0)} if src else {}
+        self.ws = await connect(f"ws://{self.plan.address}:{self.plan.port}/", subprotocols=["text.ircv3.net"],
+                                compression=None, open_timeout=CONNECT_TIMEOUT, max_size=irc.MAX_TAGS + irc.MAX_LINE * 4,
+                                close_timeout=1, **kwargs)
+        self.up = True
+        self.reader = asyncio.ensure_future(self._read())
+        self.writer = asyncio.ensure_future(self._write())
+        for line in self.hello().split(b"\r\n"):
+            if line:
+                self.send_line(line)
+
+    async def _read(self) -> None:
+        import websockets
+        reason = "closed by the server"
+        try:
+            async for frame in self.ws:
+                data = frame.encode() if isinstance(frame, str) else frame
+                self.feed(data if data.endswith(b"\n") else data + b"\r\n")
+        except websockets.ConnectionClosed as exc:
+            reason = f"closed: {exc}"
+        except Exception as exc:  # a bug costs this client only
+            reason = f"{type(exc).__name__}: {exc}"
+        self.lost(reason)
+
+    async def _write(self) -> None:
+        import websockets
+        try:
+            while True:
+                await self.wake.wait()
+                self.wake.clear()
+                batch, self.queue = self.queue, []
+                for text in batch:
+                    await self.ws.send(text)
+        except (websockets.ConnectionClosed, asyncio.CancelledError):
+            pass
+
+    def send_line(self, line: bytes) -> None:
+        if self.up:
+            self.queue.append(line.rstrip(b"\r\n").decode())
+            self.wake.set()
+
+    async def close(self) -> None:
+        self.closing = True
+        if self.writer is not None:
+            self.writer.cancel()
+        if self.ws is not None:
+            try:
+                await asyncio.wait_for(self.ws.close(), 1.5)
+            except Exception:  # closing must never stop the others from closing
+                pass
+        if self.reader is not None:
+            self.reader.cancel()
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+# ---------------------------------------------------------------------------------------------
+
+class Generator:
+    def __init__(self, cf: clusterfile.ClusterFile, options: Options):
+        self.cf = cf
+        self.options = options
+        self.rng = random.Random(options.seed)
+        self.run_id = "lg" + secrets.token_hex(4)
+        self.nonce_prefix = self.run_id + "."
+        self.tally = Tally()
+        self.plans = plan(cf, options, nick_base=self.rng.randint(10_000_000, 89_999_999))
+        self.rooms = rooms_of(cf, options)
+        self.clients: list[Client] = []
+        self.senders: list[Client] = []
+        self.receivers: list[Client] = []
+        self.tokens: dict[str, tuple[str, str]] = {}     # login -> (token, chat host used)
+        self.seq = 0
+        self.started = time.monotonic()
+        self.send_started: float | None = None
+        self.send_stopped: float | None = None
+        self.last_activity = time.monotonic()
+        self.log = logging.getLogger("chatops.loadgen")
+        self.stop = options.stop_event or asyncio.Event()
+        self.sending = False
+
+    # -- events from clients --
+
+    def privmsg(self, client: Client, m: irc.Message) -> None:
+        tags = m.tags
+        nonce = tags.get("client-nonce")
+        if not nonce or not nonce.startswith(self.nonce_prefix):
+            return       # somebody else's traffic
+        msg_id = tags.get("id")
+        if not msg_id:
+            return
+        now = time.monotonic()
+        self.last_activity = now
+        if client.plan.sender:
+            sent_at = client.outstanding.pop(nonce, None)
+            if sent_at is not None:
+                self.tally.ack.add((now - sent_at) * 1000)
+                self.tally.echo(msg_id, client.plan.room, now)
+            return       # another sender's message: senders are not counted as receivers
+        wall_ms = time.time() * 1000
+        self.tally.delivery(msg_id, now)
+        ts = tags.get("tmi-sent-ts", "")
+        if ts.isdigit():
+            self.tally.latency.add(max(0.0, wall_ms - int(ts)))
+        sent_us = nonce.rpartition("-")[2]
+        if sent_us.isdigit():
+            self.tally.c2c.add(max(0.0, wall_ms - int(sent_us) / 1000))
+
+    def notice(self, client: Client, msg_id: str) -> None:
+        if not client.plan.sender:
+            return
+        self.last_activity = time.monotonic()
+        self.tally.rejected[msg_id] += 1
+        if client.outstanding:          # NOTICEs carry no nonce: they answer the oldest message
+            client.outstanding.popitem(last=False)
+
+    def disconnected(self, client: Client) -> None:
+        if client.plan.sender and client in self.senders:
+            self.senders.remove(client)
+
+    # -- set-up --
+
+    async def create_senders(self) -> None:
+        """Bot users through ShardedCache.for_host on a chat host of each sender's room's cluster."""
+        from chat.cache import CacheUnavailable, ShardedCache
+        from chat.users import add_user
+
+        wanted = [p for p in self.plans if p.sender]
+        if not wanted:
+            return
+        by_host: dict[str, list[ClientPlan]] = {}
+        for p in wanted:
+            by_host.setdefault(p.host, []).append(p)
+        for host, plans in by_host.items():
+            cache = ShardedCache.for_host(self.cf, host, timeout=2.0, max_conns=4)
+            try:
+                tokens = await asyncio.gather(*(add_user(cache, p.nick, bot=True) for p in plans))
+            except (CacheUnavailable, OSError) as exc:
+                self.tally.error("users", f"cannot create the sender users through {host}'s shard listeners "
+                                          f"({self.cf.address(host)}:{self.cf.listener_port(0)}...): {exc}",
+                                 n=len(plans))
+                continue
+            finally:
+                await cache.close()
+            for p, tok in zip(plans, tokens):
+                self.tokens[p.nick] = (tok, host)
+
+    async def delete_tokens(self) -> None:
+        from chat import keys
+        from chat.cache import ShardedCache
+        by_host: dict[str, list[str]] = {}
+        for tok, host in self.tokens.values():
+            by_host.setdefault(host, []).append(tok)
+        for host, toks in by_host.items():
+            cache = ShardedCache.for_host(self.cf, host, timeout=1.0, max_conns=2)
+            try:
+                for tok in toks:
+                    await cache.client_for(keys.token(tok)).delete(keys.token(tok))
+            except Exception:  # best effort: a leftover token is harmless
+                pass
+            finally:
+                await cache.close()
+        self.tokens.clear()
+
+    async def connect_one(self, p: ClientPlan, slots: asyncio.Semaphore, deadline: float) -> Client | None:
+        token = None
+        if p.sender:
+            if p.nick not in self.tokens:
+                return None
+            token = self.tokens[p.nick][0]
+        cls = WsClient if p.transport == "ws" else TcpClient
+        client = cls(self, p, token)
+        where = f"{p.transport} {p.address}:{p.port} ({p.host}, cluster {p.cluster})"
+        for attempt in range(CONNECT_ATTEMPTS):
+            last = attempt == CONNECT_ATTEMPTS - 1
+            try:
+                async with slots:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise SetupFailed("setup_timeout", f"{p.nick}: no time left to connect to {where}")
+                    await asyncio.wait_for(client.open(), min(CONNECT_TIMEOUT, remaining))
+                await asyncio.wait_for(asyncio.shield(client.joined), max(0.1, deadline - time.monotonic()))
+                client.ready = True
+                return client
+            except SetupFailed as exc:
+                await client.close()
+                if exc.retry and not last and time.monotonic() < deadline:
+                    await asyncio.sleep(CONNECT_BACKOFF * (attempt + 1))
+                    client.closing = False
+                    continue
+                self.tally.error(exc.kind, exc.detail)
+                return None
+            except asyncio.TimeoutError:
+                await client.close()
+                kind = "join_timeout" if client.up else "connect_timeout"
+                self.tally.error(kind, f"{p.nick}: no {'366 (end of JOIN)' if client.up else 'connection'} "
+                                       f"from {where} in time")
+                return None
+            except OSError as exc:
+                await client.close()
+                if not last and time.monotonic() < deadline:
+                    await asyncio.sleep(CONNECT_BACKOFF * (attempt + 1))
+                    client.closing = False
+                    continue
+                name = _errno_name(exc)
+                self.tally.error("connect", f"cannot connect to {where}: {name}")
+                return None
+            except Exception as exc:  # websockets handshake errors and the like
+                await client.close()
+                if not last and time.monotonic() < deadline:
+                    await asyncio.sleep(CONNECT_BACKOFF * (attempt + 1))
+                    client.closing = False
+                    continue
+                self.tally.error("connect", f"cannot connect to {where}: {type(exc).__name__}: {exc}")
+                return None
+        return None
+
+    async def setup(self) -> None:
+        await self.create_senders()
+        if self.stop.is_set():
+            return
+        slots = asyncio.Semaphore(CONNECT_CONCURRENCY)
+        timeout = self.options.setup_timeout or SETUP_TIMEOUT + len(self.plans) / 500
+        deadline = time.monotonic() + timeout
+        tasks = [asyncio.ensure_future(self.connect_one(p, slots, deadline)) for p in self.plans]
+        stopper = asyncio.ensure_future(self.stop.wait())
+        try:
+            pending = set(tasks)
+            while pending and not self.stop.is_set():
+                done, pending = await asyncio.wait(pending | {stopper}, return_when=asyncio.FIRST_COMPLETED)
+                pending.discard(stopper)
+        finally:
+            stopper.cancel()
+            for t in tasks:
+                if not t.done():
+                    t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        for t in tasks:
+            if not t.cancelled() and t.exception() is None and t.result() is not None:
+                c = t.result()
+                self.clients.append(c)
+                (self.senders if c.plan.sender else self.receivers).append(c)
+        per_room = Counter(c.plan.room for c in self.receivers)
+        self.tally.receivers = dict(per_room)
+
+    # -- sending --
+
+    def _text(self, seq: int) -> str:
+        if self.options.tpp:
+            return self.rng.choices(TPP_COMMANDS, TPP_WEIGHTS)[0]
+        words = " ".join(self.rng.choice(CHAT_WORDS) for _ in range(3))
+        return f"loadgen message {seq} {words}"[:TEXT_MAX]
+
+    def send_one(self, client: Client) -> None:
+        self.seq += 1
+        nonce = f"{self.nonce_prefix}{self.seq}-{time.time_ns() // 1000}"
+        client.outstanding[nonce] = time.monotonic()
+        client.send_line(f"@client-nonce={nonce} PRIVMSG #{client.plan.room} :{self._text(self.seq)}\r\n".encode())
+        self.tally.sent += 1
+
+    async def pace(self) -> None:
+        """Send at the total rate, evenly: every tick sends what is due, round-robin over senders."""
+        rate = self.options.rate
+        tick = min(max(1.0 / rate, MAX_TICK), 0.1)
+        start = self.send_started = time.monotonic()
+        end = start + self.options.duration if self.options.duration else float("inf")
+        rr = itertools.count()
+        due_total = 0
+        self.sending = True
+        try:
+            while not self.stop.is_set():
+                now = time.monotonic()
+                if now >= end or not self.senders:
+                    break
+                due = int((now - start) * rate) + 1 - due_total   # the first message leaves at once
+                if due > 0:
+                    # Fell behind (a slow loop): send at most MAX_CATCH_UP seconds' worth now; the
+                    # rest is skipped, so `sent` below `offered` shows the generator itself was the limit.
+                    due_total += due
+                    for _ in range(min(due, max(1, int(rate * MAX_CATCH_UP)))):
+                        senders = self.senders
+                        if not senders:
+                            break
+                        self.send_one(senders[next(rr) % len(senders)])
+                next_at = start + due_total / rate
+                delay = max(0.0, min(next_at - time.monotonic(), tick))
+                try:
+                    await asyncio.wait_for(self.stop.wait(), delay) if delay > 0 else await asyncio.sleep(0)
+                except asyncio.TimeoutError:
+                    pass
+        finally:
+            self.sending = False
+            self.send_stopped = time.monotonic()
+            self.offered = min(self.send_stopped, end) - start
+
+    async def drain(self) -> None:
+        """Wait for the last echoes and deliveries: until nothing has come for DRAIN_QUIET, or
+        every message is answered and quiet, at most DRAIN_MAX."""
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < DRAIN_MAX and not self._second_stop:
+            await asyncio.sleep(0.05)
+            quiet = time.monotonic() - self.last_activity
+            unanswered = sum(len(s.outstanding) for s in self.senders)
+            if quiet >= DRAIN_QUIET and (unanswered == 0 or quiet >= DRAIN_QUIET * 2):
+                break
+
+    # -- reporting --
+
+    def progress_fields(self) -> dict[str, Any]:
+        t = self.tally
+        now = time.monotonic()
+        elapsed = now - (self.send_started or now)
+        comp = t.completeness
+        lat = t.latency
+        return {"elapsed_s": round(elapsed, 1),
+                "sent_per_s": round(t.sent / elapsed, 1) if elapsed > 0 else 0.0,
+                "sent": t.sent, "accepted": t.accepted, "rejected": sum(t.rejected.values()),
+                "completeness": "-" if comp is None else f"{comp:.4f}",
+                "p50_ms": _fmt(lat.percentile(50)), "p99_ms": _fmt(lat.percentile(99)),
+                "conns": f"{sum(1 for c in self.clients if c.up)}/{len(self.plans)}",
+                "errors": sum(t.errors.values())}
+
+    def progress_line(self) -> str:
+        f = self.progress_fields()
+        comp = f["completeness"]
+        comp = comp if comp == "-" else f"{float(comp) * 100:.2f}%"
+        return (f"[{f['elapsed_s']:6.1f}s] sent {f['sent_per_s']:.0f}/s  accepted {f['accepted']}  "
+                f"rejected {f['rejected']}  completeness {comp}  p50 {f['p50_ms']}ms p99 {f['p99_ms']}ms  "
+                f"conns {f['conns']}  errors {f['errors']}")
+
+    async def reporter(self) -> None:
+        opts = self.options
+        tty = sys.stderr.isatty()
+        last_plain = time.monotonic()
+        try:
+            while True:
+                await asyncio.sleep(1.0)
+                now = time.monotonic()
+                self.tally.settle(now, forget=FORGET_AFTER if not opts.duration else None)
+                if opts.duration == 0:
+                    if now - last_plain >= opts.report_every:
+                        last_plain = now
+                        logs.event(self.log, "edge", "traffic", **self.progress_fields())
+                elif opts.quiet:
+                    continue
+                elif tty:
+                    sys.stderr.write("\r" + self.progress_line() + "\x1b[K")
+                    sys.stderr.flush()
+                elif now - last_plain >= opts.report_every:
+                    last_plain = now
+                    print(self.progress_line(), file=sys.stderr, flush=True)
+        except asyncio.CancelledError:
+            if tty and not opts.quiet and opts.duration:
+                sys.stderr.write("\r" + self.progress_line() + "\x1b[K\n")
+                sys.stderr.flush()
+            raise
+
+    def report(self) -> dict[str, Any]:
+        t = self.tally
+        t.finish()
+        unanswered = sum(len(c.outstanding) for c in self.clients if c.plan.sender)
+        duration = (self.send_stopped - self.send_started) if self.send_started and self.send_stopped else 0.0
+        offered = getattr(self, "offered", 0.0) * self.options.rate
+        comp = t.completeness
+        return {
+            "clients": len(self.receivers), "senders": len([c for c in self.clients if c.plan.sender]),
+            "clients_planned": self.options.clients, "senders_planned": self.options.senders,
+            "rooms": self.rooms, "receivers_per_room": dict(t.receivers),
+            "duration_s": round(duration, 2), "rate": self.options.rate, "offered": int(offered),
+            "sent": t.sent, "accepted": t.accepted, "rejected": dict(t.rejected),
+            "sent_per_s": round(t.sent / duration, 1) if duration else 0.0,
+            "accepted_per_s": round(t.accepted / duration, 1) if duration else 0.0,
+            "delivered": t.delivered, "expected": t.expected,
+            "completeness": None if comp is None else round(comp, 6),
+            "latency_ms": _lat(t.latency), "ack_ms": _lat(t.ack), "client_to_client_ms": _lat(t.c2c),
+            "lost": {"delivered_without_echo": t.lost_delivered, "unanswered": unanswered},
+            "late_deliveries": t.late,
+            "transports": dict(Counter(c.plan.transport for c in self.clients)),
+            "errors": dict(t.errors), "error_examples": list(t.examples),
+            "hot_room": self.options.hot_room, "tpp": self.options.tpp,
+            "source_address": self.options.source_address,
+        }
+
+    # -- the whole run --
+
+    async def run(self) -> dict[str, Any]:
+        opts = self.options
+        self._second_stop = False
+        loop = asyncio.get_running_loop()
+        installed = []
+        if opts.handle_signals and _main_thread():
+            def on_signal() -> None:
+                if self.stop.is_set():
+                    self._second_stop = True
+                self.stop.set()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                try:
+                    loop.add_signal_handler(sig, on_signal)
+                    installed.append(sig)
+                except (NotImplementedError, RuntimeError, ValueError):
+                    pass
+        reporter = None
+        try:
+            self._warn_limits()
+            await self.setup()
+            if self.senders and not self.stop.is_set():
+                if opts.duration == 0:
+                    logs.event(self.log, "edge", "sending", rate=opts.rate, senders=len(self.senders),
+                               receivers=len(self.receivers), rooms=",".join(self.rooms))
+                reporter = asyncio.ensure_future(self.reporter())
+                await self.pace()
+                await self.drain()
+        finally:
+            if reporter is not None:
+                reporter.cancel()
+                await asyncio.gather(reporter, return_exceptions=True)
+            await asyncio.gather(*(c.close() for c in self.clients), return_exceptions=True)
+            await asyncio.sleep(0)
+            try:
+                await asyncio.wait_for(self.delete_tokens(), 5)
+            except (asyncio.TimeoutError, Exception):
+                pass
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+        return self.report()
+
+    def _warn_limits(self) -> None:
+        opts = self.options
+        if not opts.senders:
+            return
+        rooms = self.rooms
+        for room in rooms:
+            clue = self.cf.clusters[self.cf.cluster_of_room(room)].services.clue
+            per_sender = opts.rate / opts.senders
+            window = clusterfile.seconds(clue.rate_window)
+            if per_sender * window > clue.bot_rate:
+                _warn(f"each sender would send {per_sender:.0f} msgs/s, over the bot limit of {clue.bot_rate} per "
+                      f"{clue.rate_window}: expect msg_ratelimit (add --senders)")
+                break
+        senders_in = Counter(p.room for p in self.plans if p.sender)
+        for room, n in senders_in.items():
+            clue = self.cf.clusters[self.cf.cluster_of_room(room)].services.clue
+            room_rate = opts.rate * n / opts.senders
+            if room_rate > clue.room_rate:
+                _warn(f"#{room} would get {room_rate:.0f} msgs/s, over its room limit of {clue.room_rate}/s: "
+                      "expect msg_ratelimit")
+
+
+def _new_future() -> asyncio.Future:
+    """A future whose exception is always retrieved, so an abandoned set-up logs nothing."""
+    fut = asyncio.get_running_loop().create_future()
+    fut.add_done_callback(lambda f: f.cancelled() or f.exception())
+    return fut
+
+
+def _lat(h: Histogram) -> dict[str, float | None]:
+    s = h.summary()
+    return {"p50": s["p50"], "p99": s["p99"], "max": s["max"]}
+
+
+def _fmt(v: float | None) -> str:
+    return "-" if v is None else f"{v:.1f}"
+
+
+def _warn(text: str) -> None:
+    print(f"loadgen: warning: {text}", file=sys.stderr, flush=True)
+
+
+def _main_thread() -> bool:
+    import threading
+    return threading.current_thread() is threading.main_thread()
+
+
+def _errno_name(exc: OSError) -> str:
+    import errno as _errno
+    if exc.errno:
+        return f"{_errno.errorcode.get(exc.errno, exc.errno)} ({exc.strerror or exc})"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _fd_check(needed: int) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if needed + FD_RESERVE > soft and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    if needed + FD_RESERVE > soft:
+        raise LoadgenError(f"{needed} connections need {needed + FD_RESERVE} file descriptors, but the limit is "
+                           f"{soft} (hard {hard}); use fewer --clients or raise `ulimit -n`")
+
+
+async def run(cf, options: Options) -> dict[str, Any]:
+    """Run the load and return the report (see the module docstring). `cf` is a ClusterFile (or
+    a LoadedCluster). Raises LoadgenError for bad options or a non-loopback address."""
+    cf = getattr(cf, "spec", cf)
+    options.check()
+    gen = Generator(cf, options)      # plans, and refuses non-loopback targets, before any socket
+    _fd_check(len(gen.plans))
+    return await gen.run()
+
+
+def format_report(r: dict[str, Any]) -> str:
+    comp = r["completeness"]
+    lat, ack, c2c = r["latency_ms"], r["ack_ms"], r["client_to_client_ms"]
+    rejected = ", ".join(f"{k} {v}" for k, v in sorted(r["rejected"].items())) or "none"
+    lines = [
+        f"loadgen: {r['clients']} receivers + {r['senders']} senders ({', '.join(f'{k} {v}' for k, v in sorted(r['transports'].items())) or 'no connections'}) "
+        f"in {len(r['rooms'])} room(s): {', '.join('#' + x for x in r['rooms'])}",
+        f"  sent {r['sent']} in {r['duration_s']}s ({r['sent_per_s']}/s of {r['rate']:g}/s offered), "
+        f"accepted {r['accepted']} ({r['accepted_per_s']}/s), rejected: {rejected}",
+        f"  delivered {r['delivered']} of {r['expected']} expected: completeness "
+        f"{'-' if comp is None else f'{comp * 100:.3f}%'}",
+        f"  latency (receive - tmi-sent-ts): p50 {_fmt(lat['p50'])} ms, p99 {_fmt(lat['p99'])} ms, max {_fmt(lat['max'])} ms",
+        f"  send -> echo: p50 {_fmt(ack['p50'])} ms, p99 {_fmt(ack['p99'])} ms; send -> receive: p50 "
+        f"{_fmt(c2c['p50'])} ms, p99 {_fmt(c2c['p99'])} ms",
+        f"  lost: {r['lost']['delivered_without_echo']} delivered without an echo, {r['lost']['unanswered']} never answered",
+    ]
+    if r["errors"]:
+        lines.append("  errors: " + ", ".join(f"{k} {v}" for k, v in sorted(r["errors"].items())))
+        lines += [f"    {e}" for e in r["error_examples"]]
+    else:
+        lines.append("  errors: none")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        options, config = parse_args(argv)
+    except SystemExit as exc:      # argparse: --help (0) or a usage error (2)
+        return int(exc.code or 0)
+    logs.setup("loadgen", sys.stderr)
+    try:
+        cf = clusterfile.load(config).spec
+    except clusterfile.ClusterFileError as exc:
+        print(f"loadgen: {exc}", file=sys.stderr)
+        return 2
+
+    async def go() -> dict[str, Any]:
+        return await run(cf, options)
+
+    try:
+        try:
+            import uvloop
+            report = uvloop.run(go())
+        except ImportError:  # pragma: no cover
+            report = asyncio.run(go())
+    except LoadgenError as exc:
+        print(f"loadgen: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:    # a signal before the handlers were installed
+        return 130
+    print(format_report(report), file=sys.stderr, flush=True)
+    if options.json:
+        print(json.dumps(report), flush=True)
+    if report["senders"] == 0 and options.senders > 0:
+        print("loadgen: no sender could join, so nothing was sent; see the errors above", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
