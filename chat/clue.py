@@ -146,37 +146,73 @@ class Clue:
         return {"ok": True, "login": login, "user_id": _s(uid) or user_id(login),
                 "display_name": _s(display) or login}
 
-    async def privmsg(self, item: dict) -> dict:
-        started = time.perf_counter()
-        try:
-            result = await self._privmsg(item)
-        except CacheUnavailable:
-            result = notice("msg_unavailable", "Your message was not sent: chat is temporarily unavailable.")
-        self.m_decision.observe(time.perf_counter() - started)
-        self.m_messages.labels("accepted" if result["ok"] else result["notice"]["msg_id"]).inc()
-        return result
+    async def privmsg_batch(self, items: list[dict]) -> list[dict]:
+        """Decide a batch of PRIVMSGs with one pipeline per shard, whatever the batch size.
 
-    async def _privmsg(self, item: dict) -> dict:
-        login, room, text = item["login"], item["room"], item["text"]
+        Each message needs eight commands on its room's shard and two on its user's; grouping
+        them by shard makes a burst of N messages a handful of round trips instead of 2N, which
+        keeps a burst inside the talk's ten-connection, 100 ms cache budget."""
+        started = time.perf_counter()
         now = time.time()
         second = int(now)
-        bans, mods, room_key, limits = keys.bans(room), keys.mods(room), keys.room(room), keys.ratelimits(room)
-        ucount, rcount = keys.user_counters(room, second // self.window), keys.room_counter(room, second)
-        # One round trip to the room's shard and one to the user's, in parallel.
-        rp = self.cache.pipeline_for(bans)
-        rp.hget(bans, login)
-        rp.sismember(mods, login)
-        rp.hmget(room_key, "id", "broadcaster")
-        rp.hmget(limits, "room_rate", "user_rate")
-        rp.hincrby(ucount, login, 1)
-        rp.expire(ucount, self.window + 1, nx=True)
-        rp.incr(rcount)
-        rp.expire(rcount, 2, nx=True)
-        up = self.cache.pipeline_for(keys.user(login))
-        up.hmget(keys.user(login), "id", "display_name", "bot")
-        up.get(keys.color(login))
-        (ban, is_mod, (room_id, broadcaster), (room_rate, user_rate), used, _, room_used, _), \
-            ((uid, display, bot), color) = await asyncio.gather(rp.execute(), up.execute())
+        pipes: dict[int, object] = {}
+        sizes: dict[int, int] = {}
+        plans: list[tuple[int, int, int, int] | None] = []
+
+        def queue(key: str) -> tuple[object, int, int]:
+            shard = self.cache.shard_of(key)
+            if shard not in pipes:
+                pipes[shard], sizes[shard] = self.cache.pipeline_for(key), 0
+            return pipes[shard], shard, sizes[shard]
+
+        for item in items:
+            login, room, text = item.get("login"), item.get("room"), item.get("text")
+            if not all(isinstance(v, str) and v for v in (login, room)) or not isinstance(text, str):
+                plans.append(None)
+                continue
+            bans, ucount = keys.bans(room), keys.user_counters(room, second // self.window)
+            rcount = keys.room_counter(room, second)
+            rp, rshard, rstart = queue(bans)
+            rp.hget(bans, login)
+            rp.sismember(keys.mods(room), login)
+            rp.hmget(keys.room(room), "id", "broadcaster")
+            rp.hmget(keys.ratelimits(room), "room_rate", "user_rate")
+            rp.hincrby(ucount, login, 1)
+            rp.expire(ucount, self.window + 1, nx=True)
+            rp.incr(rcount)
+            rp.expire(rcount, 2, nx=True)
+            sizes[rshard] += 8
+            up, ushard, ustart = queue(keys.user(login))
+            up.hmget(keys.user(login), "id", "display_name", "bot")
+            up.get(keys.color(login))
+            sizes[ushard] += 2
+            plans.append((rshard, rstart, ushard, ustart))
+
+        shards = list(pipes)
+        replies = await asyncio.gather(*(pipes[sh].execute() for sh in shards), return_exceptions=True)
+        by_shard = dict(zip(shards, replies))
+        for shard, reply in by_shard.items():
+            if isinstance(reply, BaseException) and not isinstance(reply, CacheUnavailable):
+                logs.event(self.ctx.log, "redis", f"pipeline failed on shard {shard}: {reply!r}", 40)
+
+        results = await asyncio.gather(*(self._decide(item, plan, by_shard, now)
+                                         for item, plan in zip(items, plans)))
+        per_item = (time.perf_counter() - started)
+        for result in results:
+            self.m_decision.observe(per_item)
+            self.m_messages.labels("accepted" if result["ok"] else result["notice"]["msg_id"]).inc()
+        return results
+
+    async def _decide(self, item: dict, plan, by_shard: dict, now: float) -> dict:
+        if plan is None:
+            return notice("msg_rejected", "Your message was not sent: it was malformed.")
+        rshard, rstart, ushard, ustart = plan
+        room_reply, user_reply = by_shard[rshard], by_shard[ushard]
+        if isinstance(room_reply, BaseException) or isinstance(user_reply, BaseException):
+            return notice("msg_unavailable", "Your message was not sent: chat is temporarily unavailable.")
+        ban, is_mod, (room_id, broadcaster), (room_rate, user_rate), used, _, room_used, _ = room_reply[rstart:rstart + 8]
+        (uid, display, bot), color = user_reply[ustart:ustart + 2]
+        login, room, text = item["login"], item["room"], item["text"]
 
         if ban is not None:
             expiry = int(_s(ban) or 0)
@@ -189,29 +225,32 @@ class Clue:
         command = parse_mod_command(text)
         if isinstance(command, str):
             return notice("usage", command)
-        if command is not None:
-            return await self._moderate(command, role, room, room_id, now)
+        try:
+            if command is not None:
+                return await self._moderate(command, role, room, room_id, now)
 
-        if used > user_limit(role, self.settings, _s(user_rate)):
-            return notice("msg_ratelimit", "Your message was not sent because you are sending messages too quickly.")
-        if room_used > (int(_s(room_rate)) if _s(room_rate).isdigit() else self.settings.room_rate):
-            return notice("msg_ratelimit", "Your message was not sent because this room is too busy right now.")
+            if used > user_limit(role, self.settings, _s(user_rate)):
+                return notice("msg_ratelimit", "Your message was not sent because you are sending messages too quickly.")
+            if room_used > (int(_s(room_rate)) if _s(room_rate).isdigit() else self.settings.room_rate):
+                return notice("msg_ratelimit", "Your message was not sent because this room is too busy right now.")
 
-        msg_id = str(uuid.uuid4())
-        tags = {
-            "badge-info": "", "badges": badges(role), "color": _s(color), "display-name": _s(display) or login,
-            "emotes": "", "first-msg": "0", "flags": "", "id": msg_id, "mod": "1" if role.mod else "0",
-            "room-id": room_id, "subscriber": "0", "tmi-sent-ts": str(int(now * 1000)), "turbo": "0",
-            "user-id": uid, "user-type": "mod" if role.mod else "",
-        }
-        nonce = (item.get("tags") or {}).get("client-nonce")
-        if nonce:
-            tags["client-nonce"] = str(nonce)[:64]
-        await self._publish({
-            "room": room, "command": "PRIVMSG", "tags": tags,
-            "source": f"{login}!{login}@{login}.{self.server_name}", "params": [f"#{room}", text],
-            "origin": {"edge": item.get("edge"), "conn": item.get("conn")},
-        })
+            msg_id = str(uuid.uuid4())
+            tags = {
+                "badge-info": "", "badges": badges(role), "color": _s(color), "display-name": _s(display) or login,
+                "emotes": "", "first-msg": "0", "flags": "", "id": msg_id, "mod": "1" if role.mod else "0",
+                "room-id": room_id, "subscriber": "0", "tmi-sent-ts": str(int(now * 1000)), "turbo": "0",
+                "user-id": uid, "user-type": "mod" if role.mod else "",
+            }
+            nonce = (item.get("tags") or {}).get("client-nonce")
+            if nonce:
+                tags["client-nonce"] = str(nonce)[:64]
+            await self._publish({
+                "room": room, "command": "PRIVMSG", "tags": tags,
+                "source": f"{login}!{login}@{login}.{self.server_name}", "params": [f"#{room}", text],
+                "origin": {"edge": item.get("edge"), "conn": item.get("conn")},
+            })
+        except CacheUnavailable:
+            return notice("msg_unavailable", "Your message was not sent: chat is temporarily unavailable.")
         return {"ok": True, "id": msg_id, "tmi_sent_ts": tags["tmi-sent-ts"]}
 
     async def _moderate(self, cmd: ModCommand, role: Role, room: str, room_id: str, now: float) -> dict:
@@ -248,23 +287,22 @@ class Clue:
         app = service.metrics_app(self.ctx)
 
         def batch(handler):
+            """A route taking {"items": [...]} and answering {"results": [...]}, one per item."""
             async def route(request: web.Request) -> web.Response:
                 try:
-                    body = await request.json()
-                    items = body["items"]
+                    items = (await request.json())["items"]
                     if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
                         raise ValueError("items must be a list of objects")
                 except (ValueError, KeyError, TypeError) as exc:
                     return web.json_response({"error": f"bad request: {exc}"}, status=400)
-                try:
-                    results = await asyncio.gather(*(handler(i) for i in items))
-                except KeyError as exc:
-                    return web.json_response({"error": f"bad request: missing {exc}"}, status=400)
-                return web.json_response({"results": results})
+                return web.json_response({"results": await handler(items)})
             return route
 
-        app.router.add_post("/v1/auth", batch(self.auth))
-        app.router.add_post("/v1/privmsg", batch(self.privmsg))
+        async def auth_batch(items: list[dict]) -> list[dict]:
+            return list(await asyncio.gather(*(self.auth(i) for i in items)))
+
+        app.router.add_post("/v1/auth", batch(auth_batch))
+        app.router.add_post("/v1/privmsg", batch(self.privmsg_batch))
 
         async def key_stats(_request):
             return web.json_response(self.cache.stats())

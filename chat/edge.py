@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import socket
 import time
 from typing import Iterable
 
@@ -34,6 +35,7 @@ PING_INTERVAL = 60.0            # the edge PINGs every client this often...
 PING_TIMEOUT = 2 * PING_INTERVAL  # ...and drops one silent for this long
 SUBSCRIPTION_REFRESH = 5.0      # full room list to every exchange, so a restarted one relearns it
 SENT_LOG_EVERY = 5.0            # "Message successfully sent to #room" at most this often per room
+KERNEL_SNDBUF = 128 * 1024      # per client socket; Linux doubles it for bookkeeping
 TAG_CAPS = frozenset({"twitch.tv/tags", "message-tags", "server-time"})
 _ids = itertools.count(1)
 
@@ -79,12 +81,10 @@ class Client:
     def deliver(self, line: bytes) -> None:
         if self.closed:
             return
+        if not self.out:
+            self.edge.mark_dirty(self)
         self.out.append(line)
         self.out_size += len(line)
-        if self.out_size + self.buffered() > self.edge.max_output:
-            self.edge.slow_consumer(self)
-            return
-        self.edge.mark_dirty(self)
 
     def buffered(self) -> int:
         return 0
@@ -107,8 +107,11 @@ class TcpClient(asyncio.Protocol, Client):
         self.transport = transport
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
-        # Bound the kernel-side view too: past this, get_write_buffer_size() grows and we notice.
-        transport.set_write_buffer_limits(high=256 * 1024)
+        # A fixed kernel send buffer per client: with autotuning a stalled reader could park
+        # megabytes in the kernel before the edge ever sees its own buffer grow.
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, KERNEL_SNDBUF)
         self.edge.connected(self)
 
     def data_received(self, data: bytes) -> None:
@@ -130,6 +133,9 @@ class TcpClient(asyncio.Protocol, Client):
             self.transport.write(self.out[0] if len(self.out) == 1 else b"".join(self.out))
         self.out.clear()
         self.out_size = 0
+        # Judge the client by what the kernel would not take, not by one busy turn's burst.
+        if self.buffered() > self.edge.max_output and not self.closed:
+            self.edge.slow_consumer(self)
 
     def close(self, reason: str) -> None:
         if self.transport and not self.transport.is_closing():
@@ -166,6 +172,9 @@ class WsClient(Client):
             self.sending.append(line.rstrip(b"\r\n").decode("utf-8", "replace"))
         self.out.clear()
         self.out_size = 0
+        if self.buffered() > self.edge.max_output:
+            self.edge.slow_consumer(self)
+            return
         self.wake.set()
 
     async def write_loop(self) -> None:
@@ -258,10 +267,15 @@ class Edge:
     def slow_consumer(self, client: Client) -> None:
         self.m_slow.inc()
         logs.event(self.log, "client", "Slow consumer disconnected", 30, nick=client.login or "*",
-                   peer=client.peer, buffered=client.out_size + client.buffered(), limit=self.max_output)
+                   peer=client.peer, buffered=client.buffered(), limit=self.max_output)
         client.out.clear()
         client.out_size = 0
         client.closed = True
+        # Not here: this runs inside a fan-out loop over the room's members, which leaving the
+        # room would change under it.
+        asyncio.get_running_loop().call_soon(self._drop, client)
+
+    def _drop(self, client: Client) -> None:
         self.disconnected(client, "slow consumer")
         client.abort()
 
