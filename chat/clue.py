@@ -20,7 +20,7 @@ import zlib
 from dataclasses import dataclass
 
 from aiohttp import web
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily
 
 from chat import keys, logs, service
@@ -28,6 +28,7 @@ from chat.cache import CacheUnavailable, ShardedCache
 from chat.upstream import Upstream, UpstreamError, make_session
 from controlplane.clusterfile import ClueService, seconds
 
+TOP_SLOTS = 32                 # per-slot series exported; 16,384 would swamp Prometheus
 TIMEOUT_DEFAULT = 600          # seconds, as Twitch's /timeout without a duration
 MAX_TIMEOUT = 14 * 24 * 3600
 
@@ -123,6 +124,9 @@ class Clue:
         self.m_exchange_errors = Counter("chat_clue_exchange_errors", "Accepted messages the exchange did not take",
                                          ["kind"], registry=r)
         r.register(_CacheCollector(cache))
+        pool = Gauge("chat_clue_cache_pool_size", "Connections allowed per shard listener (CACHE_MAX_CONNS)",
+                     registry=r)
+        pool.set(self.settings.cache_max_conns)
 
     # auth: token -> user
     async def auth(self, item: dict) -> dict:
@@ -338,12 +342,21 @@ class _CacheCollector:
         for shard, n in stats["errors_by_shard"].items():
             errors.add_metric([str(shard)], n)
         yield errors
+        slots = CounterMetricFamily("chat_clue_redis_slot_ops",
+                                    f"Redis commands sent, by slot: the {TOP_SLOTS} busiest slots only",
+                                    labels=["slot", "shard"])
+        for slot, n in self.cache.top_slots(TOP_SLOTS):
+            slots.add_metric([str(slot), self.cache.endpoints[self.cache.slot_map.shard_of_slot(slot)].name], n)
+        yield slots
 
 
 async def main(ctx: service.Context, stop: asyncio.Event) -> None:
     settings = ctx.services
     cache = ShardedCache.for_host(ctx.cf, ctx.host, logger=ctx.log)
-    session = make_session(pool_size=settings.exchange.pool_size, keepalive=True, local_address=ctx.address)
+    opened = Counter("chat_clue_exchange_connections_opened", "TCP connections opened to the exchange",
+                     registry=ctx.registry)
+    session = make_session(pool_size=settings.exchange.pool_size, keepalive=True, local_address=ctx.address,
+                           on_connect=opened.inc)
     exchange = Upstream(session, f"http://{ctx.address}:{settings.exchange.port}/v1/publish", name="exchange",
                         timeout=seconds(settings.exchange.timeout), concurrency=settings.exchange.pool_size)
     clue = Clue(ctx, cache, exchange)

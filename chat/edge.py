@@ -236,7 +236,11 @@ class Edge:
         r.register(_ProtocolErrors(self))
         clue_cfg = ctx.services.clue
         self.clue_timeout_text = clue_cfg.client.timeout
-        self.session = make_session(pool_size=clue_cfg.client.pool_size, keepalive=True, local_address=ctx.address)
+        self.m_clue_conns = Counter("chat_edge_clue_connections_opened",
+                                    "TCP connections opened to clue and the exchanges (reconnects included)", registry=r)
+        Gauge("chat_edge_clue_pool_size", "Keepalive connections allowed to clue", registry=r).set(clue_cfg.client.pool_size)
+        self.session = make_session(pool_size=clue_cfg.client.pool_size, keepalive=True, local_address=ctx.address,
+                                    on_connect=self.m_clue_conns.inc)
         self.clue = Upstream(self.session, f"http://{ctx.address}:{clue_cfg.port}/v1/privmsg", name="clue",
                              timeout=seconds(clue_cfg.client.timeout), concurrency=clue_cfg.client.pool_size,
                              observe=lambda s, n: self.m_clue.observe(s))

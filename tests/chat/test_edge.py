@@ -375,3 +375,26 @@ def test_users_add_refuses_bad_input(cluster):
     assert result.returncode == 2 and "not a valid login" in result.stderr
     result = chatops("users", "add", "okname", "--color", "red", "--config", str(c.config), "--run-dir", str(c.run))
     assert result.returncode == 2 and "not a colour" in result.stderr
+
+
+def _exported_names(url: str) -> set[str]:
+    text = urllib.request.urlopen(url, timeout=5).read().decode()
+    names = set()
+    for line in text.splitlines():
+        if line.startswith("# TYPE "):
+            _, _, name, kind = line.split()
+            names.add(name + "_total" if kind == "counter" and not name.endswith("_total") else name)
+    return names
+
+
+def test_metrics_catalogue_matches_the_services(cluster):
+    import re
+    from pathlib import Path
+    c = cluster
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "metrics.md").read_text()
+    documented = set(re.findall(r"^\| `(chat_[a-z_]+)` \|", doc, re.M))
+    exported = set()
+    for port in (17080, 19000, 19100):
+        exported |= _exported_names(f"http://{c.subnet}.1:{port}/metrics")
+    assert exported - documented == set(), "exported but not in docs/metrics.md"
+    assert documented - exported == set(), "in docs/metrics.md but not exported"
