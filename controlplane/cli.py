@@ -147,6 +147,27 @@ def proxy_reload_cmd(config: str | None, run_dir: str | None, hosts: tuple[str, 
         _fail("reload failed; see above (the audit log has the record)")
 
 
+# -- rooms --
+
+@main.command()
+@config_option
+@run_dir_option
+def rooms(config: str | None, run_dir: str | None) -> None:
+    """Where each room is served: its cluster and that cluster's frontends."""
+    cf = _load(config, _run_dir(run_dir)).spec
+    rows = []
+    for cname, cluster in cf.clusters.items():
+        irc_addrs = ", ".join(f"{cf.address(h)}:{cluster.frontend.irc_port}" for h in cluster.hosts)
+        ws_addrs = ", ".join(f"ws://{cf.address(h)}:{cluster.frontend.ws_port}/" for h in cluster.hosts)
+        for room in cluster.rooms:
+            rows.append((room, cname, irc_addrs, ws_addrs))
+    first = next(iter(cf.clusters))
+    widths = [max(len(r[i]) for r in rows + [("ROOM", "CLUSTER", "IRC (TCP)", "WEBSOCKET")]) for i in range(4)]
+    for row in [("ROOM", "CLUSTER", "IRC (TCP)", "WEBSOCKET")] + rows:
+        click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+    click.echo(f"\nRooms not listed in the cluster file live on the first cluster, {first}.")
+
+
 # -- users --
 
 @main.group()

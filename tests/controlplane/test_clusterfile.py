@@ -142,3 +142,13 @@ def test_docs_describe_every_key():
     missing = [p for p in _field_paths(clusterfile.ClusterFile)
                if not re.search(rf"`(?:[\w.<>\[\]]+\.)?{re.escape(p.rsplit('.', 1)[-1])}(?:\.[\w.]+)?`", doc)]
     assert missing == [], f"docs/cluster-file.md does not mention: {missing}"
+
+
+def test_rooms_command_says_where_each_room_is_served():
+    result = chatops("rooms")
+    assert result.returncode == 0, result.stderr
+    row = next(ln for ln in result.stdout.splitlines() if ln.startswith("twitchplayspokemon"))
+    assert row.split()[1] == "event" and "127.0.1.5:6667" in row and "ws://127.0.1.5:8080/" in row
+    cf = clusterfile.load().spec
+    assert cf.cluster_of_room("twitchplayspokemon") == "event"
+    assert cf.cluster_of_room("somewhere_new") == "main"
