@@ -620,11 +620,13 @@ async def orchestrate(args) -> dict:
 
     def med(kind: str, variant: str | None, key: str):
         vals = [r[key] for r in runs if r["kind"] == kind and r["variant"] == variant and r[key] is not None]
-        return statistics.median(vals) if vals else None
+        return round(statistics.median(vals), 3) if vals else None
 
     edge_rate = med("edge", None, "deliveries_per_s")
     ref_rates = {v: med("reference", v, "deliveries_per_s") for v in variants}
     ref_rate = ref_rates["per_client"]
+    edge_us = med("edge", None, "server_cpu_us_per_delivery")
+    ref_us = med("reference", "per_client", "server_cpu_us_per_delivery")
     return {
         "bench": "fanout",
         "edge_deliveries_per_s": round(edge_rate),
@@ -643,8 +645,10 @@ async def orchestrate(args) -> dict:
                     "joined and written once",
         "reference_variants_deliveries_per_s": {v: round(r) for v, r in ref_rates.items()},
         "ratio_to_variant": {v: round(edge_rate / r, 3) for v, r in ref_rates.items() if r},
-        "edge_server_cpu_us_per_delivery": med("edge", None, "server_cpu_us_per_delivery"),
-        "reference_server_cpu_us_per_delivery": med("reference", "per_client", "server_cpu_us_per_delivery"),
+        "edge_server_cpu_us_per_delivery": edge_us,
+        "reference_server_cpu_us_per_delivery": ref_us,
+        # Less sensitive to the neighbours' load than the rates: server CPU per line, reference / edge.
+        "cpu_efficiency_ratio": round(ref_us / edge_us, 3) if edge_us and ref_us else None,
         "edge_lost_subscribers": sum(r["lost_subscribers"] for r in runs if r["kind"] == "edge"),
         "per_round": runs,
     }

@@ -58,16 +58,18 @@ class Client:
         self.out_size = 0
         self.closed = False
         self.last_heard = time.monotonic()
+        self.is_tagged = False            # kept current in data(), the only place caps change
         self.busy = False                 # an async step (auth, join) is running...
         self.backlog: list = []           # ...and these events wait behind it, in order
 
     @property
     def tagged(self) -> bool:
-        return not TAG_CAPS.isdisjoint(self.proto.caps)
+        return self.is_tagged
 
     def data(self, data: bytes) -> None:
         self.last_heard = time.monotonic()
         events = self.proto.receive_data(data)
+        self.is_tagged = not TAG_CAPS.isdisjoint(self.proto.caps)
         self.flush_protocol()
         if events:
             self.edge.handle(self, events)
@@ -469,21 +471,38 @@ class Edge:
         plain = None
         origin = message.get("origin") or {}
         origin_conn = origin.get("conn") if origin.get("edge") == self.ctx.host else None
+        if origin_conn is not None or command == "CLEARCHAT":
+            members = [c for c in members if self._wants(c, command, origin_conn)]
+        plain = irc.encode(command, *params, source=message["source"], trailing=True)
+        tagged_len, plain_len = len(tagged), len(plain)
+        dirty = self.dirty
         n = 0
+        # The hot loop: this body runs once per subscriber per message, so it is Client.deliver
+        # inlined, with the per-client state read as plain attributes.
         for client in members:
-            if client.id == origin_conn and "echo-message" not in client.proto.caps:
+            if client.closed:
                 continue
-            if command == "CLEARCHAT" and "twitch.tv/commands" not in client.proto.caps:
-                continue
-            if client.tagged:
-                client.deliver(tagged)
+            out = client.out
+            if not out:
+                dirty.append(client)
+            if client.is_tagged:
+                out.append(tagged)
+                client.out_size += tagged_len
             else:
-                if plain is None:
-                    plain = irc.encode(command, *params, source=message["source"], trailing=True)
-                client.deliver(plain)
+                out.append(plain)
+                client.out_size += plain_len
             n += 1
+        if n and not self.flush_scheduled:
+            self.flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush)
         self.m_delivered.inc(n)
         return True
+
+    @staticmethod
+    def _wants(client: Client, command: str, origin_conn: int | None) -> bool:
+        if client.id == origin_conn and "echo-message" not in client.proto.caps:
+            return False
+        return command != "CLEARCHAT" or "twitch.tv/commands" in client.proto.caps
 
     # -- subscriptions at the exchanges --
 
