@@ -31,6 +31,7 @@ class ProcessSpec:
     ready: Callable[[], bool]
     # Called before every start; `restart` is True when the supervisor brings a dead process back.
     prepare: Callable[[bool], None] = field(default=lambda restart: None)
+    stage: str = ""           # processes of one stage start together; stages start in order
 
 
 def redis_ping(address: str, port: int, timeout: float = 0.5) -> bool:
@@ -69,7 +70,7 @@ def _chat_spec(cf: ClusterFile, config: Path, host: str, kind: str, port: int, h
     return ProcessSpec(
         name=f"{kind}-{host}", kind=kind, host=host, address=address, port=port,
         argv=[sys.executable, "-m", f"chat.{kind}", "--config", str(config), "--host", host],
-        describe=describe, ready=lambda: http_healthy(address, health_port))
+        describe=describe, ready=lambda: http_healthy(address, health_port), stage=kind)
 
 
 def _redis_spec(cf: ClusterFile, run: RunDir, name: str, shard_name: str, host: str, port: int,
@@ -93,7 +94,7 @@ def _redis_spec(cf: ClusterFile, run: RunDir, name: str, shard_name: str, host: 
     return ProcessSpec(
         name=name, kind="redis", host=host, address=address, port=port, argv=argv,
         describe=f"redis-server ({role})",
-        ready=lambda: redis_ping(address, port),
+        ready=lambda: redis_ping(address, port), stage="redis",
         prepare=lambda restart: workdir.mkdir(parents=True, exist_ok=True))
 
 
@@ -123,7 +124,7 @@ def _haproxy_spec(cf: ClusterFile, run: RunDir, host: str) -> ProcessSpec:
         # -W: master-worker in the foreground; -S: the master CLI used for hitless reloads.
         argv=[exe, "-W", "-f", str(cfg), "-S", f"{master},mode,600"],
         describe=f"haproxy (cluster {cf.cluster_of(host)}; shard listeners :{first}-{last}, stats :{cf.haproxy.stats_port})",
-        ready=lambda: haproxy_ready(run, host),
+        ready=lambda: haproxy_ready(run, host), stage="haproxy",
         prepare=prepare)
 
 

@@ -119,16 +119,22 @@ class Supervisor:
         m.status = "starting"
 
     def start_all(self) -> None:
-        """Start everything in order, each waiting for the previous one to answer."""
+        """Start everything stage by stage (Redis, proxies, exchanges, clues, edges): a stage's
+        processes start together, and the next stage waits until all of them answer."""
+        stages: dict[str, list[Managed]] = {}
         for m in self.procs:
-            if self.stopping.is_set():
-                return
-            try:
-                self._spawn(m)
-            except Exception as exc:
-                raise StartError(f"{m.spec.name}: could not start: {exc}") from exc
-            self._wait_ready(m)
-            event(self.log, m.spec.name, "started", pid=m.proc.pid, address=f"{m.spec.address}:{m.spec.port}")
+            stages.setdefault(m.spec.stage, []).append(m)
+        for group in stages.values():
+            for m in group:
+                if self.stopping.is_set():
+                    return
+                try:
+                    self._spawn(m)
+                except Exception as exc:
+                    raise StartError(f"{m.spec.name}: could not start: {exc}") from exc
+            for m in group:
+                self._wait_ready(m)
+                event(self.log, m.spec.name, "started", pid=m.proc.pid, address=f"{m.spec.address}:{m.spec.port}")
             self.write_state()
 
     def _wait_ready(self, m: Managed) -> None:
