@@ -77,6 +77,9 @@ FD_RESERVE = 64
 TEXT_MAX = 400
 
 
+_early_stop = False             # a signal that came before the run's own handlers were installed
+
+
 class LoadgenError(Exception):
     """A problem the operator must fix (bad option, non-loopback address); exit status 2."""
 
@@ -882,6 +885,8 @@ class Generator:
                     installed.append(sig)
                 except (NotImplementedError, RuntimeError, ValueError):
                     pass
+        if installed and _early_stop:
+            self.stop.set()
         reporter = None
         try:
             self._warn_limits()
@@ -1014,6 +1019,12 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:      # argparse: --help (0) or a usage error (2)
         return int(exc.code or 0)
     logs.setup("loadgen", sys.stderr)
+
+    def early(_signum, _frame) -> None:   # until run() installs its own handlers on the loop
+        global _early_stop
+        _early_stop = True
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, early)
     try:
         cf = clusterfile.load(config).spec
     except clusterfile.ClusterFileError as exc:
