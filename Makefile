@@ -1,5 +1,5 @@
 # The two commands a newcomer needs on a fresh Debian machine:
-#   make run    install what is missing, then start the local cluster (`chatops up`)
+#   make run    install what is missing, then start the local cluster with traffic (`chatops up --traffic`)
 #   make test   install what is missing, then run the whole test suite
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -12,7 +12,7 @@ APT_PACKAGES := haproxy redis-server redis-tools
 .PHONY: run test deps system-packages clean
 
 run: deps
-	$(BIN)/chatops up $(ARGS)
+	$(BIN)/chatops up --traffic $(ARGS)
 
 test: deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

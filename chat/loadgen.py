@@ -285,6 +285,7 @@ class Tally:
         self.expected = 0
         self.deliveries_seen = 0          # every matched delivery line, for the drain
         self.late = 0                     # deliveries for ids settled already (still counted)
+        self.unanswered = 0               # sent, but neither an echo nor a NOTICE came back
         self.lost_delivered = 0           # delivered, but the sender never saw its echo
         self.latency = Histogram()        # receive - tmi-sent-ts, at receivers
         self.ack = Histogram()            # send -> echo, at senders
@@ -369,6 +370,7 @@ class Client:
         self.framer = irc.Framer()
         self.joined: asyncio.Future = _new_future()
         self.outstanding: OrderedDict[str, float] = OrderedDict()   # nonce -> send time (monotonic)
+        self.notices = 0            # NOTICEs not yet matched to an unanswered message
         self.closing = False
         self.up = False
         self.ready = False          # set up completely: a later loss is a disconnect
@@ -597,8 +599,19 @@ class Generator:
             return
         self.last_activity = time.monotonic()
         self.tally.rejected[msg_id] += 1
-        if client.outstanding:          # NOTICEs carry no nonce: they answer the oldest message
-            client.outstanding.popitem(last=False)
+        # A NOTICE carries no nonce, and it overtakes echoes still on their way through the
+        # exchange, so it is matched to no message in particular: `prune` settles the count.
+        client.notices += 1
+
+    def prune(self, client: Client, older_than: float) -> None:
+        """Messages without an echo for too long were either refused (one NOTICE each) or lost."""
+        out = client.outstanding
+        while out and next(iter(out.values())) <= older_than:
+            out.popitem(last=False)
+            if client.notices:
+                client.notices -= 1
+            else:
+                self.tally.unanswered += 1
 
     def disconnected(self, client: Client) -> None:
         if client.plan.sender and client in self.senders:
@@ -786,7 +799,7 @@ class Generator:
         while time.monotonic() - t0 < DRAIN_MAX and not self._second_stop:
             await asyncio.sleep(0.05)
             quiet = time.monotonic() - self.last_activity
-            unanswered = sum(len(s.outstanding) for s in self.senders)
+            unanswered = sum(max(0, len(s.outstanding) - s.notices) for s in self.senders)
             if quiet >= DRAIN_QUIET and (unanswered == 0 or quiet >= DRAIN_QUIET * 2):
                 break
 
@@ -823,6 +836,10 @@ class Generator:
                 await asyncio.sleep(1.0)
                 now = time.monotonic()
                 self.tally.settle(now, forget=FORGET_AFTER if not opts.duration else None)
+                if not opts.duration:
+                    for c in self.clients:
+                        if c.plan.sender:
+                            self.prune(c, now - FORGET_AFTER)
                 if opts.duration == 0:
                     if now - last_plain >= opts.report_every:
                         last_plain = now
@@ -844,7 +861,10 @@ class Generator:
     def report(self) -> dict[str, Any]:
         t = self.tally
         t.finish()
-        unanswered = sum(len(c.outstanding) for c in self.clients if c.plan.sender)
+        for c in self.clients:
+            if c.plan.sender:
+                self.prune(c, float("inf"))
+        unanswered = t.unanswered
         duration = (self.send_stopped - self.send_started) if self.send_started and self.send_stopped else 0.0
         offered = getattr(self, "offered", 0.0) * self.options.rate
         comp = t.completeness

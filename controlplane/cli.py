@@ -147,6 +147,23 @@ def proxy_reload_cmd(config: str | None, run_dir: str | None, hosts: tuple[str, 
         _fail("reload failed; see above (the audit log has the record)")
 
 
+# -- traffic --
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True,
+                                "help_option_names": []})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def loadgen(args: tuple[str, ...]) -> None:
+    """Fake traffic against the running cluster (`chatops loadgen --help` for the options)."""
+    from chat import loadgen as lg
+
+    argv = list(args)
+    if "--config" not in argv and not any(a.startswith("--config=") for a in argv):
+        state = read_state(_run_dir(None))
+        if state and state.get("config"):
+            argv = ["--config", state["config"], *argv]
+    sys.exit(lg.main(argv))
+
+
 # -- rooms --
 
 @main.command()
@@ -240,7 +257,8 @@ def _status_rows(state: dict) -> list[dict]:
     now = time.time()
     rows = []
     for p in state["processes"]:
-        up = pid_alive(p["pid"]) and p["status"] != "restarting" and _port_open(p["address"], p["port"])
+        up = (pid_alive(p["pid"]) and p["status"] != "restarting"
+              and (p["port"] == 0 or _port_open(p["address"], p["port"])))
         rows.append({**p, "up": up, "uptime": _format_uptime(now - p["started_at"]) if up else "-"})
     return rows
 
@@ -276,16 +294,17 @@ def _print_hints(cf: clusterfile.ClusterFile) -> None:
 @run_dir_option
 @click.option("--detach", is_flag=True, help="Run the supervisor in the background; stop it with `chatops down`.")
 @click.option("--start-timeout", default=20.0, show_default=True, help="Seconds each process has to answer.")
-def up(config: str | None, run_dir: str | None, detach: bool, start_timeout: float) -> None:
+@click.option("--traffic", is_flag=True, help="Also run a modest load generator, so there is chat to watch.")
+def up(config: str | None, run_dir: str | None, detach: bool, start_timeout: float, traffic: bool) -> None:
     """Start every Redis shard and every chat host's HAProxy, and keep them running."""
     run = _run_dir(run_dir)
     loaded = _load(config)
     if detach:
-        _up_detached(loaded, run, start_timeout)
+        _up_detached(loaded, run, start_timeout, traffic)
         return
     log = logs.setup("supervisor", sys.stdout)
     try:
-        specs = processes.specs(loaded.spec, run, loaded.path)  # also refuses a run dir too long for socket paths
+        specs = processes.specs(loaded.spec, run, loaded.path, traffic)  # also refuses a run dir too long for socket paths
     except (binaries.MissingBinary, RunDirError) as exc:
         _fail(str(exc))
     sup = Supervisor(specs, run, log, str(loaded.path), start_timeout)
@@ -321,7 +340,7 @@ def up(config: str | None, run_dir: str | None, detach: bool, start_timeout: flo
     sys.exit(code)
 
 
-def _up_detached(loaded: clusterfile.LoadedCluster, run: RunDir, start_timeout: float) -> None:
+def _up_detached(loaded: clusterfile.LoadedCluster, run: RunDir, start_timeout: float, traffic: bool) -> None:
     run.ensure()
     other = supervisor_pid(run)
     if other:
@@ -331,7 +350,7 @@ def _up_detached(loaded: clusterfile.LoadedCluster, run: RunDir, start_timeout: 
     with open(log_path, "ab") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "controlplane.cli", "up", "--config", str(loaded.path),
-             "--run-dir", str(run.root), "--start-timeout", str(start_timeout)],
+             "--run-dir", str(run.root), "--start-timeout", str(start_timeout)] + (["--traffic"] if traffic else []),
             stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + start_timeout * 4 + 30
     while time.monotonic() < deadline:

@@ -128,7 +128,23 @@ def _haproxy_spec(cf: ClusterFile, run: RunDir, host: str) -> ProcessSpec:
         prepare=prepare)
 
 
-def specs(cf: ClusterFile, run: RunDir, config: Path) -> list[ProcessSpec]:
+# Background traffic for `chatops up --traffic` (`make run`): modest, so the dashboard has
+# something to show without loading the machine. It comes from its own loopback "viewers" host.
+TRAFFIC_ADDRESS = "127.0.3.1"
+TRAFFIC_ARGS = ["--duration", "0", "--clients", "60", "--senders", "6", "--rate", "10",
+                "--ws-fraction", "0.25", "--report-every", "30"]
+
+
+def traffic_spec(config: Path) -> ProcessSpec:
+    return ProcessSpec(
+        name="loadgen", kind="loadgen", host="viewers", address=TRAFFIC_ADDRESS, port=0,
+        argv=[sys.executable, "-m", "chat.loadgen", "--config", str(config),
+              "--source-address", TRAFFIC_ADDRESS, *TRAFFIC_ARGS],
+        describe="loadgen (60 viewers, 6 bots, 10 msgs/s across every room)",
+        ready=lambda: True, stage="traffic")
+
+
+def specs(cf: ClusterFile, run: RunDir, config: Path, traffic: bool = False) -> list[ProcessSpec]:
     """In start order: Redis, the proxies in front of it, then per chat host the exchange, clue
     (which needs the exchange) and the edge (which needs both)."""
     out: list[ProcessSpec] = []
@@ -148,4 +164,6 @@ def specs(cf: ClusterFile, run: RunDir, config: Path) -> list[ProcessSpec]:
         out.append(_chat_spec(cf, config, host, "edge", sv.edge.irc_port, sv.edge.http_port,
                               f"edge (irc :{sv.edge.irc_port}, ws :{sv.edge.ws_port}; via haproxy "
                               f":{cf.clusters[cluster].frontend.irc_port}/:{cf.clusters[cluster].frontend.ws_port})"))
+    if traffic:
+        out.append(traffic_spec(config))
     return out

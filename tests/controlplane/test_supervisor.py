@@ -184,3 +184,24 @@ def _alive(pid: int) -> bool:
         return state != "Z"
     except OSError:
         return False
+
+
+def test_up_with_traffic_runs_a_supervised_load_generator(config, run_dir, subnet):
+    require("redis-server")
+    require("haproxy")
+    try:
+        result = chatops("up", "--detach", "--traffic", "--config", str(config), "--run-dir", str(run_dir))
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "loadgen" in result.stdout
+
+        def edge_counts_messages():
+            text = urllib.request.urlopen(f"http://{subnet}.1:17080/metrics", timeout=5).read().decode()
+            line = next(ln for ln in text.splitlines() if ln.startswith("chat_edge_deliveries_total"))
+            return float(line.split()[-1]) > 0
+        wait_for(edge_counts_messages, timeout=30, what="traffic to reach the edge")
+        status = chatops("status", "--run-dir", str(run_dir))
+        row = next(ln for ln in status.stdout.splitlines() if " loadgen " in ln)
+        assert row.split()[:2] == ["viewers", "127.0.3.1"] and " up " in row
+    finally:
+        chatops("down", "--run-dir", str(run_dir))
+    assert not leftovers(run_dir, config)
