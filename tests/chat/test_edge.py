@@ -398,3 +398,32 @@ def test_metrics_catalogue_matches_the_services(cluster):
         exported |= _exported_names(f"http://{c.subnet}.1:{port}/metrics")
     assert exported - documented == set(), "exported but not in docs/metrics.md"
     assert documented - exported == set(), "in docs/metrics.md but not exported"
+
+
+def test_websocket_client_is_banned_and_rate_limited_like_tcp(cluster):
+    c = cluster
+    mod = Client(f"{c.subnet}.1", 6667, "wsmod", add_user(c, "wsmod", "--mod", "lobby"))
+    banned_token, chatty_token = add_user(c, "wsbanned"), add_user(c, "wschatty")
+    mod.join("#lobby")
+    mod.conn.privmsg("#lobby", ".ban wsbanned")
+    mod.wait("pubnotice", lambda ev: tags(ev).get("msg-id") == "ban_success")
+
+    async def session(nick: str, token: str, messages: int) -> list[str]:
+        lines: list[str] = []
+        async with websockets.connect(f"ws://{c.subnet}.2:8080/", subprotocols=["text.ircv3.net"]) as ws:
+            await ws.send(f"CAP REQ :twitch.tv/tags twitch.tv/commands\r\nPASS {token}\r\nNICK {nick}\r\nJOIN #lobby")
+            while not any(" 366 " in ln for ln in lines):
+                lines.append(await asyncio.wait_for(ws.recv(), 10))
+            for i in range(messages):
+                await ws.send(f"PRIVMSG #lobby :ws {i}")
+            while not any("NOTICE #lobby" in ln for ln in lines):
+                lines.append(await asyncio.wait_for(ws.recv(), 10))
+        return lines
+
+    try:
+        banned = asyncio.run(session("wsbanned", banned_token, 1))
+        assert any(ln.startswith("@msg-id=msg_banned ") for ln in banned)
+        chatty = asyncio.run(session("wschatty", chatty_token, 25))
+        assert any(ln.startswith("@msg-id=msg_ratelimit ") for ln in chatty)
+    finally:
+        mod.close()
