@@ -20,6 +20,13 @@ came, or one that got neither an echo nor a NOTICE, is counted as lost, separate
         [--duration 30] [--rooms a,b] [--hot-room ROOM] [--tpp] [--ws-fraction 0.25]
         [--source-address 127.0.3.1] [--json] [--quiet] [--report-every 10]
 
+Progress: one line a second on stderr, rewritten in place on a terminal, else a plain line every
+--report-every seconds; --quiet drops it. With --duration 0 (background traffic, as the
+supervisor runs it) the generator instead logs a summary line in the talk's shape every
+--report-every seconds (`Feb 18 06:54:04 loadgen: [edge] traffic sent=... completeness=...`) and
+runs until SIGINT/SIGTERM, after which, as after a timed run, every socket is closed and the
+report printed: a summary on stderr, and with --json one JSON object as the last stdout line.
+
 Exit status: 0 when the run took place (whatever it measured), 1 when it could not (no sender
 could join, the users could not be created), 2 for a usage error (bad option, a non-loopback
 address, too many clients for the descriptor limit).
@@ -33,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import ipaddress
 import itertools
 import json
@@ -74,6 +80,8 @@ FORGET_AFTER = 60.0             # unbounded runs forget settled ids after this l
 MAX_TICK = 0.005                # the sender pacer's tick at high rates (evenly paced, not bursty)
 MAX_CATCH_UP = 0.1              # a late tick sends at most this many seconds' worth of messages
 FD_RESERVE = 64
+RECONNECT_FIRST = 1.0           # unbounded runs reconnect a lost client after 1 s, doubling...
+RECONNECT_MAX = 30.0            # ...up to 30 s between attempts
 TEXT_MAX = 400
 
 
@@ -286,13 +294,14 @@ class Tally:
         self.deliveries_seen = 0          # every matched delivery line, for the drain
         self.late = 0                     # deliveries for ids settled already (still counted)
         self.unanswered = 0               # sent, but neither an echo nor a NOTICE came back
+        self.skipped = 0                  # due, but not sent: the generator itself fell behind
         self.lost_delivered = 0           # delivered, but the sender never saw its echo
         self.latency = Histogram()        # receive - tmi-sent-ts, at receivers
         self.ack = Histogram()            # send -> echo, at senders
         self.c2c = Histogram()            # send -> receive, at receivers
         self.errors: Counter[str] = Counter()
         self.examples: list[str] = []
-        self._pending_settle: deque[tuple[float, str, str]] = deque()   # (t echo, id, room)
+        self._pending_settle: deque[tuple[float, str, int]] = deque()   # (t echo, id, receivers then)
         self._deliv: dict[str, int] = {}                                 # id -> receivers so far
         self._deliv_first: OrderedDict[str, float] = OrderedDict()       # id -> first seen
         self._settled: OrderedDict[str, float] = OrderedDict()           # id -> settle time
@@ -304,7 +313,9 @@ class Tally:
 
     def echo(self, msg_id: str, room: str, now: float) -> None:
         self.accepted += 1
-        self._pending_settle.append((now, msg_id, room))
+        # The room's receivers when the message was accepted: a receiver lost (or back) later
+        # changes what later messages can reach, not this one.
+        self._pending_settle.append((now, msg_id, self.receivers.get(room, 0)))
 
     def delivery(self, msg_id: str, now: float) -> None:
         self.deliveries_seen += 1
@@ -324,8 +335,8 @@ class Tally:
         `forget`, drop what is older than that, so an unbounded run keeps bounded state."""
         q = self._pending_settle
         while q and q[0][0] <= now - after:
-            _, msg_id, room = q.popleft()
-            self.expected += self.receivers.get(room, 0)
+            _, msg_id, receivers = q.popleft()
+            self.expected += receivers
             self.delivered += self._deliv.pop(msg_id, 0)
             self._deliv_first.pop(msg_id, None)
             self._settled[msg_id] = now
@@ -480,7 +491,6 @@ class WsClient(Client):
 
     async def open(self) -> None:
         from websockets.asyncio.client import connect
-        loop = asyncio.get_running_loop()
         src = self.gen.options.source_address
         self.joined = _new_future()
         self.framer = irc.Framer()
@@ -566,6 +576,8 @@ class Generator:
         self.log = logging.getLogger("chatops.loadgen")
         self.stop = options.stop_event or asyncio.Event()
         self.sending = False
+        self.tasks: set[asyncio.Task] = set()        # reconnections in unbounded runs
+        self.slots = asyncio.Semaphore(CONNECT_CONCURRENCY)
 
     # -- events from clients --
 
@@ -616,6 +628,46 @@ class Generator:
     def disconnected(self, client: Client) -> None:
         if client.plan.sender and client in self.senders:
             self.senders.remove(client)
+        if self.options.duration or self.stop.is_set():
+            return      # a timed run counts the loss against completeness and goes on without it
+        # Background traffic heals itself: the client comes back once its edge does (an edge
+        # restart, a rolling deploy), and until then its room expects one receiver fewer.
+        if client in self.receivers:
+            self.receivers.remove(client)
+            self.tally.receivers[client.plan.room] = self.tally.receivers.get(client.plan.room, 1) - 1
+        if client.plan.sender:
+            self.prune(client, float("inf"))
+        if client in self.clients:
+            self.clients.remove(client)
+        self._spawn(self.reconnect(client.plan))
+
+    async def reconnect(self, p: ClientPlan) -> None:
+        delay = RECONNECT_FIRST
+        while not self.stop.is_set():
+            try:
+                await asyncio.wait_for(self.stop.wait(), delay)
+                return
+            except asyncio.TimeoutError:
+                pass
+            client = await self.connect_one(p, self.slots, time.monotonic() + SETUP_TIMEOUT)
+            if client is not None:
+                if self.stop.is_set():
+                    await client.close()
+                    return
+                self.clients.append(client)
+                if p.sender:
+                    self.senders.append(client)
+                else:
+                    self.receivers.append(client)
+                    self.tally.receivers[p.room] = self.tally.receivers.get(p.room, 0) + 1
+                logs.event(self.log, "edge", "reconnected", nick=p.nick, host=p.host, transport=p.transport)
+                return
+            delay = min(delay * 2, RECONNECT_MAX)
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.ensure_future(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
 
     # -- set-up --
 
@@ -718,7 +770,7 @@ class Generator:
         await self.create_senders()
         if self.stop.is_set():
             return
-        slots = asyncio.Semaphore(CONNECT_CONCURRENCY)
+        slots = self.slots = asyncio.Semaphore(CONNECT_CONCURRENCY)
         timeout = self.options.setup_timeout or SETUP_TIMEOUT + len(self.plans) / 500
         deadline = time.monotonic() + timeout
         tasks = [asyncio.ensure_future(self.connect_one(p, slots, deadline)) for p in self.plans]
@@ -769,14 +821,23 @@ class Generator:
         try:
             while not self.stop.is_set():
                 now = time.monotonic()
-                if now >= end or not self.senders:
+                if now >= end or (not self.senders and self.options.duration):
                     break
+                if not self.senders:        # unbounded run, every sender reconnecting: wait for them
+                    due_total = int((now - start) * rate) + 1
+                    try:
+                        await asyncio.wait_for(self.stop.wait(), 0.2)
+                    except asyncio.TimeoutError:
+                        pass
+                    continue
                 due = int((now - start) * rate) + 1 - due_total   # the first message leaves at once
                 if due > 0:
                     # Fell behind (a slow loop): send at most MAX_CATCH_UP seconds' worth now; the
                     # rest is skipped, so `sent` below `offered` shows the generator itself was the limit.
                     due_total += due
-                    for _ in range(min(due, max(1, int(rate * MAX_CATCH_UP)))):
+                    now_due = min(due, max(1, int(rate * MAX_CATCH_UP)))
+                    self.tally.skipped += due - now_due
+                    for _ in range(now_due):
                         senders = self.senders
                         if not senders:
                             break
@@ -790,7 +851,7 @@ class Generator:
         finally:
             self.sending = False
             self.send_stopped = time.monotonic()
-            self.offered = min(self.send_stopped, end) - start
+            self.offered_seconds = min(self.send_stopped, end) - start
 
     async def drain(self) -> None:
         """Wait for the last echoes and deliveries: until nothing has come for DRAIN_QUIET, or
@@ -866,7 +927,7 @@ class Generator:
                 self.prune(c, float("inf"))
         unanswered = t.unanswered
         duration = (self.send_stopped - self.send_started) if self.send_started and self.send_stopped else 0.0
-        offered = getattr(self, "offered", 0.0) * self.options.rate
+        offered = getattr(self, "offered_seconds", 0.0) * self.options.rate
         comp = t.completeness
         return {
             "clients": len(self.receivers), "senders": len([c for c in self.clients if c.plan.sender]),
@@ -880,7 +941,7 @@ class Generator:
             "completeness": None if comp is None else round(comp, 6),
             "latency_ms": _lat(t.latency), "ack_ms": _lat(t.ack), "client_to_client_ms": _lat(t.c2c),
             "lost": {"delivered_without_echo": t.lost_delivered, "unanswered": unanswered},
-            "late_deliveries": t.late,
+            "late_deliveries": t.late, "skipped": t.skipped,
             "transports": dict(Counter(c.plan.transport for c in self.clients)),
             "errors": dict(t.errors), "error_examples": list(t.examples),
             "hot_room": self.options.hot_room, "tpp": self.options.tpp,
@@ -922,6 +983,10 @@ class Generator:
             if reporter is not None:
                 reporter.cancel()
                 await asyncio.gather(reporter, return_exceptions=True)
+            self.stop.set()
+            for task in list(self.tasks):
+                task.cancel()
+            await asyncio.gather(*self.tasks, return_exceptions=True)
             await asyncio.gather(*(c.close() for c in self.clients), return_exceptions=True)
             await asyncio.sleep(0)
             try:
@@ -1025,6 +1090,8 @@ def format_report(r: dict[str, Any]) -> str:
         f"{_fmt(c2c['p50'])} ms, p99 {_fmt(c2c['p99'])} ms",
         f"  lost: {r['lost']['delivered_without_echo']} delivered without an echo, {r['lost']['unanswered']} never answered",
     ]
+    if r["skipped"]:
+        lines.append(f"  the generator fell behind and skipped {r['skipped']} messages (its machine's CPU is the limit)")
     if r["errors"]:
         lines.append("  errors: " + ", ".join(f"{k} {v}" for k, v in sorted(r["errors"].items())))
         lines += [f"    {e}" for e in r["error_examples"]]
@@ -1034,37 +1101,44 @@ def format_report(r: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command line (`python -m chat.loadgen`, `chatops loadgen`); returns the exit status."""
     try:
         options, config = parse_args(argv)
     except SystemExit as exc:      # argparse: --help (0) or a usage error (2)
         return int(exc.code or 0)
-    logs.setup("loadgen", sys.stderr)
-
-    def early(_signum, _frame) -> None:   # until run() installs its own handlers on the loop
-        global _early_stop
-        _early_stop = True
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, early)
     try:
         cf = clusterfile.load(config).spec
     except clusterfile.ClusterFileError as exc:
         print(f"loadgen: {exc}", file=sys.stderr)
         return 2
+    # Called in-process (the chatops CLI, a test), leave logging and signals as they were found.
+    root = logging.getLogger("chatops")
+    saved_logging = (list(root.handlers), root.level, root.propagate)
+    saved_signals = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
 
-    async def go() -> dict[str, Any]:
-        return await run(cf, options)
-
+    def early(_signum, _frame) -> None:   # until run() installs its own handlers on the loop
+        global _early_stop
+        _early_stop = True
     try:
+        logs.setup("loadgen", sys.stderr)
+        if _main_thread():
+            for sig in saved_signals:
+                signal.signal(sig, early)
         try:
             import uvloop
-            report = uvloop.run(go())
+            runner = uvloop.run
         except ImportError:  # pragma: no cover
-            report = asyncio.run(go())
-    except LoadgenError as exc:
-        print(f"loadgen: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:    # a signal before the handlers were installed
-        return 130
+            runner = asyncio.run
+        try:
+            report = runner(run(cf, options))
+        except LoadgenError as exc:
+            print(f"loadgen: {exc}", file=sys.stderr)
+            return 2
+    finally:
+        if _main_thread():
+            for sig, handler in saved_signals.items():
+                signal.signal(sig, handler)
+        root.handlers[:], root.level, root.propagate = saved_logging[0], saved_logging[1], saved_logging[2]
     print(format_report(report), file=sys.stderr, flush=True)
     if options.json:
         print(json.dumps(report), flush=True)

@@ -1,0 +1,308 @@
+"""The load generator: its plan and bookkeeping on their own, then real runs against a real
+cluster shaped like the shipped default (main with two chat hosts, event and testing with one
+each, four shards on two Redis hosts), through HAProxy, over TCP and WebSocket."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from chat import irc, loadgen
+from chat.loadgen import Histogram, LoadgenError, Options, Tally
+from controlplane import clusterfile
+from tests.conftest import REPO, cluster_up, wait_for, write_cluster
+
+ROOMS = {"main": ["degentp", "paragusrants"], "event": ["twitchplayspokemon"], "testing": ["testroom"]}
+LOG_LINE = re.compile(r"^[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d loadgen: \[edge\] traffic .*\bsent=\d+ .*completeness=")
+
+
+def default_shape(subnet: str) -> dict:
+    return {
+        "version": 1,
+        "hosts": {"chat1": {"address": f"{subnet}.1"}, "chat2": {"address": f"{subnet}.2"},
+                  "chat-event1": {"address": f"{subnet}.5"}, "chat-testing": {"address": f"{subnet}.9"},
+                  "redis1": {"address": f"{subnet}.21"}, "redis2": {"address": f"{subnet}.22"}},
+        "clusters": {"main": {"hosts": ["chat1", "chat2"], "rooms": ROOMS["main"]},
+                     "event": {"hosts": ["chat-event1"], "rooms": ROOMS["event"]},
+                     "testing": {"hosts": ["chat-testing"], "rooms": ROOMS["testing"]}},
+        "redis": {"shards": [{"name": "shard0", "host": "redis1", "port": 6379},
+                             {"name": "shard1", "host": "redis1", "port": 6380},
+                             {"name": "shard2", "host": "redis2", "port": 6379},
+                             {"name": "shard3", "host": "redis2", "port": 6380}]},
+        "haproxy": {"check_interval": "500ms"},
+        "controlplane": {"listen": {"address": f"{subnet}.100", "port": 5000}},
+    }
+
+
+def run_cli(*args: str, timeout: float = 90, **kw) -> tuple[subprocess.CompletedProcess, dict | None]:
+    proc = subprocess.run([sys.executable, "-m", "chat.loadgen", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=REPO, **kw)
+    lines = proc.stdout.strip().splitlines()
+    return proc, (json.loads(lines[-1]) if lines else None)
+
+
+# ---------------------------------------------------------------------------------------------
+# Without a cluster
+# ---------------------------------------------------------------------------------------------
+
+def test_plan_spreads_rooms_hosts_and_transports():
+    cf = clusterfile.parse(json.dumps(default_shape("127.0.9")))
+    plans = loadgen.plan(cf, Options(clients=200, senders=10, ws_fraction=0.25))
+    receivers = [p for p in plans if not p.sender]
+    senders = [p for p in plans if p.sender]
+    assert len(receivers) == 200 and len(senders) == 10
+    every_room = [r for rooms in ROOMS.values() for r in rooms]
+    assert {r: sum(p.room == r for p in receivers) for r in every_room} == dict.fromkeys(every_room, 50)
+    for p in plans:
+        assert p.cluster == cf.cluster_of_room(p.room)
+        assert p.host in cf.clusters[p.cluster].hosts
+        fe = cf.clusters[p.cluster].frontend
+        assert p.port == (fe.ws_port if p.transport == "ws" else fe.irc_port)
+    # Within a main-cluster room, clients alternate between its two chat hosts.
+    degentp = [p.host for p in plans if p.room == "degentp"]
+    assert degentp.count("chat1") == degentp.count("chat2") or abs(degentp.count("chat1") - degentp.count("chat2")) == 1
+    assert sum(p.transport == "ws" for p in receivers) == 50
+    assert [p.nick for p in senders] == [f"loadgen_{i}" for i in range(10)]
+    assert all(re.fullmatch(r"justinfan\d+", p.nick) for p in receivers)
+    assert len({p.nick for p in receivers}) == 200
+
+
+def test_hot_room_puts_everyone_in_one_room():
+    cf = clusterfile.parse(json.dumps(default_shape("127.0.9")))
+    plans = loadgen.plan(cf, Options(clients=30, senders=3, hot_room="twitchplayspokemon"))
+    assert {p.room for p in plans} == {"twitchplayspokemon"}
+    assert {p.host for p in plans} == {"chat-event1"}
+
+
+def test_refuses_non_loopback_targets_and_sources(tmp_path, capsys):
+    doc = default_shape("10.20.30")
+    doc["profile"] = "remote"
+    for h in doc["hosts"].values():
+        h["ansible_connection"] = "ssh"
+    doc["controlplane"]["listen"]["address"] = "127.0.0.1"
+    cf = clusterfile.parse(json.dumps(doc))
+    with pytest.raises(LoadgenError, match=r"refusing 10\.20\.30\.1.*127\.0\.0\.0/8"):
+        loadgen.plan(cf, Options(clients=1, senders=0))
+    config = write_cluster(tmp_path / "remote.yaml", doc)
+    assert loadgen.main(["--config", str(config), "--clients", "1", "--senders", "0"]) == 2
+    assert "127.0.0.0/8" in capsys.readouterr().err
+
+    local = write_cluster(tmp_path / "local.yaml", default_shape("127.0.9"))
+    assert loadgen.main(["--config", str(local), "--source-address", "192.168.1.5"]) == 2
+    assert "--source-address: refusing 192.168.1.5" in capsys.readouterr().err
+    assert loadgen.main(["--config", str(local), "--rate", "0"]) == 2
+    assert loadgen.main(["--config", str(local), "--ws-fraction", "1.5"]) == 2
+
+
+def test_histogram_percentiles_within_two_percent():
+    h = Histogram()
+    values = [random.Random(7).uniform(0.5, 200) for _ in range(10_000)]
+    for v in values:
+        h.add(v)
+    exact = sorted(values)
+    for p in (50, 99):
+        want = exact[int(len(exact) * p / 100) - 1]
+        assert abs(h.percentile(p) - want) / want < 0.03
+    assert h.percentile(100) == h.max == max(values)
+    assert Histogram().percentile(50) is None
+
+
+def test_tally_matches_deliveries_to_echoes_whatever_the_order():
+    t = Tally({"a": 3, "b": 2})
+    t.delivery("m1", 0.0)              # a receiver can see a message before its sender's echo
+    t.echo("m1", "a", 0.1)
+    t.delivery("m1", 0.1)
+    t.echo("m2", "b", 0.2)
+    t.delivery("m2", 0.2)
+    t.delivery("m2", 0.3)
+    t.delivery("ghost", 0.3)           # delivered, but its echo never came
+    t.settle(5.0)
+    assert (t.delivered, t.expected) == (4, 5)
+    t.delivery("m1", 5.1)              # late, after settling: still counted
+    t.finish()
+    assert (t.delivered, t.expected, t.late, t.lost_delivered, t.accepted) == (5, 5, 1, 1, 2)
+    assert t.completeness == 1.0
+
+
+def test_tally_forgets_in_unbounded_runs():
+    t = Tally({"a": 1})
+    for i in range(100):
+        t.echo(f"m{i}", "a", float(i))
+        t.delivery(f"m{i}", float(i))
+    t.delivery("never-echoed", 0.0)
+    t.settle(200.0, forget=60.0)
+    assert (t.delivered, t.expected, t.lost_delivered) == (100, 100, 1)
+    assert not t._deliv and len(t._settled) == 100     # settled ids stay a while, for late deliveries
+    t.settle(300.0, forget=60.0)
+    assert not t._settled
+
+
+# ---------------------------------------------------------------------------------------------
+# Against a real cluster
+# ---------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """The default topology's shape on a private subnet, shared by the runs below."""
+    from tests.conftest import _subnet_free
+    rng = random.Random()
+    subnet = next(p for p in (f"127.{rng.randint(64, 250)}.{rng.randint(0, 255)}" for _ in range(50))
+                  if _subnet_free(p))
+    config = write_cluster(tmp_path_factory.mktemp("loadgen") / "cluster.yaml", default_shape(subnet))
+    run = Path(tempfile.mkdtemp(prefix="co-", dir="/tmp"))
+    try:
+        with cluster_up(config, run) as c:
+            c.subnet = subnet
+            c.cf = clusterfile.load(config).spec
+            for host, cluster_name in c.cf.chat_hosts():
+                fe = c.cf.clusters[cluster_name].frontend
+                wait_for(lambda: _frontend_ready(c.cf.address(host), fe.irc_port), what=f"{host}'s frontend")
+            yield c
+    finally:
+        shutil.rmtree(run, ignore_errors=True)
+
+
+def _frontend_ready(address: str, port: int) -> bool:
+    try:
+        with socket.create_connection((address, port), timeout=1) as s:
+            s.sendall(b"NICK justinfan4242\r\n")
+            return b" 001 " in s.recv(4096)
+    except OSError:
+        return False
+
+
+def test_thirty_seconds_of_mixed_traffic_is_delivered_completely(cluster):
+    """The acceptance run: 200 receivers (a quarter on WebSocket) and 10 bot senders over every room
+    of every cluster, 50 msgs/s for 30 s, through the `python -m chat.loadgen` command line."""
+    proc, rep = run_cli("--config", str(cluster.config), "--clients", "200", "--senders", "10", "--rate", "50",
+                        "--duration", "30", "--ws-fraction", "0.25", "--json", "--report-every", "10")
+    assert proc.returncode == 0, proc.stderr
+    assert rep is not None, proc.stderr
+    assert rep["errors"] == {}, rep["error_examples"]
+    assert rep["clients"] == 200 and rep["senders"] == 10
+    assert sorted(rep["rooms"]) == sorted(r for rooms in ROOMS.values() for r in rooms)
+    assert set(rep["receivers_per_room"].values()) == {50}
+    assert rep["transports"]["ws"] == 52 and rep["transports"]["tcp"] == 158
+    assert 29 <= rep["duration_s"] <= 31.5
+    assert rep["sent"] >= 0.95 * 50 * 30
+    assert rep["rejected"] == {} and rep["accepted"] == rep["sent"]
+    assert rep["lost"] == {"delivered_without_echo": 0, "unanswered": 0}
+    assert rep["expected"] == rep["accepted"] * 50
+    assert rep["completeness"] == 1.0 and rep["delivered"] == rep["expected"]
+    lat = rep["latency_ms"]
+    assert lat["p99"] is not None and 0 <= lat["p50"] <= lat["p99"] <= lat["max"]
+    assert rep["ack_ms"]["p99"] is not None
+    # Progress every --report-every seconds when stderr is not a terminal, then the summary.
+    progress = [line for line in proc.stderr.splitlines() if re.match(r"^\[\s*\d+\.\ds\] sent ", line)]
+    assert 2 <= len(progress) <= 4, proc.stderr
+    assert "completeness 100.000%" in proc.stderr
+
+
+async def _observe(address: str, port: int, room: str, texts: list[str], ready: asyncio.Event,
+                   stop: asyncio.Event) -> None:
+    """A plain anonymous viewer on a raw socket, collecting the loadgen's messages in `room`."""
+    reader, writer = await asyncio.open_connection(address, port)
+    writer.write(b"CAP REQ :twitch.tv/tags\r\nNICK justinfan777001\r\nJOIN #" + room.encode() + b"\r\n")
+    framer = irc.Framer()
+    try:
+        while not stop.is_set():
+            try:
+                data = await asyncio.wait_for(reader.read(65536), 0.2)
+            except asyncio.TimeoutError:
+                continue
+            if not data:
+                break
+            for m in framer.feed(data):
+                if isinstance(m, irc.Message):
+                    if m.command == "366":
+                        ready.set()
+                    elif m.command == "PRIVMSG" and m.tags.get("client-nonce", "").startswith("lg"):
+                        texts.append(m.params[-1])
+    finally:
+        writer.close()
+
+
+def test_hot_room_with_the_tpp_command_mix(cluster):
+    """Everyone in #twitchplayspokemon (the event cluster's room) sending the TPP commands, via run()."""
+    cf = cluster.cf
+    room = "twitchplayspokemon"
+    fe = cf.clusters["event"].frontend
+
+    async def go():
+        texts: list[str] = []
+        ready, stop = asyncio.Event(), asyncio.Event()
+        observer = asyncio.ensure_future(_observe(cf.address("chat-event1"), fe.irc_port, room, texts, ready, stop))
+        await asyncio.wait_for(ready.wait(), 10)
+        report = await loadgen.run(cf, Options(clients=40, senders=4, rate=40, duration=4, hot_room=room, tpp=True,
+                                               ws_fraction=0.5, quiet=True, handle_signals=False,
+                                               sender_prefix="lgtpp"))
+        stop.set()
+        await observer
+        return report, texts
+
+    report, texts = asyncio.run(go())
+    assert report["errors"] == {}, report["error_examples"]
+    assert report["rooms"] == [room] and report["receivers_per_room"] == {room: 40}
+    assert report["tpp"] and report["hot_room"] == room
+    assert report["sent"] >= 150 and report["accepted"] == report["sent"] and report["rejected"] == {}
+    assert report["completeness"] == 1.0 and report["expected"] == report["accepted"] * 40
+    assert report["latency_ms"]["p99"] is not None
+    # What went over the wire is the TPP mix, and every accepted message reached our own viewer too.
+    assert len(texts) == report["accepted"]
+    assert set(texts) <= set(loadgen.TPP_COMMANDS)
+    assert len(set(texts)) >= 5
+
+
+def test_unbounded_run_logs_in_the_talks_shape_and_stops_cleanly_on_sigterm(cluster):
+    """`--duration 0`, as the supervisor runs it: a periodic talk-shaped summary line, and on
+    SIGTERM every socket closed and the report printed."""
+    proc = subprocess.Popen([sys.executable, "-m", "chat.loadgen", "--config", str(cluster.config), "--clients", "12",
+                             "--senders", "2", "--rate", "20", "--duration", "0", "--report-every", "1", "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        deadline = time.monotonic() + 20
+        seen: list[str] = []
+        while time.monotonic() < deadline and len([s for s in seen if LOG_LINE.match(s)]) < 2:
+            line = proc.stderr.readline()
+            if not line:
+                break
+            seen.append(line.rstrip("\n"))
+        assert len([s for s in seen if LOG_LINE.match(s)]) >= 2, "\n".join(seen)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    rep = json.loads(out.strip().splitlines()[-1])
+    assert rep["errors"] == {} and rep["sent"] > 0 and rep["accepted"] == rep["sent"]
+    assert rep["completeness"] == 1.0
+
+
+def test_unreachable_cluster_is_reported_not_waited_on(subnet, tmp_path):
+    """Nothing listens on this subnet: the run ends within seconds, saying what it could not reach."""
+    config = write_cluster(tmp_path / "cluster.yaml", default_shape(subnet))
+    started = time.monotonic()
+    proc, rep = run_cli("--config", str(config), "--clients", "20", "--senders", "2", "--duration", "5", "--json",
+                        timeout=60)
+    took = time.monotonic() - started
+    assert proc.returncode == 1, proc.stderr
+    assert took < 20
+    assert rep["sent"] == 0 and rep["clients"] == 0 and rep["senders"] == 0
+    assert rep["errors"]["connect"] == 20
+    assert rep["errors"]["users"] == 2
+    assert f"{subnet}." in proc.stderr and "ECONNREFUSED" in proc.stderr
+    assert "no sender could join" in proc.stderr
