@@ -40,7 +40,7 @@ def make_session(*, pool_size: int, keepalive: bool, local_address: str | None,
         limit=0, limit_per_host=pool_size, force_close=not keepalive,
         # Leave from this chat host's own address, so peers and HAProxy see the host as itself.
         local_addr=(local_address, 0) if local_address else None,
-        keepalive_timeout=60)
+        **({"keepalive_timeout": 60} if keepalive else {}))
     return aiohttp.ClientSession(connector=connector, trace_configs=[trace],
                                  json_serialize=json.dumps, auto_decompress=False)
 

@@ -332,7 +332,11 @@ def up(config: str | None, run_dir: str | None, detach: bool, start_timeout: flo
             sys.stdout.flush()
             sup.loop()
     except StartError as exc:
-        logs.event(log, None, f"start failed: {exc}", logging.ERROR)
+        # The log line stays one line; the process's own log tail follows it verbatim.
+        headline, _, tail = str(exc).partition("\n")
+        logs.event(log, None, f"start failed: {headline}", logging.ERROR)
+        if tail:
+            click.echo(tail)
         code = 1
     finally:
         sup.stop_all()

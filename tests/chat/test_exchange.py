@@ -1,0 +1,49 @@
+"""The exchange's keepalive switch, the talk's second bug: with keepalive off every delivery
+request opens a new TCP connection to the edge; with it on, connections are reused."""
+
+from __future__ import annotations
+
+import socket
+import urllib.request
+
+import pytest
+
+from tests.conftest import chatops, cluster_up, small_cluster, wait_for, write_cluster
+
+
+def _metric(url: str, name: str) -> float:
+    text = urllib.request.urlopen(url, timeout=5).read().decode()
+    return sum(float(ln.split()[-1]) for ln in text.splitlines() if ln.startswith(name + " ") or ln.startswith(name + "{"))
+
+
+def _talk(address: str, token: str, room: str, n: int) -> None:
+    """Send n messages, one per loop of the reader, so each travels in its own delivery request."""
+    with socket.create_connection((address, 6667), timeout=10) as s:
+        s.sendall(f"CAP REQ :echo-message\r\nPASS {token}\r\nNICK pacer\r\nJOIN #{room}\r\n".encode())
+        buf = b""
+        while b" 366 " not in buf:
+            buf += s.recv(65536)
+        for i in range(n):
+            s.sendall(f"PRIVMSG #{room} :tick {i}\r\n".encode())
+            while f":tick {i}\r\n".encode() not in buf:  # the echo: delivered before the next one
+                buf += s.recv(65536)
+
+
+@pytest.mark.parametrize("keepalive", [True, False])
+def test_keepalive_switch(tmp_path, subnet, run_dir, keepalive):
+    doc = small_cluster(subnet)
+    doc["clusters"]["main"]["services"] = {"exchange": {"keepalive": keepalive}}
+    config = write_cluster(tmp_path / "cluster.yaml", doc)
+    with cluster_up(config, run_dir) as c:
+        token = chatops("users", "add", "pacer", "--bot", "--config", str(config), "--run-dir", str(run_dir)).stdout.strip()
+        url = f"http://{subnet}.1:19100/metrics"
+        wait_for(lambda: _metric(url, "chat_exchange_edges") >= 1, what="the edge to subscribe")
+        _talk(f"{subnet}.1", token, "lobby", 40)
+        opened = _metric(url, "chat_exchange_connections_opened_total")
+        requests = _metric(url, "chat_exchange_request_seconds_count")
+        assert requests >= 40
+        assert _metric(url, "chat_exchange_keepalive") == (1 if keepalive else 0)
+        if keepalive:
+            assert opened <= 2        # the pool, reused
+        else:
+            assert opened >= requests  # a new connection per request, as in 2014
