@@ -30,7 +30,6 @@ import argparse
 import asyncio
 import json
 import os
-import random
 import re
 import resource
 import statistics
@@ -46,6 +45,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from chat import irc  # noqa: E402
+from controlplane import loopback  # noqa: E402
 
 try:
     import uvloop
@@ -547,7 +547,7 @@ async def orchestrate(args) -> dict:
     import yaml
 
     raise_nofile()
-    subnet = f"127.{random.randint(64, 250)}.{random.randint(0, 255)}"
+    subnet = loopback.free_prefix()
     work = Path(tempfile.mkdtemp(prefix="bench-fanout-", dir="/tmp"))
     doc = {
         "hosts": {"chat1": {"address": f"{subnet}.1"}, "redis1": {"address": f"{subnet}.21"}},

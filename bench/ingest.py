@@ -27,7 +27,6 @@ import asyncio
 import json
 import logging
 import math
-import random
 import resource
 import shutil
 import subprocess
@@ -47,7 +46,7 @@ if str(ROOT) not in sys.path:
 
 from chat import loadgen  # noqa: E402
 from chat.sharding import SlotMap  # noqa: E402
-from controlplane import clusterfile  # noqa: E402
+from controlplane import clusterfile, loopback  # noqa: E402
 from controlplane.rundir import RunDir  # noqa: E402
 from controlplane.supervisor import read_state  # noqa: E402
 
@@ -65,38 +64,10 @@ def say(text: str) -> None:
 # -- the cluster --
 
 def default_shape(subnet: str) -> dict:
-    """The shipped default cluster's shape, on our own subnet."""
-    return {
-        "version": 1,
-        "hosts": {"chat1": {"address": f"{subnet}.1"}, "chat2": {"address": f"{subnet}.2"},
-                  "chat-event1": {"address": f"{subnet}.5"}, "chat-testing": {"address": f"{subnet}.9"},
-                  "redis1": {"address": f"{subnet}.21"}, "redis2": {"address": f"{subnet}.22"}},
-        "clusters": {"main": {"hosts": ["chat1", "chat2"], "rooms": ["degentp", "paragusrants"]},
-                     "event": {"hosts": ["chat-event1"], "rooms": ["twitchplayspokemon"]},
-                     "testing": {"hosts": ["chat-testing"], "rooms": ["testroom"]}},
-        "redis": {"shards": [{"name": "shard0", "host": "redis1", "port": 6379},
-                             {"name": "shard1", "host": "redis1", "port": 6380},
-                             {"name": "shard2", "host": "redis2", "port": 6379},
-                             {"name": "shard3", "host": "redis2", "port": 6380}]},
-        "haproxy": {"check_interval": "500ms"},
-        "controlplane": {"listen": {"address": f"{subnet}.100", "port": 5000}},
-    }
-
-
-def free_subnet() -> str:
-    import socket
-    rng = random.Random()
-    for _ in range(50):
-        prefix = f"127.{rng.randint(64, 250)}.{rng.randint(0, 255)}"
-        s = socket.socket()
-        try:
-            s.bind((f"{prefix}.1", 0))
-            return prefix
-        except OSError:
-            continue
-        finally:
-            s.close()
-    sys.exit("ingest: no free loopback subnet")
+    """The shipped default cluster, on our own subnet."""
+    doc = clusterfile.default_on_subnet(subnet)
+    doc["haproxy"]["check_interval"] = "500ms"
+    return doc
 
 
 def chatops(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
@@ -429,7 +400,7 @@ def main() -> None:
                     help="leave the cluster (and its logs) running; stop it with chatops down")
     args = ap.parse_args()
 
-    subnet = free_subnet()
+    subnet = loopback.free_prefix()
     work = Path(tempfile.mkdtemp(prefix="ingest-", dir="/tmp"))
     run = work / "run"
     cfg = work / "cluster.yaml"

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import statistics
 import subprocess
 import sys
@@ -26,7 +25,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from controlplane import binaries, clusterfile  # noqa: E402
+from controlplane import binaries, clusterfile, loopback  # noqa: E402
 from controlplane.remediation import proxy_reload  # noqa: E402
 from controlplane.rundir import RunDir  # noqa: E402
 
@@ -56,7 +55,7 @@ def main() -> None:
     ap.add_argument("--reloads", type=int, default=10)
     args = ap.parse_args()
 
-    subnet = f"127.{random.randint(64, 250)}.{random.randint(0, 255)}"
+    subnet = loopback.free_prefix()
     work = Path(tempfile.mkdtemp(prefix="bench-", dir="/tmp"))
     run = work / "run"
     doc = {

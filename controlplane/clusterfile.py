@@ -475,6 +475,18 @@ def parse(text: str, source: str = "<cluster file>") -> ClusterFile:
     return cf
 
 
+def default_on_subnet(prefix: str) -> dict:
+    """The shipped default cluster file as a document, moved onto `127.A.B.x` (prefix "127.A.B"):
+    127.0.1.n becomes prefix.n and 127.0.2.n becomes prefix.(20+n), so a second copy of the default
+    topology runs beside `make run`'s (tests and benchmarks use this)."""
+    doc = yaml.safe_load(DEFAULT_CLUSTER_FILE.read_text(encoding="utf-8"))
+    for host in doc["hosts"].values():
+        _, _, third, last = host["address"].split(".")
+        host["address"] = f"{prefix}.{int(last) + 20 * (int(third) - 1)}"
+    doc["controlplane"]["listen"]["address"] = f"{prefix}.100"
+    return doc
+
+
 def load(path: str | Path | None = None) -> LoadedCluster:
     """Load and validate a cluster file; the shipped default when `path` is None."""
     p = Path(path) if path else DEFAULT_CLUSTER_FILE

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from controlplane import binaries
+from controlplane import binaries, loopback
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -33,26 +33,14 @@ def require(name: str) -> str:
         pytest.fail(str(exc), pytrace=False)
 
 
-def _subnet_free(prefix: str) -> bool:
-    probe = socket.socket()
-    try:
-        probe.bind((f"{prefix}.1", 0))
-        return True
-    except OSError:
-        return False
-    finally:
-        probe.close()
+def free_subnet() -> str:
+    """A random 127.A.B prefix of our own: every simulated host of a test lives in it."""
+    return loopback.free_prefix()
 
 
 @pytest.fixture
 def subnet() -> str:
-    """A random 127.A.B prefix of our own: every simulated host of the test lives in it."""
-    rng = random.Random()
-    for _ in range(50):
-        prefix = f"127.{rng.randint(64, 250)}.{rng.randint(0, 255)}"
-        if _subnet_free(prefix):
-            return prefix
-    raise RuntimeError("no free loopback subnet")
+    return free_subnet()
 
 
 @pytest.fixture

@@ -8,14 +8,16 @@ import os
 import random
 import signal
 import socket
+import tempfile
 import time
 import urllib.request
+from pathlib import Path
 
 import irc.client
 import pytest
 import websockets
 
-from tests.conftest import chatops, cluster_up, wait_for, write_cluster
+from tests.conftest import chatops, cluster_up, free_subnet, wait_for, write_cluster
 
 TAGS = ("twitch.tv/tags", "twitch.tv/commands")
 
@@ -23,12 +25,7 @@ TAGS = ("twitch.tv/tags", "twitch.tv/commands")
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     """Two chat hosts in `main` (so two edges), one in `testing`; two shards."""
-    import tempfile
-    from pathlib import Path
-    from tests.conftest import _subnet_free
-    rng = random.Random()
-    subnet = next(p for p in (f"127.{rng.randint(64, 250)}.{rng.randint(0, 255)}" for _ in range(50))
-                  if _subnet_free(p))
+    subnet = free_subnet()
     doc = {
         "hosts": {"chat1": {"address": f"{subnet}.1"}, "chat2": {"address": f"{subnet}.2"},
                   "chat-testing": {"address": f"{subnet}.9"},

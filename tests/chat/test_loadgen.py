@@ -22,28 +22,17 @@ import pytest
 from chat import irc, loadgen
 from chat.loadgen import Histogram, LoadgenError, Options, Tally
 from controlplane import clusterfile
-from tests.conftest import REPO, cluster_up, wait_for, write_cluster
+from tests.conftest import REPO, cluster_up, free_subnet, wait_for, write_cluster
 
 ROOMS = {"main": ["degentp", "paragusrants"], "event": ["twitchplayspokemon"], "testing": ["testroom"]}
 LOG_LINE = re.compile(r"^[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d loadgen: \[edge\] traffic .*\bsent=\d+ .*completeness=")
 
 
 def default_shape(subnet: str) -> dict:
-    return {
-        "version": 1,
-        "hosts": {"chat1": {"address": f"{subnet}.1"}, "chat2": {"address": f"{subnet}.2"},
-                  "chat-event1": {"address": f"{subnet}.5"}, "chat-testing": {"address": f"{subnet}.9"},
-                  "redis1": {"address": f"{subnet}.21"}, "redis2": {"address": f"{subnet}.22"}},
-        "clusters": {"main": {"hosts": ["chat1", "chat2"], "rooms": ROOMS["main"]},
-                     "event": {"hosts": ["chat-event1"], "rooms": ROOMS["event"]},
-                     "testing": {"hosts": ["chat-testing"], "rooms": ROOMS["testing"]}},
-        "redis": {"shards": [{"name": "shard0", "host": "redis1", "port": 6379},
-                             {"name": "shard1", "host": "redis1", "port": 6380},
-                             {"name": "shard2", "host": "redis2", "port": 6379},
-                             {"name": "shard3", "host": "redis2", "port": 6380}]},
-        "haproxy": {"check_interval": "500ms"},
-        "controlplane": {"listen": {"address": f"{subnet}.100", "port": 5000}},
-    }
+    doc = clusterfile.default_on_subnet(subnet)
+    doc["haproxy"]["check_interval"] = "500ms"
+    assert {c: v["rooms"] for c, v in doc["clusters"].items()} == ROOMS
+    return doc
 
 
 def run_cli(*args: str, timeout: float = 90, **kw) -> tuple[subprocess.CompletedProcess, dict | None]:
@@ -156,10 +145,7 @@ def test_tally_forgets_in_unbounded_runs():
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     """The default topology's shape on a private subnet, shared by the runs below."""
-    from tests.conftest import _subnet_free
-    rng = random.Random()
-    subnet = next(p for p in (f"127.{rng.randint(64, 250)}.{rng.randint(0, 255)}" for _ in range(50))
-                  if _subnet_free(p))
+    subnet = free_subnet()
     config = write_cluster(tmp_path_factory.mktemp("loadgen") / "cluster.yaml", default_shape(subnet))
     run = Path(tempfile.mkdtemp(prefix="co-", dir="/tmp"))
     try:

@@ -152,3 +152,11 @@ def test_rooms_command_says_where_each_room_is_served():
     cf = clusterfile.load().spec
     assert cf.cluster_of_room("twitchplayspokemon") == "event"
     assert cf.cluster_of_room("somewhere_new") == "main"
+
+
+def test_default_on_subnet_moves_every_address_and_stays_valid():
+    doc = clusterfile.default_on_subnet("127.99.3")
+    cf = clusterfile.parse(yaml.safe_dump(doc))
+    assert cf.address("chat1") == "127.99.3.1" and cf.address("chat-testing") == "127.99.3.9"
+    assert cf.address("redis2") == "127.99.3.22" and cf.controlplane.listen.address == "127.99.3.100"
+    assert [s.name for s in cf.redis.shards] == [s.name for s in clusterfile.load().spec.redis.shards]
