@@ -217,9 +217,17 @@ def users_add(name: str, config: str | None, run_dir: str | None, mod_rooms: tup
 
     async def go() -> str:
         cache = ShardedCache.for_host(cf, host, timeout=2.0)
+        deadline = time.monotonic() + 10
         try:
-            return await add_user(cache, name.lower(), mod_rooms=mod_rooms,
-                                  broadcaster_rooms=broadcaster_rooms, bot=bot, color=color)
+            while True:
+                try:
+                    return await add_user(cache, name.lower(), mod_rooms=mod_rooms,
+                                          broadcaster_rooms=broadcaster_rooms, bot=bot, color=color)
+                except CacheUnavailable:
+                    # A cluster that has just started may not have passed its first health checks.
+                    if time.monotonic() > deadline:
+                        raise
+                    await asyncio.sleep(0.5)
         finally:
             await cache.close()
 

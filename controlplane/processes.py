@@ -5,6 +5,7 @@ ready) so the supervisor never needs to know what a Redis or an HAProxy is.
 
 from __future__ import annotations
 
+import csv
 import socket
 import sys
 import urllib.error
@@ -32,6 +33,9 @@ class ProcessSpec:
     # Called before every start; `restart` is True when the supervisor brings a dead process back.
     prepare: Callable[[bool], None] = field(default=lambda restart: None)
     stage: str = ""           # processes of one stage start together; stages start in order
+    # Once every stage is up: true when the process sees the rest of the cluster (an HAProxy
+    # whose backend servers have passed their health checks).
+    settled: Callable[[], bool] | None = None
 
 
 def redis_ping(address: str, port: int, timeout: float = 0.5) -> bool:
@@ -62,6 +66,21 @@ def http_healthy(address: str, port: int, timeout: float = 0.5) -> bool:
             return resp.status == 200
     except (OSError, urllib.error.URLError):
         return False
+
+
+def haproxy_servers_up(run: RunDir, host: str) -> bool:
+    """True when every server of every backend on this host's HAProxy passes its health check."""
+    try:
+        text = haproxy_runtime.command(run.haproxy_socket(host), "show stat", timeout=1.0)
+    except haproxy_runtime.RuntimeAPIError:
+        return False
+    rows = list(csv.reader(text.lstrip("# ").splitlines()))
+    if not rows:
+        return False
+    col = {name: i for i, name in enumerate(rows[0])}
+    servers = [r for r in rows[1:] if len(r) > col["status"] and r[col["svname"]] not in ("FRONTEND", "BACKEND")]
+    # A backup server (a replica) is DOWN by design until it is promoted.
+    return all(r[col["status"]].startswith("UP") or r[col["bck"]] == "1" for r in servers)
 
 
 def _chat_spec(cf: ClusterFile, config: Path, host: str, kind: str, port: int, health_port: int,
@@ -125,6 +144,7 @@ def _haproxy_spec(cf: ClusterFile, run: RunDir, host: str) -> ProcessSpec:
         argv=[exe, "-W", "-f", str(cfg), "-S", f"{master},mode,600"],
         describe=f"haproxy (cluster {cf.cluster_of(host)}; shard listeners :{first}-{last}, stats :{cf.haproxy.stats_port})",
         ready=lambda: haproxy_ready(run, host), stage="haproxy",
+        settled=lambda: haproxy_servers_up(run, host),
         prepare=prepare)
 
 

@@ -80,6 +80,7 @@ class Supervisor:
         self.stopping = threading.Event()
         self._lock_fd: int | None = None
         self.started_at = time.time()
+        self.started = False      # every stage up and settled: only then is the cluster "ready"
 
     # -- locking: one supervisor per run directory --
 
@@ -136,6 +137,23 @@ class Supervisor:
                 self._wait_ready(m)
                 event(self.log, m.spec.name, "started", pid=m.proc.pid, address=f"{m.spec.address}:{m.spec.port}")
             self.write_state()
+        self._wait_settled()
+        self.started = True
+        self.write_state()
+
+    def _wait_settled(self) -> None:
+        """Wait until every process sees the others (HAProxy's checks pass on every edge and
+        shard), so the first client after "ready" is not turned away by a proxy still checking."""
+        deadline = time.monotonic() + self.start_timeout
+        pending = [m for m in self.procs if m.spec.settled is not None]
+        while pending and not self.stopping.is_set():
+            pending = [m for m in pending if not m.spec.settled()]
+            if not pending:
+                return
+            if time.monotonic() > deadline:
+                raise StartError(f"{', '.join(m.spec.name for m in pending)} still see servers down after "
+                                 f"{self.start_timeout:.0f}s; see their logs")
+            time.sleep(0.1)
 
     def _wait_ready(self, m: Managed) -> None:
         deadline = time.monotonic() + self.start_timeout
@@ -236,7 +254,7 @@ class Supervisor:
             "supervisor_pid": os.getpid(),
             "started_at": self.started_at,
             "config": self.config_path,
-            "ready": all(m.status == "up" for m in self.procs),
+            "ready": self.started and all(m.status == "up" for m in self.procs),
             "processes": [{
                 "name": m.spec.name, "kind": m.spec.kind, "host": m.spec.host,
                 "address": m.spec.address, "port": m.spec.port, "describe": m.spec.describe,

@@ -17,16 +17,21 @@ def _metric(url: str, name: str) -> float:
 
 
 def _talk(address: str, token: str, room: str, n: int) -> None:
-    """Send n messages, one per loop of the reader, so each travels in its own delivery request."""
+    """Send n messages, each after the previous one's echo, so each travels in its own request."""
     with socket.create_connection((address, 6667), timeout=10) as s:
         s.sendall(f"CAP REQ :echo-message\r\nPASS {token}\r\nNICK pacer\r\nJOIN #{room}\r\n".encode())
         buf = b""
-        while b" 366 " not in buf:
-            buf += s.recv(65536)
+
+        def until(marker: bytes) -> None:
+            nonlocal buf
+            while marker not in buf:
+                chunk = s.recv(65536)
+                assert chunk, f"the edge closed the connection; it said: {buf[-500:]!r}"
+                buf += chunk
+        until(b" 366 ")
         for i in range(n):
             s.sendall(f"PRIVMSG #{room} :tick {i}\r\n".encode())
-            while f":tick {i}\r\n".encode() not in buf:  # the echo: delivered before the next one
-                buf += s.recv(65536)
+            until(f":tick {i}\r\n".encode())
 
 
 @pytest.mark.parametrize("keepalive", [True, False])
@@ -35,7 +40,9 @@ def test_keepalive_switch(tmp_path, subnet, run_dir, keepalive):
     doc["clusters"]["main"]["services"] = {"exchange": {"keepalive": keepalive}}
     config = write_cluster(tmp_path / "cluster.yaml", doc)
     with cluster_up(config, run_dir) as c:
-        token = chatops("users", "add", "pacer", "--bot", "--config", str(config), "--run-dir", str(run_dir)).stdout.strip()
+        added = chatops("users", "add", "pacer", "--bot", "--config", str(config), "--run-dir", str(run_dir))
+        assert added.returncode == 0, added.stderr
+        token = added.stdout.strip()
         url = f"http://{subnet}.1:19100/metrics"
         wait_for(lambda: _metric(url, "chat_exchange_edges") >= 1, what="the edge to subscribe")
         _talk(f"{subnet}.1", token, "lobby", 40)
