@@ -39,7 +39,7 @@ def test_keepalive_switch(tmp_path, subnet, run_dir, keepalive):
     doc = small_cluster(subnet)
     doc["clusters"]["main"]["services"] = {"exchange": {"keepalive": keepalive}}
     config = write_cluster(tmp_path / "cluster.yaml", doc)
-    with cluster_up(config, run_dir) as c:
+    with cluster_up(config, run_dir):
         added = chatops("users", "add", "pacer", "--bot", "--config", str(config), "--run-dir", str(run_dir))
         assert added.returncode == 0, added.stderr
         token = added.stdout.strip()
