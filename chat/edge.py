@@ -54,17 +54,12 @@ class Client:
         self.user_id = ""
         self.anonymous = False
         self.rooms: set[str] = set()
-        self.out: list[bytes] = []
-        self.out_size = 0
+        self.out: list[bytes] = []       # lines of this loop turn, written together by Edge.flush
         self.closed = False
         self.last_heard = time.monotonic()
         self.is_tagged = False            # kept current in data(), the only place caps change
         self.busy = False                 # an async step (auth, join) is running...
         self.backlog: list = []           # ...and these events wait behind it, in order
-
-    @property
-    def tagged(self) -> bool:
-        return self.is_tagged
 
     def data(self, data: bytes) -> None:
         self.last_heard = time.monotonic()
@@ -86,7 +81,6 @@ class Client:
         if not self.out:
             self.edge.mark_dirty(self)
         self.out.append(line)
-        self.out_size += len(line)
 
     def buffered(self) -> int:
         return 0
@@ -134,7 +128,6 @@ class TcpClient(asyncio.Protocol, Client):
         if self.out and self.transport and not self.closed:
             self.transport.write(self.out[0] if len(self.out) == 1 else b"".join(self.out))
         self.out.clear()
-        self.out_size = 0
         # Judge the client by what the kernel would not take, not by one busy turn's burst.
         if self.buffered() > self.edge.max_output and not self.closed:
             self.edge.slow_consumer(self)
@@ -173,7 +166,6 @@ class WsClient(Client):
         for line in self.out:
             self.sending.append(line.rstrip(b"\r\n").decode("utf-8", "replace"))
         self.out.clear()
-        self.out_size = 0
         if self.buffered() > self.edge.max_output:
             self.edge.slow_consumer(self)
             return
@@ -275,7 +267,6 @@ class Edge:
         logs.event(self.log, "client", "Slow consumer disconnected", 30, nick=client.login or "*",
                    peer=client.peer, buffered=client.buffered(), limit=self.max_output)
         client.out.clear()
-        client.out_size = 0
         client.closed = True
         # Not here: this runs inside a fan-out loop over the room's members, which leaving the
         # room would change under it.
@@ -446,7 +437,7 @@ class Edge:
             self.sent_log[room] = (last, count)
 
     def _notice(self, client: Client, room: str, msg_id: str, text: str) -> None:
-        tags = {"msg-id": msg_id} if client.tagged else None
+        tags = {"msg-id": msg_id} if client.is_tagged else None
         client.deliver(irc.encode("NOTICE", f"#{room}", text, tags=tags, source=self.server_name, trailing=True))
         client.flush_protocol()
 
@@ -474,7 +465,6 @@ class Edge:
         if origin_conn is not None or command == "CLEARCHAT":
             members = [c for c in members if self._wants(c, command, origin_conn)]
         plain = irc.encode(command, *params, source=message["source"], trailing=True)
-        tagged_len, plain_len = len(tagged), len(plain)
         dirty = self.dirty
         n = 0
         # The hot loop: this body runs once per subscriber per message, so it is Client.deliver
@@ -485,12 +475,7 @@ class Edge:
             out = client.out
             if not out:
                 dirty.append(client)
-            if client.is_tagged:
-                out.append(tagged)
-                client.out_size += tagged_len
-            else:
-                out.append(plain)
-                client.out_size += plain_len
+            out.append(tagged if client.is_tagged else plain)
             n += 1
         if n and not self.flush_scheduled:
             self.flush_scheduled = True
