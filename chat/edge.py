@@ -40,6 +40,17 @@ TAG_CAPS = frozenset({"twitch.tv/tags", "message-tags", "server-time"})
 _ids = itertools.count(1)
 
 
+class RoomTurn:
+    """The messages for one room during one loop turn, as (plain, tagged) encodings, and the
+    members that must not get some of them (by index)."""
+
+    __slots__ = ("lines", "skip")
+
+    def __init__(self) -> None:
+        self.lines: list[tuple[bytes, bytes]] = []
+        self.skip: dict[Client, set[int]] = {}
+
+
 class Client:
     """One connected user, whatever the transport."""
 
@@ -86,6 +97,14 @@ class Client:
         return 0
 
     def write_out(self) -> None:
+        """Write this turn's own lines (protocol replies, notices) in one go."""
+        out = self.out
+        if out and not self.closed:
+            self.write(out[0] if len(out) == 1 else b"".join(out), out)
+        self.out = []
+
+    def write(self, blob: bytes, lines: list[bytes]) -> None:
+        """Send `blob` (the CRLF-terminated `lines`, joined) to the client."""
         raise NotImplementedError
 
     def close(self, reason: str) -> None:
@@ -124,12 +143,12 @@ class TcpClient(asyncio.Protocol, Client):
     def buffered(self) -> int:
         return self.transport.get_write_buffer_size() if self.transport else 0
 
-    def write_out(self) -> None:
-        if self.out and self.transport and not self.closed:
-            self.transport.write(self.out[0] if len(self.out) == 1 else b"".join(self.out))
-        self.out.clear()
+    def write(self, blob: bytes, lines: list[bytes]) -> None:
+        if self.transport is None or self.closed:
+            return
+        self.transport.write(blob)
         # Judge the client by what the kernel would not take, not by one busy turn's burst.
-        if self.buffered() > self.edge.max_output and not self.closed:
+        if self.transport.get_write_buffer_size() > self.edge.max_output:
             self.edge.slow_consumer(self)
 
     def close(self, reason: str) -> None:
@@ -160,12 +179,11 @@ class WsClient(Client):
     def buffered(self) -> int:
         return sum(len(s) for s in self.sending) + (self.ws.transport.get_write_buffer_size() if self.ws.transport else 0)
 
-    def write_out(self) -> None:
+    def write(self, blob: bytes, lines: list[bytes]) -> None:
         if self.closed:
             return
-        for line in self.out:
+        for line in lines:
             self.sending.append(line.rstrip(b"\r\n").decode("utf-8", "replace"))
-        self.out.clear()
         if self.buffered() > self.edge.max_output:
             self.edge.slow_consumer(self)
             return
@@ -209,6 +227,8 @@ class Edge:
         self.rooms: dict[str, set[Client]] = {}
         self.anonymous_nicks: set[str] = set()
         self.dirty: list[Client] = []
+        self.turns: dict[str, RoomTurn] = {}      # room -> messages delivered this loop turn
+        self.by_id: dict[int, Client] = {}
         self.flush_scheduled = False
         self.tasks: set[asyncio.Task] = set()
         self.sent_log: dict[str, tuple[float, int]] = {}
@@ -247,6 +267,7 @@ class Edge:
 
     def connected(self, client: Client) -> None:
         self.clients.add(client)
+        self.by_id[client.id] = client
         self.m_conns.labels(client.transport_name).inc()
         self.m_conns_total.labels(client.transport_name).inc()
 
@@ -254,6 +275,7 @@ class Edge:
         if client not in self.clients:
             return
         self.clients.discard(client)
+        self.by_id.pop(client.id, None)
         self.m_conns.labels(client.transport_name).dec()
         for kind, n in client.proto.errors.items():
             self.closed_errors[kind] = self.closed_errors.get(kind, 0) + n
@@ -266,7 +288,7 @@ class Edge:
         self.m_slow.inc()
         logs.event(self.log, "client", "Slow consumer disconnected", 30, nick=client.login or "*",
                    peer=client.peer, buffered=client.buffered(), limit=self.max_output)
-        client.out.clear()
+        client.out = []
         client.closed = True
         # Not here: this runs inside a fan-out loop over the room's members, which leaving the
         # room would change under it.
@@ -283,11 +305,44 @@ class Edge:
             asyncio.get_running_loop().call_soon(self.flush)
 
     def flush(self) -> None:
+        """Once per loop turn: each client's own lines, then each room's messages of the turn.
+
+        A room's messages are joined once per encoding and the same bytes go to every member;
+        only a member that must miss one of them (its own message without echo-message, a
+        CLEARCHAT without twitch.tv/commands) gets a join of its own."""
         self.flush_scheduled = False
         dirty, self.dirty = self.dirty, []
         for client in dirty:
             if client.out:
                 client.write_out()
+        turns, self.turns = self.turns, {}
+        delivered = 0
+        for room, turn in turns.items():
+            members = self.rooms.get(room)
+            if not members:
+                continue
+            pairs, skip = turn.lines, turn.skip
+            joined: list[bytes | None] = [None, None]      # indexed by is_tagged: plain, tagged
+            lines: list[list[bytes] | None] = [None, None]
+            for client in members:
+                if client.closed:
+                    continue
+                t = client.is_tagged
+                skipped = skip.get(client) if skip else None
+                if skipped:
+                    own = [p[t] for i, p in enumerate(pairs) if i not in skipped]
+                    if own:
+                        client.write(b"".join(own), own)
+                        delivered += len(own)
+                    continue
+                blob = joined[t]
+                if blob is None:
+                    lines[t] = [p[t] for p in pairs]
+                    blob = joined[t] = b"".join(lines[t])
+                client.write(blob, lines[t])
+                delivered += len(pairs)
+        if delivered:
+            self.m_delivered.inc(delivered)
 
     # -- events from clients --
 
@@ -447,7 +502,8 @@ class Edge:
     # -- deliveries from the exchange --
 
     def deliver(self, message: dict) -> bool:
-        members = self.rooms.get(message["room"])
+        room = message["room"]
+        members = self.rooms.get(room)
         if not members:
             return True
         command = message["command"]
@@ -457,37 +513,28 @@ class Edge:
         ts = tags.get("tmi-sent-ts")
         if ts and ts.isdigit():
             tags["time"] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(int(ts) / 1000)) + f".{int(ts) % 1000:03d}Z"
-        params = message["params"]
-        tagged = irc.encode(command, *params, tags=tags, source=message["source"], trailing=True)
-        plain = None
+        params, source = message["params"], message["source"]
+        # Encoded once per message, whatever the number of subscribers.
+        pair = (irc.encode(command, *params, source=source, trailing=True),
+                irc.encode(command, *params, tags=tags, source=source, trailing=True))
+        turn = self.turns.get(room)
+        if turn is None:
+            turn = self.turns[room] = RoomTurn()
+        index = len(turn.lines)
+        turn.lines.append(pair)
         origin = message.get("origin") or {}
-        origin_conn = origin.get("conn") if origin.get("edge") == self.ctx.host else None
-        if origin_conn is not None or command == "CLEARCHAT":
-            members = [c for c in members if self._wants(c, command, origin_conn)]
-        plain = irc.encode(command, *params, source=message["source"], trailing=True)
-        dirty = self.dirty
-        n = 0
-        # The hot loop: this body runs once per subscriber per message, so it is Client.deliver
-        # inlined, with the per-client state read as plain attributes.
-        for client in members:
-            if client.closed:
-                continue
-            out = client.out
-            if not out:
-                dirty.append(client)
-            out.append(tagged if client.is_tagged else plain)
-            n += 1
-        if n and not self.flush_scheduled:
+        if origin.get("edge") == self.ctx.host:
+            sender = self.by_id.get(origin.get("conn"))
+            if sender is not None and "echo-message" not in sender.proto.caps:
+                turn.skip.setdefault(sender, set()).add(index)
+        if command == "CLEARCHAT":
+            for client in members:
+                if "twitch.tv/commands" not in client.proto.caps:
+                    turn.skip.setdefault(client, set()).add(index)
+        if not self.flush_scheduled:
             self.flush_scheduled = True
             asyncio.get_running_loop().call_soon(self.flush)
-        self.m_delivered.inc(n)
         return True
-
-    @staticmethod
-    def _wants(client: Client, command: str, origin_conn: int | None) -> bool:
-        if client.id == origin_conn and "echo-message" not in client.proto.caps:
-            return False
-        return command != "CLEARCHAT" or "twitch.tv/commands" in client.proto.caps
 
     # -- subscriptions at the exchanges --
 
