@@ -147,6 +147,30 @@ def proxy_reload_cmd(config: str | None, run_dir: str | None, hosts: tuple[str, 
         _fail("reload failed; see above (the audit log has the record)")
 
 
+# -- inspect --
+
+@main.group()
+def inspect() -> None:
+    """What each source says right now: the 2014 team's top, redis-cli, lsof and log greps, done properly."""
+
+
+def _register_inspect_commands() -> None:
+    # Each source's commands live beside nothing else in controlplane/inspect_<source>.py.
+    import importlib
+    for name in ("inspect_haproxy", "inspect_redis", "inspect_logs"):
+        try:
+            module = importlib.import_module(f"controlplane.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"controlplane.{name}":
+                raise
+            continue
+        for command in module.COMMANDS:
+            inspect.add_command(command)
+
+
+_register_inspect_commands()
+
+
 # -- traffic --
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True,
