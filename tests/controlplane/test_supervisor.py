@@ -32,8 +32,9 @@ def client_info(address: str, port: int) -> dict:
 
 def test_each_listener_reaches_its_shard_from_its_own_host(config, run_dir, subnet):
     with cluster_up(config, run_dir) as c:
-        out = c.output()
-        assert "redis-cli -h" in out and "Ctrl-C stops everything" in out
+        # The table and hints are printed just after the state file says ready.
+        out = wait_for(lambda: "Ctrl-C stops everything" in c.output() and c.output(), what="the hints")
+        assert "redis-cli -h" in out
         shards = {0: f"{subnet}.21:6379", 1: f"{subnet}.22:6379"}
         for host_addr in (f"{subnet}.1", f"{subnet}.9"):
             for index, shard_addr in shards.items():
