@@ -1,0 +1,782 @@
+"""Log collector: the talk's log lines, plain syslog, and the few other shapes a run dir holds.
+
+Shapes understood by `parse_line` (a pure function over one line of text):
+
+- talk:    `Feb 18 06:54:04 tmi_edge: [clue] Timed out (after 5s) while writing request for: privmsg`
+           `MMM DD HH:MM:SS <service>: [<remote>] <event> key=value key="quoted value"`
+           (what chat/logs.py format_line writes; `[-]` means no remote; the `[remote]` part is
+           optional, e.g. the talk's `chat_clue: WARNING:tornado.general:Connect error ...`).
+- syslog:  RFC 3164, `<PRI>MMM DD HH:MM:SS host tag[pid]: message` (`<PRI>` and `[pid]` optional),
+           as HAProxy writes it to its log target. The message may itself start with `[remote]`.
+- haproxy: HAProxy's bare stderr lines `[WARNING]  (1518) : message` (no time, no host).
+- redis:   Redis's own log, `pid:role DD Mon YYYY HH:MM:SS.mmm <level-char> message`.
+
+Year: syslog and talk lines carry no year. `LogEvent.timestamp(now)` picks the year of `now`
+(default: the current local time), unless that would put the line more than one day in the future
+-- a December line read in January -- in which case it takes the year before. Lines that carry a
+year (Redis) keep theirs.
+
+`kind` is derived from the event text: timeout, success, connection_refused, io_timeout,
+message_sent, slow_consumer, other.
+
+`Follower` reads one file incrementally (offset/inode/head fingerprint persisted in a JSON state
+file), across rotation and truncation. `Aggregator` counts lines per window and (service, remote,
+kind) with a few example lines per group; lines it cannot parse are counted with samples. `collect`
+wraps the whole run dir's logs/ into an Observation.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from itertools import repeat
+from operator import itemgetter
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from collectors.base import Observation, observe
+
+MONTHS = {m: i for i, m in enumerate(
+    ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"), 1)}
+MONTH_NAMES = {v: k for k, v in MONTHS.items()}
+KINDS = ("timeout", "success", "connection_refused", "io_timeout", "message_sent", "slow_consumer",
+         "other")
+MAX_LINE = 64 * 1024          # longer lines are cut (and counted) before parsing
+_FIELD_TRIES = 16             # at most this many candidate starts for the key=value tail
+_REDIS_LEVELS = {".": "debug", "-": "verbose", "*": "notice", "#": "warning"}
+_FIRST = itemgetter(0)
+_EQ = repeat("=")
+_SLOW = object()     # Aggregator cache: lines with this key must be parsed one by one
+_NEXT_KEY = re.compile(r" [A-Za-z0-9_.\-]+=")
+_KEY = re.compile(r"[A-Za-z0-9_.\-]+")
+_DIGITS = frozenset("0123456789")
+_SEVERITIES = ("emerg", "alert", "crit", "err", "warning", "notice", "info", "debug")
+
+
+@dataclass(slots=True)
+class LogEvent:
+    month: int | None            # 1-12; None for lines without a time (HAProxy's bare lines)
+    day: int | None
+    clock: str | None            # "HH:MM:SS"
+    service: str                 # tmi_edge, chat_clue, exchange, haproxy, redis...
+    remote: str | None           # the [remote] service; None for `[-]` or no bracket
+    kind: str                    # one of KINDS
+    message: str                 # the event text without the key=value fields
+    fields: dict[str, str] = field(default_factory=dict)
+    host: str | None = None      # syslog's host field
+    pid: int | None = None
+    level: str | None = None     # haproxy's [WARNING], redis's level char, a level= field
+    year: int | None = None      # only when the line carries one (Redis)
+    shape: str = "talk"          # talk | syslog | haproxy | redis
+    raw: str = ""
+
+    def timestamp(self, now: float | None = None) -> float | None:
+        """Epoch seconds (local time); see the module doc for how the missing year is chosen."""
+        if self.month is None or self.clock is None:
+            return None
+        h, m, s = (int(x) for x in self.clock.split(":"))
+        ref = datetime.fromtimestamp(time.time() if now is None else now)
+        if self.year is not None:
+            return _mk(self.year, self.month, self.day, h, m, s) or None
+        for year in (ref.year, ref.year - 1, ref.year - 2, ref.year - 3, ref.year - 4):
+            dt = _mk(year, self.month, self.day, h, m, s)
+            if dt is not None and dt <= (ref + timedelta(days=1)).timestamp():
+                return dt
+        return None
+
+
+def _mk(year: int, month: int, day: int, h: int, m: int, s: int) -> float | None:
+    try:
+        return datetime(year, month, day, h, m, s).timestamp()
+    except ValueError:  # Feb 29 in a non-leap year, day 31 in a 30-day month...
+        return None
+
+
+# -- pure parsing ---------------------------------------------------------------------------------
+
+def classify(message: str) -> str:
+    """The event kind from its text; the cheap, common cases first."""
+    if "Timed out" in message:
+        return "timeout"
+    if "success" in message:
+        return "message_sent" if "successfully sent" in message else "success"
+    if "i/o timeout" in message:
+        return "io_timeout"
+    if "ECONNREFUSED" in message or "onnection refused" in message:
+        return "connection_refused"
+    low = message.lower()
+    if "slow consumer" in low or "slow_consumer" in low:
+        return "slow_consumer"
+    if "timed out" in low or "timeout" in low:
+        return "io_timeout" if "i/o timeout" in low else "timeout"
+    if "econnrefused" in low or "connection refused" in low:
+        return "connection_refused"
+    if "successfully sent" in low:
+        return "message_sent"
+    if "success" in low:
+        return "success"
+    return "other"
+
+
+def parse_fields(text: str) -> dict[str, str]:
+    """`key=value key="quoted \\"value\\"" ...` -> dict; `text` starts with a key. Lenient, never
+    fails: an unquoted value runs up to the next ` key=` token (format_line never writes spaces in
+    unquoted values, so its lines split exactly); a quoted value that is not closed (or is followed
+    by something other than a space) is taken as unquoted text instead."""
+    out: dict[str, str] = {}
+    i, n = 0, len(text)
+    while i < n:
+        eq = text.find("=", i)
+        if eq < 0:
+            break
+        key = text[i:eq]
+        j = eq + 1
+        if j < n and text[j] == '"':
+            close = text.find('"', j + 1)
+            if close > 0 and "\\" not in text[j + 1:close] and (close + 1 == n or text[close + 1] == " "):
+                out[key] = text[j + 1:close]
+                i = close + 2
+                continue
+            value, end = _quoted(text, j)
+            if value is not None:
+                out[key] = value
+                i = end + 1
+                continue
+        m = _NEXT_KEY.search(text, j)
+        end = m.start() if m else n
+        out[key] = text[j:end]
+        i = end + 1
+    return out
+
+
+def _quoted(text: str, j: int) -> tuple[str | None, int]:
+    """The escaped quoted value at text[j] == '"' -> (value, index after it) or (None, j)."""
+    buf = []
+    k, n = j + 1, len(text)
+    while k < n:
+        c = text[k]
+        if c == "\\" and k + 1 < n:
+            nxt = text[k + 1]
+            buf.append({"n": "\n", "r": "\r", "t": "\t"}.get(nxt, nxt))
+            k += 2
+        elif c == '"':
+            if k + 1 == n or text[k + 1] == " ":
+                return "".join(buf), k + 1
+            return None, j
+        else:
+            buf.append(c)
+            k += 1
+    return None, j
+
+
+def split_fields(rest: str) -> tuple[str, dict[str, str]]:
+    """The event text and its trailing key=value fields: fields start at the first token of the
+    form `key=` (key: letters, digits, `_.-`); everything from there on is fields."""
+    eq = rest.find("=")
+    if eq < 0:
+        return rest, {}
+    tries = 0
+    while eq >= 0 and tries < _FIELD_TRIES:
+        ks = rest.rfind(" ", 0, eq) + 1
+        if ks < eq and _KEY.fullmatch(rest, ks, eq) is not None:
+            return rest[:ks].rstrip(" "), parse_fields(rest[ks:])
+        tries += 1
+        eq = rest.find("=", eq + 1)
+    return rest, {}
+
+
+def _time(line: str, start: int) -> tuple[int, int, str] | None:
+    """`MMM DD HH:MM:SS` (day may be space-padded) at line[start:start+15]."""
+    month = MONTHS.get(line[start:start + 3])
+    if month is None or line[start + 3] != " " or line[start + 6] != " ":
+        return None
+    d = line[start + 4:start + 6]
+    clock = line[start + 7:start + 15]
+    if (len(clock) != 8 or clock[2] != ":" or clock[5] != ":"
+            or not (clock[:2] + clock[3:5] + clock[6:]).isdigit() or not clock.isascii()):
+        return None
+    d = d.lstrip(" ")
+    if not d.isdigit() or not d.isascii():
+        return None
+    day = int(d)
+    if not 1 <= day <= 31:
+        return None
+    return month, day, clock
+
+
+def _remote(rest: str) -> tuple[str | None, str, bool]:
+    """`[remote] event` -> (remote, event, had_bracket); `[-]` is no remote."""
+    if rest[:1] == "[":
+        close = rest.find("]")
+        if close > 0:
+            name = rest[1:close]
+            if name and " " not in name and "[" not in name:
+                after = rest[close + 1:]
+                if not after or after[0] == " ":
+                    return (None if name == "-" else name), after[1:], True
+    return None, rest, False
+
+
+def _body(line: str, body: str, month: int | None, day: int | None, clock: str | None,
+          shape_hint: str | None = None) -> LogEvent | None:
+    """Everything after the time: `service: ...` (talk) or `host tag[pid]: ...` (syslog)."""
+    first, sep, after = body.partition(" ")
+    if first.endswith(":") and len(first) > 1:
+        service, host, pid, shape, rest = first[:-1], None, None, "talk", after
+        if not sep:
+            rest = ""
+    else:
+        tag, sep2, rest = after.partition(" ")
+        if not sep or not first or not tag.endswith(":") or len(tag) < 2:
+            # RFC 3164 allows "host tag: msg" only; anything else is not ours.
+            return None
+        host, tag = first, tag[:-1]
+        pid = None
+        br = tag.find("[")
+        if br > 0 and tag.endswith("]"):
+            p = tag[br + 1:-1]
+            tag = tag[:br]
+            if p.isdigit() and p.isascii():
+                pid = int(p)
+        service, shape = tag, "syslog"
+        if not sep2:
+            rest = ""
+    if shape_hint:
+        shape = shape_hint
+    if " " in service or not service:
+        return None
+    remote, event, _ = _remote(rest)
+    message, fields = split_fields(event)
+    level = fields.get("level")
+    return LogEvent(month, day, clock, service, remote, classify(message), message, fields,
+                    host, pid, level, None, shape, line)
+
+
+def parse_line(line: str) -> LogEvent | None:
+    """One log line -> LogEvent, or None when it is none of the known shapes (pure)."""
+    if len(line) > MAX_LINE:
+        line = line[:MAX_LINE]
+    line = line.rstrip("\r\n")
+    if len(line) < 5:
+        return None
+    c = line[0]
+    # Cheapest and commonest first: talk shape / syslog without PRI, time at column 0.
+    if c in "ADFJMNOS" and len(line) > 16 and line[15] == " ":
+        t = _time(line, 0)
+        if t is not None:
+            return _body(line, line[16:], *t)
+    if c == "<":
+        close = line.find(">", 1, 6)
+        if close > 1 and line[1:close].isdigit() and line[1:close].isascii():
+            start = close + 1
+            if len(line) > start + 16 and line[start + 15] == " ":
+                t = _time(line, start)
+                if t is not None:
+                    ev = _body(line, line[start + 16:], *t)
+                    if ev is not None and ev.level is None:
+                        ev.level = _SEVERITIES[int(line[1:close]) & 7]
+                    return ev
+        return None
+    if c == "[":
+        return _haproxy_bare(line)
+    if c in _DIGITS:
+        return _redis(line)
+    return None
+
+
+def _haproxy_bare(line: str) -> LogEvent | None:
+    # [WARNING]  (1518) : Server be_edge_ws_main/chat2 is DOWN, ...
+    close = line.find("]")
+    if close < 2:
+        return None
+    level = line[1:close]
+    if not level.isalpha() or not level.isupper():
+        return None
+    rest = line[close + 1:].lstrip(" ")
+    pid = None
+    if rest.startswith("("):
+        pc = rest.find(")")
+        p = rest[1:pc] if pc > 0 else ""
+        if not (p.isdigit() and p.isascii()):
+            return None
+        pid = int(p)
+        rest = rest[pc + 1:].lstrip(" ")
+    if rest.startswith(":"):
+        rest = rest[1:].lstrip(" ")
+    elif pid is None:
+        return None
+    return LogEvent(None, None, None, "haproxy", None, classify(rest), rest, {}, None, pid,
+                    level.lower(), None, "haproxy", line)
+
+
+def _redis(line: str) -> LogEvent | None:
+    # 8312:M 27 Nov 2026 13:41:26.421 * Ready to accept connections
+    head, sep, rest = line.partition(":")
+    if not sep or not head.isdigit() or not head.isascii() or len(rest) < 2:
+        return None
+    role, _, rest = rest.partition(" ")
+    parts = rest.split(" ", 5)
+    if len(parts) < 6:
+        return None
+    d, mon, year, clock, lvl, message = parts
+    month = MONTHS.get(mon)
+    if (month is None or not d.isdigit() or not year.isdigit() or len(clock) < 8
+            or clock[2] != ":" or clock[5] != ":" or not (clock[:2] + clock[3:5] + clock[6:8]).isdigit()):
+        return None
+    return LogEvent(month, int(d), clock[:8], "redis", None, classify(message), message, {}, None,
+                    int(head), _REDIS_LEVELS.get(lvl, lvl), int(year), "redis", line)
+
+
+# -- reading files --------------------------------------------------------------------------------
+
+def decode(data: bytes) -> str:
+    """Bytes from a log file -> text; invalid UTF-8 becomes U+FFFD, never an exception."""
+    return data.decode("utf-8", errors="replace")
+
+
+def _fingerprint(fd: int, n: int = 64) -> str:
+    return os.pread(fd, n, 0).hex()
+
+
+class Follower:
+    """Follows one log file from a saved offset; yields complete lines only.
+
+    State (offset, inode, device, first bytes of the file) is saved as JSON in `state_path` after
+    each `read_lines()`, so a new Follower on the same state resumes where the last one stopped.
+    Rotation (rename + new file): the old file stays open and is read to its end -- a trailing
+    partial line in it is then complete, since nobody writes there any more -- before switching to
+    the new file from offset 0. Truncation (size below the offset, or the first bytes changed):
+    start again from 0 and count it. Each call reads at most `max_bytes`; a line longer than that
+    is cut at `max_bytes` and counted in `oversized`.
+    Restart after a rotation that happened while nobody was following starts the new file at 0;
+    what was left unread in the old one is not found (its name is unknown).
+    """
+
+    def __init__(self, path: str | os.PathLike, state_path: str | os.PathLike | None = None,
+                 max_bytes: int = 1 << 20):
+        self.path = Path(path)
+        self.state_path = Path(state_path) if state_path else None
+        self.max_bytes = max_bytes
+        self.offset = 0
+        self.inode: int | None = None
+        self.dev: int | None = None
+        self.head = ""
+        self.rotations = 0
+        self.truncations = 0
+        self.oversized = 0
+        self._fd: int | None = None
+        self._saved: dict[str, Any] | None = None
+        if self.state_path and self.state_path.exists():
+            try:
+                self._saved = json.loads(self.state_path.read_text())
+            except (OSError, ValueError):
+                self._saved = None
+
+    # state
+
+    def state(self) -> dict[str, Any]:
+        return {"path": str(self.path), "offset": self.offset, "inode": self.inode, "dev": self.dev,
+                "head": self.head}
+
+    def save(self) -> None:
+        if not self.state_path:
+            return
+        tmp = self.state_path.with_name(self.state_path.name + ".tmp")
+        tmp.write_text(json.dumps(self.state()))
+        os.replace(tmp, self.state_path)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> "Follower":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # reading
+
+    def _open(self) -> bool:
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except FileNotFoundError:
+            return False
+        st = os.fstat(fd)
+        self._fd, self.inode, self.dev, self.offset, self.head = fd, st.st_ino, st.st_dev, 0, ""
+        saved, self._saved = self._saved, None
+        if saved and saved.get("inode") == st.st_ino and saved.get("dev") == st.st_dev:
+            head = str(saved.get("head") or "")
+            if _fingerprint(fd, len(head) // 2) == head and int(saved.get("offset", 0)) <= st.st_size:
+                self.offset, self.head = int(saved.get("offset", 0)), head
+            else:
+                self.truncations += 1
+        return True
+
+    def _check_truncation(self, size: int) -> None:
+        assert self._fd is not None
+        if size < self.offset or (self.head and _fingerprint(self._fd, len(self.head) // 2) != self.head):
+            self.offset, self.head = 0, ""
+            self.truncations += 1
+
+    def _rotated(self) -> bool:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return False   # renamed away, nothing new yet: keep the old fd, check again later
+        return (st.st_ino, st.st_dev) != (self.inode, self.dev)
+
+    def read_lines(self) -> list[str]:
+        """Complete lines appended since the last call (without their newline), at most
+        `max_bytes` of them; decoded with errors='replace'."""
+        out: list[bytes] = []
+        budget = self.max_bytes
+        while budget > 0:
+            if self._fd is None and not self._open():
+                break
+            fd = self._fd
+            size = os.fstat(fd).st_size
+            self._check_truncation(size)
+            if len(self.head) < 128 and size > len(self.head) // 2:
+                self.head = _fingerprint(fd)
+            # Decide about rotation *before* reading to the end: once the name points at a new
+            # file, the old one gets no more writes, so what we read now is all it will ever hold.
+            rotated = self._rotated()
+            if rotated:
+                size = os.fstat(fd).st_size
+            want = min(budget, size - self.offset)
+            if want > 0:
+                data = os.pread(fd, want, self.offset)
+                last = data.rfind(b"\n")
+                if last >= 0:
+                    out.extend(data[:last].split(b"\n"))
+                    used = last + 1
+                elif len(data) >= self.max_bytes:
+                    out.append(data)             # one line longer than max_bytes: cut it
+                    self.oversized += 1
+                    used = len(data)
+                else:
+                    used = 0
+                if rotated and used < len(data) and self.offset + len(data) >= size:
+                    out.append(data[used:])      # old file's last, unterminated line
+                    used = len(data)
+                self.offset += used
+                budget -= max(used, 1)
+                if used == 0 and not rotated:
+                    break
+                if self.offset < size:
+                    continue                      # budget left? read on
+            if not rotated:
+                break
+            self.close()
+            self.rotations += 1
+            self.inode = None
+        self.save()
+        return [decode(b) for b in out]
+
+
+def read_file_lines(path: str | os.PathLike, chunk: int = 1 << 22) -> Iterator[list[str]]:
+    """A whole file as batches of lines, each with its newline (the last one may lack it); bytes
+    that are not UTF-8 become U+FFFD. Lines end at "\\n" only (a "\\r" stays in the line)."""
+    with open(path, encoding="utf-8", errors="replace", newline="\n") as f:
+        while True:
+            batch = f.readlines(chunk)
+            if not batch:
+                break
+            yield batch
+
+
+# -- aggregation ----------------------------------------------------------------------------------
+
+@dataclass
+class LogGroup:
+    window: str | None       # "Feb 18 06:54:00": start of the window (None: lines without a time)
+    service: str
+    remote: str | None
+    kind: str
+    count: int
+    examples: list[str]
+
+
+@dataclass
+class LogSummary:
+    lines: int = 0
+    parsed: int = 0
+    unparsed: int = 0
+    empty: int = 0
+    cut: int = 0                       # lines longer than MAX_LINE, parsed from their start
+    skipped_before_since: int = 0
+    unparsed_samples: list[str] = field(default_factory=list)
+    groups: list[LogGroup] = field(default_factory=list)
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def totals(self) -> list[dict[str, Any]]:
+        """Counts per (service, remote, kind) over all windows, with the first example line."""
+        acc: dict[tuple, dict[str, Any]] = {}
+        for g in self.groups:
+            key = (g.service, g.remote, g.kind)
+            row = acc.get(key)
+            if row is None:
+                acc[key] = {"service": g.service, "remote": g.remote, "kind": g.kind,
+                            "count": g.count, "example": g.examples[0] if g.examples else None}
+            else:
+                row["count"] += g.count
+        return sorted(acc.values(), key=lambda r: (r["service"], r["remote"] or "", -r["count"]))
+
+
+class Aggregator:
+    """Counts per window per (service, remote, kind), keeping up to `examples` lines per group.
+
+    Windows are `window_s` long, aligned on the day (a line's time carries no year). Unparsable
+    lines are counted with the first `samples` kept; empty lines are counted apart. `cut` counts
+    lines longer than MAX_LINE (parsed from their first MAX_LINE characters); for lines that
+    share their text up to the first "=", only the representative's length is checked.
+    See add_lines for the hot path.
+    """
+
+    CACHE_MAX = 50_000
+
+    def __init__(self, window_s: int = 60, examples: int = 3, samples: int = 5,
+                 since_epoch: float | None = None, now: float | None = None):
+        if not 1 <= window_s <= 86400:
+            raise ValueError("window_s must be between 1 and 86400")
+        self.window_s = window_s
+        self.examples = examples
+        self.samples = samples
+        self.since = since_epoch
+        self.now = now
+        self.summary = LogSummary()
+        self._cache: dict[str, tuple | None] = {}
+        self._counts: dict[tuple, list] = {}
+        self._windows: dict[str, Any] = {}
+
+    def _window(self, month: int | None, day: int | None, clock: str | None,
+                year: int | None = None) -> Any:
+        """Window key for a time; False when before `since`."""
+        if month is None:
+            return None
+        h, m, s = int(clock[0:2]), int(clock[3:5]), int(clock[6:8])
+        if self.since is not None:
+            ev = LogEvent(month, day, clock, "", None, "other", "", {}, year=year)
+            ts = ev.timestamp(self.now)
+            if ts is not None and ts < self.since:
+                return False
+        sec = h * 3600 + m * 60 + s
+        start = sec - sec % self.window_s
+        return (month, day, start)
+
+    def add_event(self, ev: LogEvent) -> None:
+        """Count an already parsed event (slow path)."""
+        s = self.summary
+        win = self._window(ev.month, ev.day, ev.clock, ev.year)
+        if win is False:
+            s.skipped_before_since += 1
+            return
+        s.parsed += 1
+        self._bump((win, (ev.service, ev.remote, ev.kind)), ev.raw)
+
+    def _bump(self, key: tuple, line: str) -> None:
+        g = self._counts.get(key)
+        if g is None:
+            self._counts[key] = [1, [line[:2000]]]
+        else:
+            g[0] += 1
+            if len(g[1]) < self.examples:
+                g[1].append(line[:2000])
+
+    def _unparsed(self, line: str) -> None:
+        s = self.summary
+        s.unparsed += 1
+        if len(s.unparsed_samples) < self.samples:
+            s.unparsed_samples.append(line[:500])
+
+    def add_lines(self, lines: Iterable[str]) -> None:
+        """Count a batch of lines (with or without their trailing newline).
+
+        Fast path, all in C but for one step per *distinct* key: each line's key is its text up to
+        the first `=` (the whole line when it has none); Counter counts the keys and a dict keeps
+        the last line per key. A key resolves to (window, service, remote, kind) once -- by parsing
+        its line -- when that is provably the same for every line with the key: the line has no
+        `=`, or the first `=` starts the key=value fields (which never change service, remote or
+        kind). Other keys are rare; their lines go through parse_line one by one."""
+        if not isinstance(lines, list):
+            lines = list(lines)
+        s = self.summary
+        keys = list(map(_FIRST, map(str.partition, lines, _EQ)))
+        counted = Counter(keys)
+        last = dict(zip(keys, lines))
+        cache, windows, counts, nex = self._cache, self._windows, self._counts, self.examples
+        slow = None
+        for k, c in counted.items():
+            line = last[k]
+            if len(k) <= 16 or k[15] != " " or len(k) >= MAX_LINE:
+                if slow is None:
+                    slow = set()
+                slow.add(k)
+                continue
+            ts = k[:15]
+            win = windows.get(ts, 0)
+            if win == 0:
+                t = _time(k, 0)
+                win = windows[ts] = None if t is None else self._window(*t)
+                if len(windows) > self.CACHE_MAX:
+                    windows.clear()
+            if win is None:
+                if slow is None:
+                    slow = set()
+                slow.add(k)
+                continue
+            if win is False:
+                s.skipped_before_since += c
+                continue
+            whole = k is line or len(k) == len(line)
+            # A body never holds "=", a prefix of one always ends with it: no collisions.
+            head = k[16:] if whole else k[16:] + "="
+            gk = cache.get(head, 0) if whole or len(line) <= MAX_LINE else _SLOW
+            if gk == 0:
+                ev = parse_line(line)
+                if ev is None:
+                    gk = None if whole else _SLOW
+                elif whole:
+                    gk = (ev.service, ev.remote, ev.kind)
+                elif (ev.fields and ev.month is not None and "=" not in ev.message
+                      and "=" not in ev.service and "=" not in (ev.remote or "") and "=" not in (ev.host or "")):
+                    gk = (ev.service, ev.remote, ev.kind)
+                else:
+                    gk = _SLOW
+                if len(cache) >= self.CACHE_MAX:
+                    cache.clear()
+                cache[head] = gk
+            if gk is _SLOW:
+                if slow is None:
+                    slow = set()
+                slow.add(k)
+                continue
+            if whole and len(line) > MAX_LINE:
+                s.cut += c
+            if gk is None:
+                s.unparsed += c
+                if len(s.unparsed_samples) < self.samples:
+                    s.unparsed_samples.append(line.rstrip("\r\n")[:500])
+                continue
+            s.parsed += c
+            key = (win, gk)
+            g = counts.get(key)
+            if g is None:
+                counts[key] = [c, [line.rstrip("\r\n")[:2000]]]
+            else:
+                g[0] += c
+                if len(g[1]) < nex:
+                    g[1].append(line.rstrip("\r\n")[:2000])
+        s.lines += len(keys)
+        if slow:
+            for k, line in zip(keys, lines):
+                if k in slow:
+                    self._add_slow(line.rstrip("\n"))
+
+    def _add_slow(self, line: str) -> None:
+        s = self.summary
+        if not line or line.isspace():
+            s.empty += 1
+            return
+        if len(line) > MAX_LINE:
+            s.cut += 1
+        ev = parse_line(line)
+        if ev is None:
+            self._unparsed(line)
+            return
+        win = self._window(ev.month, ev.day, ev.clock, ev.year)
+        if win is False:
+            s.skipped_before_since += 1
+            return
+        s.parsed += 1
+        key = (win, (ev.service, ev.remote, ev.kind))
+        g = self._counts.get(key)
+        if g is None:
+            self._counts[key] = [1, [line[:2000]]]
+        else:
+            g[0] += 1
+            if len(g[1]) < self.examples:
+                g[1].append(line[:2000])
+
+    def add(self, line: str) -> None:
+        self.add_lines((line,))
+
+    def result(self) -> LogSummary:
+        s = self.summary
+        groups = []
+        for (win, (service, remote, kind)), (count, examples) in self._counts.items():
+            label = None if win is None else \
+                f"{MONTH_NAMES[win[0]]} {win[1]:02d} {win[2] // 3600:02d}:{win[2] % 3600 // 60:02d}:{win[2] % 60:02d}"
+            groups.append(LogGroup(label, service, remote, kind, count, list(examples)))
+        groups.sort(key=lambda g: (g.window or "", g.service, g.remote or "", g.kind))
+        s.groups = groups
+        return s
+
+
+# -- the collector --------------------------------------------------------------------------------
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str | float | int | None) -> float | None:
+    """'5m', '90s', '2h', '1d' or a number of seconds -> seconds."""
+    if text is None or text == "":
+        return None
+    if isinstance(text, (int, float)):
+        return float(text)
+    t = text.strip()
+    unit = _UNITS.get(t[-1:].lower())
+    num = t[:-1] if unit else t
+    try:
+        value = float(num)
+    except ValueError:
+        raise ValueError(f"not a duration: {text!r} (use e.g. 30s, 5m, 2h, 1d)") from None
+    if value < 0:
+        raise ValueError(f"not a duration: {text!r} (must not be negative)")
+    return value * (unit or 1)
+
+
+def _service_of(path: Path) -> str:
+    return path.stem.split("-", 1)[0]
+
+
+def collect(run_dir: Any, services: Iterable[str] | None = None, since: str | float | None = None,
+            window_s: int = 60, examples: int = 3, now: float | None = None) -> Observation:
+    """The run dir's logs/*.log, aggregated. `services` filters by file (edge, clue, exchange,
+    haproxy, redis, supervisor, loadgen; a full stem like edge-chat1 works too); `since` keeps
+    lines newer than that duration before `now` (lines without a time are always kept)."""
+    from controlplane.rundir import RunDir
+    root = Path(run_dir.root if isinstance(run_dir, RunDir) else run_dir)
+    logs_dir = root / "logs"
+    wanted = set(services) if services else None
+    since_s = parse_duration(since)
+
+    def fetch() -> LogSummary:
+        if not logs_dir.is_dir():
+            raise FileNotFoundError(f"no logs directory at {logs_dir}")
+        ref = time.time() if now is None else now
+        agg = Aggregator(window_s=window_s, examples=examples,
+                         since_epoch=None if since_s is None else ref - since_s, now=ref)
+        for path in sorted(logs_dir.glob("*.log")):
+            if wanted and _service_of(path) not in wanted and path.stem not in wanted:
+                continue
+            before = (agg.summary.lines, agg.summary.parsed, agg.summary.unparsed)
+            try:
+                for batch in read_file_lines(path):
+                    agg.add_lines(batch)
+            except OSError as exc:
+                agg.summary.files[path.name] = {"error": f"{type(exc).__name__}: {exc}"}
+                continue
+            s = agg.summary
+            agg.summary.files[path.name] = {"lines": s.lines - before[0], "parsed": s.parsed - before[1],
+                                            "unparsed": s.unparsed - before[2]}
+        return agg.result()
+
+    return observe("logs", str(root), fetch)
