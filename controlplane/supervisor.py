@@ -222,29 +222,37 @@ class Supervisor:
             self.check_once()
 
     def stop_all(self) -> None:
-        """Stop the proxies before the shards they front; SIGKILL whatever outlives the grace."""
+        """Stop stage by stage in reverse (traffic, edges, clues, exchanges, proxies, Redis), each
+        stage finished before the next, so nothing loses what it depends on while shutting down;
+        SIGKILL whatever outlives the grace."""
         self.stopping.set()
-        live = [m for m in reversed(self.procs) if m.proc and m.proc.poll() is None]
-        for m in live:
-            try:
-                m.proc.terminate()
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + STOP_GRACE
-        for m in live:
-            try:
-                m.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                event(self.log, m.spec.name, "did not stop in time; killing", logging.WARNING)
-                m.proc.kill()
-                m.proc.wait()
+        stages: dict[str, list[Managed]] = {}
+        for m in self.procs:
+            stages.setdefault(m.spec.stage, []).append(m)
+        stopped = 0
+        for group in reversed(list(stages.values())):
+            live = [m for m in group if m.proc and m.proc.poll() is None]
+            for m in live:
+                try:
+                    m.proc.terminate()
+                except ProcessLookupError:
+                    pass
+            deadline = time.monotonic() + STOP_GRACE
+            for m in live:
+                try:
+                    m.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    event(self.log, m.spec.name, "did not stop in time; killing", logging.WARNING)
+                    m.proc.kill()
+                    m.proc.wait()
+            stopped += len(live)
         for m in self.procs:
             m.status = "stopped"
             if m.log_file:
                 m.log_file.close()
                 m.log_file = None
-        if live:
-            event(self.log, None, "stopped all processes", count=len(live))
+        if stopped:
+            event(self.log, None, "stopped all processes", count=stopped)
         self.run.state_file.unlink(missing_ok=True)
 
     # -- state for `chatops status` --
