@@ -16,39 +16,14 @@ import click
 
 from chat import logs
 from controlplane import audit, binaries, clusterfile, haproxy_config, processes
+from controlplane.cli_common import config_option, run_dir_option
+from controlplane.cli_common import fail as _fail, load as _load, run_dir as _run_dir
 from controlplane.remediation import proxy_reload
 from controlplane.rundir import RunDir, RunDirError
 from controlplane.supervisor import (AlreadyRunning, StartError, Supervisor, pid_alive, read_state,
                                      supervisor_pid)
 
 EXIT_NOT_RUNNING = 3  # as `systemctl status` and LSB init scripts use it
-
-
-def _fail(message: str, code: int = 1) -> None:
-    click.echo(f"chatops: {message}", err=True)
-    sys.exit(code)
-
-
-def _run_dir(path: str | None) -> RunDir:
-    return RunDir.resolve(path)
-
-
-def _load(path: str | None, run: RunDir | None = None) -> clusterfile.LoadedCluster:
-    """The given cluster file; else the one the running cluster was started from; else the default."""
-    if not path and run is not None:
-        state = read_state(run)
-        if state and state.get("config") and Path(state["config"]).exists():
-            path = state["config"]
-    try:
-        return clusterfile.load(path)
-    except clusterfile.ClusterFileError as exc:
-        _fail(str(exc), 2)
-
-
-config_option = click.option("--config", "config", metavar="FILE", envvar="CHATOPS_CONFIG",
-                             help="Cluster file (default: the shipped local cluster).")
-run_dir_option = click.option("--run-dir", metavar="DIR",
-                              help="Runtime files: pids, sockets, logs, configs [env CHATOPS_RUN_DIR; default .run].")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -7,6 +7,9 @@ import sys
 
 import click
 
+from controlplane.cli_common import config_option, fail, load, run_dir_option
+from controlplane.cli_common import run_dir as run_dir_of
+
 from collectors import haproxy
 
 _COLS = ["PROXY", "SERVER", "STATUS", "SCUR", "SMAX", "SLIM", "QCUR", "QMAX", "RATE", "RATE_MAX",
@@ -51,32 +54,29 @@ def render_table(data: haproxy.HAProxyData) -> list[str]:
 
 @click.command("haproxy")
 @click.argument("host")
-@click.option("--config", "config", metavar="FILE", envvar="CHATOPS_CONFIG",
-              help="Cluster file (default: the one the running cluster was started from).")
-@click.option("--run-dir", metavar="DIR",
-              help="Runtime files: pids, sockets, logs, configs [env CHATOPS_RUN_DIR; default .run].")
+@config_option
+@run_dir_option
 @click.option("--json", "as_json", is_flag=True, help="Print the Observation as JSON.")
 def haproxy_cmd(host: str, config: str | None, run_dir: str | None, as_json: bool) -> None:
     """HOST's HAProxy: every proxy and server with sessions, queue, rates, errors and checks."""
-    from controlplane.cli import _fail, _load, _run_dir
     from controlplane.rundir import RunDirError
 
-    run = _run_dir(run_dir)
-    cf = _load(config, run).spec
+    run = run_dir_of(run_dir)
+    cf = load(config, run).spec
     chat_hosts = [h for h, _ in cf.chat_hosts()]
     if host not in chat_hosts:
-        _fail(f"not a chat host: {host} (chat hosts: {', '.join(chat_hosts)})", 2)
+        fail(f"not a chat host: {host} (chat hosts: {', '.join(chat_hosts)})", 2)
     try:
         obs = haproxy.collect(cf, run, host)
     except RunDirError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     if as_json:
         click.echo(json.dumps(obs.as_dict(), indent=1, default=str))
         if not obs.up:
             sys.exit(1)
         return
     if not obs.up:
-        _fail(f"{host}: HAProxy unreachable: {obs.error}")
+        fail(f"{host}: HAProxy unreachable: {obs.error}")
     click.echo(f"{host} ({cf.address(host)}): HAProxy scraped in {obs.duration_s * 1000:.1f} ms")
     for line in render_table(obs.data):
         click.echo(line)

@@ -8,26 +8,27 @@ import sys
 
 import click
 
+from controlplane.cli_common import run_dir_option
+from controlplane.cli_common import run_dir as run_dir_of
+
 
 @click.command("logs")
 @click.option("--service", "services", multiple=True, metavar="S",
               help="Only these logs: edge, clue, exchange, haproxy, redis, supervisor, loadgen, "
                    "or a file stem like edge-chat1 (repeatable).")
 @click.option("--since", metavar="DURATION", help="Only lines newer than this: 30s, 5m, 2h, 1d.")
-@click.option("--run-dir", metavar="DIR",
-              help="Runtime files: pids, sockets, logs, configs [env CHATOPS_RUN_DIR; default .run].")
+@run_dir_option
 @click.option("--json", "as_json", is_flag=True, help="One JSON object instead of a table.")
 def logs_cmd(services: tuple[str, ...], since: str | None, run_dir: str | None, as_json: bool) -> None:
     """Counts per service/remote/kind in the run dir's logs, with one example line each."""
     from collectors import logs
-    from controlplane.cli import _run_dir
 
     try:
         logs.parse_duration(since)
     except ValueError as exc:
         click.echo(f"chatops: --since: {exc}", err=True)
         sys.exit(2)
-    run = _run_dir(run_dir)
+    run = run_dir_of(run_dir)
     obs = logs.collect(run, services=services or None, since=since)
     if not obs.up:
         click.echo(f"chatops: logs: {obs.error}", err=True)

@@ -15,17 +15,19 @@ import time
 
 import click
 
+from controlplane.cli_common import config_option, fail, load, run_dir_option
+from controlplane.cli_common import run_dir as run_dir_of
+
 
 def _setup(config: str | None, run_dir: str | None, shard: str):
     from collectors import redis as rc
-    from controlplane.cli import _fail, _load, _run_dir
 
-    run = _run_dir(run_dir)
-    cf = _load(config, run).spec
+    run = run_dir_of(run_dir)
+    cf = load(config, run).spec
     try:
         rc.find_shard(cf, shard)
     except rc.UnknownShard as exc:
-        _fail(str(exc), 2)
+        fail(str(exc), 2)
     return cf
 
 
@@ -80,10 +82,8 @@ def _collect_with_rates(cf, shard: str, interval: float):
 
 @click.command("redis")
 @click.argument("shard")
-@click.option("--config", "config", metavar="FILE", envvar="CHATOPS_CONFIG",
-              help="Cluster file (default: the shipped local cluster).")
-@click.option("--run-dir", metavar="DIR",
-              help="Runtime files [env CHATOPS_RUN_DIR; default .run].")
+@config_option
+@run_dir_option
 @click.option("--interval", default=1.0, show_default=True, help="Seconds between the two INFO samples for rates.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def redis_cmd(shard: str, config: str | None, run_dir: str | None, interval: float, as_json: bool) -> None:
@@ -155,10 +155,8 @@ def redis_cmd(shard: str, config: str | None, run_dir: str | None, interval: flo
 @click.argument("shard")
 @click.option("--by", type=click.Choice(["host"]), default="host", show_default=True,
               help="Group clients by their source host.")
-@click.option("--config", "config", metavar="FILE", envvar="CHATOPS_CONFIG",
-              help="Cluster file (default: the shipped local cluster).")
-@click.option("--run-dir", metavar="DIR",
-              help="Runtime files [env CHATOPS_RUN_DIR; default .run].")
+@config_option
+@run_dir_option
 @click.option("--top", default=20, show_default=True, help="Also list this many of the most idle clients (--json).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def clients_cmd(shard: str, by: str, config: str | None, run_dir: str | None, top: int, as_json: bool) -> None:

@@ -159,6 +159,55 @@ def test_fast_and_slow_paths_agree():
     assert agg(fast) == agg(slow)
 
 
+
+def _generated_client_list(n: int = 10_000, seed: int = 7) -> bytes:
+    """n Redis 7.0-shaped lines: bursts of equal idle plus random ones, '=' in names, many cmds."""
+    import random
+    rnd = random.Random(seed)
+    ips = ["127.213.134.1", "127.213.134.2", "127.213.134.9", "10.0.0.5"]
+    cmds = ["NULL", "get", "client|setname", "subscribe", "hget", "ping"]
+    names = ["", "clue", "a=b", "x=y=z", "w-1", "="]
+    out = []
+    for i in range(n):
+        shape = i % 4
+        if shape == 0:                                  # a burst: idle and age shared by many
+            age, idle = 3 + i // 2500, 3
+        elif shape == 1:                                # spread over hours, some long idle
+            idle = rnd.randrange(0, 5000)
+            age = idle + rnd.randrange(0, 100_000)
+        elif shape == 2:                                # right at the thresholds
+            idle = rnd.choice([59, 60, 61, 599, 600, 601])
+            age = idle + rnd.randrange(0, 3)
+        else:
+            age, idle = rnd.randrange(0, 10), 0
+        out.append(
+            f"id={i + 3} addr={rnd.choice(ips)}:{10000 + i} laddr=127.213.134.21:6379 fd={i + 8} "
+            f"name={rnd.choice(names)} age={age} idle={idle} flags=N db=0 sub=0 psub=0 ssub=0 multi=-1 "
+            f"qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=1024 rbp=0 obl=0 oll=0 omem={rnd.choice([0, 0, 4096])} "
+            f"tot-mem=1800 events=r cmd={rnd.choice(cmds)} user=default redir=-1 resp=2\n")
+    return "".join(out).encode()
+
+
+def test_fast_and_slow_paths_agree_on_10000_generated_clients():
+    raw = _generated_client_list()
+    fast = rc.parse_client_list(raw)
+    slow = rc.parse_client_list(raw + b"truncated id=99 addr=1\n")
+    assert not fast.slow_path and slow.slow_path and slow.skipped == 1
+    assert len(fast) == len(slow) == fast.lines == 10_000
+    assert fast.clients() == slow.clients()
+    hosts = {"127.213.134.1": "chat1", "127.213.134.2": "chat2", "127.213.134.9": "chat-testing"}
+    clusters = {"chat1": "main", "chat2": "main", "chat-testing": "testing"}
+    for kw in ({}, {"top_n": 0}, {"top_n": 1}, {"top_n": 500, "top_commands": 2},
+               {"idle_after": 60, "long_idle": 600, "top_n": 3000}, {"idle_after": 0.5, "long_idle": 3}):
+        a = rc.aggregate_clients(fast, hosts, clusters.get, **kw)
+        b = rc.aggregate_clients(slow, hosts, clusters.get, **kw)
+        for key in ("total", "by_host", "most_idle"):
+            assert a[key] == b[key], (kw, key)
+    agg = rc.aggregate_clients(fast, hosts, clusters.get, top_n=5)
+    assert sum(h["count"] for h in agg["by_host"]) == 10_000
+    assert [c["idle"] for c in agg["most_idle"]] == sorted(fast.idles, reverse=True)[:5]
+    assert {c["name"] for c in fast.clients()} >= {"a=b", "x=y=z", "="}
+
 # -- live --
 
 def _raise_nofile() -> None:
