@@ -6,7 +6,7 @@ timeouts and sends to clue, clue's tornado ECONNREFUSED warnings and Redis timeo
 successes and i/o timeouts, slow consumers and ping timeouts, with varying fields. Then, in the same
 run, alternating, `--reps` times each:
 
-- collector: collectors.logs.read_file_chunks + Aggregator.add_text (60 s windows, 3 examples per
+- collector: collectors.logs.read_file_lines + Aggregator.add_lines (60 s windows, 3 examples per
   group) -- what `collect()` does per file;
 - baseline: `for line in f: n += 1` over the same file opened as read_file_lines opens it (text,
   UTF-8, errors='replace', newline='\\n');
@@ -92,8 +92,8 @@ def generate(path: Path, n: int, seed: int = 1) -> dict[str, int]:
 def run_collector(path: Path) -> tuple[float, logs.LogSummary]:
     started = time.perf_counter()
     agg = logs.Aggregator(window_s=60, examples=3)
-    for text in logs.read_file_chunks(path):
-        agg.add_text(text)
+    for batch in logs.read_file_lines(path):
+        agg.add_lines(batch)
     summary = agg.result()
     return time.perf_counter() - started, summary
 

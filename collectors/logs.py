@@ -51,23 +51,12 @@ _FIELD_TRIES = 16             # at most this many candidate starts for the key=v
 _REDIS_LEVELS = {".": "debug", "-": "verbose", "*": "notice", "#": "warning"}
 _FIRST = itemgetter(0)
 _EQ = repeat("=")
+_NL = repeat("\n")
 _SLOW = object()     # Aggregator cache: lines with this key must be parsed one by one
 _NEXT_KEY = re.compile(r" [A-Za-z0-9_.\-]+=")
 _KEY = re.compile(r"[A-Za-z0-9_.\-]+")
 _DIGITS = frozenset("0123456789")
 _SEVERITIES = ("emerg", "alert", "crit", "err", "warning", "notice", "info", "debug")
-
-
-# Aggregator.add_text: one match per line of a text. Talk-shaped lines (time at column 0, then a
-# space) give (time prefix, text up to the first "=", "=" or "", ""); the time prefix is the minute
-# (seconds dropped) or the whole time; any other line gives ("", "", "", line). Lengths are capped
-# so that no line of the first kind is longer than MAX_LINE (longer ones take the second branch).
-_TALK_TIME = r"[A-Z][a-z][a-z] [ 0-9][0-9] [0-9][0-9]:[0-9][0-9]"
-_SECS = r":[0-9][0-9]"
-_TAIL = r" ([^=\n]{0,32000})(?:(=)[^\n]{0,32000})?(?=\n|\Z)|([^\n]*))"
-_CHUNK_MIN = re.compile(r"^(?:(" + _TALK_TIME + r")" + _SECS + _TAIL, re.M)
-_CHUNK_SEC = re.compile(r"^(?:(" + _TALK_TIME + _SECS + r")" + _TAIL, re.M)
-assert MAX_LINE > 16 + 32000 + 1 + 32000
 
 
 @dataclass(slots=True)
@@ -501,32 +490,11 @@ def read_file_lines(path: str | os.PathLike, chunk: int = 1 << 22) -> Iterator[l
             batch = f.readlines(chunk)
             if not batch:
                 break
-            yield batch
+            yield _FileLines(batch)
 
 
-def read_file_chunks(path: str | os.PathLike, chunk: int = 1 << 22) -> Iterator[str]:
-    """A whole file as texts of about `chunk` characters, each cut after a "\\n" (the last one may
-    lack it), for Aggregator.add_text; decoded as read_file_lines decodes (same lines)."""
-    with open(path, encoding="utf-8", errors="replace", newline="\n") as f:
-        carry: list[str] = []
-        while True:
-            data = f.read(chunk)
-            if not data:
-                break
-            cut = data.rfind("\n")
-            if cut < 0:
-                carry.append(data)
-                continue
-            if carry:
-                carry.append(data[:cut + 1])
-                yield "".join(carry)
-                carry = []
-            else:
-                yield data[:cut + 1] if cut + 1 < len(data) else data
-            if cut + 1 < len(data):
-                carry.append(data[cut + 1:])
-        if carry:
-            yield "".join(carry)
+class _FileLines(list):
+    """A read_file_lines batch: every line but the last ends with its only "\\n"."""
 
 
 # -- aggregation ----------------------------------------------------------------------------------
@@ -592,8 +560,6 @@ class Aggregator:
         self._cache: dict[str, tuple | None] = {}
         self._counts: dict[tuple, list] = {}
         self._windows: dict[str, Any] = {}
-        self._tcache: dict[tuple, tuple | None] = {}
-        self._pwin: dict[str, Any] = {}
 
     def _window(self, month: int | None, day: int | None, clock: str | None,
                 year: int | None = None) -> Any:
@@ -652,7 +618,19 @@ class Aggregator:
         last = dict(zip(keys, lines))
         cache, windows, counts, nex = self._cache, self._windows, self._counts, self.examples
         slow = None
+        # A line without "\n" and without "=" has the same key as the lines that continue it
+        # with "=..." (`x` vs `x=1`), and they may differ in kind: such keys go the slow way.
+        if lines.__class__ is _FileLines:
+            nonl = 0 if lines[-1:] == [] or lines[-1][-1:] == "\n" else 1
+        else:
+            nonl = len(lines) - sum(map(str.endswith, lines, _NL))
+        if nonl:
+            cand = lines[-1:] if nonl == 1 and lines[-1][-1:] != "\n" else lines
+            bare = Counter(l for l in cand if l[-1:] != "\n" and "=" not in l)
+            slow = {k for k, c in bare.items() if counted[k] != c} or None
         for k, c in counted.items():
+            if slow is not None and k in slow:
+                continue
             line = last[k]
             if len(k) <= 16 or k[15] != " " or len(k) >= MAX_LINE:
                 if slow is None:
@@ -744,102 +722,6 @@ class Aggregator:
             if len(g[1]) < self.examples:
                 g[1].append(line[:2000])
 
-    def add_text(self, text: str) -> None:
-        """Count the lines of `text` (split at "\\n" only, as read_file_lines splits; a final "\\n"
-        ends the last line) -- same counts as add_lines on those lines.
-
-        One regex pass in C turns every line into a key: for talk-shaped lines the time without
-        its seconds (when the window and `since` do not depend on them) and the text up to the
-        first "=", for other lines the line itself; Counter counts the keys. Each distinct key
-        resolves once, by parsing a line made of the key (the seconds and what follows the "="
-        never change service, remote or kind when the "=" starts the key=value fields -- other
-        keys take the slow path, their lines found by a second regex). Example lines are looked
-        up in the text only while a group still wants examples."""
-        if not text:
-            return
-        if text[-1] == "\n":
-            text = text[:-1]
-        minute = self.since is None and self.window_s % 60 == 0
-        rx = _CHUNK_MIN if minute else _CHUNK_SEC
-        counted = Counter(rx.findall(text))
-        n = text.count("\n") + 1
-        if sum(counted.values()) != n:      # cannot happen; never miscount if it does
-            self.add_lines(text.split("\n"))
-            return
-        s = self.summary
-        s.lines += n
-        cache, pwin, counts, nex = self._tcache, self._pwin, self._counts, self.examples
-        starts: dict[str, int] = {}
-        slow: list[tuple] = []
-        for key, c in counted.items():
-            prefix, body, eq, other = key
-            if not prefix:
-                for _ in range(c):
-                    self._add_slow(other)
-                continue
-            win = pwin.get(prefix, 0)
-            if win == 0:
-                t = _time(prefix + ":00" if minute else prefix, 0)
-                win = pwin[prefix] = None if t is None else self._window(*t)
-                if len(pwin) > self.CACHE_MAX:
-                    pwin.clear()
-            if win is None:
-                slow.append(key)            # parse_line says None for every such line
-                continue
-            if win is False:
-                s.skipped_before_since += c
-                continue
-            ck = (body, eq)
-            gk = cache.get(ck, 0)
-            if gk == 0:
-                ev = parse_line("Jan 01 00:00:00 " + body + eq)
-                if ev is None:
-                    gk = _SLOW if eq else None
-                elif eq and not ev.fields:
-                    gk = _SLOW
-                else:
-                    gk = (ev.service, ev.remote, ev.kind)
-                if len(cache) >= self.CACHE_MAX:
-                    cache.clear()
-                cache[ck] = gk
-            if gk is _SLOW:
-                slow.append(key)
-                continue
-            if gk is None:
-                s.unparsed += c
-                if len(s.unparsed_samples) < self.samples:
-                    s.unparsed_samples.append(self._line_of(text, key, minute, starts).rstrip("\r\n")[:500])
-                continue
-            s.parsed += c
-            gkey = (win, gk)
-            g = counts.get(gkey)
-            if g is None:
-                counts[gkey] = [c, [self._line_of(text, key, minute, starts).rstrip("\r\n")[:2000]]]
-            else:
-                g[0] += c
-                if len(g[1]) < nex:
-                    g[1].append(self._line_of(text, key, minute, starts).rstrip("\r\n")[:2000])
-        if slow:
-            secs = _SECS if minute else ""
-            alts = "|".join(re.escape(p) + secs + " " + re.escape(b) + re.escape(e) for p, b, e, _ in slow)
-            found = 0
-            for line in re.findall(r"^(?:" + alts + r")(?:[^\n]{0,32000}(?=\n|\Z))", text, re.M):
-                self._add_slow(line)
-                found += 1
-            assert found == sum(counted[k] for k in slow), "add_text: slow lines not found"
-
-    @staticmethod
-    def _line_of(text: str, key: tuple, minute: bool, starts: dict[str, int]) -> str:
-        """A line of `text` with this add_text key (the first one from where its time starts)."""
-        prefix, body, eq, _ = key
-        start = starts.get(prefix)
-        if start is None:
-            start = starts[prefix] = max(text.find(prefix), 0)
-        pat = ("^" + re.escape(prefix) + (_SECS if minute else "") + " " + re.escape(body)
-               + ("=[^\n]*" if eq else "$"))
-        m = re.compile(pat, re.M).search(text, start)
-        return m.group(0) if m is not None else prefix + " " + body + eq
-
     def add(self, line: str) -> None:
         self.add_lines((line,))
 
@@ -904,8 +786,8 @@ def collect(run_dir: Any, services: Iterable[str] | None = None, since: str | fl
                 continue
             before = (agg.summary.lines, agg.summary.parsed, agg.summary.unparsed)
             try:
-                for text in read_file_chunks(path):
-                    agg.add_text(text)
+                for batch in read_file_lines(path):
+                    agg.add_lines(batch)
             except OSError as exc:
                 agg.summary.files[path.name] = {"error": f"{type(exc).__name__}: {exc}"}
                 continue

@@ -331,3 +331,88 @@ def test_inspect_logs_json(tmp_path):
                           str(tmp_path), "--since", "soon"], capture_output=True, text=True, cwd=REPO,
                          timeout=60)
     assert bad.returncode != 0 and "duration" in bad.stderr
+
+
+def _mixed_log(path: Path, n: int = 3000, seed: int = 7) -> bytes:
+    """Talk-shaped lines over several minutes (fields, quoted values, events that look like
+    fields), the syslog/redis/evil fixtures' lines, garbage, invalid UTF-8, CRLF and empty lines."""
+    import random
+    rnd = random.Random(seed)
+    start = time.mktime((2014, 2, 18, 6, 58, 30, 0, 0, -1))
+    extra = []
+    for name in ("syslog.log", "redis.log", "talk_lines.log", "chatops_lines.log"):
+        extra += [l for l in (FIX / name).read_bytes().split(b"\n") if l]
+    extra += [b"privmsg", b"", b"   ", b"\xff\xfe garbage \x80", b"Feb 18 06:59:01 tmi_edge: [cl\xffue] Timed out",
+              b"Feb 18 06:59:01 s: ok success", b"Feb 18 06:59:01 s: ok success=1", b"Feb 18 06:59:01 a=b: c=d",
+              b"Feb 18 06:59:01 s: [a x=y] z=w", b"Feb 18 06:59:01 s: crlf Timed out\r", b"Feb 30 06:59:01 s: x=1",
+              b"Feb 18 06:59:01 s: " + b"x" * (logs.MAX_LINE + 10)]
+    events = [("tmi_edge", "clue", "Timed out (after 5s) while writing request for: privmsg", None),
+              ("tmi_edge", "clue", "Message successfully sent to #room{}", {"messages": 3}),
+              ("exchange", "exchange", "i/o timeout", {"edge": "chat{}", "level": "warning"}),
+              ("chat_clue", None, "WARNING:tornado.general:Connect error on fd {}: ECONNREFUSED", None),
+              ("chat_edge", "client", "Slow consumer disconnected", {"nick": 'v "{}"', "peer": "1.2.3.4:{}"}),
+              ("exchange", "exchange", "said a=b", {"k": "v w {}"})]
+    out = []
+    for i in range(n):
+        if rnd.random() < 0.2:
+            out.append(rnd.choice(extra))
+            continue
+        service, remote, event, fields = rnd.choice(events)
+        r = rnd.randint(0, 9)
+        fields = {k: v.format(r) if isinstance(v, str) else v for k, v in (fields or {}).items()} or None
+        out.append(format_line(service, remote, event.format(r), fields, start + i * 0.7).encode())
+    # The last line has no "\n" and shares its text up to the "=" with a line that has fields.
+    out.append(b"Feb 18 06:59:01 s: ok success=1")
+    data = b"\n".join(out) + b"\nFeb 18 06:59:01 s: ok success"
+    path.write_bytes(data)
+    return data
+
+
+@pytest.mark.parametrize("window_s", [60, 30, 3600])
+def test_batched_aggregation_equals_line_by_line(tmp_path, window_s):
+    """add_lines over read_file_lines batches (the fast path, as collect() runs it) gives exactly
+    the per-(window, service, remote, kind) counts of parsing every line on its own."""
+    files = [FIX / n for n in ("talk_lines.log", "chatops_lines.log", "syslog.log", "redis.log", "logs_evil.log")]
+    mixed = tmp_path / "mixed.log"
+    _mixed_log(mixed)
+    files.append(mixed)
+    for path in files:
+        raw = path.read_bytes()
+        pieces = raw.split(b"\n")
+        if pieces and pieces[-1] == b"":
+            pieces.pop()
+        texts = [p.decode("utf-8", errors="replace") for p in pieces]
+        ref = Aggregator(window_s=window_s, examples=2)
+        for line in texts:
+            ref.summary.lines += 1
+            ref._add_slow(line)
+        want = ref.result()
+        by_parse: Counter = Counter()
+        for line in texts:
+            ev = parse_line(line)
+            if ev is not None:
+                by_parse[(ev.service, ev.remote, ev.kind)] += 1
+        for chunk in (1 << 22, 4096, 1):
+            agg = Aggregator(window_s=window_s, examples=2)
+            for batch in read_file_lines(path, chunk=chunk):
+                agg.add_lines(batch)
+            got = agg.result()
+            assert ([(g.window, g.service, g.remote, g.kind, g.count) for g in got.groups]
+                    == [(g.window, g.service, g.remote, g.kind, g.count) for g in want.groups]), (path.name, chunk)
+            assert (got.lines, got.parsed, got.unparsed, got.empty) == \
+                (want.lines, want.parsed, want.unparsed, want.empty) == \
+                (len(texts), sum(by_parse.values()), want.unparsed, want.empty), (path.name, chunk)
+            assert got.parsed + got.unparsed + got.empty == got.lines
+            fast: Counter = Counter()
+            for g in got.groups:
+                fast[(g.service, g.remote, g.kind)] += g.count
+                assert 1 <= len(g.examples) <= 2
+            assert fast == by_parse, (path.name, chunk)
+
+
+def test_line_without_newline_and_its_fielded_twin():
+    lines = ["Feb 18 06:59:01 s: ok success", "Feb 18 06:59:01 s: ok success=1"]
+    for batch in (lines, lines[::-1], [lines[1] + "\n", lines[0]]):
+        agg = Aggregator()
+        agg.add_lines(batch)
+        assert sorted((g.kind, g.count) for g in agg.result().groups) == [("other", 1), ("success", 1)]
