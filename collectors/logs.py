@@ -713,14 +713,7 @@ class Aggregator:
             s.skipped_before_since += 1
             return
         s.parsed += 1
-        key = (win, (ev.service, ev.remote, ev.kind))
-        g = self._counts.get(key)
-        if g is None:
-            self._counts[key] = [1, [line[:2000]]]
-        else:
-            g[0] += 1
-            if len(g[1]) < self.examples:
-                g[1].append(line[:2000])
+        self._bump((win, (ev.service, ev.remote, ev.kind)), line)
 
     def add(self, line: str) -> None:
         self.add_lines((line,))

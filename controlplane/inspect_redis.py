@@ -80,6 +80,21 @@ def _collect_with_rates(cf, shard: str, interval: float):
     return obs, rc.rates(first, obs.data["info"], max(time.monotonic() - t0, 1e-3))
 
 
+def _json_or_down(obs, shard: str, as_json: bool, **extra) -> bool:
+    """Print the JSON form (True: done), or stop with exit 1 when the shard is down; else False."""
+    if as_json:
+        out = obs.as_dict()
+        out.update(extra)
+        click.echo(json.dumps(out, indent=1, default=str))
+        if not obs.up:
+            sys.exit(1)
+        return True
+    if not obs.up:
+        click.echo(f"chatops: shard {shard}: down: {obs.error}", err=True)
+        sys.exit(1)
+    return False
+
+
 @click.command("redis")
 @click.argument("shard")
 @config_option
@@ -90,16 +105,8 @@ def redis_cmd(shard: str, config: str | None, run_dir: str | None, interval: flo
     """One shard as redis-cli would show it: role, clients, ops/s, CPU, memory, hit ratio, config, slowlog, hot keys."""
     cf = _setup(config, run_dir, shard)
     obs, rates = _collect_with_rates(cf, shard, interval)
-    if as_json:
-        out = obs.as_dict()
-        out["rates"] = rates
-        click.echo(json.dumps(out, indent=1, default=str))
-        if not obs.up:
-            sys.exit(1)
+    if _json_or_down(obs, shard, as_json, rates=rates):
         return
-    if not obs.up:
-        click.echo(f"chatops: shard {shard}: down: {obs.error}", err=True)
-        sys.exit(1)
     d = obs.data
     info = d.get("info") or {}
     srv, cl, mem, stats = (info.get(k, {}) for k in ("server", "clients", "memory", "stats"))
@@ -165,14 +172,8 @@ def clients_cmd(shard: str, by: str, config: str | None, run_dir: str | None, to
 
     cf = _setup(config, run_dir, shard)
     obs = rc.collect_clients(cf, shard, top_n=top)
-    if as_json:
-        click.echo(json.dumps(obs.as_dict(), indent=1))
-        if not obs.up:
-            sys.exit(1)
+    if _json_or_down(obs, shard, as_json):
         return
-    if not obs.up:
-        click.echo(f"chatops: shard {shard}: down: {obs.error}", err=True)
-        sys.exit(1)
     d = obs.data
     idle_col = f"IDLE>{d['idle_after_s']:.0f}s"
     long_col = f"IDLE>{d['long_idle_s']:.0f}s"

@@ -17,7 +17,7 @@ import irc.client
 import pytest
 import websockets
 
-from tests.conftest import chatops, cluster_up, free_subnet, wait_for, write_cluster
+from tests.conftest import chatops, cluster_up, free_subnet, write_cluster
 
 TAGS = ("twitch.tv/tags", "twitch.tv/commands")
 
@@ -44,17 +44,7 @@ def cluster(tmp_path_factory):
     run = Path(tempfile.mkdtemp(prefix="co-", dir="/tmp"))
     with cluster_up(config, run) as c:
         c.subnet = subnet
-        wait_for(lambda: _frontend_ready(f"{subnet}.1", 6667), what="the edge frontend")
         yield c
-
-
-def _frontend_ready(address, port):
-    try:
-        with socket.create_connection((address, port), timeout=1) as s:
-            s.sendall(b"NICK justinfan999\r\n")
-            return b"001" in s.recv(4096)
-    except OSError:
-        return False
 
 
 def add_user(c, name: str, *args: str) -> str:

@@ -10,7 +10,6 @@ import random
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,7 +21,7 @@ import pytest
 from chat import irc, loadgen
 from chat.loadgen import Histogram, LoadgenError, Options, Tally
 from controlplane import clusterfile
-from tests.conftest import REPO, cluster_up, free_subnet, wait_for, write_cluster
+from tests.conftest import REPO, cluster_up, free_subnet, write_cluster
 
 ROOMS = {"main": ["degentp", "paragusrants"], "event": ["twitchplayspokemon"], "testing": ["testroom"]}
 LOG_LINE = re.compile(r"^[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d loadgen: \[edge\] traffic .*\bsent=\d+ .*completeness=")
@@ -152,21 +151,9 @@ def cluster(tmp_path_factory):
         with cluster_up(config, run) as c:
             c.subnet = subnet
             c.cf = clusterfile.load(config).spec
-            for host, cluster_name in c.cf.chat_hosts():
-                fe = c.cf.clusters[cluster_name].frontend
-                wait_for(lambda: _frontend_ready(c.cf.address(host), fe.irc_port), what=f"{host}'s frontend")
             yield c
     finally:
         shutil.rmtree(run, ignore_errors=True)
-
-
-def _frontend_ready(address: str, port: int) -> bool:
-    try:
-        with socket.create_connection((address, port), timeout=1) as s:
-            s.sendall(b"NICK justinfan4242\r\n")
-            return b" 001 " in s.recv(4096)
-    except OSError:
-        return False
 
 
 def test_thirty_seconds_of_mixed_traffic_is_delivered_completely(cluster):
