@@ -36,6 +36,8 @@ class ProcessSpec:
     # Once every stage is up: true when the process sees the rest of the cluster (an HAProxy
     # whose backend servers have passed their health checks).
     settled: Callable[[], bool] | None = None
+    # A client of the cluster (the load generator): started only once everything has settled.
+    client: bool = False
 
 
 def redis_ping(address: str, port: int, timeout: float = 0.5) -> bool:
@@ -161,7 +163,7 @@ def traffic_spec(config: Path) -> ProcessSpec:
         argv=[sys.executable, "-m", "chat.loadgen", "--config", str(config),
               "--source-address", TRAFFIC_ADDRESS, *TRAFFIC_ARGS],
         describe="loadgen (60 viewers, 6 bots, 10 msgs/s across every room)",
-        ready=lambda: True, stage="traffic")
+        ready=lambda: True, stage="traffic", client=True)
 
 
 def specs(cf: ClusterFile, run: RunDir, config: Path, traffic: bool = False) -> list[ProcessSpec]:

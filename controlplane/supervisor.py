@@ -125,20 +125,29 @@ class Supervisor:
         stages: dict[str, list[Managed]] = {}
         for m in self.procs:
             stages.setdefault(m.spec.stage, []).append(m)
-        for group in stages.values():
-            for m in group:
-                if self.stopping.is_set():
-                    return
-                try:
-                    self._spawn(m)
-                except Exception as exc:
-                    raise StartError(f"{m.spec.name}: could not start: {exc}") from exc
-            for m in group:
-                self._wait_ready(m)
-                event(self.log, m.spec.name, "started", pid=m.proc.pid, address=f"{m.spec.address}:{m.spec.port}")
-            self.write_state()
+        servers = [g for g in stages.values() if not g[0].spec.client]
+        clients = [g for g in stages.values() if g[0].spec.client]
+        for group in servers:
+            self._start_stage(group)
         self._wait_settled()
+        for group in clients:  # traffic joins a cluster that is really serving
+            self._start_stage(group)
+        if self.stopping.is_set():
+            return
         self.started = True
+        self.write_state()
+
+    def _start_stage(self, group: list[Managed]) -> None:
+        for m in group:
+            if self.stopping.is_set():
+                return
+            try:
+                self._spawn(m)
+            except Exception as exc:
+                raise StartError(f"{m.spec.name}: could not start: {exc}") from exc
+        for m in group:
+            self._wait_ready(m)
+            event(self.log, m.spec.name, "started", pid=m.proc.pid, address=f"{m.spec.address}:{m.spec.port}")
         self.write_state()
 
     def _wait_settled(self) -> None:

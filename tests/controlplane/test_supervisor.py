@@ -203,6 +203,7 @@ def test_up_with_traffic_runs_a_supervised_load_generator(config, run_dir, subne
         status = chatops("status", "--run-dir", str(run_dir))
         row = next(ln for ln in status.stdout.splitlines() if " loadgen " in ln)
         assert row.split()[:2] == ["viewers", "127.0.3.1"] and " up " in row
+        assert row.split()[7] == "0"  # it joined a serving cluster: no failed first start
     finally:
         chatops("down", "--run-dir", str(run_dir))
     assert not leftovers(run_dir, config)
