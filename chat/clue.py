@@ -253,7 +253,7 @@ class Clue:
                 "source": f"{login}!{login}@{login}.{self.server_name}", "params": [f"#{room}", text],
                 "origin": {"edge": item.get("edge"), "conn": item.get("conn")},
             })
-        except CacheUnavailable:
+        except (CacheUnavailable, UpstreamError):  # Redis or the exchange: never send unchecked
             return notice("msg_unavailable", "Your message was not sent: chat is temporarily unavailable.")
         return {"ok": True, "id": msg_id, "tmi_sent_ts": tags["tmi-sent-ts"]}
 
@@ -285,7 +285,7 @@ class Clue:
             kind = "timeout" if "timed out" in str(exc) else "error"
             self.m_exchange_errors.labels(kind).inc()
             logs.event(self.ctx.log, "exchange", f"publish failed: {exc}", 30)
-            raise CacheUnavailable("exchange", str(exc)) from exc
+            raise
 
     def app(self) -> web.Application:
         app = service.metrics_app(self.ctx)

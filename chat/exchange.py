@@ -47,7 +47,6 @@ class Exchange:
         self.settings = settings
         self.timeout = seconds(settings.timeout)
         self.edges: dict[str, EdgeLink] = {}
-        self.tasks: set[asyncio.Task] = set()
         r = ctx.registry
         self.m_received = Counter("chat_exchange_messages", "Messages received from clue", registry=r)
         self.m_deliveries = Counter("chat_exchange_deliveries", "Messages handed to edges, by result",

@@ -87,10 +87,6 @@ class Client:
         self.conn.join(room)
         self.wait("endofnames", lambda ev: ev.arguments[0] == room)
 
-    def edge(self) -> str:
-        # 002 names the edge HAProxy chose for this connection.
-        return next(e.arguments[0] for e in self.events_seen if e.type == "yourhost")
-
     def close(self) -> None:
         self.conn.disconnect()
 
