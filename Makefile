@@ -6,8 +6,10 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# Debian packages the cluster and the tests drive for real.
-APT_PACKAGES := haproxy redis-server redis-tools
+CC ?= cc
+# Debian packages the cluster and the tests drive for real, and the compiler for the log scanner.
+APT_PACKAGES := haproxy redis-server redis-tools gcc libc6-dev
+FASTLOG := collectors/_fastlog.so
 
 .PHONY: run test deps system-packages clean
 
@@ -17,7 +19,7 @@ run: deps
 test: deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-deps: system-packages $(STAMP)
+deps: system-packages $(STAMP) $(FASTLOG)
 
 # Installs only what is missing: as root directly, otherwise through sudo, else says what to run.
 system-packages:
@@ -25,6 +27,8 @@ system-packages:
 	for exe in haproxy redis-server redis-cli; do \
 	  command -v $$exe >/dev/null 2>&1 || [ -x /usr/sbin/$$exe ] || missing="$$missing $$exe"; \
 	done; \
+	command -v $(CC) >/dev/null 2>&1 || missing="$$missing $(CC)"; \
+	[ -e /usr/include/stdlib.h ] || missing="$$missing libc6-dev"; \
 	$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || missing="$$missing python3-venv"; \
 	if [ -n "$$missing" ]; then \
 	  echo "make: missing:$$missing; installing $(APT_PACKAGES) python3-venv with apt-get"; \
@@ -45,5 +49,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
+# The log collector's compiled scanner (collectors/fastlog.c), loaded with ctypes: no Python headers.
+$(FASTLOG): collectors/fastlog.c
+	$(CC) -O2 -Wall -shared -fPIC -o $@ $<
+
 clean:
-	rm -rf $(VENV) .run .pytest_cache
+	rm -rf $(VENV) .run .pytest_cache $(FASTLOG)

@@ -92,8 +92,7 @@ def generate(path: Path, n: int, seed: int = 1) -> dict[str, int]:
 def run_collector(path: Path) -> tuple[float, logs.LogSummary]:
     started = time.perf_counter()
     agg = logs.Aggregator(window_s=60, examples=3)
-    for batch in logs.read_file_lines(path):
-        agg.add_lines(batch)
+    agg.add_file(path)
     summary = agg.result()
     return time.perf_counter() - started, summary
 

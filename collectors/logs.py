@@ -27,18 +27,21 @@ wraps the whole run dir's logs/ into an Observation.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import partial
 from datetime import datetime, timedelta
 from itertools import repeat
 from operator import itemgetter
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from collectors import fastlog
 from collectors.base import Observation, observe
 
 MONTHS = {m: i for i, m in enumerate(
@@ -47,6 +50,7 @@ MONTH_NAMES = {v: k for k, v in MONTHS.items()}
 KINDS = ("timeout", "success", "connection_refused", "io_timeout", "message_sent", "slow_consumer",
          "other")
 MAX_LINE = 64 * 1024          # longer lines are cut (and counted) before parsing
+_HOLD = 4 * MAX_LINE + 4      # bytes of one line add_file keeps: MAX_LINE + 1 characters at least
 _FIELD_TRIES = 16             # at most this many candidate starts for the key=value tail
 _REDIS_LEVELS = {".": "debug", "-": "verbose", "*": "notice", "#": "warning"}
 _FIRST = itemgetter(0)
@@ -542,13 +546,14 @@ class Aggregator:
     lines are counted with the first `samples` kept; empty lines are counted apart. `cut` counts
     lines longer than MAX_LINE (parsed from their first MAX_LINE characters); for lines that
     share their text up to the first "=", only the representative's length is checked.
-    See add_lines for the hot path.
+    Files and raw bytes (add_file, add_bytes) go through the compiled scanner when it is built;
+    lists of text lines through add_lines, which batches the work in C-level calls.
     """
 
     CACHE_MAX = 50_000
 
     def __init__(self, window_s: int = 60, examples: int = 3, samples: int = 5,
-                 since_epoch: float | None = None, now: float | None = None):
+                 since_epoch: float | None = None, now: float | None = None, fast: bool = True):
         if not 1 <= window_s <= 86400:
             raise ValueError("window_s must be between 1 and 86400")
         self.window_s = window_s
@@ -556,10 +561,13 @@ class Aggregator:
         self.samples = samples
         self.since = since_epoch
         self.now = now
+        self.fast = fast and fastlog.AVAILABLE     # False: add_bytes parses in Python only
         self.summary = LogSummary()
         self._cache: dict[str, tuple | None] = {}
         self._counts: dict[tuple, list] = {}
         self._windows: dict[str, Any] = {}
+        self._fast_windows: dict[tuple, Any] = {}
+        self._scanner: fastlog.Scanner | None = None
 
     def _window(self, month: int | None, day: int | None, clock: str | None,
                 year: int | None = None) -> Any:
@@ -718,6 +726,84 @@ class Aggregator:
     def add(self, line: str) -> None:
         self.add_lines((line,))
 
+    def add_bytes(self, data: bytes, start: int = 0, end: int | None = None) -> None:
+        """Count the lines of data[start:end] as read from a log file; a last line without "\\n"
+        counts too.
+
+        Talk-shape lines go through the compiled scanner (collectors/fastlog.c) when it is built,
+        which hands every other line back to `_add_slow`; without it, this is add_lines."""
+        end = len(data) if end is None else end
+        if not self.fast:
+            text = decode(data[start:end])
+            self.add_lines(_FileLines(io.StringIO(text, newline="\n").readlines()))
+            return
+        if self._scanner is None:
+            self._scanner = fastlog.Scanner()
+        s, counts, nex, windows = self.summary, self._counts, self.examples, self._fast_windows
+        # With `since`, lines are cut at their own second, so the scanner groups per second.
+        per_second = self.since is not None
+        while start < end:
+            scan = self._scanner.scan(data, start, end, nex, 1 if per_second else self.window_s)
+            for g in scan.groups:
+                if per_second:
+                    wk = (g.month, g.day, g.clock)
+                    win = windows.get(wk, 0)
+                    if win == 0:
+                        win = windows[wk] = self._window(g.month, g.day, g.clock)
+                        if len(windows) > self.CACHE_MAX:
+                            windows.clear()
+                    if win is False:
+                        s.skipped_before_since += g.count
+                        continue
+                else:
+                    win = (g.month, g.day, g.start)
+                s.parsed += g.count
+                key = (win, (g.service, g.remote, g.kind))
+                entry = counts.get(key)
+                if entry is None:
+                    counts[key] = [g.count, [e[:2000] for e in g.examples]]
+                else:
+                    entry[0] += g.count
+                    if len(entry[1]) < nex:
+                        entry[1].extend(e[:2000] for e in g.examples[:nex - len(entry[1])])
+            for raw in scan.slow:
+                self._add_slow(decode(raw))
+            s.lines += scan.lines
+            if scan.end == start:                 # no newline left: the last, unterminated line
+                s.lines += 1
+                self._add_slow(decode(data[start:end]))
+                break
+            start = scan.end
+
+    def add_file(self, path: str | os.PathLike, chunk: int = 1 << 22) -> None:
+        """Count a whole file, read in `chunk`-byte pieces cut at line ends. A line is held in
+        memory only up to _HOLD bytes, enough for MAX_LINE + 1 characters of any UTF-8; past that
+        it is parsed from its start and counted as cut, like any line longer than MAX_LINE."""
+        carry, skipping = b"", False
+        with open(path, "rb") as f:
+            for block in iter(partial(f.read, chunk), b""):
+                begin = 0
+                if carry or skipping:
+                    # Finish the line carried over from the last block without copying this one.
+                    nl = block.find(b"\n")
+                    if nl < 0:
+                        if not skipping:
+                            carry += block
+                            if len(carry) > _HOLD:
+                                carry, skipping = carry[:_HOLD], True
+                        continue
+                    self.add_bytes(carry + block[:nl + 1] if not skipping else carry + b"\n")
+                    carry, skipping, begin = b"", False, nl + 1
+                cut = block.rfind(b"\n", begin) + 1
+                if cut > begin:
+                    self.add_bytes(block, begin, cut)
+                    begin = cut
+                carry = block[begin:]
+                if len(carry) > _HOLD:
+                    carry, skipping = carry[:_HOLD], True
+        if carry:
+            self.add_bytes(carry)
+
     def result(self) -> LogSummary:
         s = self.summary
         groups = []
@@ -779,8 +865,7 @@ def collect(run_dir: Any, services: Iterable[str] | None = None, since: str | fl
                 continue
             before = (agg.summary.lines, agg.summary.parsed, agg.summary.unparsed)
             try:
-                for batch in read_file_lines(path):
-                    agg.add_lines(batch)
+                agg.add_file(path)
             except OSError as exc:
                 agg.summary.files[path.name] = {"error": f"{type(exc).__name__}: {exc}"}
                 continue

@@ -21,7 +21,7 @@ from controlplane.cli_common import run_dir as run_dir_of
 @click.option("--json", "as_json", is_flag=True, help="One JSON object instead of a table.")
 def logs_cmd(services: tuple[str, ...], since: str | None, run_dir: str | None, as_json: bool) -> None:
     """Counts per service/remote/kind in the run dir's logs, with one example line each."""
-    from collectors import logs
+    from collectors import fastlog, logs
 
     try:
         logs.parse_duration(since)
@@ -35,12 +35,15 @@ def logs_cmd(services: tuple[str, ...], since: str | None, run_dir: str | None, 
         sys.exit(1)
     s = obs.data
     totals = s.totals()
+    if not fastlog.AVAILABLE:
+        click.echo(f"chatops: logs: parsing in Python only, about 4x slower: {fastlog.LOAD_ERROR}", err=True)
     if as_json:
         click.echo(json.dumps({"run_dir": obs.target, "lines": s.lines, "parsed": s.parsed,
                                "unparsed": s.unparsed, "empty": s.empty, "cut": s.cut,
                                "skipped_before_since": s.skipped_before_since,
                                "unparsed_samples": s.unparsed_samples, "files": s.files,
-                               "groups": totals}, indent=2))
+                               "groups": totals,
+                               "scanner": "compiled" if fastlog.AVAILABLE else "python"}, indent=2))
         return
     if not totals:
         click.echo("no log lines" + (f" newer than {since}" if since else ""))
