@@ -6,11 +6,12 @@ timeouts and sends to clue, clue's tornado ECONNREFUSED warnings and Redis timeo
 successes and i/o timeouts, slow consumers and ping timeouts, with varying fields. Then, in the same
 run, alternating, `--reps` times each:
 
-- collector: collectors.logs.read_file_lines + Aggregator.add_lines (60 s windows, 3 examples per
-  group) -- what `collect()` does per file;
-- baseline: `for line in f: n += 1` over the same file opened as read_file_lines opens it (text,
-  UTF-8, errors='replace', newline='\\n');
-- for information, parse_line on every line with no aggregation (no cache) on the first 200,000
+- collector: collectors.logs Aggregator.add_file (60 s windows, 3 examples per group) -- what
+  `collect()` does per file, through the compiled scanner when `make` has built it;
+- baseline: `for line in f: n += 1` over the same file opened as text (UTF-8, errors='replace',
+  newline='\\n');
+- for information, once, the collector with the compiled scanner turned off (same counts), and
+  parse_line on every line with no aggregation (no cache) on the first 200,000
   lines.
 
 The file lives under /tmp and is deleted at the end. Progress goes to stderr; the last stdout
@@ -36,7 +37,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from chat.logs import format_line  # noqa: E402
-from collectors import logs  # noqa: E402
+from collectors import fastlog, logs  # noqa: E402
 
 TARGET_RATIO = 0.3
 
@@ -89,9 +90,9 @@ def generate(path: Path, n: int, seed: int = 1) -> dict[str, int]:
     return {"lines": written, "bytes": path.stat().st_size}
 
 
-def run_collector(path: Path) -> tuple[float, logs.LogSummary]:
+def run_collector(path: Path, fast: bool = True) -> tuple[float, logs.LogSummary]:
     started = time.perf_counter()
-    agg = logs.Aggregator(window_s=60, examples=3)
+    agg = logs.Aggregator(window_s=60, examples=3, fast=fast)
     agg.add_file(path)
     summary = agg.result()
     return time.perf_counter() - started, summary
@@ -100,7 +101,7 @@ def run_collector(path: Path) -> tuple[float, logs.LogSummary]:
 def run_bare(path: Path) -> tuple[float, int]:
     started = time.perf_counter()
     n = 0
-    with open(path, encoding="utf-8", errors="replace", newline="\n") as f:   # as read_file_lines opens it
+    with open(path, encoding="utf-8", errors="replace", newline="\n") as f:
         for line in f:
             n += 1
     return time.perf_counter() - started, n
@@ -140,6 +141,9 @@ def main(argv: list[str] | None = None) -> int:
             bare.append(n_bare / t_bare)
             coll.append(summary.lines / t_coll)
             say(f"  rep {rep + 1}: collector {coll[-1]:,.0f} lines/s, bare read {bare[-1]:,.0f} lines/s")
+        t_py, py_summary = run_collector(path, fast=False)     # for information: no compiled scanner
+        assert [(g.window, g.service, g.remote, g.kind, g.count) for g in py_summary.groups] == \
+            [(g.window, g.service, g.remote, g.kind, g.count) for g in summary.groups]
         limit = min(200_000, info["lines"])
         t_parse, n_parse = run_parse_only(path, limit)
         lines_per_s = statistics.median(coll)
@@ -152,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
             "bare_read_lines_per_s": round(bare_per_s),
             "ratio": round(lines_per_s / bare_per_s, 3),
             "target_ratio": TARGET_RATIO,
+            "scanner": "compiled" if fastlog.AVAILABLE else f"python ({fastlog.LOAD_ERROR})",
+            "python_only_lines_per_s": round(py_summary.lines / t_py),
             "parse_line_only_lines_per_s": round(n_parse / t_parse),
             "parsed": summary.parsed, "unparsed": summary.unparsed,
             "groups": len(summary.groups),
