@@ -1,17 +1,19 @@
-"""The audit trail: one JSON line per action that changed the cluster (who, when, what, result).
+"""The audit trail: one record per action that changed the cluster (who, when, what, result).
 
-It is an append-only file in the run directory, written with O_APPEND so concurrent writers never
-interleave a record. Secrets never reach it: callers pass summaries, not configs or tokens.
+Records live in the run directory's SQLite database (controlplane/database.py), so the control
+plane, the CLI and the remediations share one trail that survives restarts and concurrent
+writers. An `audit.jsonl` left by an older chatops is imported on first use and kept, renamed
+`audit.jsonl.imported`. Secrets never reach the audit: callers pass summaries, not configs or
+tokens.
 """
 
 from __future__ import annotations
 
 import getpass
-import json
 import os
-import time
 from typing import Any
 
+from controlplane.database import Database
 from controlplane.rundir import RunDir
 
 
@@ -20,21 +22,19 @@ def actor() -> str:
     return os.environ.get("SUDO_USER") or getpass.getuser()
 
 
+def _flat(record: dict) -> dict:
+    """The record in the shape the JSON-lines trail had: detail fields beside the core ones."""
+    return {**record["detail"], **{k: v for k, v in record.items() if k != "detail"}}
+
+
 def record(run: RunDir, who: str, action: str, target: str, result: str, **detail: Any) -> dict:
-    entry = {"ts": time.time(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "actor": who,
-             "action": action, "target": target, "result": result, **detail}
-    run.root.mkdir(parents=True, exist_ok=True)
-    fd = os.open(run.audit_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    try:
-        os.write(fd, (json.dumps(entry, default=str) + "\n").encode())
-    finally:
-        os.close(fd)
-    return entry
+    with Database.for_run(run) as db:
+        return _flat(db.add_audit(who, action, target, result, **detail))
 
 
 def read(run: RunDir) -> list[dict]:
-    try:
-        lines = run.audit_log.read_text().splitlines()
-    except FileNotFoundError:
+    """Every record, oldest first (empty when nothing was ever recorded in this run directory)."""
+    if not run.database.exists() and not run.audit_log.exists():
         return []
-    return [json.loads(ln) for ln in lines if ln.strip()]
+    with Database.for_run(run) as db:
+        return [_flat(r) for r in reversed(db.audit(limit=None))]

@@ -67,3 +67,7 @@ class RunDir:
     @property
     def audit_log(self) -> Path:
         return self.root / "audit.jsonl"
+
+    @property
+    def database(self) -> Path:
+        return self.root / "controlplane.sqlite3"

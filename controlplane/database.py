@@ -1,0 +1,472 @@
+"""What the control plane must not lose on a restart, in SQLite: the actions audit, findings,
+incidents and the alert outbox. The file is `<run dir>/controlplane.sqlite3`, mode 0600.
+
+Why one connection behind a lock rather than one per thread: the control plane calls in from
+waitress's request threads, APScheduler's job threads and, briefly, CLI commands. Writes are few
+and tiny (an audit row, a finding touched once per scrape), and SQLite serialises writers anyway,
+so a lock costs nothing measurable. A connection per thread would leave a connection open for
+every pool thread that ever touched the database, none of which `close()` could reach; one
+connection makes `close()` final and deterministic. Other *processes* (a `chatops proxy reload`
+while the control plane runs) are kept apart by SQLite itself: WAL lets readers go on during a
+write, and `busy_timeout` makes a second writer wait instead of failing with "database is locked".
+
+Why `synchronous=FULL`: an audit row or an alert must survive a power cut as well as a restart,
+and these commits are rare enough that an fsync each is cheap.
+
+Schema changes go in `_MIGRATIONS`, one entry per version, applied in order inside one write
+transaction; `PRAGMA user_version` records how far a file has come. A file from a newer chatops
+is refused rather than written with the wrong shape.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from controlplane.rundir import RunDir
+
+BUSY_TIMEOUT_MS = 10_000
+
+FINDING_STATES = ("open", "resolved")
+SEVERITIES = ("info", "warning", "critical")
+INCIDENT_STATES = ("open", "acknowledged", "resolved")
+ALERT_RESULTS = ("delivered", "failed")
+
+_MIGRATIONS: list[str] = [
+    # 1: the first schema
+    """
+    CREATE TABLE audit (
+        id      INTEGER PRIMARY KEY AUTOINCREMENT,
+        ts      REAL NOT NULL,
+        actor   TEXT NOT NULL,
+        action  TEXT NOT NULL,
+        target  TEXT NOT NULL,
+        result  TEXT NOT NULL,
+        detail  TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE INDEX audit_ts ON audit (ts);
+
+    CREATE TABLE incidents (
+        id              INTEGER PRIMARY KEY AUTOINCREMENT,
+        title           TEXT NOT NULL,
+        state           TEXT NOT NULL CHECK (state IN ('open', 'acknowledged', 'resolved')),
+        opened          REAL NOT NULL,
+        updated         REAL NOT NULL,
+        acknowledged_by TEXT,
+        root_cause      TEXT NOT NULL DEFAULT 'null',
+        timeline        TEXT NOT NULL DEFAULT '[]'
+    );
+    CREATE INDEX incidents_state ON incidents (state);
+
+    CREATE TABLE findings (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        kind        TEXT NOT NULL,
+        subject     TEXT NOT NULL,
+        severity    TEXT NOT NULL CHECK (severity IN ('info', 'warning', 'critical')),
+        state       TEXT NOT NULL CHECK (state IN ('open', 'resolved')),
+        first_seen  REAL NOT NULL,
+        last_seen   REAL NOT NULL,
+        evidence    TEXT NOT NULL DEFAULT '{}',
+        runbook     TEXT,
+        remediation TEXT NOT NULL DEFAULT 'null',
+        incident_id INTEGER REFERENCES incidents (id)
+    );
+    -- at most one open finding per (kind, subject), even with several writers
+    CREATE UNIQUE INDEX findings_one_open ON findings (kind, subject) WHERE state = 'open';
+
+    CREATE TABLE alert_outbox (
+        id           INTEGER PRIMARY KEY AUTOINCREMENT,
+        created      REAL NOT NULL,
+        destination  TEXT NOT NULL,
+        payload      TEXT NOT NULL,
+        attempts     INTEGER NOT NULL DEFAULT 0,
+        last_error   TEXT,
+        delivered_at REAL
+    );
+    CREATE INDEX alert_outbox_pending ON alert_outbox (delivered_at, id);
+
+    CREATE TABLE meta (
+        key   TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    """,
+]
+SCHEMA_VERSION = len(_MIGRATIONS)
+
+
+class DatabaseError(Exception):
+    pass
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, default=str, sort_keys=True)
+
+
+def _iso(ts: float | None) -> str | None:
+    return None if ts is None else time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(ts))
+
+
+def _choice(value: str, valid: tuple[str, ...], what: str) -> str:
+    if value not in valid:
+        raise ValueError(f"{what} {value!r} is not one of: {', '.join(valid)}")
+    return value
+
+
+def _limit(limit: int | None) -> int:
+    if limit is None:
+        return -1  # SQLite: no limit
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise ValueError(f"limit must be a positive integer or None, not {limit!r}")
+    return limit
+
+
+class Database:
+    """The control plane's SQLite store. Safe to share between threads; `close()` is idempotent."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # Create the file ourselves so it is 0600 from its first byte; SQLite gives its -wal and
+        # -shm files the same mode.
+        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+        self._lock = threading.RLock()
+        self._conn: sqlite3.Connection | None = sqlite3.connect(
+            self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False)
+        try:
+            self._conn.row_factory = sqlite3.Row
+            self._conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            mode = self._conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if mode.lower() != "wal":
+                raise DatabaseError(f"{self.path}: SQLite refused WAL journal mode (got {mode})")
+            self._conn.execute("PRAGMA synchronous = FULL")
+            self._conn.execute("PRAGMA foreign_keys = ON")
+            self._migrate()
+        except BaseException:
+            self.close()
+            raise
+
+    @classmethod
+    def for_run(cls, run: RunDir) -> "Database":
+        """The run directory's database; an old `audit.jsonl` there is imported on first open."""
+        db = cls(run.database)
+        try:
+            if run.audit_log.exists():
+                db.import_audit_jsonl(run.audit_log)
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    # -- plumbing --
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def __enter__(self) -> "Database":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Database({str(self.path)!r})"
+
+    def _live(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise DatabaseError(f"{self.path}: the database is closed")
+        return self._conn
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction, taken at once (BEGIN IMMEDIATE) so it never fails half-way on a
+        lock upgrade; rolled back on any error."""
+        with self._lock:
+            conn = self._live()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    def _read(self, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._live().execute(sql, args).fetchall()
+
+    def _migrate(self) -> None:
+        with self._write() as conn:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise DatabaseError(
+                    f"{self.path} has schema version {version}, newer than this chatops knows "
+                    f"({SCHEMA_VERSION}); use the newer chatops or another run directory")
+            for number in range(version, SCHEMA_VERSION):
+                for statement in _MIGRATIONS[number].split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+            if version != SCHEMA_VERSION:
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def schema_version(self) -> int:
+        return self._read("PRAGMA user_version")[0][0]
+
+    # -- audit --
+
+    @staticmethod
+    def _audit_row(r: sqlite3.Row) -> dict:
+        return {"id": r["id"], "ts": r["ts"], "time": _iso(r["ts"]), "actor": r["actor"],
+                "action": r["action"], "target": r["target"], "result": r["result"],
+                "detail": json.loads(r["detail"])}
+
+    def add_audit(self, actor: str, action: str, target: str, result: str, **detail: Any) -> dict:
+        """Record one action (who, what, on what, result). `detail` is a summary: never a secret."""
+        for name, value in (("actor", actor), ("action", action), ("target", target), ("result", result)):
+            if not isinstance(value, str) or not value:
+                raise ValueError(f"audit {name} must be a non-empty string, not {value!r}")
+        with self._write() as conn:
+            return self._insert_audit(conn, time.time(), actor, action, target, result, detail)
+
+    def _insert_audit(self, conn, ts, actor, action, target, result, detail) -> dict:
+        cur = conn.execute(
+            "INSERT INTO audit (ts, actor, action, target, result, detail) VALUES (?, ?, ?, ?, ?, ?)",
+            (ts, actor, action, target, result, _dumps(detail)))
+        return self._audit_row(conn.execute("SELECT * FROM audit WHERE id = ?", (cur.lastrowid,)).fetchone())
+
+    def audit(self, limit: int | None = 100, since: float | None = None) -> list[dict]:
+        """Audit records, newest first; `since` (epoch seconds) keeps those after it; limit=None: all."""
+        where, args = "", ()
+        if since is not None:
+            if isinstance(since, bool) or not isinstance(since, (int, float)):
+                raise ValueError(f"since must be epoch seconds, not {since!r}")
+            where, args = "WHERE ts > ?", (float(since),)
+        rows = self._read(f"SELECT * FROM audit {where} ORDER BY ts DESC, id DESC LIMIT ?",
+                          (*args, _limit(limit)))
+        return [self._audit_row(r) for r in rows]
+
+    def import_audit_jsonl(self, path: str | os.PathLike) -> int:
+        """Import the JSON-lines audit that chatops wrote before it had this database, once, then
+        rename it `<name>.imported` (kept, not deleted). Lines that are not a JSON object are kept
+        too, as `audit.unparsed` records holding the raw line. Returns how many records came in.
+
+        Safe against a crash or a second process doing the same: the file's digest is remembered
+        in the same transaction as its records, so a file already imported is only renamed."""
+        path = Path(path)
+        with self._write() as conn:
+            try:
+                data = path.read_bytes()
+            except FileNotFoundError:  # another process got there first
+                return 0
+            key = f"imported:{path.name}:{hashlib.sha256(data).hexdigest()}"
+            count = 0
+            if conn.execute("SELECT 1 FROM meta WHERE key = ?", (key,)).fetchone() is None:
+                fallback_ts = path.stat().st_mtime
+                for number, raw in enumerate(data.decode("utf-8", errors="replace").splitlines(), 1):
+                    if not raw.strip():
+                        continue
+                    self._insert_audit(conn, *_legacy_record(raw, number, fallback_ts, path.name))
+                    count += 1
+                conn.execute("INSERT INTO meta (key, value) VALUES (?, ?)", (key, _dumps(
+                    {"records": count, "at": time.time()})))
+        path.rename(path.with_name(path.name + ".imported"))
+        return count
+
+    # -- findings --
+
+    @staticmethod
+    def _finding_row(r: sqlite3.Row) -> dict:
+        return {"id": r["id"], "kind": r["kind"], "subject": r["subject"], "severity": r["severity"],
+                "state": r["state"], "first_seen": r["first_seen"], "last_seen": r["last_seen"],
+                "evidence": json.loads(r["evidence"]), "runbook": r["runbook"],
+                "remediation": json.loads(r["remediation"]), "incident_id": r["incident_id"]}
+
+    def upsert_finding(self, kind: str, subject: str, *, severity: str = "warning",
+                       evidence: Any = None, runbook: str | None = None, remediation: Any = None,
+                       state: str = "open", incident_id: int | None = None,
+                       seen: float | None = None) -> dict | None:
+        """Create or refresh the open finding for (kind, subject); return it.
+
+        An open one is updated in place (last_seen, severity, evidence, runbook, remediation; the
+        incident link only when one is given), otherwise a new one starts. state="resolved" closes
+        the open one; with none open there is nothing to close and None is returned, so a detector
+        may resolve every all-clear subject on each pass without writing anything. A later open for
+        the same pair starts a new finding, with its own first_seen."""
+        _choice(severity, SEVERITIES, "severity")
+        _choice(state, FINDING_STATES, "finding state")
+        for name, value in (("kind", kind), ("subject", subject)):
+            if not isinstance(value, str) or not value:
+                raise ValueError(f"finding {name} must be a non-empty string, not {value!r}")
+        now = time.time() if seen is None else float(seen)
+        with self._write() as conn:
+            if incident_id is not None:
+                self._require_incident(conn, incident_id)
+            row = conn.execute("SELECT * FROM findings WHERE kind = ? AND subject = ? AND state = 'open'",
+                               (kind, subject)).fetchone()
+            if row is None and state == "resolved":
+                return None
+            if row is None:
+                cur = conn.execute(
+                    "INSERT INTO findings (kind, subject, severity, state, first_seen, last_seen, "
+                    "evidence, runbook, remediation, incident_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (kind, subject, severity, state, now, now, _dumps(evidence or {}), runbook,
+                     _dumps(remediation), incident_id))
+                fid = cur.lastrowid
+            else:
+                fid = row["id"]
+                conn.execute(
+                    "UPDATE findings SET severity = ?, state = ?, last_seen = ?, evidence = ?, runbook = ?, "
+                    "remediation = ?, incident_id = COALESCE(?, incident_id) WHERE id = ?",
+                    (severity, state, max(now, row["last_seen"]), _dumps(evidence or {}), runbook,
+                     _dumps(remediation), incident_id, fid))
+            return self._finding_row(conn.execute("SELECT * FROM findings WHERE id = ?", (fid,)).fetchone())
+
+    def findings(self, open_only: bool = False, limit: int | None = None) -> list[dict]:
+        """Findings, most recently seen first."""
+        where = "WHERE state = 'open'" if open_only else ""
+        rows = self._read(f"SELECT * FROM findings {where} ORDER BY last_seen DESC, id DESC LIMIT ?",
+                          (_limit(limit),))
+        return [self._finding_row(r) for r in rows]
+
+    def finding(self, finding_id: int) -> dict:
+        rows = self._read("SELECT * FROM findings WHERE id = ?", (finding_id,))
+        if not rows:
+            raise KeyError(f"no finding with id {finding_id!r}")
+        return self._finding_row(rows[0])
+
+    # -- incidents --
+
+    @staticmethod
+    def _incident_row(r: sqlite3.Row) -> dict:
+        return {"id": r["id"], "title": r["title"], "state": r["state"], "opened": r["opened"],
+                "updated": r["updated"], "acknowledged_by": r["acknowledged_by"],
+                "root_cause": json.loads(r["root_cause"]), "timeline": json.loads(r["timeline"])}
+
+    @staticmethod
+    def _require_incident(conn: sqlite3.Connection, incident_id: int) -> sqlite3.Row:
+        row = None
+        if isinstance(incident_id, int) and not isinstance(incident_id, bool):
+            row = conn.execute("SELECT * FROM incidents WHERE id = ?", (incident_id,)).fetchone()
+        if row is None:
+            raise KeyError(f"no incident with id {incident_id!r}")
+        return row
+
+    def add_incident(self, title: str, *, root_cause: Any = None, timeline: list | None = None,
+                     actor: str | None = None) -> dict:
+        """Open an incident. The timeline starts with its opening (and any entries given)."""
+        if not isinstance(title, str) or not title.strip():
+            raise ValueError(f"incident title must be a non-empty string, not {title!r}")
+        now = time.time()
+        entries = [{"ts": now, "event": "opened", "state": "open", "actor": actor}, *(timeline or [])]
+        with self._write() as conn:
+            cur = conn.execute(
+                "INSERT INTO incidents (title, state, opened, updated, root_cause, timeline) "
+                "VALUES (?, 'open', ?, ?, ?, ?)", (title, now, now, _dumps(root_cause), _dumps(entries)))
+            return self._incident_row(self._require_incident(conn, cur.lastrowid))
+
+    def set_incident_state(self, incident_id: int, state: str, actor: str, note: str | None = None) -> dict:
+        """Move an incident to `state`, add it to its timeline and write an audit record, in one
+        transaction."""
+        _choice(state, INCIDENT_STATES, "incident state")
+        if not isinstance(actor, str) or not actor:
+            raise ValueError(f"actor must be a non-empty string, not {actor!r}")
+        now = time.time()
+        with self._write() as conn:
+            row = self._require_incident(conn, incident_id)
+            timeline = json.loads(row["timeline"])
+            entry = {"ts": now, "event": state, "state": state, "actor": actor}
+            if note:
+                entry["note"] = note
+            timeline.append(entry)
+            acknowledged_by = actor if state == "acknowledged" else row["acknowledged_by"]
+            conn.execute("UPDATE incidents SET state = ?, updated = ?, acknowledged_by = ?, timeline = ? "
+                         "WHERE id = ?", (state, now, acknowledged_by, _dumps(timeline), incident_id))
+            detail = {"from": row["state"], "to": state, **({"note": note} if note else {})}
+            self._insert_audit(conn, now, actor, f"incident.{state}", f"incident/{incident_id}", "ok", detail)
+            return self._incident_row(self._require_incident(conn, incident_id))
+
+    def incidents(self, state: str | None = None, limit: int | None = None) -> list[dict]:
+        """Incidents, most recently opened first; `state` keeps only those in it."""
+        where, args = "", ()
+        if state is not None:
+            where, args = "WHERE state = ?", (_choice(state, INCIDENT_STATES, "incident state"),)
+        rows = self._read(f"SELECT * FROM incidents {where} ORDER BY opened DESC, id DESC LIMIT ?",
+                          (*args, _limit(limit)))
+        return [self._incident_row(r) for r in rows]
+
+    def incident(self, incident_id: int) -> dict:
+        with self._lock:
+            return self._incident_row(self._require_incident(self._live(), incident_id))
+
+    # -- alert outbox --
+
+    @staticmethod
+    def _alert_row(r: sqlite3.Row) -> dict:
+        return {"id": r["id"], "created": r["created"], "destination": r["destination"],
+                "payload": json.loads(r["payload"]), "attempts": r["attempts"],
+                "last_error": r["last_error"], "delivered_at": r["delivered_at"]}
+
+    def enqueue_alert(self, destination: str, payload: Any) -> dict:
+        """Put an alert in the outbox for `destination` (a destination's name, never its URL)."""
+        if not isinstance(destination, str) or not destination:
+            raise ValueError(f"alert destination must be a non-empty string, not {destination!r}")
+        with self._write() as conn:
+            cur = conn.execute("INSERT INTO alert_outbox (created, destination, payload) VALUES (?, ?, ?)",
+                               (time.time(), destination, _dumps(payload)))
+            return self._alert_row(conn.execute("SELECT * FROM alert_outbox WHERE id = ?",
+                                                (cur.lastrowid,)).fetchone())
+
+    def pending_alerts(self, limit: int | None = 100, max_attempts: int | None = None) -> list[dict]:
+        """Undelivered alerts, oldest first; with max_attempts, those tried fewer times than that."""
+        where, args = "", ()
+        if max_attempts is not None:
+            where, args = "AND attempts < ?", (_limit(max_attempts),)
+        rows = self._read(f"SELECT * FROM alert_outbox WHERE delivered_at IS NULL {where} "
+                          "ORDER BY id LIMIT ?", (*args, _limit(limit)))
+        return [self._alert_row(r) for r in rows]
+
+    def mark_alert(self, alert_id: int, result: str, error: str | None = None) -> dict:
+        """Record one delivery attempt: "delivered" takes it out of the pending list, "failed"
+        leaves it there with the error, for a retry."""
+        _choice(result, ALERT_RESULTS, "alert result")
+        with self._write() as conn:
+            row = None
+            if isinstance(alert_id, int) and not isinstance(alert_id, bool):
+                row = conn.execute("SELECT * FROM alert_outbox WHERE id = ?", (alert_id,)).fetchone()
+            if row is None:
+                raise KeyError(f"no alert with id {alert_id!r} in the outbox")
+            if result == "delivered":
+                conn.execute("UPDATE alert_outbox SET attempts = attempts + 1, delivered_at = ?, "
+                             "last_error = NULL WHERE id = ?", (time.time(), alert_id))
+            else:
+                conn.execute("UPDATE alert_outbox SET attempts = attempts + 1, last_error = ? WHERE id = ?",
+                             (error or "unknown error", alert_id))
+            return self._alert_row(conn.execute("SELECT * FROM alert_outbox WHERE id = ?",
+                                                (alert_id,)).fetchone())
+
+
+_CORE = ("actor", "action", "target", "result")
+
+
+def _legacy_record(raw: str, number: int, fallback_ts: float, source: str) -> tuple:
+    """(ts, actor, action, target, result, detail) for one line of the old audit.jsonl."""
+    try:
+        entry = json.loads(raw)
+    except ValueError:
+        entry = None
+    if not isinstance(entry, dict) or not all(isinstance(entry.get(k), str) and entry.get(k) for k in _CORE):
+        return (fallback_ts, "unknown", "audit.unparsed", f"{source}:{number}", "unknown", {"line": raw})
+    ts = entry.get("ts")
+    if isinstance(ts, bool) or not isinstance(ts, (int, float)):
+        ts = fallback_ts
+    detail = {k: v for k, v in entry.items() if k not in (*_CORE, "ts", "time")}
+    return (float(ts), entry["actor"], entry["action"], entry["target"], entry["result"], detail)
