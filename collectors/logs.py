@@ -359,12 +359,14 @@ class Follower:
     start again from 0 and count it. Each call reads at most `max_bytes`; a line longer than that
     is cut at `max_bytes` and counted in `oversized`.
     Restart after a rotation that happened while nobody was following starts the new file at 0;
-    what was left unread in the old one is not found (its name is unknown).
+    what was left unread in the old one is not found (its name is unknown). With `tail_bytes`, a
+    file met without saved state is read from the first whole line in its last `tail_bytes`.
     """
 
     def __init__(self, path: str | os.PathLike, state_path: str | os.PathLike | None = None,
-                 max_bytes: int = 1 << 20):
+                 max_bytes: int = 1 << 20, tail_bytes: int | None = None):
         self.path = Path(path)
+        self.tail_bytes = tail_bytes     # no saved state: start at the first line in the last N bytes
         self.state_path = Path(state_path) if state_path else None
         self.max_bytes = max_bytes
         self.offset = 0
@@ -416,6 +418,10 @@ class Follower:
         st = os.fstat(fd)
         self._fd, self.inode, self.dev, self.offset, self.head = fd, st.st_ino, st.st_dev, 0, ""
         saved, self._saved = self._saved, None
+        if not saved and self.tail_bytes is not None and st.st_size > self.tail_bytes:
+            start = st.st_size - self.tail_bytes
+            nl = os.pread(fd, self.tail_bytes, start - 1).find(b"\n")
+            self.offset = start + nl if nl >= 0 else st.st_size
         if saved and saved.get("inode") == st.st_ino and saved.get("dev") == st.st_dev:
             head = str(saved.get("head") or "")
             if _fingerprint(fd, len(head) // 2) == head and int(saved.get("offset", 0)) <= st.st_size:

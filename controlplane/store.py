@@ -1,0 +1,123 @@
+"""The control plane's memory: the latest observation of every source, and recent figures as
+fixed-size ring buffers.
+
+Everything here is lost on a restart, on purpose: it is re-scraped within one interval. What must
+survive (findings, incidents, the audit, the alert outbox) lives in SQLite (controlplane/database.py).
+
+Memory bound. One series holds `points = history / interval + 1` values (721 for the defaults,
+1 h at 5 s); the times are kept once per target. A value costs ~32 bytes (a float object and its
+slot in a deque), so ~23 kB a series. Figure names come from the cluster file (shards, proxies,
+processes) except the per-host CLIENT LIST figures, whose hosts come from the wire: a leak from
+thousands of unknown addresses could otherwise grow the store without end. So each
+(source, target) holds at most MAX_SERIES_PER_TARGET series; figures past that are dropped and
+counted in `dropped_series`. The default cluster (4 shards, 4 chat hosts) holds about 1,500
+series, ~35 MB at most after an hour; the worst case is the bound times the targets.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from collectors.base import Observation
+
+MAX_SERIES_PER_TARGET = 2000
+
+
+@dataclass
+class Snapshot:
+    """The newest scrape of one (source, target), with its figures and any JSON-ready detail."""
+    obs: Observation
+    figures: dict[str, float | None]
+    detail: dict[str, Any] = field(default_factory=dict)
+    previous: Observation | None = None     # the scrape before, for rates
+
+
+@dataclass
+class _Target:
+    times: deque                 # one timestamp per scrape, shared by the target's series
+    values: dict[str, deque]     # figure name -> values aligned with `times`
+
+
+class Store:
+    def __init__(self, points: int = 721):
+        if points < 2:
+            raise ValueError("a series needs room for at least 2 points")
+        self.points = points
+        self._lock = threading.Lock()
+        self._latest: dict[tuple[str, str], Snapshot] = {}
+        self._series: dict[tuple[str, str], _Target] = {}
+        self.dropped_series = 0
+
+    @classmethod
+    def for_cluster(cls, cf) -> "Store":
+        from controlplane.clusterfile import seconds
+        scrape = cf.controlplane.scrape
+        interval = min(seconds(scrape.interval), seconds(scrape.client_list_interval))
+        return cls(points=max(2, int(seconds(scrape.history) / interval) + 1))
+
+    def put(self, obs: Observation, figures: dict[str, float | None],
+            detail: dict[str, Any] | None = None) -> Snapshot:
+        """Record one scrape: it becomes the latest of its (source, target) and every series of
+        that target gets a point at the scrape's time -- None for a figure this scrape lacks, so
+        a vanished proxy or host shows as a gap rather than a frozen line."""
+        key = (obs.source, obs.target)
+        with self._lock:
+            old = self._latest.get(key)
+            snap = Snapshot(obs, figures, detail or {}, old.obs if old else None)
+            self._latest[key] = snap
+            target = self._series.get(key)
+            if target is None:
+                target = self._series[key] = _Target(deque(maxlen=self.points), {})
+            target.times.append(obs.at)
+            n = len(target.times)
+            for name, s in target.values.items():
+                s.append(figures.get(name))
+            for name, value in figures.items():
+                if name in target.values:
+                    continue
+                if len(target.values) >= MAX_SERIES_PER_TARGET:
+                    self.dropped_series += 1
+                    continue
+                s = target.values[name] = deque([None] * (n - 1), maxlen=self.points)
+                s.append(value)
+        return snap
+
+    def latest(self, source: str, target: str) -> Snapshot | None:
+        with self._lock:
+            return self._latest.get((source, target))
+
+    def latest_of(self, source: str) -> dict[str, Snapshot]:
+        """target -> newest snapshot, for one source."""
+        with self._lock:
+            return {t: s for (src, t), s in self._latest.items() if src == source}
+
+    def series(self, source: str, target: str, name: str,
+               since: float | None = None) -> list[tuple[float, float | None]]:
+        """[(time, value or None)] oldest first; empty for an unknown series."""
+        with self._lock:
+            t = self._series.get((source, target))
+            s = t.values.get(name) if t else None
+            points = list(zip(t.times, s)) if s is not None else []
+        if since is not None:
+            points = [p for p in points if p[0] >= since]
+        return points
+
+    def names(self, source: str, target: str) -> list[str]:
+        with self._lock:
+            t = self._series.get((source, target))
+            return sorted(t.values) if t else []
+
+    def size(self) -> dict[str, int]:
+        with self._lock:
+            n = sum(len(t.values) for t in self._series.values())
+            pts = sum(len(t.times) * len(t.values) for t in self._series.values())
+        return {"series": n, "points": pts, "points_per_series": self.points,
+                "dropped_series": self.dropped_series}
+
+
+def age_s(snap: Snapshot | None, now: float | None = None) -> float | None:
+    return None if snap is None else (time.time() if now is None else now) - snap.obs.at
