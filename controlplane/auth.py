@@ -136,7 +136,8 @@ def _wants_json() -> bool:
 
 def _error(status: int, message: str, headers: dict | None = None) -> Response:
     if _wants_json():
-        resp = make_response(jsonify({"error": message, "status": status}), status)
+        # the same shape as the app's other API errors (controlplane/app.py)
+        resp = make_response(jsonify(error={"status": status, "message": message}), status)
     else:
         body = (f"<!doctype html><html lang=en><meta charset=utf-8><title>{status}</title>"
                 f"<h1>{status}</h1><p>{escape(message)}</p>")
