@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import re
+from pathlib import Path
 
 import pytest
 import yaml
@@ -100,7 +101,7 @@ def test_unset_token_refuses_every_change_saying_which_variable(monkeypatch, val
     client = tiny_app().test_client()
     for headers in ({}, bearer(""), bearer("anything")):
         r = client.post("/api/v1/things", headers=headers)
-        assert r.status_code == 403 and "CHATOPS_API_TOKEN" in r.get_json()["error"]
+        assert r.status_code == 403 and "CHATOPS_API_TOKEN" in r.get_json()["error"]["message"]
     r = client.post("/actions/restart/x")
     assert r.status_code == 403 and "CHATOPS_API_TOKEN" in r.text
     page = client.get("/login")
@@ -136,7 +137,7 @@ def test_bearer_token_works_without_csrf_or_cookies(app):
 def test_api_without_a_valid_token_gets_401_with_a_challenge(app, headers):
     r = app.test_client().post("/api/v1/things", headers=headers)
     assert r.status_code == 401 and r.headers["WWW-Authenticate"].startswith("Bearer")
-    assert r.is_json and r.get_json()["error"]
+    assert r.is_json and r.get_json()["error"]["message"]
 
 
 # -- browsers: login, CSRF, logout --
@@ -190,7 +191,7 @@ def test_session_posts_need_the_csrf_token(app):
     missing = client.post("/actions/restart/edge")
     assert missing.status_code == 400 and "text/html" in missing.content_type and "CSRF" in missing.text
     api_missing = client.post("/api/v1/things")
-    assert api_missing.status_code == 400 and "CSRF" in api_missing.get_json()["error"]
+    assert api_missing.status_code == 400 and "CSRF" in api_missing.get_json()["error"]["message"]
     assert client.post("/actions/restart/edge", data={"csrf_token": "wrong"}).status_code == 400
     ok = client.post("/actions/restart/edge", data={"csrf_token": token})
     assert ok.status_code == 200 and ok.text == "restarted edge as session:127.0.0.1"
@@ -298,3 +299,46 @@ def test_the_route_walk_would_catch_a_forgotten_decorator(app):
     assert ("POST", "/actions/oops") in mutating_rules(app)
     with pytest.raises(AssertionError, match="POST /actions/oops answered"):
         assert_refused(app, "POST", "/actions/oops")
+
+
+# -- the real app --
+
+@pytest.fixture
+def real_app(token_env, tmp_path, run_dir):
+    from controlplane.app import create_app
+    from tests.conftest import write_cluster
+    cluster = write_cluster(tmp_path / "cluster.yaml", small_cluster("127.77.2"))
+    app = create_app({"CLUSTER_FILE": str(cluster), "RUN_DIR": str(run_dir), "SCHEDULER": False,
+                      "TESTING": True})
+    yield app
+    app.extensions["chatops.db"].close()
+
+
+def _real_rules():
+    """The real app's mutating routes, listed at collection time (the token plays no part)."""
+    import tempfile
+
+    from controlplane.app import create_app
+    from tests.conftest import write_cluster
+    with tempfile.TemporaryDirectory(prefix="co-", dir="/tmp") as tmp:
+        cluster = write_cluster(Path(tmp) / "cluster.yaml", small_cluster("127.77.3"))
+        app = create_app({"CLUSTER_FILE": str(cluster), "RUN_DIR": tmp, "SCHEDULER": False, "TESTING": True})
+        try:
+            return mutating_rules(app)
+        finally:
+            app.extensions["chatops.db"].close()
+
+
+def test_real_app_wires_auth(real_app):
+    client = real_app.test_client()
+    page = client.get("/login")
+    assert page.status_code == 200 and 'name="token"' in page.text and "<title>" in page.text
+    assert login(client).status_code == 302
+    assert client.post("/logout").status_code == 400  # a session's POST without CSRF
+    assert client.post("/logout", data={"csrf_token": _csrf_of(client)}).status_code == 302
+    assert ("POST", "/logout") in mutating_rules(real_app)
+
+
+@pytest.mark.parametrize("method,path", _real_rules())
+def test_every_mutating_route_of_the_real_app_demands_auth(real_app, method, path):
+    assert_refused(real_app, method, path)
