@@ -45,6 +45,10 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(api.bp)
     app.register_blueprint(dashboard.bp)
     _json_errors(app)
+
+    @app.get("/healthz")
+    def healthz():
+        return {"ok": True}
     scraper = scheduler.init_app(app)
     atexit.register(scraper.stop)
     return app

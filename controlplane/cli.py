@@ -20,6 +20,7 @@ from controlplane.cli_common import config_option, run_dir_option
 from controlplane.cli_common import fail as _fail, load as _load, run_dir as _run_dir
 from controlplane.remediation import proxy_reload
 from controlplane.rundir import RunDir, RunDirError
+from controlplane.serve import controlplane_cmd
 from controlplane.supervisor import (AlreadyRunning, StartError, Supervisor, pid_alive, read_state,
                                      supervisor_pid)
 
@@ -144,6 +145,7 @@ def _register_inspect_commands() -> None:
 
 
 _register_inspect_commands()
+main.add_command(controlplane_cmd)
 
 
 # -- traffic --
@@ -284,7 +286,7 @@ def _print_table(rows: list[dict], describe: bool = False) -> None:
         click.echo("  ".join(v.ljust(w) for v, w in zip(d, widths)).rstrip())
 
 
-def _print_hints(cf: clusterfile.ClusterFile) -> None:
+def _print_hints(cf: clusterfile.ClusterFile, with_controlplane: bool) -> None:
     host, _ = cf.chat_hosts()[0]
     addr = cf.address(host)
     base = cf.haproxy.listener_base_port
@@ -294,6 +296,10 @@ def _print_hints(cf: clusterfile.ClusterFile) -> None:
     click.echo(f"  redis-cli -h {addr} -p {base} CLIENT INFO     # laddr= is the shard, addr= is {host}")
     click.echo(f"  HAProxy stats: http://{addr}:{cf.haproxy.stats_port}/stats   "
                f"(;csv for CSV, /metrics for Prometheus)")
+    if with_controlplane:
+        listen = cf.controlplane.listen
+        url = f"http://{listen.address}:{listen.port}"
+        click.echo(f"\nDashboard: {url}/   API: {url}/api/v1/   Prometheus: {url}/metrics")
 
 
 @main.command()
@@ -302,16 +308,21 @@ def _print_hints(cf: clusterfile.ClusterFile) -> None:
 @click.option("--detach", is_flag=True, help="Run the supervisor in the background; stop it with `chatops down`.")
 @click.option("--start-timeout", default=20.0, show_default=True, help="Seconds each process has to answer.")
 @click.option("--traffic", is_flag=True, help="Also run a modest load generator, so there is chat to watch.")
-def up(config: str | None, run_dir: str | None, detach: bool, start_timeout: float, traffic: bool) -> None:
-    """Start every Redis shard and every chat host's HAProxy, and keep them running."""
+@click.option("--controlplane/--no-controlplane", "with_controlplane", default=True, show_default=True,
+              help="Also run the control plane (dashboard, API, /metrics) once the cluster has settled.")
+def up(config: str | None, run_dir: str | None, detach: bool, start_timeout: float, traffic: bool,
+       with_controlplane: bool) -> None:
+    """Start the cluster (Redis shards, every chat host's HAProxy and chat services) and the
+    control plane, and keep them running."""
     run = _run_dir(run_dir)
     loaded = _load(config)
     if detach:
-        _up_detached(loaded, run, start_timeout, traffic)
+        _up_detached(loaded, run, start_timeout, traffic, with_controlplane)
         return
     log = logs.setup("supervisor", sys.stdout)
     try:
-        specs = processes.specs(loaded.spec, run, loaded.path, traffic)  # also refuses a run dir too long for socket paths
+        # specs() also refuses a run dir too long for socket paths
+        specs = processes.specs(loaded.spec, run, loaded.path, traffic, with_controlplane)
     except (binaries.MissingBinary, RunDirError) as exc:
         _fail(str(exc))
     sup = Supervisor(specs, run, log, str(loaded.path), start_timeout)
@@ -334,7 +345,7 @@ def up(config: str | None, run_dir: str | None, detach: bool, start_timeout: flo
             sup.write_state()
             click.echo("")
             _print_table(_status_rows(read_state(run)), describe=True)
-            _print_hints(loaded.spec)
+            _print_hints(loaded.spec, with_controlplane)
             click.echo("\nRunning in the foreground; Ctrl-C stops everything.", nl=True)
             sys.stdout.flush()
             sup.loop()
@@ -351,7 +362,8 @@ def up(config: str | None, run_dir: str | None, detach: bool, start_timeout: flo
     sys.exit(code)
 
 
-def _up_detached(loaded: clusterfile.LoadedCluster, run: RunDir, start_timeout: float, traffic: bool) -> None:
+def _up_detached(loaded: clusterfile.LoadedCluster, run: RunDir, start_timeout: float, traffic: bool,
+                 with_controlplane: bool) -> None:
     run.ensure()
     other = supervisor_pid(run)
     if other:
@@ -361,7 +373,8 @@ def _up_detached(loaded: clusterfile.LoadedCluster, run: RunDir, start_timeout: 
     with open(log_path, "ab") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "controlplane.cli", "up", "--config", str(loaded.path),
-             "--run-dir", str(run.root), "--start-timeout", str(start_timeout)] + (["--traffic"] if traffic else []),
+             "--run-dir", str(run.root), "--start-timeout", str(start_timeout)]
+            + (["--traffic"] if traffic else []) + ([] if with_controlplane else ["--no-controlplane"]),
             stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + start_timeout * 4 + 30
     while time.monotonic() < deadline:
@@ -372,7 +385,7 @@ def _up_detached(loaded: clusterfile.LoadedCluster, run: RunDir, start_timeout: 
         state = read_state(run)
         if state and state.get("ready"):
             _print_table(_status_rows(state), describe=True)
-            _print_hints(loaded.spec)
+            _print_hints(loaded.spec, with_controlplane)
             click.echo(f"\nSupervisor pid {proc.pid} runs in the background (log: {log_path}); "
                        "stop it with `chatops down`.")
             return

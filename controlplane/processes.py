@@ -166,7 +166,21 @@ def traffic_spec(config: Path) -> ProcessSpec:
         ready=lambda: True, stage="traffic", client=True)
 
 
-def specs(cf: ClusterFile, run: RunDir, config: Path, traffic: bool = False) -> list[ProcessSpec]:
+def controlplane_spec(cf: ClusterFile, run: RunDir, config: Path) -> ProcessSpec:
+    """The control plane, started once the cluster has settled so its first scrape sees it whole."""
+    listen = cf.controlplane.listen
+    return ProcessSpec(
+        name="controlplane", kind="controlplane", host="controlplane", address=listen.address,
+        port=listen.port,
+        argv=[sys.executable, "-m", "controlplane.cli", "controlplane", "--config", str(config),
+              "--run-dir", str(run.root)],
+        describe=f"control plane (dashboard http://{listen.address}:{listen.port}/)",
+        ready=lambda: http_healthy(listen.address, listen.port, timeout=2.0), stage="controlplane",
+        client=True)
+
+
+def specs(cf: ClusterFile, run: RunDir, config: Path, traffic: bool = False,
+          controlplane: bool = False) -> list[ProcessSpec]:
     """In start order: Redis, the proxies in front of it, then per chat host the exchange, clue
     (which needs the exchange) and the edge (which needs both)."""
     out: list[ProcessSpec] = []
@@ -186,6 +200,8 @@ def specs(cf: ClusterFile, run: RunDir, config: Path, traffic: bool = False) -> 
         out.append(_chat_spec(cf, config, host, "edge", sv.edge.irc_port, sv.edge.http_port,
                               f"edge (irc :{sv.edge.irc_port}, ws :{sv.edge.ws_port}; via haproxy "
                               f":{cf.clusters[cluster].frontend.irc_port}/:{cf.clusters[cluster].frontend.ws_port})"))
+    if controlplane:
+        out.append(controlplane_spec(cf, run, config))
     if traffic:
         out.append(traffic_spec(config))
     return out

@@ -148,14 +148,18 @@ class RunningCluster:
 
 
 @contextmanager
-def cluster_up(config: Path, run: Path, timeout: float = 30.0):
-    """Run `chatops up` in the foreground as a child, as an operator would; always stop it."""
+def cluster_up(config: Path, run: Path, timeout: float = 30.0, *, controlplane: bool = False,
+               traffic: bool = False):
+    """Run `chatops up` in the foreground as a child, as an operator would; always stop it.
+    The control plane and the load generator run only when asked for."""
     require("redis-server")
     require("haproxy")
     log = run.parent / f"{run.name}-up.log"
+    flags = (["--controlplane"] if controlplane else ["--no-controlplane"]) + (["--traffic"] if traffic else [])
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "controlplane.cli", "up", "--config", str(config), "--run-dir", str(run)],
+            [sys.executable, "-m", "controlplane.cli", "up", "--config", str(config), "--run-dir", str(run),
+             *flags],
             stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
     rc = RunningCluster(proc, run, config, log)
     try:
@@ -187,3 +191,24 @@ def leftovers(run: Path, config: Path) -> set[int]:
     for host in doc["hosts"].values():
         found |= processes_mentioning(f"{host['address']}:")
     return found
+
+
+@contextmanager
+def live_controlplane(traffic: bool = True, **overrides):
+    """A small cluster (2 chat hosts, 2 shards) with its control plane and, by default, traffic,
+    started as `chatops up` runs them; yields (RunningCluster, base URL). For module-scoped
+    fixtures: it makes its own subnet and run dir, and removes them afterwards."""
+    subnet = free_subnet()
+    run = Path(tempfile.mkdtemp(prefix="co-", dir="/tmp"))
+    doc = small_cluster(subnet, **overrides)
+    doc.setdefault("controlplane", {}).setdefault("scrape", {}).update(
+        {"interval": "1s", "client_list_interval": "2s"})
+    config = write_cluster(run.parent / f"{run.name}.yaml", doc)
+    listen = doc["controlplane"]["listen"]
+    base = f"http://{listen['address']}:{listen['port']}"
+    try:
+        with cluster_up(config, run, timeout=60, controlplane=True, traffic=traffic) as c:
+            yield c, base
+    finally:
+        shutil.rmtree(run, ignore_errors=True)
+        config.unlink(missing_ok=True)
