@@ -1,6 +1,6 @@
 # The two commands a newcomer needs on a fresh Debian machine:
-#   make run    install what is missing, then start the local cluster with traffic (`chatops up --traffic`)
-#   make test   install what is missing, then run the whole test suite
+#   make run    install what is missing, then start the local cluster, its control plane and traffic
+#   make test   install what is missing (and a headless Chromium), then run the whole test suite
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -10,13 +10,15 @@ CC ?= cc
 # Debian packages the cluster and the tests drive for real, and the compiler for the log scanner.
 APT_PACKAGES := haproxy redis-server redis-tools gcc libc6-dev
 FASTLOG := collectors/_fastlog.so
+# Only the tests need a browser: the dashboard tests drive headless Chromium through chromedriver.
+TEST_APT_PACKAGES := chromium chromium-driver
 
-.PHONY: run test deps system-packages clean
+.PHONY: run test deps system-packages test-packages clean
 
 run: deps
-	$(BIN)/chatops up --traffic $(ARGS)
+	$(BIN)/chatops up --traffic --controlplane $(ARGS)
 
-test: deps
+test: deps test-packages
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 deps: system-packages $(STAMP) $(FASTLOG)
@@ -40,6 +42,17 @@ system-packages:
 	  DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq $(APT_PACKAGES) python3-venv >/dev/null || \
 	  { echo "make: apt-get install failed; install by hand: apt-get install -y $(APT_PACKAGES) python3-venv" >&2; exit 1; }; \
 	fi
+
+test-packages:
+	@command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 || { \
+	  echo "make: installing $(TEST_APT_PACKAGES) with apt-get (for the dashboard tests)"; \
+	  if [ "$$(id -u)" = 0 ]; then sudo=""; \
+	  elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then sudo="sudo"; \
+	  else echo "make: cannot install packages: not root and no passwordless sudo. Run:" >&2; \
+	       echo "  sudo apt-get update && sudo apt-get install -y $(TEST_APT_PACKAGES)" >&2; exit 1; fi; \
+	  $$sudo apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq $(TEST_APT_PACKAGES) >/dev/null || \
+	  { echo "make: apt-get install failed; install by hand: apt-get install -y $(TEST_APT_PACKAGES)" >&2; exit 1; }; }
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
