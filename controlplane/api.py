@@ -1,38 +1,254 @@
-"""The JSON API, `/api/v1/...`, described by controlplane/openapi.json (served at
-/api/v1/openapi.json). Read endpoints are open on loopback; anything that changes state needs
-auth (controlplane/auth.py). Errors are `{"error": {"status", "message"}}`; a bad query
-parameter is a 400 that names it."""
+"""The JSON API, `/api/v1/...`, described by controlplane/openapi.json (served as is at
+/api/v1/openapi.json; tests/controlplane/test_api.py checks every route against it on a live
+cluster). docs/api.md is the reader's guide.
+
+Every figure comes from the read model (controlplane/views.py), so the API and the dashboard
+never disagree. Read endpoints are open (the control plane listens on loopback); anything that
+changes state needs auth (controlplane/auth.py) and writes an audit record.
+
+Errors are `{"error": {"status", "message"}}` (controlplane/app.py). Query parameters are checked
+strictly: an unknown or repeated parameter, a bad duration or limit is a 400 whose message names
+the parameter and what it accepts; an unknown shard, host or job is a 404 listing the valid names.
+Bad input never reaches the views, so it cannot become a 500.
+"""
 
 from __future__ import annotations
 
+import math
+import re
+import time
 from pathlib import Path
+from typing import Any
 
-from flask import Blueprint, current_app, jsonify
+from flask import Blueprint, abort, current_app, jsonify, request
 
-from controlplane import views
+from controlplane import auth, views
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 OPENAPI = Path(__file__).with_name("openapi.json")
 
+MAX_VALUE_LEN = 64                       # no accepted parameter value is longer
+MAX_SINCE_S = 7 * 86400                  # a week; the store keeps far less (scrape.history)
+LIMIT_MAX = 1000
+AUDIT_LIMIT_DEFAULT = 100
+_DURATION = re.compile(r"^([0-9]{1,9}(?:\.[0-9]{1,6})?)(ms|s|m|h|d)?$")
+_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+_SERVICE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+ACCEPTS = {
+    "since": "a positive duration such as 90s, 5m, 1h or a number of seconds (at most 7d)",
+    "limit": f"an integer from 1 to {LIMIT_MAX}",
+    "service": "a service (edge, clue, exchange, haproxy, redis, supervisor, loadgen) or a log "
+               "file stem such as edge-chat1: letters, digits, '.', '_' and '-', at most 64",
+}
+
+
+# -- parameters -----------------------------------------------------------------------------------
+
+def _show(value: str) -> str:
+    """A sent value, quoted and cut short, for an error message."""
+    return repr(value if len(value) <= 40 else value[:40] + "...")
+
+
+def _bad(name: str, value: str, why: str = "") -> None:
+    abort(400, description=f"bad query parameter {name}={_show(value)}{': ' + why if why else ''}; "
+                           f"{name} accepts {ACCEPTS[name]}")
+
+
+def _since(value: str) -> float:
+    """A duration back from now, as the epoch time it reaches."""
+    m = _DURATION.match(value)
+    if not m:
+        _bad("since", value)
+    span = float(m.group(1)) * _UNIT_S[m.group(2)]
+    if not 0 < span <= MAX_SINCE_S:
+        _bad("since", value, "out of range")
+    return time.time() - span
+
+
+def _limit(value: str) -> int:
+    if not value.isascii() or not value.isdigit() or len(value) > 7:
+        _bad("limit", value)
+    n = int(value)
+    if not 1 <= n <= LIMIT_MAX:
+        _bad("limit", value, "out of range")
+    return n
+
+
+def _service(value: str) -> str:
+    if not _SERVICE.match(value) or value != value.strip():
+        _bad("service", value)
+    return value
+
+
+_PARSERS = {"since": _since, "limit": _limit, "service": _service}
+
+
+def params(*allowed: str) -> dict[str, Any]:
+    """The query parameters of this request, parsed; 400 for any that is unknown here, repeated,
+    too long or malformed."""
+    got: dict[str, Any] = {}
+    for name in request.args:
+        values = request.args.getlist(name)
+        if name not in allowed:
+            accepted = ", ".join(allowed) if allowed else "none"
+            abort(400, description=f"unknown query parameter {_show(name)} for {request.path}; "
+                                   f"accepted: {accepted}")
+        if len(values) > 1:
+            abort(400, description=f"query parameter {name} is given {len(values)} times; give it once")
+        value = values[0]
+        if len(value) > MAX_VALUE_LEN:
+            _bad(name, value, f"longer than {MAX_VALUE_LEN} characters")
+        got[name] = _PARSERS[name](value)
+    return got
+
+
+# -- helpers --------------------------------------------------------------------------------------
 
 def _ctx():
     app = current_app
     return app.config["CLUSTER"], app.extensions["chatops.store"], app.extensions["chatops.scraper"]
 
 
-@bp.get("/jobs")
-def jobs():
-    _, _, scraper = _ctx()
-    return jsonify(jobs=scraper.jobs())
+def _finite(value: Any) -> Any:
+    """NaN and infinities are not JSON: they become null (unknown), like any missing figure."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
+
+def _json(body: dict[str, Any], status: int = 200):
+    resp = jsonify(_finite(body))
+    resp.status_code = status
+    return resp
+
+
+def _found(fn, *args, **kwargs):
+    """Call a view, turning its NotFound into a 404 that lists the valid names."""
+    try:
+        return fn(*args, **kwargs)
+    except views.NotFound as exc:
+        abort(404, description=exc.message)
+
+
+# -- read endpoints -------------------------------------------------------------------------------
 
 @bp.get("/overview")
 def overview():
+    params()
     cf, store, scraper = _ctx()
-    return jsonify(views.overview(cf, store, scraper.jobs()))
+    return _json(views.overview(cf, store, scraper.jobs()))
+
+
+@bp.get("/clusters")
+def clusters():
+    params()
+    cf, store, _ = _ctx()
+    return _json({"clusters": views.clusters(cf, store)})
+
+
+@bp.get("/hosts")
+def hosts():
+    params()
+    cf, store, _ = _ctx()
+    return _json({"hosts": views.hosts(cf, store)})
+
+
+@bp.get("/hosts/<name>")
+def host(name: str):
+    p = params("since")
+    cf, store, _ = _ctx()
+    return _json(_found(views.host, cf, store, name, p.get("since")))
+
+
+@bp.get("/shards")
+def shards():
+    params()
+    cf, store, _ = _ctx()
+    return _json({"shards": views.shards(cf, store)})
+
+
+@bp.get("/shards/<name>")
+def shard(name: str):
+    p = params("since")
+    cf, store, _ = _ctx()
+    return _json(_found(views.shard, cf, store, name, p.get("since")))
+
+
+@bp.get("/shards/<name>/clients")
+def shard_clients(name: str):
+    params()
+    cf, store, _ = _ctx()
+    return _json(_found(views.clients, cf, store, name))
+
+
+@bp.get("/proxies")
+def proxies():
+    params()
+    cf, store, _ = _ctx()
+    return _json({"proxies": views.proxies(cf, store)})
+
+
+@bp.get("/proxies/<host>")
+def proxy(host: str):
+    p = params("since")
+    cf, store, _ = _ctx()
+    return _json(_found(views.proxy, cf, store, host, p.get("since")))
+
+
+@bp.get("/logs")
+def logs():
+    p = params("service", "since")
+    _, store, _ = _ctx()
+    return _json(views.log_events(store, p.get("service"), p.get("since")))
+
+
+@bp.get("/jobs")
+def jobs():
+    params()
+    _, _, scraper = _ctx()
+    return _json({"jobs": scraper.jobs()})
+
+
+@bp.get("/audit")
+def audit():
+    p = params("limit", "since")
+    db = current_app.extensions["chatops.db"]
+    return _json({"audit": db.audit(limit=p.get("limit", AUDIT_LIMIT_DEFAULT), since=p.get("since"))})
 
 
 @bp.get("/openapi.json")
 def openapi():
-    return current_app.response_class(OPENAPI.read_text(), mimetype="application/json") if OPENAPI.exists() \
-        else (jsonify(error={"status": 404, "message": "openapi.json is missing"}), 404)
+    params()
+    if not OPENAPI.exists():
+        abort(500, description="controlplane/openapi.json is missing from the installation")
+    return current_app.response_class(OPENAPI.read_bytes(), mimetype="application/json")
+
+
+# -- actions --------------------------------------------------------------------------------------
+
+def _job(scraper, job_id: str) -> dict[str, Any]:
+    return next(j for j in scraper.jobs() if j["id"] == job_id)
+
+
+@bp.post("/jobs/<job_id>/run")
+@auth.require_auth
+def run_job(job_id: str):
+    """Scrape one source right now, outside its schedule; audited as `scrape.run`."""
+    params()
+    _, _, scraper = _ctx()
+    if job_id not in scraper.sources:
+        abort(404, description=f"unknown job {_show(job_id)}; valid: {', '.join(scraper.sources) or '(none)'}")
+    if scraper.health[job_id].running:
+        abort(409, description=f"job {job_id} is running right now; try again after it finishes")
+    db = current_app.extensions["chatops.db"]
+    scraper.run_once(job_id)
+    job = _job(scraper, job_id)
+    result = "failed" if job["last_error"] else "ok"
+    detail = {"error": job["last_error"]} if job["last_error"] else {}
+    db.add_audit(auth.current_actor(), "scrape.run", job_id, result, **detail)
+    return _json({"result": result, "job": job})
