@@ -25,6 +25,7 @@ class NotFound(KeyError):
     def __init__(self, what: str, name: str, valid: list[str]):
         super().__init__(f"unknown {what} {name!r}; valid: {', '.join(valid) or '(none)'}")
         self.message = self.args[0]
+        self.what, self.name, self.valid = what, name, list(valid)   # for the dashboard's 404 page
 
 
 def _health(snap: Snapshot | None, now: float) -> dict[str, Any]:
