@@ -157,9 +157,10 @@ def encode_command(*args: str | bytes | int) -> bytes:
 class Conn:
     """One plain RESP2 connection: `call` for a command, `pipeline` for several in one trip."""
 
-    def __init__(self, host: str, port: int, timeout: float = TIMEOUT_S):
+    def __init__(self, host: str, port: int, timeout: float = TIMEOUT_S, source: str | None = None):
         self.address = f"{host}:{port}"
-        self.sock = socket.create_connection((host, port), timeout=timeout)
+        self.sock = socket.create_connection((host, port), timeout=timeout,
+                                             source_address=(source, 0) if source else None)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.reader = _Reader(sock=self.sock)
 
@@ -187,10 +188,17 @@ class Conn:
         self.close()
 
 
+def source_address(cf) -> str | None:
+    """Where the control plane's own connections come from: its listen address on a local
+    cluster, so CLIENT LIST names them `controlplane` instead of an anonymous 127.0.0.1."""
+    address = cf.controlplane.listen.address
+    return address if cf.profile == "local" and address.startswith("127.") else None
+
+
 def connect(cf, shard_name: str, timeout: float = TIMEOUT_S) -> Conn:
     """A connection to the shard's own address and port (not through a chat host's HAProxy)."""
     shard = find_shard(cf, shard_name)
-    return Conn(cf.address(shard.host), shard.port, timeout)
+    return Conn(cf.address(shard.host), shard.port, timeout, source_address(cf))
 
 
 class UnknownShard(KeyError):
@@ -710,7 +718,7 @@ def collect(cf, shard_name: str, timeout: float = TIMEOUT_S, hotkeys_max: int = 
     shard = find_shard(cf, shard_name)
     target = shard_name
     try:
-        conn = Conn(cf.address(shard.host), shard.port, timeout)
+        conn = Conn(cf.address(shard.host), shard.port, timeout, source_address(cf))
     except OSError as exc:
         return Observation("redis", target, at, False, time.perf_counter() - t0, None,
                            f"{type(exc).__name__}: {exc}")
@@ -740,7 +748,7 @@ def collect_clients(cf, shard_name: str, timeout: float = TIMEOUT_S, top_n: int 
     at, t0 = time.time(), time.perf_counter()
     shard = find_shard(cf, shard_name)
     try:
-        with Conn(cf.address(shard.host), shard.port, timeout) as conn:
+        with Conn(cf.address(shard.host), shard.port, timeout, source_address(cf)) as conn:
             data = clients_snapshot(conn, cf, top_n=top_n)
             data["shard"] = shard_name
     except (OSError, RedisError) as exc:

@@ -298,7 +298,11 @@ class ClusterFile(_Model):
         return self.haproxy.listener_base_port + shard_index
 
     def host_by_address(self) -> dict[str, str]:
-        return {h.address: name for name, h in self.hosts.items()}
+        """IP -> host name; the control plane's listen address is `controlplane` (its collectors
+        connect from there) unless a host has that address."""
+        names = {h.address: name for name, h in self.hosts.items()}
+        names.setdefault(self.controlplane.listen.address, "controlplane")
+        return names
 
     def cluster_of_room(self, room: str) -> str:
         """Rooms not placed anywhere live on the first cluster, as new channels did on main."""

@@ -65,9 +65,8 @@ def _collect_with_rates(cf, shard: str, interval: float):
     rates cover the quiet gap and not the collector's own SCAN/OBJECT FREQ traffic."""
     from collectors import redis as rc
 
-    s = rc.find_shard(cf, shard)
     try:
-        with rc.Conn(cf.address(s.host), s.port) as conn:
+        with rc.connect(cf, shard) as conn:
             first = rc.fetch_info(conn)
     except (OSError, rc.RedisError):
         first = None   # collect() below reports the shard's state and error

@@ -264,7 +264,9 @@ def test_collect_sections_live(shards):
     cfg, cf, _ = shards
     with rc.connect(cf, "shard0") as c:
         c.pipeline([("SET", f"k{i}", "v") for i in range(50)])
-        c.pipeline([("GET", "k7")] * 40 + [("GET", "k3")] * 10)
+        # LFU counters grow with probability 1/((counter - 5) * lfu-log-factor + 1) per hit: 40
+        # hits left k7 tied with k3 now and then; 1,000 put it clearly on top.
+        c.pipeline([("GET", "k7")] * 1000 + [("GET", "k3")] * 10)
         c.call("DEBUG", "SLEEP", "0.02")
     obs = rc.collect(cf, "shard0")
     assert obs.up and obs.source == "redis" and obs.section_errors == {}
