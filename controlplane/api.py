@@ -31,9 +31,9 @@ MAX_VALUE_LEN = 64                       # no accepted parameter value is longer
 MAX_SINCE_S = 7 * 86400                  # a week; the store keeps far less (scrape.history)
 LIMIT_MAX = 1000
 AUDIT_LIMIT_DEFAULT = 100
-_DURATION = re.compile(r"^([0-9]{1,9}(?:\.[0-9]{1,6})?)(ms|s|m|h|d)?$")
+_DURATION = re.compile(r"([0-9]{1,9}(?:\.[0-9]{1,6})?)(ms|s|m|h|d)?")  # fullmatch: `$` would let "5m\n" in
 _UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
-_SERVICE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_SERVICE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 ACCEPTS = {
     "since": "a positive duration such as 90s, 5m, 1h or a number of seconds (at most 7d)",
@@ -57,7 +57,7 @@ def _bad(name: str, value: str, why: str = "") -> None:
 
 def _since(value: str) -> float:
     """A duration back from now, as the epoch time it reaches."""
-    m = _DURATION.match(value)
+    m = _DURATION.fullmatch(value)
     if not m:
         _bad("since", value)
     span = float(m.group(1)) * _UNIT_S[m.group(2)]
@@ -76,7 +76,7 @@ def _limit(value: str) -> int:
 
 
 def _service(value: str) -> str:
-    if not _SERVICE.match(value) or value != value.strip():
+    if not _SERVICE.fullmatch(value):
         _bad("service", value)
     return value
 
