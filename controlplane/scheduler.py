@@ -70,10 +70,13 @@ class Scraper:
         self._mutex = threading.Lock()
         self.scheduler: BackgroundScheduler | None = None
 
-    def run_once(self, source_id: str) -> None:
-        """One scrape of one source, with its health recorded; never raises."""
+    def run_once(self, source_id: str) -> bool:
+        """One scrape of one source, with its health recorded; never raises. False (and nothing
+        done) when that source is being scraped already, by its schedule or by a manual run."""
         src, h = self.sources[source_id], self.health[source_id]
         with self._mutex:
+            if h.running:
+                return False
             h.running = True
         at, started = time.time(), time.perf_counter()
         error = None
@@ -98,6 +101,7 @@ class Scraper:
             if error:
                 h.failures += 1
             h.last_error = error
+        return True
 
     def run_all(self) -> None:
         """Every source once, in order (tests and the first fill before serving)."""
