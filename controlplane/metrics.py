@@ -64,7 +64,7 @@ LABELS = {
     "source": "the control plane's source kind: `redis`, `clients`, `haproxy`, `process`, `logs`",
     "target": "what the source scrapes: a shard, a chat host, or `local`",
     "section": "a part of one scrape (Redis `info`, `config`, `slowlog`...; HAProxy `info`, `proc`)",
-    "shard": "the shard's name in the cluster file",
+    "shard": "the shard's name in the cluster file (empty on log lines that are not a shard's)",
     "host": "a host name from the cluster file (for a shard, the host it runs on)",
     "cluster": "the chat cluster of `host` or `source_host`; empty when the host is in none",
     "source_host": "the host a client connection comes from, named from the cluster file; "
@@ -240,8 +240,9 @@ PROC_TIME_WAIT = Metric("chatops_process_time_wait_connections", "gauge", "conne
                         "TCP connections to a Redis or HAProxy process's port in TIME_WAIT (connection churn).")
 
 LOG_EVENTS = Metric("chatops_log_events_total", "counter", "lines",
-                    ("service", "host", "cluster", "remote", "kind"),
-                    "Log lines read since the control plane started, by file's service and host, remote and kind.")
+                    ("service", "host", "cluster", "shard", "remote", "kind"),
+                    "Log lines read since the control plane started, by the file's service and host "
+                    "(a Redis file's shard and the shard's host), the line's remote and its kind.")
 LOG_UNPARSED = Metric("chatops_log_unparsed_lines_total", "counter", "lines", (),
                       "Log lines that matched neither the chat format nor plain syslog.")
 LOG_FILES = Metric("chatops_log_files", "gauge", "files", (), "Log files followed in the run directory.")
@@ -559,12 +560,16 @@ class LogCollector(_Collector):
         detail = snap.detail if snap is not None else {}
         _add(f[LOG_FILES.name], [], (obs.data or {}).get("files") if isinstance(obs.data, dict) else None)
         _add(f[LOG_UNPARSED.name], [], detail.get("unparsed_total"))
-        totals: dict[tuple[str, str, str, str, str], float] = defaultdict(float)
+        shards = {s.name: s.host for s in v.cf.redis.shards}
+        totals: dict[tuple[str, ...], float] = defaultdict(float)
         groups = sorted(detail.get("groups") or [], key=lambda g: -(_num(g.get("total")) or 0))
         for i, g in enumerate(groups):
-            host = g.get("host") or ""
+            service, host = str(g.get("service") or ""), str(g.get("host") or "")
+            # Log files are named <service>-<host>, Redis's <service>-<shard>.
+            shard = host if service == "redis" and host in shards else ""
+            host = shards[shard] if shard else host
             remote = (g.get("remote") or "") if i < MAX_LOG_GROUPS else OTHER
-            key = (str(g.get("service") or ""), str(host), v.cluster(host), str(remote), str(g.get("kind") or ""))
+            key = (service, host, v.cluster(host), shard, str(remote), str(g.get("kind") or ""))
             totals[key] += _num(g.get("total")) or 0.0
         for key, n in totals.items():
             f[LOG_EVENTS.name].add_metric(list(key), n)
