@@ -245,6 +245,7 @@ def run_job(job_id: str):
         abort(404, description=f"unknown job {_show(job_id)}; valid: {', '.join(scraper.sources) or '(none)'}")
     if not scraper.run_once(job_id):
         abort(409, description=f"job {job_id} is running right now; try again after it finishes")
+    db = current_app.extensions["chatops.db"]
     job = _job(scraper, job_id)
     result = "failed" if job["last_error"] else "ok"
     detail = {"error": job["last_error"]} if job["last_error"] else {}
