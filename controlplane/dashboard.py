@@ -233,6 +233,8 @@ def duration(v: float | None) -> str:
     if v is None:
         return DASH
     v = float(v)
+    if v == 0:
+        return "0 s"
     if v < 1:
         return f"{v * 1000:.0f} ms" if v >= 0.001 else f"{v * 1e6:.0f} µs"
     if v < 120:
@@ -282,7 +284,7 @@ def _short(v: float) -> str:
         return "0"
     if abs(v) >= 1000:
         return f"{v / 1000:.1f}k"
-    if abs(v) >= 10:
+    if abs(v) >= 10 or float(v).is_integer():
         return f"{v:.0f}"
     return f"{v:.1f}" if abs(v) >= 1 else f"{v:.2f}"
 
