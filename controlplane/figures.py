@@ -3,8 +3,8 @@
 Pure functions. Each takes the newest Observation of one source (and, where a rate needs it, the
 one before) and returns `{figure name: number or None}`. None means "not known this time" (a
 first sample has no rate; a down source has no ops/s); the store keeps it as a gap so charts do
-not draw a line through an outage. Names are plain and stable, since the API, the dashboard and
-docs/metrics.md use them:
+not draw a line through an outage. Names are plain and stable, since the API's and the
+dashboard's series use them (the Prometheus names are in controlplane/metrics.py):
 
 - redis (per shard):      up, ops_per_s, cpu_percent, connected_clients, maxclients, blocked_clients,
                           used_memory_bytes, maxmemory_bytes, keys, hit_ratio, connections_per_s,
@@ -106,7 +106,8 @@ def clients_figures(obs: Observation) -> Figures:
     return f
 
 
-def _serving(status: str | None) -> float | None:
+def serving(status: str | None) -> float | None:
+    """1.0 when an HAProxy status word means the row serves, 0.0 when not, None when unknown."""
     if not status:
         return None
     return 1.0 if status.startswith(_SERVING) else 0.0
@@ -134,7 +135,7 @@ def haproxy_figures(obs: Observation, prev: Observation | None) -> Figures:
         f[f"{key}:slim"] = _num(r.slim)
         f[f"{key}:qcur"] = _num(r.qcur)
         f[f"{key}:rate"] = _num(r.rate)
-        f[f"{key}:up"] = _serving(r.status)
+        f[f"{key}:up"] = serving(r.status)
         old = before.get(key)
         for c in _HAPROXY_COUNTERS:
             f[f"{key}:{c}_per_s"] = _per_s(getattr(r, c), getattr(old, c, None), dt) if old else None

@@ -490,7 +490,7 @@ class HAProxyCollector(_Collector):
     metrics = CATALOGUE[2].metrics
 
     def fill(self, v: _View, f: dict) -> None:
-        from controlplane.figures import _serving
+        from controlplane.figures import serving
         for host, cluster in v.cf.chat_hosts():
             lbl = [cluster, host]
             obs = v.fresh("haproxy", host)
@@ -511,7 +511,7 @@ class HAProxyCollector(_Collector):
                     continue
                 seen.add((r.kind, r.proxy, r.name))
                 rl = lbl + [r.proxy] + ([r.name] if r.kind == "server" else [])
-                _add(f[HAPROXY_ROWS[(r.kind, "status")][0].name], rl, _serving(r.status))
+                _add(f[HAPROXY_ROWS[(r.kind, "status")][0].name], rl, serving(r.status))
                 for fld, *_ in HAPROXY_STAT_FIELDS:
                     got = HAPROXY_ROWS.get((r.kind, fld))
                     if got is not None:
