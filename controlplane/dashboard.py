@@ -59,13 +59,13 @@ def _header_context() -> dict[str, Any]:
     return {"dashboard_header": header}
 
 
-def _page(template: str, status: int = 200, **kw):
+def _page(template: str, status: int = 200, refresh: bool = True, **kw):
     """Render a dashboard page, or only its <main> content when the refresh script asks."""
     fragment = request.args.get("fragment") == "1"
     _, _, scraper = _ctx()
     jobs = scraper.jobs()
     now = time.time()
-    body = render_template(template, fragment=fragment, refresh=True, now=now, **kw)
+    body = render_template(template, fragment=fragment, refresh=refresh, now=now, **kw)
     resp = current_app.make_response((body, status))
     resp.headers["Cache-Control"] = "no-store"
     resp.headers["Vary"] = "X-Requested-With"
@@ -77,7 +77,7 @@ def _page(template: str, status: int = 200, **kw):
 
 
 def _not_found(exc: views.NotFound, link: str):
-    return _page("404.html", status=404, exc=exc, link=link)
+    return _page("404.html", status=404, refresh=False, exc=exc, link=link)   # nothing there to refresh
 
 
 def _thresholds():
@@ -124,12 +124,13 @@ def proxies():
 
 @bp.get("/services")
 def services():
-    _, store, _ = _ctx()
+    cf, store, _ = _ctx()
     ev = views.log_events(store, since=time.time() - SPARK_WINDOW_S)
     by_service: dict[str, list[dict[str, Any]]] = {}
     for g in ev["groups"]:
         by_service.setdefault(g["service"], []).append(g)
-    return _page("services.html", ev=ev, by_service=sorted(by_service.items()), title="Services")
+    return _page("services.html", ev=ev, by_service=sorted(by_service.items()), hosts=set(cf.hosts),
+                 title="Services")
 
 
 @bp.get("/hosts")
