@@ -256,6 +256,24 @@ def test_pages_refresh_themselves_without_reloading(browser, live):
     assert _severe(browser) == []
 
 
+def test_unreachable_control_plane_shows_a_banner_not_a_script_error(browser, live):
+    """The refresh's fetch failing (as when the control plane is gone) raises the banner and keeps
+    the last figures; the next good answer takes it down again."""
+    _, base = live
+    browser.get(base + "/shards")
+    browser.execute_script("window.__realFetch = window.fetch;"
+                           " window.fetch = function () { return Promise.reject(new TypeError('Failed to fetch')); };")
+    _wait(lambda: browser.execute_script("return !document.getElementById('unreachable').hidden"),
+          3 * INTERVAL + 2, "the unreachable banner")
+    text = browser.find_element("id", "unreachable").text
+    assert "Control plane unreachable since" in text and "not live" in text
+    assert _shard_rows(browser)["shard0"]["up"] == "up"          # the last figures stay on the page
+    browser.execute_script("window.fetch = window.__realFetch;")
+    _wait(lambda: browser.execute_script("return document.getElementById('unreachable').hidden"),
+          3 * INTERVAL + 2, "the banner to go once the control plane answers")
+    assert _severe(browser) == []
+
+
 def _pid(c, name: str) -> int | None:
     try:
         return c.pid_of(name)
