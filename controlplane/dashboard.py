@@ -19,7 +19,7 @@ from typing import Any, Iterable
 from flask import Blueprint, current_app, render_template, request
 from markupsafe import Markup, escape
 
-from controlplane import views
+from controlplane import figures, views
 from controlplane.clusterfile import seconds
 
 bp = Blueprint("dashboard", __name__)
@@ -27,7 +27,6 @@ bp = Blueprint("dashboard", __name__)
 SPARK_WINDOW_S = 600          # sparklines in tables: the last 10 minutes
 MAX_CHART_POINTS = 320        # longer series are reduced to one point (the max) per bucket
 ERROR_LOG_KINDS = frozenset({"timeout", "connection_refused", "io_timeout", "slow_consumer"})
-_SERVING = ("UP", "OPEN", "no check")
 
 
 # -- context --------------------------------------------------------------------------------------
@@ -186,8 +185,7 @@ def _decorate_shards(store, rows: list[dict[str, Any]]) -> None:
 def proxy_row_bad(row: dict[str, Any]) -> set[str]:
     """The cells of one HAProxy row that show something wrong."""
     bad = set()
-    st = row.get("status") or ""
-    if st and not st.startswith(_SERVING):
+    if figures.serving(row.get("status")) == 0.0:     # the same meaning as the figures and /metrics
         bad.add("status")
     if (row.get("qcur") or 0) > 0:
         bad.add("qcur")
