@@ -33,6 +33,9 @@ def controlplane_cmd(config: str | None, run_dir: str | None, listen: str | None
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s controlplane: [%(name)s] %(message)s", datefmt="%b %d %H:%M:%S")
+    # APScheduler logs every run of every job at INFO: thousands of lines an hour that say nothing
+    # the job health does not. Its warnings (missed runs) still come through.
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
     try:
         app = create_app({"CLUSTER_FILE": config, "RUN_DIR": run_dir})
     except SchedulerLocked as exc:
