@@ -249,13 +249,27 @@ class Scrape(_Model):
 class Thresholds(_Model):
     """Detector thresholds; each is documented in docs/cluster-file.md."""
     hold: Duration = "30s"
+    clear_factor: Annotated[float, Field(gt=0, lt=1)] = 0.8
     hot_shard_cpu_percent: Annotated[float, Field(gt=0, le=100)] = 80.0
     hot_shard_ops_factor: Annotated[float, Field(gt=1)] = 2.0
+    hot_shard_min_ops_per_s: Annotated[float, Field(ge=0)] = 500.0
+    hot_key_share: Annotated[float, Field(gt=0, le=1)] = 0.5
     idle_client_after: Duration = "60s"
     leaked_idle_clients: Annotated[int, Field(ge=1)] = 500
     maxclients_warn_ratio: Annotated[float, Field(gt=0, le=1)] = 0.8
     proxy_session_warn_ratio: Annotated[float, Field(gt=0, le=1)] = 0.8
+    proxy_errors_per_s: Annotated[float, Field(gt=0)] = 1.0
+    ingestion_timeouts_per_s: Annotated[float, Field(gt=0)] = 0.2
     churn_ratio: Annotated[float, Field(gt=0, le=1)] = 0.5
+    churn_min_requests_per_s: Annotated[float, Field(ge=0)] = 2.0
+    delivery_late_after: Duration = "2s"
+
+
+class Canary(_Model):
+    """The control plane's own chat client, in each watched room on every edge of its cluster."""
+    enabled: bool = True
+    rooms: list[Room] | None = None        # None: the first room of every cluster
+    interval: Duration = "5s"
 
 
 class ControlPlane(_Model):
@@ -263,6 +277,7 @@ class ControlPlane(_Model):
     auth_token_env: EnvName = "CHATOPS_API_TOKEN"
     scrape: Scrape = Scrape()
     thresholds: Thresholds = Thresholds()
+    canary: Canary = Canary()
 
 
 class AlertDestination(_Model):

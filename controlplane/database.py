@@ -97,6 +97,13 @@ _MIGRATIONS: list[str] = [
         value TEXT NOT NULL
     );
     """,
+    # 2: detection: a finding's one-line title, what it is about (for correlation), when it cleared
+    """
+    ALTER TABLE findings ADD COLUMN title TEXT NOT NULL DEFAULT '';
+    ALTER TABLE findings ADD COLUMN about TEXT NOT NULL DEFAULT '{}';
+    ALTER TABLE findings ADD COLUMN resolved_at REAL;
+    CREATE INDEX findings_incident ON findings (incident_id);
+    """,
 ]
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -288,12 +295,14 @@ class Database:
         return {"id": r["id"], "kind": r["kind"], "subject": r["subject"], "severity": r["severity"],
                 "state": r["state"], "first_seen": r["first_seen"], "last_seen": r["last_seen"],
                 "evidence": json.loads(r["evidence"]), "runbook": r["runbook"],
-                "remediation": json.loads(r["remediation"]), "incident_id": r["incident_id"]}
+                "remediation": json.loads(r["remediation"]), "incident_id": r["incident_id"],
+                "title": r["title"], "about": json.loads(r["about"]), "resolved_at": r["resolved_at"]}
 
     def upsert_finding(self, kind: str, subject: str, *, severity: str = "warning",
                        evidence: Any = None, runbook: str | None = None, remediation: Any = None,
                        state: str = "open", incident_id: int | None = None,
-                       seen: float | None = None) -> dict | None:
+                       seen: float | None = None, title: str | None = None,
+                       about: dict | None = None) -> dict | None:
         """Create or refresh the open finding for (kind, subject); return it.
 
         An open one is updated in place (last_seen, severity, evidence, runbook, remediation; the
@@ -317,17 +326,24 @@ class Database:
             if row is None:
                 cur = conn.execute(
                     "INSERT INTO findings (kind, subject, severity, state, first_seen, last_seen, "
-                    "evidence, runbook, remediation, incident_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "evidence, runbook, remediation, incident_id, title, about) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (kind, subject, severity, state, now, now, _dumps(evidence or {}), runbook,
-                     _dumps(remediation), incident_id))
+                     _dumps(remediation), incident_id, title or "", _dumps(about or {})))
                 fid = cur.lastrowid
+            elif state == "resolved":
+                # Keep what the finding showed while it was open: closing it changes only its state.
+                fid = row["id"]
+                conn.execute("UPDATE findings SET state = 'resolved', resolved_at = ?, "
+                             "incident_id = COALESCE(?, incident_id) WHERE id = ?", (now, incident_id, fid))
             else:
                 fid = row["id"]
                 conn.execute(
                     "UPDATE findings SET severity = ?, state = ?, last_seen = ?, evidence = ?, runbook = ?, "
-                    "remediation = ?, incident_id = COALESCE(?, incident_id) WHERE id = ?",
+                    "remediation = ?, incident_id = COALESCE(?, incident_id), title = COALESCE(?, title), "
+                    "about = COALESCE(?, about) WHERE id = ?",
                     (severity, state, max(now, row["last_seen"]), _dumps(evidence or {}), runbook,
-                     _dumps(remediation), incident_id, fid))
+                     _dumps(remediation), incident_id, title, None if about is None else _dumps(about), fid))
             return self._finding_row(conn.execute("SELECT * FROM findings WHERE id = ?", (fid,)).fetchone())
 
     def findings(self, open_only: bool = False, limit: int | None = None) -> list[dict]:

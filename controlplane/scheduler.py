@@ -163,8 +163,15 @@ class Scraper:
 def init_app(app) -> Scraper:
     """Build the sources from the cluster file; start the schedule unless config SCHEDULER is False."""
     from controlplane import sources
+    from controlplane.clusterfile import seconds
+    from controlplane.detection import Engine
     cf, run, store = app.config["CLUSTER"], app.extensions["chatops.run"], app.extensions["chatops.store"]
-    scraper = Scraper(sources.build(cf, run, store), lock_path=run.root / "controlplane.lock")
+    interval = seconds(cf.controlplane.scrape.interval)
+    engine = Engine(cf, store, app.extensions["chatops.db"], interval)
+    app.extensions["chatops.engine"] = engine
+    jobs = sources.build(cf, run, store)
+    jobs.append(sources.Source("detect:all", "detect", "all", interval, max(interval, 5.0), engine.scrape))
+    scraper = Scraper(jobs, lock_path=run.root / "controlplane.lock")
     app.extensions["chatops.scraper"] = scraper
     if app.config.get("SCHEDULER", True):
         run.root.mkdir(parents=True, exist_ok=True)

@@ -90,6 +90,11 @@ class Store:
         with self._lock:
             return self._latest.get((source, target))
 
+    def snapshots(self) -> dict[tuple[str, str], Snapshot]:
+        """(source, target) -> newest snapshot, for every source."""
+        with self._lock:
+            return dict(self._latest)
+
     def latest_of(self, source: str) -> dict[str, Snapshot]:
         """target -> newest snapshot, for one source."""
         with self._lock:
