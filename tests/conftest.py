@@ -194,15 +194,19 @@ def leftovers(run: Path, config: Path) -> set[int]:
 
 
 @contextmanager
-def live_controlplane(traffic: bool = True, **overrides):
+def live_controlplane(traffic: bool = True, patch=None, **overrides):
     """A small cluster (2 chat hosts, 2 shards) with its control plane and, by default, traffic,
-    started as `chatops up` runs them; yields (RunningCluster, base URL). For module-scoped
-    fixtures: it makes its own subnet and run dir, and removes them afterwards."""
+    started as `chatops up` runs them; yields (RunningCluster, base URL). Scrapes every second
+    (CLIENT LIST every 2 s). `patch(doc)` may change the cluster file's dict before it is written
+    (thresholds, services...). For module-scoped fixtures: it makes its own subnet and run dir,
+    and removes them afterwards."""
     subnet = free_subnet()
     run = Path(tempfile.mkdtemp(prefix="co-", dir="/tmp"))
     doc = small_cluster(subnet, **overrides)
     doc.setdefault("controlplane", {}).setdefault("scrape", {}).update(
         {"interval": "1s", "client_list_interval": "2s"})
+    if patch is not None:
+        patch(doc)
     config = write_cluster(run.parent / f"{run.name}.yaml", doc)
     listen = doc["controlplane"]["listen"]
     base = f"http://{listen['address']}:{listen['port']}"
