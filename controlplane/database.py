@@ -104,6 +104,11 @@ _MIGRATIONS: list[str] = [
     ALTER TABLE findings ADD COLUMN resolved_at REAL;
     CREATE INDEX findings_incident ON findings (incident_id);
     """,
+    # 3: incidents: the worst severity of their findings, and when they were resolved
+    """
+    ALTER TABLE incidents ADD COLUMN severity TEXT NOT NULL DEFAULT 'warning';
+    ALTER TABLE incidents ADD COLUMN resolved_at REAL;
+    """,
 ]
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -346,12 +351,29 @@ class Database:
                      _dumps(remediation), incident_id, title, None if about is None else _dumps(about), fid))
             return self._finding_row(conn.execute("SELECT * FROM findings WHERE id = ?", (fid,)).fetchone())
 
-    def findings(self, open_only: bool = False, limit: int | None = None) -> list[dict]:
-        """Findings, most recently seen first."""
-        where = "WHERE state = 'open'" if open_only else ""
+    def findings(self, open_only: bool = False, limit: int | None = None, state: str | None = None) -> list[dict]:
+        """Findings, most recently seen first; `state` ("open" or "resolved") keeps only those."""
+        where, args = ("WHERE state = 'open'", ()) if open_only else ("", ())
+        if state is not None:
+            where, args = "WHERE state = ?", (_choice(state, FINDING_STATES, "finding state"),)
         rows = self._read(f"SELECT * FROM findings {where} ORDER BY last_seen DESC, id DESC LIMIT ?",
-                          (_limit(limit),))
+                          (*args, _limit(limit)))
         return [self._finding_row(r) for r in rows]
+
+    def incident_findings(self, incident_ids: int | list[int]) -> list[dict]:
+        """The findings of one incident (or of several), oldest first."""
+        ids = [incident_ids] if isinstance(incident_ids, int) else list(incident_ids)
+        if not ids:
+            return []
+        if not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+            raise ValueError(f"incident ids must be integers, not {ids!r}")
+        out = []
+        for start in range(0, len(ids), 500):      # SQLite's bound-parameter limit
+            chunk = ids[start:start + 500]
+            rows = self._read(f"SELECT * FROM findings WHERE incident_id IN ({', '.join('?' * len(chunk))}) "
+                              "ORDER BY first_seen, id", tuple(chunk))
+            out.extend(self._finding_row(r) for r in rows)
+        return sorted(out, key=lambda f: (f["first_seen"], f["id"]))
 
     def finding(self, finding_id: int) -> dict:
         rows = self._read("SELECT * FROM findings WHERE id = ?", (finding_id,))
@@ -365,7 +387,8 @@ class Database:
     def _incident_row(r: sqlite3.Row) -> dict:
         return {"id": r["id"], "title": r["title"], "state": r["state"], "opened": r["opened"],
                 "updated": r["updated"], "acknowledged_by": r["acknowledged_by"],
-                "root_cause": json.loads(r["root_cause"]), "timeline": json.loads(r["timeline"])}
+                "root_cause": json.loads(r["root_cause"]), "timeline": json.loads(r["timeline"]),
+                "severity": r["severity"], "resolved_at": r["resolved_at"]}
 
     @staticmethod
     def _require_incident(conn: sqlite3.Connection, incident_id: int) -> sqlite3.Row:
@@ -377,25 +400,50 @@ class Database:
         return row
 
     def add_incident(self, title: str, *, root_cause: Any = None, timeline: list | None = None,
-                     actor: str | None = None) -> dict:
-        """Open an incident. The timeline starts with its opening (and any entries given)."""
+                     actor: str | None = None, severity: str = "warning", at: float | None = None) -> dict:
+        """Open an incident. The timeline starts with its opening (and any entries given).
+        `at`: when it opened (default now), e.g. its first finding's first_seen."""
         if not isinstance(title, str) or not title.strip():
             raise ValueError(f"incident title must be a non-empty string, not {title!r}")
-        now = time.time()
+        _choice(severity, SEVERITIES, "severity")
+        now = time.time() if at is None else float(at)
         entries = [{"ts": now, "event": "opened", "state": "open", "actor": actor}, *(timeline or [])]
         with self._write() as conn:
             cur = conn.execute(
-                "INSERT INTO incidents (title, state, opened, updated, root_cause, timeline) "
-                "VALUES (?, 'open', ?, ?, ?, ?)", (title, now, now, _dumps(root_cause), _dumps(entries)))
+                "INSERT INTO incidents (title, state, opened, updated, root_cause, timeline, severity) "
+                "VALUES (?, 'open', ?, ?, ?, ?, ?)",
+                (title, now, now, _dumps(root_cause), _dumps(entries), severity))
             return self._incident_row(self._require_incident(conn, cur.lastrowid))
 
-    def set_incident_state(self, incident_id: int, state: str, actor: str, note: str | None = None) -> dict:
+    def update_incident(self, incident_id: int, *, title: str | None = None, root_cause: Any = None,
+                        severity: str | None = None, timeline: list | None = None,
+                        at: float | None = None) -> dict:
+        """Refresh an incident's title, root-cause hypothesis or severity (those given) and append
+        `timeline` entries; its state is set_incident_state's business."""
+        if title is not None and (not isinstance(title, str) or not title.strip()):
+            raise ValueError(f"incident title must be a non-empty string, not {title!r}")
+        if severity is not None:
+            _choice(severity, SEVERITIES, "severity")
+        now = time.time() if at is None else float(at)
+        with self._write() as conn:
+            row = self._require_incident(conn, incident_id)
+            entries = json.loads(row["timeline"]) + list(timeline or [])
+            conn.execute(
+                "UPDATE incidents SET title = ?, root_cause = ?, severity = ?, timeline = ?, updated = ? "
+                "WHERE id = ?",
+                (title if title is not None else row["title"],
+                 _dumps(root_cause) if root_cause is not None else row["root_cause"],
+                 severity or row["severity"], _dumps(entries), max(now, row["updated"]), incident_id))
+            return self._incident_row(self._require_incident(conn, incident_id))
+
+    def set_incident_state(self, incident_id: int, state: str, actor: str, note: str | None = None,
+                           at: float | None = None) -> dict:
         """Move an incident to `state`, add it to its timeline and write an audit record, in one
         transaction."""
         _choice(state, INCIDENT_STATES, "incident state")
         if not isinstance(actor, str) or not actor:
             raise ValueError(f"actor must be a non-empty string, not {actor!r}")
-        now = time.time()
+        now = time.time() if at is None else float(at)
         with self._write() as conn:
             row = self._require_incident(conn, incident_id)
             timeline = json.loads(row["timeline"])
@@ -404,8 +452,10 @@ class Database:
                 entry["note"] = note
             timeline.append(entry)
             acknowledged_by = actor if state == "acknowledged" else row["acknowledged_by"]
-            conn.execute("UPDATE incidents SET state = ?, updated = ?, acknowledged_by = ?, timeline = ? "
-                         "WHERE id = ?", (state, now, acknowledged_by, _dumps(timeline), incident_id))
+            resolved_at = now if state == "resolved" else None
+            conn.execute("UPDATE incidents SET state = ?, updated = ?, acknowledged_by = ?, timeline = ?, "
+                         "resolved_at = ? WHERE id = ?",
+                         (state, now, acknowledged_by, _dumps(timeline), resolved_at, incident_id))
             detail = {"from": row["state"], "to": state, **({"note": note} if note else {})}
             self._insert_audit(conn, now, actor, f"incident.{state}", f"incident/{incident_id}", "ok", detail)
             return self._incident_row(self._require_incident(conn, incident_id))

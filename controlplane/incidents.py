@@ -1,0 +1,487 @@
+"""Incidents: related findings grouped into one, with a timeline and a root-cause chain.
+
+The detection engine (controlplane/detection.py) calls `update(db, cf, open_findings, resolved,
+now)` after each run. Everything that decides is pure and works on plain finding dicts (the rows
+of `Database.findings()`), so tests call it without a database:
+
+- `layer(f)` places a finding on the request path, upstream (what users see) to downstream (what
+  everything depends on), the order the talk's team followed by hand:
+
+      0 delivery_gap            users in a room do not see the same messages (canary)
+      1 ingestion_timeouts edge `[clue] Timed out` in an edge's log
+      2 ingestion_timeouts clue `ECONNREFUSED` / Redis errors in clue's log
+        connection_churn        a service (the exchange) opening a connection per request
+      3 proxy_saturation        the chat host's HAProxy (`redis-<shard>` listener) near its limits
+      4 leaked_clients <shard>:maxclients, hot_shard      the shard itself
+      5 leaked_clients <host>-><shard>, hot_key           what loads the shard: a host, a key
+
+- `linked(a, b)` (a upstream of b) when b can explain a: they name the same shard or the same host,
+  or the dependency chain connects them (edge -> clue of the same cluster; exchange -> the edges
+  of its cluster; clue or a proxy that names no shard -> every shard, since clue talks to every
+  shard through its host's HAProxy). Two findings that name different shards never link; neither
+  do services of different clusters -- but a shard is shared by every cluster, which is exactly
+  how the testing cluster took down main in 2014.
+- `related(a, b)`: linked either way, or sharing a shard or host, and open at overlapping times
+  (or within GAP_S of each other). Related findings share an incident.
+- `build_chain(findings)`: the longest upstream-to-downstream path of linked findings (ties: the
+  one reaching deepest, with the strongest links -- a named shard or host beats a dependency
+  guess -- then the most severe, then the earliest). Its last link is the root cause; the root
+  cause's remediation is the incident's suggested remediation. Findings off the chain are kept
+  as `others`.
+
+`update` then only writes: new findings join an open (or acknowledged) incident they relate to,
+else open a new one; each joining and each resolving finding is a timeline entry; the hypothesis
+is stored (and put on the timeline) when its chain changes; an incident whose findings are all
+resolved resolves itself (audited, actor `detection`). An incident resolved by hand keeps its
+findings even if they are still open: new findings open a new incident.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Iterable
+
+log = logging.getLogger(__name__)
+
+GAP_S = 300.0            # findings this close in time count as "at the same time"
+ACTOR = "detection"
+SEVERITY_RANK = {"info": 0, "warning": 1, "critical": 2}
+MAX_FIGURES = 6
+
+LAYER_NAMES = {0: "users", 1: "edge", 2: "service", 3: "proxy", 4: "shard", 5: "load"}
+
+
+# -- what a finding is about ----------------------------------------------------------------------
+
+def _about(f: dict) -> dict[str, str]:
+    about = f.get("about") or {}
+    return {k: str(v) for k, v in about.items() if v not in (None, "")}
+
+
+def _service(f: dict) -> str:
+    return _about(f).get("service", "")
+
+
+def is_maxclients(f: dict) -> bool:
+    return f.get("kind") == "leaked_clients" and str(f.get("subject", "")).endswith(":maxclients")
+
+
+def layer(f: dict) -> int:
+    """Where the finding sits on the request path: 0 (users) .. 5 (what loads a shard)."""
+    kind = f.get("kind")
+    if kind == "delivery_gap":
+        return 0
+    if kind == "ingestion_timeouts":
+        return 1 if _service(f) in ("edge", "") else 2
+    if kind == "connection_churn":
+        return 2
+    if kind == "proxy_saturation":
+        return 3
+    if kind == "hot_shard" or is_maxclients(f):
+        return 4
+    if kind in ("leaked_clients", "hot_key"):
+        return 5
+    return 3     # an unknown kind: in the middle, linked by shared shard or host only
+
+
+def _shard(f: dict) -> str | None:
+    a = _about(f)
+    if a.get("shard"):
+        return a["shard"]
+    if f.get("kind") == "proxy_saturation" and a.get("service", "").startswith("redis-"):
+        return a["service"][len("redis-"):]
+    return None
+
+
+def _host(f: dict) -> str | None:
+    return _about(f).get("host") or _about(f).get("edge")
+
+
+def _cluster(f: dict) -> str | None:
+    return _about(f).get("cluster")
+
+
+NAMED, SPECIFIC, BROAD = 3, 2, 1     # how strongly one finding can explain another
+
+
+def _strength(a: dict, b: dict) -> int:
+    """How `b` can explain `a`: NAMED (the same shard, or the same chat host below the shard
+    layer), SPECIFIC (a service dependency within one cluster: edge -> clue, exchange -> edges),
+    BROAD (clue or a proxy that names no shard -> any shard: it talks to every one), or 0."""
+    sa, sb = _shard(a), _shard(b)
+    if sa and sb:
+        return NAMED if sa == sb else 0    # different shards never explain each other
+    ha, hb = _host(a), _host(b)
+    la, lb = layer(a), layer(b)
+    if la >= lb:
+        return 0
+    if ha and hb and ha == hb and lb <= 3:
+        return NAMED                       # the same chat host: edge, clue and its HAProxy
+    ca, cb = _cluster(a), _cluster(b)
+    same_cluster = not ca or not cb or ca == cb
+    ka, kb = a.get("kind"), b.get("kind")
+    if la == 0 and kb == "connection_churn":
+        return SPECIFIC if same_cluster else 0     # the exchange delivers to its cluster's edges
+    if la == 1 and lb == 2 and kb == "ingestion_timeouts":
+        return SPECIFIC if same_cluster else 0     # edges call clue of their cluster
+    if lb >= 4 and ka in ("ingestion_timeouts", "proxy_saturation") and not sa:
+        if ka == "ingestion_timeouts" and _service(a) not in ("edge", "clue", ""):
+            return 0
+        return BROAD
+    return 0
+
+
+def linked(a: dict, b: dict) -> bool:
+    """`b` (further downstream) can explain `a`."""
+    return layer(a) < layer(b) and _strength(a, b) > 0
+
+
+def _span(f: dict, now: float | None) -> tuple[float, float]:
+    start = float(f.get("first_seen") or 0.0)
+    if f.get("state") == "resolved":
+        end = float(f.get("resolved_at") or f.get("last_seen") or start)
+    else:
+        end = float(now if now is not None else (f.get("last_seen") or start))
+    return start, max(start, end)
+
+
+def overlaps(a: dict, b: dict, now: float | None = None, gap_s: float = GAP_S) -> bool:
+    a0, a1 = _span(a, now)
+    b0, b1 = _span(b, now)
+    return a0 <= b1 + gap_s and b0 <= a1 + gap_s
+
+
+def relation(a: dict, b: dict, now: float | None = None) -> int:
+    """How strongly two findings belong together (NAMED, SPECIFIC, BROAD or 0): one can explain
+    the other, or they name the same shard or host; and they are open at about the same time."""
+    if not overlaps(a, b, now):
+        return 0
+    s = max(_strength(a, b), _strength(b, a))
+    if s:
+        return s
+    sa, sb = _shard(a), _shard(b)
+    if sa and sb:
+        return NAMED if sa == sb else 0
+    ha, hb = _host(a), _host(b)
+    return NAMED if ha and hb and ha == hb else 0
+
+
+def related(a: dict, b: dict, now: float | None = None) -> bool:
+    return relation(a, b, now) > 0
+
+
+def _explained(fs: list[dict]) -> bool:
+    """The group already reaches the shard layer: it needs no broad guess."""
+    return any(layer(f) >= 4 for f in fs)
+
+
+def _components(findings: list[dict], now: float | None, incident_of: dict[Any, int]) -> list[tuple[int | None, list[dict]]]:
+    """Related findings as (incident id or None, findings): first by NAMED and SPECIFIC
+    relations, transitively; then each group that stops above the shards and has only BROAD
+    links down (clue errors that name no shard) joins the one group it best explains -- the
+    longest, strongest, most severe chain -- rather than every group on any shard. Findings of
+    two different incidents (`incident_of`: finding id -> incident id) never merge."""
+    items = sorted(findings, key=lambda f: (f.get("first_seen") or 0, f.get("id") or 0))
+    parent = list(range(len(items)))
+    owner: dict[int, int | None] = {i: incident_of.get(f.get("id")) for i, f in enumerate(items)}
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    def union(i: int, j: int) -> None:
+        ri, rj = root(i), root(j)
+        if ri == rj or (owner[ri] is not None and owner[rj] is not None):
+            return
+        parent[rj] = ri
+        owner[ri] = owner[ri] if owner[ri] is not None else owner[rj]
+
+    for i in range(len(items)):
+        for j in range(i + 1, len(items)):
+            if relation(items[i], items[j], now) >= SPECIFIC:
+                union(i, j)
+
+    def groups() -> dict[int, list[int]]:
+        out: dict[int, list[int]] = {}
+        for i in range(len(items)):
+            out.setdefault(root(i), []).append(i)
+        return out
+
+    for r, members in list(groups().items()):
+        fs = [items[i] for i in members]
+        if _explained(fs):
+            continue
+        best, best_key = None, None
+        for r2, others in groups().items():
+            if r2 == root(r) or (owner[root(r)] is not None and owner[r2] is not None):
+                continue
+            gs = [items[i] for i in others]
+            if not any(_strength(f, g) == BROAD and overlaps(f, g, now) for f in fs for g in gs):
+                continue
+            both = fs + gs
+            key = (_path_key(_best_path(both)), max(SEVERITY_RANK.get(g.get("severity"), 0) for g in gs),
+                   -min(g.get("first_seen") or 0 for g in gs))
+            if best_key is None or key > best_key:
+                best, best_key = others[0], key
+        if best is not None:
+            union(members[0], best)
+    return [(owner[r], [items[i] for i in members]) for r, members in groups().items()]
+
+
+def group(findings: list[dict], now: float | None = None) -> list[list[dict]]:
+    """Related findings as groups (each oldest first)."""
+    return [fs for _, fs in _components(findings, now, {})]
+
+
+# -- the chain ------------------------------------------------------------------------------------
+
+def figures(f: dict) -> dict[str, Any]:
+    """The key figures of a finding's evidence: its scalar numbers and short words, at most
+    MAX_FIGURES, in the detector's order."""
+    out: dict[str, Any] = {}
+    for k, v in (f.get("evidence") or {}).items():
+        if k == "lines" or isinstance(v, (dict, list, tuple)):
+            continue
+        if isinstance(v, bool) or isinstance(v, (int, float)) or (isinstance(v, str) and len(v) <= 80):
+            out[k] = v
+        if len(out) >= MAX_FIGURES:
+            break
+    return out
+
+
+def example_lines(f: dict, limit: int = 3) -> list[str]:
+    lines = (f.get("evidence") or {}).get("lines") or []
+    return [str(x)[:300] for x in lines[:limit]] if isinstance(lines, list) else []
+
+
+def _num(v: Any) -> str:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return str(v)
+    if float(v).is_integer():
+        return f"{int(v):,}"
+    return f"{v:,.2f}" if abs(v) < 10 else f"{v:,.1f}"
+
+
+def _first(ev: dict, *keys: str) -> Any:
+    for k in keys:
+        v = ev.get(k)
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            return v
+    return None
+
+
+def _mentions(f: dict, *words: str) -> bool:
+    text = " ".join([str(f.get("title", "")), str(f.get("subject", "")),
+                     *example_lines(f, 10), *(str(v) for v in figures(f).values())]).lower()
+    return any(w.lower() in text for w in words)
+
+
+def label(f: dict) -> str:
+    """A short name for one link of the chain, as the talk's team would say it."""
+    kind, a, ev = f.get("kind"), _about(f), f.get("evidence") or {}
+    host, shard = _host(f) or "", _shard(f) or ""
+    if kind == "delivery_gap":
+        room = a.get("room", "")
+        return f"delivery gap in #{room.lstrip('#')}" + (f" on {host}" if host else "") if room else \
+            f"delivery gap on {host or f.get('subject')}"
+    if kind == "ingestion_timeouts":
+        svc = _service(f) or "edge"
+        if svc == "clue" and _mentions(f, "ECONNREFUSED", "connection refused", "connection_refused"):
+            what = "clue connection refused"
+        elif svc == "clue":
+            what = "clue errors"
+        else:
+            what = f"{svc} timeouts"
+        return f"{what} on {host}" if host else what
+    if kind == "connection_churn":
+        return f"connection churn on {_service(f) or f.get('subject')}" + (f" ({host})" if host else "")
+    if kind == "proxy_saturation":
+        return f"HAProxy on {host or f.get('subject')} saturated" + (f" (redis-{shard})" if shard else "")
+    if is_maxclients(f):
+        n, m = _first(ev, "connected_clients", "clients"), _first(ev, "maxclients")
+        nums = f" ({_num(n)} / {_num(m)})" if n is not None and m is not None else ""
+        return f"{shard or f.get('subject', '').split(':')[0]} at maxclients{nums}"
+    if kind == "hot_shard":
+        return f"{shard or f.get('subject')} hot"
+    if kind == "leaked_clients":
+        idle = _first(ev, "idle", "idle_clients", "idle_over", "count")
+        src = host or str(f.get("subject", "")).split("->")[0]
+        return (f"{_num(idle)} idle clients from {src}" if idle is not None else f"idle clients from {src}") + \
+            (f" on {shard}" if shard else "")
+    if kind == "hot_key":
+        key = a.get("key") or f.get("subject")
+        return f"hot key {key}" + (f" on {shard}" if shard else "")
+    return str(f.get("title") or f"{kind} {f.get('subject')}")
+
+
+def cause(f: dict) -> str:
+    """The root cause, said as a cause rather than a symptom."""
+    kind, a = f.get("kind"), _about(f)
+    if kind == "leaked_clients" and not is_maxclients(f):
+        host = _host(f) or str(f.get("subject", "")).split("->")[0]
+        cluster = _cluster(f)
+        return f"leaked clients from the {cluster} cluster ({host})" if cluster else f"leaked clients from {host}"
+    if kind == "hot_key":
+        return f"a hot key ({a.get('key') or f.get('subject')}): moving slots will not help"
+    if kind == "hot_shard":
+        return f"{_shard(f) or f.get('subject')} overloaded"
+    if kind == "connection_churn":
+        return f"keepalive disabled or pool too small on {_service(f) or f.get('subject')}"
+    return label(f)
+
+
+def _path_key(path: list[dict]) -> tuple:
+    strength = sum(_strength(a, b) for a, b in zip(path, path[1:]))
+    sev = sum(SEVERITY_RANK.get(f.get("severity"), 0) for f in path)
+    return (len(path), layer(path[-1]), strength, sev, -(path[0].get("first_seen") or 0),
+            -(path[-1].get("first_seen") or 0))
+
+
+def _best_path(findings: list[dict]) -> list[dict]:
+    items = sorted(findings, key=lambda f: (layer(f), f.get("first_seen") or 0, f.get("id") or 0))
+    best: list[dict] = []
+
+    def walk(path: list[dict]) -> None:
+        nonlocal best
+        if not best or _path_key(path) > _path_key(best):
+            best = list(path)
+        last = path[-1]
+        for g in items:
+            if layer(g) > layer(last) and linked(last, g):
+                path.append(g)
+                walk(path)
+                path.pop()
+    for f in items:
+        walk([f])
+    return best
+
+
+def link(f: dict, role: str, because: str | None) -> dict[str, Any]:
+    return {"finding_id": f.get("id"), "kind": f.get("kind"), "subject": f.get("subject"),
+            "title": f.get("title") or "", "severity": f.get("severity"), "state": f.get("state"),
+            "layer": layer(f), "label": label(f), "role": role, "because": because,
+            "figures": figures(f), "lines": example_lines(f), "runbook": f.get("runbook") or f.get("kind")}
+
+
+def _because(a: dict, b: dict) -> str:
+    """Why `b` explains `a`, in words."""
+    sa, sb, ha, hb = _shard(a), _shard(b), _host(a), _host(b)
+    if sa and sa == sb:
+        return f"both on {sa}"
+    if ha and ha == hb:
+        return f"both on {ha}"
+    if b.get("kind") == "connection_churn":
+        return f"{_service(b) or 'the service'} delivers to the edges of its cluster"
+    if b.get("kind") == "ingestion_timeouts":
+        return "edges send every message through clue"
+    return "clue reaches every shard through its host's HAProxy"
+
+
+def build_chain(findings: list[dict]) -> dict[str, Any]:
+    """The root-cause hypothesis over one incident's findings (plain dicts, open or resolved):
+    {"chain": [link, ...] upstream to downstream, "root": link | None, "summary", "cause",
+    "remediation", "others": [finding ids off the chain]}."""
+    if not findings:
+        return {"chain": [], "root": None, "summary": "", "cause": "", "remediation": None, "others": []}
+    path = _best_path(findings)
+    links = []
+    for i, f in enumerate(path):
+        role = "root cause" if i == len(path) - 1 else ("symptom" if i == 0 else "cause")
+        links.append(link(f, role, _because(path[i - 1], f) if i else None))
+    root = path[-1]
+    summary = " → ".join(x["label"] for x in links) + f" → root cause: {cause(root)}"
+    on_chain = {id(f) for f in path}
+    others = [f.get("id") for f in sorted(findings, key=lambda f: (layer(f), f.get("first_seen") or 0))
+              if id(f) not in on_chain]
+    return {"chain": links, "root": links[-1], "summary": summary, "cause": cause(root),
+            "remediation": root.get("remediation"), "others": others}
+
+
+def severity(findings: Iterable[dict]) -> str:
+    """The worst severity among the open findings (all of them when none is open)."""
+    fs = list(findings)
+    pool = [f for f in fs if f.get("state") == "open"] or fs
+    return max((f.get("severity") or "info" for f in pool), key=lambda s: SEVERITY_RANK.get(s, 0),
+               default="info")
+
+
+def title(hypothesis: dict) -> str:
+    chain = hypothesis.get("chain") or []
+    if not chain:
+        return "incident"
+    if len(chain) == 1:
+        return chain[0]["label"]
+    return f"{chain[0]['label']}, caused by {hypothesis['cause']}"
+
+
+def _signature(h: dict) -> list:
+    return [x["finding_id"] for x in h.get("chain", [])]
+
+
+# -- the writes -----------------------------------------------------------------------------------
+
+def _entry(now: float, event: str, f: dict) -> dict[str, Any]:
+    return {"ts": now, "event": event, "finding_id": f.get("id"), "kind": f.get("kind"),
+            "subject": f.get("subject"), "title": f.get("title") or label(f), "severity": f.get("severity")}
+
+
+def update(db, cf, open_findings: list[dict], resolved: list[dict], now: float) -> list[dict]:
+    """Group the open findings into incidents, record what changed on their timelines, refresh
+    their root-cause hypotheses, and resolve incidents whose findings are all resolved. Returns
+    the incidents changed by this call. Only `db` is written."""
+    active = {i["id"]: i for i in db.incidents(state="open") + db.incidents(state="acknowledged")}
+    members: dict[int, list[dict]] = {iid: db.incident_findings(iid) for iid in active}
+    pending: dict[int, list[dict]] = {}          # incident id -> timeline entries to add
+    touched: set[int] = set()
+
+    # Findings resolved this run: on their incident's timeline.
+    for f in resolved:
+        iid = f.get("incident_id")
+        if iid is not None and iid in active:
+            pending.setdefault(iid, []).append(_entry(now, "finding_resolved", f))
+            touched.add(iid)
+            members[iid] = [f if m["id"] == f["id"] else m for m in members[iid]]
+
+    # New findings join the incident they relate to, else open one per group of related findings.
+    unassigned = [f for f in open_findings if f.get("incident_id") is None]
+    incident_of = {m["id"]: iid for iid, ms in members.items() for m in ms}
+    new_ids = {f["id"] for f in unassigned}
+    everyone = [m for ms in members.values() for m in ms] + unassigned
+    for iid, grp in _components(everyone, now, incident_of):
+        joiners = [f for f in grp if f["id"] in new_ids]
+        if not joiners:
+            continue
+        if iid is None:
+            h = build_chain(joiners)
+            inc = db.add_incident(title(h), root_cause=h, actor=ACTOR, severity=severity(joiners),
+                                  at=min(f["first_seen"] for f in joiners))
+            iid = inc["id"]
+            active[iid], members[iid] = inc, []
+            log.warning("incident %s opened: %s", iid, h["summary"])
+        for f in joiners:
+            f = db.upsert_finding(f["kind"], f["subject"], severity=f["severity"], evidence=f["evidence"],
+                                  runbook=f["runbook"], remediation=f["remediation"], incident_id=iid,
+                                  seen=f["last_seen"], title=f["title"], about=f["about"]) or f
+            members[iid].append(f)
+            pending.setdefault(iid, []).append(_entry(now, "finding_opened", f))
+        touched.add(iid)
+
+    # Refresh hypotheses; resolve incidents with nothing open.
+    out = []
+    for iid in sorted(touched):
+        inc, fs = active[iid], members[iid]
+        h = build_chain(fs)
+        entries = pending.get(iid, [])
+        first = not any(e.get("event") == "hypothesis" for e in inc.get("timeline") or [])
+        if first or _signature(h) != _signature(inc.get("root_cause") or {}):
+            entries.append({"ts": now, "event": "hypothesis", "summary": h["summary"],
+                            "root_finding_id": h["root"]["finding_id"] if h["root"] else None})
+        inc = db.update_incident(iid, title=title(h), root_cause=h, severity=severity(fs),
+                                 timeline=entries, at=now)
+        if fs and all(f.get("state") == "resolved" for f in fs):
+            inc = db.set_incident_state(iid, "resolved", ACTOR, note="every finding resolved", at=now)
+            log.info("incident %s resolved: every finding resolved", iid)
+        out.append(inc)
+    return out
