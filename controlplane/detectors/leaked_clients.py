@@ -1,0 +1,241 @@
+"""Leaked clients: a host holds many idle connections to a shard, or keeps opening connections that
+do no work; and shards near maxclients or rejecting connections.
+
+Per (shard, source host), from `clients:<shard>` (CLIENT LIST aggregated by host, every
+scrape.client_list_interval):
+
+- idle: `host:<host>:idle` (connections idle longer than idle_client_after) >= leaked_idle_clients;
+- growth: `host:<host>:count` has grown by >= leaked_idle_clients above its lowest point earlier in
+  the window, while the shard's ops/s grew by less than one per new connection ("grows without
+  matching commands"). This sees a leak before its connections have been idle for
+  idle_client_after.
+
+Firing when either has held for `hold`; reported (not firing) while either is above the threshold
+x clear_factor. Subject `<host>-><shard>`; about {host, shard, cluster}. The evidence has the host's
+counts and cluster, the shard's `timeout` (0: Redis never closes an idle client, as in the talk),
+connected clients against maxclients, and rejected connections/s. Severity: critical when the
+shard is at maxclients_warn_ratio of maxclients or rejecting connections, else warning.
+Remediation: kill_clients {shard, host, idle_over_s}, plus a `timeout` note when it is 0.
+
+Per shard, from `redis:<shard>`: connected_clients >= maxclients_warn_ratio x maxclients, or
+rejected_connections_per_s > 0, held for `hold`: subject `<shard>:maxclients`, critical when
+rejecting (or at maxclients), else warning.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from controlplane.clusterfile import seconds
+from controlplane.detectors.base import Finding, Window, hold_s
+from controlplane.detectors.hot_shard import num, redis_data, shard_host, shard_names, summary
+
+KIND = "leaked_clients"
+IGNORED_HOSTS = ("controlplane",)      # our own collectors' connections
+
+
+def _judge(window: Window, cf, points: list, pred_hi, pred_lo, extra_s: float) -> tuple[bool, bool, float]:
+    """(firing, sustained, held_s); `extra_s` accounts for a source scraped less often than the
+    window's interval (a CLIENT LIST sample stands for its own interval)."""
+    held = window.held_for(points, pred_hi)
+    if held > 0:
+        held += extra_s
+    return held >= hold_s(cf), window.held_for(points, pred_lo) > 0, held
+
+
+def _growth(points: list) -> list:
+    """count minus its running minimum: how far the host's connections rose above their low."""
+    out, low = [], None
+    for t, v in points:
+        v = num(v)
+        if v is None:
+            out.append((t, None))
+            continue
+        low = v if low is None else min(low, v)
+        out.append((t, v - low))
+    return out
+
+
+def _mean_near(points: list, t0: float, t1: float) -> float | None:
+    vals = [num(v) for t, v in points if t0 <= t <= t1 and num(v) is not None]
+    return sum(vals) / len(vals) if vals else None
+
+
+def _shard_state(window: Window, cf, shard: str) -> dict[str, Any]:
+    data = redis_data(window, shard)
+    config = data.get("config") if isinstance(data.get("config"), dict) else {}
+    connected = num(window.value("redis", shard, "connected_clients"))
+    maxclients = num(window.value("redis", shard, "maxclients")) or num(config.get("maxclients"))
+    timeout = config.get("timeout")
+    return {"shard": shard, "connected_clients": connected, "maxclients": maxclients,
+            "maxclients_ratio": round(connected / maxclients, 3) if connected is not None and maxclients else None,
+            "timeout": timeout, "timeout_zero": timeout == 0,
+            "rejected_connections_per_s": num(window.value("redis", shard, "rejected_connections_per_s"))}
+
+
+def detect(window: Window, cf) -> list[Finding]:
+    th = cf.controlplane.thresholds
+    out: list[Finding] = []
+    extra = max(0.0, seconds(cf.controlplane.scrape.client_list_interval) - window.interval_s)
+    limit = float(th.leaked_idle_clients)
+    factor = th.clear_factor
+    for shard in shard_names(window, cf):
+        state = _shard_state(window, cf, shard)
+        near = _maxclients(window, cf, shard, state)
+        if near is not None:
+            out.append(near)
+        data = window.data("clients", shard)
+        if window.up("clients", shard) is False or not isinstance(data, dict):
+            continue
+        by_host = [h for h in data.get("by_host") or [] if isinstance(h, dict) and isinstance(h.get("host"), str)]
+        total = num(data.get("total"))
+        idle_after = num(data.get("idle_after_s")) or seconds(th.idle_client_after)
+        ops_pts = window.points("redis", shard, "ops_per_s")
+        hosts = {h["host"]: h for h in by_host}
+        # A host gone from the newest CLIENT LIST may still be in the series: it has no connections now.
+        for name in {n.split(":", 2)[1] for n in window.names("clients", shard) if n.startswith("host:")}:
+            hosts.setdefault(name, {"host": name, "count": 0, "idle_over": 0})
+        for name, h in sorted(hosts.items()):
+            if name in IGNORED_HOSTS:
+                continue
+            idle_pts = window.points("clients", shard, f"host:{name}:idle")
+            count_pts = window.points("clients", shard, f"host:{name}:count")
+            i_fire, i_keep, i_held = _judge(window, cf, idle_pts, lambda v: v >= limit,
+                                            lambda v: v >= limit * factor, extra)
+            growth = _growth(count_pts)
+            g_fire = g_keep = False
+            g_held = 0.0
+            ops_growth = None
+            grown = num(growth[-1][1]) if growth else None
+            if grown is not None and grown >= limit * factor:
+                # When did it start rising? The last time it sat at its low.
+                low_t = next((t for t, v in reversed(growth) if v is not None and v == 0), growth[0][0])
+                before = _mean_near(ops_pts, low_t - 5 * window.interval_s, low_t)
+                now_ops = _mean_near(ops_pts, window.now - 3 * window.interval_s, window.now)
+                if before is not None and now_ops is not None:
+                    ops_growth = now_ops - before
+                idle_work = ops_growth is None or ops_growth < grown      # < 1 op/s per new connection
+                if idle_work:
+                    g_fire, g_keep, g_held = _judge(window, cf, growth, lambda v: v >= limit,
+                                                    lambda v: v >= limit * factor, extra)
+            if not (i_fire or i_keep or g_fire or g_keep):
+                continue
+            out.append(_finding(window, cf, shard, name, h, state, total, idle_after, i_fire or g_fire,
+                                max(i_held, g_held), grown, ops_growth, data))
+    return out
+
+
+def _finding(window, cf, shard, host, h, state, total, idle_after, firing, held, grown, ops_growth,
+             data) -> Finding:
+    th = cf.controlplane.thresholds
+    cluster = h.get("cluster") if isinstance(h.get("cluster"), str) else cf.cluster_of(host)
+    count, idle = num(h.get("count")) or 0, num(h.get("idle_over")) or 0
+    examples = [c for c in data.get("most_idle") or [] if isinstance(c, dict) and c.get("host") == host][:3]
+    rejecting = (state["rejected_connections_per_s"] or 0) > 0
+    near_max = state["maxclients_ratio"] is not None and state["maxclients_ratio"] >= th.maxclients_warn_ratio
+    evidence = {
+        "host": host, "cluster": cluster, "shard": shard, "shard_host": shard_host(cf, shard),
+        "count": int(count), "idle": int(idle), "idle_after_s": idle_after,
+        "idle_long": num(h.get("idle_over_long")), "oldest_age_s": num(h.get("oldest_age_s")),
+        "max_idle_s": num(h.get("max_idle_s")), "top_commands": h.get("top_commands") or [],
+        "share_of_shard": round(count / total, 3) if total else None, "shard_total_clients": total,
+        "growth": grown, "ops_per_s_growth": None if ops_growth is None else round(ops_growth, 1),
+        "idle_series": summary(window.points("clients", shard, f"host:{host}:idle"), 60.0, window.now),
+        "count_series": summary(window.points("clients", shard, f"host:{host}:count"), 60.0, window.now),
+        "held_s": round(held, 1), "hold_s": hold_s(cf),
+        "timeout": state["timeout"], "timeout_zero": state["timeout_zero"],
+        "connected_clients": state["connected_clients"], "maxclients": state["maxclients"],
+        "maxclients_ratio": state["maxclients_ratio"], "near_maxclients": near_max,
+        "rejected_connections_per_s": state["rejected_connections_per_s"], "most_idle": examples,
+        "thresholds": {"leaked_idle_clients": th.leaked_idle_clients, "idle_client_after": th.idle_client_after,
+                       "maxclients_warn_ratio": th.maxclients_warn_ratio, "hold": th.hold},
+    }
+    where = f"{host} ({cluster} cluster)" if cluster else host
+    if idle >= th.leaked_idle_clients * th.clear_factor:
+        title = (f"{where} holds {int(idle):,} idle connections to {shard} "
+                 f"(of its {int(count):,}; idle > {idle_after:g}s)")
+    else:
+        title = (f"{where} opened {int(grown or 0):,} connections to {shard} that do no work "
+                 f"(now {int(count):,})")
+    if state["timeout_zero"]:
+        title += "; timeout 0"
+    notes = []
+    if state["timeout_zero"]:
+        notes.append(f"{shard} has `timeout 0`, so Redis never closes an idle client: set `redis.timeout` "
+                     f"(e.g. 300) in the cluster file")
+    if near_max or rejecting:
+        notes.append(f"{shard} has {state['connected_clients']:.0f} of {state['maxclients']:.0f} clients"
+                     + (", and is rejecting connections" if rejecting else ""))
+    remediation = {
+        "action": "kill_clients",
+        "summary": (f"CLIENT KILL the connections from {host} to {shard} idle for more than {idle_after:g}s, "
+                    f"then find the leak in {where}." + (" " + "; ".join(notes) + "." if notes else "")),
+        "params": {"shard": shard, "host": host, "idle_over_s": idle_after},
+    }
+    severity = "critical" if near_max or rejecting else "warning"
+    about = {"host": host, "shard": shard}
+    if cluster:
+        about["cluster"] = cluster
+    return Finding(KIND, f"{host}->{shard}", severity, title, evidence, remediation, firing=firing,
+                   held_s=round(held, 1), about=about)
+
+
+def _maxclients(window: Window, cf, shard: str, state: dict) -> Finding | None:
+    th = cf.controlplane.thresholds
+    if window.up("redis", shard) is False:
+        return None
+    conn = window.points("redis", shard, "connected_clients")
+    maxc = {t: num(v) for t, v in window.points("redis", shard, "maxclients")}
+    fallback = state["maxclients"]
+    ratio = []
+    for t, v in conn:
+        m = maxc.get(t) or fallback
+        ratio.append((t, num(v) / m if num(v) is not None and m else None))
+    r_fire, r_keep, r_held = _judge(window, cf, ratio, lambda v: v >= th.maxclients_warn_ratio,
+                                    lambda v: v >= th.maxclients_warn_ratio * th.clear_factor, 0.0)
+    rej = window.points("redis", shard, "rejected_connections_per_s")
+    j_fire, j_keep, j_held = _judge(window, cf, rej, lambda v: v > 0, lambda v: v > 0, 0.0)
+    if not (r_fire or r_keep or j_fire or j_keep):
+        return None
+    rejecting = (state["rejected_connections_per_s"] or 0) > 0
+    at_max = state["maxclients_ratio"] is not None and state["maxclients_ratio"] >= 1.0
+    top = _top_idle_host(window, shard)
+    evidence = {"shard": shard, "shard_host": shard_host(cf, shard), **state,
+                "connected_series": summary(conn, 60.0, window.now),
+                "rejected_series": summary(rej, 60.0, window.now),
+                "top_idle_host": top, "held_s": round(max(r_held, j_held), 1), "hold_s": hold_s(cf),
+                "thresholds": {"maxclients_warn_ratio": th.maxclients_warn_ratio, "hold": th.hold}}
+    cc, mc = state["connected_clients"], state["maxclients"]
+    title = f"{shard} is near maxclients: {cc or 0:,.0f} of {mc or 0:,.0f} clients"
+    if rejecting:
+        title += f", rejecting {state['rejected_connections_per_s']:.1f} connections/s"
+    if top:
+        title += f"; {top['idle']:,} idle from {top['host']}" + (f" ({top['cluster']} cluster)" if top.get("cluster") else "")
+    if top:
+        remediation = {"action": "kill_clients",
+                       "summary": f"CLIENT KILL the idle connections from {top['host']} to {shard}"
+                                  + ("; set `redis.timeout` (it is 0)" if state["timeout_zero"] else "") + ".",
+                       "params": {"shard": shard, "host": top["host"], "idle_over_s": top["idle_after_s"]}}
+    else:
+        remediation = {"action": "none", "summary": f"Find who holds {shard}'s connections "
+                       f"(`chatops inspect clients {shard} --by host`) before raising maxclients.",
+                       "params": {"shard": shard}}
+    return Finding(KIND, f"{shard}:maxclients", "critical" if rejecting or at_max else "warning", title, evidence,
+                   remediation, firing=r_fire or j_fire, held_s=round(max(r_held, j_held), 1),
+                   about={"shard": shard})
+
+
+def _top_idle_host(window: Window, shard: str) -> dict[str, Any] | None:
+    data = window.data("clients", shard)
+    if not isinstance(data, dict):
+        return None
+    best = None
+    for h in data.get("by_host") or []:
+        if not isinstance(h, dict) or h.get("host") in IGNORED_HOSTS or not num(h.get("idle_over")):
+            continue
+        if best is None or num(h.get("idle_over")) > num(best.get("idle_over")):
+            best = h
+    if best is None:
+        return None
+    return {"host": best.get("host"), "cluster": best.get("cluster"), "idle": int(num(best.get("idle_over"))),
+            "count": int(num(best.get("count")) or 0), "idle_after_s": num(data.get("idle_after_s"))}
