@@ -8,6 +8,9 @@ when. Sources:
 - `clients:<shard>`      CLIENT LIST, per source host                       (scrape.client_list_interval)
 - `process:local`        psutil + /proc/net/tcp for every supervised process (scrape.interval)
 - `logs:local`           new lines of every file in the run dir's logs/     (scrape.interval)
+- `service:<svc>-<host>` each chat service's /metrics (edge, clue, exchange on every chat host;
+                         clue's /v1/stats/keys too), figures in controlplane/service_figures.py
+                                                                             (scrape.interval)
 
 Each scrape is bounded by `timeout` (socket timeouts in the collectors), at most the interval.
 """
@@ -20,9 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from collectors import haproxy, logs, process, redis
+from collectors import haproxy, logs, process, redis, services
 from collectors.base import Observation
-from controlplane import figures
+from controlplane import figures, service_figures
 from controlplane.clusterfile import seconds
 from controlplane.rundir import RunDir
 from controlplane.store import Store
@@ -34,7 +37,7 @@ LOG_FIRST_READ = 1 << 20     # on first sight of a log file, read only its last 
 @dataclass
 class Source:
     id: str                      # "redis:shard2"
-    kind: str                    # haproxy | redis | clients | process | logs
+    kind: str                    # haproxy | redis | clients | process | logs | service
     target: str
     interval_s: float
     timeout_s: float
@@ -59,7 +62,19 @@ def build(cf, run: RunDir, store: Store) -> list[Source]:
     add("process", "local", interval, lambda t: _process(run, store))
     tail = LogTail(run)
     add("logs", "local", interval, lambda t: tail.scrape(store))
+    for host, _cluster in cf.chat_hosts():
+        for service in services.SERVICES:
+            add("service", f"{service}-{host}", interval,
+                lambda t, h=host, s=service: _service(cf, store, h, s, t))
     return out
+
+
+def _service(cf, store: Store, host: str, service: str, timeout: float) -> Observation:
+    obs = services.collect(cf, host, service, timeout=timeout)
+    prev = store.latest("service", obs.target)
+    before = prev.obs if prev else None
+    store.put(obs, service_figures.service_figures(obs, before), service_figures.service_detail(obs, before))
+    return obs
 
 
 def _haproxy(cf, run: RunDir, store: Store, host: str, timeout: float) -> Observation:

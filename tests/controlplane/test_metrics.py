@@ -18,8 +18,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from collectors.base import Observation
-from controlplane import metrics
+from controlplane import metrics, sources
 from controlplane.app import create_app
+from controlplane.clusterfile import load
+from controlplane.rundir import RunDir
+from controlplane.store import Store
 from tests.conftest import free_subnet, live_controlplane, small_cluster, wait_for, write_cluster
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "metrics.md"
@@ -30,6 +33,11 @@ MAY_BE_EMPTY = {"chatops_source_section_errors"}
 
 
 # -- helpers --------------------------------------------------------------------------------------
+
+def source_count(config) -> int:
+    """How many scrape sources the cluster file makes (the detection job not included)."""
+    return len(sources.build(load(config).spec, RunDir(Path("/nonexistent")), Store()))
+
 
 def doc_section() -> str:
     text = DOC.read_text()
@@ -102,7 +110,7 @@ def live():
         def every_job_ran_twice():
             s = scrape(base)
             runs = s.samples("chatops_source_scrapes_total")
-            return len(runs) == 9 and all(r.value >= 2 for r in runs) and \
+            return len(runs) == source_count(c.config) + 1 and all(r.value >= 2 for r in runs) and \
                 all(u.value == 1 for u in s.samples("chatops_source_up"))
         wait_for(every_job_ran_twice, 30, 0.2, "every scrape job to have run twice and be up")
         yield c, base
@@ -270,7 +278,7 @@ def test_every_source_down_still_answers_with_up_gauges_at_zero(idle_app):
         assert s.value("chatops_haproxy_up", host=host, cluster=cluster) == 0
     # Every collector is down; the detection job itself ran fine over what they (did not) say.
     ups = [u for u in s.samples("chatops_source_up") if u.labels["source"] != "detect"]
-    assert len(ups) == 8 and all(u.value == 0 for u in ups)
+    assert len(ups) == source_count(idle_app.config["CLUSTER_FILE"]) and all(u.value == 0 for u in ups)
     assert s.value("chatops_source_up", source="detect", target="all") == 1
     assert all(e.value == 1 for e in s.samples("chatops_source_scrape_errors_total") if e.labels["source"] != "detect")
     # Down sources have no other series.

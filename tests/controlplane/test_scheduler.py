@@ -50,7 +50,9 @@ def test_a_hung_shard_costs_only_its_own_job(running, run_dir):
         wait_for(lambda: all(j["runs"] >= 1 for j in _jobs(app).values()), 10, what="every job to run")
         jobs = _jobs(app)
         assert set(jobs) == {"haproxy:chat1", "haproxy:chat-testing", "redis:shard0", "redis:shard1",
-                             "clients:shard0", "clients:shard1", "process:local", "logs:local", "detect:all"}
+                             "clients:shard0", "clients:shard1", "process:local", "logs:local", "detect:all",
+                             *(f"service:{svc}-{h}" for svc in ("edge", "clue", "exchange")
+                               for h in ("chat1", "chat-testing"))}
         assert all(j["last_error"] is None for j in jobs.values()), jobs
         assert all(j["next_run"] is not None for j in jobs.values())
         # A shard that accepts connections and never answers: its scrape waits out its timeout.

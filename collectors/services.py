@@ -1,0 +1,269 @@
+"""The chat services' own metrics: each edge, clue and exchange serves Prometheus text at /metrics.
+
+A pure parser beside a thin fetcher, as the other collectors do it:
+
+- `parse_metrics(text) -> ParsedMetrics`: the exposition as flat samples (name, labels, value)
+  with prometheus_client's parser. A line it cannot read (truncated, garbage, a NUL) costs only
+  that line: the text is then parsed line by line and the bad lines are kept in `unparsed`.
+  Samples look like this (recorded in tests/fixtures/services/):
+
+      # TYPE chat_exchange_connections_opened_total counter
+      chat_exchange_connections_opened_total 1.0
+      chat_exchange_request_seconds_count{edge="chat1"} 63.0
+      chat_exchange_keepalive 1.0
+
+- `total(samples, name, **labels)`: the sum of a metric's samples whose labels match (None when
+  the metric is absent, so "not exported" never reads as 0).
+- `fetch(url, timeout, source_address)`: one HTTP GET with a timeout and a size cap.
+- `collect(cf, host, service, timeout)` -> Observation(source="service", target="<service>-<host>",
+  data=ServiceData). Clue's `/v1/stats/keys` (JSON counters by shard, prefix and slot) is a
+  section of its own, so is the TIME_WAIT count of the connections this service opens to its
+  upstreams (local profile only: the sockets are on this machine). A failing section is reported
+  in `section_errors` and the rest still arrives; an unreachable /metrics makes the source down.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from collectors.base import Observation
+
+SERVICES = ("edge", "clue", "exchange")
+MAX_BODY = 4 * 1024 * 1024          # the services' expositions are a few KiB; more is hostile
+MAX_UNPARSED = 20
+
+
+class FetchError(OSError):
+    """The service answered, but not with a usable reply (status, size)."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    name: str                        # the sample's full name: `..._total`, `..._count`, `..._bucket`
+    labels: dict[str, str]
+    value: float
+
+
+@dataclass(frozen=True)
+class ParsedMetrics:
+    samples: list[Sample] = field(default_factory=list)
+    unparsed: list[str] = field(default_factory=list)     # lines the parser refused (first 20)
+    unparsed_count: int = 0
+
+
+@dataclass(frozen=True)
+class ServiceData:
+    service: str                     # edge | clue | exchange
+    host: str
+    url: str
+    samples: list[Sample] = field(default_factory=list)
+    unparsed: list[str] = field(default_factory=list)
+    unparsed_count: int = 0
+    keys: dict[str, Any] | None = None          # clue only: GET /v1/stats/keys
+    # TIME_WAIT sockets towards each upstream "address:port" this service connects to (local
+    # profile only): a connection closed after every request leaves one behind each time.
+    time_wait: dict[str, int] | None = None
+
+
+# -- pure parsing ---------------------------------------------------------------------------------
+
+def _samples(text: str) -> list[Sample]:
+    out = []
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            v = float(s.value)
+            if math.isnan(v):
+                continue
+            out.append(Sample(s.name, dict(s.labels), v))
+    return out
+
+
+def parse_metrics(text: str) -> ParsedMetrics:
+    """Prometheus text exposition -> samples. Never raises on bad input: a refused text is parsed
+    again line by line, keeping every line that parses alone and reporting the others."""
+    text = text.replace("\x00", "\ufffd")
+    try:
+        return ParsedMetrics(_samples(text if text.endswith("\n") else text + "\n"))
+    except (ValueError, TypeError, IndexError):
+        pass
+    samples: list[Sample] = []
+    bad: list[str] = []
+    count = 0
+    for line in text.splitlines():
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        try:
+            samples.extend(_samples(stripped + "\n"))
+        except (ValueError, TypeError, IndexError):
+            count += 1
+            if len(bad) < MAX_UNPARSED:
+                bad.append(line[:200])
+    return ParsedMetrics(samples, bad, count)
+
+
+def _labels_match(have: dict[str, str], want: dict[str, str]) -> bool:
+    return all(have.get(k) == v for k, v in want.items())
+
+
+def _items(samples) -> list[tuple[str, dict, float]]:
+    """Samples as (name, labels, value), from Sample objects or their JSON dicts (a recorded window)."""
+    out = []
+    for s in samples or []:
+        if isinstance(s, Sample):
+            out.append((s.name, s.labels, s.value))
+        elif isinstance(s, dict) and isinstance(s.get("name"), str):
+            v = s.get("value")
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                out.append((s["name"], s.get("labels") or {}, float(v)))
+    return out
+
+
+def total(samples, name: str, **labels: str) -> float | None:
+    """Sum of `name`'s samples whose labels include `labels`; None when no sample matches."""
+    found = [v for n, lb, v in _items(samples) if n == name and _labels_match(lb, labels)]
+    return float(sum(found)) if found else None
+
+
+def by_label(samples, name: str, label: str, **labels: str) -> dict[str, float]:
+    """`name`'s samples summed per value of `label` (e.g. redis errors per shard)."""
+    out: dict[str, float] = {}
+    for n, lb, v in _items(samples):
+        if n == name and label in lb and _labels_match(lb, labels):
+            out[lb[label]] = out.get(lb[label], 0.0) + v
+    return out
+
+
+def parse_keys(text: str) -> dict[str, Any]:
+    """Clue's /v1/stats/keys JSON; keeps only the known, well-typed parts.
+
+        {"ops_by_shard": {"shard0": 45, "shard1": 591}, "errors_by_shard": {"shard0": 0, ...},
+         "ops_by_prefix": {"{*}.rl.u.#": 126, ...}, "top_slots": [[10294, 504], [6376, 43], ...]}
+    """
+    doc = json.loads(text)
+    if not isinstance(doc, dict):
+        raise ValueError("stats/keys is not a JSON object")
+    out: dict[str, Any] = {}
+    for key in ("ops_by_shard", "errors_by_shard", "ops_by_prefix"):
+        v = doc.get(key)
+        if isinstance(v, dict):
+            out[key] = {str(k): float(n) for k, n in v.items()
+                        if isinstance(n, (int, float)) and not isinstance(n, bool)}
+    slots = doc.get("top_slots")
+    if isinstance(slots, list):
+        out["top_slots"] = [[int(p[0]), float(p[1])] for p in slots
+                            if isinstance(p, list) and len(p) == 2
+                            and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in p)]
+    return out
+
+
+# -- fetching -------------------------------------------------------------------------------------
+
+def fetch(host: str, port: int, path: str, timeout: float, source_address: str | None = None) -> str:
+    """GET http://host:port/path; the body as text (invalid UTF-8 replaced). No proxy: these are
+    the chat hosts' own addresses."""
+    conn = http.client.HTTPConnection(host, port, timeout=timeout,
+                                      source_address=(source_address, 0) if source_address else None)
+    try:
+        conn.request("GET", path, headers={"Accept": "text/plain", "Connection": "close"})
+        resp = conn.getresponse()
+        body = resp.read(MAX_BODY + 1)
+        if resp.status != 200:
+            raise FetchError(f"GET {path}: HTTP {resp.status}")
+        if len(body) > MAX_BODY:
+            raise FetchError(f"GET {path}: reply larger than {MAX_BODY} bytes")
+        return body.decode("utf-8", errors="replace")
+    except (http.client.HTTPException, ValueError) as exc:    # a garbled status line, a bad length
+        raise FetchError(f"GET {path}: {type(exc).__name__}: {exc}") from exc
+    finally:
+        conn.close()
+
+
+def service_port(cf, host: str, service: str) -> int:
+    svc = cf.clusters[cf.cluster_of(host)].services
+    if service == "edge":
+        return svc.edge.http_port
+    if service == "clue":
+        return svc.clue.port
+    if service == "exchange":
+        return svc.exchange.port
+    raise ValueError(f"unknown service {service!r} (one of {', '.join(SERVICES)})")
+
+
+def upstreams(cf, host: str, service: str) -> list[tuple[str, int]]:
+    """(address, port) of what `service` on `host` connects to: the exchange to its cluster's edges,
+    the edge to clue and its cluster's exchanges, clue to the exchange and its host's shard listeners."""
+    cluster = cf.cluster_of(host)
+    c = cf.clusters[cluster]
+    addr = cf.address(host)
+    if service == "exchange":
+        return [(cf.address(h), c.services.edge.http_port) for h in c.hosts]
+    if service == "edge":
+        return [(addr, c.services.clue.port)] + [(cf.address(h), c.services.exchange.port) for h in c.hosts]
+    if service == "clue":
+        return [(addr, c.services.exchange.port)] + [(addr, cf.listener_port(i))
+                                                     for i in range(len(cf.redis.shards))]
+    return []
+
+
+def _source_address(cf) -> str | None:
+    address = cf.controlplane.listen.address
+    return address if cf.profile == "local" and address.startswith("127.") else None
+
+
+def collect(cf, host: str, service: str, timeout: float = 2.0, proc_root: str = "/proc") -> Observation:
+    """Scrape one chat service's /metrics (and clue's key stats, and TIME_WAIT towards its upstreams)."""
+    at, started = time.time(), time.perf_counter()
+    target = f"{service}-{host}"
+    try:
+        address, port = cf.address(host), service_port(cf, host, service)
+    except (KeyError, ValueError) as exc:
+        return Observation("service", target, at, False, time.perf_counter() - started, None,
+                           f"{type(exc).__name__}: {exc}")
+    src = _source_address(cf)
+    url = f"http://{address}:{port}/metrics"
+    try:
+        parsed = parse_metrics(fetch(address, port, "/metrics", timeout, src))
+    except OSError as exc:          # refused, timed out, reset, FetchError
+        return Observation("service", target, at, False, time.perf_counter() - started, None,
+                           f"{type(exc).__name__}: {exc}")
+    errors: dict[str, str] = {}
+    keys = None
+    if service == "clue":
+        left = max(0.1, timeout - (time.perf_counter() - started))
+        try:
+            keys = parse_keys(fetch(address, port, "/v1/stats/keys", left, src))
+        except (OSError, ValueError) as exc:
+            errors["keys"] = f"{type(exc).__name__}: {exc}"
+    time_wait = None
+    if cf.profile == "local":
+        from collectors import process
+        ups = upstreams(cf, host, service)
+        try:
+            entries = process.read_proc_net_tcp(proc_root, ports={p for _, p in ups})
+            time_wait = {f"{a}:{p}": process.time_wait_count(entries, p, a) for a, p in ups}
+        except OSError as exc:
+            errors["time_wait"] = f"{type(exc).__name__}: {exc}"
+    if parsed.unparsed_count:
+        errors["metrics"] = f"{parsed.unparsed_count} line(s) not understood, e.g. {parsed.unparsed[0]!r}"
+    data = ServiceData(service, host, url, parsed.samples, parsed.unparsed, parsed.unparsed_count, keys, time_wait)
+    return Observation("service", target, at, True, time.perf_counter() - started, data, None, errors)
+
+
+if __name__ == "__main__":      # python -m collectors.services --config FILE HOST SERVICE
+    import argparse
+
+    from controlplane.clusterfile import load
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--config", required=True)
+    ap.add_argument("host")
+    ap.add_argument("service", choices=SERVICES)
+    a = ap.parse_args()
+    print(json.dumps(collect(load(a.config).spec, a.host, a.service).as_dict(), indent=1, default=str))

@@ -1,0 +1,132 @@
+"""The chat services' /metrics parser and figures, on recorded real expositions
+(tests/fixtures/services/, capture commands in tests/fixtures/README.md) and a hostile variant."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from collectors.base import Observation
+from collectors.services import (ServiceData, by_label, parse_keys, parse_metrics, total)
+from controlplane.service_figures import service_detail, service_figures
+
+FIX = Path(__file__).resolve().parent.parent / "fixtures" / "services"
+
+
+def text(name: str) -> str:
+    return (FIX / name).read_bytes().decode("utf-8", errors="replace")
+
+
+def test_exchange_exposition():
+    p = parse_metrics(text("exchange_metrics.txt"))
+    assert p.unparsed == [] and p.unparsed_count == 0
+    assert total(p.samples, "chat_exchange_keepalive") == 1.0
+    assert total(p.samples, "chat_exchange_pool_size") == 2.0
+    assert total(p.samples, "chat_exchange_connections_opened_total") == 1.0
+    # The histogram's _count per edge label, and the per-edge split.
+    reqs = total(p.samples, "chat_exchange_request_seconds_count")
+    assert reqs and reqs > 100
+    assert by_label(p.samples, "chat_exchange_request_seconds_count", "edge") == {"chat1": reqs}
+    assert total(p.samples, "chat_exchange_deliveries_total", result="ok") > 0
+    # A metric the service does not export is unknown, not zero.
+    assert total(p.samples, "chat_exchange_io_timeouts_total") is None
+    assert total(p.samples, "no_such_metric") is None
+
+
+def test_edge_and_clue_expositions():
+    e = parse_metrics(text("edge_metrics.txt"))
+    assert e.unparsed_count == 0
+    assert total(e.samples, "chat_edge_clue_pool_size") == 2.0
+    assert total(e.samples, "chat_edge_clue_timeouts_total") == 0.0
+    assert total(e.samples, "chat_edge_clue_connections_opened_total") >= 1
+    assert total(e.samples, "chat_edge_messages_rejected_total", reason="msg_unavailable") > 0
+    c = parse_metrics(text("clue_metrics.txt"))
+    assert c.unparsed_count == 0
+    errs = by_label(c.samples, "chat_clue_redis_errors_total", "shard")
+    assert set(errs) == {"shard0", "shard1"} and errs["shard1"] > 0 and errs["shard0"] == 0
+    assert total(c.samples, "chat_clue_cache_pool_size") == 10.0
+    slots = by_label(c.samples, "chat_clue_redis_slot_ops_total", "slot", shard="shard1")
+    assert slots and all(v > 0 for v in slots.values())
+
+
+def test_clue_key_stats():
+    k = parse_keys(text("clue_stats_keys.json"))
+    assert set(k) == {"ops_by_shard", "errors_by_shard", "ops_by_prefix", "top_slots"}
+    assert set(k["ops_by_shard"]) == {"shard0", "shard1"}
+    assert all(len(p) == 2 and isinstance(p[0], int) for p in k["top_slots"])
+    assert "{*}.bans" in k["ops_by_prefix"]
+
+
+def test_hostile_exposition_loses_only_the_bad_lines():
+    good = parse_metrics(text("exchange_metrics.txt"))
+    p = parse_metrics(text("exchange_metrics_evil.txt"))
+    # Truncated label set, non-numeric value, NUL/invalid UTF-8 garbage, a name cut short.
+    assert p.unparsed_count == 4, p.unparsed
+    assert any("not-a-number" in u for u in p.unparsed)
+    # Everything the real capture said is still there.
+    assert total(p.samples, "chat_exchange_keepalive") == 1.0
+    assert total(p.samples, "chat_exchange_connections_opened_total") == \
+        total(good.samples, "chat_exchange_connections_opened_total")
+    # Unknown metric with a quoted comma in a label: kept as is. NaN is dropped, a sample with
+    # a timestamp keeps its value.
+    assert total(p.samples, "chat_exchange_future_metric", note='a "quoted", value') == 3.0
+    assert by_label(p.samples, "chat_exchange_request_seconds_count", "edge")["chat2"] == 5.0
+    assert "chat-testing" not in by_label(p.samples, "chat_exchange_request_seconds_count", "edge")
+
+
+@pytest.mark.parametrize("bad", ["", "\n", "#", "garbage", "{}", "x{a=\"1\"} 1 2 3 4",
+                                 "\ufffd" * 100, "a" * 100000])
+def test_garbage_never_raises(bad):
+    p = parse_metrics(bad)
+    assert isinstance(p.samples, list)
+
+
+@pytest.mark.parametrize("bad", ["[]", "null", "{", '"x"'])
+def test_bad_key_stats_are_a_clear_error(bad):
+    with pytest.raises(ValueError):
+        parse_keys(bad)
+
+
+def test_key_stats_drop_mistyped_parts():
+    k = parse_keys('{"ops_by_shard": {"shard0": 1, "shard1": "x", "s2": true}, "top_slots": [[1, 2], [3], "x", [4, "y"]],'
+                   ' "errors_by_shard": [], "future": 1}')
+    assert k == {"ops_by_shard": {"shard0": 1.0}, "top_slots": [[1, 2.0]]}
+
+
+def _obs(target: str, at: float, exposition: str, keys=None, up=True) -> Observation:
+    p = parse_metrics(exposition)
+    data = ServiceData(target.partition("-")[0], "chat1", "http://x/metrics", p.samples, keys=keys,
+                       time_wait={"127.0.0.1:17080": 3}) if up else None
+    return Observation("service", target, at, up, 0.01, data, None if up else "refused")
+
+
+def test_figures_are_rates_between_scrapes():
+    before = text("exchange_metrics.txt")
+    n = total(parse_metrics(before).samples, "chat_exchange_request_seconds_count")
+    after = before.replace(f'chat_exchange_request_seconds_count{{edge="chat1"}} {n}',
+                           f'chat_exchange_request_seconds_count{{edge="chat1"}} {n + 20}') \
+                  .replace("chat_exchange_connections_opened_total 1.0", "chat_exchange_connections_opened_total 19.0")
+    a, b = _obs("exchange-chat1", 100.0, before), _obs("exchange-chat1", 102.0, after)
+    first = service_figures(a, None)
+    assert first["requests_per_s"] is None and first["keepalive"] == 1.0 and first["time_wait"] == 3.0
+    f = service_figures(b, a)
+    assert f["requests_per_s"] == 10.0 and f["connections_opened_per_s"] == 9.0
+    assert f["edge:chat1:requests_per_s"] == 10.0
+    assert f["io_timeouts_per_s"] == 0.0         # no sample yet: zero once the service is up
+    # A restart (counters went backwards) is unknown, not a negative rate.
+    assert service_figures(a, b)["requests_per_s"] is None
+    down = service_figures(_obs("exchange-chat1", 104.0, "", up=False), b)
+    assert down == {"up": 0.0, "scrape_duration_seconds": 0.01}
+
+
+def test_clue_detail_rates():
+    keys = parse_keys(text("clue_stats_keys.json"))
+    more = {**keys, "ops_by_shard": {k: v + 10 for k, v in keys["ops_by_shard"].items()}}
+    a = _obs("clue-chat1", 10.0, text("clue_metrics.txt"), keys)
+    b = _obs("clue-chat1", 12.0, text("clue_metrics.txt"), more)
+    d = service_detail(b, a)
+    assert d["keys"] == more and d["ops_by_shard_per_s"] == {"shard0": 5.0, "shard1": 5.0}
+    f = service_figures(b, a)
+    assert f["errors_per_s"] == 0.0 and f["shard:shard1:redis_errors_per_s"] == 0.0
+    assert service_detail(_obs("edge-chat1", 1.0, text("edge_metrics.txt")), None) == {}
