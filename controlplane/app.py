@@ -38,7 +38,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.extensions["chatops.store"] = Store.for_cluster(loaded.spec)
     app.extensions["chatops.started"] = time.time()
 
-    from controlplane import api, auth, dashboard, database, metrics, scheduler
+    from controlplane import api, auth, canary, dashboard, database, metrics, scheduler
     app.extensions["chatops.db"] = database.Database.for_run(run)
     auth.init_app(app)
     metrics.init_app(app)
@@ -49,6 +49,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     @app.get("/healthz")
     def healthz():
         return {"ok": True}
+    canary.init_app(app)
     scraper = scheduler.init_app(app)
     atexit.register(scraper.stop)
     return app

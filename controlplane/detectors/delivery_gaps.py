@@ -1,0 +1,145 @@
+"""Delivery gaps: an edge that does not deliver the messages the other edges deliver.
+
+The talk's "users don't see the same messages": no log showed it, only users did. The canary
+(controlplane/canary.py) is such a user on every edge of each watched room; this reads what it
+recorded (source `canary`, target the room) and reports, per edge:
+
+- condition: `edge:<h>:delivered_ratio` < 1 -- over the canary's last few judged messages the
+  edge missed one, delivered it later than `thresholds.delivery_late_after` (a late delivery
+  counts as not delivered, so "latency above delivery_late_after" is the same condition), or the
+  canary could not be in the room on that edge (edge unreachable);
+- firing when the condition has held for `thresholds.hold`; the finding stays open (hysteresis)
+  while any point of the last `hold` still shows it, so it clears only after a whole `hold` of
+  every message on time;
+- severity critical when the edge delivered nothing (ratio 0) for the whole `hold`, else warning.
+
+Subject `<room>@<edge host>`. Evidence: the edge's ratio, latencies and connection state, the
+messages it missed with when the other edges got them, and the other edges' ratios. A canary that
+has stopped writing (its newest point older than 3 canary intervals + `delivery_late_after`) is
+not judged: stale figures prove nothing about the edges.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from controlplane.clusterfile import seconds
+from controlplane.detectors.base import Finding, Window, hold_s
+
+KIND = "delivery_gap"
+SOURCE = "canary"
+MAX_EXAMPLES = 5
+
+
+def _num(v: Any) -> float | None:
+    """A finite number, else None (a hostile or damaged window must not crash the detector)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v or v in (float("inf"), float("-inf")):
+        return None
+    return float(v)
+
+
+def _edges(window: Window, room: str, detail: dict) -> list[str]:
+    found = set()
+    for name in window.names(SOURCE, room):
+        parts = name.split(":")
+        if len(parts) == 3 and parts[0] == "edge" and parts[2] == "delivered_ratio":
+            found.add(parts[1])
+    edges = detail.get("edges")
+    if isinstance(edges, dict):
+        found |= {e for e in edges if isinstance(e, str)}
+    return sorted(e for e in found if e and e.strip() == e and ":" not in e)
+
+
+def _missed(detail: dict, host: str, late_after: float) -> tuple[list[dict], list[str]]:
+    """The messages this edge missed or got late, each with when the other edges got them."""
+    out, lines = [], []
+    messages = detail.get("messages")
+    if not isinstance(messages, list):
+        return out, lines
+    for m in messages:
+        if not isinstance(m, dict) or not isinstance(m.get("edges"), dict) or not isinstance(m.get("seq"), int):
+            continue
+        mine = m["edges"].get(host)
+        if not isinstance(mine, dict) or mine.get("state") not in ("missing", "late", "not_connected"):
+            continue
+        others = {e: _num(v.get("latency_s")) for e, v in m["edges"].items()
+                  if e != host and isinstance(v, dict)}
+        item = {"seq": m.get("seq"), "sent_at": m.get("sent_at"), "via": m.get("via"),
+                "state": mine["state"], "latency_s": _num(mine.get("latency_s")), "others_latency_s": others}
+        out.append(item)
+        got = ", ".join(f"{e} +{lat:.3f}s" if lat is not None else f"{e} never" for e, lat in sorted(others.items()))
+        if m.get("via") == host and others and all(v is None for v in others.values()):
+            got += " (no edge delivered it: swallowed by the edge it was sent through)"
+        when = f"+{item['latency_s']:.3f}s (late)" if item["latency_s"] is not None else (
+            "not in the room (edge unreachable)" if mine["state"] == "not_connected" else
+            f"not within {late_after:g}s")
+        lines.append(f"canary #{m.get('seq')} sent via {m.get('via')}: {host} {when}; {got or 'no other edge'}")
+    return out[-MAX_EXAMPLES:], lines[-MAX_EXAMPLES:]
+
+
+def detect(window: Window, cf) -> list[Finding]:
+    th = cf.controlplane.thresholds
+    hold = hold_s(cf)
+    late = seconds(th.delivery_late_after)
+    stale_after = 3 * seconds(cf.controlplane.canary.interval) + late
+    findings: list[Finding] = []
+    for room in window.targets(SOURCE):
+        detail = window.detail(SOURCE, room)
+        detail = detail if isinstance(detail, dict) else {}
+        cluster = detail.get("cluster") if isinstance(detail.get("cluster"), str) else None
+        if cluster is None:
+            try:
+                cluster = cf.cluster_of_room(room)
+            except Exception:
+                cluster = ""
+        edges = _edges(window, room, detail)
+        for host in edges:
+            ratio_pts = [(t, _num(v)) for t, v in window.points(SOURCE, room, f"edge:{host}:delivered_ratio")]
+            if not ratio_pts or window.now - ratio_pts[-1][0] > stale_after:
+                continue
+            held = window.held_for(ratio_pts, lambda v: v < 1.0)
+            firing = held >= hold
+            sustained = any(v is not None and v < 1.0 for t, v in ratio_pts if t >= window.now - hold)
+            if not firing and not sustained:
+                continue
+            nothing = window.held_for(ratio_pts, lambda v: v <= 0.0) >= hold
+            ratio = ratio_pts[-1][1]
+            connected = _num(window.value(SOURCE, room, f"edge:{host}:connected"))
+            edge_detail = (detail.get("edges") or {}).get(host) if isinstance(detail.get("edges"), dict) else None
+            edge_detail = edge_detail if isinstance(edge_detail, dict) else {}
+            missed, lines = _missed(detail, host, late)
+            others = {e: _num(window.value(SOURCE, room, f"edge:{e}:delivered_ratio")) for e in edges if e != host}
+            unreachable = connected == 0.0
+            what = ("is unreachable" if unreachable else
+                    "delivers no canary message" if nothing else "misses or delays canary messages")
+            title = f"Edge {host} {what} in #{room}"
+            if ratio is not None:
+                title += f" ({ratio:.0%} of the last canary messages on time)"
+            evidence = {
+                "room": room, "host": host, "cluster": cluster,
+                "delivered_ratio": ratio,
+                "ratio_over_messages": detail.get("ratio_messages"),
+                "missing": _num(window.value(SOURCE, room, f"edge:{host}:missing")),
+                "latency_p50_s": _num(window.value(SOURCE, room, f"edge:{host}:latency_s")),
+                "latency_max_s": _num(window.value(SOURCE, room, f"edge:{host}:latency_max_s")),
+                "late_after_s": late,
+                "connected": None if connected is None else connected >= 1.0,
+                "connection_error": edge_detail.get("error"),
+                "held_s": round(held, 3),
+                "missed": missed,
+                "other_edges_ratio": others,
+                "lines": lines,
+            }
+            findings.append(Finding(
+                kind=KIND, subject=f"{room}@{host}",
+                severity="critical" if nothing else "warning",
+                title=title, evidence=evidence,
+                remediation={"action": "restart_service",
+                             "summary": f"Check edge {host}'s deliveries (its log, /metrics "
+                                        f"chat_edge_deliveries, the exchange's i/o timeouts to it); "
+                                        f"restart edge-{host} if it is stuck",
+                             "params": {"host": host, "service": "edge"}},
+                firing=firing, held_s=held,
+                about={"room": room, "host": host, "cluster": cluster or "", "service": "edge", "edge": host},
+            ))
+    return findings
