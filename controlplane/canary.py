@@ -20,7 +20,8 @@ delivered it and when. Once a message is `delivery_late_after` old it is judged,
   ingestion problem, for the ingestion detectors, not a delivery gap); and a message that no edge
   delivered at all counts as missing on the edge it was sent through only -- that edge took it
   and nobody saw it -- so a stopped edge that swallows the canary's own messages does not make
-  the healthy edges look bad.
+  the healthy edges look bad. Such a message is judged only after the cluster's clue timeout
+  + 1 s, since the edge refuses it with `msg_unavailable` when clue times out.
 
 Every interval, per room, it writes one Observation (source `canary`, target the room) with, per
 edge `<h>`: `edge:<h>:delivered_ratio` (on time / judged over the last `ratio_messages` judged
@@ -99,10 +100,13 @@ class DeliveryBook:
     times), so every rule is tested on plain calls."""
 
     def __init__(self, room: str, edges: Iterable[str], late_after: float, ratio_messages: int = 1,
-                 keep: int = KEEP_MESSAGES):
+                 keep: int = KEEP_MESSAGES, lost_after: float | None = None):
         self.room = room
         self.edges = list(edges)
         self.late_after = late_after
+        # A message no edge delivered may still be refused: the edge's NOTICE comes only when clue
+        # answers or times out (services.clue.client.timeout). It waits this long to be judged.
+        self.lost_after = max(late_after, lost_after or 0.0)
         self.ratio_messages = max(1, int(ratio_messages))
         self.messages: deque[Sent] = deque(maxlen=max(keep, self.ratio_messages, LATENCY_MESSAGES))
         self.state = {e: EdgeState() for e in self.edges}
@@ -157,7 +161,7 @@ class DeliveryBook:
         lat = m.delivered.get(edge)
         if lat is not None and lat <= self.late_after:
             return "on_time"
-        if now - m.at < self.late_after:
+        if now - m.at < self.late_after or (not m.delivered and now - m.at < self.lost_after):
             return "pending"
         if lat is not None:
             return "late"
@@ -170,7 +174,8 @@ class DeliveryBook:
     def judge(self, now: float) -> tuple[dict[str, float | None], dict[str, Any]]:
         """(figures, detail) for an Observation at `now`."""
         figures: dict[str, float | None] = {}
-        judged = [m for m in self.messages if now - m.at >= self.late_after or m.refused]
+        judged = [m for m in self.messages if m.refused or now - m.at >= (self.late_after if m.delivered
+                                                                           else self.lost_after)]
         counted = [m for m in judged if not m.refused]
         for e in self.edges:
             verdicts = [(m, self.verdict(m, e, now)) for m in counted]
@@ -379,8 +384,11 @@ class Canary:
         self.rooms = watched_rooms(cf)
         self.cluster_of = {r: cf.cluster_of_room(r) for r in self.rooms}
         n = ratio_messages(cf)
-        self.books = {r: DeliveryBook(r, cf.clusters[self.cluster_of[r]].hosts, self.late_after, n)
-                      for r in self.rooms}
+        self.books = {}
+        for r in self.rooms:
+            cluster = cf.clusters[self.cluster_of[r]]
+            clue_timeout = seconds(cluster.services.clue.client.timeout)
+            self.books[r] = DeliveryBook(r, cluster.hosts, self.late_after, n, lost_after=clue_timeout + 1.0)
         self.links: dict[str, list[Link]] = {}
         self.seq = {r: 0 for r in self.rooms}
         self.rotation = {r: 0 for r in self.rooms}

@@ -127,6 +127,25 @@ def test_a_message_nobody_got_counts_against_the_edge_it_was_sent_through_only()
     assert detail["messages"][0]["edges"]["chat1"]["state"] == "not_counted"
 
 
+def test_a_message_nobody_got_waits_for_a_late_refusal():
+    """Clue timing out (5 s) makes the edge answer msg_unavailable only then: until clue's timeout
+    + 1 s a message no edge delivered is not judged, so ingestion timeouts are not delivery gaps."""
+    b = DeliveryBook("lobby", EDGES, 2.0, 1, lost_after=6.0)
+    for e in EDGES:
+        b.connection(e, True, 0.0)
+    b.sent(1, 100.0, "chat1", EDGES)
+    figs, detail = b.judge(103.0)
+    assert figs["pending"] == 1 and figs["edge:chat1:judged"] == 0
+    assert detail["messages"][0]["edges"]["chat1"]["state"] == "pending"
+    b.refused(1, "msg_unavailable")                   # the edge's NOTICE after clue's 5 s timeout
+    figs, _ = b.judge(105.1)
+    assert figs["refused"] == 1 and figs["edge:chat1:delivered_ratio"] is None
+    b.sent(2, 110.0, "chat1", EDGES)                  # no NOTICE ever: judged at 6 s
+    assert b.judge(115.9)[0]["edge:chat1:judged"] == 0
+    figs, _ = b.judge(116.0)
+    assert figs["edge:chat1:delivered_ratio"] == 0.0 and figs["lost"] == 1
+
+
 def test_an_edge_the_canary_could_not_join_is_a_gap():
     b = book()
     b.connection("chat1", True, 99.0)
