@@ -40,7 +40,14 @@ ACCEPTS = {
     "limit": f"an integer from 1 to {LIMIT_MAX}",
     "service": "a service (edge, clue, exchange, haproxy, redis, supervisor, loadgen) or a log "
                "file stem such as edge-chat1: letters, digits, '.', '_' and '-', at most 64",
+    "state": "open, acknowledged, resolved or all (findings: open, resolved or all)",
 }
+STATES = ("open", "acknowledged", "resolved", "all")
+FINDING_STATES = ("open", "resolved", "all")
+MAX_INCIDENT_ID = 2**63 - 1              # SQLite's INTEGER; a larger id cannot exist
+MAX_NOTE_LEN = 500
+# incident transitions a person may make: to -> the states it may come from
+TRANSITIONS = {"acknowledged": ("open",), "resolved": ("open", "acknowledged")}
 
 
 # -- parameters -----------------------------------------------------------------------------------
@@ -81,7 +88,13 @@ def _service(value: str) -> str:
     return value
 
 
-_PARSERS = {"since": _since, "limit": _limit, "service": _service}
+def _state(value: str) -> str:
+    if value not in STATES:
+        _bad("state", value)
+    return value
+
+
+_PARSERS = {"since": _since, "limit": _limit, "service": _service, "state": _state}
 
 
 def params(*allowed: str) -> dict[str, Any]:
@@ -221,6 +234,58 @@ def audit():
     return _json({"audit": db.audit(limit=p.get("limit", AUDIT_LIMIT_DEFAULT), since=p.get("since"))})
 
 
+@bp.get("/findings")
+def findings():
+    p = params("state", "limit")
+    state = p.get("state", "all")
+    if state not in FINDING_STATES:
+        abort(400, description=f"bad query parameter state={_show(state)}: findings are open or resolved; "
+                               f"state accepts {', '.join(FINDING_STATES)}")
+    db = current_app.extensions["chatops.db"]
+    return _json({"findings": views.findings(db, state, p.get("limit", AUDIT_LIMIT_DEFAULT))})
+
+
+@bp.get("/incidents")
+def incidents():
+    p = params("state", "limit")
+    db = current_app.extensions["chatops.db"]
+    return _json({"incidents": views.incidents(db, p.get("state", "all"),
+                                               p.get("limit", views.INCIDENT_LIST_DEFAULT))})
+
+
+def runbooks_dir() -> Path:
+    """runbooks/ of the repository, or the app's RUNBOOKS_DIR."""
+    return Path(current_app.config.get("RUNBOOKS_DIR") or Path(__file__).resolve().parents[1] / "runbooks")
+
+
+def _incident_id(incident_id: int) -> int:
+    if incident_id > MAX_INCIDENT_ID:
+        abort(404, description=f"unknown incident {incident_id}")
+    return incident_id
+
+
+@bp.get("/incidents/<int:incident_id>")
+def incident(incident_id: int):
+    params()
+    db = current_app.extensions["chatops.db"]
+    return _json(_found(views.incident, db, _incident_id(incident_id), views.runbook_names(runbooks_dir())))
+
+
+@bp.get("/runbooks")
+def runbooks():
+    params()
+    return _json({"runbooks": views.runbooks(runbooks_dir())})
+
+
+@bp.get("/runbooks/<name>")
+def runbook(name: str):
+    params()
+    if not views.valid_runbook_name(name):
+        abort(400, description=f"bad runbook name {_show(name)}: a runbook name has only "
+                               f"{views.RUNBOOK_NAME_CHARS}, at most 64 characters")
+    return _json(_found(views.runbook, runbooks_dir(), name))
+
+
 @bp.get("/openapi.json")
 def openapi():
     params()
@@ -251,3 +316,52 @@ def run_job(job_id: str):
     detail = {"error": job["last_error"]} if job["last_error"] else {}
     db.add_audit(auth.current_actor(), "scrape.run", job_id, result, **detail)
     return _json({"result": result, "job": job})
+
+
+def _note() -> str | None:
+    """The optional JSON body {"note": "..."} of an incident action."""
+    if not request.get_data(cache=True):
+        return None
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict) or set(body) - {"note"}:
+        abort(400, description='the body must be empty or a JSON object {"note": "<text>"}')
+    note = body.get("note")
+    if note is None:
+        return None
+    if not isinstance(note, str) or len(note) > MAX_NOTE_LEN or any(ord(c) < 0x20 and c not in "\t" for c in note):
+        abort(400, description=f"note must be one line of text, at most {MAX_NOTE_LEN} characters")
+    return note.strip() or None
+
+
+def change_incident(incident_id: int, to: str, note: str | None = None) -> dict[str, Any]:
+    """Move an incident to `to` for the current actor (audited by the database), or 404/409.
+    Shared by the API and the dashboard's buttons."""
+    db = current_app.extensions["chatops.db"]
+    try:
+        current = db.incident(_incident_id(incident_id))
+    except KeyError:
+        abort(404, description=f"unknown incident {incident_id}")
+    if current["state"] not in TRANSITIONS[to]:
+        abort(409, description=f"incident {incident_id} is {current['state']}; it cannot become {to} "
+                               f"(only from {' or '.join(TRANSITIONS[to])})")
+    return db.set_incident_state(incident_id, to, auth.current_actor(), note=note)
+
+
+@bp.post("/incidents/<int:incident_id>/acknowledge")
+@auth.require_auth
+def acknowledge_incident(incident_id: int):
+    """Acknowledge an open incident; audited as incident.acknowledged."""
+    params()
+    change_incident(incident_id, "acknowledged", _note())
+    db = current_app.extensions["chatops.db"]
+    return _json(views.incident(db, incident_id, views.runbook_names(runbooks_dir())))
+
+
+@bp.post("/incidents/<int:incident_id>/resolve")
+@auth.require_auth
+def resolve_incident(incident_id: int):
+    """Resolve an open or acknowledged incident by hand; audited as incident.resolved."""
+    params()
+    change_incident(incident_id, "resolved", _note())
+    db = current_app.extensions["chatops.db"]
+    return _json(views.incident(db, incident_id, views.runbook_names(runbooks_dir())))

@@ -16,10 +16,10 @@ import math
 import time
 from typing import Any, Iterable
 
-from flask import Blueprint, current_app, render_template, request
+from flask import Blueprint, abort, current_app, redirect, render_template, request, url_for
 from markupsafe import Markup, escape
 
-from controlplane import figures, views
+from controlplane import auth, figures, markdown, views
 from controlplane.clusterfile import seconds
 
 bp = Blueprint("dashboard", __name__)
@@ -53,8 +53,12 @@ def _header_context() -> dict[str, Any]:
         scraper = current_app.extensions.get("chatops.scraper")
         jobs = scraper.jobs() if scraper is not None else []
         cf = current_app.config.get("CLUSTER")
+        db = current_app.extensions.get("chatops.db")
+        active = (db.incidents(state="open") + db.incidents(state="acknowledged")) if db is not None else []
         return {"last_scrape": _last_scrape(jobs), "now": time.time(), "interval_s": _interval_s() if cf else 5.0,
-                "failing_jobs": sum(1 for j in jobs if j["last_error"])}
+                "failing_jobs": sum(1 for j in jobs if j["last_error"]),
+                "open_incidents": sum(1 for i in active if i["state"] == "open"),
+                "critical_incidents": sum(1 for i in active if i["state"] == "open" and i["severity"] == "critical")}
     return {"dashboard_header": header}
 
 
@@ -90,7 +94,106 @@ def overview():
     cf, store, scraper = _ctx()
     o = views.overview(cf, store, scraper.jobs())
     _decorate_shards(store, o["shards"])
-    return _page("overview.html", o=o, proxies=views.proxies(cf, store), title="Overview")
+    db = current_app.extensions["chatops.db"]
+    active = [i for i in views.incidents(db, "all", OVERVIEW_INCIDENTS) if i["state"] != "resolved"]
+    return _page("overview.html", o=o, proxies=views.proxies(cf, store), incidents=active, title="Overview")
+
+
+# -- incidents and runbooks -----------------------------------------------------------------------
+
+OVERVIEW_INCIDENTS = 50
+
+
+def _runbooks_dir():
+    from controlplane.api import runbooks_dir
+    return runbooks_dir()
+
+
+def render_runbook(text: str) -> Markup:
+    """A runbook's Markdown as safe HTML; links to other runbooks (`name.md`) go to their page."""
+    def link(url: str) -> str:
+        stem = url[:-3] if url.endswith(".md") else None
+        if stem and "/" not in stem.lstrip("./") and views.valid_runbook_name(stem.lstrip("./")):
+            return url_for("dashboard.runbook", name=stem.lstrip("./"))
+        return url
+    return Markup(markdown.render(text, link))
+
+
+@bp.get("/incidents")
+def incidents():
+    db = current_app.extensions["chatops.db"]
+    return _page("incidents.html", incidents=views.incidents(db, "all", 200), title="Incidents")
+
+
+@bp.get("/incidents/<int:incident_id>")
+def incident(incident_id: int):
+    cf, store, _ = _ctx()
+    db = current_app.extensions["chatops.db"]
+    directory = _runbooks_dir()
+    try:
+        if incident_id > 2**63 - 1:
+            raise KeyError(incident_id)
+        i = views.incident(db, incident_id, views.runbook_names(directory))
+    except (views.NotFound, KeyError):
+        recent = [str(r["id"]) for r in db.incidents(limit=20)]
+        return _not_found(views.NotFound("incident", str(incident_id), recent), "dashboard.incident_by_name")
+    charts = views.incident_charts(cf, store, i["findings"]["items"], i["opened"], i["resolved_at"])
+    books = []
+    for rb in i["runbooks"]:
+        if rb["exists"]:
+            doc = views.runbook(directory, rb["name"])
+            books.append({**rb, "title": doc["title"], "html": render_runbook(doc["markdown"])})
+        else:
+            books.append({**rb, "title": rb["name"], "html": None})
+    return _page("incident.html", i=i, charts=charts, books=books, title=f"Incident {incident_id}")
+
+
+@bp.get("/incidents/<name>")
+def incident_by_name(name: str):
+    """Only so that a 404 page can link incidents by id (the list of valid ones)."""
+    if name.isdigit():
+        return redirect(url_for("dashboard.incident", incident_id=int(name)))
+    db = current_app.extensions["chatops.db"]
+    recent = [str(r["id"]) for r in db.incidents(limit=20)]
+    return _not_found(views.NotFound("incident", name, recent), "dashboard.incident_by_name")
+
+
+def _incident_action(incident_id: int, to: str):
+    """The Acknowledge / Resolve buttons: the API's transition, audited with this session."""
+    from controlplane.api import change_incident
+    note = (request.form.get("note") or "").strip()[:500] or None
+    if note and any(ord(c) < 0x20 for c in note):
+        abort(400, description="note must be one line of text")
+    change_incident(incident_id, to, note)
+    return redirect(url_for("dashboard.incident", incident_id=incident_id), code=303)
+
+
+@bp.post("/incidents/<int:incident_id>/acknowledge")
+@auth.require_auth
+def acknowledge_incident(incident_id: int):
+    return _incident_action(incident_id, "acknowledged")
+
+
+@bp.post("/incidents/<int:incident_id>/resolve")
+@auth.require_auth
+def resolve_incident(incident_id: int):
+    return _incident_action(incident_id, "resolved")
+
+
+@bp.get("/runbooks")
+def runbooks():
+    return _page("runbooks.html", runbooks=views.runbooks(_runbooks_dir()), refresh=False, title="Runbooks")
+
+
+@bp.get("/runbooks/<name>")
+def runbook(name: str):
+    directory = _runbooks_dir()
+    try:
+        doc = views.runbook(directory, name)
+    except views.NotFound as exc:
+        return _not_found(exc, "dashboard.runbook")
+    return _page("runbook.html", doc=doc, html=render_runbook(doc["markdown"]), refresh=False,
+                 title=f"Runbook {doc['title']}")
 
 
 @bp.get("/shards")

@@ -321,7 +321,8 @@ def cause(f: dict) -> str:
     kind, a = f.get("kind"), _about(f)
     if kind == "leaked_clients" and not is_maxclients(f):
         host = _host(f) or str(f.get("subject", "")).split("->")[0]
-        cluster = _cluster(f)
+        ev_cluster = (f.get("evidence") or {}).get("cluster")
+        cluster = _cluster(f) or (ev_cluster if isinstance(ev_cluster, str) else None)
         return f"leaked clients from the {cluster} cluster ({host})" if cluster else f"leaked clients from {host}"
     if kind == "hot_key":
         return f"a hot key ({a.get('key') or f.get('subject')}): moving slots will not help"

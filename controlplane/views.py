@@ -279,3 +279,196 @@ def overview(cf, store: Store, jobs: list[dict[str, Any]], now: float | None = N
             "clusters": clusters(cf, store, now), "hosts": hosts(cf, store, now),
             "shards": shards(cf, store, now), "jobs": jobs,
             "failing_jobs": [j["id"] for j in jobs if j["last_error"]]}
+
+
+# -- findings and incidents -----------------------------------------------------------------------
+# From the database (controlplane/database.py) rather than the store; the root-cause chain is
+# rebuilt from the incident's findings on every read (controlplane/incidents.py, pure), so it
+# shows their newest evidence. The database keeps the hypothesis as last recorded.
+
+FINDING_KEYS = ("id", "kind", "subject", "severity", "state", "first_seen", "last_seen", "resolved_at",
+                "title", "evidence", "about", "runbook", "remediation", "incident_id")
+INCIDENT_LIST_DEFAULT = 100
+LOG_ERROR_KINDS = ("timeout", "connection_refused", "io_timeout", "redis_error", "error", "slow_consumer")
+CHART_MARGIN_S = 300.0                 # charts start this long before an incident opened
+MAX_INCIDENT_CHARTS = 12
+
+
+def finding(row: dict[str, Any]) -> dict[str, Any]:
+    from controlplane import incidents as inc
+    out = {k: row.get(k) for k in FINDING_KEYS}
+    out["about"] = {str(k): str(v) for k, v in (row.get("about") or {}).items() if v is not None}
+    out["evidence"] = row.get("evidence") if isinstance(row.get("evidence"), dict) else {}
+    out["remediation"] = remediation(row.get("remediation"))
+    out["runbook"] = row.get("runbook") or row.get("kind")
+    out["label"] = inc.label(row)
+    out["layer"] = inc.layer(row)
+    return out
+
+
+def remediation(value: Any) -> dict[str, Any] | None:
+    """A finding's suggested remediation as {"action", "summary", "params"}, or None."""
+    if not isinstance(value, dict) or not value:
+        return None
+    params = value.get("params")
+    return {"action": str(value.get("action") or ""), "summary": str(value.get("summary") or ""),
+            "params": params if isinstance(params, dict) else {}}
+
+
+def findings(db, state: str = "all", limit: int | None = 100) -> list[dict[str, Any]]:
+    rows = db.findings(limit=limit, state=None if state == "all" else state)
+    return [finding(r) for r in rows]
+
+
+def _incident_summary(row: dict[str, Any], fs: list[dict[str, Any]], h: dict[str, Any]) -> dict[str, Any]:
+    root = h.get("root") or {}
+    return {"id": row["id"], "title": row["title"], "state": row["state"], "severity": row["severity"],
+            "opened": row["opened"], "updated": row["updated"], "resolved_at": row["resolved_at"],
+            "acknowledged_by": row["acknowledged_by"],
+            "root_cause": {"summary": h.get("summary") or "", "cause": h.get("cause") or "",
+                           "finding_id": root.get("finding_id"), "kind": root.get("kind"),
+                           "subject": root.get("subject")},
+            "findings": {"total": len(fs), "open": sum(1 for f in fs if f["state"] == "open")}}
+
+
+def incidents(db, state: str = "all", limit: int | None = INCIDENT_LIST_DEFAULT) -> list[dict[str, Any]]:
+    """Incidents, open and acknowledged ones first, then newest first."""
+    from controlplane import incidents as inc
+    rows = db.incidents(state=None if state == "all" else state, limit=limit)
+    by_incident: dict[int, list[dict]] = {}
+    for f in db.incident_findings([r["id"] for r in rows]):
+        by_incident.setdefault(f["incident_id"], []).append(f)
+    out = [_incident_summary(r, by_incident.get(r["id"], []), inc.build_chain(by_incident.get(r["id"], [])))
+           for r in rows]
+    order = {"open": 0, "acknowledged": 1, "resolved": 2}
+    out.sort(key=lambda i: (order[i["state"]], -i["opened"], -i["id"]))
+    return out
+
+
+def _timeline_entry(e: dict[str, Any]) -> dict[str, Any]:
+    keep = ("ts", "event", "state", "actor", "note", "finding_id", "kind", "subject", "title", "severity",
+            "summary", "root_finding_id")
+    return {k: e[k] for k in keep if k in e}
+
+
+def incident(db, incident_id: int, runbook_names: list[str] | None = None) -> dict[str, Any]:
+    """One incident: its summary, the root-cause chain with each link's evidence, the findings
+    off the chain, every finding, the timeline, the suggested remediation (the root cause's) and
+    the runbooks of its findings (`exists`: whether runbooks/<name>.md is there)."""
+    from controlplane import incidents as inc
+    try:
+        row = db.incident(incident_id)
+    except KeyError:
+        recent = [str(r["id"]) for r in db.incidents(limit=20)]
+        raise NotFound("incident", str(incident_id), recent) from None
+    fs = db.incident_findings(incident_id)
+    h = inc.build_chain(fs)
+    out = _incident_summary(row, fs, h)
+    by_id = {f["id"]: finding(f) for f in fs}
+    out["chain"] = h["chain"]
+    out["others"] = [by_id[i] for i in h["others"] if i in by_id]
+    out["findings"] = {**out["findings"], "items": list(by_id.values())}
+    out["timeline"] = [_timeline_entry(e) for e in row["timeline"] if isinstance(e, dict)]
+    out["remediation"] = remediation(h.get("remediation"))
+    names = []
+    for f in fs:
+        name = f.get("runbook") or f.get("kind")
+        if name and name not in names:
+            names.append(name)
+    known = set(runbook_names or [])
+    out["runbooks"] = [{"name": n, "exists": n in known} for n in names]
+    return out
+
+
+def _points(store: Store, source: str, target: str, name: str, since: float, until: float) -> list[list]:
+    return [[t, _round(v, 4)] for t, v in store.series(source, target, name, since) if t <= until]
+
+
+def incident_charts(cf, store: Store, fs: list[dict[str, Any]], opened: float,
+                    resolved_at: float | None = None, now: float | None = None) -> list[dict[str, Any]]:
+    """The series that matter to an incident's findings, from CHART_MARGIN_S before it opened to
+    CHART_MARGIN_S after it resolved (or now): each {"title", "unit", "name", "source", "target",
+    "finding_id", "points"}. The shard's ops/s and clients, its idle clients, the proxy listener's
+    sessions and connection errors, a service's error-line rates."""
+    now = time.time() if now is None else now
+    since = opened - CHART_MARGIN_S
+    until = min(now, resolved_at + CHART_MARGIN_S) if resolved_at else now
+    shard_names = {s.name for s in cf.redis.shards}
+    charts: list[dict[str, Any]] = []
+    seen: set[tuple[str, str, str]] = set()
+
+    def add(f, source, target, name, unit, title):
+        key = (source, target, name)
+        if key in seen or len(charts) >= MAX_INCIDENT_CHARTS:
+            return
+        seen.add(key)
+        charts.append({"title": title, "unit": unit, "name": name, "source": source, "target": target,
+                       "finding_id": f.get("id"), "points": _points(store, source, target, name, since, until)})
+
+    from controlplane import incidents as inc
+    for f in sorted(fs, key=lambda f: (inc.layer(f), f.get("first_seen") or 0)):
+        about = f.get("about") or {}
+        kind, host, shard = f.get("kind"), about.get("host"), inc._shard(f)
+        if kind in ("ingestion_timeouts", "connection_churn", "delivery_gap"):
+            stems = {str(f.get("subject"))}
+            if about.get("service") and host:
+                stems.add(f"{about['service']}-{host}")
+            for n in store.names("logs", "local"):
+                stem, _, rest = n.partition("|")
+                remote, _, tail = rest.partition("|")
+                lkind = tail[:-len(":per_s")] if tail.endswith(":per_s") else None
+                if stem in stems and lkind in LOG_ERROR_KINDS:
+                    add(f, "logs", "local", n, "/s", f"{stem} → {remote} {lkind.replace('_', ' ')}")
+        if kind == "proxy_saturation" and host:
+            prefix = f"redis-{shard}/" if shard else ""
+            for n in store.names("haproxy", host):
+                if n.startswith(prefix) and ("/BACKEND:" in n or "/FRONTEND:" in n) and n.endswith(
+                        (":scur", ":qcur", ":econ_per_s")):
+                    add(f, "haproxy", host, n, "/s" if n.endswith("_per_s") else "", f"{host} {n}")
+        if shard and shard in shard_names:
+            add(f, "redis", shard, "ops_per_s", "ops/s", f"{shard} ops/s")
+            if kind == "hot_shard":
+                add(f, "redis", shard, "cpu_percent", "%", f"{shard} CPU, % of one core")
+            add(f, "redis", shard, "connected_clients", "", f"{shard} connected clients")
+            if kind == "leaked_clients":
+                add(f, "clients", shard, "idle", "", f"{shard} idle clients")
+                add(f, "redis", shard, "rejected_connections_per_s", "/s", f"{shard} rejected connections")
+    return charts
+
+
+# -- runbooks -------------------------------------------------------------------------------------
+
+RUNBOOK_NAME_CHARS = "a-z, 0-9 and _"
+
+
+def valid_runbook_name(name: str) -> bool:
+    return 0 < len(name) <= 64 and all(c.isascii() and (c.islower() or c.isdigit() or c == "_") for c in name)
+
+
+def runbook_names(directory) -> list[str]:
+    """The runbooks present: runbooks/<name>.md with a valid name."""
+    from pathlib import Path
+    d = Path(directory)
+    if not d.is_dir():
+        return []
+    return sorted(p.stem for p in d.glob("*.md") if p.is_file() and valid_runbook_name(p.stem))
+
+
+def runbooks(directory) -> list[dict[str, Any]]:
+    from controlplane import markdown
+    from pathlib import Path
+    out = []
+    for name in runbook_names(directory):
+        text = (Path(directory) / f"{name}.md").read_text(encoding="utf-8", errors="replace")
+        out.append({"name": name, "title": markdown.title(text) or name})
+    return out
+
+
+def runbook(directory, name: str) -> dict[str, Any]:
+    """One runbook's Markdown; NotFound lists the runbooks there. The caller checks the name."""
+    from controlplane import markdown
+    from pathlib import Path
+    if not valid_runbook_name(name) or name not in runbook_names(directory):
+        raise NotFound("runbook", name, runbook_names(directory))
+    text = (Path(directory) / f"{name}.md").read_text(encoding="utf-8", errors="replace")
+    return {"name": name, "title": markdown.title(text) or name, "markdown": text}

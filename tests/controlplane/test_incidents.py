@@ -4,7 +4,10 @@ lifecycle through `update()` on a real SQLite database, and the API and pages on
 
 from __future__ import annotations
 
+import json
+import re
 import sqlite3
+import time
 
 import pytest
 
@@ -245,3 +248,205 @@ def test_schema_3_upgrades_a_version_2_file(tmp_path):
         assert d.findings(state="resolved") == []
         with pytest.raises(ValueError):
             d.findings(state="gone")
+
+
+# -- the API and the pages, on the real app (no scheduler) ----------------------------------------
+
+TOKEN = "test-incidents-token"
+RUNBOOK = """# Leaked clients
+
+A host holds **many idle connections** to a shard. Compare with [hot shard](hot_shard.md).
+
+## Confirm
+
+```sh
+chatops inspect clients shard2 --by host
+```
+
+- idle `> 60 s`
+- <script>alert(1)</script> [x](javascript:alert(1))
+"""
+
+
+@pytest.fixture
+def app(tmp_path, monkeypatch, run_dir):
+    from controlplane.app import create_app
+    from tests.conftest import free_subnet, small_cluster, write_cluster
+    monkeypatch.setenv("CHATOPS_API_TOKEN", TOKEN)
+    books = tmp_path / "runbooks"
+    books.mkdir()
+    (books / "leaked_clients.md").write_text(RUNBOOK)
+    (books / "Bad-Name.md").write_text("# not listed")
+    cluster = write_cluster(tmp_path / "cluster.yaml", small_cluster(free_subnet()))
+    a = create_app({"CLUSTER_FILE": str(cluster), "RUN_DIR": str(run_dir), "SCHEDULER": False,
+                    "TESTING": True, "RUNBOOKS_DIR": str(books)})
+    yield a
+    a.extensions["chatops.db"].close()
+
+
+def seed(app) -> tuple[int, int]:
+    """The talk's findings, and an unrelated hot shard, through the database and update()."""
+    db = app.extensions["chatops.db"]
+    now = time.time()
+    for k, f in enumerate(talk()):
+        insert(db, f, now - 60 + k)
+    insert(db, finding(0, "hot_shard", "shard0", {"shard": "shard0", "host": "redis1"}, {"cpu_percent": 95.0}), now)
+    incidents.update(db, None, db.findings(open_only=True), [], now)
+    by_subject = {f["subject"]: f["incident_id"] for f in db.findings()}
+    return by_subject["edge-chat1"], by_subject["shard0"]
+
+
+def api_get(client, target: str):
+    from tests.controlplane.test_api import response_validator, schema_errors
+    r = client.get(target)
+    assert r.status_code == 200, r.get_data(as_text=True)
+    path = re.sub(r"^/api/v1", "", target.split("?")[0])
+    path = re.sub(r"^/incidents/\d+$", "/incidents/{incident_id}", path)
+    path = re.sub(r"^/runbooks/\w+$", "/runbooks/{name}", path)
+    errors = schema_errors(response_validator(path), r.json)
+    assert not errors, errors
+    return r.json
+
+
+def test_api_lists_and_shows_incidents_as_documented(app):
+    talk_id, other_id = seed(app)
+    client = app.test_client()
+    listed = api_get(client, "/api/v1/incidents")["incidents"]
+    assert [i["id"] for i in listed] == [other_id, talk_id]          # newest first among the open
+    talk_inc = next(i for i in listed if i["id"] == talk_id)
+    assert talk_inc["findings"] == {"total": 4, "open": 4} and talk_inc["severity"] == "critical"
+    assert talk_inc["root_cause"]["cause"] == "leaked clients from the testing cluster (chat-testing)"
+    assert api_get(client, "/api/v1/incidents?state=resolved&limit=5")["incidents"] == []
+
+    detail = api_get(client, f"/api/v1/incidents/{talk_id}")
+    assert [link["subject"] for link in detail["chain"]] == ["edge-chat1", "clue-chat1", "shard2:maxclients",
+                                                          "chat-testing->shard2"]
+    assert detail["remediation"] == KILL_LEAK
+    assert {"name": "leaked_clients", "exists": True} in detail["runbooks"]
+    assert {"name": "ingestion_timeouts", "exists": False} in detail["runbooks"]
+    assert [e["event"] for e in detail["timeline"]][:2] == ["opened", "finding_opened"]
+
+    found = api_get(client, "/api/v1/findings?state=open&limit=10")["findings"]
+    assert len(found) == 5 and all(f["state"] == "open" for f in found)
+    assert api_get(client, "/api/v1/findings?state=resolved")["findings"] == []
+    assert len(api_get(client, "/api/v1/findings")["findings"]) == 5
+
+
+@pytest.mark.parametrize("target,status,word", [
+    ("/api/v1/findings?state=acknowledged", 400, "state"),
+    ("/api/v1/findings?state=bogus", 400, "state"),
+    ("/api/v1/incidents?state=", 400, "state"),
+    ("/api/v1/incidents?limit=0", 400, "limit"),
+    ("/api/v1/incidents?since=5m", 400, "since"),
+    ("/api/v1/incidents/999", 404, "incident"),
+    ("/api/v1/incidents/99999999999999999999999", 404, "incident"),
+    ("/api/v1/incidents/abc", 404, ""),
+    ("/api/v1/runbooks/nope", 404, "leaked_clients"),
+    ("/api/v1/runbooks/Bad-Name", 400, "runbook"),
+    ("/api/v1/runbooks/x.md", 400, "runbook"),
+    ("/api/v1/runbooks/..%2Fx", 400, ""),
+    ("/api/v1/runbooks/../x", 404, ""),
+    ("/api/v1/runbooks/%2e%2e", 400, "runbook"),
+])
+def test_api_bad_input_gets_a_json_error(app, target, status, word):
+    from tests.controlplane.test_api import ERROR, schema_errors
+    r = app.test_client().get(target)
+    assert r.status_code in ((status, 404) if not word else (status,)), (target, r.status_code)
+    assert r.is_json and not schema_errors(ERROR, r.json)
+    assert word in r.json["error"]["message"]
+    assert "Leaked clients" not in r.get_data(as_text=True)
+
+
+def test_api_runbooks(app):
+    client = app.test_client()
+    assert api_get(client, "/api/v1/runbooks")["runbooks"] == [{"name": "leaked_clients", "title": "Leaked clients"}]
+    doc = api_get(client, "/api/v1/runbooks/leaked_clients")
+    assert doc["markdown"] == RUNBOOK
+
+
+def test_acknowledge_needs_the_token_is_audited_and_only_once(app):
+    from tests.controlplane.test_api import response_validator, schema_errors
+    talk_id, _ = seed(app)
+    client = app.test_client()
+    url = f"/api/v1/incidents/{talk_id}/acknowledge"
+    r = client.post(url)
+    assert r.status_code == 401 and r.headers["WWW-Authenticate"].startswith("Bearer")
+    assert client.post(url, headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert app.extensions["chatops.db"].incident(talk_id)["state"] == "open"
+    bearer = {"Authorization": f"Bearer {TOKEN}"}
+    r = client.post(url, headers=bearer, json={"note": "looking at shard2"})
+    assert r.status_code == 200, r.get_data(as_text=True)
+    assert not schema_errors(response_validator("/incidents/{incident_id}/acknowledge", "post"), r.json)
+    assert r.json["state"] == "acknowledged" and r.json["acknowledged_by"].startswith("token:")
+    assert r.json["timeline"][-1]["note"] == "looking at shard2"
+    audit = app.extensions["chatops.db"].audit(limit=5)
+    assert (audit[0]["action"], audit[0]["target"], audit[0]["detail"]) == (
+        "incident.acknowledged", f"incident/{talk_id}", {"from": "open", "to": "acknowledged", "note": "looking at shard2"})
+    assert TOKEN not in json.dumps(audit)
+    # not twice; unknown ids; bad bodies
+    assert client.post(url, headers=bearer).status_code == 409
+    assert client.post("/api/v1/incidents/999/acknowledge", headers=bearer).status_code == 404
+    assert client.post(f"/api/v1/incidents/{talk_id}/resolve", headers=bearer,
+                       json={"note": "x", "extra": 1}).status_code == 400
+    assert client.post(f"/api/v1/incidents/{talk_id}/resolve", headers=bearer,
+                       data="not json", content_type="text/plain").status_code == 400
+    r = client.post(f"/api/v1/incidents/{talk_id}/resolve", headers=bearer)
+    assert r.status_code == 200 and r.json["state"] == "resolved" and r.json["resolved_at"]
+    assert client.post(f"/api/v1/incidents/{talk_id}/resolve", headers=bearer).status_code == 409
+    assert client.post(url, headers=bearer).status_code == 409
+
+
+def test_pages_show_the_chain_evidence_plan_timeline_and_runbook(app):
+    talk_id, other_id = seed(app)
+    client = app.test_client()
+    page = client.get("/incidents")
+    assert page.status_code == 200
+    assert f'data-incident="{talk_id}" data-state="open" class="row-bad"' in page.text
+    assert "leaked clients from the testing cluster" in page.text
+    page = client.get(f"/incidents/{talk_id}")
+    assert page.status_code == 200
+    roles = re.findall(r'<li data-finding="\d+" data-role="([a-z ]+)"', page.text)
+    assert roles == ["symptom", "cause", "cause", "root cause"]
+    assert "2,311 idle clients from chat-testing" in page.text and "ECONNREFUSED" in page.text
+    assert "<b>Plan:</b> Kill chat-testing&#39;s 2,311 idle clients" in page.text
+    assert 'id="acknowledge"' in page.text and 'name="csrf_token"' in page.text
+    assert "<strong>many idle connections</strong>" in page.text          # the runbook, rendered
+    assert "<script>alert(1)</script>" not in page.text and "javascript:" not in page.text
+    assert 'href="/runbooks/hot_shard"' in page.text
+    assert "runbooks/ingestion_timeouts.md is not written yet" in page.text
+    overview = client.get("/")
+    assert 'id="incidents-badge">2 open' in overview.text and 'class="badge bad" id="incidents-badge"' in overview.text
+    assert 'id="open-incidents">2 open' in overview.text
+    # the Acknowledge button: anonymous -> log in; logged in without CSRF -> 400; with it -> done
+    r = client.post(f"/incidents/{talk_id}/acknowledge")
+    assert r.status_code == 302 and r.headers["Location"].startswith("/login")
+    login = client.get("/login")
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', login.text).group(1)
+    assert client.post("/login", data={"token": TOKEN, "csrf_token": csrf}).status_code == 302
+    assert client.post(f"/incidents/{talk_id}/acknowledge").status_code == 400
+    page = client.get(f"/incidents/{talk_id}")
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
+    r = client.post(f"/incidents/{talk_id}/acknowledge", data={"csrf_token": csrf})
+    assert r.status_code == 303 and r.headers["Location"].endswith(f"/incidents/{talk_id}")
+    db = app.extensions["chatops.db"]
+    assert db.incident(talk_id)["state"] == "acknowledged"
+    assert db.audit(limit=1)[0]["actor"].startswith("session:")
+    assert client.post(f"/incidents/{talk_id}/acknowledge", data={"csrf_token": csrf}).status_code == 409
+    page = client.get(f"/incidents/{talk_id}")
+    assert 'id="acknowledge"' not in page.text and 'data-state="acknowledged"' in page.text
+
+
+def test_pages_404_and_runbook_pages(app):
+    client = app.test_client()
+    assert client.get("/incidents").status_code == 200
+    r = client.get("/incidents/7")
+    assert r.status_code == 404 and "No incident named" in r.text
+    assert client.get("/incidents/x").status_code == 404
+    r = client.get("/runbooks/leaked_clients")
+    assert r.status_code == 200 and "<h1>Leaked clients</h1>" in r.text
+    assert '<pre><code class="language-sh">chatops inspect clients shard2 --by host</code></pre>' in r.text
+    assert "&lt;script&gt;" in r.text and "<script>alert" not in r.text
+    r = client.get("/runbooks/nope")
+    assert r.status_code == 404 and 'href="/runbooks/leaked_clients"' in r.text
+    assert client.get("/runbooks/Bad-Name").status_code == 404
+    assert client.get("/runbooks").status_code == 200
