@@ -1,0 +1,191 @@
+"""Proxy saturation: a chat host's HAProxy is full, queueing, failing, or losing workers. In the
+talk, HAProxy sat in front of one Redis at 99% CPU, and an old HAProxy worker later crashed (exit
+139) after runtime-API changes and reloads.
+
+Per chat host (source `haproxy:<host>`, figures of controlplane/figures.py), each condition judged
+over the window, firing when held for `hold`, reported (not firing) while above threshold x
+clear_factor:
+
+- sessions: a FRONTEND's `scur / slim` >= proxy_session_warn_ratio (its maxconn: a hard limit;
+  beyond it HAProxy stops accepting), or a server's when it has a maxconn. A backend's `slim` is
+  only its fullconn (dynamic-maxconn scaling), not a limit, so its sessions are evidence only.
+- queue: `qcur` >= 1 on a backend or server (requests waiting for a connection slot).
+- errors: `econ_per_s + eresp_per_s` (backends, servers) or `ereq_per_s` (frontends) >=
+  proxy_errors_per_s.
+- down: a server whose status does not serve (`:up` = 0: DOWN, NOLB; MAINT is an operator's choice
+  and skipped), with its last check status; critical when its backend has no server left.
+- worker exits: an HAProxy worker the master reported as exited with a non-zero code
+  (`proc.worker_exits`, read from the HAProxy log), while the window shows the worker set changing
+  (a worker went away within the window): an exit is an event, so it fires at once and resolves
+  once the window no longer holds the change. Code 139 (SIGSEGV) and 134 (abort) are critical.
+
+Subjects: `<host>:<proxy>` for frontend/backend conditions, `<host>:<proxy>/<server>` for a server,
+`<host>:haproxy-worker/<pid>` for an exit. about {host, cluster, shard when the proxy is the
+`redis-<shard>` listener}. Evidence: the row's scur/slim/qcur/rates/status/check, the conditions
+that hold, held_s.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from controlplane.detectors.base import Finding, Window, judge, thresholds
+
+KIND = "proxy_saturation"
+SEVERE_EXITS = (134, 139)
+
+
+def _num(v: Any) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def _r(v: float | None) -> float | None:
+    return None if v is None else round(v, 3)
+
+
+def _ratio(window: Window, host: str, row: str) -> list:
+    slim = dict(window.points("haproxy", host, f"{row}:slim"))
+    out = []
+    for t, cur in window.points("haproxy", host, f"{row}:scur"):
+        lim, cur = _num(slim.get(t)), _num(cur)
+        out.append((t, cur / lim if cur is not None and lim else None))
+    return out
+
+
+def _sum(window: Window, host: str, row: str, names: tuple[str, ...]) -> list:
+    series = [dict(window.points("haproxy", host, f"{row}:{n}")) for n in names]
+    times = sorted({t for s in series for t in s})
+    out = []
+    for t in times:
+        vals = [_num(s.get(t)) for s in series]
+        out.append((t, None if all(v is None for v in vals) else sum(v or 0.0 for v in vals)))
+    return out
+
+
+def _rows(window: Window, host: str) -> dict[str, dict]:
+    """'<proxy>/<name>' -> the latest stat row (as a dict), for frontends, backends and servers."""
+    data = window.data("haproxy", host) or {}
+    stat = data.get("stat") if isinstance(data, dict) else None
+    rows = (stat or {}).get("rows") or [] if isinstance(stat, dict) else []
+    return {f"{r.get('proxy')}/{r.get('name')}": r for r in rows
+            if isinstance(r, dict) and r.get("kind") in ("frontend", "backend", "server")}
+
+
+def _row_names(window: Window, host: str) -> list[str]:
+    return sorted({n.rsplit(":", 1)[0] for n in window.names("haproxy", host) if "/" in n and ":" in n})
+
+
+def _changed(points: list) -> bool:
+    vals = [v for _, v in points if v is not None]
+    return len(set(vals)) > 1
+
+
+def detect(window: Window, cf) -> list[Finding]:
+    th = thresholds(cf)
+    shards = {s.name for s in cf.redis.shards}
+    out: list[Finding] = []
+    for host in window.targets("haproxy"):
+        if window.up("haproxy", host) is False:
+            continue
+        cluster = cf.cluster_of(host) or ""
+        latest = _rows(window, host)
+        found: dict[str, dict] = {}            # subject -> {"conds", "firing", "held", "row", ...}
+
+        def note(subject: str, row: str, cond: str, value, verdict, severity="warning") -> None:
+            firing, sustained, held = verdict
+            if not (firing or sustained):
+                return
+            f = found.setdefault(subject, {"row": row, "conditions": {}, "firing": False, "held": 0.0,
+                                           "severity": "warning"})
+            f["conditions"][cond] = value
+            f["firing"] = f["firing"] or firing
+            f["held"] = max(f["held"], held)
+            if severity == "critical":
+                f["severity"] = "critical"
+
+        for row in _row_names(window, host):
+            proxy, _, name = row.partition("/")
+            r = latest.get(row, {})
+            kind = r.get("kind") or ("frontend" if name == "FRONTEND" else "backend" if name == "BACKEND" else "server")
+            subject = f"{host}:{proxy}" if kind in ("frontend", "backend") else f"{host}:{proxy}/{name}"
+            if kind in ("frontend", "server"):
+                pts = _ratio(window, host, row)
+                if pts:
+                    note(subject, row, f"{kind}_sessions_of_limit", _r(pts[-1][1]),
+                         judge(window, pts, th.proxy_session_warn_ratio, cf),
+                         "critical" if (pts[-1][1] or 0) >= 1 else "warning")
+            if kind in ("backend", "server"):
+                pts = window.points("haproxy", host, f"{row}:qcur")
+                note(subject, row, f"{kind}_queue", _num(pts[-1][1]) if pts else None, judge(window, pts, 1.0, cf))
+                pts = _sum(window, host, row, ("econ_per_s", "eresp_per_s"))
+                note(subject, row, f"{kind}_errors_per_s", _r(pts[-1][1]) if pts else None,
+                     judge(window, pts, th.proxy_errors_per_s, cf))
+            else:
+                pts = window.points("haproxy", host, f"{row}:ereq_per_s")
+                note(subject, row, "frontend_request_errors_per_s", _r(pts[-1][1]) if pts else None,
+                     judge(window, pts, th.proxy_errors_per_s, cf))
+            if kind == "server" and not str(r.get("status") or "").startswith("MAINT"):
+                pts = window.points("haproxy", host, f"{row}:up")
+                backend_up = _num(window.value("haproxy", host, f"{proxy}/BACKEND:up"))
+                note(subject, row, "server_down", r.get("status"), judge(window, pts, 0.0, cf, above=False),
+                     "critical" if backend_up == 0 else "warning")
+
+        for subject, f in found.items():
+            row = f["row"]
+            proxy, _, name = row.partition("/")
+            r = latest.get(row, {})
+            backend = latest.get(f"{proxy}/BACKEND", {})
+            ev = {"conditions": f["conditions"], "held_s": round(f["held"], 1),
+                  "row": {k: r.get(k) for k in ("kind", "status", "scur", "smax", "slim", "qcur", "rate",
+                                                 "econ", "eresp", "ereq", "check_status", "check_duration",
+                                                 "lastchg", "addr") if k in r},
+                  "backend": {k: backend.get(k) for k in ("status", "scur", "slim", "qcur") if k in backend},
+                  "thresholds": {"proxy_session_warn_ratio": th.proxy_session_warn_ratio,
+                                 "proxy_errors_per_s": th.proxy_errors_per_s}}
+            about = {"host": host, "cluster": cluster}
+            if proxy.startswith("redis-") and proxy[len("redis-"):] in shards:
+                about["shard"] = proxy[len("redis-"):]
+            conds = ", ".join(f"{k}={v}" for k, v in f["conditions"].items())
+            out.append(Finding(
+                kind=KIND, subject=subject, severity=f["severity"],
+                title=f"{subject}: HAProxy saturated or failing ({conds})", evidence=ev,
+                firing=f["firing"], held_s=f["held"], about=about,
+                remediation={"action": "inspect_haproxy",
+                             "summary": f"chatops inspect haproxy {host}: check {proxy}'s limits, queue and servers",
+                             "params": {"host": host, "proxy": proxy}}))
+
+        out.extend(_worker_exits(window, cf, host, cluster))
+    return out
+
+
+def _worker_exits(window: Window, cf, host: str, cluster: str) -> list[Finding]:
+    data = window.data("haproxy", host) or {}
+    proc = data.get("proc") if isinstance(data, dict) else None
+    if not isinstance(proc, dict):
+        return []
+    exits = proc.get("worker_exits") or {}
+    if not isinstance(exits, dict):
+        return []
+    alive = {str(p) for p in (proc.get("workers") or []) + (proc.get("old_workers") or [])}
+    recent = (_changed(window.points("haproxy", host, "old_workers"))
+              or _changed(window.points("haproxy", host, "workers")))
+    out = []
+    for pid, code in sorted(exits.items()):
+        code = _num(code)
+        if code is None or code == 0 or str(pid) in alive or not recent:
+            continue
+        code = int(code)
+        out.append(Finding(
+            kind=KIND, subject=f"{host}:haproxy-worker/{pid}",
+            severity="critical" if code in SEVERE_EXITS else "warning",
+            title=f"{host}: HAProxy worker {pid} exited with code {code}"
+                  + (" (segmentation fault)" if code == 139 else ""),
+            evidence={"pid": int(pid), "exit_code": code, "workers": proc.get("workers"),
+                      "old_workers": proc.get("old_workers"), "reloads": proc.get("reloads"),
+                      "failed_reloads": proc.get("failed_reloads")},
+            firing=True, held_s=0.0, about={"host": host, "cluster": cluster},
+            remediation={"action": "inspect_haproxy",
+                         "summary": f"read haproxy-{host}.log around the exit; reload HAProxy cleanly "
+                                    f"(chatops inspect haproxy {host}) and avoid runtime-API changes on old workers",
+                         "params": {"host": host}}))
+    return out
