@@ -20,6 +20,12 @@ Remediation: kill_clients {shard, host, idle_over_s}, plus a `timeout` note when
 Per shard, from `redis:<shard>`: connected_clients >= maxclients_warn_ratio x maxclients, or
 rejected_connections_per_s > 0, held for `hold`: subject `<shard>:maxclients`, critical when
 rejecting (or at maxclients), else warning.
+
+At maxclients Redis refuses the control plane's own connections too ("ERR max number of clients
+reached"): INFO and CLIENT LIST go dark exactly when they matter. That refusal is itself the
+strongest evidence: `clients:<shard>` down with that error counts as "at maxclients" (held as
+long as it has been down), and the per-host series keep their last known values (marked `stale`
+in the evidence) so a leak that filled the shard stays reported instead of vanishing with its data.
 """
 
 from __future__ import annotations
@@ -32,6 +38,25 @@ from controlplane.detectors.hot_shard import num, redis_data, shard_host, shard_
 
 KIND = "leaked_clients"
 IGNORED_HOSTS = ("controlplane",)      # our own collectors' connections
+MAXCLIENTS_ERROR = "max number of clients"
+
+
+def refused(window: Window, shard: str) -> bool:
+    """The shard refuses the control plane's own connections: it is at maxclients."""
+    if window.up("clients", shard) is not False:
+        return False
+    err = window.latest.get(f"clients:{shard}", {}).get("error")
+    return isinstance(err, str) and MAXCLIENTS_ERROR in err
+
+
+def _ffill(points: list) -> list:
+    """Trailing unknown values replaced by the last known one (a refused shard's last CLIENT LIST)."""
+    out, last = [], None
+    for t, v in points:
+        if num(v) is not None:
+            last = v
+        out.append((t, v if num(v) is not None else last))
+    return out
 
 
 def _judge(window: Window, cf, points: list, pred_hi, pred_lo, extra_s: float) -> tuple[bool, bool, float]:
@@ -61,16 +86,28 @@ def _mean_near(points: list, t0: float, t1: float) -> float | None:
     return sum(vals) / len(vals) if vals else None
 
 
+def _last_known(points: list) -> float | None:
+    return next((num(v) for _, v in reversed(points) if num(v) is not None), None)
+
+
 def _shard_state(window: Window, cf, shard: str) -> dict[str, Any]:
     data = redis_data(window, shard)
     config = data.get("config") if isinstance(data.get("config"), dict) else {}
     connected = num(window.value("redis", shard, "connected_clients"))
     maxclients = num(window.value("redis", shard, "maxclients")) or num(config.get("maxclients"))
-    timeout = config.get("timeout")
+    timeout, timeout_from = config.get("timeout"), "CONFIG GET"
+    if timeout is None:
+        # CONFIG GET failed (a refused or broken shard): what the cluster file configures.
+        timeout, timeout_from = cf.redis.timeout, "cluster file"
+    is_refused = refused(window, shard)
+    if is_refused:
+        maxclients = maxclients or _last_known(window.points("redis", shard, "maxclients")) or float(cf.redis.maxclients)
+        connected = connected if connected is not None else maxclients
     return {"shard": shard, "connected_clients": connected, "maxclients": maxclients,
             "maxclients_ratio": round(connected / maxclients, 3) if connected is not None and maxclients else None,
-            "timeout": timeout, "timeout_zero": timeout == 0,
-            "rejected_connections_per_s": num(window.value("redis", shard, "rejected_connections_per_s"))}
+            "timeout": timeout, "timeout_from": timeout_from, "timeout_zero": timeout == 0,
+            "rejected_connections_per_s": num(window.value("redis", shard, "rejected_connections_per_s")),
+            "refusing_controlplane": is_refused}
 
 
 def detect(window: Window, cf) -> list[Finding]:
@@ -84,22 +121,32 @@ def detect(window: Window, cf) -> list[Finding]:
         near = _maxclients(window, cf, shard, state)
         if near is not None:
             out.append(near)
+        stale = refused(window, shard)
         data = window.data("clients", shard)
-        if window.up("clients", shard) is False or not isinstance(data, dict):
+        if stale:
+            data = {}
+        elif window.up("clients", shard) is False or not isinstance(data, dict):
             continue
+        fill = _ffill if stale else (lambda pts: pts)
         by_host = [h for h in data.get("by_host") or [] if isinstance(h, dict) and isinstance(h.get("host"), str)]
-        total = num(data.get("total"))
+        total = num(data.get("total")) if not stale else num(fill(window.points("clients", shard, "total"))[-1][1]
+                                                              if window.points("clients", shard, "total") else None)
         idle_after = num(data.get("idle_after_s")) or seconds(th.idle_client_after)
         ops_pts = window.points("redis", shard, "ops_per_s")
         hosts = {h["host"]: h for h in by_host}
-        # A host gone from the newest CLIENT LIST may still be in the series: it has no connections now.
+        # A host gone from the newest CLIENT LIST may still be in the series: it has no connections
+        # now (or, when the shard refuses us, its last known counts are all there is).
         for name in {n.split(":", 2)[1] for n in window.names("clients", shard) if n.startswith("host:")}:
+            if stale:
+                last = {f: fill(window.points("clients", shard, f"host:{name}:{f}")) for f in ("count", "idle")}
+                hosts.setdefault(name, {"host": name, "count": last["count"][-1][1] if last["count"] else 0,
+                                        "idle_over": last["idle"][-1][1] if last["idle"] else 0, "stale": True})
             hosts.setdefault(name, {"host": name, "count": 0, "idle_over": 0})
         for name, h in sorted(hosts.items()):
             if name in IGNORED_HOSTS:
                 continue
-            idle_pts = window.points("clients", shard, f"host:{name}:idle")
-            count_pts = window.points("clients", shard, f"host:{name}:count")
+            idle_pts = fill(window.points("clients", shard, f"host:{name}:idle"))
+            count_pts = fill(window.points("clients", shard, f"host:{name}:count"))
             i_fire, i_keep, i_held = _judge(window, cf, idle_pts, lambda v: v >= limit,
                                             lambda v: v >= limit * factor, extra)
             growth = _growth(count_pts)
@@ -131,8 +178,9 @@ def _finding(window, cf, shard, host, h, state, total, idle_after, firing, held,
     cluster = h.get("cluster") if isinstance(h.get("cluster"), str) else cf.cluster_of(host)
     count, idle = num(h.get("count")) or 0, num(h.get("idle_over")) or 0
     examples = [c for c in data.get("most_idle") or [] if isinstance(c, dict) and c.get("host") == host][:3]
-    rejecting = (state["rejected_connections_per_s"] or 0) > 0
-    near_max = state["maxclients_ratio"] is not None and state["maxclients_ratio"] >= th.maxclients_warn_ratio
+    rejecting = (state["rejected_connections_per_s"] or 0) > 0 or refused(window, shard)
+    near_max = (state["maxclients_ratio"] is not None and state["maxclients_ratio"] >= th.maxclients_warn_ratio) \
+        or refused(window, shard)
     evidence = {
         "host": host, "cluster": cluster, "shard": shard, "shard_host": shard_host(cf, shard),
         "count": int(count), "idle": int(idle), "idle_after_s": idle_after,
@@ -147,6 +195,8 @@ def _finding(window, cf, shard, host, h, state, total, idle_after, firing, held,
         "connected_clients": state["connected_clients"], "maxclients": state["maxclients"],
         "maxclients_ratio": state["maxclients_ratio"], "near_maxclients": near_max,
         "rejected_connections_per_s": state["rejected_connections_per_s"], "most_idle": examples,
+        "refusing_controlplane": refused(window, shard),
+        "stale": bool(h.get("stale")),
         "thresholds": {"leaked_idle_clients": th.leaked_idle_clients, "idle_client_after": th.idle_client_after,
                        "maxclients_warn_ratio": th.maxclients_warn_ratio, "hold": th.hold},
     }
@@ -184,6 +234,7 @@ def _maxclients(window: Window, cf, shard: str, state: dict) -> Finding | None:
     th = cf.controlplane.thresholds
     if window.up("redis", shard) is False:
         return None
+    extra = max(0.0, seconds(cf.controlplane.scrape.client_list_interval) - window.interval_s)
     conn = window.points("redis", shard, "connected_clients")
     maxc = {t: num(v) for t, v in window.points("redis", shard, "maxclients")}
     fallback = state["maxclients"]
@@ -195,23 +246,34 @@ def _maxclients(window: Window, cf, shard: str, state: dict) -> Finding | None:
                                     lambda v: v >= th.maxclients_warn_ratio * th.clear_factor, 0.0)
     rej = window.points("redis", shard, "rejected_connections_per_s")
     j_fire, j_keep, j_held = _judge(window, cf, rej, lambda v: v > 0, lambda v: v > 0, 0.0)
-    if not (r_fire or r_keep or j_fire or j_keep):
+    f_fire = f_keep = False
+    f_held = 0.0
+    if state["refusing_controlplane"]:
+        f_fire, f_keep, f_held = _judge(window, cf, window.points("clients", shard, "up"), lambda v: v == 0,
+                                        lambda v: v == 0, extra)
+        f_keep = True          # refused right now: at maxclients now
+    if not (r_fire or r_keep or j_fire or j_keep or f_fire or f_keep):
         return None
-    rejecting = (state["rejected_connections_per_s"] or 0) > 0
+    rejecting = (state["rejected_connections_per_s"] or 0) > 0 or state["refusing_controlplane"]
     at_max = state["maxclients_ratio"] is not None and state["maxclients_ratio"] >= 1.0
-    top = _top_idle_host(window, shard)
+    top = _top_idle_host(window, cf, shard, stale=state["refusing_controlplane"])
+    held = max(r_held, j_held, f_held)
     evidence = {"shard": shard, "shard_host": shard_host(cf, shard), **state,
                 "connected_series": summary(conn, 60.0, window.now),
                 "rejected_series": summary(rej, 60.0, window.now),
-                "top_idle_host": top, "held_s": round(max(r_held, j_held), 1), "hold_s": hold_s(cf),
+                "top_idle_host": top, "held_s": round(held, 1), "hold_s": hold_s(cf),
                 "thresholds": {"maxclients_warn_ratio": th.maxclients_warn_ratio, "hold": th.hold}}
+    if state["refusing_controlplane"]:
+        evidence["error"] = window.latest.get(f"clients:{shard}", {}).get("error")
     cc, mc = state["connected_clients"], state["maxclients"]
-    title = f"{shard} is near maxclients: {cc or 0:,.0f} of {mc or 0:,.0f} clients"
-    if rejecting:
-        title += f", rejecting {state['rejected_connections_per_s']:.1f} connections/s"
+    if state["refusing_controlplane"]:
+        title = f"{shard} is at maxclients ({mc or 0:,.0f}): it refuses new connections, the control plane's too"
+    else:
+        title = f"{shard} is near maxclients: {cc or 0:,.0f} of {mc or 0:,.0f} clients"
+        if (state["rejected_connections_per_s"] or 0) > 0:
+            title += f", rejecting {state['rejected_connections_per_s']:.1f} connections/s"
     if top:
         title += f"; {top['idle']:,} idle from {top['host']}" + (f" ({top['cluster']} cluster)" if top.get("cluster") else "")
-    if top:
         remediation = {"action": "kill_clients",
                        "summary": f"CLIENT KILL the idle connections from {top['host']} to {shard}"
                                   + ("; set `redis.timeout` (it is 0)" if state["timeout_zero"] else "") + ".",
@@ -221,21 +283,31 @@ def _maxclients(window: Window, cf, shard: str, state: dict) -> Finding | None:
                        f"(`chatops inspect clients {shard} --by host`) before raising maxclients.",
                        "params": {"shard": shard}}
     return Finding(KIND, f"{shard}:maxclients", "critical" if rejecting or at_max else "warning", title, evidence,
-                   remediation, firing=r_fire or j_fire, held_s=round(max(r_held, j_held), 1),
-                   about={"shard": shard})
+                   remediation, firing=r_fire or j_fire or f_fire, held_s=round(held, 1), about={"shard": shard})
 
 
-def _top_idle_host(window: Window, shard: str) -> dict[str, Any] | None:
+def _top_idle_host(window: Window, cf, shard: str, stale: bool = False) -> dict[str, Any] | None:
     data = window.data("clients", shard)
-    if not isinstance(data, dict):
-        return None
+    rows = data.get("by_host") if isinstance(data, dict) else None
+    idle_after = (num(data.get("idle_after_s")) if isinstance(data, dict) else None) \
+        or seconds(cf.controlplane.thresholds.idle_client_after)
+    if stale or not isinstance(rows, list):
+        # No CLIENT LIST now: the hosts' last known counts from the series.
+        rows = []
+        for n in window.names("clients", shard):
+            if n.startswith("host:") and n.endswith(":idle"):
+                name = n[len("host:"):-len(":idle")]
+                rows.append({"host": name, "idle_over": _last_known(window.points("clients", shard, n)),
+                             "count": _last_known(window.points("clients", shard, f"host:{name}:count")),
+                             "cluster": None})
     best = None
-    for h in data.get("by_host") or []:
+    for h in rows:
         if not isinstance(h, dict) or h.get("host") in IGNORED_HOSTS or not num(h.get("idle_over")):
             continue
         if best is None or num(h.get("idle_over")) > num(best.get("idle_over")):
             best = h
     if best is None:
         return None
-    return {"host": best.get("host"), "cluster": best.get("cluster"), "idle": int(num(best.get("idle_over"))),
-            "count": int(num(best.get("count")) or 0), "idle_after_s": num(data.get("idle_after_s"))}
+    return {"host": best.get("host"), "cluster": best.get("cluster") or cf.cluster_of(str(best.get("host"))),
+            "idle": int(num(best.get("idle_over"))), "count": int(num(best.get("count")) or 0),
+            "idle_after_s": idle_after, "stale": stale}
