@@ -112,12 +112,25 @@ def live():
                 jobs = get_json(base, f"{PREFIX}/jobs")["jobs"]
                 return jobs and all(j["runs"] >= 2 for j in jobs)
             wait_for(all_ran_twice, timeout=30, interval=0.2, what="every scrape job to run twice")
+            seed_incident(cluster.run)
             yield base
     finally:
         if old is None:
             os.environ.pop("CHATOPS_API_TOKEN", None)
         else:
             os.environ["CHATOPS_API_TOKEN"] = old
+
+
+def seed_incident(run: Path) -> None:
+    """One incident in the live control plane's database, so /incidents/{incident_id} has a value:
+    a finding written as the engine writes one, grouped by the same code it calls."""
+    from controlplane import incidents
+    from controlplane.database import Database
+    with Database(run / "controlplane.sqlite3") as db:
+        db.upsert_finding("hot_shard", "shard0", severity="warning", evidence={"cpu_percent": 91.0},
+                          runbook="hot_shard", title="shard0 is hot (seeded by test_api)",
+                          about={"shard": "shard0", "host": "redis1"})
+        incidents.update(db, None, db.findings(open_only=True), [], time.time())
 
 
 def real_values(base: str, path: str) -> list[str]:
@@ -132,6 +145,10 @@ def real_values(base: str, path: str) -> list[str]:
         names = [p["host"] for p in get_json(base, f"{PREFIX}/proxies")["proxies"]]
     elif path.startswith("/jobs/"):
         names = [j["id"] for j in get_json(base, f"{PREFIX}/jobs")["jobs"]]
+    elif path.startswith("/incidents/"):
+        names = [str(i["id"]) for i in get_json(base, f"{PREFIX}/incidents")["incidents"]]
+    elif path.startswith("/runbooks/"):
+        names = [r["name"] for r in get_json(base, f"{PREFIX}/runbooks")["runbooks"]]
     else:
         raise AssertionError(f"no real values known for the parameter of {path}: teach real_values")
     assert names, f"the live cluster has nothing to fill {path} with"
@@ -202,7 +219,7 @@ def test_every_documented_get_matches_the_document(live, path):
         assert not errors, f"{target} does not match the document:\n" + "\n".join(errors)
 
 
-VALID = {"since": "30s", "limit": "5", "service": "edge"}
+VALID = {"since": "30s", "limit": "5", "service": "edge", "state": "open"}
 
 
 @pytest.mark.parametrize("path", [p for p in GET_PATHS if any(
