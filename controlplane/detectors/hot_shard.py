@@ -79,6 +79,11 @@ def redis_data(window: Window, shard: str) -> dict[str, Any]:
     return d if isinstance(d, dict) else {}
 
 
+def detail(window: Window, source: str, target: str) -> dict[str, Any]:
+    d = window.detail(source, target)
+    return d if isinstance(d, dict) else {}
+
+
 def _at(points: list, t: float, tolerance: float) -> float | None:
     """The value of the sample nearest to `t` (within `tolerance`), or None."""
     if not points:
@@ -253,7 +258,7 @@ def _clue_slots(window: Window, cf, shard: str) -> dict[str, Any] | None:
     for target in window.targets("service"):
         if not target.startswith("clue"):
             continue
-        d = window.detail("service", target)
+        d = detail(window, "service", target)
         stats = d.get("stats") if isinstance(d.get("stats"), dict) else d
         if not isinstance(stats, dict):
             continue
@@ -282,11 +287,18 @@ def _clue_slots(window: Window, cf, shard: str) -> dict[str, Any] | None:
 # the detector
 # ---------------------------------------------------------------------------------------------
 
+# What the control plane's own collectors send every scrape (OBJECT FREQ is one call per sampled
+# key): not the shard's workload.
+COLLECTOR_COMMANDS = frozenset({"object|freq", "scan", "info", "config|get", "slowlog|get", "latency|latest",
+                                "client|list"})
+
+
 def top_commands(window: Window, shard: str, n: int = 5) -> list[list]:
-    calls = window.detail("redis", shard).get("calls_per_s")
+    """The shard's busiest commands (calls/s), leaving out the control plane's own."""
+    calls = detail(window, "redis", shard).get("calls_per_s")
     if not isinstance(calls, dict):
         return []
-    rows = [(str(k), num(v)) for k, v in calls.items() if num(v) is not None]
+    rows = [(str(k), num(v)) for k, v in calls.items() if num(v) is not None and str(k) not in COLLECTOR_COMMANDS]
     return [[k, round(v, 1)] for k, v in sorted(rows, key=lambda kv: -kv[1])[:n]]
 
 
