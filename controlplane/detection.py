@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from collectors.base import Observation
-from controlplane import detectors
+from controlplane import detectors, incidents
 from controlplane.clusterfile import seconds
 from controlplane.detectors.base import Finding, Window
 
@@ -93,13 +93,8 @@ class Engine:
             if key not in reported and row["kind"] not in errors and row["kind"] in self.detectors:
                 result.resolved.append(self.db.upsert_finding(row["kind"], row["subject"], state="resolved",
                                                               seen=now))
-        try:
-            from controlplane import incidents
-        except ImportError:
-            incidents = None
-        if incidents is not None:
-            result.incidents = incidents.update(self.db, self.cf, self.db.findings(open_only=True),
-                                                result.resolved, now)
+        result.incidents = incidents.update(self.db, self.cf, self.db.findings(open_only=True),
+                                            result.resolved, now)
         for row in result.opened:
             log.warning("finding opened: %s %s: %s", row["kind"], row["subject"], row["title"])
         for row in result.resolved:
