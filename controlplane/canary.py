@@ -161,7 +161,7 @@ class DeliveryBook:
         lat = m.delivered.get(edge)
         if lat is not None and lat <= self.late_after:
             return "on_time"
-        if now - m.at < self.late_after or (not m.delivered and now - m.at < self.lost_after):
+        if now - m.at < self._judge_after(m):
             return "pending"
         if lat is not None:
             return "late"
@@ -171,11 +171,16 @@ class DeliveryBook:
             return "not_counted"
         return "missing"
 
+    def _judge_after(self, m: Sent) -> float:
+        """A message is judged, on every edge at once (so the newest judged messages are the same
+        ones on every edge), `late_after` after it was sent; one no edge delivered only after
+        `lost_after` (a refusal may still come), unless the canary was in the room nowhere."""
+        return self.late_after if m.delivered or not m.joined else self.lost_after
+
     def judge(self, now: float) -> tuple[dict[str, float | None], dict[str, Any]]:
         """(figures, detail) for an Observation at `now`."""
         figures: dict[str, float | None] = {}
-        judged = [m for m in self.messages if m.refused or now - m.at >= (self.late_after if m.delivered
-                                                                           else self.lost_after)]
+        judged = [m for m in self.messages if m.refused or now - m.at >= self._judge_after(m)]
         counted = [m for m in judged if not m.refused]
         for e in self.edges:
             verdicts = [(m, self.verdict(m, e, now)) for m in counted]
@@ -293,7 +298,8 @@ class Link:
                 self.attempted.set()
             if stop.is_set():
                 break
-            self.book.connection(self.edge, False, time.time(), f"edge unreachable: {error}")
+            self.book.connection(self.edge, False, time.time(),
+                                 error if self.canary._token is None else f"edge unreachable: {error}")
             if was_joined or not failing_since_logged:
                 log.warning("canary: #%s on edge %s (%s:%d): %s; retrying", self.room, self.edge,
                             self.address, self.port, error)
@@ -537,6 +543,12 @@ class Canary:
             self.store.put(obs, figures, detail)
             ready = [lk for lk in links if lk.joined]
             if not ready:
+                if self._token is not None and links and all(lk.attempted.is_set() for lk in links):
+                    # Every edge of the room is unreachable: still a message every interval, sent
+                    # nowhere, which each edge then misses ("not_connected"): a gap on every edge.
+                    self.seq[room] += 1
+                    with self._lock:
+                        book.sent(self.seq[room], time.time(), "", [])
                 continue
             start = self.rotation[room]
             link = next((links[(start + i) % len(links)] for i in range(len(links))

@@ -73,7 +73,8 @@ def _missed(detail: dict, host: str, late_after: float) -> tuple[list[dict], lis
         when = f"+{item['latency_s']:.3f}s (late)" if item["latency_s"] is not None else (
             "not in the room (edge unreachable)" if mine["state"] == "not_connected" else
             f"not within {late_after:g}s")
-        lines.append(f"canary #{m.get('seq')} sent via {m.get('via')}: {host} {when}; {got or 'no other edge'}")
+        via = m.get("via") or "no edge (the canary was in the room nowhere)"
+        lines.append(f"canary #{m.get('seq')} sent via {via}: {host} {when}; {got or 'no other edge'}")
     return out[-MAX_EXAMPLES:], lines[-MAX_EXAMPLES:]
 
 

@@ -159,6 +159,16 @@ def test_an_edge_the_canary_could_not_join_is_a_gap():
     assert detail["edges"]["chat2"]["error"].startswith("edge unreachable")
 
 
+def test_every_edge_unreachable_is_a_gap_on_every_edge():
+    b = DeliveryBook("lobby", EDGES, 2.0, 1, lost_after=6.0)
+    b.sent(1, 100.0, "", [])                          # the canary is in the room on no edge
+    assert b.judge(101.0)[0]["pending"] == 1
+    figs, detail = b.judge(102.0)                     # nobody to wait a refusal from
+    for e in EDGES:
+        assert figs[f"edge:{e}:delivered_ratio"] == 0.0 and figs[f"edge:{e}:connected"] == 0.0
+        assert detail["messages"][0]["edges"][e]["state"] == "not_connected"
+
+
 def test_the_ratio_covers_the_last_n_judged_messages():
     b = joined_book(n=3)
     for seq in range(1, 6):
