@@ -27,7 +27,8 @@ from __future__ import annotations
 
 from controlplane.detectors.base import Finding, Window, hold_s
 from controlplane.detectors.hot_shard import (CRITICAL_CPU, _held_mean, heat, key_load, num,
-                                              shard_host, shard_names, summary, top_commands)
+                                              shard_host, shard_names, summary, top_commands,
+                                              workload_ops)
 
 KIND = "hot_key"
 
@@ -40,7 +41,7 @@ def detect(window: Window, cf) -> list[Finding]:
         h = heat(window, cf, shard)
         if h is None or not (h["firing"] or h["sustained"]):
             continue
-        ops_pts = window.points("redis", shard, "ops_per_s")
+        ops_pts = workload_ops(window, shard)
         ops_mean = _held_mean(ops_pts, h["held_s"], window.now, window.interval_s)
         keys = key_load(window, cf, shard, ops_mean, h["held_s"])
         if not keys["relaxed"]:
@@ -51,7 +52,7 @@ def detect(window: Window, cf) -> list[Finding]:
         key = keys.get("key")
         share = keys.get("share") or 0.0
         cpu_now = num(window.value("redis", shard, "cpu_percent"))
-        ops_now = num(window.value("redis", shard, "ops_per_s"))
+        ops_now = num(ops_pts[-1][1]) if ops_pts else None
         firing = h["firing"] and keys["concentrated"]
         evidence = {
             "shard": shard, "host": shard_host(cf, shard), "key": key, "prefix": keys.get("prefix"),

@@ -6,6 +6,9 @@ Condition, per shard, at every ops/CPU sample of the window (figures of `redis:<
                min(ops_per_s / (hot_shard_ops_factor x mean ops_per_s of the peers),
                    ops_per_s / hot_shard_min_ops_per_s))
 
+ops_per_s is the shard's workload: the control plane's own commands (OBJECT FREQ of up to 1,000
+sampled keys a scrape, SCAN, INFO...) are taken off (`own_ops`).
+
 The shard is hot while heat >= 1 (firing once that held for `hold`), and stays reported while
 heat >= clear_factor (hysteresis). Peers are the other shards that are up; the peers' mean
 takes each peer's sample nearest in time (an idle peer counts as 1 op/s, so a lone busy shard
@@ -84,6 +87,32 @@ def detail(window: Window, source: str, target: str) -> dict[str, Any]:
     return d if isinstance(d, dict) else {}
 
 
+# What the control plane's own collectors send every scrape (OBJECT FREQ is one call per sampled
+# key): not the shard's workload.
+COLLECTOR_COMMANDS = frozenset({"object|freq", "scan", "info", "config|get", "slowlog|get", "latency|latest",
+                                "client|list"})
+
+
+def own_ops(window: Window, shard: str) -> float:
+    """ops/s the control plane itself adds to the shard: the collector's OBJECT FREQ of every
+    sampled key (up to 1,000 a scrape), SCAN, INFO... They count in total_commands_processed, so
+    a shard with many keys would look ~1,000 ops/s busier than an empty peer. From the newest
+    calls/s; without them, the LFU sample size per interval."""
+    calls = detail(window, "redis", shard).get("calls_per_s")
+    if isinstance(calls, dict) and calls:
+        return sum(num(v) or 0.0 for k, v in calls.items() if str(k) in COLLECTOR_COMMANDS)
+    hk = redis_data(window, shard).get("hotkeys")
+    sampled = num(hk.get("sampled")) if isinstance(hk, dict) else None
+    return (sampled or 0.0) / window.interval_s
+
+
+def workload_ops(window: Window, shard: str) -> list:
+    """The shard's ops/s series less the control plane's own commands (never below 0)."""
+    own = own_ops(window, shard)
+    return [(t, None if num(v) is None else max(0.0, num(v) - own))
+            for t, v in window.points("redis", shard, "ops_per_s")]
+
+
 def _at(points: list, t: float, tolerance: float) -> float | None:
     """The value of the sample nearest to `t` (within `tolerance`), or None."""
     if not points:
@@ -112,7 +141,7 @@ def heat(window: Window, cf, shard: str) -> dict[str, Any] | None:
     if window.up("redis", shard) is False:
         return None
     cpu = window.points("redis", shard, "cpu_percent")
-    ops = window.points("redis", shard, "ops_per_s")
+    ops = workload_ops(window, shard)
     if not cpu and not ops:
         return None
     peers = [p for p in shard_names(window, cf) if p != shard and window.up("redis", p) is not False
@@ -123,7 +152,7 @@ def heat(window: Window, cf, shard: str) -> dict[str, Any] | None:
         return {"points": [], "firing": False, "sustained": False, "held_s": 0.0, "peers": peers,
                 "peer_mean_ops": None, "why": "every peer is as busy: the cluster is saturated, not one shard"}
     tol = 1.5 * window.interval_s
-    peer_ops = {p: window.points("redis", p, "ops_per_s") for p in peers}
+    peer_ops = {p: workload_ops(window, p) for p in peers}
     times = sorted({t for t, _ in cpu} | {t for t, _ in ops})
     points, last_peer_mean, last_why = [], None, None
     for t in times:
@@ -287,12 +316,6 @@ def _clue_slots(window: Window, cf, shard: str) -> dict[str, Any] | None:
 # the detector
 # ---------------------------------------------------------------------------------------------
 
-# What the control plane's own collectors send every scrape (OBJECT FREQ is one call per sampled
-# key): not the shard's workload.
-COLLECTOR_COMMANDS = frozenset({"object|freq", "scan", "info", "config|get", "slowlog|get", "latency|latest",
-                                "client|list"})
-
-
 def top_commands(window: Window, shard: str, n: int = 5) -> list[list]:
     """The shard's busiest commands (calls/s), leaving out the control plane's own."""
     calls = detail(window, "redis", shard).get("calls_per_s")
@@ -315,10 +338,10 @@ def detect(window: Window, cf) -> list[Finding]:
         if h is None or not (h["firing"] or h["sustained"]):
             continue
         host = shard_host(cf, shard)
-        ops_pts = window.points("redis", shard, "ops_per_s")
+        ops_pts = workload_ops(window, shard)
         cpu_pts = window.points("redis", shard, "cpu_percent")
         cpu_now = num(window.value("redis", shard, "cpu_percent"))
-        ops_now = num(window.value("redis", shard, "ops_per_s"))
+        ops_now = num(ops_pts[-1][1]) if ops_pts else None
         span = max(h["held_s"], 60.0)
         keys = key_load(window, cf, shard, _held_mean(ops_pts, h["held_s"], window.now, window.interval_s),
                         h["held_s"])
@@ -334,7 +357,7 @@ def detect(window: Window, cf) -> list[Finding]:
             helps = True
             why = (f"the load is spread: the busiest slot carries ~{round(100 * (keys.get('share') or 0))}% of the "
                    f"sampled load over {keys.get('distinct_slots', '?')} slots")
-        peers = {p: {"ops_per_s": summary(window.points("redis", p, "ops_per_s"), span, window.now),
+        peers = {p: {"ops_per_s": summary(workload_ops(window, p), span, window.now),
                      "cpu_percent": summary(window.points("redis", p, "cpu_percent"), span, window.now)}
                  for p in h["peers"]}
         coolest = min(h["peers"], key=lambda p: num(window.value("redis", p, "cpu_percent")) or 0.0) if h["peers"] else None
@@ -346,6 +369,7 @@ def detect(window: Window, cf) -> list[Finding]:
             "by": h.get("why"), "heat": _r(h.get("heat_now"), 3), "held_s": round(h["held_s"], 1),
             "hold_s": hold_s(cf),
             "cpu_percent": summary(cpu_pts, span, window.now), "ops_per_s": summary(ops_pts, span, window.now),
+            "controlplane_ops_per_s": _r(own_ops(window, shard)),
             "peer_mean_ops_per_s": _r(peer_mean), "ops_vs_peers": _r(ratio), "peers": peers,
             "top_commands": top_commands(window, shard),
             "keys": keys, "resharding_helps": helps, "resharding_why": why,

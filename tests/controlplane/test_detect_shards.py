@@ -96,13 +96,24 @@ def test_hot_shard_holds_before_firing_and_clears_with_hysteresis():
     th = _cf().controlplane.thresholds
     for fraction, reported in ((0.9, True), (0.5, False)):
         cut = copy.deepcopy(w)
-        peer = cut.value("redis", "shard1", "ops_per_s")
+        peer = hot_shard.workload_ops(cut, "shard1")[-1][1]
         value = fraction * th.hot_shard_ops_factor * max(peer, 1.0)
-        value = max(value, fraction * th.hot_shard_min_ops_per_s)
+        value = max(value, fraction * th.hot_shard_min_ops_per_s) + hot_shard.own_ops(cut, "shard0")
         cut.series["redis:shard0"]["ops_per_s"][-1] = (cut.now, value)
         cut.series["redis:shard0"]["cpu_percent"][-1] = (cut.now, 1.0)
         found = hot_shard.detect(cut, _cf())
         assert [(f.firing, f.subject) for f in found] == ([(False, "shard0")] if reported else [])
+
+
+def test_the_control_planes_own_commands_are_not_load():
+    """After a load test shard0 keeps 100,000 keys, so the collector's OBJECT FREQ of 1,000 sampled
+    keys a scrape adds ~1,000 ops/s there and not on its nearly empty peer: not a hot shard."""
+    w = _load("shards_quiet.json")
+    w.series["redis:shard0"]["ops_per_s"] = [(t, None if v is None else v + 1000.0)
+                                             for t, v in w.series["redis:shard0"]["ops_per_s"]]
+    w.latest["redis:shard0"]["detail"]["calls_per_s"]["object|freq"] = 1000.0
+    assert hot_shard.own_ops(w, "shard0") > 1000.0
+    assert _all(w, _cf()) == []
 
 
 def test_hot_key_names_the_prefix_not_the_shard():
