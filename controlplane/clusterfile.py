@@ -241,14 +241,14 @@ class Listen(_Model):
 
 
 class Scrape(_Model):
-    interval: Duration = "5s"
-    client_list_interval: Duration = "30s"
+    interval: Duration = "2s"
+    client_list_interval: Duration = "5s"
     history: Duration = "1h"
 
 
 class Thresholds(_Model):
     """Detector thresholds; each is documented in docs/cluster-file.md."""
-    hold: Duration = "30s"
+    hold: Duration = "6s"
     clear_factor: Annotated[float, Field(gt=0, lt=1)] = 0.8
     hot_shard_cpu_percent: Annotated[float, Field(gt=0, le=100)] = 80.0
     hot_shard_ops_factor: Annotated[float, Field(gt=1)] = 2.0

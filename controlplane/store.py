@@ -4,21 +4,23 @@ fixed-size ring buffers.
 Everything here is lost on a restart, on purpose: it is re-scraped within one interval. What must
 survive (findings, incidents, the audit, the alert outbox) lives in SQLite (controlplane/database.py).
 
-Memory bound. One series holds `points = history / interval + 1` values (721 for the defaults,
-1 h at 5 s); the times are kept once per target. A value costs ~32 bytes (a float object and its
-slot in a deque), so ~23 kB a series. Figure names come from the cluster file (shards, proxies,
+Memory bound. A series holds `points = history / its source's interval + 1` values (1,801 for
+Redis INFO at the default 1 h and 2 s, 721 for CLIENT LIST at 5 s) in a fixed `array('d')` ring,
+8 bytes a value (NaN stands for "unknown"); the times are kept once per target. So ~14 kB for a
+series at the default interval. Figure names come from the cluster file (shards, proxies,
 processes) except the per-host CLIENT LIST figures, whose hosts come from the wire: a leak from
 thousands of unknown addresses could otherwise grow the store without end. So each
 (source, target) holds at most MAX_SERIES_PER_TARGET series; figures past that are dropped and
 counted in `dropped_series`. The default cluster (4 shards, 4 chat hosts) holds about 1,500
-series, ~35 MB at most after an hour; the worst case is the bound times the targets.
+series, ~22 MB after an hour; the worst case is the bound times the targets.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 import time
-from collections import deque
+from array import array
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,17 +38,43 @@ class Snapshot:
     previous: Observation | None = None     # the scrape before, for rates
 
 
+class _Ring:
+    """The last `cap` floats; None is kept as NaN. Preallocated, so its size never changes."""
+    __slots__ = ("buf", "start", "n")
+
+    def __init__(self, cap: int, n: int = 0):
+        self.buf = array("d", [math.nan]) * cap
+        self.start, self.n = 0, n          # a ring made mid-history starts with n unknowns
+
+    def append(self, value: float | None) -> None:
+        cap = len(self.buf)
+        v = math.nan if value is None else float(value)
+        if self.n < cap:
+            self.buf[(self.start + self.n) % cap] = v
+            self.n += 1
+        else:
+            self.buf[self.start] = v
+            self.start = (self.start + 1) % cap
+
+    def values(self) -> list[float | None]:
+        end = self.start + self.n
+        raw = self.buf[self.start:end] if end <= len(self.buf) else \
+            self.buf[self.start:] + self.buf[:end - len(self.buf)]
+        return [None if math.isnan(v) else v for v in raw]
+
+
 @dataclass
 class _Target:
-    times: deque                 # one timestamp per scrape, shared by the target's series
-    values: dict[str, deque]     # figure name -> values aligned with `times`
+    times: _Ring                 # one timestamp per scrape, shared by the target's series
+    values: dict[str, _Ring]     # figure name -> values aligned with `times`
 
 
 class Store:
-    def __init__(self, points: int = 721):
-        if points < 2:
+    def __init__(self, points: int = 721, points_by_source: dict[str, int] | None = None):
+        if points < 2 or any(p < 2 for p in (points_by_source or {}).values()):
             raise ValueError("a series needs room for at least 2 points")
         self.points = points
+        self.points_by_source = dict(points_by_source or {})
         self._lock = threading.Lock()
         self._latest: dict[tuple[str, str], Snapshot] = {}
         self._series: dict[tuple[str, str], _Target] = {}
@@ -54,10 +82,14 @@ class Store:
 
     @classmethod
     def for_cluster(cls, cf) -> "Store":
+        """Room for `scrape.history` at each source's own interval."""
         from controlplane.clusterfile import seconds
         scrape = cf.controlplane.scrape
-        interval = min(seconds(scrape.interval), seconds(scrape.client_list_interval))
-        return cls(points=max(2, int(seconds(scrape.history) / interval) + 1))
+        history = seconds(scrape.history)
+
+        def room(interval: str) -> int:
+            return max(2, int(history / seconds(interval)) + 1)
+        return cls(points=room(scrape.interval), points_by_source={"clients": room(scrape.client_list_interval)})
 
     def put(self, obs: Observation, figures: dict[str, float | None],
             detail: dict[str, Any] | None = None) -> Snapshot:
@@ -70,20 +102,21 @@ class Store:
             snap = Snapshot(obs, figures, detail or {}, old.obs if old else None)
             self._latest[key] = snap
             target = self._series.get(key)
+            cap = self.points_by_source.get(obs.source, self.points)
             if target is None:
-                target = self._series[key] = _Target(deque(maxlen=self.points), {})
+                target = self._series[key] = _Target(_Ring(cap), {})
             target.times.append(obs.at)
-            n = len(target.times)
-            for name, s in target.values.items():
-                s.append(figures.get(name))
+            n = target.times.n
+            for name, ring in target.values.items():
+                ring.append(figures.get(name))
             for name, value in figures.items():
                 if name in target.values:
                     continue
                 if len(target.values) >= MAX_SERIES_PER_TARGET:
                     self.dropped_series += 1
                     continue
-                s = target.values[name] = deque([None] * (n - 1), maxlen=self.points)
-                s.append(value)
+                ring = target.values[name] = _Ring(cap, n - 1)
+                ring.append(value)
         return snap
 
     def latest(self, source: str, target: str) -> Snapshot | None:
@@ -105,8 +138,8 @@ class Store:
         """[(time, value or None)] oldest first; empty for an unknown series."""
         with self._lock:
             t = self._series.get((source, target))
-            s = t.values.get(name) if t else None
-            points = list(zip(t.times, s)) if s is not None else []
+            ring = t.values.get(name) if t else None
+            points = list(zip(t.times.values(), ring.values())) if ring is not None else []
         if since is not None:
             points = [p for p in points if p[0] >= since]
         return points
@@ -119,7 +152,7 @@ class Store:
     def size(self) -> dict[str, int]:
         with self._lock:
             n = sum(len(t.values) for t in self._series.values())
-            pts = sum(len(t.times) * len(t.values) for t in self._series.values())
+            pts = sum(t.times.n * len(t.values) for t in self._series.values())
         return {"series": n, "points": pts, "points_per_series": self.points,
                 "dropped_series": self.dropped_series}
 

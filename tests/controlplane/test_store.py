@@ -50,11 +50,19 @@ def test_series_per_target_are_bounded(monkeypatch):
 
 
 def test_points_follow_the_cluster_file():
+    """Each source keeps `history` at its own interval: CLIENT LIST's slower one needs fewer."""
     doc = clusterfile.load(None).spec.model_dump()
     doc["controlplane"]["scrape"] = {"interval": "5s", "client_list_interval": "30s", "history": "1h"}
-    assert Store.for_cluster(clusterfile.ClusterFile.model_validate(doc)).points == 721
+    s = Store.for_cluster(clusterfile.ClusterFile.model_validate(doc))
+    assert (s.points, s.points_by_source) == (721, {"clients": 121})
     doc["controlplane"]["scrape"] = {"interval": "10s", "client_list_interval": "2s", "history": "10m"}
-    assert Store.for_cluster(clusterfile.ClusterFile.model_validate(doc)).points == 301
+    s = Store.for_cluster(clusterfile.ClusterFile.model_validate(doc))
+    assert (s.points, s.points_by_source) == (61, {"clients": 301})
+    for i in range(400):
+        s.put(obs("clients", "shard0", float(i)), {"total": float(i)})
+        s.put(obs("redis", "shard0", float(i)), {"ops_per_s": float(i)})
+    assert len(s.series("clients", "shard0", "total")) == 301
+    assert s.series("redis", "shard0", "ops_per_s")[0] == (339.0, 339.0)
 
 
 def _info_obs(at: float, info: dict) -> Observation:
