@@ -11,9 +11,9 @@ while it is >= churn_ratio x clear_factor (hysteresis).
 Subject `<service>-<host>` (e.g. `exchange-chat1`); about {service, host, cluster}. Title: "keepalive
 disabled or pool too small". Evidence: both rates and their ratio, the exchange's
 `chat_exchange_keepalive` and pool size, i/o timeouts/s, TIME_WAIT sockets towards the service's
-upstreams (service source) and on the host's HAProxy/Redis ports (process source), HAProxy's
-session rate against clue's Redis command rate for clue (its Redis connections go through the
-host's HAProxy), and example `[exchange] i/o timeout` lines from the logs source. Severity:
+upstreams (service source); for clue, whose Redis connections go through the host's HAProxy, also
+HAProxy's session rate against clue's Redis command rate and the TIME_WAIT counts on the HAProxy
+and Redis ports (process source); and example `[exchange] i/o timeout` lines from the logs source. Severity:
 critical when i/o timeouts are happening too, else warning. Remediation: set_keepalive (or raise
 pool_size when keepalive is already on), a cluster-file change.
 """
@@ -62,6 +62,12 @@ def _log_lines(window: Window, stem: str, kind: str) -> tuple[float | None, list
                 rate = (rate or 0.0) + g["per_s"]
             lines += [str(x) for x in g.get("examples") or []]
     return rate, lines[-5:]
+
+
+def _time_wait(window: Window, target: str) -> dict[str, int] | None:
+    data = window.data("service", target)
+    tw = data.get("time_wait") if isinstance(data, dict) else None
+    return {str(k): int(v) for k, v in tw.items() if _num(v) is not None} if isinstance(tw, dict) else None
 
 
 def _process_time_wait(window: Window, host: str) -> dict[str, int]:
@@ -113,12 +119,12 @@ def detect(window: Window, cf) -> list[Finding]:
             "keepalive": keepalive,
             "pool_size": v("pool_size"),
             "io_timeouts_per_s": _r(io_timeouts),
-            "time_wait_to_upstreams": (window.data("service", target) or {}).get("time_wait"),
-            "time_wait_haproxy_redis": _process_time_wait(window, host),
+            "time_wait_to_upstreams": _time_wait(window, target),
             "held_s": round(held, 1),
         }
-        if service == "clue":
+        if service == "clue":           # its Redis connections go through the host's HAProxy
             ev["haproxy"] = _haproxy_vs_redis(window, host)
+            ev["time_wait_haproxy_redis"] = _process_time_wait(window, host)
         log_rate, lines = _log_lines(window, f"{service}-{host}", "io_timeout")
         ev["io_timeout_lines_per_s"] = _r(log_rate)
         ev["lines"] = lines
