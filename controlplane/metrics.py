@@ -61,7 +61,7 @@ class Section:
 
 
 LABELS = {
-    "source": "the control plane's source kind: `redis`, `clients`, `haproxy`, `process`, `logs`",
+    "source": "the control plane's source kind: `redis`, `clients`, `haproxy`, `process`, `logs`, `service` (a chat service's own metrics), `detect` (the detection engine)",
     "target": "what the source scrapes: a shard, a chat host, or `local`",
     "section": "a part of one scrape (Redis `info`, `config`, `slowlog`...; HAProxy `info`, `proc`)",
     "shard": "the shard's name in the cluster file (empty on log lines that are not a shard's)",
