@@ -81,6 +81,14 @@ def _growth(points: list) -> list:
     return out
 
 
+def _absent_is_zero(points: list, totals: list) -> list:
+    """A host missing from a CLIENT LIST that was read holds no connections: 0, not unknown.
+    Without this a host's first connections (a leak from a host that never talked to the shard)
+    would be its own low, and never count as growth."""
+    read = {t for t, v in totals if num(v) is not None}
+    return [(t, 0.0 if num(v) is None and t in read else v) for t, v in points]
+
+
 def _mean_near(points: list, t0: float, t1: float) -> float | None:
     vals = [num(v) for t, v in points if t0 <= t <= t1 and num(v) is not None]
     return sum(vals) / len(vals) if vals else None
@@ -146,7 +154,8 @@ def detect(window: Window, cf) -> list[Finding]:
             if name in IGNORED_HOSTS:
                 continue
             idle_pts = fill(window.points("clients", shard, f"host:{name}:idle"))
-            count_pts = fill(window.points("clients", shard, f"host:{name}:count"))
+            count_pts = fill(_absent_is_zero(window.points("clients", shard, f"host:{name}:count"),
+                                             window.points("clients", shard, "total")))
             i_fire, i_keep, i_held = _judge(window, cf, idle_pts, lambda v: v >= limit,
                                             lambda v: v >= limit * factor, extra)
             growth = _growth(count_pts)

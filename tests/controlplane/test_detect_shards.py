@@ -89,9 +89,11 @@ def test_hot_shard_holds_before_firing_and_clears_with_hysteresis():
     early = hot_shard.detect(_until(w, start + 1.0), _cf())
     assert [(f.subject, f.firing) for f in early] == [("shard0", False)]    # held 2 s < hold 3 s
     assert [f.firing for f in hot_shard.detect(_until(w, start + 2.0), _cf())] == [True]
-    # With the default hold (30 s) the 15 s recorded are reported, never fired.
-    default = clusterfile.ClusterFile.model_validate(small_cluster("127.0.0"))
-    assert [f.firing for f in hot_shard.detect(w, default)] == [False]
+    # With a hold longer than the 15 s recorded, it is reported, never fired.
+    doc = small_cluster("127.0.0")
+    doc["controlplane"]["thresholds"] = {"hold": "30s"}
+    longer = clusterfile.ClusterFile.model_validate(doc)
+    assert [f.firing for f in hot_shard.detect(w, longer)] == [False]
     # Hysteresis: a newest sample at 90 % of the threshold keeps it reported; at 50 % clears it.
     th = _cf().controlplane.thresholds
     for fraction, reported in ((0.9, True), (0.5, False)):
@@ -168,6 +170,25 @@ def test_leaked_clients_names_host_cluster_and_count():
     assert "opened 2,001 connections to shard1 that do no work" in grown[0].title
     # Other hosts, and the quiet window, are not reported.
     assert leaked_clients.detect(_load("shards_quiet.json"), _cf(idle_client_after="2s")) == []
+
+
+def test_a_leak_from_a_host_that_never_talked_to_the_shard_is_growth():
+    """In the default cluster chat-testing's clue has no connection to shard2 until it needs one:
+    before the leak the host is absent from CLIENT LIST (no series value), which is 0, not unknown."""
+    w = _load("leaked_clients_fire.json")
+    series = w.series["clients:shard1"]
+    counts = series["host:chat-testing:count"]
+    for i, (t, v) in enumerate(counts):
+        if v is not None and v < 100:
+            counts[i] = (t, None)               # absent from the CLIENT LIST read at t
+    assert any(v is None for _, v in counts) and counts[-1][1] >= 2000
+    for i, (t, _) in enumerate(series["host:chat-testing:idle"]):
+        series["host:chat-testing:idle"][i] = (t, 0.0)
+    for h in w.latest["clients:shard1"]["data"]["by_host"]:
+        h["idle_over"] = 0
+    grown = leaked_clients.detect(w, _cf())
+    assert [(g.subject, g.firing) for g in grown] == [("chat-testing->shard1", True)]
+    assert grown[0].evidence["growth"] >= 2000
 
 
 def test_leaked_clients_at_maxclients_when_the_shard_refuses_the_control_plane():
