@@ -15,6 +15,7 @@ open one open -- hysteresis -- and never opens a new one.
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
@@ -148,6 +149,20 @@ class Window:
                 break
             start = t
         return points[-1][0] - start + self.interval_s
+
+
+def num(v: Any) -> float | None:
+    """A finite number, else None: a hostile or damaged window must not crash a detector."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v or v in (math.inf, -math.inf):
+        return None
+    return float(v)
+
+
+def log_groups(window: Window) -> list[dict]:
+    """The logs source's groups (file, remote, kind, per_s, total, examples), well-formed ones only."""
+    detail = window.detail("logs", "local")
+    groups = detail.get("groups") if isinstance(detail, dict) else None
+    return [g for g in groups if isinstance(g, dict)] if isinstance(groups, list) else []
 
 
 def thresholds(cf) -> Any:

@@ -22,21 +22,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from controlplane.detectors.base import Finding, Window, judge, thresholds
+from controlplane.detectors.base import Finding, Window, judge, log_groups, num, thresholds
 
 KIND = "connection_churn"
 TITLE = "keepalive disabled or pool too small"
 
 
-def _num(v: Any) -> float | None:
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
-def _groups(window: Window) -> list[dict]:
-    """The logs source's groups (file, remote, kind, per_s, examples), well-formed ones only."""
-    detail = window.detail("logs", "local")
-    groups = detail.get("groups") if isinstance(detail, dict) else None
-    return [g for g in groups if isinstance(g, dict)] if isinstance(groups, list) else []
 
 
 def ratio_points(window: Window, target: str, min_requests: float) -> list[tuple[float, float | None]]:
@@ -45,7 +38,7 @@ def ratio_points(window: Window, target: str, min_requests: float) -> list[tuple
     reqs = dict(window.points("service", target, "requests_per_s"))
     out = []
     for t, c in window.points("service", target, "connections_opened_per_s"):
-        r, c = _num(reqs.get(t)), _num(c)
+        r, c = num(reqs.get(t)), num(c)
         out.append((t, c / r if r is not None and c is not None and r >= min_requests and r > 0 else None))
     return out
 
@@ -56,9 +49,9 @@ def _r(v: float | None, nd: int = 3) -> float | None:
 
 def _log_lines(window: Window, stem: str, kind: str) -> tuple[float | None, list[str]]:
     rate, lines = None, []
-    for g in _groups(window):
+    for g in log_groups(window):
         if g.get("file") == stem and g.get("kind") == kind:
-            if _num(g.get("per_s")) is not None:
+            if num(g.get("per_s")) is not None:
                 rate = (rate or 0.0) + g["per_s"]
             lines += [str(x) for x in g.get("examples") or []]
     return rate, lines[-5:]
@@ -67,7 +60,7 @@ def _log_lines(window: Window, stem: str, kind: str) -> tuple[float | None, list
 def _time_wait(window: Window, target: str) -> dict[str, int] | None:
     data = window.data("service", target)
     tw = data.get("time_wait") if isinstance(data, dict) else None
-    return {str(k): int(v) for k, v in tw.items() if _num(v) is not None} if isinstance(tw, dict) else None
+    return {str(k): int(v) for k, v in tw.items() if num(v) is not None} if isinstance(tw, dict) else None
 
 
 def _process_time_wait(window: Window, host: str) -> dict[str, int]:
@@ -75,7 +68,7 @@ def _process_time_wait(window: Window, host: str) -> dict[str, int]:
     out = {}
     data = window.data("process", "local") or {}
     for p in (data.get("processes") if isinstance(data, dict) else None) or []:
-        if not isinstance(p, dict) or _num(p.get("time_wait")) is None:
+        if not isinstance(p, dict) or num(p.get("time_wait")) is None:
             continue
         name = str(p.get("name"))
         if p.get("kind") == "redis" or name == f"haproxy-{host}":
@@ -89,10 +82,10 @@ def _haproxy_vs_redis(window: Window, host: str) -> dict[str, Any]:
     sessions = None
     for name in window.names("haproxy", host):
         if name.startswith("redis-") and name.endswith("/FRONTEND:rate"):
-            v = _num(window.value("haproxy", host, name))
+            v = num(window.value("haproxy", host, name))
             if v is not None:
                 sessions = (sessions or 0.0) + v
-    ops = _num(window.value("service", f"clue-{host}", "redis_ops_per_s"))
+    ops = num(window.value("service", f"clue-{host}", "redis_ops_per_s"))
     return {"haproxy_sessions_per_s": _r(sessions), "redis_commands_per_s": _r(ops),
             "sessions_per_command": _r(sessions / ops) if sessions is not None and ops else None}
 
@@ -108,7 +101,7 @@ def detect(window: Window, cf) -> list[Finding]:
         firing, sustained, held = judge(window, pts, th.churn_ratio, cf)
         if not (firing or sustained):
             continue
-        v = lambda name: _num(window.value("service", target, name))   # noqa: E731
+        v = lambda name: num(window.value("service", target, name))   # noqa: E731
         keepalive = v("keepalive")
         io_timeouts = v("io_timeouts_per_s")
         ev: dict[str, Any] = {

@@ -21,21 +21,15 @@ not judged: stale figures prove nothing about the edges.
 
 from __future__ import annotations
 
-from typing import Any
 
 from controlplane.clusterfile import seconds
-from controlplane.detectors.base import Finding, Window, hold_s
+from controlplane.detectors.base import Finding, Window, hold_s, num
 
 KIND = "delivery_gap"
 SOURCE = "canary"
 MAX_EXAMPLES = 5
 
 
-def _num(v: Any) -> float | None:
-    """A finite number, else None (a hostile or damaged window must not crash the detector)."""
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v or v in (float("inf"), float("-inf")):
-        return None
-    return float(v)
 
 
 def _edges(window: Window, room: str, detail: dict) -> list[str]:
@@ -62,10 +56,10 @@ def _missed(detail: dict, host: str, late_after: float) -> tuple[list[dict], lis
         mine = m["edges"].get(host)
         if not isinstance(mine, dict) or mine.get("state") not in ("missing", "late", "not_connected"):
             continue
-        others = {e: _num(v.get("latency_s")) for e, v in m["edges"].items()
+        others = {e: num(v.get("latency_s")) for e, v in m["edges"].items()
                   if e != host and isinstance(v, dict)}
         item = {"seq": m.get("seq"), "sent_at": m.get("sent_at"), "via": m.get("via"),
-                "state": mine["state"], "latency_s": _num(mine.get("latency_s")), "others_latency_s": others}
+                "state": mine["state"], "latency_s": num(mine.get("latency_s")), "others_latency_s": others}
         out.append(item)
         got = ", ".join(f"{e} +{lat:.3f}s" if lat is not None else f"{e} never" for e, lat in sorted(others.items()))
         if m.get("via") == host and others and all(v is None for v in others.values()):
@@ -95,7 +89,7 @@ def detect(window: Window, cf) -> list[Finding]:
                 cluster = ""
         edges = _edges(window, room, detail)
         for host in edges:
-            ratio_pts = [(t, _num(v)) for t, v in window.points(SOURCE, room, f"edge:{host}:delivered_ratio")]
+            ratio_pts = [(t, num(v)) for t, v in window.points(SOURCE, room, f"edge:{host}:delivered_ratio")]
             if not ratio_pts or window.now - ratio_pts[-1][0] > stale_after:
                 continue
             held = window.held_for(ratio_pts, lambda v: v < 1.0)
@@ -105,11 +99,11 @@ def detect(window: Window, cf) -> list[Finding]:
                 continue
             nothing = window.held_for(ratio_pts, lambda v: v <= 0.0) >= hold
             ratio = ratio_pts[-1][1]
-            connected = _num(window.value(SOURCE, room, f"edge:{host}:connected"))
+            connected = num(window.value(SOURCE, room, f"edge:{host}:connected"))
             edge_detail = (detail.get("edges") or {}).get(host) if isinstance(detail.get("edges"), dict) else None
             edge_detail = edge_detail if isinstance(edge_detail, dict) else {}
             missed, lines = _missed(detail, host, late)
-            others = {e: _num(window.value(SOURCE, room, f"edge:{e}:delivered_ratio")) for e in edges if e != host}
+            others = {e: num(window.value(SOURCE, room, f"edge:{e}:delivered_ratio")) for e in edges if e != host}
             unreachable = connected == 0.0
             what = ("is unreachable" if unreachable else
                     "delivers no canary message" if nothing else "misses or delays canary messages")
@@ -120,9 +114,9 @@ def detect(window: Window, cf) -> list[Finding]:
                 "room": room, "host": host, "cluster": cluster,
                 "delivered_ratio": ratio,
                 "ratio_over_messages": detail.get("ratio_messages"),
-                "missing": _num(window.value(SOURCE, room, f"edge:{host}:missing")),
-                "latency_p50_s": _num(window.value(SOURCE, room, f"edge:{host}:latency_s")),
-                "latency_max_s": _num(window.value(SOURCE, room, f"edge:{host}:latency_max_s")),
+                "missing": num(window.value(SOURCE, room, f"edge:{host}:missing")),
+                "latency_p50_s": num(window.value(SOURCE, room, f"edge:{host}:latency_s")),
+                "latency_max_s": num(window.value(SOURCE, room, f"edge:{host}:latency_max_s")),
                 "late_after_s": late,
                 "connected": None if connected is None else connected >= 1.0,
                 "connection_error": edge_detail.get("error"),

@@ -33,7 +33,7 @@ from __future__ import annotations
 import bisect
 from typing import Any
 
-from controlplane.detectors.base import Finding, Window, hold_s
+from controlplane.detectors.base import Finding, Window, hold_s, num
 
 KIND = "hot_shard"
 
@@ -48,8 +48,6 @@ LFU_LOG_FACTOR = 10          # Redis's default lfu-log-factor (CONFIG GET does n
 # small, None-safe helpers
 # ---------------------------------------------------------------------------------------------
 
-def num(v: Any) -> float | None:
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
 def summary(points: list, seconds: float | None = None, now: float | None = None) -> dict[str, Any]:

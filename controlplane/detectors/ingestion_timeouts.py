@@ -22,24 +22,16 @@ clue finding's shard; then hot_shard / leaked_clients / proxy_saturation for tha
 
 from __future__ import annotations
 
-from typing import Any
 
 from controlplane.clusterfile import seconds
-from controlplane.detectors.base import Finding, Window, judge, thresholds
+from controlplane.detectors.base import Finding, Window, judge, log_groups, num, thresholds
 
 KIND = "ingestion_timeouts"
 MIN_SPAN_S = 10.0
 
 
-def _num(v: Any) -> float | None:
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
-def _groups(window: Window) -> list[dict]:
-    """The logs source's groups (file, remote, kind, per_s, examples), well-formed ones only."""
-    detail = window.detail("logs", "local")
-    groups = detail.get("groups") if isinstance(detail, dict) else None
-    return [g for g in groups if isinstance(g, dict)] if isinstance(groups, list) else []
 
 
 def _r(v: float | None) -> float | None:
@@ -56,7 +48,7 @@ def _log_series(window: Window, stem: str, kinds: tuple[str, ...], remote: str |
         if len(parts) != 3 or parts[0] != stem or parts[2] not in kinds or (remote and parts[1] != remote):
             continue
         for t, v in window.points("logs", "local", name):
-            v = _num(v)
+            v = num(v)
             if t not in by_t:
                 by_t[t] = v
             elif v is not None:
@@ -67,7 +59,7 @@ def _log_series(window: Window, stem: str, kinds: tuple[str, ...], remote: str |
 def _lines(window: Window, stem: str, kinds: tuple[str, ...], remotes: tuple[str, ...] = ()) -> list[str]:
     """Example lines of `stem`'s groups of `kinds`, or of any kind from `remotes`."""
     out = []
-    for g in _groups(window):
+    for g in log_groups(window):
         if g.get("file") == stem and (g.get("kind") in kinds or g.get("remote") in remotes):
             out += [str(x) for x in g.get("examples") or []]
     return out[-5:]
@@ -91,7 +83,7 @@ def smooth(points: list, span: float) -> list:
     for i, (t, v) in enumerate(points):
         while points[start][0] <= t - span:
             start += 1
-        vals = [_num(x) for _, x in points[start:i + 1]]
+        vals = [num(x) for _, x in points[start:i + 1]]
         known = [x for x in vals if x is not None]
         out.append((t, sum(known) / len(vals) if known else None))
     return out
@@ -125,7 +117,7 @@ def detect(window: Window, cf) -> list[Finding]:
         }
         firing, sustained, held, lead = _best(window, cf, signals)
         if firing or sustained:
-            ev = {k: _r(_num(pts[-1][1])) if pts else None for k, pts in signals.items()}
+            ev = {k: _r(num(pts[-1][1])) if pts else None for k, pts in signals.items()}
             msgs = smooth(window.points("service", edge, "messages_per_s"), span)
             msgs = msgs[-1][1] if msgs else None
             ev.update(messages_per_s=_r(msgs), threshold_per_s=th.ingestion_timeouts_per_s,
@@ -156,9 +148,9 @@ def detect(window: Window, cf) -> list[Finding]:
                          for s in shard_names if window.points("service", clue, f"shard:{s}:redis_errors_per_s")}
             per_shard = {s: v for s, v in per_shard.items() if v is not None}
             worst = max(per_shard, key=lambda s: per_shard[s], default=None)
-            ev = {k: _r(_num(pts[-1][1])) if pts else None for k, pts in signals.items()}
+            ev = {k: _r(num(pts[-1][1])) if pts else None for k, pts in signals.items()}
             ev.update(redis_errors_per_s_by_shard=per_shard,
-                      unavailable_per_s=_r(_num(window.value("service", clue, "unavailable_per_s"))),
+                      unavailable_per_s=_r(num(window.value("service", clue, "unavailable_per_s"))),
                       threshold_per_s=th.ingestion_timeouts_per_s, averaged_over_s=span, leading_signal=lead,
                       held_s=round(held, 1),
                       lines=_lines(window, clue, ("connection_refused", "timeout", "io_timeout"), ("redis",)))

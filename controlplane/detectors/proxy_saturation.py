@@ -27,16 +27,13 @@ that hold, held_s.
 
 from __future__ import annotations
 
-from typing import Any
 
-from controlplane.detectors.base import Finding, Window, judge, thresholds
+from controlplane.detectors.base import Finding, Window, judge, num, thresholds
 
 KIND = "proxy_saturation"
 SEVERE_EXITS = (134, 139)
 
 
-def _num(v: Any) -> float | None:
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
 def _r(v: float | None) -> float | None:
@@ -47,7 +44,7 @@ def _ratio(window: Window, host: str, row: str) -> list:
     slim = dict(window.points("haproxy", host, f"{row}:slim"))
     out = []
     for t, cur in window.points("haproxy", host, f"{row}:scur"):
-        lim, cur = _num(slim.get(t)), _num(cur)
+        lim, cur = num(slim.get(t)), num(cur)
         out.append((t, cur / lim if cur is not None and lim else None))
     return out
 
@@ -57,7 +54,7 @@ def _sum(window: Window, host: str, row: str, names: tuple[str, ...]) -> list:
     times = sorted({t for s in series for t in s})
     out = []
     for t in times:
-        vals = [_num(s.get(t)) for s in series]
+        vals = [num(s.get(t)) for s in series]
         out.append((t, None if all(v is None for v in vals) else sum(v or 0.0 for v in vals)))
     return out
 
@@ -116,7 +113,7 @@ def detect(window: Window, cf) -> list[Finding]:
                          "critical" if (pts[-1][1] or 0) >= 1 else "warning")
             if kind in ("backend", "server"):
                 pts = window.points("haproxy", host, f"{row}:qcur")
-                note(subject, row, f"{kind}_queue", _num(pts[-1][1]) if pts else None, judge(window, pts, 1.0, cf))
+                note(subject, row, f"{kind}_queue", num(pts[-1][1]) if pts else None, judge(window, pts, 1.0, cf))
                 pts = _sum(window, host, row, ("econ_per_s", "eresp_per_s"))
                 note(subject, row, f"{kind}_errors_per_s", _r(pts[-1][1]) if pts else None,
                      judge(window, pts, th.proxy_errors_per_s, cf))
@@ -126,7 +123,7 @@ def detect(window: Window, cf) -> list[Finding]:
                      judge(window, pts, th.proxy_errors_per_s, cf))
             if kind == "server" and not str(r.get("status") or "").startswith("MAINT"):
                 pts = window.points("haproxy", host, f"{row}:up")
-                backend_up = _num(window.value("haproxy", host, f"{proxy}/BACKEND:up"))
+                backend_up = num(window.value("haproxy", host, f"{proxy}/BACKEND:up"))
                 note(subject, row, "server_down", r.get("status"), judge(window, pts, 0.0, cf, above=False),
                      "critical" if backend_up == 0 else "warning")
 
@@ -171,7 +168,7 @@ def _worker_exits(window: Window, cf, host: str, cluster: str) -> list[Finding]:
               or _changed(window.points("haproxy", host, "workers")))
     out = []
     for pid, code in sorted(exits.items()):
-        code = _num(code)
+        code = num(code)
         if code is None or code == 0 or str(pid) in alive or not recent:
             continue
         code = int(code)

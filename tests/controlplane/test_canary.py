@@ -226,7 +226,8 @@ def test_canary_text_round_trips():
 def test_rooms_default_to_the_first_room_of_every_cluster_and_ratio_follows_hold():
     cf = spec()
     assert watched_rooms(cf) == ["lobby", "testroom"]
-    assert ratio_messages(cf) == 3                    # hold 30 s, interval 5 s
+    assert ratio_messages(cf) == 1                    # the default hold 6 s, interval 5 s
+    assert ratio_messages(spec(thresholds={"hold": "30s"})) == 3
     cf = spec(canary={"rooms": ["other", "lobby"], "interval": "1s"}, thresholds={"hold": "3s"})
     assert watched_rooms(cf) == ["other", "lobby"]
     assert ratio_messages(cf) == 1
