@@ -8,7 +8,8 @@ Config keys (all optional):
 
 Each subsystem is wired by its own `init_app(app)` and reached through `app.extensions`:
 `chatops.run` (RunDir), `chatops.store` (Store), `chatops.db` (Database), `chatops.scraper`
-(Scraper); the loaded cluster file is `app.config["CLUSTER"]`.
+(Scraper), `chatops.engine` (the detection Engine); the loaded cluster file is
+`app.config["CLUSTER"]`.
 """
 
 from __future__ import annotations
@@ -49,7 +50,8 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     @app.get("/healthz")
     def healthz():
         return {"ok": True}
-    canary.init_app(app)
+
+    canary.init_app(app)          # it waits for the schedule, so a locked-out app runs no canary
     scraper = scheduler.init_app(app)
     atexit.register(scraper.stop)
     return app
