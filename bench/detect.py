@@ -11,7 +11,8 @@ intervals and thresholds, and the load generator `make run` starts), started wit
    (b) leaked clients: 2,000 idle connections through chat-testing's HAProxy listener for shard2;
    (c) missing keepalive: the main cluster's exchanges restarted with `keepalive: false`.
    `detect_s` is the time from the fault to the finding's `first_seen` (the engine's clock),
-   read back through `/api/v1/findings`.
+   read back through `/api/v1/findings`. The fault starts when redis-benchmark starts (a), when
+   the first leaked connection opens (b), and when both restarted exchanges are up (c).
 3. Baseline, computed in the same run for each fault's injection time: a default Prometheus
    scrapes every 15 s on a grid that started with this run, so it first sees the fault at the
    next grid point; the alert rule's `for` is the same `thresholds.hold`; Alertmanager's default
