@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -181,6 +182,40 @@ def cluster_up(config: Path, run: Path, timeout: float = 30.0, *, controlplane: 
         for pid in leftovers(run, config):
             os.kill(pid, signal.SIGKILL)
         log.unlink(missing_ok=True)
+
+
+@contextmanager
+def crash_loop(c: RunningCluster, name: str):
+    """SIGKILL process `name` now, and every process the supervisor restarts in its place until the
+    block ends, as a crash loop would: the supervisor restarts within 0-0.5 s, faster than one
+    scrape, so a single kill may never be seen. Yields (wall, monotonic) time of the first kill."""
+    stop = threading.Event()
+    first = c.pid_of(name)
+    killed = {first}
+
+    def keep_it_down():
+        while not stop.is_set():
+            try:
+                pid = c.pid_of(name)
+            except (TypeError, StopIteration, KeyError):     # state.json mid-rewrite
+                pid = None
+            if pid is not None and pid not in killed:
+                killed.add(pid)
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            time.sleep(0.02)
+
+    started = (time.time(), time.monotonic())
+    os.kill(first, signal.SIGKILL)
+    killer = threading.Thread(target=keep_it_down, daemon=True)
+    killer.start()
+    try:
+        yield started
+    finally:
+        stop.set()
+        killer.join(5)
 
 
 def leftovers(run: Path, config: Path) -> set[int]:

@@ -15,15 +15,13 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import live_controlplane, small_cluster, write_cluster
+from tests.conftest import crash_loop, live_controlplane, small_cluster, write_cluster
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -329,12 +327,6 @@ def test_unreachable_control_plane_shows_a_banner_not_a_script_error(browser, li
     assert _severe(browser) == []
 
 
-def _pid(c, name: str) -> int | None:
-    try:
-        return c.pid_of(name)
-    except (TypeError, StopIteration, KeyError):     # state.json mid-rewrite
-        return None
-
 
 def test_killed_shard_shows_down_within_two_intervals_while_the_other_keeps_updating(browser, live):
     """The supervisor restarts a killed shard within 0-0.5 s, faster than a scrape interval, so a
@@ -342,27 +334,7 @@ def test_killed_shard_shows_down_within_two_intervals_while_the_other_keeps_upda
     c, base = live
     browser.get(base + "/shards")
     _wait(lambda: _shard_rows(browser).get("shard1", {}).get("up") == "up", 10, "shard1 up before the kill")
-    stop = threading.Event()
-    killed: set[int] = set()
-
-    def keep_it_down():
-        while not stop.is_set():
-            pid = _pid(c, "redis-shard1")
-            if pid is not None and pid not in killed:
-                killed.add(pid)
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            time.sleep(0.02)
-
-    pid = c.pid_of("redis-shard1")
-    killed.add(pid)
-    t_wall, t0 = time.time(), time.monotonic()
-    os.kill(pid, signal.SIGKILL)
-    killer = threading.Thread(target=keep_it_down, daemon=True)
-    killer.start()
-    try:
+    with crash_loop(c, "redis-shard1") as (t_wall, t0):
         rows = _wait(lambda: (lambda r: r if r["shard1"]["up"] == "down" else None)(_shard_rows(browser)),
                      2 * INTERVAL + INTERVAL + 3, "shard1 to show as down", interval=0.05)
         seen_after = time.monotonic() - t0
@@ -386,6 +358,3 @@ def test_killed_shard_shows_down_within_two_intervals_while_the_other_keeps_upda
         _wait(shard0_moves, 4 * INTERVAL + 2, "two more shard0 scrapes on the page")
         assert browser.execute_script("return window.__loaded_at") is not None
         assert _severe(browser) == []
-    finally:
-        stop.set()
-        killer.join(timeout=2)

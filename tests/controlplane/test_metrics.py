@@ -6,10 +6,7 @@ is down and /metrics still answers; odd label values come out escaped and parse 
 
 from __future__ import annotations
 
-import os
 import re
-import signal
-import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -23,7 +20,7 @@ from controlplane.app import create_app
 from controlplane.clusterfile import load
 from controlplane.rundir import RunDir
 from controlplane.store import Store
-from tests.conftest import free_subnet, live_controlplane, small_cluster, wait_for, write_cluster
+from tests.conftest import crash_loop, free_subnet, live_controlplane, small_cluster, wait_for, write_cluster
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "metrics.md"
 INTERVAL = 1.0           # live_controlplane's scrape interval
@@ -178,12 +175,6 @@ def test_values_make_sense_under_traffic(live):
     assert second.value("chatops_store_series") > 0
 
 
-def _pid(c, name: str) -> int | None:
-    try:
-        return c.pid_of(name)
-    except (TypeError, StopIteration, KeyError):     # state.json mid-rewrite
-        return None
-
 
 def test_killing_a_shard_shows_it_down_within_two_intervals_while_the_other_updates(live):
     """The supervisor restarts a killed shard (after 0-0.5 s at first), faster than one scrape
@@ -191,27 +182,7 @@ def test_killing_a_shard_shows_it_down_within_two_intervals_while_the_other_upda
     would after a crash loop, then lets it come back."""
     c, base = live
     assert scrape(base).value("chatops_redis_up", shard="shard1") == 1
-    stop = threading.Event()
-    killed: set[int] = set()
-
-    def keep_it_down():
-        while not stop.is_set():
-            pid = _pid(c, "redis-shard1")
-            if pid is not None and pid not in killed:
-                killed.add(pid)
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            time.sleep(0.02)
-
-    pid = c.pid_of("redis-shard1")
-    killed.add(pid)
-    t0 = time.monotonic()
-    os.kill(pid, signal.SIGKILL)
-    killer = threading.Thread(target=keep_it_down, daemon=True)
-    killer.start()
-    try:
+    with crash_loop(c, "redis-shard1") as (_, t0):
         down_after = None
         shard0_counts, shard0_scrapes = [], []
         while time.monotonic() - t0 < 2 * INTERVAL + 3:
@@ -238,9 +209,6 @@ def test_killing_a_shard_shows_it_down_within_two_intervals_while_the_other_upda
         assert len(set(shard0_scrapes)) >= 3, shard0_scrapes
         climbs = [b > a for a, b in zip(shard0_counts, shard0_counts[1:]) if b != a]
         assert len(climbs) >= 2 and all(climbs), shard0_counts
-    finally:
-        stop.set()
-        killer.join(5)
     wait_for(lambda: scrape(base).value("chatops_redis_up", shard="shard1") == 1, 40, 0.2,
              "shard1 to be restarted and scraped as up again")
 
