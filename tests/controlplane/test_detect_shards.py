@@ -27,7 +27,7 @@ from controlplane import clusterfile
 from controlplane.database import Database
 from controlplane.detectors import hot_key, hot_shard, leaked_clients
 from controlplane.detectors.base import Window
-from tests.conftest import live_controlplane, require, small_cluster
+from tests.conftest import live_controlplane, require, small_cluster, wait_for
 
 WINDOWS = Path(__file__).resolve().parent.parent / "fixtures" / "windows"
 DETECTORS = (hot_shard, hot_key, leaked_clients)
@@ -279,15 +279,6 @@ def _opened(db: Database, kind: str, subject: str | None = None, after: float = 
     return None
 
 
-def _wait(pred, timeout: float, what: str, every: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
 
 def _resolved(db: Database, row: dict) -> bool:
     return next(r for r in db.findings() if r["id"] == row["id"])["state"] == "resolved"
@@ -321,7 +312,8 @@ def test_live_a_hot_shard(live):
     started = time.time()
     bench = _benchmark(host, port, "-r", "100000", "-t", "set,get")
     try:
-        row = _wait(lambda: _opened(db, "hot_shard", "shard0", started - 1), 20, "a hot_shard finding on shard0")
+        row = wait_for(lambda: _opened(db, "hot_shard", "shard0", started - 1),
+                       20, 0.1, "a hot_shard finding on shard0")
     finally:
         _stop(bench)
     elapsed = row["first_seen"] - started
@@ -332,7 +324,7 @@ def test_live_a_hot_shard(live):
     assert row["evidence"]["resharding_helps"] is True and row["remediation"]["action"] == "reshard"
     assert _opened(db, "hot_shard", "shard1") is None and _opened(db, "hot_key") is None
     stopped = time.time()
-    _wait(lambda: _resolved(db, row), 15, "the hot_shard finding to resolve")
+    wait_for(lambda: _resolved(db, row), 15, 0.1, "the hot_shard finding to resolve")
     print(f"(a) resolved {time.time() - stopped:.1f}s after the load stopped")
 
 
@@ -345,8 +337,9 @@ def test_live_d_hot_key(live):
     started = time.time()
     bench = _benchmark(host, port, "HINCRBY", key, "x", "1")
     try:
-        row = _wait(lambda: _opened(db, "hot_key", None, started - 1), 20, "a hot_key finding")
-        shard_row = _wait(lambda: _opened(db, "hot_shard", "shard1", started - 1), 5, "shard1's hot_shard finding")
+        row = wait_for(lambda: _opened(db, "hot_key", None, started - 1), 20, 0.1, "a hot_key finding")
+        shard_row = wait_for(lambda: _opened(db, "hot_shard", "shard1", started - 1),
+                             5, 0.1, "shard1's hot_shard finding")
     finally:
         _stop(bench)
     elapsed = row["first_seen"] - started
@@ -356,7 +349,7 @@ def test_live_d_hot_key(live):
     assert row["about"] == {"shard": "shard1", "key": key}
     assert shard_row["evidence"]["resharding_helps"] is False and shard_row["remediation"]["action"] == "none"
     stopped = time.time()
-    _wait(lambda: _resolved(db, row), 15, "the hot_key finding to resolve")
+    wait_for(lambda: _resolved(db, row), 15, 0.1, "the hot_key finding to resolve")
     print(f"(d) resolved {time.time() - stopped:.1f}s after the load stopped")
 
 
@@ -373,16 +366,17 @@ def test_live_b_leaked_clients(live):
         for s in socks:
             assert s.recv(64).startswith(b"+PONG")
         opened = time.time()
-        row = _wait(lambda: _opened(db, "leaked_clients", "chat-testing->shard1", t0 - 1), 25,
-                    "a leaked_clients finding for chat-testing")
+        row = wait_for(lambda: _opened(db, "leaked_clients", "chat-testing->shard1", t0 - 1),
+                       25, 0.1, "a leaked_clients finding for chat-testing")
         elapsed = row["first_seen"] - opened
         print(f"\n(b) leaked_clients opened {elapsed:.1f}s after 2,000 connections were open "
               f"(opening took {opened - t0:.1f}s): {row['title']}")
         # The next CLIENT LIST sees them (<= one client-list interval), then `hold`, then <= 2 intervals.
         assert elapsed <= CLIENT_LIST_S + HOLD_S + 2 * CLIENT_LIST_S + 1.0, elapsed
         assert row["about"] == {"host": "chat-testing", "shard": "shard1", "cluster": "testing"}
-        counted = _wait(lambda: next((r for r in db.findings(open_only=True) if r["id"] == row["id"]
-                                      and r["evidence"]["idle"] >= 2000), None), 10, "the idle count to reach 2,000")
+        counted = wait_for(lambda: next((r for r in db.findings(open_only=True) if r["id"] == row["id"]
+                                         and r["evidence"]["idle"] >= 2000), None), 10, 0.1,
+                           "the idle count to reach 2,000")
         assert "chat-testing (testing cluster)" in counted["title"] and "2,0" in counted["title"]
         assert counted["remediation"]["params"] == {"shard": "shard1", "host": "chat-testing", "idle_over_s": 2.0}
         assert counted["evidence"]["timeout_zero"] is True
@@ -390,5 +384,5 @@ def test_live_b_leaked_clients(live):
         for s in socks:
             s.close()
     stopped = time.time()
-    _wait(lambda: _resolved(db, row), 20, "the leaked_clients finding to resolve")
+    wait_for(lambda: _resolved(db, row), 20, 0.1, "the leaked_clients finding to resolve")
     print(f"(b) resolved {time.time() - stopped:.1f}s after the connections closed")
