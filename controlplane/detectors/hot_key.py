@@ -25,10 +25,9 @@ or caching it locally in clue will.
 
 from __future__ import annotations
 
-from controlplane.detectors.base import Finding, Window, hold_s
-from controlplane.detectors.hot_shard import (CRITICAL_CPU, _held_mean, heat, key_load, num,
-                                              shard_host, shard_names, summary, top_commands,
-                                              workload_ops)
+from controlplane.detectors.base import Finding, Window, hold_s, num
+from controlplane.detectors.hot_shard import (CRITICAL_CPU, _held_mean, heat, key_load, shard_host,
+                                              shard_names, summary, top_commands, workload_ops)
 
 KIND = "hot_key"
 
