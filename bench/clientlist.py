@@ -32,8 +32,8 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from cluster import binaries, clusterfile, loopback  # noqa: E402
 from collectors import redis as rc  # noqa: E402
-from controlplane import binaries, clusterfile, loopback  # noqa: E402
 
 
 def raise_nofile() -> int:

@@ -48,7 +48,7 @@ if str(ROOT) not in sys.path:
 
 import yaml  # noqa: E402
 
-from controlplane import binaries, clusterfile, loopback  # noqa: E402
+from cluster import binaries, clusterfile, durations, loopback  # noqa: E402
 
 PROM_SCRAPE_S = 15.0          # Prometheus' default scrape_interval
 PROM_GROUP_WAIT_S = 30.0      # Alertmanager's default group_wait
@@ -210,13 +210,13 @@ def main() -> None:
 
     subnet = loopback.free_prefix()
     c = Cluster(Path(tempfile.mkdtemp(prefix="detect-", dir="/tmp")), subnet)
-    hold = clusterfile.seconds(c.cf.controlplane.thresholds.hold)
+    hold = durations.seconds(c.cf.controlplane.thresholds.hold)
     say(f"starting the default cluster on {subnet}.0/24 with traffic (run dir {c.run})")
     t_grid0 = time.time()
     c.up()
     result: dict = {"bench": "detect", "hold_s": hold,
-                    "scrape_interval_s": clusterfile.seconds(c.cf.controlplane.scrape.interval),
-                    "client_list_interval_s": clusterfile.seconds(c.cf.controlplane.scrape.client_list_interval)}
+                    "scrape_interval_s": durations.seconds(c.cf.controlplane.scrape.interval),
+                    "client_list_interval_s": durations.seconds(c.cf.controlplane.scrape.client_list_interval)}
     try:
         wait(lambda: next((j for j in c.get("/api/v1/jobs")["jobs"] if j["id"] == "detect:all" and j["runs"] >= 3), None),
              60, "the detection job to run")

@@ -45,7 +45,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from chat import irc  # noqa: E402
-from controlplane import loopback  # noqa: E402
+from cluster import loopback  # noqa: E402
 
 try:
     import uvloop
@@ -557,7 +557,7 @@ async def orchestrate(args) -> dict:
     }
     cfg_path = work / "cluster.yaml"
     cfg_path.write_text(yaml.safe_dump(doc))
-    from controlplane import clusterfile
+    from cluster import clusterfile
     edge_cfg = clusterfile.load(cfg_path).spec.clusters["main"].services.edge
     edge_addr = f"{subnet}.1"
     ref_addr = f"{subnet}.2:{edge_cfg.irc_port}"

@@ -46,9 +46,9 @@ if str(ROOT) not in sys.path:
 
 from chat import loadgen  # noqa: E402
 from chat.sharding import SlotMap  # noqa: E402
-from controlplane import clusterfile, loopback  # noqa: E402
-from controlplane.rundir import RunDir  # noqa: E402
-from controlplane.supervisor import read_state  # noqa: E402
+from cluster import clusterfile, loopback, spec  # noqa: E402
+from cluster.rundir import RunDir  # noqa: E402
+from cluster.state import read_state  # noqa: E402
 
 TARGET_RATE = 2000          # msgs/s accepted with 100% delivery (not asserted)
 TARGET_P99_MS = 50          # at half that load
@@ -110,7 +110,7 @@ class Processes:
 
 # -- the services' own metrics --
 
-def scrape(cf: clusterfile.ClusterFile) -> dict[str, dict]:
+def scrape(cf: spec.ClusterFile) -> dict[str, dict]:
     """Sum over every chat host: each timed histogram's sum, count and buckets, and a few counters."""
     from prometheus_client.parser import text_string_to_metric_families
     out: dict[str, dict] = {}

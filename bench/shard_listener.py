@@ -25,9 +25,9 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from controlplane import binaries, clusterfile, loopback  # noqa: E402
+from cluster import binaries, clusterfile, loopback  # noqa: E402
+from cluster.rundir import RunDir  # noqa: E402
 from controlplane.remediation import proxy_reload  # noqa: E402
-from controlplane.rundir import RunDir  # noqa: E402
 
 
 def chatops(*args: str) -> subprocess.CompletedProcess:

@@ -32,7 +32,7 @@ from redis.backoff import NoBackoff
 
 from chat import logs
 from chat.sharding import SLOTS, SlotMap, key_prefix, key_slot
-from controlplane import clusterfile
+from cluster import durations, spec
 
 __all__ = ["CacheUnavailable", "CrossShardError", "RoutedPipeline", "ShardEndpoint", "ShardedCache"]
 
@@ -168,7 +168,7 @@ class ShardedCache:
         slot_map = slot_map or SlotMap.even(len(endpoints))
         self._check_map(slot_map, len(endpoints))
         if isinstance(timeout, str):
-            timeout = clusterfile.seconds(timeout)
+            timeout = durations.seconds(timeout)
         if timeout <= 0:
             raise ValueError(f"timeout must be positive, not {timeout!r}")
         if max_conns < 1:
@@ -198,7 +198,7 @@ class ShardedCache:
         self._suppressed = [0] * n
 
     @classmethod
-    def for_host(cls, cf: clusterfile.ClusterFile, host: str, *, slot_map: SlotMap | None = None,
+    def for_host(cls, cf: spec.ClusterFile, host: str, *, slot_map: SlotMap | None = None,
                  max_conns: int | None = None, timeout: float | str | None = None,
                  logger: logging.Logger | None = None, client_name: str | None = None,
                  decode_responses: bool = True) -> ShardedCache:

@@ -26,7 +26,8 @@ from prometheus_client.core import CounterMetricFamily
 from chat import keys, logs, service
 from chat.cache import CacheUnavailable, ShardedCache
 from chat.upstream import Upstream, UpstreamError, make_session
-from controlplane.clusterfile import ClueService, seconds
+from cluster.durations import seconds
+from cluster.spec import ClueService
 
 TOP_SLOTS = 32                 # per-slot series exported; 16,384 would swamp Prometheus
 TIMEOUT_DEFAULT = 600          # seconds, as Twitch's /timeout without a duration

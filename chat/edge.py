@@ -25,11 +25,12 @@ import websockets
 from aiohttp import web
 from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily
-from websockets.asyncio.server import ServerConnection as WsConnection, serve as ws_serve
+from websockets.asyncio.server import ServerConnection as WsConnection
+from websockets.asyncio.server import serve as ws_serve
 
 from chat import irc, logs, service
 from chat.upstream import Upstream, UpstreamError, UpstreamTimeout, make_session
-from controlplane.clusterfile import seconds
+from cluster.durations import seconds
 
 PING_INTERVAL = 60.0            # the edge PINGs every client this often...
 PING_TIMEOUT = 2 * PING_INTERVAL  # ...and drops one silent for this long

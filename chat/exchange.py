@@ -21,7 +21,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from chat import logs, service
 from chat.upstream import Upstream, UpstreamTimeout, make_session
-from controlplane.clusterfile import seconds
+from cluster.durations import seconds
 
 SUBSCRIPTION_TTL = 15.0       # an edge that stops refreshing is forgotten after this
 SUCCESS_LOG_EVERY = 5.0       # "Exchange success" at most once per this many seconds per edge

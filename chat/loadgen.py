@@ -57,7 +57,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from chat import irc, logs
-from controlplane import clusterfile
+from cluster import clusterfile, durations, spec
 
 __all__ = ["Options", "LoadgenError", "plan", "run", "main", "parse_args", "TPP_COMMANDS", "Histogram"]
 
@@ -128,10 +128,10 @@ class Options:
         if not self.report_every > 0:
             raise LoadgenError("--report-every must be positive")
         for room in (*self.rooms, *((self.hot_room,) if self.hot_room else ())):
-            if not clusterfile.ROOM_RE.match(room):
+            if not spec.ROOM_RE.match(room):
                 raise LoadgenError(f"room {room!r} must be 1-25 characters of [a-z0-9_], without '#'")
         longest = f"{self.sender_prefix}_{max(self.senders - 1, 0)}"
-        if not clusterfile.ROOM_RE.match(longest):
+        if not spec.ROOM_RE.match(longest):
             raise LoadgenError(f"sender logins like {longest!r} must be 1-25 characters of [a-z0-9_]")
         if self.source_address is not None:
             check_loopback(self.source_address, "--source-address")
@@ -209,7 +209,7 @@ def _is_ws(i: int, fraction: float) -> bool:
     return math.floor((i + 1) * fraction + 1e-9) > math.floor(i * fraction + 1e-9)
 
 
-def rooms_of(cf: clusterfile.ClusterFile, options: Options) -> list[str]:
+def rooms_of(cf: spec.ClusterFile, options: Options) -> list[str]:
     if options.hot_room:
         return [options.hot_room]
     if options.rooms:
@@ -220,7 +220,7 @@ def rooms_of(cf: clusterfile.ClusterFile, options: Options) -> list[str]:
     return rooms
 
 
-def plan(cf: clusterfile.ClusterFile, options: Options, nick_base: int = 0) -> list[ClientPlan]:
+def plan(cf: spec.ClusterFile, options: Options, nick_base: int = 0) -> list[ClientPlan]:
     """Receivers then senders, each spread round-robin over the rooms and, within a room, over the
     chat hosts of the room's cluster; WebSocket clients spread evenly by ws_fraction."""
     rooms = rooms_of(cf, options)
@@ -555,7 +555,7 @@ class WsClient(Client):
 # ---------------------------------------------------------------------------------------------
 
 class Generator:
-    def __init__(self, cf: clusterfile.ClusterFile, options: Options):
+    def __init__(self, cf: spec.ClusterFile, options: Options):
         self.cf = cf
         self.options = options
         self.rng = random.Random(options.seed)
@@ -1005,7 +1005,7 @@ class Generator:
         for room in rooms:
             clue = self.cf.clusters[self.cf.cluster_of_room(room)].services.clue
             per_sender = opts.rate / opts.senders
-            window = clusterfile.seconds(clue.rate_window)
+            window = durations.seconds(clue.rate_window)
             if per_sender * window > clue.bot_rate:
                 _warn(f"each sender would send {per_sender:.0f} msgs/s, over the bot limit of {clue.bot_rate} per "
                       f"{clue.rate_window}: expect msg_ratelimit (add --senders)")

@@ -13,11 +13,15 @@ from dataclasses import dataclass
 from typing import Awaitable, Callable
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, disable_created_metrics, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    disable_created_metrics,
+    generate_latest,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from chat import logs
-from controlplane import clusterfile
+from cluster import clusterfile, spec
 
 # `_created` series double every counter's series count for a figure Prometheus can infer.
 disable_created_metrics()
@@ -30,7 +34,7 @@ except ImportError:  # pragma: no cover
 
 @dataclass
 class Context:
-    cf: clusterfile.ClusterFile
+    cf: spec.ClusterFile
     host: str
     cluster: str
     address: str
@@ -38,7 +42,7 @@ class Context:
     registry: CollectorRegistry
 
     @property
-    def services(self) -> clusterfile.Services:
+    def services(self) -> spec.Services:
         return self.cf.clusters[self.cluster].services
 
     def peers(self) -> list[tuple[str, str]]:

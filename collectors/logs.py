@@ -34,8 +34,8 @@ import re
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from functools import partial
 from datetime import datetime, timedelta
+from functools import partial
 from itertools import repeat
 from operator import itemgetter
 from pathlib import Path
@@ -854,7 +854,7 @@ def collect(run_dir: Any, services: Iterable[str] | None = None, since: str | fl
     """The run dir's logs/*.log, aggregated. `services` filters by file (edge, clue, exchange,
     haproxy, redis, supervisor, loadgen; a full stem like edge-chat1 works too); `since` keeps
     lines newer than that duration before `now` (lines without a time are always kept)."""
-    from controlplane.rundir import RunDir
+    from cluster.rundir import RunDir
     root = Path(run_dir.root if isinstance(run_dir, RunDir) else run_dir)
     logs_dir = root / "logs"
     wanted = set(services) if services else None

@@ -259,7 +259,7 @@ class ProcessSnapshot:
 def _host_names(config: str | None) -> tuple[dict[str, str], str | None]:
     if not config:
         return {}, None
-    from controlplane import clusterfile
+    from cluster import clusterfile
     try:
         return clusterfile.load(config).spec.host_by_address(), None
     except clusterfile.ClusterFileError as exc:  # a broken cluster file costs names, not the scrape
@@ -270,8 +270,8 @@ def collect(run_dir, previous: Observation | None = None, proc_root: str | Path 
     """Stats for every process in the run directory's state.json, plus, for redis and haproxy
     processes, ESTABLISHED connections to their address:port counted by remote host name.
     Pass the last Observation as `previous` to get CPU %. A missing state file -> up=False."""
-    from controlplane.rundir import RunDir
-    from controlplane.supervisor import read_state
+    from cluster.rundir import RunDir
+    from cluster.state import read_state
 
     run = run_dir if isinstance(run_dir, RunDir) else RunDir.resolve(run_dir)
     at, started = time.time(), time.perf_counter()
@@ -335,7 +335,7 @@ def _bench(pairs: int = 2000, runs: int = 7) -> dict:
     import statistics
     import struct
 
-    from controlplane.loopback import free_prefix
+    from cluster.loopback import free_prefix
 
     prefix = free_prefix()
     lsock = socket.socket()

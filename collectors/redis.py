@@ -672,7 +672,7 @@ def _client_list_cost(conn: Conn) -> tuple[int, int] | None:
 
 def clients_snapshot(conn: Conn, cf, measure_cost: bool = True, top_n: int = 20) -> dict[str, Any]:
     """CLIENT LIST -> per-host aggregate, with what the call cost Redis (from INFO commandstats)."""
-    from controlplane.clusterfile import seconds
+    from cluster.durations import seconds
     idle_after = seconds(cf.controlplane.thresholds.idle_client_after)
     before = _client_list_cost(conn) if measure_cost else None
     # The parse allocates ~50k short-lived acyclic objects; pausing the cyclic GC for those

@@ -260,7 +260,7 @@ def collect(cf, host: str, service: str, timeout: float = 2.0, proc_root: str = 
 if __name__ == "__main__":      # python -m collectors.services --config FILE HOST SERVICE
     import argparse
 
-    from controlplane.clusterfile import load
+    from cluster.clusterfile import load
     ap = argparse.ArgumentParser()
     ap.add_argument("--config", required=True)
     ap.add_argument("host")

@@ -13,8 +13,8 @@ import getpass
 import os
 from typing import Any
 
+from cluster.rundir import RunDir
 from controlplane.database import Database
-from controlplane.rundir import RunDir
 
 
 def actor() -> str:

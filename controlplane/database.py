@@ -30,7 +30,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from controlplane.rundir import RunDir
+from cluster.rundir import RunDir
 
 BUSY_TIMEOUT_MS = 10_000
 

@@ -486,3 +486,30 @@ def update(db, cf, open_findings: list[dict], resolved: list[dict], now: float) 
             log.info("incident %s resolved: every finding resolved", iid)
         out.append(inc)
     return out
+
+
+# -- lifecycle: the transitions a person may make ------------------------------------------------
+
+# to -> the states it may come from; `update` above makes the automatic ones
+TRANSITIONS = {"acknowledged": ("open",), "resolved": ("open", "acknowledged")}
+
+
+class UnknownIncident(LookupError):
+    pass
+
+
+class TransitionRefused(ValueError):
+    pass
+
+
+def transition(db, incident_id: int, to: str, actor: str, note: str | None = None) -> dict:
+    """Move an incident to `to` for `actor` (audited by the database). The API, the dashboard's
+    buttons and the CLI all come through here."""
+    try:
+        current = db.incident(incident_id)
+    except KeyError:
+        raise UnknownIncident(f"unknown incident {incident_id}") from None
+    if current["state"] not in TRANSITIONS[to]:
+        raise TransitionRefused(f"incident {incident_id} is {current['state']}; it cannot become {to} "
+                                f"(only from {' or '.join(TRANSITIONS[to])})")
+    return db.set_incident_state(incident_id, to, actor, note=note)

@@ -490,7 +490,7 @@ class HAProxyCollector(_Collector):
     metrics = CATALOGUE[2].metrics
 
     def fill(self, v: _View, f: dict) -> None:
-        from controlplane.figures import serving
+        from controlplane.sources.figures import serving
         for host, cluster in v.cf.chat_hosts():
             lbl = [cluster, host]
             obs = v.fresh("haproxy", host)

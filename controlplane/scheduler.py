@@ -162,9 +162,9 @@ class Scraper:
 
 def init_app(app) -> Scraper:
     """Build the sources from the cluster file; start the schedule unless config SCHEDULER is False."""
+    from cluster.durations import seconds
     from controlplane import sources
-    from controlplane.clusterfile import seconds
-    from controlplane.detection import Engine
+    from controlplane.detectors.engine import Engine
     cf, run, store = app.config["CLUSTER"], app.extensions["chatops.run"], app.extensions["chatops.store"]
     interval = seconds(cf.controlplane.scrape.interval)
     engine = Engine(cf, store, app.extensions["chatops.db"], interval)

@@ -83,7 +83,7 @@ class Store:
     @classmethod
     def for_cluster(cls, cf) -> "Store":
         """Room for `scrape.history` at each source's own interval."""
-        from controlplane.clusterfile import seconds
+        from cluster.durations import seconds
         scrape = cf.controlplane.scrape
         history = seconds(scrape.history)
 

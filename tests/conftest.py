@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from controlplane import binaries, loopback
+from cluster import binaries, loopback
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -170,7 +170,7 @@ def thresholds(cf) -> Any:
 
 
 def hold_s(cf) -> float:
-    from controlplane.clusterfile import seconds
+    from cluster.durations import seconds
     return seconds(cf.controlplane.thresholds.hold)
 
 

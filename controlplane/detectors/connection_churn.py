@@ -22,7 +22,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from controlplane.detectors.base import Finding, Window, judge, log_groups, num, thresholds
+from controlplane.detectors.base import (
+    Finding,
+    Window,
+    judge,
+    log_groups,
+    num,
+    thresholds,
+)
 
 KIND = "connection_churn"
 TITLE = "keepalive disabled or pool too small"

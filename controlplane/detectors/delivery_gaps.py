@@ -21,8 +21,7 @@ not judged: stale figures prove nothing about the edges.
 
 from __future__ import annotations
 
-
-from controlplane.clusterfile import seconds
+from cluster.durations import seconds
 from controlplane.detectors.base import Finding, Window, hold_s, num
 
 KIND = "delivery_gap"

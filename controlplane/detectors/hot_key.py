@@ -26,8 +26,17 @@ or caching it locally in clue will.
 from __future__ import annotations
 
 from controlplane.detectors.base import Finding, Window, hold_s, num
-from controlplane.detectors.hot_shard import (CRITICAL_CPU, _held_mean, heat, key_load, shard_host,
-                                              shard_names, summary, top_commands, workload_ops)
+from controlplane.detectors.hot_shard import (
+    CRITICAL_CPU,
+    _held_mean,
+    heat,
+    key_load,
+    shard_host,
+    shard_names,
+    summary,
+    top_commands,
+    workload_ops,
+)
 
 KIND = "hot_key"
 

@@ -22,9 +22,15 @@ clue finding's shard; then hot_shard / leaked_clients / proxy_saturation for tha
 
 from __future__ import annotations
 
-
-from controlplane.clusterfile import seconds
-from controlplane.detectors.base import Finding, Window, judge, log_groups, num, thresholds
+from cluster.durations import seconds
+from controlplane.detectors.base import (
+    Finding,
+    Window,
+    judge,
+    log_groups,
+    num,
+    thresholds,
+)
 
 KIND = "ingestion_timeouts"
 MIN_SPAN_S = 10.0

@@ -32,9 +32,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from controlplane.clusterfile import seconds
+from cluster.durations import seconds
 from controlplane.detectors.base import Finding, Window, hold_s, num
-from controlplane.detectors.hot_shard import redis_data, shard_host, shard_names, summary
+from controlplane.detectors.hot_shard import (
+    redis_data,
+    shard_host,
+    shard_names,
+    summary,
+)
 
 KIND = "leaked_clients"
 IGNORED_HOSTS = ("controlplane",)      # our own collectors' connections

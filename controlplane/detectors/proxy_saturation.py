@@ -27,7 +27,6 @@ that hold, held_s.
 
 from __future__ import annotations
 
-
 from controlplane.detectors.base import Finding, Window, judge, num, thresholds
 
 KIND = "proxy_saturation"

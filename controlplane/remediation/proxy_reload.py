@@ -14,10 +14,11 @@ import hashlib
 import time
 from dataclasses import dataclass, field
 
+from cluster.rundir import RunDir
+from cluster.spec import ClusterFile
 from collectors import haproxy_runtime
-from controlplane import audit, haproxy_config
-from controlplane.clusterfile import ClusterFile
-from controlplane.rundir import RunDir
+from controlplane import audit
+from controlplane.haproxy import config as haproxy_config
 
 RELOAD_TIMEOUT = 15.0
 

@@ -15,9 +15,15 @@ import redis
 import yaml
 
 from chat import logs
-from chat.cache import CacheUnavailable, CrossShardError, ShardEndpoint, ShardedCache, command_keys
+from chat.cache import (
+    CacheUnavailable,
+    CrossShardError,
+    ShardedCache,
+    ShardEndpoint,
+    command_keys,
+)
 from chat.sharding import SlotMap, key_slot
-from controlplane import clusterfile
+from cluster import clusterfile
 from tests.conftest import cluster_up, small_cluster, wait_for, write_cluster
 
 TALK = re.compile(r"^[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d clue: \[redis\] (?P<event>.*)$")

@@ -13,8 +13,23 @@ import pytest
 
 from chat import irc
 from chat.irc import (
-    MAX_LINE, MAX_TAGS, Framer, Join, LineError, Message, ParseError, Part, Pong, Privmsg, Quit,
-    RegistrationRequest, ServerConnection, encode, escape_tag_value, parse, unescape_tag_value,
+    MAX_LINE,
+    MAX_TAGS,
+    Framer,
+    Join,
+    LineError,
+    Message,
+    ParseError,
+    Part,
+    Pong,
+    Privmsg,
+    Quit,
+    RegistrationRequest,
+    ServerConnection,
+    encode,
+    escape_tag_value,
+    parse,
+    unescape_tag_value,
 )
 
 # -- hand-written in Twitch's documented format ------------------------------------------------

@@ -20,7 +20,7 @@ import pytest
 
 from chat import irc, loadgen
 from chat.loadgen import Histogram, LoadgenError, Options, Tally
-from controlplane import clusterfile
+from cluster import clusterfile
 from tests.conftest import REPO, cluster_up, free_subnet, write_cluster
 
 ROOMS = {"main": ["degentp", "paragusrants"], "event": ["twitchplayspokemon"], "testing": ["testroom"]}

@@ -11,11 +11,18 @@ from pathlib import Path
 
 import pytest
 
+from cluster import clusterfile
+from cluster.rundir import RunDir
 from collectors import haproxy
 from collectors.haproxy_runtime import RuntimeAPIError, command
-from controlplane import clusterfile
-from controlplane.rundir import RunDir
-from tests.conftest import chatops, cluster_up, free_subnet, small_cluster, wait_for, write_cluster
+from tests.conftest import (
+    chatops,
+    cluster_up,
+    free_subnet,
+    small_cluster,
+    wait_for,
+    write_cluster,
+)
 
 FIX = Path(__file__).parent.parent / "fixtures" / "haproxy"
 

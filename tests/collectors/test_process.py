@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from cluster.loopback import free_prefix
 from collectors.process import (
     ProcessSnapshot,
     ProcStats,
@@ -25,7 +26,6 @@ from collectors.process import (
     read_proc_net_tcp,
     time_wait_count,
 )
-from controlplane.loopback import free_prefix
 from tests.conftest import small_cluster, write_cluster
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "proc"

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from cluster import clusterfile
 from collectors import redis as rc
-from controlplane import clusterfile
 from tests.conftest import chatops, require, small_cluster, write_cluster
 
 FIX = Path(__file__).resolve().parent.parent / "fixtures" / "redis"

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from collectors.base import Observation
-from collectors.services import (ServiceData, by_label, parse_keys, parse_metrics, total)
-from controlplane.service_figures import service_detail, service_figures
+from collectors.services import ServiceData, by_label, parse_keys, parse_metrics, total
+from controlplane.sources.service_figures import service_detail, service_figures
 
 FIX = Path(__file__).resolve().parent.parent / "fixtures" / "services"
 

@@ -12,9 +12,9 @@ import threading
 
 import pytest
 
+from cluster.rundir import RunDir
 from controlplane import audit
 from controlplane.database import SCHEMA_VERSION, Database, DatabaseError
-from controlplane.rundir import RunDir
 
 
 @pytest.fixture

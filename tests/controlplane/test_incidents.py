@@ -270,7 +270,7 @@ chatops inspect clients shard2 --by host
 
 @pytest.fixture
 def app(tmp_path, monkeypatch, run_dir):
-    from controlplane.app import create_app
+    from controlplane.web.app import create_app
     from tests.conftest import free_subnet, small_cluster, write_cluster
     monkeypatch.setenv("CHATOPS_API_TOKEN", TOKEN)
     books = tmp_path / "runbooks"

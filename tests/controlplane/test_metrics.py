@@ -14,13 +14,20 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from cluster.clusterfile import load
+from cluster.rundir import RunDir
 from collectors.base import Observation
 from controlplane import metrics, sources
-from controlplane.app import create_app
-from controlplane.clusterfile import load
-from controlplane.rundir import RunDir
 from controlplane.store import Store
-from tests.conftest import crash_loop, free_subnet, live_controlplane, small_cluster, wait_for, write_cluster
+from controlplane.web.app import create_app
+from tests.conftest import (
+    crash_loop,
+    free_subnet,
+    live_controlplane,
+    small_cluster,
+    wait_for,
+    write_cluster,
+)
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "metrics.md"
 INTERVAL = 1.0           # live_controlplane's scrape interval

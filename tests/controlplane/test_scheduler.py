@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from controlplane.app import create_app
-from controlplane.rundir import RunDir
+from cluster.rundir import RunDir
 from controlplane.scheduler import SchedulerLocked
 from controlplane.sources import LogTail
 from controlplane.store import Store
+from controlplane.web.app import create_app
 from tests.conftest import REPO, cluster_up, small_cluster, wait_for, write_cluster
 
 

@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from cluster import clusterfile, spec
 from collectors import haproxy, redis
 from collectors.base import Observation
-from controlplane import clusterfile, figures, store
+from controlplane import store
+from controlplane.sources import figures
 from controlplane.store import Store
 
 FIX = Path(__file__).resolve().parent.parent / "fixtures"
@@ -53,10 +55,10 @@ def test_points_follow_the_cluster_file():
     """Each source keeps `history` at its own interval: CLIENT LIST's slower one needs fewer."""
     doc = clusterfile.load(None).spec.model_dump()
     doc["controlplane"]["scrape"] = {"interval": "5s", "client_list_interval": "30s", "history": "1h"}
-    s = Store.for_cluster(clusterfile.ClusterFile.model_validate(doc))
+    s = Store.for_cluster(spec.ClusterFile.model_validate(doc))
     assert (s.points, s.points_by_source) == (721, {"clients": 121})
     doc["controlplane"]["scrape"] = {"interval": "10s", "client_list_interval": "2s", "history": "10m"}
-    s = Store.for_cluster(clusterfile.ClusterFile.model_validate(doc))
+    s = Store.for_cluster(spec.ClusterFile.model_validate(doc))
     assert (s.points, s.points_by_source) == (61, {"clients": 301})
     for i in range(400):
         s.put(obs("clients", "shard0", float(i)), {"total": float(i)})

@@ -1,0 +1,297 @@
+"""The cluster file's structure: pydantic models that forbid unknown keys and unsafe values.
+
+Relations between parts (references, clashing addresses and ports, loopback-only in the local
+profile) are checked afterwards by `cluster.checks`, once the structure is sound. The reference for
+every key is docs/cluster-file.md; keep the two in step.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+
+from cluster import durations
+
+# Names end up as HAProxy proxy names, file names, log tags and Prometheus label values, so
+# they are held to the narrowest alphabet that serves all four.
+NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+ROOM_RE = re.compile(r"^[a-z0-9_]{1,25}$")  # Twitch channel logins, without the '#'
+ENV_RE = re.compile(r"^[A-Z_][A-Z0-9_]*$")
+
+
+def describe_unsafe(value: str) -> str | None:
+    """Say why a string could not be written verbatim into a generated config line."""
+    for ch, what in (("\n", "a newline"), ("\r", "a carriage return"), ("\x00", "a NUL byte"),
+                     ("#", "'#' (starts a comment)")):
+        if ch in value:
+            return f"contains {what}, which would inject text into a generated config"
+    if any(c.isspace() for c in value):
+        return "contains whitespace, which would split a generated config line"
+    return None
+
+
+def _name(value: str) -> str:
+    unsafe = describe_unsafe(value)
+    if unsafe:
+        raise ValueError(f"name {value!r} {unsafe}")
+    if not NAME_RE.match(value):
+        raise ValueError(f"name {value!r} must match [a-z0-9-] (1-63 chars, no leading/trailing '-')")
+    return value
+
+
+def _room(value: str) -> str:
+    if not ROOM_RE.match(value):
+        raise ValueError(f"room {value!r} must be 1-25 chars of [a-z0-9_], written without '#'")
+    return value
+
+
+def _env_name(value: str) -> str:
+    if not ENV_RE.match(value):
+        raise ValueError(
+            f"{value!r} is not an environment-variable name ([A-Z_][A-Z0-9_]*); "
+            "secrets are never written inline, only the name of the variable holding them")
+    return value
+
+
+def _address(value: str) -> str:
+    try:
+        return str(ipaddress.IPv4Address(value))
+    except ValueError:
+        raise ValueError(f"{value!r} is not an IPv4 address") from None
+
+
+def _duration(value: Any) -> str:
+    # Runs before the strict str check, so a bare number gets this hint rather than "not a string".
+    try:
+        s = durations.parse(value)
+    except durations.DurationError as exc:
+        raise ValueError(str(exc)) from None
+    if s == 0:
+        # Zero means "no timeout" to HAProxy and a busy loop to a scheduler; neither is wanted.
+        raise ValueError(f"{value!r} must be greater than zero")
+    return value
+
+
+def _text_line(value: str) -> str:
+    """Free text that ends up inside an IRC line: one line of printable characters."""
+    bad = next((c for c in value if not c.isprintable()), None)
+    if bad is not None:
+        raise ValueError(f"contains the control character {bad!r}, which would inject an IRC line")
+    return value
+
+
+Name = Annotated[str, AfterValidator(_name)]
+Room = Annotated[str, AfterValidator(_room)]
+EnvName = Annotated[str, AfterValidator(_env_name)]
+Address = Annotated[str, AfterValidator(_address)]
+Duration = Annotated[str, BeforeValidator(_duration)]
+TextLine = Annotated[str, AfterValidator(_text_line), Field(min_length=1, max_length=400)]
+HostName = Annotated[str, Field(pattern=r"^[A-Za-z0-9](?:[A-Za-z0-9.-]{0,253})$")]
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class Host(_Model):
+    address: Address
+    # How Ansible reaches the host: `local` for the embedded default, `ssh` for real machines.
+    ansible_connection: Literal["local", "ssh"] = "local"
+
+
+class Frontend(_Model):
+    """The cluster's public entry point, rendered on every chat host of the cluster."""
+    irc_port: Port = 6667
+    ws_port: Port = 8080
+
+
+class EdgeService(_Model):
+    irc_port: Port = 16667
+    ws_port: Port = 18080
+    http_port: Port = 17080          # internal: deliveries from the exchange, /metrics, /healthz
+    server_name: HostName = "tmi.chatops.local"
+    motd: TextLine = "Welcome to the chat room!"
+    max_output_buffer: Annotated[int, Field(ge=4096)] = 1_048_576
+
+
+class ClueClientSettings(_Model):
+    """How edges talk to clue: the talk's outage turned on these numbers."""
+    # Connections, and so requests in flight; calls beyond them wait and leave together in the
+    # next request. Small pools batch better: 2 measured 6x lower p99 than 16 (bench/ingest.py).
+    pool_size: Annotated[int, Field(ge=1, le=1024)] = 2
+    timeout: Duration = "5s"
+
+
+class ClueService(_Model):
+    port: Port = 19000
+    client: ClueClientSettings = ClueClientSettings()
+    cache_max_conns: Annotated[int, Field(ge=1, le=10_000)] = 10  # CACHE_MAX_CONNS
+    cache_timeout: Duration = "100ms"                              # CACHE_TIMEOUT
+    # Twitch's limits: 20 messages per 30 s, 100 for a room's mods and broadcaster, 7,500 for
+    # known bots (the load generator's senders are bots).
+    rate_window: Duration = "30s"
+    user_rate: Annotated[int, Field(ge=1)] = 20
+    privileged_rate: Annotated[int, Field(ge=1)] = 100
+    bot_rate: Annotated[int, Field(ge=1)] = 7500
+    room_rate: Annotated[int, Field(ge=1)] = 2000                 # messages per second per room
+
+
+class ExchangeService(_Model):
+    port: Port = 19100
+    keepalive: bool = True          # the talk's second bug was this being off
+    pool_size: Annotated[int, Field(ge=1, le=1024)] = 2    # per edge; see ClueClientSettings
+    timeout: Duration = "2s"
+
+
+class Services(_Model):
+    edge: EdgeService = EdgeService()
+    clue: ClueService = ClueService()
+    exchange: ExchangeService = ExchangeService()
+
+
+class Cluster(_Model):
+    hosts: Annotated[list[Name], Field(min_length=1)]
+    frontend: Frontend = Frontend()
+    services: Services = Services()
+    rooms: list[Room] = []
+
+
+class Replica(_Model):
+    host: Name
+    port: Port
+
+
+class Shard(_Model):
+    name: Name
+    host: Name
+    port: Port
+    replica: Replica | None = None
+
+
+class Redis(_Model):
+    maxclients: Annotated[int, Field(ge=16, le=1_000_000)] = 10_000
+    # 0 keeps idle clients forever, as in the talk; the leaked-clients detector flags it.
+    timeout: Annotated[int, Field(ge=0)] = 0
+    maxmemory: Annotated[str, Field(pattern=r"^\d+([kKmMgG][bB]?)?$")] = "256mb"  # Redis's own units
+    maxmemory_policy: Literal[
+        "noeviction", "allkeys-lru", "allkeys-lfu", "volatile-lru", "volatile-lfu",
+        "allkeys-random", "volatile-random", "volatile-ttl"] = "allkeys-lfu"
+    shards: Annotated[list[Shard], Field(min_length=1, max_length=256)]
+
+
+class HAProxyTimeouts(_Model):
+    connect: Duration = "1s"
+    # Long on purpose: clue's pooled connections sit idle between bursts, and idle leaks are for
+    # the leaked-clients detector to find (idle > 60 s and > 600 s), not for HAProxy to hide.
+    client: Duration = "1h"
+    server: Duration = "1h"
+    check: Duration = "1s"
+    queue: Duration = "5s"
+
+
+class HAProxy(_Model):
+    # HAProxy needs about two descriptors per connection, and this machine's hard limit is 20,000.
+    maxconn: Annotated[int, Field(ge=64, le=9000)] = 4000
+    listener_base_port: Port = 2000           # shard i listens on base + i, the talk's CACHE_PORT
+    stats_port: Port = 8404                   # ;csv stats page and /metrics (Prometheus exporter)
+    check_interval: Duration = "2s"
+    timeouts: HAProxyTimeouts = HAProxyTimeouts()
+    # Bound old workers: one was seen to crash (exit 139) after runtime-API changes and reloads.
+    hard_stop_after: Duration = "60s"
+    mworker_max_reloads: Annotated[int, Field(ge=1, le=1000)] = 25
+
+
+class Listen(_Model):
+    address: Address = "127.0.0.1"
+    port: Port = 5000
+
+
+class Scrape(_Model):
+    interval: Duration = "2s"
+    client_list_interval: Duration = "5s"
+    history: Duration = "1h"
+
+
+class Thresholds(_Model):
+    """Detector thresholds; each is documented in docs/cluster-file.md."""
+    hold: Duration = "6s"
+    clear_factor: Annotated[float, Field(gt=0, lt=1)] = 0.8
+    hot_shard_cpu_percent: Annotated[float, Field(gt=0, le=100)] = 80.0
+    hot_shard_ops_factor: Annotated[float, Field(gt=1)] = 2.0
+    hot_shard_min_ops_per_s: Annotated[float, Field(ge=0)] = 500.0
+    hot_key_share: Annotated[float, Field(gt=0, le=1)] = 0.5
+    idle_client_after: Duration = "60s"
+    leaked_idle_clients: Annotated[int, Field(ge=1)] = 500
+    maxclients_warn_ratio: Annotated[float, Field(gt=0, le=1)] = 0.8
+    proxy_session_warn_ratio: Annotated[float, Field(gt=0, le=1)] = 0.8
+    proxy_errors_per_s: Annotated[float, Field(gt=0)] = 1.0
+    ingestion_timeouts_per_s: Annotated[float, Field(gt=0)] = 0.2
+    churn_ratio: Annotated[float, Field(gt=0, le=1)] = 0.5
+    churn_min_requests_per_s: Annotated[float, Field(ge=0)] = 2.0
+    delivery_late_after: Duration = "2s"
+
+
+class Canary(_Model):
+    """The control plane's own chat client, in each watched room on every edge of its cluster."""
+    enabled: bool = True
+    rooms: list[Room] | None = None        # None: the first room of every cluster
+    interval: Duration = "5s"
+
+
+class ControlPlane(_Model):
+    listen: Listen = Listen()
+    auth_token_env: EnvName = "CHATOPS_API_TOKEN"
+    scrape: Scrape = Scrape()
+    thresholds: Thresholds = Thresholds()
+    canary: Canary = Canary()
+
+
+class AlertDestination(_Model):
+    name: Name
+    type: Literal["slack", "webhook"]
+    url_env: EnvName           # the webhook URL is the secret; only its variable is named here
+    min_severity: Literal["info", "warning", "critical"] = "warning"
+
+
+class ClusterFile(_Model):
+    version: Literal[1] = 1
+    profile: Literal["local", "remote"] = "local"
+    hosts: Annotated[dict[Name, Host], Field(min_length=1)]
+    clusters: Annotated[dict[Name, Cluster], Field(min_length=1)]
+    redis: Redis
+    haproxy: HAProxy = HAProxy()
+    controlplane: ControlPlane = ControlPlane()
+    alerts: list[AlertDestination] = []
+
+    # -- derived views, so callers never re-walk the raw structure --
+
+    def chat_hosts(self) -> list[tuple[str, str]]:
+        """(host name, cluster name) for every chat host, in file order."""
+        return [(h, cname) for cname, c in self.clusters.items() for h in c.hosts]
+
+    def cluster_of(self, host: str) -> str | None:
+        return next((c for h, c in self.chat_hosts() if h == host), None)
+
+    def address(self, host: str) -> str:
+        return self.hosts[host].address
+
+    def listener_port(self, shard_index: int) -> int:
+        return self.haproxy.listener_base_port + shard_index
+
+    def host_by_address(self) -> dict[str, str]:
+        """IP -> host name; the control plane's listen address is `controlplane` (its collectors
+        connect from there) unless a host has that address."""
+        names = {h.address: name for name, h in self.hosts.items()}
+        names.setdefault(self.controlplane.listen.address, "controlplane")
+        return names
+
+    def cluster_of_room(self, room: str) -> str:
+        """Rooms not placed anywhere live on the first cluster, as new channels did on main."""
+        for cname, c in self.clusters.items():
+            if room in c.rooms:
+                return cname
+        return next(iter(self.clusters))

@@ -1,0 +1,42 @@
+"""What every `chatops` subcommand shares: the --config and --run-dir options, loading the
+cluster file the way an operator expects, and failing with a clear message and exit code.
+Subcommand modules (controlplane/inspect_*.py) import these rather than controlplane.cli, which
+imports them."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from cluster import clusterfile
+from cluster.rundir import RunDir
+from cluster.state import read_state
+
+
+def fail(message: str, code: int = 1) -> None:
+    click.echo(f"chatops: {message}", err=True)
+    sys.exit(code)
+
+
+def run_dir(path: str | None) -> RunDir:
+    return RunDir.resolve(path)
+
+
+def load(path: str | None, run: RunDir | None = None) -> clusterfile.LoadedCluster:
+    """The given cluster file; else the one the running cluster was started from; else the default."""
+    if not path and run is not None:
+        state = read_state(run)
+        if state and state.get("config") and Path(state["config"]).exists():
+            path = state["config"]
+    try:
+        return clusterfile.load(path)
+    except clusterfile.ClusterFileError as exc:
+        fail(str(exc), 2)
+
+
+config_option = click.option("--config", "config", metavar="FILE", envvar="CHATOPS_CONFIG",
+                             help="Cluster file (default: the running cluster's, else the shipped local cluster).")
+run_dir_option = click.option("--run-dir", metavar="DIR",
+                              help="Runtime files: pids, sockets, logs, configs [env CHATOPS_RUN_DIR; default .run].")

@@ -1,0 +1,117 @@
+"""Runs every detector over the recent window, keeps findings open or closes them, and hands the
+open ones to the incident correlator.
+
+Detectors are the modules of controlplane/detectors/ that define `KIND` and `detect(window, cf)`;
+adding one is adding a module. The engine is the only stateful part: a subject opens a finding
+when its detector reports it `firing` (the condition held for `thresholds.hold`), stays open while
+the detector still reports it (firing or only sustained, the hysteresis band), and is resolved
+when the detector stops reporting it. Open findings live in SQLite, so a restarted control plane
+carries on with them rather than opening them again.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import pkgutil
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from cluster.durations import seconds
+from collectors.base import Observation
+from controlplane import detectors, incidents
+from controlplane.detectors.base import Finding, Window
+
+log = logging.getLogger(__name__)
+
+WINDOW_MIN_S = 300.0      # the window a detector sees: at least 5 minutes, and 3 holds
+
+
+def discover() -> dict[str, Callable[[Window, Any], list[Finding]]]:
+    """KIND -> detect, for every module in controlplane/detectors/ that has both."""
+    found = {}
+    for mod in pkgutil.iter_modules(detectors.__path__):
+        if mod.name.startswith("_") or mod.name in ("base", "record"):
+            continue
+        module = importlib.import_module(f"{detectors.__name__}.{mod.name}")
+        kind, detect = getattr(module, "KIND", None), getattr(module, "detect", None)
+        if isinstance(kind, str) and callable(detect):
+            found[kind] = detect
+    return dict(sorted(found.items()))
+
+
+@dataclass
+class RunResult:
+    findings: list[Finding] = field(default_factory=list)
+    opened: list[dict] = field(default_factory=list)
+    resolved: list[dict] = field(default_factory=list)
+    errors: dict[str, str] = field(default_factory=dict)     # detector kind -> error
+    incidents: list[dict] = field(default_factory=list)
+
+
+class Engine:
+    def __init__(self, cf, store, db, interval_s: float):
+        self.cf, self.store, self.db, self.interval_s = cf, store, db, interval_s
+        self.detectors = discover()
+        self.window_s = max(WINDOW_MIN_S, 3 * seconds(cf.controlplane.thresholds.hold))
+
+    def window(self, now: float | None = None) -> Window:
+        return Window.from_store(self.store, self.window_s, self.interval_s, now)
+
+    def evaluate(self, window: Window) -> tuple[list[Finding], dict[str, str]]:
+        """Every detector over one window; a detector that raises costs only its own findings."""
+        out: list[Finding] = []
+        errors: dict[str, str] = {}
+        for kind, detect in self.detectors.items():
+            try:
+                found = detect(window, self.cf)
+            except Exception as exc:        # one broken detector must not blind the others
+                log.exception("detector %s failed", kind)
+                errors[kind] = f"{type(exc).__name__}: {exc}"
+                continue
+            out.extend(found)
+        return out, errors
+
+    def run(self, now: float | None = None) -> RunResult:
+        now = time.time() if now is None else now
+        window = self.window(now)
+        findings, errors = self.evaluate(window)
+        result = RunResult(findings=findings, errors=errors)
+        reported = {(f.kind, f.subject): f for f in findings}
+        open_rows = {(r["kind"], r["subject"]): r for r in self.db.findings(open_only=True)}
+        for key, f in reported.items():
+            if key not in open_rows and not f.firing:
+                continue                       # only the relaxed condition: never opens one
+            row = self.db.upsert_finding(
+                f.kind, f.subject, severity=f.severity, evidence=f.evidence, runbook=f.runbook,
+                remediation=f.remediation, state="open", seen=now, title=f.title, about=f.about)
+            if key not in open_rows:
+                result.opened.append(row)
+        for key, row in open_rows.items():
+            # A kind whose detector failed this time keeps its findings as they were.
+            if key not in reported and row["kind"] not in errors and row["kind"] in self.detectors:
+                result.resolved.append(self.db.upsert_finding(row["kind"], row["subject"], state="resolved",
+                                                              seen=now))
+        result.incidents = incidents.update(self.db, self.cf, self.db.findings(open_only=True),
+                                            result.resolved, now)
+        for row in result.opened:
+            log.warning("finding opened: %s %s: %s", row["kind"], row["subject"], row["title"])
+        for row in result.resolved:
+            log.info("finding resolved: %s %s", row["kind"], row["subject"])
+        return result
+
+    def scrape(self) -> Observation:
+        """The engine as a scheduler source (`detect:all`), so its health shows beside the others."""
+        at, started = time.time(), time.perf_counter()
+        result = self.run(at)
+        open_now = self.db.findings(open_only=True)
+        obs = Observation("detect", "all", at, True, time.perf_counter() - started,
+                          {"open": len(open_now), "opened": len(result.opened),
+                           "resolved": len(result.resolved), "detectors": list(self.detectors)},
+                          None, {f"detector {k}": v for k, v in result.errors.items()})
+        figures = {"open_findings": float(len(open_now)), "detector_errors": float(len(result.errors))}
+        for kind in self.detectors:
+            figures[f"{kind}:open"] = float(sum(1 for r in open_now if r["kind"] == kind))
+        self.store.put(obs, figures, {"reported": [f.as_dict() for f in result.findings]})
+        return obs

@@ -1,0 +1,107 @@
+"""Rendering each chat host's HAProxy config from the cluster file, and checking it with `haproxy -c`.
+
+Rendering is pure (cluster file in, text out). The cluster file's validation already refuses
+values that could break a config line; the template environment refuses them a second time,
+so a future field that skips validation still cannot inject a line.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import jinja2
+
+from cluster import binaries
+from cluster.rundir import RunDir
+from cluster.spec import ClusterFile, describe_unsafe
+
+
+class RenderError(Exception):
+    pass
+
+
+def _finalize(value):
+    """Every {{ }} in the template is one config token: refuse anything that is not."""
+    if isinstance(value, str):
+        unsafe = describe_unsafe(value)
+        if unsafe or not value:
+            raise RenderError(f"refusing to render {value!r} into an HAProxy config: {unsafe or 'empty'}")
+    return value
+
+
+_env = jinja2.Environment(
+    loader=jinja2.PackageLoader("controlplane.haproxy", "."),
+    undefined=jinja2.StrictUndefined,
+    finalize=_finalize,
+    trim_blocks=True,
+    lstrip_blocks=True,
+    keep_trailing_newline=True,
+    autoescape=False,  # the output is an HAProxy config, not HTML
+)
+
+
+def render(cf: ClusterFile, host: str, run: RunDir) -> str:
+    cluster = cf.cluster_of(host)
+    if cluster is None:
+        raise RenderError(f"{host!r} is not a chat host of any cluster; only chat hosts run HAProxy")
+    c = cf.clusters[cluster]
+    listeners = []
+    for i, shard in enumerate(cf.redis.shards):
+        listeners.append({
+            "shard": shard.name, "port": cf.listener_port(i),
+            "address": cf.address(shard.host), "server_port": shard.port,
+            "replica_address": cf.address(shard.replica.host) if shard.replica else None,
+            "replica_port": shard.replica.port if shard.replica else None,
+        })
+    edges = [{"host": h, "address": cf.address(h), "irc_port": c.services.edge.irc_port,
+              "ws_port": c.services.edge.ws_port} for h in c.hosts]
+    return _env.get_template("haproxy.cfg.j2").render(
+        host=host, cluster=cluster, address=cf.address(host), hp=cf.haproxy,
+        admin_socket=str(run.haproxy_socket(host)), listeners=listeners, edges=edges,
+        frontend=c.frontend)
+
+
+def render_all(cf: ClusterFile, run: RunDir) -> dict[str, str]:
+    return {host: render(cf, host, run) for host, _ in cf.chat_hosts()}
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    ok: bool
+    output: str
+
+
+def check(text: str) -> CheckResult:
+    """Run `haproxy -c` on config text; nothing is bound or started."""
+    exe = binaries.require("haproxy")
+    fd, tmp = tempfile.mkstemp(prefix="chatops-check-", suffix=".cfg")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        proc = subprocess.run([exe, "-c", "-f", tmp], capture_output=True, text=True, timeout=30)
+    finally:
+        os.unlink(tmp)
+    out = (proc.stdout + proc.stderr).replace(tmp, "<rendered config>")
+    # Keep warnings and alerts; the success banner adds nothing.
+    out = "\n".join(ln for ln in out.splitlines() if ln.strip() and ln.strip() != "Configuration file is valid")
+    return CheckResult(ok=proc.returncode == 0, output=out)
+
+
+def diff(old: str, new: str, name: str) -> str:
+    return "".join(difflib.unified_diff(
+        old.splitlines(keepends=True), new.splitlines(keepends=True),
+        fromfile=f"{name} (running)", tofile=f"{name} (rendered)"))
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Replace a config in one rename, so a reload never reads a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)

@@ -1,0 +1,199 @@
+"""What the control plane scrapes: one Source per (collector, target), built from the cluster file.
+
+A Source knows its interval and how to scrape once into the store; the scheduler only decides
+when. Sources:
+
+- `haproxy:<chat host>`  admin + master socket of that host's HAProxy      (scrape.interval)
+- `redis:<shard>`        INFO, CONFIG, SLOWLOG, LATENCY, LFU hot keys      (scrape.interval)
+- `clients:<shard>`      CLIENT LIST, per source host                       (scrape.client_list_interval)
+- `process:local`        psutil + /proc/net/tcp for every supervised process (scrape.interval)
+- `logs:local`           new lines of every file in the run dir's logs/     (scrape.interval)
+- `service:<svc>-<host>` each chat service's /metrics (edge, clue, exchange on every chat host;
+                         clue's /v1/stats/keys too), figures in controlplane/service_figures.py
+                                                                             (scrape.interval)
+
+Each scrape is bounded by `timeout` (socket timeouts in the collectors), at most the interval.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from cluster.durations import seconds
+from cluster.rundir import RunDir
+from collectors import haproxy, logs, process, redis, services
+from collectors.base import Observation
+from controlplane.sources import figures, service_figures
+from controlplane.store import Store
+
+LOG_EXAMPLES = 3
+LOG_FIRST_READ = 1 << 20     # on first sight of a log file, read only its last MiB
+
+
+@dataclass
+class Source:
+    id: str                      # "redis:shard2"
+    kind: str                    # haproxy | redis | clients | process | logs | service
+    target: str
+    interval_s: float
+    timeout_s: float
+    scrape: Callable[[], Observation]
+
+
+def build(cf, run: RunDir, store: Store) -> list[Source]:
+    scrape = cf.controlplane.scrape
+    interval, slow = seconds(scrape.interval), seconds(scrape.client_list_interval)
+    out: list[Source] = []
+
+    def add(kind: str, target: str, every: float, fn: Callable[[float], Observation]) -> None:
+        # CLIENT LIST of 10k+ clients is megabytes: it gets longer than the fast sources.
+        t = min(every, 10.0 if kind == "clients" else 5.0)
+        out.append(Source(f"{kind}:{target}", kind, target, every, t, lambda: fn(t)))
+
+    for host, _cluster in cf.chat_hosts():
+        add("haproxy", host, interval, lambda t, h=host: _haproxy(cf, run, store, h, t))
+    for shard in cf.redis.shards:
+        add("redis", shard.name, interval, lambda t, s=shard.name: _redis(cf, store, s, t))
+        add("clients", shard.name, slow, lambda t, s=shard.name: _clients(cf, store, s, t))
+    add("process", "local", interval, lambda t: _process(run, store))
+    tail = LogTail(run)
+    add("logs", "local", interval, lambda t: tail.scrape(store))
+    for host, _cluster in cf.chat_hosts():
+        for service in services.SERVICES:
+            add("service", f"{service}-{host}", interval,
+                lambda t, h=host, s=service: _service(cf, store, h, s, t))
+    return out
+
+
+def _service(cf, store: Store, host: str, service: str, timeout: float) -> Observation:
+    obs = services.collect(cf, host, service, timeout=timeout)
+    prev = store.latest("service", obs.target)
+    before = prev.obs if prev else None
+    store.put(obs, service_figures.service_figures(obs, before), service_figures.service_detail(obs, before))
+    return obs
+
+
+def _haproxy(cf, run: RunDir, store: Store, host: str, timeout: float) -> Observation:
+    obs = haproxy.collect(cf, run, host, timeout=timeout)
+    prev = store.latest("haproxy", host)
+    store.put(obs, figures.haproxy_figures(obs, prev.obs if prev else None))
+    return obs
+
+
+def _redis(cf, store: Store, shard: str, timeout: float) -> Observation:
+    obs = redis.collect(cf, shard, timeout=timeout)
+    prev = store.latest("redis", shard)
+    before = prev.obs if prev else None
+    store.put(obs, figures.redis_figures(obs, before),
+              {"calls_per_s": figures.redis_calls_per_s(obs, before)})
+    return obs
+
+
+def _clients(cf, store: Store, shard: str, timeout: float) -> Observation:
+    obs = redis.collect_clients(cf, shard, timeout=timeout)
+    store.put(obs, figures.clients_figures(obs))
+    return obs
+
+
+def _process(run: RunDir, store: Store) -> Observation:
+    prev = store.latest("process", "local")
+    obs = process.collect(run, previous=prev.obs if prev else None)
+    # process.collect names its target after the run dir; the store files it under "local".
+    obs = Observation("process", "local", obs.at, obs.up, obs.duration_s, obs.data, obs.error,
+                      obs.section_errors)
+    store.put(obs, figures.process_figures(obs))
+    return obs
+
+
+@dataclass
+class LogGroupState:
+    """Running totals of one (log file, remote, kind) since the control plane started."""
+    file: str
+    service: str
+    host: str | None
+    remote: str | None
+    kind: str
+    total: int = 0
+    examples: deque = field(default_factory=lambda: deque(maxlen=LOG_EXAMPLES))
+
+
+class LogTail:
+    """Follows every `*.log` in the run dir's logs/ and counts new lines per (file, remote, kind).
+
+    The rate of a group is the lines that appeared since the last scrape over the time between
+    scrapes: when the control plane saw them, not the time written in them, so a replayed or
+    late file does not distort "now". A file seen for the first time is read from its last MiB
+    (for examples) but that read counts as history, not as a burst of rate."""
+
+    def __init__(self, run: RunDir):
+        self.run = run
+        self.followers: dict[str, logs.Follower] = {}
+        self.groups: dict[tuple[str, str | None, str], LogGroupState] = {}
+        self.unparsed = 0
+        self.unparsed_samples: deque = deque(maxlen=5)
+        self.last_at: float | None = None
+
+    def _follower(self, path: Path) -> tuple[logs.Follower, bool]:
+        f = self.followers.get(path.name)
+        if f is not None:
+            return f, False
+        f = self.followers[path.name] = logs.Follower(path, max_bytes=8 << 20, tail_bytes=LOG_FIRST_READ)
+        return f, True
+
+    def scrape(self, store: Store) -> Observation:
+        at, started = time.time(), time.perf_counter()
+        root = self.run.root / "logs"
+        if not root.is_dir():
+            obs = Observation("logs", "local", at, False, time.perf_counter() - started, None,
+                              f"no logs directory at {root}")
+            store.put(obs, {"up": 0.0})
+            return obs
+        dt = at - self.last_at if self.last_at is not None else None
+        fresh: dict[tuple, int] = {}
+        errors: dict[str, str] = {}
+        for path in sorted(root.glob("*.log")):
+            try:
+                follower, first = self._follower(path)
+                lines = follower.read_lines()
+            except OSError as exc:
+                errors[path.name] = f"{type(exc).__name__}: {exc}"
+                continue
+            if not lines:
+                continue
+            agg = logs.Aggregator(window_s=86400, examples=LOG_EXAMPLES)
+            agg.add_lines(lines)
+            summary = agg.result()
+            self.unparsed += summary.unparsed
+            self.unparsed_samples.extend(summary.unparsed_samples)
+            stem = path.stem
+            service, _, host = stem.partition("-")
+            for g in summary.groups:
+                key = (stem, g.remote, g.kind)
+                st = self.groups.get(key)
+                if st is None:
+                    st = self.groups[key] = LogGroupState(stem, service, host or None, g.remote, g.kind)
+                st.total += g.count
+                st.examples.extend(g.examples)
+                if not first:
+                    fresh[key] = fresh.get(key, 0) + g.count
+        self.last_at = at
+        f: dict[str, float | None] = {"up": 1.0, "unparsed_total": float(self.unparsed)}
+        for key, st in self.groups.items():
+            name = f"{st.file}|{st.remote or '-'}|{st.kind}"
+            f[f"{name}:per_s"] = (fresh.get(key, 0) / dt) if dt else None
+            f[f"{name}:total"] = float(st.total)
+        obs = Observation("logs", "local", at, True, time.perf_counter() - started,
+                          {"files": len(self.followers)}, None, errors)
+        store.put(obs, f, {"groups": [self._group_dict(st, fresh.get(k, 0), dt) for k, st in self.groups.items()],
+                           "unparsed_total": self.unparsed, "unparsed_samples": list(self.unparsed_samples)})
+        return obs
+
+    @staticmethod
+    def _group_dict(st: LogGroupState, fresh: int, dt: float | None) -> dict[str, Any]:
+        return {"file": st.file, "service": st.service, "host": st.host, "remote": st.remote,
+                "kind": st.kind, "total": st.total, "per_s": (fresh / dt) if dt else None,
+                "examples": list(st.examples)}

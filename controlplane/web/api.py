@@ -1,0 +1,363 @@
+"""The JSON API, `/api/v1/...`, described by controlplane/openapi.json (served as is at
+/api/v1/openapi.json; tests/controlplane/test_api.py checks every route against it on a live
+cluster). docs/api.md is the reader's guide.
+
+Every figure comes from the read model (controlplane/readmodel.py), so the API and the dashboard
+never disagree. Read endpoints are open (the control plane listens on loopback); anything that
+changes state needs auth (controlplane/auth.py) and writes an audit record.
+
+Errors are `{"error": {"status", "message"}}` (controlplane/app.py). Query parameters are checked
+strictly: an unknown or repeated parameter, a bad duration or limit is a 400 whose message names
+the parameter and what it accepts; an unknown shard, host or job is a 404 listing the valid names.
+Bad input never reaches the views, so it cannot become a 500.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from flask import Blueprint, abort, current_app, jsonify, request
+
+from controlplane import incidents as incidents_lifecycle
+from controlplane.web import auth, readmodel
+
+bp = Blueprint("api", __name__, url_prefix="/api/v1")
+OPENAPI = resources.files("controlplane.web") / "openapi.json"   # package data
+
+MAX_VALUE_LEN = 64                       # no accepted parameter value is longer
+MAX_SINCE_S = 7 * 86400                  # a week; the store keeps far less (scrape.history)
+LIMIT_MAX = 1000
+AUDIT_LIMIT_DEFAULT = 100
+_DURATION = re.compile(r"([0-9]{1,9}(?:\.[0-9]{1,6})?)(ms|s|m|h|d)?")  # fullmatch: `$` would let "5m\n" in
+_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+_SERVICE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+ACCEPTS = {
+    "since": "a positive duration such as 90s, 5m, 1h or a number of seconds (at most 7d)",
+    "limit": f"an integer from 1 to {LIMIT_MAX}",
+    "service": "a service (edge, clue, exchange, haproxy, redis, supervisor, loadgen) or a log "
+               "file stem such as edge-chat1: letters, digits, '.', '_' and '-', at most 64",
+    "state": "open, acknowledged, resolved or all (findings: open, resolved or all)",
+}
+STATES = ("open", "acknowledged", "resolved", "all")
+FINDING_STATES = ("open", "resolved", "all")
+MAX_INCIDENT_ID = 2**63 - 1              # SQLite's INTEGER; a larger id cannot exist
+MAX_NOTE_LEN = 500
+
+
+# -- parameters -----------------------------------------------------------------------------------
+
+def _show(value: str) -> str:
+    """A sent value, quoted and cut short, for an error message."""
+    return repr(value if len(value) <= 40 else value[:40] + "...")
+
+
+def _bad(name: str, value: str, why: str = "") -> None:
+    abort(400, description=f"bad query parameter {name}={_show(value)}{': ' + why if why else ''}; "
+                           f"{name} accepts {ACCEPTS[name]}")
+
+
+def _since(value: str) -> float:
+    """A duration back from now, as the epoch time it reaches."""
+    m = _DURATION.fullmatch(value)
+    if not m:
+        _bad("since", value)
+    span = float(m.group(1)) * _UNIT_S[m.group(2)]
+    if not 0 < span <= MAX_SINCE_S:
+        _bad("since", value, "out of range")
+    return time.time() - span
+
+
+def _limit(value: str) -> int:
+    if not value.isascii() or not value.isdigit() or len(value) > 7:
+        _bad("limit", value)
+    n = int(value)
+    if not 1 <= n <= LIMIT_MAX:
+        _bad("limit", value, "out of range")
+    return n
+
+
+def _service(value: str) -> str:
+    if not _SERVICE.fullmatch(value):
+        _bad("service", value)
+    return value
+
+
+def _state(value: str) -> str:
+    if value not in STATES:
+        _bad("state", value)
+    return value
+
+
+_PARSERS = {"since": _since, "limit": _limit, "service": _service, "state": _state}
+
+
+def params(*allowed: str) -> dict[str, Any]:
+    """The query parameters of this request, parsed; 400 for any that is unknown here, repeated,
+    too long or malformed."""
+    got: dict[str, Any] = {}
+    for name in request.args:
+        values = request.args.getlist(name)
+        if name not in allowed:
+            accepted = ", ".join(allowed) if allowed else "none"
+            abort(400, description=f"unknown query parameter {_show(name)} for {request.path}; "
+                                   f"accepted: {accepted}")
+        if len(values) > 1:
+            abort(400, description=f"query parameter {name} is given {len(values)} times; give it once")
+        value = values[0]
+        if len(value) > MAX_VALUE_LEN:
+            _bad(name, value, f"longer than {MAX_VALUE_LEN} characters")
+        got[name] = _PARSERS[name](value)
+    return got
+
+
+# -- helpers --------------------------------------------------------------------------------------
+
+def _ctx():
+    app = current_app
+    return app.config["CLUSTER"], app.extensions["chatops.store"], app.extensions["chatops.scraper"]
+
+
+def _finite(value: Any) -> Any:
+    """NaN and infinities are not JSON: they become null (unknown), like any missing figure."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _json(body: dict[str, Any], status: int = 200):
+    resp = jsonify(_finite(body))
+    resp.status_code = status
+    return resp
+
+
+def _found(fn, *args, **kwargs):
+    """Call a view, turning its NotFound into a 404 that lists the valid names."""
+    try:
+        return fn(*args, **kwargs)
+    except readmodel.NotFound as exc:
+        abort(404, description=exc.message)
+
+
+# -- read endpoints -------------------------------------------------------------------------------
+
+@bp.get("/overview")
+def overview():
+    params()
+    cf, store, scraper = _ctx()
+    return _json(readmodel.overview(cf, store, scraper.jobs()))
+
+
+@bp.get("/clusters")
+def clusters():
+    params()
+    cf, store, _ = _ctx()
+    return _json({"clusters": readmodel.clusters(cf, store)})
+
+
+@bp.get("/hosts")
+def hosts():
+    params()
+    cf, store, _ = _ctx()
+    return _json({"hosts": readmodel.hosts(cf, store)})
+
+
+@bp.get("/hosts/<name>")
+def host(name: str):
+    p = params("since")
+    cf, store, _ = _ctx()
+    return _json(_found(readmodel.host, cf, store, name, p.get("since")))
+
+
+@bp.get("/shards")
+def shards():
+    params()
+    cf, store, _ = _ctx()
+    return _json({"shards": readmodel.shards(cf, store)})
+
+
+@bp.get("/shards/<name>")
+def shard(name: str):
+    p = params("since")
+    cf, store, _ = _ctx()
+    return _json(_found(readmodel.shard, cf, store, name, p.get("since")))
+
+
+@bp.get("/shards/<name>/clients")
+def shard_clients(name: str):
+    params()
+    cf, store, _ = _ctx()
+    return _json(_found(readmodel.clients, cf, store, name))
+
+
+@bp.get("/proxies")
+def proxies():
+    params()
+    cf, store, _ = _ctx()
+    return _json({"proxies": readmodel.proxies(cf, store)})
+
+
+@bp.get("/proxies/<host>")
+def proxy(host: str):
+    p = params("since")
+    cf, store, _ = _ctx()
+    return _json(_found(readmodel.proxy, cf, store, host, p.get("since")))
+
+
+@bp.get("/logs")
+def logs():
+    p = params("service", "since")
+    _, store, _ = _ctx()
+    return _json(readmodel.log_events(store, p.get("service"), p.get("since")))
+
+
+@bp.get("/jobs")
+def jobs():
+    params()
+    _, _, scraper = _ctx()
+    return _json({"jobs": scraper.jobs()})
+
+
+@bp.get("/audit")
+def audit():
+    p = params("limit", "since")
+    db = current_app.extensions["chatops.db"]
+    return _json({"audit": db.audit(limit=p.get("limit", AUDIT_LIMIT_DEFAULT), since=p.get("since"))})
+
+
+@bp.get("/findings")
+def findings():
+    p = params("state", "limit")
+    state = p.get("state", "all")
+    if state not in FINDING_STATES:
+        abort(400, description=f"bad query parameter state={_show(state)}: findings are open or resolved; "
+                               f"state accepts {', '.join(FINDING_STATES)}")
+    db = current_app.extensions["chatops.db"]
+    return _json({"findings": readmodel.findings(db, state, p.get("limit", AUDIT_LIMIT_DEFAULT))})
+
+
+@bp.get("/incidents")
+def incidents():
+    p = params("state", "limit")
+    db = current_app.extensions["chatops.db"]
+    return _json({"incidents": readmodel.incidents(db, p.get("state", "all"),
+                                               p.get("limit", readmodel.INCIDENT_LIST_DEFAULT))})
+
+
+def runbooks_dir() -> Path:
+    return Path(current_app.config["RUNBOOKS_DIR"])
+
+
+def _incident_id(incident_id: int) -> int:
+    if incident_id > MAX_INCIDENT_ID:
+        abort(404, description=f"unknown incident {incident_id}")
+    return incident_id
+
+
+@bp.get("/incidents/<int:incident_id>")
+def incident(incident_id: int):
+    params()
+    db = current_app.extensions["chatops.db"]
+    return _json(_found(readmodel.incident, db, _incident_id(incident_id), readmodel.runbook_names(runbooks_dir())))
+
+
+@bp.get("/runbooks")
+def runbooks():
+    params()
+    return _json({"runbooks": readmodel.runbooks(runbooks_dir())})
+
+
+@bp.get("/runbooks/<name>")
+def runbook(name: str):
+    params()
+    if not readmodel.valid_runbook_name(name):
+        abort(400, description=f"bad runbook name {_show(name)}: a runbook name has only "
+                               f"{readmodel.RUNBOOK_NAME_CHARS}, at most 64 characters")
+    return _json(_found(readmodel.runbook, runbooks_dir(), name))
+
+
+@bp.get("/openapi.json")
+def openapi():
+    params()
+    if not OPENAPI.is_file():
+        abort(500, description="controlplane/web/openapi.json is missing from the installation")
+    return current_app.response_class(OPENAPI.read_bytes(), mimetype="application/json")
+
+
+# -- actions --------------------------------------------------------------------------------------
+
+def _job(scraper, job_id: str) -> dict[str, Any]:
+    return next(j for j in scraper.jobs() if j["id"] == job_id)
+
+
+@bp.post("/jobs/<job_id>/run")
+@auth.require_auth
+def run_job(job_id: str):
+    """Scrape one source right now, outside its schedule; audited as `scrape.run`."""
+    params()
+    _, _, scraper = _ctx()
+    if job_id not in scraper.sources:
+        abort(404, description=f"unknown job {_show(job_id)}; valid: {', '.join(scraper.sources) or '(none)'}")
+    if not scraper.run_once(job_id):
+        abort(409, description=f"job {job_id} is running right now; try again after it finishes")
+    db = current_app.extensions["chatops.db"]
+    job = _job(scraper, job_id)
+    result = "failed" if job["last_error"] else "ok"
+    detail = {"error": job["last_error"]} if job["last_error"] else {}
+    db.add_audit(auth.current_actor(), "scrape.run", job_id, result, **detail)
+    return _json({"result": result, "job": job})
+
+
+def _note() -> str | None:
+    """The optional JSON body {"note": "..."} of an incident action."""
+    if not request.get_data(cache=True):
+        return None
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict) or set(body) - {"note"}:
+        abort(400, description='the body must be empty or a JSON object {"note": "<text>"}')
+    note = body.get("note")
+    if note is None:
+        return None
+    if not isinstance(note, str) or len(note) > MAX_NOTE_LEN or any(ord(c) < 0x20 and c not in "\t" for c in note):
+        abort(400, description=f"note must be one line of text, at most {MAX_NOTE_LEN} characters")
+    return note.strip() or None
+
+
+def change_incident(incident_id: int, to: str, note: str | None = None) -> dict[str, Any]:
+    """Move an incident to `to` for the current actor, or 404/409."""
+    db = current_app.extensions["chatops.db"]
+    try:
+        return incidents_lifecycle.transition(db, _incident_id(incident_id), to, auth.current_actor(), note)
+    except incidents_lifecycle.UnknownIncident as exc:
+        abort(404, description=str(exc))
+    except incidents_lifecycle.TransitionRefused as exc:
+        abort(409, description=str(exc))
+
+
+@bp.post("/incidents/<int:incident_id>/acknowledge")
+@auth.require_auth
+def acknowledge_incident(incident_id: int):
+    """Acknowledge an open incident; audited as incident.acknowledged."""
+    params()
+    change_incident(incident_id, "acknowledged", _note())
+    db = current_app.extensions["chatops.db"]
+    return _json(readmodel.incident(db, incident_id, readmodel.runbook_names(runbooks_dir())))
+
+
+@bp.post("/incidents/<int:incident_id>/resolve")
+@auth.require_auth
+def resolve_incident(incident_id: int):
+    """Resolve an open or acknowledged incident by hand; audited as incident.resolved."""
+    params()
+    change_incident(incident_id, "resolved", _note())
+    db = current_app.extensions["chatops.db"]
+    return _json(readmodel.incident(db, incident_id, readmodel.runbook_names(runbooks_dir())))

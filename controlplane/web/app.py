@@ -1,0 +1,93 @@
+"""The control plane's Flask app: `create_app(config=None)`.
+
+Config keys (all optional):
+- CLUSTER_FILE  the cluster file (default: the running cluster's, else the shipped one)
+- RUN_DIR       the run directory (default: $CHATOPS_RUN_DIR or .run)
+- SCHEDULER     start the scrape schedule (default True; tests that drive scrapes by hand set False)
+- SECRET_KEY    session signing key (default: random per process, see controlplane/auth.py)
+
+Each subsystem is wired by its own `init_app(app)` and reached through `app.extensions`:
+`chatops.run` (RunDir), `chatops.store` (Store), `chatops.db` (Database), `chatops.scraper`
+(Scraper), `chatops.engine` (the detection Engine); the loaded cluster file is
+`app.config["CLUSTER"]`.
+"""
+
+from __future__ import annotations
+
+import atexit
+import time
+from typing import Any
+
+from flask import Flask, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+import runbooks
+from cluster import clusterfile
+from cluster.rundir import RunDir
+from controlplane.store import Store
+
+
+def create_app(config: dict[str, Any] | None = None) -> Flask:
+    app = Flask(__name__)
+    app.config.from_mapping(CLUSTER_FILE=None, RUN_DIR=None, SCHEDULER=True, JSON_SORT_KEYS=False,
+                            RUNBOOKS_DIR=str(runbooks.directory()))
+    if config:
+        app.config.update(config)
+    run = RunDir.resolve(app.config["RUN_DIR"])
+    loaded = _load_cluster(app.config["CLUSTER_FILE"], run)
+    app.config["CLUSTER"] = loaded.spec
+    app.config["CLUSTER_FILE"] = str(loaded.path)
+    app.extensions["chatops.run"] = run
+    app.extensions["chatops.store"] = Store.for_cluster(loaded.spec)
+    app.extensions["chatops.started"] = time.time()
+
+    from controlplane import database, metrics, scheduler
+    from controlplane.sources import canary
+    from controlplane.web import api, auth, dashboard
+    app.extensions["chatops.db"] = database.Database.for_run(run)
+    auth.init_app(app)
+    metrics.init_app(app)
+    app.register_blueprint(api.bp)
+    app.register_blueprint(dashboard.bp)
+    _json_errors(app)
+
+    @app.get("/healthz")
+    def healthz():
+        return {"ok": True}
+
+    canary.init_app(app)          # it waits for the schedule, so a locked-out app runs no canary
+    scraper = scheduler.init_app(app)
+    atexit.register(scraper.stop)
+    return app
+
+
+def _load_cluster(path: str | None, run: RunDir) -> clusterfile.LoadedCluster:
+    """The given cluster file; else the one the running cluster was started from; else the default."""
+    if not path:
+        from cluster.state import read_state
+        state = read_state(run)
+        if state and state.get("config"):
+            path = state["config"]
+    return clusterfile.load(path)
+
+
+def _json_errors(app: Flask) -> None:
+    """API paths answer errors as JSON `{"error": {"status", "message"}}`; pages keep HTML."""
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException):
+        if request.path.startswith("/api/"):
+            resp = jsonify(error={"status": exc.code, "message": exc.description})
+            resp.status_code = exc.code or 500
+            for k, v in (exc.get_response().headers.items() if exc.code in (401, 405) else []):
+                if k in ("WWW-Authenticate", "Allow"):
+                    resp.headers[k] = v
+            return resp
+        return exc
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception):
+        app.logger.exception("unhandled error on %s", request.path)
+        if request.path.startswith("/api/"):
+            return jsonify(error={"status": 500, "message": f"internal error: {type(exc).__name__}"}), 500
+        return "internal error; see the control plane's log", 500

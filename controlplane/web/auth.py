@@ -1,0 +1,285 @@
+"""Auth, first step: reading is open (the control plane listens on loopback); anything that
+changes state needs the API token, either as `Authorization: Bearer <token>` or through a browser
+session opened by typing the token into /login.
+
+- The token comes only from the environment variable the cluster file names
+  (`controlplane.auth_token_env`, default CHATOPS_API_TOKEN), read once when the app is built, so
+  it is never in a file in the repo. It is never logged. Unset or empty: every state-changing
+  route answers 403 saying which variable to set, and nobody can log in.
+- Sessions are Flask's signed cookies. Without a configured SECRET_KEY each process draws a random
+  one, so every session ends when the control plane restarts (log in again); set SECRET_KEY in
+  the app config to keep them, and to share them if several processes ever serve the app. A
+  session also carries a keyed fingerprint of the token, so changing the token ends old sessions.
+- CSRF: each session has a random token, `csrf_token()` in templates. Every state-changing
+  request from a browser (any POST/PUT/PATCH/DELETE not authenticated by Bearer) must send it as
+  form field `csrf_token` or header `X-CSRF-Token`, or gets 400. Bearer requests are exempt: a
+  browser never adds that header by itself, so a forged cross-site request cannot carry it.
+
+Use `@require_auth` on every state-changing view; tests/controlplane/test_auth.py walks the URL
+map and fails on any mutating route an anonymous client can reach.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import hmac
+import logging
+import os
+import secrets
+from dataclasses import dataclass
+from typing import Callable
+from urllib.parse import urlsplit
+
+from flask import (
+    Blueprint,
+    Flask,
+    Response,
+    current_app,
+    g,
+    jsonify,
+    make_response,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
+from markupsafe import escape
+
+from cluster.spec import ControlPlane
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("auth", __name__, template_folder="templates")
+
+MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+CSRF_FIELD = "csrf_token"
+CSRF_HEADER = "X-CSRF-Token"
+_EXT = "chatops_auth"
+_SESSION_USER = "user"
+_SESSION_CSRF = "csrf"
+_SESSION_FINGERPRINT = "auth_fp"
+
+
+@dataclass(frozen=True)
+class _Settings:
+    env_name: str
+    token: str  # "" when unset
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.token)
+
+
+def init_app(app: Flask) -> None:
+    """Read the token's variable, make sure there is a SECRET_KEY, and register /login, /logout,
+    the CSRF check and `csrf_token()` for templates."""
+    cluster = app.config.get("CLUSTER")
+    cluster = getattr(cluster, "spec", cluster)  # a LoadedCluster works too
+    env_name = cluster.controlplane.auth_token_env if cluster is not None else ControlPlane().auth_token_env
+    settings = _Settings(env_name, os.environ.get(env_name, "").strip())
+    app.extensions[_EXT] = settings
+    if not settings.configured:
+        log.warning("%s is not set: logins and state-changing actions are refused until it is", env_name)
+    if not app.config.get("SECRET_KEY"):
+        app.config["SECRET_KEY"] = secrets.token_hex(32)  # sessions end with this process
+    app.config.setdefault("SESSION_COOKIE_SAMESITE", "Lax")
+    app.config.setdefault("SESSION_COOKIE_HTTPONLY", True)
+    app.register_blueprint(bp)
+    app.before_request(_csrf_guard)
+    app.jinja_env.globals["csrf_token"] = csrf_token
+    app.context_processor(lambda: {"logged_in": _session_valid(), "auth_configured": settings.configured})
+
+
+def _settings() -> _Settings:
+    try:
+        return current_app.extensions[_EXT]
+    except KeyError:
+        raise RuntimeError("controlplane.auth.init_app(app) was not called") from None
+
+
+# -- the pieces --
+
+def csrf_token() -> str:
+    """This session's CSRF token, created on first use."""
+    token = session.get(_SESSION_CSRF)
+    if not token:
+        token = session[_SESSION_CSRF] = secrets.token_urlsafe(32)
+    return token
+
+
+def _csrf_ok() -> bool:
+    expected = session.get(_SESSION_CSRF)
+    sent = request.headers.get(CSRF_HEADER) or request.form.get(CSRF_FIELD) or ""
+    return bool(expected) and hmac.compare_digest(sent.encode(), expected.encode())
+
+
+def _fingerprint(token: str) -> str:
+    key = str(current_app.config["SECRET_KEY"]).encode()
+    return hmac.new(key, b"chatops-session:" + token.encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def _bearer() -> str | None:
+    """The Bearer credential sent, or None when there is no Bearer header."""
+    header = request.headers.get("Authorization", "")
+    scheme, _, value = header.partition(" ")
+    return value.strip() if scheme.lower() == "bearer" else None
+
+
+def _bearer_valid() -> bool:
+    sent, s = _bearer(), _settings()
+    return sent is not None and s.configured and hmac.compare_digest(sent.encode(), s.token.encode())
+
+
+def _session_valid() -> bool:
+    s = _settings()
+    fp = session.get(_SESSION_FINGERPRINT)
+    return (s.configured and session.get(_SESSION_USER) == "token" and isinstance(fp, str)
+            and hmac.compare_digest(fp, _fingerprint(s.token)))
+
+
+def _wants_json() -> bool:
+    if request.path.startswith("/api/") or request.is_json:
+        return True
+    best = request.accept_mimetypes.best_match(["text/html", "application/json"])
+    return best == "application/json"
+
+
+def _error(status: int, message: str, headers: dict | None = None) -> Response:
+    if _wants_json():
+        # the same shape as the app's other API errors (controlplane/app.py)
+        resp = make_response(jsonify(error={"status": status, "message": message}), status)
+    else:
+        body = (f"<!doctype html><html lang=en><meta charset=utf-8><title>{status}</title>"
+                f"<h1>{status}</h1><p>{escape(message)}</p>")
+        resp = make_response(body, status)
+        resp.mimetype = "text/html"
+    for k, v in (headers or {}).items():
+        resp.headers[k] = v
+    return resp
+
+
+def _not_configured() -> Response:
+    env = _settings().env_name
+    return _error(403, f"state-changing actions are disabled: set the environment variable {env} "
+                       "(named by controlplane.auth_token_env in the cluster file) to an API token "
+                       "and restart the control plane")
+
+
+def _csrf_failed() -> Response:
+    return _error(400, f"missing or wrong CSRF token: send form field {CSRF_FIELD} or header "
+                       f"{CSRF_HEADER} (reload the page if your session expired)")
+
+
+def _local_path(target: str | None) -> str | None:
+    """`target` if it is a path on this site (no scheme, no host, no `//` or backslash tricks)."""
+    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return None
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in target):
+        return None
+    parts = urlsplit(target)
+    return target if not parts.scheme and not parts.netloc else None
+
+
+def _login_redirect() -> Response:
+    if request.method in ("GET", "HEAD"):
+        nxt = request.full_path if request.query_string else request.path
+    else:  # after logging in, go back to the page the form was on, not to a POST-only URL
+        ref = urlsplit(request.referrer or "")
+        same_site = ref.netloc in ("", request.host)
+        nxt = _local_path(ref.path + (f"?{ref.query}" if ref.query else "")) if same_site else None
+    return redirect(url_for("auth.login", next=nxt or "/"))
+
+
+def _csrf_guard():
+    """before_request: CSRF for browser requests to state-changing routes that `require_auth`
+    does not already check (it checks after authentication, so an anonymous client learns it
+    must log in rather than that a token is missing)."""
+    if request.method not in MUTATING or request.endpoint is None:
+        return None
+    view = current_app.view_functions.get(request.endpoint)
+    if getattr(view, "_chatops_requires_auth", False):
+        return None
+    if _bearer() is not None and _bearer_valid():
+        return None
+    if not _csrf_ok():
+        return _csrf_failed()
+    return None
+
+
+def require_auth(view: Callable) -> Callable:
+    """Guard a state-changing view: a valid Bearer token, or a logged-in session (with the CSRF
+    token on state-changing methods). Anonymous API clients get 401, browsers the login page."""
+    @functools.wraps(view)
+    def wrapped(*args, **kwargs):
+        s = _settings()
+        if not s.configured:
+            return _not_configured()
+        sent = _bearer()
+        if sent is not None:
+            if not _bearer_valid():
+                return _error(401, "invalid API token",
+                              {"WWW-Authenticate": 'Bearer realm="chatops", error="invalid_token"'})
+            g.chatops_actor = f"token:{request.remote_addr}"
+            return view(*args, **kwargs)
+        if _session_valid():
+            if request.method in MUTATING and not _csrf_ok():
+                return _csrf_failed()
+            g.chatops_actor = f"session:{request.remote_addr}"
+            return view(*args, **kwargs)
+        if request.path.startswith("/api/"):
+            return _error(401, "authentication required: send Authorization: Bearer <token>",
+                          {"WWW-Authenticate": 'Bearer realm="chatops"'})
+        return _login_redirect()
+
+    wrapped._chatops_requires_auth = True
+    return wrapped
+
+
+def current_actor() -> str:
+    """Who is acting, for the audit: "token:<addr>", "session:<addr>" or "anonymous:<addr>".
+    Never the token itself."""
+    if "chatops_actor" in g:
+        return g.chatops_actor
+    if _bearer_valid():
+        return f"token:{request.remote_addr}"
+    if _session_valid():
+        return f"session:{request.remote_addr}"
+    return f"anonymous:{request.remote_addr}"
+
+
+# -- the views --
+
+@bp.route("/login", methods=["GET", "POST"])
+def login():
+    s = _settings()
+    nxt = _local_path(request.values.get("next")) or "/"
+    if request.method == "GET":
+        if _session_valid():
+            return redirect(nxt)
+        error = None if s.configured else f"Logins are disabled: set {s.env_name} and restart the control plane."
+        return render_template("login.html", next=nxt, error=error), (200 if s.configured else 403)
+    # POST: the CSRF guard has already checked the form's token
+    if not s.configured:
+        return render_template("login.html", next=nxt,
+                               error=f"Logins are disabled: set {s.env_name} and restart the control plane."), 403
+    sent = request.form.get("token", "")
+    if hmac.compare_digest(sent.encode(), s.token.encode()):
+        session.clear()  # a fresh session (and CSRF token) for the logged-in user
+        session[_SESSION_USER] = "token"
+        session[_SESSION_FINGERPRINT] = _fingerprint(s.token)
+        csrf_token()
+        log.info("login from %s", request.remote_addr)
+        return redirect(nxt)
+    log.warning("failed login from %s", request.remote_addr)
+    return render_template("login.html", next=nxt, error="That token is not right."), 401
+
+
+@bp.route("/logout", methods=["POST"])
+@require_auth
+def logout():
+    session.clear()
+    if _wants_json():
+        return jsonify({"ok": True})
+    return redirect(url_for("auth.login"))

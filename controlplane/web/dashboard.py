@@ -1,0 +1,485 @@
+"""The on-call dashboard: server-rendered pages over controlplane/readmodel.py.
+
+Every number shown comes from the read model (controlplane/readmodel.py), the same one the JSON API
+returns; this module only chooses what to show, formats it with units, decides what is drawn in
+red (a source down, errors happening now, a queue, a figure near its limit from the cluster
+file's thresholds) and draws the charts as inline SVG (no JavaScript, no CDN).
+
+Live refresh: static/dashboard.js fetches the same URL with `?fragment=1` every scrape interval
+and swaps the `<main>` content; the fragment answer carries `X-Last-Scrape` and `X-Rendered-At`
+headers for the "last scrape N s ago" clock in the header.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+from flask import (
+    Blueprint,
+    abort,
+    current_app,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
+from markupsafe import Markup, escape
+
+from cluster.durations import seconds
+from controlplane import incidents as lifecycle
+from controlplane.sources import figures
+from controlplane.web import auth, markdown, readmodel
+
+bp = Blueprint("dashboard", __name__)
+
+SPARK_WINDOW_S = 600          # sparklines in tables: the last 10 minutes
+MAX_CHART_POINTS = 320        # longer series are reduced to one point (the max) per bucket
+ERROR_LOG_KINDS = frozenset({"timeout", "connection_refused", "io_timeout", "slow_consumer"})
+
+
+# -- context --------------------------------------------------------------------------------------
+
+def _ctx():
+    app = current_app
+    return app.config["CLUSTER"], app.extensions["chatops.store"], app.extensions["chatops.scraper"]
+
+
+def _interval_s() -> float:
+    cf = current_app.config["CLUSTER"]
+    return seconds(cf.controlplane.scrape.interval)
+
+
+def _last_scrape(jobs: list[dict[str, Any]]) -> float | None:
+    last = [j["last_run"] for j in jobs if j["last_run"]]
+    return max(last) if last else None
+
+
+@bp.app_context_processor
+def _header_context() -> dict[str, Any]:
+    """What base.html's header needs on every page (the login page included)."""
+    def header() -> dict[str, Any]:
+        scraper = current_app.extensions.get("chatops.scraper")
+        jobs = scraper.jobs() if scraper is not None else []
+        cf = current_app.config.get("CLUSTER")
+        db = current_app.extensions.get("chatops.db")
+        active = (db.incidents(state="open") + db.incidents(state="acknowledged")) if db is not None else []
+        return {"last_scrape": _last_scrape(jobs), "now": time.time(), "interval_s": _interval_s() if cf else 5.0,
+                "failing_jobs": sum(1 for j in jobs if j["last_error"]),
+                "open_incidents": sum(1 for i in active if i["state"] == "open"),
+                "critical_incidents": sum(1 for i in active if i["state"] == "open" and i["severity"] == "critical")}
+    return {"dashboard_header": header}
+
+
+def _page(template: str, status: int = 200, refresh: bool = True, **kw):
+    """Render a dashboard page, or only its <main> content when the refresh script asks."""
+    fragment = request.args.get("fragment") == "1"
+    _, _, scraper = _ctx()
+    jobs = scraper.jobs()
+    now = time.time()
+    body = render_template(template, fragment=fragment, refresh=refresh, now=now, **kw)
+    resp = current_app.make_response((body, status))
+    resp.headers["Cache-Control"] = "no-store"
+    resp.headers["Vary"] = "X-Requested-With"
+    last = _last_scrape(jobs)
+    resp.headers["X-Rendered-At"] = f"{now:.3f}"
+    resp.headers["X-Last-Scrape"] = f"{last:.3f}" if last else ""
+    resp.headers["X-Failing-Jobs"] = str(sum(1 for j in jobs if j["last_error"]))
+    return resp
+
+
+def _not_found(exc: readmodel.NotFound, link: str):
+    return _page("404.html", status=404, refresh=False, exc=exc, link=link)   # nothing there to refresh
+
+
+def _thresholds():
+    return current_app.config["CLUSTER"].controlplane.thresholds
+
+
+# -- pages ----------------------------------------------------------------------------------------
+
+@bp.get("/")
+def overview():
+    cf, store, scraper = _ctx()
+    o = readmodel.overview(cf, store, scraper.jobs())
+    _decorate_shards(store, o["shards"])
+    db = current_app.extensions["chatops.db"]
+    active = [i for i in readmodel.incidents(db, "all", OVERVIEW_INCIDENTS) if i["state"] != "resolved"]
+    return _page("overview.html", o=o, proxies=readmodel.proxies(cf, store), incidents=active, title="Overview")
+
+
+# -- incidents and runbooks -----------------------------------------------------------------------
+
+OVERVIEW_INCIDENTS = 50
+
+
+def _runbooks_dir() -> Path:
+    return Path(current_app.config["RUNBOOKS_DIR"])
+
+
+def render_runbook(text: str) -> Markup:
+    """A runbook's Markdown as safe HTML; links to other runbooks (`name.md`) go to their page."""
+    def link(url: str) -> str:
+        stem = url[:-3] if url.endswith(".md") else None
+        if stem and "/" not in stem.lstrip("./") and readmodel.valid_runbook_name(stem.lstrip("./")):
+            return url_for("dashboard.runbook", name=stem.lstrip("./"))
+        return url
+    return Markup(markdown.render(text, link))
+
+
+@bp.get("/incidents")
+def incidents():
+    db = current_app.extensions["chatops.db"]
+    return _page("incidents.html", incidents=readmodel.incidents(db, "all", 200), title="Incidents")
+
+
+@bp.get("/incidents/<int:incident_id>")
+def incident(incident_id: int):
+    cf, store, _ = _ctx()
+    db = current_app.extensions["chatops.db"]
+    directory = _runbooks_dir()
+    try:
+        if incident_id > 2**63 - 1:
+            raise KeyError(incident_id)
+        i = readmodel.incident(db, incident_id, readmodel.runbook_names(directory))
+    except (readmodel.NotFound, KeyError):
+        recent = [str(r["id"]) for r in db.incidents(limit=20)]
+        return _not_found(readmodel.NotFound("incident", str(incident_id), recent), "dashboard.incident_by_name")
+    charts = readmodel.incident_charts(cf, store, i["findings"]["items"], i["opened"], i["resolved_at"])
+    books = []
+    for rb in i["runbooks"]:
+        if rb["exists"]:
+            doc = readmodel.runbook(directory, rb["name"])
+            books.append({**rb, "title": doc["title"], "html": render_runbook(doc["markdown"])})
+        else:
+            books.append({**rb, "title": rb["name"], "html": None})
+    return _page("incident.html", i=i, charts=charts, books=books, title=f"Incident {incident_id}")
+
+
+@bp.get("/incidents/<name>")
+def incident_by_name(name: str):
+    """Only so that a 404 page can link incidents by id (the list of valid ones)."""
+    if name.isdigit():
+        return redirect(url_for("dashboard.incident", incident_id=int(name)))
+    db = current_app.extensions["chatops.db"]
+    recent = [str(r["id"]) for r in db.incidents(limit=20)]
+    return _not_found(readmodel.NotFound("incident", name, recent), "dashboard.incident_by_name")
+
+
+def _incident_action(incident_id: int, to: str):
+    """The Acknowledge / Resolve buttons: the API's transition, audited with this session."""
+    note = (request.form.get("note") or "").strip()[:500] or None
+    if note and any(ord(c) < 0x20 for c in note):
+        abort(400, description="note must be one line of text")
+    db = current_app.extensions["chatops.db"]
+    try:
+        lifecycle.transition(db, incident_id, to, auth.current_actor(), note)
+    except lifecycle.UnknownIncident as exc:
+        abort(404, description=str(exc))
+    except lifecycle.TransitionRefused as exc:
+        abort(409, description=str(exc))
+    return redirect(url_for("dashboard.incident", incident_id=incident_id), code=303)
+
+
+@bp.post("/incidents/<int:incident_id>/acknowledge")
+@auth.require_auth
+def acknowledge_incident(incident_id: int):
+    return _incident_action(incident_id, "acknowledged")
+
+
+@bp.post("/incidents/<int:incident_id>/resolve")
+@auth.require_auth
+def resolve_incident(incident_id: int):
+    return _incident_action(incident_id, "resolved")
+
+
+@bp.get("/runbooks")
+def runbooks():
+    return _page("runbooks.html", runbooks=readmodel.runbooks(_runbooks_dir()), refresh=False, title="Runbooks")
+
+
+@bp.get("/runbooks/<name>")
+def runbook(name: str):
+    directory = _runbooks_dir()
+    try:
+        doc = readmodel.runbook(directory, name)
+    except readmodel.NotFound as exc:
+        return _not_found(exc, "dashboard.runbook")
+    return _page("runbook.html", doc=doc, html=render_runbook(doc["markdown"]), refresh=False,
+                 title=f"Runbook {doc['title']}")
+
+
+@bp.get("/shards")
+def shards():
+    cf, store, _ = _ctx()
+    rows = readmodel.shards(cf, store)
+    _decorate_shards(store, rows)
+    return _page("shards.html", shards=rows, title="Shards")
+
+
+@bp.get("/shards/<name>")
+def shard(name: str):
+    cf, store, _ = _ctx()
+    try:
+        s = readmodel.shard(cf, store, name)
+        c = readmodel.clients(cf, store, name)
+    except readmodel.NotFound as exc:
+        return _not_found(exc, "dashboard.shard")
+    _decorate_shards(store, [s])
+    return _page("shard.html", s=s, c=c, title=f"Shard {name}")
+
+
+@bp.get("/proxies")
+def proxies():
+    cf, store, _ = _ctx()
+    since = time.time() - SPARK_WINDOW_S
+    return _page("proxies.html", proxies=[readmodel.proxy(cf, store, h, since) for h, _ in cf.chat_hosts()],
+                 title="Proxies")
+
+
+@bp.get("/services")
+def services():
+    cf, store, _ = _ctx()
+    ev = readmodel.log_events(store, since=time.time() - SPARK_WINDOW_S)
+    by_service: dict[str, list[dict[str, Any]]] = {}
+    for g in ev["groups"]:
+        by_service.setdefault(g["service"], []).append(g)
+    return _page("services.html", ev=ev, by_service=sorted(by_service.items()), hosts=set(cf.hosts),
+                 title="Services")
+
+
+@bp.get("/hosts")
+def hosts():
+    cf, store, _ = _ctx()
+    return _page("hosts.html", hosts=readmodel.hosts(cf, store), title="Hosts")
+
+
+@bp.get("/hosts/<name>")
+def host(name: str):
+    cf, store, _ = _ctx()
+    try:
+        h = readmodel.host(cf, store, name, since=time.time() - SPARK_WINDOW_S)
+    except readmodel.NotFound as exc:
+        return _not_found(exc, "dashboard.host")
+    _decorate_shards(store, h["shard_rows"])
+    return _page("host.html", h=h, title=f"Host {name}")
+
+
+@bp.get("/jobs")
+def jobs():
+    _, _, scraper = _ctx()
+    return _page("jobs.html", jobs=scraper.jobs(), title="Scrape jobs")
+
+
+# -- what is wrong (red) --------------------------------------------------------------------------
+
+def _decorate_shards(store, rows: list[dict[str, Any]]) -> None:
+    """Add sparkline series (last 10 min, from readmodel.series) and the `bad` set of figures that are
+    near or past a limit, per the cluster file's thresholds."""
+    since = time.time() - SPARK_WINDOW_S
+    t = _thresholds()
+    for r in rows:
+        r["spark"] = readmodel.series(store, "redis", r["name"],
+                                  ("ops_per_s", "cpu_percent", "connected_clients", "used_memory_bytes",
+                                   "hit_ratio"), since)
+        r["spark"].update(readmodel.series(store, "clients", r["name"], ("idle",), since))
+        bad = set()
+        if r["up"] is not False:
+            if (r["cpu_percent"] or 0) >= t.hot_shard_cpu_percent:
+                bad.add("cpu_percent")
+            if r["maxclients"] and (r["connected_clients"] or 0) >= r["maxclients"] * t.maxclients_warn_ratio:
+                bad.add("connected_clients")
+            if r["maxmemory_bytes"] and (r["used_memory_bytes"] or 0) >= r["maxmemory_bytes"] * 0.9:
+                bad.add("used_memory_bytes")
+            if (r["rejected_connections_per_s"] or 0) > 0:
+                bad.add("rejected_connections_per_s")
+            if (r["clients"]["idle"] or 0) >= t.leaked_idle_clients:
+                bad.add("idle")
+        r["bad"] = bad
+
+
+def proxy_row_bad(row: dict[str, Any]) -> set[str]:
+    """The cells of one HAProxy row that show something wrong."""
+    bad = set()
+    if figures.serving(row.get("status")) == 0.0:     # the same meaning as the figures and /metrics
+        bad.add("status")
+    if (row.get("qcur") or 0) > 0:
+        bad.add("qcur")
+    if row.get("slim") and (row.get("scur") or 0) >= row["slim"] * _thresholds().proxy_session_warn_ratio:
+        bad.add("scur")
+    for c in ("ereq", "econ", "eresp"):
+        if (row.get(f"{c}_per_s") or 0) > 0:
+            bad.add(c)
+    cs = row.get("check_status") or ""
+    if cs and not (cs.startswith("L") and cs.endswith("OK")) and cs not in ("INI", "UNK"):
+        bad.add("check_status")
+    return bad
+
+
+# -- formatting -----------------------------------------------------------------------------------
+
+DASH = "—"
+
+
+def fmt(v: Any, unit: str = "", digits: int | None = None) -> str:
+    """A number with its unit; "—" for unknown. Units: ops/s, /s, %, ratio (shown as %),
+    bytes (shown as MiB), s, and plain counts."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return DASH
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return str(v)
+    if unit == "bytes":
+        return f"{v / 1048576:.1f} MiB"
+    if unit == "ratio":
+        return f"{v * 100:.1f} %"
+    if unit == "%":
+        return f"{v:.{1 if digits is None else digits}f} %"
+    if unit in ("ops/s", "/s", "calls/s"):
+        d = digits if digits is not None else (0 if abs(v) >= 100 else 1 if abs(v) >= 1 or v == 0 else 2)
+        return f"{v:,.{d}f} {unit}"
+    if unit == "s":
+        return duration(v)
+    if float(v).is_integer():
+        return f"{int(v):,}" + (f" {unit}" if unit else "")
+    return f"{v:,.{2 if digits is None else digits}f}" + (f" {unit}" if unit else "")
+
+
+def duration(v: float | None) -> str:
+    if v is None:
+        return DASH
+    v = float(v)
+    if v == 0:
+        return "0 s"
+    if v < 1:
+        return f"{v * 1000:.0f} ms" if v >= 0.001 else f"{v * 1e6:.0f} µs"
+    if v < 120:
+        return f"{v:.1f} s" if v < 10 else f"{v:.0f} s"
+    if v < 7200:
+        return f"{v / 60:.0f} min"
+    if v < 172800:
+        return f"{v / 3600:.1f} h"
+    return f"{v / 86400:.1f} d"
+
+
+def clock(ts: float | None) -> str:
+    return DASH if not ts else time.strftime("%H:%M:%S", time.localtime(ts))
+
+
+def ago(ts: float | None, now: float | None = None) -> str:
+    if not ts:
+        return "never"
+    return f"{duration(max(0.0, (now or time.time()) - ts))} ago"
+
+
+# -- charts ---------------------------------------------------------------------------------------
+
+def _reduce(points: list, limit: int) -> list:
+    """At most `limit` points: each bucket keeps its last time and its max value (None if all None)."""
+    if len(points) <= limit:
+        return points
+    size = math.ceil(len(points) / limit)
+    out = []
+    for i in range(0, len(points), size):
+        chunk = points[i:i + size]
+        vals = [v for _, v in chunk if v is not None]
+        out.append([chunk[-1][0], max(vals) if vals else None])
+    return out
+
+
+def _scale(unit: str) -> float:
+    return {"bytes": 1 / 1048576, "ratio": 100.0}.get(unit, 1.0)
+
+
+def _unit_label(unit: str) -> str:
+    return {"bytes": "MiB", "ratio": "%"}.get(unit, unit)
+
+
+def _short(v: float) -> str:
+    if v == 0:
+        return "0"
+    if abs(v) >= 1000:
+        return f"{v / 1000:.1f}k"
+    if abs(v) >= 10 or float(v).is_integer():
+        return f"{v:.0f}"
+    return f"{v:.1f}" if abs(v) >= 1 else f"{v:.2f}"
+
+
+def chart(points: Iterable, unit: str = "", name: str = "", width: int = 120, height: int = 24,
+          big: bool = False, bad: bool = False) -> Markup:
+    """An inline SVG line chart of [[t, v], ...]: one <polyline> per run of known values (None is
+    a gap), a dot for a lone point. `big` charts also label the range and the latest value.
+    The <svg> has class "chart" and data-points (known values drawn) so tests can check it."""
+    pts = _reduce([p for p in points], MAX_CHART_POINTS)
+    k = _scale(unit)
+    known = [(t, v * k) for t, v in pts if v is not None]
+    label = _unit_label(unit)
+    latest = pts[-1][1] * k if pts and pts[-1][1] is not None else None
+    pad_t, pad_b = (12, 12) if big else (2, 2)
+    pad_l, pad_r = (0, 0)
+    cls = "chart big" if big else "chart spark"
+    if bad:
+        cls += " bad"
+    title = f"{name}: latest {_short(latest) if latest is not None else DASH} {label}".strip()
+    head = (f'<svg class="{cls}" data-series="{escape(name)}" data-points="{len(known)}" '
+            f'viewBox="0 0 {width} {height}" width="{width}" height="{height}" role="img" '
+            f'aria-label="{escape(title)}" preserveAspectRatio="none"><title>{escape(title)}</title>')
+    if not known:
+        text = "no data yet" if not pts else "no data"
+        return Markup(head + f'<text x="2" y="{height - 4 if not big else height / 2 + 4}" class="empty">'
+                             f'{text}</text></svg>')
+    t0, t1 = pts[0][0], pts[-1][0]
+    vmin = min(0.0, min(v for _, v in known))
+    vmax = max(v for _, v in known)
+    if vmax == vmin:
+        vmax = vmin + (1.0 if vmin == 0 else abs(vmin) * 0.1)
+    span_t = (t1 - t0) or 1.0
+    inner_w, inner_h = width - pad_l - pad_r, height - pad_t - pad_b
+
+    def xy(t: float, v: float) -> str:
+        x = pad_l + (t - t0) / span_t * inner_w
+        y = pad_t + inner_h - (v - vmin) / (vmax - vmin) * inner_h
+        return f"{x:.1f},{y:.1f}"
+
+    parts, run = [], []
+    for t, v in pts:
+        if v is None:
+            if run:
+                parts.append(run)
+            run = []
+        else:
+            run.append(xy(t, v * k))
+    if run:
+        parts.append(run)
+    body = []
+    for r in parts:
+        if len(r) == 1:
+            x, y = r[0].split(",")
+            body.append(f'<circle cx="{x}" cy="{y}" r="1.5"/>')
+        else:
+            body.append(f'<polyline points="{" ".join(r)}"/>')
+    if big:
+        body.append(f'<line class="axis" x1="0" y1="{pad_t + inner_h}" x2="{width}" y2="{pad_t + inner_h}"/>')
+        body.append(f'<text x="2" y="10" class="lbl">max {_short(vmax)} {escape(label)}</text>')
+        body.append(f'<text x="2" y="{height - 1}" class="lbl">{duration(span_t)} ago</text>')
+        body.append(f'<text x="{width - 2}" y="{height - 1}" class="lbl" text-anchor="end">now</text>')
+    return Markup(head + "".join(body) + "</svg>")
+
+
+@bp.app_template_global()
+def spark(points, unit: str = "", name: str = "", bad: bool = False) -> Markup:
+    return chart(points or [], unit, name, bad=bad)
+
+
+@bp.app_template_global()
+def big_chart(points, unit: str = "", name: str = "", bad: bool = False) -> Markup:
+    return chart(points or [], unit, name, width=360, height=96, big=True, bad=bad)
+
+
+bp.add_app_template_filter(fmt, "fmt")
+bp.add_app_template_filter(duration, "duration")
+bp.add_app_template_filter(clock, "clock")
+bp.add_app_template_global(ago, "ago")
+bp.add_app_template_global(proxy_row_bad, "proxy_row_bad")
+bp.add_app_template_global(lambda kind: kind in ERROR_LOG_KINDS, "is_error_kind")

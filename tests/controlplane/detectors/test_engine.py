@@ -1,0 +1,122 @@
+"""The detection engine: findings open only once held, stay open in the hysteresis band, resolve
+when their detector stops reporting them, survive a restart, and one broken detector blinds
+nobody else. Plus the Window's hold arithmetic."""
+
+from __future__ import annotations
+
+import pytest
+
+from cluster import spec
+from collectors.base import Observation
+from controlplane.database import Database
+from controlplane.detectors.base import Finding, Window, judge
+from controlplane.detectors.engine import Engine, discover
+from controlplane.store import Store
+from tests.conftest import small_cluster
+
+
+@pytest.fixture
+def cf():
+    doc = small_cluster("127.0.0")
+    doc["controlplane"]["thresholds"] = {"hold": "3s", "clear_factor": 0.8}
+    return spec.ClusterFile.model_validate(doc)
+
+
+def _window(values: list[float | None], interval: float = 1.0) -> Window:
+    pts = [(100.0 + i * interval, v) for i, v in enumerate(values)]
+    return Window(now=pts[-1][0], interval_s=interval, series={"redis:shard0": {"cpu_percent": pts}})
+
+
+def test_held_for_counts_the_unbroken_run_up_to_now():
+    w = _window([90, 10, 85, 90, 95])
+    pts = w.points("redis", "shard0", "cpu_percent")
+    assert w.held_for(pts, lambda v: v >= 80) == 3.0          # 102..104 plus one interval
+    assert w.held_for(pts, lambda v: v >= 99) == 0.0
+    assert w.held_for(_window([90, None, 90]).points("redis", "shard0", "cpu_percent"), lambda v: v > 0) == 1.0
+    assert w.held_for([], lambda v: True) == 0.0
+
+
+def test_judge_fires_after_hold_and_sustains_in_the_band(cf):
+    def j(values):
+        w = _window(values)
+        return judge(w, w.points("redis", "shard0", "cpu_percent"), 80.0, cf)
+    assert j([85, 85]) == (False, True, 2.0)                  # not held for 3 s yet
+    assert j([85, 85, 85]) == (True, True, 3.0)
+    assert j([85, 85, 85, 70]) == (False, True, 0.0)          # below 80 but above 64: the band
+    assert j([85, 85, 85, 60]) == (False, False, 0.0)         # below 80 x 0.8: cleared
+    w = _window([5, 5, 5])
+    assert judge(w, w.points("redis", "shard0", "cpu_percent"), 10.0, cf, above=False)[0]
+
+
+def test_every_detector_module_is_discovered():
+    found = discover()
+    assert all(callable(fn) for fn in found.values())
+    assert all(kind.replace("_", "").isalpha() for kind in found)
+
+
+class Scripted:
+    """A detector whose next answers are given by the test: what a real one would report."""
+
+    def __init__(self):
+        self.next: list[Finding] = []
+        self.fail = False
+
+    def __call__(self, window, cf):
+        if self.fail:
+            raise RuntimeError("detector bug")
+        return list(self.next)
+
+
+def _finding(subject: str, firing: bool = True) -> Finding:
+    return Finding("hot_shard", subject, "warning", f"{subject} is hot", {"cpu_percent": 97.0},
+                   firing=firing, about={"shard": subject})
+
+
+def test_lifecycle_open_sustain_resolve_and_restart(cf, tmp_path):
+    db = Database(tmp_path / "cp.sqlite3")
+    store = Store(points=10)
+    store.put(Observation("redis", "shard0", 100.0, True, 0.01, {}), {"cpu_percent": 97.0})
+    engine = Engine(cf, store, db, 1.0)
+    scripted = Scripted()
+    engine.detectors = {"hot_shard": scripted}
+
+    scripted.next = [_finding("shard0", firing=False)]
+    r = engine.run(101.0)
+    assert r.opened == [] and db.findings(open_only=True) == []          # the band never opens one
+
+    scripted.next = [_finding("shard0")]
+    r = engine.run(102.0)
+    assert [f["subject"] for f in r.opened] == ["shard0"]
+    row = db.findings(open_only=True)[0]
+    assert (row["title"], row["about"], row["evidence"]) == ("shard0 is hot", {"shard": "shard0"}, {"cpu_percent": 97.0})
+
+    scripted.next = [_finding("shard0", firing=False)]               # hysteresis keeps it open
+    assert engine.run(103.0).resolved == [] and len(db.findings(open_only=True)) == 1
+
+    scripted.fail = True                                             # a broken detector changes nothing
+    r = engine.run(104.0)
+    assert r.errors["hot_shard"].startswith("RuntimeError") and len(db.findings(open_only=True)) == 1
+    scripted.fail = False
+
+    again = Engine(cf, store, db, 1.0)                               # a restart carries on
+    again.detectors = {"hot_shard": scripted}
+    scripted.next = [_finding("shard0")]
+    assert again.run(105.0).opened == []
+    scripted.next = []
+    r = again.run(106.0)
+    assert [f["subject"] for f in r.resolved] == ["shard0"] and db.findings(open_only=True) == []
+    closed = db.findings()[0]
+    assert closed["state"] == "resolved" and closed["resolved_at"] == 106.0
+    assert closed["first_seen"] == 102.0 and closed["evidence"] == {"cpu_percent": 97.0}
+
+
+def test_engine_as_a_source_reports_its_health(cf, tmp_path):
+    db = Database(tmp_path / "cp.sqlite3")
+    store = Store(points=10)
+    engine = Engine(cf, store, db, 1.0)
+    broken = Scripted()
+    broken.fail = True
+    engine.detectors = {"hot_shard": broken}
+    obs = engine.scrape()
+    assert obs.up and obs.section_errors == {"detector hot_shard": "RuntimeError: detector bug"}
+    assert store.latest("detect", "all").figures["detector_errors"] == 1.0

@@ -1,0 +1,110 @@
+"""HAProxy configs rendered from the cluster file, checked by the real `haproxy -c`."""
+
+import re
+
+import pytest
+import yaml
+
+from cluster import binaries, clusterfile, spec
+from cluster.rundir import RunDir
+from controlplane.haproxy import config as haproxy_config
+from tests.conftest import chatops, require, small_cluster
+
+
+@pytest.fixture
+def default_cf():
+    return clusterfile.load().spec
+
+
+def test_every_chat_host_gets_a_valid_config(default_cf, run_dir):
+    require("haproxy")
+    configs = haproxy_config.render_all(default_cf, RunDir(run_dir))
+    assert set(configs) == {"chat1", "chat2", "chat-event1", "chat-testing"}
+    for host, text in configs.items():
+        result = haproxy_config.check(text)
+        assert result.ok, f"{host}: {result.output}"
+
+
+def test_config_shape(default_cf, run_dir):
+    run = RunDir(run_dir)
+    text = haproxy_config.render(default_cf, "chat-testing", run)
+    # One tcp listener per shard on the host's own address at base + index, health-checked by PING.
+    for i, shard in enumerate(default_cf.redis.shards):
+        block = text.split(f"listen redis-{shard.name}\n", 1)[1].split("\n\n", 1)[0]
+        assert f"bind 127.0.1.9:{2000 + i}\n" in block
+        assert "tcp-check send PING\\r\\n" in block and "tcp-check expect string +PONG" in block
+        addr = default_cf.address(shard.host)
+        assert re.search(rf"server {shard.name} {re.escape(addr)}:{shard.port} check", block)
+    assert "mode tcp" in text
+    assert "source 127.0.1.9\n" in text
+    # The testing cluster's frontend fronts only the testing cluster's edges.
+    assert "frontend fe_edge_testing" in text and "server chat-testing 127.0.1.9:16667 check" in text
+    assert "chat1" not in text.split("frontend fe_edge_testing", 1)[1].split("frontend stats")[0]
+    # Master-worker with bounded old workers, an admin socket that hands listeners over on reload,
+    # the stats page and the Prometheus exporter.
+    assert "master-worker" in text
+    assert "hard-stop-after 60s" in text and "mworker-max-reloads 25" in text
+    assert f"stats socket {run.haproxy_socket('chat-testing')} mode 600 level admin expose-fd listeners" in text
+    assert "stats uri /stats" in text
+    assert "http-request use-service prometheus-exporter if { path /metrics }" in text
+    assert "bind 127.0.1.9:8404" in text
+
+
+def test_replica_is_a_backup_that_must_be_master(subnet, run_dir):
+    cf = clusterfile.parse(yaml.safe_dump(small_cluster(subnet, replica=True)))
+    text = haproxy_config.render(cf, "chat1", RunDir(run_dir))
+    assert f"server shard0-replica {subnet}.22:6380 check backup" in text
+    assert "tcp-check expect string role:master" in text
+
+
+def test_chatops_proxy_render_check_on_default():
+    require("haproxy")
+    result = chatops("proxy", "render", "--check")
+    assert result.returncode == 0, result.stderr
+    for host in ("chat1", "chat2", "chat-event1", "chat-testing"):
+        assert f"{host}: haproxy -c OK" in result.stdout
+
+
+def test_chatops_proxy_render_prints_and_writes(tmp_path):
+    result = chatops("proxy", "render", "--host", "chat2")
+    assert result.returncode == 0 and "bind 127.0.1.2:2000" in result.stdout
+    result = chatops("proxy", "render", "--output", str(tmp_path))
+    assert result.returncode == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["chat-event1.cfg", "chat-testing.cfg", "chat1.cfg", "chat2.cfg"]
+    result = chatops("proxy", "render", "--host", "redis1")
+    assert result.returncode == 2 and "not a chat host" in result.stderr
+
+
+def test_haproxy_c_failure_is_reported():
+    require("haproxy")
+    result = haproxy_config.check("global\n    no-such-keyword 1\n")
+    assert not result.ok
+    assert "no-such-keyword" in result.output
+
+
+@pytest.mark.parametrize("evil", [
+    "shard0\n    server evil 127.0.0.1:22",
+    "shard0 # comment",
+    "shard0\rlisten x",
+    "shard 0",
+])
+def test_template_refuses_injection_even_past_validation(default_cf, run_dir, evil):
+    # model_construct skips validation: this is the template's own second line of defence.
+    shards = list(default_cf.redis.shards)
+    shards[0] = spec.Shard.model_construct(name=evil, host="redis1", port=6379, replica=None)
+    redis = default_cf.redis.model_copy(update={"shards": shards})
+    cf = default_cf.model_copy(update={"redis": redis})
+    with pytest.raises(haproxy_config.RenderError):
+        haproxy_config.render(cf, "chat1", RunDir(run_dir))
+
+
+def test_render_refuses_a_run_dir_with_spaces(default_cf, tmp_path):
+    spaced = tmp_path / "my run"
+    with pytest.raises(haproxy_config.RenderError):
+        haproxy_config.render(default_cf, "chat1", RunDir(spaced))
+
+
+def test_a_missing_binary_names_the_install_command():
+    with pytest.raises(binaries.MissingBinary, match=r"apt-get install -y no-such-tool-xyz"):
+        binaries.require("no-such-tool-xyz")
+    assert "apt-get install -y redis-tools" in str(binaries.MissingBinary("redis-cli"))
