@@ -1,7 +1,6 @@
 """What every `chatops` subcommand shares: the --config and --run-dir options, loading the
 cluster file the way an operator expects, and failing with a clear message and exit code.
-Subcommand modules (controlplane/inspect_*.py) import these rather than controlplane.cli, which
-imports them."""
+Each subcommand module imports these; controlplane/cli/__init__.py imports the subcommands."""
 
 from __future__ import annotations
 

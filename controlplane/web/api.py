@@ -23,6 +23,7 @@ from typing import Any
 
 from flask import Blueprint, abort, current_app, jsonify, request
 
+from cluster import durations
 from controlplane import incidents as incidents_lifecycle
 from controlplane.web import auth, readmodel
 
@@ -33,12 +34,10 @@ MAX_VALUE_LEN = 64                       # no accepted parameter value is longer
 MAX_SINCE_S = 7 * 86400                  # a week; the store keeps far less (scrape.history)
 LIMIT_MAX = 1000
 AUDIT_LIMIT_DEFAULT = 100
-_DURATION = re.compile(r"([0-9]{1,9}(?:\.[0-9]{1,6})?)(ms|s|m|h|d)?")  # fullmatch: `$` would let "5m\n" in
-_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 _SERVICE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 ACCEPTS = {
-    "since": "a positive duration such as 90s, 5m, 1h or a number of seconds (at most 7d)",
+    "since": "a positive duration such as 500ms, 90s, 5m, 1h, 1d or a whole number of seconds (at most 7d)",
     "limit": f"an integer from 1 to {LIMIT_MAX}",
     "service": "a service (edge, clue, exchange, haproxy, redis, supervisor, loadgen) or a log "
                "file stem such as edge-chat1: letters, digits, '.', '_' and '-', at most 64",
@@ -64,10 +63,10 @@ def _bad(name: str, value: str, why: str = "") -> None:
 
 def _since(value: str) -> float:
     """A duration back from now, as the epoch time it reaches."""
-    m = _DURATION.fullmatch(value)
-    if not m:
+    try:
+        span = durations.parse(value, bare_seconds=True)
+    except durations.DurationError:
         _bad("since", value)
-    span = float(m.group(1)) * _UNIT_S[m.group(2)]
     if not 0 < span <= MAX_SINCE_S:
         _bad("since", value, "out of range")
     return time.time() - span

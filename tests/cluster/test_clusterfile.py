@@ -72,8 +72,8 @@ redis:
 """
     with pytest.raises(clusterfile.ClusterFileError) as err:
         clusterfile.parse(text)
-    paths = [k for k, _ in err.value.problems]
-    assert paths == ["clusters.main.hosts.1", "redis.shards.1.name", "redis.shards.1.host"]
+    paths = sorted(k for k, _ in err.value.problems)
+    assert paths == ["clusters.main.hosts.1", "redis.shards.1.host", "redis.shards.1.name"]
 
 
 def test_yaml_anchors_and_merge_keys_are_allowed():
@@ -113,14 +113,6 @@ def test_remote_profile_allows_real_addresses(subnet):
     doc["hosts"]["redis1"] = {"address": "10.20.0.21", "ansible_connection": "ssh"}
     cf = clusterfile.parse(yaml.safe_dump(doc))
     assert cf.address("redis1") == "10.20.0.21"
-
-
-def test_durations():
-    assert durations.seconds("100ms") == pytest.approx(0.1)
-    assert durations.seconds("10m") == 600
-    assert durations.milliseconds("2s") == 2000
-    with pytest.raises(ValueError):
-        durations.seconds("5 s")
 
 
 def _field_paths(model, prefix=""):
