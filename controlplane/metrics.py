@@ -273,29 +273,37 @@ STORE_DROPPED = Metric("chatops_store_dropped_series_total", "counter", "series"
 STARTED = Metric("chatops_controlplane_start_time_seconds", "gauge", "seconds", (),
                  "When the control plane started, in seconds since the epoch.")
 
-CATALOGUE: tuple[Section, ...] = (
-    Section("Redis", "Per shard, from INFO and CONFIG GET (source `redis`, `controlplane.scrape.interval`).",
-            (REDIS_UP, *(m for _, _, m in REDIS_INFO_FIELDS[:3]), REDIS_MAXCLIENTS,
-             *(m for _, _, m in REDIS_INFO_FIELDS[3:]), REDIS_CPU, REDIS_KEYS, REDIS_EXPIRING,
-             REDIS_CALLS, REDIS_CALL_SECONDS)),
-    Section("CLIENT LIST", "Per shard and source host, from CLIENT LIST (source `clients`, "
-            "`controlplane.scrape.client_list_interval`). At most 100 source hosts per shard; the "
-            "rest are summed into `source_host=\"_other\"`.",
-            (CL_UP, CL_CLIENTS, CL_IDLE, CL_LONG_IDLE, CL_OLDEST, CL_MAX_IDLE, CL_THRESHOLD, CL_BYTES)),
-    Section("HAProxy", "Per chat host, from the admin socket's `show stat` and `show info` and the master "
-            "socket's `show proc` (source `haproxy`). Frontends, backends and servers have separate names, "
-            "as in HAProxy's own exporter, so that summing one never counts a session twice.",
-            (HAPROXY_UP, *(m for _, _, m in HAPROXY_HOST_FIELDS), *(m for m, _ in HAPROXY_ROWS.values()))),
-    Section("Processes", "Per supervised process, from psutil and /proc/net/tcp (source `process`).",
-            (PROC_UP, PROC_CPU, PROC_RSS, PROC_FDS, PROC_THREADS, PROC_START, PROC_CONNS, PROC_TIME_WAIT)),
-    Section("Logs", "From every log file in the run directory (source `logs`). At most 500 groups; the "
-            "rest are summed into `remote=\"_other\"`.",
-            (LOG_EVENTS, LOG_UNPARSED, LOG_FILES)),
-    Section("The control plane itself", "Every source's job health, and the in-memory store.",
-            (SOURCE_UP, SOURCE_DURATION, SOURCE_SCRAPES, SOURCE_ERRORS, SOURCE_LAST, SOURCE_LAST_OK,
-             SOURCE_INTERVAL, SOURCE_SECTION_ERRORS, STORE_SERIES, STORE_POINTS, STORE_CAPACITY,
-             STORE_DROPPED, STARTED)),
-)
+# Named, so each collector below takes its own section by name and the order here is only the
+# order of docs/metrics.md.
+REDIS_SECTION = Section(
+    "Redis", "Per shard, from INFO and CONFIG GET (source `redis`, `controlplane.scrape.interval`).",
+    (REDIS_UP, *(m for _, _, m in REDIS_INFO_FIELDS[:3]), REDIS_MAXCLIENTS,
+     *(m for _, _, m in REDIS_INFO_FIELDS[3:]), REDIS_CPU, REDIS_KEYS, REDIS_EXPIRING,
+     REDIS_CALLS, REDIS_CALL_SECONDS))
+CLIENT_LIST_SECTION = Section(
+    "CLIENT LIST", "Per shard and source host, from CLIENT LIST (source `clients`, "
+    "`controlplane.scrape.client_list_interval`). At most 100 source hosts per shard; the "
+    "rest are summed into `source_host=\"_other\"`.",
+    (CL_UP, CL_CLIENTS, CL_IDLE, CL_LONG_IDLE, CL_OLDEST, CL_MAX_IDLE, CL_THRESHOLD, CL_BYTES))
+HAPROXY_SECTION = Section(
+    "HAProxy", "Per chat host, from the admin socket's `show stat` and `show info` and the master "
+    "socket's `show proc` (source `haproxy`). Frontends, backends and servers have separate names, "
+    "as in HAProxy's own exporter, so that summing one never counts a session twice.",
+    (HAPROXY_UP, *(m for _, _, m in HAPROXY_HOST_FIELDS), *(m for m, _ in HAPROXY_ROWS.values())))
+PROCESS_SECTION = Section(
+    "Processes", "Per supervised process, from psutil and /proc/net/tcp (source `process`).",
+    (PROC_UP, PROC_CPU, PROC_RSS, PROC_FDS, PROC_THREADS, PROC_START, PROC_CONNS, PROC_TIME_WAIT))
+LOGS_SECTION = Section(
+    "Logs", "From every log file in the run directory (source `logs`). At most 500 groups; the "
+    "rest are summed into `remote=\"_other\"`.",
+    (LOG_EVENTS, LOG_UNPARSED, LOG_FILES))
+SELF_SECTION = Section(
+    "The control plane itself", "Every source's job health, and the in-memory store.",
+    (SOURCE_UP, SOURCE_DURATION, SOURCE_SCRAPES, SOURCE_ERRORS, SOURCE_LAST, SOURCE_LAST_OK,
+     SOURCE_INTERVAL, SOURCE_SECTION_ERRORS, STORE_SERIES, STORE_POINTS, STORE_CAPACITY,
+     STORE_DROPPED, STARTED))
+CATALOGUE: tuple[Section, ...] = (REDIS_SECTION, CLIENT_LIST_SECTION, HAPROXY_SECTION, PROCESS_SECTION,
+                                  LOGS_SECTION, SELF_SECTION)
 
 
 def all_metrics() -> list[Metric]:
@@ -420,7 +428,7 @@ class _Collector:
 
 class RedisCollector(_Collector):
     """Source `redis`: INFO and CONFIG GET per shard."""
-    metrics = CATALOGUE[0].metrics
+    metrics = REDIS_SECTION.metrics
 
     def fill(self, v: _View, f: dict) -> None:
         for shard in v.cf.redis.shards:
@@ -457,7 +465,7 @@ def _int(v: Any) -> int | None:
 
 class ClientListCollector(_Collector):
     """Source `clients`: CLIENT LIST per shard, by source host."""
-    metrics = CATALOGUE[1].metrics
+    metrics = CLIENT_LIST_SECTION.metrics
 
     def fill(self, v: _View, f: dict) -> None:
         for shard in v.cf.redis.shards:
@@ -487,7 +495,7 @@ class ClientListCollector(_Collector):
 
 class HAProxyCollector(_Collector):
     """Source `haproxy`: per chat host, `show stat` rows and the process's info."""
-    metrics = CATALOGUE[2].metrics
+    metrics = HAPROXY_SECTION.metrics
 
     def fill(self, v: _View, f: dict) -> None:
         from controlplane.sources.figures import serving
@@ -520,7 +528,7 @@ class HAProxyCollector(_Collector):
 
 class ProcessCollector(_Collector):
     """Source `process`: every supervised process."""
-    metrics = CATALOGUE[3].metrics
+    metrics = PROCESS_SECTION.metrics
 
     def fill(self, v: _View, f: dict) -> None:
         obs = v.fresh("process", "local")
@@ -550,7 +558,7 @@ class ProcessCollector(_Collector):
 
 class LogCollector(_Collector):
     """Source `logs`: line counts per (service, host, remote, kind) since the control plane started."""
-    metrics = CATALOGUE[4].metrics
+    metrics = LOGS_SECTION.metrics
 
     def fill(self, v: _View, f: dict) -> None:
         obs = v.fresh("logs", "local")
@@ -577,7 +585,7 @@ class LogCollector(_Collector):
 
 class ControlPlaneCollector(_Collector):
     """The control plane's own health: every source's job, the store's size."""
-    metrics = CATALOGUE[5].metrics
+    metrics = SELF_SECTION.metrics
 
     def fill(self, v: _View, f: dict) -> None:
         for (kind, target), j in v.jobs.items():

@@ -1,12 +1,12 @@
-"""The JSON API, `/api/v1/...`, described by controlplane/openapi.json (served as is at
+"""The JSON API, `/api/v1/...`, described by controlplane/web/openapi.json (served as is at
 /api/v1/openapi.json; tests/controlplane/test_api.py checks every route against it on a live
 cluster). docs/api.md is the reader's guide.
 
 Every figure comes from the read model (controlplane/readmodel.py), so the API and the dashboard
 never disagree. Read endpoints are open (the control plane listens on loopback); anything that
-changes state needs auth (controlplane/auth.py) and writes an audit record.
+changes state needs auth (controlplane/web/auth.py) and writes an audit record.
 
-Errors are `{"error": {"status", "message"}}` (controlplane/app.py). Query parameters are checked
+Errors are `{"error": {"status", "message"}}` (controlplane/web/app.py). Query parameters are checked
 strictly: an unknown or repeated parameter, a bad duration or limit is a 400 whose message names
 the parameter and what it accepts; an unknown shard, host or job is a 404 listing the valid names.
 Bad input never reaches the views, so it cannot become a 500.

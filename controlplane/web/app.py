@@ -4,7 +4,7 @@ Config keys (all optional):
 - CLUSTER_FILE  the cluster file (default: the running cluster's, else the shipped one)
 - RUN_DIR       the run directory (default: $CHATOPS_RUN_DIR or .run)
 - SCHEDULER     start the scrape schedule (default True; tests that drive scrapes by hand set False)
-- SECRET_KEY    session signing key (default: random per process, see controlplane/auth.py)
+- SECRET_KEY    session signing key (default: random per process, see controlplane/web/auth.py)
 
 Each subsystem is wired by its own `init_app(app)` and reached through `app.extensions`:
 `chatops.run` (RunDir), `chatops.store` (Store), `chatops.db` (Database), `chatops.scraper`

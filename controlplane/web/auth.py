@@ -148,7 +148,7 @@ def _wants_json() -> bool:
 
 def _error(status: int, message: str, headers: dict | None = None) -> Response:
     if _wants_json():
-        # the same shape as the app's other API errors (controlplane/app.py)
+        # the same shape as the app's other API errors (controlplane/web/app.py)
         resp = make_response(jsonify(error={"status": status, "message": message}), status)
     else:
         body = (f"<!doctype html><html lang=en><meta charset=utf-8><title>{status}</title>"

@@ -1,5 +1,5 @@
 """The JSON API on a live cluster (real Redis, HAProxy, chat services, traffic and the control
-plane under waitress), checked against controlplane/openapi.json by a validator: every documented
+plane under waitress), checked against controlplane/web/openapi.json by a validator: every documented
 path answers 200 with a body the document describes, the document and the app's routes name the
 same endpoints, bad parameters get a JSON 400 (never a 500), unknown names a 404 listing the
 valid ones, and the one action (run a scrape job) needs the token and is audited."""
