@@ -1,26 +1,30 @@
 """Incidents: related findings grouped into one, with a timeline and a root-cause chain.
 
-The detection engine (controlplane/detection.py) calls `update(db, cf, open_findings, resolved,
-now)` after each run. Everything that decides is pure and works on plain finding dicts (the rows
-of `Database.findings()`), so tests call it without a database:
+The detection engine (controlplane/detectors/engine.py) calls `update(db, cf, open_findings,
+resolved, now)` after each run. Everything that decides is pure and works on plain finding dicts
+(the rows of `Database.findings()`), so tests call it without a database. Nothing here knows a
+finding kind: what a kind means -- its layer, subject, label, cause, dependencies -- is declared
+by its detector module (controlplane/detectors/base.py) and asked through `detectors.for_kind`.
 
 - `layer(f)` places a finding on the request path, upstream (what users see) to downstream (what
-  everything depends on), the order the talk's team followed by hand:
+  everything depends on), the order the talk's team followed by hand; the kinds of today:
 
       0 delivery_gap            users in a room do not see the same messages (canary)
       1 ingestion_timeouts edge `[clue] Timed out` in an edge's log
       2 ingestion_timeouts clue `ECONNREFUSED` / Redis errors in clue's log
         connection_churn        a service (the exchange) opening a connection per request
       3 proxy_saturation        the chat host's HAProxy (`redis-<shard>` listener) near its limits
+                                (and any kind that declares no layer)
       4 leaked_clients <shard>:maxclients, hot_shard      the shard itself
       5 leaked_clients <host>-><shard>, hot_key           what loads the shard: a host, a key
 
 - `linked(a, b)` (a upstream of b) when b can explain a: they name the same shard or the same host,
-  or the dependency chain connects them (edge -> clue of the same cluster; exchange -> the edges
-  of its cluster; clue or a proxy that names no shard -> every shard, since clue talks to every
-  shard through its host's HAProxy). Two findings that name different shards never link; neither
-  do services of different clusters -- but a shard is shared by every cluster, which is exactly
-  how the testing cluster took down main in 2014.
+  or a dependency connects them: b `serves` a's layer within one cluster (clue's errors -> the
+  edges of its cluster; the exchange -> the edges of its cluster), or a names no shard and
+  `reaches` every shard (clue, or a proxy, talks to every shard through its host's HAProxy). Two
+  findings that name different shards never link; neither do findings of different clusters
+  through a dependency -- but a shard is shared by every cluster, which is exactly how the
+  testing cluster took down main in 2014.
 - `related(a, b)`: linked either way, or sharing a shard or host, and open at overlapping times
   (or within GAP_S of each other). Related findings share an incident.
 - `build_chain(findings)`: the longest upstream-to-downstream path of linked findings (ties: the
@@ -41,73 +45,63 @@ from __future__ import annotations
 import logging
 from typing import Any, Iterable
 
+from controlplane import detectors
+from controlplane.detectors.base import (
+    PROXY,
+    SHARD,
+    Detector,
+    about,
+    evidence_figures,
+    example_lines,
+)
+
 log = logging.getLogger(__name__)
 
 GAP_S = 300.0            # findings this close in time count as "at the same time"
 ACTOR = "detection"
 SEVERITY_RANK = {"info": 0, "warning": 1, "critical": 2}
-MAX_FIGURES = 6
-
-LAYER_NAMES = {0: "users", 1: "edge", 2: "service", 3: "proxy", 4: "shard", 5: "load"}
 
 
-# -- what a finding is about ----------------------------------------------------------------------
+# -- what a finding is about: asked of its detector ---------------------------------------------
 
-def _about(f: dict) -> dict[str, str]:
-    about = f.get("about") or {}
-    return {k: str(v) for k, v in about.items() if v not in (None, "")}
-
-
-def _service(f: dict) -> str:
-    return _about(f).get("service", "")
-
-
-def is_maxclients(f: dict) -> bool:
-    return f.get("kind") == "leaked_clients" and str(f.get("subject", "")).endswith(":maxclients")
+def _detector(f: dict) -> Detector:
+    return detectors.for_kind(f.get("kind"))
 
 
 def layer(f: dict) -> int:
     """Where the finding sits on the request path: 0 (users) .. 5 (what loads a shard)."""
-    kind = f.get("kind")
-    if kind == "delivery_gap":
-        return 0
-    if kind == "ingestion_timeouts":
-        return 1 if _service(f) in ("edge", "") else 2
-    if kind == "connection_churn":
-        return 2
-    if kind == "proxy_saturation":
-        return 3
-    if kind == "hot_shard" or is_maxclients(f):
-        return 4
-    if kind in ("leaked_clients", "hot_key"):
-        return 5
-    return 3     # an unknown kind: in the middle, linked by shared shard or host only
+    return _detector(f).layer(f)
+
+
+def label(f: dict) -> str:
+    """A short name for one link of the chain, as the talk's team would say it."""
+    return _detector(f).label(f)
+
+
+def cause(f: dict) -> str:
+    """The root cause, said as a cause rather than a symptom."""
+    return _detector(f).cause(f)
 
 
 def _shard(f: dict) -> str | None:
-    a = _about(f)
-    if a.get("shard"):
-        return a["shard"]
-    if f.get("kind") == "proxy_saturation" and a.get("service", "").startswith("redis-"):
-        return a["service"][len("redis-"):]
-    return None
+    return _detector(f).shard(f)
 
 
 def _host(f: dict) -> str | None:
-    return _about(f).get("host") or _about(f).get("edge")
+    return _detector(f).host(f)
 
 
 def _cluster(f: dict) -> str | None:
-    return _about(f).get("cluster")
+    return about(f).get("cluster")
 
 
 NAMED, SPECIFIC, BROAD = 3, 2, 1     # how strongly one finding can explain another
 
 
 def _strength(a: dict, b: dict) -> int:
-    """How `b` can explain `a`: NAMED (the same shard, or the same chat host below the shard
-    layer), SPECIFIC (a service dependency within one cluster: edge -> clue, exchange -> edges),
-    BROAD (clue or a proxy that names no shard -> any shard: it talks to every one), or 0."""
+    """How `b` can explain `a`: NAMED (the same shard, or the same chat host down to the proxy
+    layer), SPECIFIC (b serves a's layer within one cluster: edge -> clue, exchange -> edges),
+    BROAD (a names no shard but reaches every one, and b is on a shard or below), or 0."""
     sa, sb = _shard(a), _shard(b)
     if sa and sb:
         return NAMED if sa == sb else 0    # different shards never explain each other
@@ -115,18 +109,13 @@ def _strength(a: dict, b: dict) -> int:
     la, lb = layer(a), layer(b)
     if la >= lb:
         return 0
-    if ha and hb and ha == hb and lb <= 3:
+    if ha and hb and ha == hb and lb <= PROXY:
         return NAMED                       # the same chat host: edge, clue and its HAProxy
-    ca, cb = _cluster(a), _cluster(b)
-    same_cluster = not ca or not cb or ca == cb
-    ka, kb = a.get("kind"), b.get("kind")
-    if la == 0 and kb == "connection_churn":
-        return SPECIFIC if same_cluster else 0     # the exchange delivers to its cluster's edges
-    if la == 1 and lb == 2 and kb == "ingestion_timeouts":
-        return SPECIFIC if same_cluster else 0     # edges call clue of their cluster
-    if lb >= 4 and ka in ("ingestion_timeouts", "proxy_saturation") and not sa:
-        if ka == "ingestion_timeouts" and _service(a) not in ("edge", "clue", ""):
-            return 0
+    serves = _detector(b).serves(b)
+    if serves and serves.layer == la:
+        ca, cb = _cluster(a), _cluster(b)
+        return SPECIFIC if not ca or not cb or ca == cb else 0
+    if lb >= SHARD and not sa and _detector(a).reaches(a):
         return BROAD
     return 0
 
@@ -172,7 +161,7 @@ def related(a: dict, b: dict, now: float | None = None) -> bool:
 
 def _explained(fs: list[dict]) -> bool:
     """The group already reaches the shard layer: it needs no broad guess."""
-    return any(layer(f) >= 4 for f in fs)
+    return any(layer(f) >= SHARD for f in fs)
 
 
 def _components(findings: list[dict], now: float | None, incident_of: dict[Any, int]) -> list[tuple[int | None, list[dict]]]:
@@ -237,102 +226,6 @@ def group(findings: list[dict], now: float | None = None) -> list[list[dict]]:
 
 # -- the chain ------------------------------------------------------------------------------------
 
-def figures(f: dict) -> dict[str, Any]:
-    """The key figures of a finding's evidence: its scalar numbers and short words, at most
-    MAX_FIGURES, in the detector's order."""
-    out: dict[str, Any] = {}
-    for k, v in (f.get("evidence") or {}).items():
-        if k == "lines" or isinstance(v, (dict, list, tuple)):
-            continue
-        if isinstance(v, bool) or isinstance(v, (int, float)) or (isinstance(v, str) and len(v) <= 80):
-            out[k] = v
-        if len(out) >= MAX_FIGURES:
-            break
-    return out
-
-
-def example_lines(f: dict, limit: int = 3) -> list[str]:
-    lines = (f.get("evidence") or {}).get("lines") or []
-    return [str(x)[:300] for x in lines[:limit]] if isinstance(lines, list) else []
-
-
-def _num(v: Any) -> str:
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        return str(v)
-    if float(v).is_integer():
-        return f"{int(v):,}"
-    return f"{v:,.2f}" if abs(v) < 10 else f"{v:,.1f}"
-
-
-def _first(ev: dict, *keys: str) -> Any:
-    for k in keys:
-        v = ev.get(k)
-        if isinstance(v, (int, float)) and not isinstance(v, bool):
-            return v
-    return None
-
-
-def _mentions(f: dict, *words: str) -> bool:
-    text = " ".join([str(f.get("title", "")), str(f.get("subject", "")),
-                     *example_lines(f, 10), *(str(v) for v in figures(f).values())]).lower()
-    return any(w.lower() in text for w in words)
-
-
-def label(f: dict) -> str:
-    """A short name for one link of the chain, as the talk's team would say it."""
-    kind, a, ev = f.get("kind"), _about(f), f.get("evidence") or {}
-    host, shard = _host(f) or "", _shard(f) or ""
-    if kind == "delivery_gap":
-        room = a.get("room", "")
-        return f"delivery gap in #{room.lstrip('#')}" + (f" on {host}" if host else "") if room else \
-            f"delivery gap on {host or f.get('subject')}"
-    if kind == "ingestion_timeouts":
-        svc = _service(f) or "edge"
-        if svc == "clue" and _mentions(f, "ECONNREFUSED", "connection refused", "connection_refused"):
-            what = "clue connection refused"
-        elif svc == "clue":
-            what = "clue errors"
-        else:
-            what = f"{svc} timeouts"
-        return f"{what} on {host}" if host else what
-    if kind == "connection_churn":
-        return f"connection churn on {_service(f) or f.get('subject')}" + (f" ({host})" if host else "")
-    if kind == "proxy_saturation":
-        return f"HAProxy on {host or f.get('subject')} saturated" + (f" (redis-{shard})" if shard else "")
-    if is_maxclients(f):
-        n, m = _first(ev, "connected_clients", "clients"), _first(ev, "maxclients")
-        nums = f" ({_num(n)} / {_num(m)})" if n is not None and m is not None else ""
-        return f"{shard or f.get('subject', '').split(':')[0]} at maxclients{nums}"
-    if kind == "hot_shard":
-        return f"{shard or f.get('subject')} hot"
-    if kind == "leaked_clients":
-        idle = _first(ev, "idle", "idle_clients", "idle_over", "count")
-        src = host or str(f.get("subject", "")).split("->")[0]
-        return (f"{_num(idle)} idle clients from {src}" if idle is not None else f"idle clients from {src}") + \
-            (f" on {shard}" if shard else "")
-    if kind == "hot_key":
-        key = a.get("key") or f.get("subject")
-        return f"hot key {key}" + (f" on {shard}" if shard else "")
-    return str(f.get("title") or f"{kind} {f.get('subject')}")
-
-
-def cause(f: dict) -> str:
-    """The root cause, said as a cause rather than a symptom."""
-    kind, a = f.get("kind"), _about(f)
-    if kind == "leaked_clients" and not is_maxclients(f):
-        host = _host(f) or str(f.get("subject", "")).split("->")[0]
-        ev_cluster = (f.get("evidence") or {}).get("cluster")
-        cluster = _cluster(f) or (ev_cluster if isinstance(ev_cluster, str) else None)
-        return f"leaked clients from the {cluster} cluster ({host})" if cluster else f"leaked clients from {host}"
-    if kind == "hot_key":
-        return f"a hot key ({a.get('key') or f.get('subject')}): moving slots will not help"
-    if kind == "hot_shard":
-        return f"{_shard(f) or f.get('subject')} overloaded"
-    if kind == "connection_churn":
-        return f"keepalive disabled or pool too small on {_service(f) or f.get('subject')}"
-    return label(f)
-
-
 def _path_key(path: list[dict]) -> tuple:
     strength = sum(_strength(a, b) for a, b in zip(path, path[1:]))
     sev = sum(SEVERITY_RANK.get(f.get("severity"), 0) for f in path)
@@ -363,7 +256,8 @@ def link(f: dict, role: str, because: str | None) -> dict[str, Any]:
     return {"finding_id": f.get("id"), "kind": f.get("kind"), "subject": f.get("subject"),
             "title": f.get("title") or "", "severity": f.get("severity"), "state": f.get("state"),
             "layer": layer(f), "label": label(f), "role": role, "because": because,
-            "figures": figures(f), "lines": example_lines(f), "runbook": f.get("runbook") or f.get("kind")}
+            "figures": evidence_figures(f), "lines": example_lines(f),
+            "runbook": f.get("runbook") or f.get("kind")}
 
 
 def _because(a: dict, b: dict) -> str:
@@ -373,11 +267,10 @@ def _because(a: dict, b: dict) -> str:
         return f"both on {sa}"
     if ha and ha == hb:
         return f"both on {ha}"
-    if b.get("kind") == "connection_churn":
-        return f"{_service(b) or 'the service'} delivers to the edges of its cluster"
-    if b.get("kind") == "ingestion_timeouts":
-        return "edges send every message through clue"
-    return "clue reaches every shard through its host's HAProxy"
+    serves = _detector(b).serves(b)
+    if serves:
+        return serves.because
+    return _detector(a).reaches(a) or ""
 
 
 def build_chain(findings: list[dict]) -> dict[str, Any]:

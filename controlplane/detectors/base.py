@@ -1,15 +1,32 @@
-"""The detector contract: `detect(window, cf) -> list[Finding]`, a pure function.
+"""The detector contract: a module with `KIND` and `detect(window, cf) -> list[Finding]`, a pure
+function, plus what it declares about its findings (`Detector` below).
 
 A `Window` is what the control plane saw over the last few minutes, as plain JSON-ready data: per
-(source, target) the figure series (controlplane/figures.py names), the newest observation's
-`up`/`error`/`data`/`detail`. The engine builds one from the live store (`Window.from_store`);
-tests load recorded ones (`Window.load`, tests/fixtures/windows/*.json), captured from real runs
-with `python -m controlplane.detectors.record`.
+(source, target) the figure series (controlplane/sources/figures.py names), the newest
+observation's `up`/`error`/`data`/`detail`. The engine builds one from the live store
+(`Window.from_store`); tests load recorded ones (`Window.load`, tests/fixtures/windows/*.json),
+captured from real runs by tests/fixtures/windows/capture_shards.py and capture_services.py.
 
 A detector reports a subject when its condition holds now. `Finding.firing` says whether it has
 held for the threshold's `hold` (the engine opens findings only then); a finding that only
 meets the relaxed condition (threshold × `clear_factor`) has `firing=False`, which keeps an
 open one open -- hysteresis -- and never opens a new one.
+
+Besides detecting, a module answers, for one stored finding of its kind (a plain dict, the row of
+`Database.findings()`), what the incidents and the dashboard ask; each answer is a module-level
+function of that name, and one it leaves out takes `Detector`'s default:
+
+    layer(f)    -> int           where on the request path (USERS .. LOAD)          default PROXY
+    shard(f)    -> str | None    the shard it is about                              about["shard"]
+    host(f)     -> str | None    the host it is about                               about["host"] or ["edge"]
+    label(f)    -> str           a short name for its link of the chain             its title
+    cause(f)    -> str           said as a root cause                               its label
+    charts(f)   -> [Chart]       store series to draw around its incident           its shard's ops/s, clients
+    serves(f)   -> Serves|None   the upstream layer of its own cluster it explains  None
+    reaches(f)  -> str | None    why any shard may explain it when it names none    None
+
+So a new detector needs only `KIND` and `detect`; incidents.py and the read model hold no
+per-kind branches.
 """
 
 from __future__ import annotations
@@ -19,7 +36,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, NamedTuple
 
 SEVERITIES = ("info", "warning", "critical")
 Point = tuple[float, float | None]
@@ -186,3 +203,174 @@ def judge(window: Window, points: list[Point], threshold: float, cf, above: bool
         held = window.held_for(points, lambda v: v <= threshold)
         relaxed = window.held_for(points, lambda v: v <= threshold / factor)
     return held >= hold_s(cf), relaxed > 0, held
+
+
+# -- what a detector declares about its findings -------------------------------------------------
+# Findings reach incidents.py and the read model as plain dicts (database rows), possibly written
+# by an older version, so everything below reads them defensively.
+
+# Layers of the request path, upstream (what users see) to downstream (what everything depends
+# on): the order the talk's team followed by hand.
+USERS, EDGE, SERVICE, PROXY, SHARD, LOAD = range(6)
+LAYER_NAMES = {USERS: "users", EDGE: "edge", SERVICE: "service", PROXY: "proxy", SHARD: "shard", LOAD: "load"}
+
+# Why a finding that names no shard may be explained by one on any shard (see `reaches`).
+EVERY_SHARD = "clue reaches every shard through its host's HAProxy"
+
+MAX_FIGURES = 6
+LOG_ERROR_KINDS = ("timeout", "connection_refused", "io_timeout", "redis_error", "error", "slow_consumer")
+
+
+class Serves(NamedTuple):
+    """A dependency inside one cluster: findings at `layer` may be explained by this one."""
+    layer: int
+    because: str           # in words, for the chain: "edges send every message through clue"
+
+
+@dataclass(frozen=True)
+class Chart:
+    """A store series to draw around an incident: `figure` of (source, target); or, with `pick`,
+    every figure of (source, target) that `pick(name)` accepts, returning (unit, caption)."""
+    source: str
+    target: str
+    figure: str = ""
+    unit: str = ""
+    caption: str = ""
+    pick: Callable[[str], tuple[str, str] | None] | None = None
+
+
+def about(f: dict) -> dict[str, str]:
+    """What a finding is about, as non-empty strings."""
+    a = f.get("about") or {}
+    return {k: str(v) for k, v in a.items() if v not in (None, "")} if isinstance(a, dict) else {}
+
+
+def named_shard(f: dict) -> str | None:
+    return about(f).get("shard") or None
+
+
+def named_host(f: dict) -> str | None:
+    a = about(f)
+    return a.get("host") or a.get("edge") or None
+
+
+def service(f: dict) -> str:
+    return about(f).get("service", "")
+
+
+def evidence_figures(f: dict) -> dict[str, Any]:
+    """The key figures of a finding's evidence: its scalar numbers and short words, at most
+    MAX_FIGURES, in the detector's order."""
+    out: dict[str, Any] = {}
+    for k, v in (f.get("evidence") or {}).items():
+        if k == "lines" or isinstance(v, (dict, list, tuple)):
+            continue
+        if isinstance(v, bool) or isinstance(v, (int, float)) or (isinstance(v, str) and len(v) <= 80):
+            out[k] = v
+        if len(out) >= MAX_FIGURES:
+            break
+    return out
+
+
+def example_lines(f: dict, limit: int = 3) -> list[str]:
+    lines = (f.get("evidence") or {}).get("lines") or []
+    return [str(x)[:300] for x in lines[:limit]] if isinstance(lines, list) else []
+
+
+def first_number(ev: dict, *keys: str) -> Any:
+    """The first of `keys` whose evidence value is a number (not a bool)."""
+    for k in keys:
+        v = ev.get(k)
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            return v
+    return None
+
+
+def fmt_number(v: Any) -> str:
+    """A count as people write it: 2,311; 4.20; 12.5."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return str(v)
+    if float(v).is_integer():
+        return f"{int(v):,}"
+    return f"{v:,.2f}" if abs(v) < 10 else f"{v:,.1f}"
+
+
+def shard_charts(shard: str | None) -> list[Chart]:
+    """A shard's ops/s and connected clients: what any finding on a shard is read against."""
+    if not shard:
+        return []
+    return [Chart("redis", shard, "ops_per_s", "ops/s", f"{shard} ops/s"),
+            Chart("redis", shard, "connected_clients", "", f"{shard} connected clients")]
+
+
+def log_charts(f: dict) -> list[Chart]:
+    """The error-line rates (logs source) of the finding's subject's log file and of
+    `<service>-<host>`'s."""
+    a = about(f)
+    stems = {str(f.get("subject"))}
+    if a.get("service") and a.get("host"):
+        stems.add(f"{a['service']}-{a['host']}")
+
+    def pick(name: str) -> tuple[str, str] | None:
+        # logs figures are named "<file stem>|<remote>|<kind>:per_s"
+        stem, _, rest = name.partition("|")
+        remote, _, tail = rest.partition("|")
+        kind = tail[:-len(":per_s")] if tail.endswith(":per_s") else None
+        if stem in stems and kind in LOG_ERROR_KINDS:
+            return "/s", f"{stem} → {remote} {kind.replace('_', ' ')}"
+        return None
+    return [Chart("logs", "local", pick=pick)]
+
+
+HOOKS = ("layer", "shard", "host", "label", "cause", "charts", "serves", "reaches")
+
+
+class Detector:
+    """One finding kind as the engine, incidents.py and the read model see it. The methods are
+    the defaults; a module's own function of the same name (see HOOKS) replaces each. A kind with
+    no module (a finding stored by an older version) gets the defaults and detects nothing."""
+
+    def __init__(self, kind: str, module: Any = None):
+        self.kind, self.module = kind, module
+        for name in HOOKS:
+            fn = getattr(module, name, None)
+            if callable(fn):
+                setattr(self, name, fn)
+
+    @classmethod
+    def of(cls, module: Any) -> "Detector":
+        kind, detect = getattr(module, "KIND", None), getattr(module, "detect", None)
+        if not isinstance(kind, str) or not kind or not callable(detect):
+            raise ValueError(f"{getattr(module, '__name__', module)!r} is not a detector: "
+                             "it needs KIND (a string) and detect(window, cf)")
+        return cls(kind, module)
+
+    def detect(self, window: Window, cf) -> list[Finding]:
+        return self.module.detect(window, cf) if self.module is not None else []
+
+    def layer(self, f: dict) -> int:
+        return PROXY        # in the middle: linked by a shared shard or host only
+
+    def shard(self, f: dict) -> str | None:
+        return named_shard(f)
+
+    def host(self, f: dict) -> str | None:
+        return named_host(f)
+
+    def label(self, f: dict) -> str:
+        return str(f.get("title") or f"{f.get('kind')} {f.get('subject')}")
+
+    def cause(self, f: dict) -> str:
+        return self.label(f)
+
+    def charts(self, f: dict) -> list[Chart]:
+        return shard_charts(self.shard(f))
+
+    def serves(self, f: dict) -> Serves | None:
+        return None
+
+    def reaches(self, f: dict) -> str | None:
+        return None
+
+    def __repr__(self) -> str:
+        return f"Detector({self.kind!r}, {getattr(self.module, '__name__', None)!r})"

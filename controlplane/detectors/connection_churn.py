@@ -2,7 +2,7 @@
 request it makes -- the talk's second bug, `[exchange] i/o timeout` because the exchange did not
 use HTTP keepalives.
 
-Per chat service (source `service:<svc>-<host>`, controlplane/service_figures.py): the ratio
+Per chat service (source `service:<svc>-<host>`, controlplane/sources/service_figures.py): the ratio
 connections_opened_per_s / requests_per_s at each scrape, judged only while requests_per_s >=
 churn_min_requests_per_s (a handful of requests proves nothing; below it the ratio is unknown and
 breaks the hold). Firing when the ratio has been >= churn_ratio for `hold`; reported, not firing,
@@ -23,11 +23,20 @@ from __future__ import annotations
 from typing import Any
 
 from controlplane.detectors.base import (
+    SERVICE,
+    USERS,
+    Chart,
     Finding,
+    Serves,
     Window,
     judge,
+    log_charts,
     log_groups,
+    named_host,
+    named_shard,
     num,
+    service,
+    shard_charts,
     thresholds,
 )
 
@@ -147,3 +156,26 @@ def detect(window: Window, cf) -> list[Finding]:
             title=title, evidence=ev, remediation=remediation, firing=firing, held_s=held,
             about={"service": service, "host": host, "cluster": cluster}))
     return out
+
+
+# -- in an incident: a service (the exchange) between users and the edges -------------------------
+
+def layer(f: dict) -> int:
+    return SERVICE
+
+
+def label(f: dict) -> str:
+    host = named_host(f)
+    return f"connection churn on {service(f) or f.get('subject')}" + (f" ({host})" if host else "")
+
+
+def cause(f: dict) -> str:
+    return f"keepalive disabled or pool too small on {service(f) or f.get('subject')}"
+
+
+def serves(f: dict) -> Serves:
+    return Serves(USERS, f"{service(f) or 'the service'} delivers to the edges of its cluster")
+
+
+def charts(f: dict) -> list[Chart]:
+    return log_charts(f) + shard_charts(named_shard(f))

@@ -1,7 +1,7 @@
 """Delivery gaps: an edge that does not deliver the messages the other edges deliver.
 
 The talk's "users don't see the same messages": no log showed it, only users did. The canary
-(controlplane/canary.py) is such a user on every edge of each watched room; this reads what it
+(controlplane/sources/canary.py) is such a user on every edge of each watched room; this reads what it
 recorded (source `canary`, target the room) and reports, per edge:
 
 - condition: `edge:<h>:delivered_ratio` < 1 -- over the canary's last few judged messages the
@@ -22,7 +22,19 @@ not judged: stale figures prove nothing about the edges.
 from __future__ import annotations
 
 from cluster.durations import seconds
-from controlplane.detectors.base import Finding, Window, hold_s, num
+from controlplane.detectors.base import (
+    USERS,
+    Chart,
+    Finding,
+    Window,
+    about,
+    hold_s,
+    log_charts,
+    named_host,
+    named_shard,
+    num,
+    shard_charts,
+)
 
 KIND = "delivery_gap"
 SOURCE = "canary"
@@ -137,3 +149,20 @@ def detect(window: Window, cf) -> list[Finding]:
                 about={"room": room, "host": host, "cluster": cluster or "", "service": "edge", "edge": host},
             ))
     return findings
+
+
+# -- in an incident: what users see, the top of every chain ---------------------------------------
+
+def layer(f: dict) -> int:
+    return USERS
+
+
+def label(f: dict) -> str:
+    room, host = about(f).get("room", ""), named_host(f)
+    if room:
+        return f"delivery gap in #{room.lstrip('#')}" + (f" on {host}" if host else "")
+    return f"delivery gap on {host or f.get('subject')}"
+
+
+def charts(f: dict) -> list[Chart]:
+    return log_charts(f) + shard_charts(named_shard(f))

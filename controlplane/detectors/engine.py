@@ -1,7 +1,8 @@
 """Runs every detector over the recent window, keeps findings open or closes them, and hands the
 open ones to the incident correlator.
 
-Detectors are the modules of controlplane/detectors/ that define `KIND` and `detect(window, cf)`;
+The detectors are those of the registry (controlplane/detectors/__init__.py): every module of
+this package with `KIND` and `detect(window, cf)`, plus any added with `detectors.register`;
 adding one is adding a module. The engine is the only stateful part: a subject opens a finding
 when its detector reports it `firing` (the condition held for `thresholds.hold`), stays open while
 the detector still reports it (firing or only sustained, the hysteresis band), and is resolved
@@ -11,9 +12,7 @@ carries on with them rather than opening them again.
 
 from __future__ import annotations
 
-import importlib
 import logging
-import pkgutil
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -29,16 +28,8 @@ WINDOW_MIN_S = 300.0      # the window a detector sees: at least 5 minutes, and 
 
 
 def discover() -> dict[str, Callable[[Window, Any], list[Finding]]]:
-    """KIND -> detect, for every module in controlplane/detectors/ that has both."""
-    found = {}
-    for mod in pkgutil.iter_modules(detectors.__path__):
-        if mod.name.startswith("_") or mod.name in ("base", "record"):
-            continue
-        module = importlib.import_module(f"{detectors.__name__}.{mod.name}")
-        kind, detect = getattr(module, "KIND", None), getattr(module, "detect", None)
-        if isinstance(kind, str) and callable(detect):
-            found[kind] = detect
-    return dict(sorted(found.items()))
+    """KIND -> detect, for every registered detector, sorted by kind."""
+    return {kind: d.detect for kind, d in detectors.registered().items()}
 
 
 @dataclass

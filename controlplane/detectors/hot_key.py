@@ -25,7 +25,7 @@ or caching it locally in clue will.
 
 from __future__ import annotations
 
-from controlplane.detectors.base import Finding, Window, hold_s, num
+from controlplane.detectors.base import LOAD, Finding, Window, about, hold_s, named_shard, num
 from controlplane.detectors.hot_shard import (
     CRITICAL_CPU,
     _held_mean,
@@ -93,3 +93,18 @@ def detect(window: Window, cf) -> list[Finding]:
         out.append(Finding(KIND, subject, severity, title, evidence, remediation, firing=firing,
                            held_s=round(h["held_s"], 1) if keys["concentrated"] else 0.0, about=about))
     return out
+
+
+# -- in an incident: below its shard; charts: the shard's (the default) ----------------------------
+
+def layer(f: dict) -> int:
+    return LOAD
+
+
+def label(f: dict) -> str:
+    shard = named_shard(f)
+    return f"hot key {about(f).get('key') or f.get('subject')}" + (f" on {shard}" if shard else "")
+
+
+def cause(f: dict) -> str:
+    return f"a hot key ({about(f).get('key') or f.get('subject')}): moving slots will not help"

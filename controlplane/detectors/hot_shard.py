@@ -33,7 +33,7 @@ from __future__ import annotations
 import bisect
 from typing import Any
 
-from controlplane.detectors.base import Finding, Window, hold_s, num
+from controlplane.detectors.base import SHARD, Chart, Finding, Window, hold_s, named_shard, num
 
 KIND = "hot_shard"
 
@@ -403,3 +403,26 @@ def _move_fraction(ops: float | None, peer_mean: float | None, n_peers: int) -> 
         return None
     mean_all = (ops + peer_mean * n_peers) / (n_peers + 1)
     return round(max(0.0, min(1.0, (ops - mean_all) / ops)), 2)
+
+
+# -- in an incident -------------------------------------------------------------------------------
+
+def layer(f: dict) -> int:
+    return SHARD
+
+
+def label(f: dict) -> str:
+    return f"{named_shard(f) or f.get('subject')} hot"
+
+
+def cause(f: dict) -> str:
+    return f"{named_shard(f) or f.get('subject')} overloaded"
+
+
+def charts(f: dict) -> list[Chart]:
+    shard = named_shard(f)
+    if not shard:
+        return []
+    return [Chart("redis", shard, "ops_per_s", "ops/s", f"{shard} ops/s"),
+            Chart("redis", shard, "cpu_percent", "%", f"{shard} CPU, % of one core"),
+            Chart("redis", shard, "connected_clients", "", f"{shard} connected clients")]

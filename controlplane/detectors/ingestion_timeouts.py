@@ -24,11 +24,23 @@ from __future__ import annotations
 
 from cluster.durations import seconds
 from controlplane.detectors.base import (
+    EDGE,
+    EVERY_SHARD,
+    SERVICE,
+    Chart,
     Finding,
+    Serves,
     Window,
+    evidence_figures,
+    example_lines,
     judge,
+    log_charts,
     log_groups,
+    named_host,
+    named_shard,
     num,
+    service,
+    shard_charts,
     thresholds,
 )
 
@@ -174,3 +186,39 @@ def detect(window: Window, cf) -> list[Finding]:
                              "params": {"host": host, **({"shard": worst} if "shard" in about else {})}},
                 about=about))
     return out
+
+
+# -- in an incident: the edge's timeouts upstream of clue's errors --------------------------------
+
+def layer(f: dict) -> int:
+    return EDGE if service(f) in ("edge", "") else SERVICE
+
+
+def _mentions(f: dict, *words: str) -> bool:
+    text = " ".join([str(f.get("title", "")), str(f.get("subject", "")),
+                     *example_lines(f, 10), *(str(v) for v in evidence_figures(f).values())]).lower()
+    return any(w.lower() in text for w in words)
+
+
+def label(f: dict) -> str:
+    svc, host = service(f) or "edge", named_host(f)
+    if svc == "clue" and _mentions(f, "ECONNREFUSED", "connection refused", "connection_refused"):
+        what = "clue connection refused"
+    elif svc == "clue":
+        what = "clue errors"
+    else:
+        what = f"{svc} timeouts"
+    return f"{what} on {host}" if host else what
+
+
+def serves(f: dict) -> Serves | None:
+    # clue's (or another service's) errors explain the timeouts of the edges of its cluster
+    return Serves(EDGE, "edges send every message through clue") if layer(f) == SERVICE else None
+
+
+def reaches(f: dict) -> str | None:
+    return EVERY_SHARD if service(f) in ("edge", "clue", "") else None
+
+
+def charts(f: dict) -> list[Chart]:
+    return log_charts(f) + shard_charts(named_shard(f))

@@ -33,7 +33,20 @@ from __future__ import annotations
 from typing import Any
 
 from cluster.durations import seconds
-from controlplane.detectors.base import Finding, Window, hold_s, num
+from controlplane.detectors.base import (
+    LOAD,
+    SHARD,
+    Chart,
+    Finding,
+    Window,
+    about,
+    first_number,
+    fmt_number,
+    hold_s,
+    named_host,
+    named_shard,
+    num,
+)
 from controlplane.detectors.hot_shard import (
     redis_data,
     shard_host,
@@ -325,3 +338,48 @@ def _top_idle_host(window: Window, cf, shard: str, stale: bool = False) -> dict[
     return {"host": best.get("host"), "cluster": best.get("cluster") or cf.cluster_of(str(best.get("host"))),
             "idle": int(num(best.get("idle_over"))), "count": int(num(best.get("count")) or 0),
             "idle_after_s": idle_after, "stale": stale}
+
+
+# -- in an incident: two shapes -- the shard at maxclients (the shard itself) and a host's leak
+# (what loads the shard, the root cause in the talk) ---------------------------------------------
+
+def is_maxclients(f: dict) -> bool:
+    return str(f.get("subject", "")).endswith(":maxclients")
+
+
+def layer(f: dict) -> int:
+    return SHARD if is_maxclients(f) else LOAD
+
+
+def _source(f: dict) -> str:
+    return named_host(f) or str(f.get("subject", "")).split("->")[0]
+
+
+def label(f: dict) -> str:
+    ev, shard = f.get("evidence") or {}, named_shard(f) or ""
+    if is_maxclients(f):
+        n, m = first_number(ev, "connected_clients", "clients"), first_number(ev, "maxclients")
+        nums = f" ({fmt_number(n)} / {fmt_number(m)})" if n is not None and m is not None else ""
+        return f"{shard or f.get('subject', '').split(':')[0]} at maxclients{nums}"
+    idle = first_number(ev, "idle", "idle_clients", "idle_over", "count")
+    return (f"{fmt_number(idle)} idle clients from {_source(f)}" if idle is not None
+            else f"idle clients from {_source(f)}") + (f" on {shard}" if shard else "")
+
+
+def cause(f: dict) -> str:
+    if is_maxclients(f):
+        return label(f)
+    ev_cluster = (f.get("evidence") or {}).get("cluster")
+    cluster = about(f).get("cluster") or (ev_cluster if isinstance(ev_cluster, str) else None)
+    host = _source(f)
+    return f"leaked clients from the {cluster} cluster ({host})" if cluster else f"leaked clients from {host}"
+
+
+def charts(f: dict) -> list[Chart]:
+    shard = named_shard(f)
+    if not shard:
+        return []
+    return [Chart("redis", shard, "ops_per_s", "ops/s", f"{shard} ops/s"),
+            Chart("redis", shard, "connected_clients", "", f"{shard} connected clients"),
+            Chart("clients", shard, "idle", "", f"{shard} idle clients"),
+            Chart("redis", shard, "rejected_connections_per_s", "/s", f"{shard} rejected connections")]

@@ -2,9 +2,9 @@
 talk, HAProxy sat in front of one Redis at 99% CPU, and an old HAProxy worker later crashed (exit
 139) after runtime-API changes and reloads.
 
-Per chat host (source `haproxy:<host>`, figures of controlplane/figures.py), each condition judged
-over the window, firing when held for `hold`, reported (not firing) while above threshold x
-clear_factor:
+Per chat host (source `haproxy:<host>`, figures of controlplane/sources/figures.py), each
+condition judged over the window, firing when held for `hold`, reported (not firing) while above
+threshold x clear_factor:
 
 - sessions: a FRONTEND's `scur / slim` >= proxy_session_warn_ratio (its maxconn: a hard limit;
   beyond it HAProxy stops accepting), or a server's when it has a maxconn. A backend's `slim` is
@@ -27,7 +27,19 @@ that hold, held_s.
 
 from __future__ import annotations
 
-from controlplane.detectors.base import Finding, Window, judge, num, thresholds
+from controlplane.detectors.base import (
+    EVERY_SHARD,
+    PROXY,
+    Chart,
+    Finding,
+    Window,
+    about,
+    judge,
+    named_host,
+    num,
+    shard_charts,
+    thresholds,
+)
 
 KIND = "proxy_saturation"
 SEVERE_EXITS = (134, 139)
@@ -185,3 +197,44 @@ def _worker_exits(window: Window, cf, host: str, cluster: str) -> list[Finding]:
                                     f"(chatops inspect haproxy {host}) and avoid runtime-API changes on old workers",
                          "params": {"host": host}}))
     return out
+
+
+# -- in an incident: the chat host's HAProxy, between clue and the shards ------------------------
+
+def layer(f: dict) -> int:
+    return PROXY
+
+
+def shard(f: dict) -> str | None:
+    """The shard named, or the one behind the `redis-<shard>` listener its service names."""
+    a = about(f)
+    if a.get("shard"):
+        return a["shard"]
+    if a.get("service", "").startswith("redis-"):
+        return a["service"][len("redis-"):]
+    return None
+
+
+def label(f: dict) -> str:
+    s = shard(f)
+    return f"HAProxy on {named_host(f) or f.get('subject')} saturated" + (f" (redis-{s})" if s else "")
+
+
+def reaches(f: dict) -> str:
+    return EVERY_SHARD
+
+
+def charts(f: dict) -> list[Chart]:
+    """Its listener's sessions, queue and connection errors, then the shard's own figures."""
+    host, s = about(f).get("host"), shard(f)
+    out = []
+    if host:
+        prefix = f"redis-{s}/" if s else ""
+
+        def pick(name: str) -> tuple[str, str] | None:
+            if name.startswith(prefix) and ("/BACKEND:" in name or "/FRONTEND:" in name) and name.endswith(
+                    (":scur", ":qcur", ":econ_per_s")):
+                return "/s" if name.endswith("_per_s") else "", f"{host} {name}"
+            return None
+        out.append(Chart("haproxy", host, pick=pick))
+    return out + shard_charts(s)

@@ -289,7 +289,7 @@ def overview(cf, store: Store, jobs: list[dict[str, Any]], now: float | None = N
 FINDING_KEYS = ("id", "kind", "subject", "severity", "state", "first_seen", "last_seen", "resolved_at",
                 "title", "evidence", "about", "runbook", "remediation", "incident_id")
 INCIDENT_LIST_DEFAULT = 100
-LOG_ERROR_KINDS = ("timeout", "connection_refused", "io_timeout", "redis_error", "error", "slow_consumer")
+SHARD_SOURCES = ("redis", "clients")     # sources whose targets are shards
 CHART_MARGIN_S = 300.0                 # charts start this long before an incident opened
 MAX_INCIDENT_CHARTS = 12
 
@@ -388,8 +388,11 @@ def incident_charts(cf, store: Store, fs: list[dict[str, Any]], opened: float,
                     resolved_at: float | None = None, now: float | None = None) -> list[dict[str, Any]]:
     """The series that matter to an incident's findings, from CHART_MARGIN_S before it opened to
     CHART_MARGIN_S after it resolved (or now): each {"title", "unit", "name", "source", "target",
-    "finding_id", "points"}. The shard's ops/s and clients, its idle clients, the proxy listener's
-    sessions and connection errors, a service's error-line rates."""
+    "finding_id", "points"}. Which series is each finding's detector's to say (its `charts`:
+    e.g. the shard's ops/s and clients, its idle clients, the proxy listener's sessions and
+    connection errors, a service's error-line rates); upstream findings' come first."""
+    from controlplane import detectors
+    from controlplane import incidents as inc
     now = time.time() if now is None else now
     since = opened - CHART_MARGIN_S
     until = min(now, resolved_at + CHART_MARGIN_S) if resolved_at else now
@@ -405,34 +408,17 @@ def incident_charts(cf, store: Store, fs: list[dict[str, Any]], opened: float,
         charts.append({"title": title, "unit": unit, "name": name, "source": source, "target": target,
                        "finding_id": f.get("id"), "points": _points(store, source, target, name, since, until)})
 
-    from controlplane import incidents as inc
     for f in sorted(fs, key=lambda f: (inc.layer(f), f.get("first_seen") or 0)):
-        about = f.get("about") or {}
-        kind, host, shard = f.get("kind"), about.get("host"), inc._shard(f)
-        if kind in ("ingestion_timeouts", "connection_churn", "delivery_gap"):
-            stems = {str(f.get("subject"))}
-            if about.get("service") and host:
-                stems.add(f"{about['service']}-{host}")
-            for n in store.names("logs", "local"):
-                stem, _, rest = n.partition("|")
-                remote, _, tail = rest.partition("|")
-                lkind = tail[:-len(":per_s")] if tail.endswith(":per_s") else None
-                if stem in stems and lkind in LOG_ERROR_KINDS:
-                    add(f, "logs", "local", n, "/s", f"{stem} → {remote} {lkind.replace('_', ' ')}")
-        if kind == "proxy_saturation" and host:
-            prefix = f"redis-{shard}/" if shard else ""
-            for n in store.names("haproxy", host):
-                if n.startswith(prefix) and ("/BACKEND:" in n or "/FRONTEND:" in n) and n.endswith(
-                        (":scur", ":qcur", ":econ_per_s")):
-                    add(f, "haproxy", host, n, "/s" if n.endswith("_per_s") else "", f"{host} {n}")
-        if shard and shard in shard_names:
-            add(f, "redis", shard, "ops_per_s", "ops/s", f"{shard} ops/s")
-            if kind == "hot_shard":
-                add(f, "redis", shard, "cpu_percent", "%", f"{shard} CPU, % of one core")
-            add(f, "redis", shard, "connected_clients", "", f"{shard} connected clients")
-            if kind == "leaked_clients":
-                add(f, "clients", shard, "idle", "", f"{shard} idle clients")
-                add(f, "redis", shard, "rejected_connections_per_s", "/s", f"{shard} rejected connections")
+        for c in detectors.for_kind(f.get("kind")).charts(f):
+            if c.source in SHARD_SOURCES and c.target not in shard_names:
+                continue           # a shard the cluster file no longer has (an old finding)
+            if c.pick is None:
+                add(f, c.source, c.target, c.figure, c.unit, c.caption)
+                continue
+            for name in store.names(c.source, c.target):
+                picked = c.pick(name)
+                if picked:
+                    add(f, c.source, c.target, name, *picked)
     return charts
 
 

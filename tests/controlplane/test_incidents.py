@@ -297,7 +297,7 @@ def seed(app) -> tuple[int, int]:
 
 
 def api_get(client, target: str):
-    from tests.controlplane.test_api import response_validator, schema_errors
+    from tests.controlplane.web.test_api import response_validator, schema_errors
     r = client.get(target)
     assert r.status_code == 200, r.get_data(as_text=True)
     path = re.sub(r"^/api/v1", "", target.split("?")[0])
@@ -349,7 +349,7 @@ def test_api_lists_and_shows_incidents_as_documented(app):
     ("/api/v1/runbooks/%2e%2e", 400, "runbook"),
 ])
 def test_api_bad_input_gets_a_json_error(app, target, status, word):
-    from tests.controlplane.test_api import ERROR, schema_errors
+    from tests.controlplane.web.test_api import ERROR, schema_errors
     r = app.test_client().get(target)
     assert r.status_code in ((status, 404) if not word else (status,)), (target, r.status_code)
     assert r.is_json and not schema_errors(ERROR, r.json)
@@ -365,7 +365,7 @@ def test_api_runbooks(app):
 
 
 def test_acknowledge_needs_the_token_is_audited_and_only_once(app):
-    from tests.controlplane.test_api import response_validator, schema_errors
+    from tests.controlplane.web.test_api import response_validator, schema_errors
     talk_id, _ = seed(app)
     client = app.test_client()
     url = f"/api/v1/incidents/{talk_id}/acknowledge"
@@ -444,7 +444,7 @@ def test_pages_404_and_runbook_pages(app):
     assert client.get("/incidents/x").status_code == 404
     r = client.get("/runbooks/leaked_clients")
     assert r.status_code == 200 and "<h1>Leaked clients</h1>" in r.text
-    assert '<pre><code class="language-sh">chatops inspect clients shard2 --by host</code></pre>' in r.text
+    assert '<pre><code class="language-sh">chatops inspect clients shard2 --by host\n</code></pre>' in r.text
     assert "&lt;script&gt;" in r.text and "<script>alert" not in r.text
     r = client.get("/runbooks/nope")
     assert r.status_code == 404 and 'href="/runbooks/leaked_clients"' in r.text
