@@ -3,8 +3,9 @@
 Starts a redis-server on a private loopback address, opens 10,000 idle clients from three source
 addresses (chat1, chat2, chat-testing of a cluster file written for the run), then times, in the
 same run and interleaved to spread the machine's noise evenly:
-  - the project's collection: raw-socket CLIENT LIST, byte-level field extraction and the
-    per-host aggregation (collectors.redis.clients_snapshot, INFO cost reads switched off);
+  - the project's collection: CLIENT LIST read by hiredis behind collectors.resp's framing
+    checks, byte-level field extraction and the per-host aggregation (collectors.clients.snapshot,
+    INFO cost reads switched off);
   - the baseline: redis-py's `client_list()` plus a `collections.Counter` over source hosts.
 The last line printed is one JSON object: medians, their ratio, and what Redis itself spent per
 CLIENT LIST call (INFO commandstats usec_per_call).
@@ -33,6 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from cluster import binaries, clusterfile, loopback  # noqa: E402
+from collectors import clients  # noqa: E402
 from collectors import redis as rc  # noqa: E402
 
 
@@ -111,11 +113,12 @@ def main(argv: list[str] | None = None) -> None:
         conn = rc.Conn(addr, port, timeout=10)
         rp = redispy.Redis(host=addr, port=port, socket_timeout=10)
         hosts = cf.host_by_address()
+        target = clients.target_for(cf, "shard0", measure_cost=False)
 
         parts: dict[str, list[float]] = {"fetch_ms": [], "parse_ms": []}
 
         def project() -> dict:
-            snap = rc.clients_snapshot(conn, cf, measure_cost=False)
+            snap = clients.snapshot(conn, target)
             for k in parts:
                 parts[k].append(snap[k])
             return snap

@@ -1,9 +1,22 @@
-"""The collector contract: `collect(target) -> Observation`.
+"""The collector contract: `collect(target, previous=None) -> Observation`, for every source.
 
-An Observation is what one source said at one moment, plus the collector's own health: whether
-the source answered (`up`), how long the scrape took, and the error when it did not. A source
-made of several sections (Redis INFO, CONFIG, SLOWLOG...) reports a failing section in
-`section_errors` and still returns the others: one bad section never costs the whole scrape.
+- A **Target** is a small frozen dataclass, one per collector module (`haproxy.Target`,
+  `redis.Target`, `clients.Target`, `services.Target`, `process.Target`, `logs.Target`), that says
+  what to scrape: addresses, socket paths, file paths, names, and the options the scrape needs
+  (its `timeout`, `hotkeys_max`, `idle_after`...). It holds no connection and no cluster file.
+  `target_for(...)` in the same module builds one from the cluster file or the run directory;
+  it is the only place a collector reads `cluster.*`, and it raises when the name is unknown.
+- **previous** is the last Observation of the same target, for a collector that measures change
+  between two scrapes (process: CPU % from the cpu_times delta; no sleeping inside a scrape).
+  The others accept and ignore it. A source read as a stream keeps its position in an object
+  instead: `logs.Tail(target)` follows every log file across calls; `logs.collect(target)` is a
+  Tail read once, from the start.
+- An **Observation** is what one source said at one moment, plus the collector's own health:
+  whether the source answered (`up`), how long the scrape took, and the error when it did not.
+  `collect` returns a down Observation for a source that cannot be reached; it does not raise for
+  that. A source made of several sections (Redis INFO, CONFIG, SLOWLOG...; HAProxy stat, info,
+  proc) reports a failing section in `section_errors` and still returns the others: one bad
+  section never costs the whole scrape.
 """
 
 from __future__ import annotations
@@ -15,7 +28,7 @@ from typing import Any, Callable
 
 @dataclass(frozen=True)
 class Observation:
-    source: str                  # haproxy | redis | clients | logs | process
+    source: str                  # haproxy | redis | clients | service | process | logs
     target: str                  # what was scraped: a chat host, a shard, a log file...
     at: float                    # wall-clock time the scrape started (time.time())
     up: bool                     # the source answered at all
@@ -42,3 +55,10 @@ def observe(source: str, target: str, fetch: Callable[[], Any],
         return Observation(source, target, at, False, time.perf_counter() - started, None,
                            f"{type(exc).__name__}: {exc}")
     return Observation(source, target, at, True, time.perf_counter() - started, data)
+
+
+def source_address(cf) -> str | None:
+    """Where the control plane's own connections come from: its listen address on a local
+    cluster, so CLIENT LIST names them `controlplane` instead of an anonymous 127.0.0.1."""
+    address = cf.controlplane.listen.address
+    return address if cf.profile == "local" and address.startswith("127.") else None

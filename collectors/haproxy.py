@@ -1,10 +1,10 @@
 """HAProxy: `show stat` / `show info` / `show servers state` over the admin socket, the `;csv`
 stats page over HTTP, and `show proc` on the master socket.
 
-Pure parsers (`parse_stat_csv`, `parse_info`, `parse_servers_state`) beside thin fetchers
-(`fetch_stat`, `fetch_info`, `fetch_stat_http`, `fetch_servers_state`, `fetch_proc`), a small
-runtime client (`set_server_weight`, `set_server_state`) that refuses names able to smuggle
-anything into a runtime command, and `collect(cf, run, host) -> Observation`.
+Pure parsers (`parse_stat_csv`, `parse_info`, `parse_servers_state`, `parse_worker_exits`) beside
+thin fetchers (`fetch_stat`, `fetch_info`, `fetch_stat_http`, `fetch_servers_state`, `fetch_proc`)
+and `collect(target) -> Observation`; `target_for(run, host)` names a chat host's sockets. Read-only:
+changing a server's weight or state is controlplane/remediation/server_state.py.
 
 No Prometheus code here: `METRICS` is the field -> metric-name table the control plane exports.
 """
@@ -313,45 +313,7 @@ def fetch_stat_http(address: str, port: int, timeout: float = 5.0) -> StatTable:
     return parse_stat_csv(body.decode("utf-8", errors="replace"))
 
 
-# -- runtime client -----------------------------------------------------------------------------
-
-_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
-SERVER_STATES = ("ready", "drain", "maint")
-
-
-def _check_name(kind: str, value: str) -> str:
-    if not isinstance(value, str) or not _NAME.fullmatch(value):
-        raise ValueError(f"refusing {kind} name {value!r}: only [A-Za-z0-9_.:-] is allowed")
-    return value
-
-
-def _runtime_reply(reply: str, cmd: str) -> str:
-    text = reply.strip()
-    # Success is an empty reply; errors come back as text, never as a status code.
-    if text:
-        raise RuntimeAPIError(f"{cmd!r}: {text}")
-    return text
-
-
-def set_server_weight(sock: str | Path, backend: str, server: str, weight: int,
-                      timeout: float = 5.0) -> None:
-    _check_name("backend", backend)
-    _check_name("server", server)
-    if isinstance(weight, bool) or not isinstance(weight, int) or not 0 <= weight <= 256:
-        raise ValueError(f"refusing weight {weight!r}: an integer 0..256")
-    cmd = f"set server {backend}/{server} weight {weight}"
-    _runtime_reply(command(sock, cmd, timeout), cmd)
-
-
-def set_server_state(sock: str | Path, backend: str, server: str, state: str,
-                     timeout: float = 5.0) -> None:
-    _check_name("backend", backend)
-    _check_name("server", server)
-    if state not in SERVER_STATES:
-        raise ValueError(f"refusing state {state!r}: one of {', '.join(SERVER_STATES)}")
-    cmd = f"set server {backend}/{server} state {state}"
-    _runtime_reply(command(sock, cmd, timeout), cmd)
-
+# -- show proc (master socket) -----------------------------------------------------------------
 
 # The master logs a finished worker on stderr, which the supervisor appends to haproxy-<host>.log:
 #   [WARNING]  (8266) : Former worker (8270) exited with code 0 (Exit)
@@ -402,13 +364,30 @@ class HAProxyData:
     proc: ProcInfo | None = None
 
 
-def collect(cf, run, host: str, timeout: float = 5.0) -> Observation:
+@dataclass(frozen=True)
+class Target:
+    host: str                    # the chat host whose HAProxy this is
+    admin_socket: Path           # a worker's runtime API: show stat, show info
+    master_socket: Path          # the master CLI: show proc
+    master_log: Path | None = None   # the master's stderr (worker exit codes); None: not read
+    timeout: float = 5.0
+
+
+def target_for(run, host: str, timeout: float = 5.0) -> Target:
+    """The sockets and log of `host`'s HAProxy in the run directory; raises RunDirError when a
+    socket path would be too long for a Unix socket."""
+    return Target(host, run.haproxy_socket(host), run.haproxy_master_socket(host),
+                  run.log(f"haproxy-{host}"), timeout)
+
+
+def collect(target: Target, previous: Observation | None = None) -> Observation:
     """Scrape one chat host's HAProxy: `stat` and `info` on the admin socket, `proc` on the master.
 
     An unreachable admin socket makes the source down; any other failing section is reported in
-    `section_errors` and the rest still arrives."""
+    `section_errors` and the rest still arrives. `previous` is not needed: rates between two
+    scrapes are the control plane's figures."""
     at, started = time.time(), time.perf_counter()
-    sock = run.haproxy_socket(host)
+    host, sock, timeout = target.host, target.admin_socket, target.timeout
     errors: dict[str, str] = {}
     try:
         stat = fetch_stat(sock, timeout)
@@ -421,7 +400,7 @@ def collect(cf, run, host: str, timeout: float = 5.0) -> Observation:
     except (RuntimeAPIError, OSError) as exc:
         errors["info"] = f"{type(exc).__name__}: {exc}"
     try:
-        proc = fetch_proc(run.haproxy_master_socket(host), run.log(f"haproxy-{host}"), timeout)
+        proc = fetch_proc(target.master_socket, target.master_log, timeout)
     except (RuntimeAPIError, OSError) as exc:
         errors["proc"] = f"{type(exc).__name__}: {exc}"
     return Observation("haproxy", host, at, True, time.perf_counter() - started,

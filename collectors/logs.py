@@ -21,12 +21,15 @@ message_sent, slow_consumer, other.
 
 `Follower` reads one file incrementally (offset/inode/head fingerprint persisted in a JSON state
 file), across rotation and truncation. `Aggregator` counts lines per window and (service, remote,
-kind) with a few example lines per group; lines it cannot parse are counted with samples. `collect`
-wraps the whole run dir's logs/ into an Observation.
+kind) with a few example lines per group; lines it cannot parse are counted with samples. `Tail`
+follows every file of a run dir's logs/ and feeds the new lines to an Aggregator: the control
+plane keeps one between scrapes; `collect(target)` is a Tail read once from the start, wrapped in
+an Observation. One pipeline, so `chatops inspect logs` and the control plane count alike.
 """
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -35,11 +38,10 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from functools import partial
 from itertools import repeat
 from operator import itemgetter
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Generator, Iterable, Iterator
 
 from collectors import fastlog
 from collectors.base import Observation, observe
@@ -349,26 +351,36 @@ def _fingerprint(fd: int, n: int = 64) -> str:
 
 
 class Follower:
-    """Follows one log file from a saved offset; yields complete lines only.
+    """Follows one log file from a saved offset; hands out complete lines only.
 
     State (offset, inode, device, first bytes of the file) is saved as JSON in `state_path` after
-    each `read_lines()`, so a new Follower on the same state resumes where the last one stopped.
+    each read, so a new Follower on the same state resumes where the last one stopped.
     Rotation (rename + new file): the old file stays open and is read to its end -- a trailing
     partial line in it is then complete, since nobody writes there any more -- before switching to
     the new file from offset 0. Truncation (size below the offset, or the first bytes changed):
-    start again from 0 and count it. Each call reads at most `max_bytes`; a line longer than that
-    is cut at `max_bytes` and counted in `oversized`.
-    Restart after a rotation that happened while nobody was following starts the new file at 0;
-    what was left unread in the old one is not found (its name is unknown). With `tail_bytes`, a
-    file met without saved state is read from the first whole line in its last `tail_bytes`.
+    start again from 0 and count it. Restart after a rotation that happened while nobody was
+    following starts the new file at 0; what was left unread in the old one is not found (its
+    name is unknown). With `tail_bytes`, a file met without saved state is read from the first
+    whole line in its last `tail_bytes`.
+
+    Each read takes at most `max_bytes` of the file (None: up to its end), `chunk` bytes at a
+    time. A line longer than the limit counts in `oversized` and is cut: without `max_line`, into
+    pieces of `max_bytes`, each handed out as a line; with `max_line`, its first `max_line` bytes
+    are handed out once and the rest of it, up to its newline, is skipped -- the Aggregator parses
+    no more than MAX_LINE characters of a line anyway, and one line then never holds megabytes.
+    An unterminated last line waits for its newline, unless the read is `final` (a file nobody
+    writes any more, read once) or the file was rotated away.
     """
 
     def __init__(self, path: str | os.PathLike, state_path: str | os.PathLike | None = None,
-                 max_bytes: int = 1 << 20, tail_bytes: int | None = None):
+                 max_bytes: int | None = 1 << 20, tail_bytes: int | None = None,
+                 max_line: int | None = None, chunk: int = 1 << 22):
         self.path = Path(path)
         self.tail_bytes = tail_bytes     # no saved state: start at the first line in the last N bytes
         self.state_path = Path(state_path) if state_path else None
         self.max_bytes = max_bytes
+        self.max_line = max_line
+        self.chunk = chunk
         self.offset = 0
         self.inode: int | None = None
         self.dev: int | None = None
@@ -376,6 +388,7 @@ class Follower:
         self.rotations = 0
         self.truncations = 0
         self.oversized = 0
+        self._skipping = False           # inside a line cut at max_line: drop bytes up to its newline
         self._fd: int | None = None
         self._saved: dict[str, Any] | None = None
         if self.state_path and self.state_path.exists():
@@ -417,6 +430,7 @@ class Follower:
             return False
         st = os.fstat(fd)
         self._fd, self.inode, self.dev, self.offset, self.head = fd, st.st_ino, st.st_dev, 0, ""
+        self._skipping = False
         saved, self._saved = self._saved, None
         if not saved and self.tail_bytes is not None and st.st_size > self.tail_bytes:
             start = st.st_size - self.tail_bytes
@@ -433,7 +447,7 @@ class Follower:
     def _check_truncation(self, size: int) -> None:
         assert self._fd is not None
         if size < self.offset or (self.head and _fingerprint(self._fd, len(self.head) // 2) != self.head):
-            self.offset, self.head = 0, ""
+            self.offset, self.head, self._skipping = 0, "", False
             self.truncations += 1
 
     def _rotated(self) -> bool:
@@ -443,12 +457,12 @@ class Follower:
             return False   # renamed away, nothing new yet: keep the old fd, check again later
         return (st.st_ino, st.st_dev) != (self.inode, self.dev)
 
-    def read_lines(self) -> list[str]:
-        """Complete lines appended since the last call (without their newline), at most
-        `max_bytes` of them; decoded with errors='replace'."""
-        out: list[bytes] = []
+    def read_spans(self, final: bool = False) -> Iterator[tuple[bytes, int, int]]:
+        """Complete lines appended since the last read, as (data, start, end): data[start:end] is
+        whole lines, each ended by "\\n" (a cut line is given one). Read it to its end: the state
+        is saved then."""
         budget = self.max_bytes
-        while budget > 0:
+        while budget is None or budget > 0:
             if self._fd is None and not self._open():
                 break
             fd = self._fd
@@ -461,34 +475,76 @@ class Follower:
             rotated = self._rotated()
             if rotated:
                 size = os.fstat(fd).st_size
-            want = min(budget, size - self.offset)
-            if want > 0:
-                data = os.pread(fd, want, self.offset)
-                last = data.rfind(b"\n")
-                if last >= 0:
-                    out.extend(data[:last].split(b"\n"))
-                    used = last + 1
-                elif len(data) >= self.max_bytes:
-                    out.append(data)             # one line longer than max_bytes: cut it
-                    self.oversized += 1
-                    used = len(data)
-                else:
-                    used = 0
-                if rotated and used < len(data) and self.offset + len(data) >= size:
-                    out.append(data[used:])      # old file's last, unterminated line
-                    used = len(data)
-                self.offset += used
-                budget -= max(used, 1)
-                if used == 0 and not rotated:
-                    break
-                if self.offset < size:
-                    continue                      # budget left? read on
-            if not rotated:
+            budget = yield from self._read_to(fd, size, budget, ended=rotated or final)
+            if not rotated or self.offset < size:
                 break
             self.close()
             self.rotations += 1
             self.inode = None
         self.save()
+
+    def _read_to(self, fd: int, size: int, budget: int | None,
+                 ended: bool) -> Generator[tuple[bytes, int, int], None, int | None]:
+        """Spans of whole lines from self.offset up to `size`, within `budget` bytes read;
+        self.offset moves past each span before it is handed out. Returns the budget left."""
+        limit = self.max_line if self.max_line is not None else (self.max_bytes or self.chunk)
+        pos = self.offset                      # next byte to read
+        held: list[bytes] = []                 # the unfinished line after the last "\n" read
+        held_n = 0
+        while pos < size and (budget is None or budget > 0):
+            want = min(size - pos, self.chunk if budget is None else min(self.chunk, budget))
+            data = os.pread(fd, want, pos)
+            if not data:                       # the file shrank under us: the next read sees it
+                break
+            pos += len(data)
+            if budget is not None:
+                budget -= len(data)
+            start = 0
+            if self._skipping:
+                nl = data.find(b"\n")
+                if nl < 0:
+                    self.offset = pos
+                    continue
+                self._skipping, start = False, nl + 1
+                self.offset = pos - len(data) + start
+            last = data.rfind(b"\n", start)
+            if last < 0:
+                held.append(data[start:] if start else data)
+                held_n += len(data) - start
+            else:
+                if held:                       # the held line ends in this chunk
+                    nl = data.find(b"\n", start)
+                    line = b"".join(held) + data[start:nl + 1]
+                    held, held_n, start = [], 0, nl + 1
+                    self.offset = pos - len(data) + start
+                    yield line, 0, len(line)
+                if last >= start:
+                    self.offset = pos - len(data) + last + 1
+                    yield data, start, last + 1
+                if last + 1 < len(data):
+                    held, held_n = [data[last + 1:]], len(data) - last - 1
+            while held_n >= limit:
+                line = b"".join(held)
+                self.oversized += 1
+                if self.max_line is not None:
+                    held, held_n, self._skipping = [], 0, True
+                    self.offset = pos
+                else:
+                    held, held_n = [line[limit:]], len(line) - limit
+                    self.offset = pos - held_n
+                yield line[:limit] + b"\n", 0, limit + 1
+        if held and ended and pos >= size:
+            line = b"".join(held) + b"\n"      # the last line of a file nobody writes any more
+            self.offset = pos
+            yield line, 0, len(line)
+        return budget
+
+    def read_lines(self) -> list[str]:
+        """Complete lines appended since the last call (without their newline), at most
+        `max_bytes` of them; decoded with errors='replace'."""
+        out: list[bytes] = []
+        for data, start, end in self.read_spans():
+            out.extend(data[start:end - 1].split(b"\n"))
         return [decode(b) for b in out]
 
 
@@ -782,33 +838,15 @@ class Aggregator:
             start = scan.end
 
     def add_file(self, path: str | os.PathLike, chunk: int = 1 << 22) -> None:
-        """Count a whole file, read in `chunk`-byte pieces cut at line ends. A line is held in
-        memory only up to _HOLD bytes, enough for MAX_LINE + 1 characters of any UTF-8; past that
-        it is parsed from its start and counted as cut, like any line longer than MAX_LINE."""
-        carry, skipping = b"", False
-        with open(path, "rb") as f:
-            for block in iter(partial(f.read, chunk), b""):
-                begin = 0
-                if carry or skipping:
-                    # Finish the line carried over from the last block without copying this one.
-                    nl = block.find(b"\n")
-                    if nl < 0:
-                        if not skipping:
-                            carry += block
-                            if len(carry) > _HOLD:
-                                carry, skipping = carry[:_HOLD], True
-                        continue
-                    self.add_bytes(carry + block[:nl + 1] if not skipping else carry + b"\n")
-                    carry, skipping, begin = b"", False, nl + 1
-                cut = block.rfind(b"\n", begin) + 1
-                if cut > begin:
-                    self.add_bytes(block, begin, cut)
-                    begin = cut
-                carry = block[begin:]
-                if len(carry) > _HOLD:
-                    carry, skipping = carry[:_HOLD], True
-        if carry:
-            self.add_bytes(carry)
+        """Count a whole file, read once to its end as a Tail reads it (a Follower, `chunk` bytes at
+        a time, cut at line ends). A line is held in memory only up to _HOLD bytes, enough for
+        MAX_LINE + 1 characters of any UTF-8; past that it is parsed from its start and counted as
+        cut, like any line longer than MAX_LINE."""
+        with Follower(path, max_bytes=None, max_line=_HOLD, chunk=chunk) as f:
+            if not f._open():
+                raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(path))
+            for data, start, end in f.read_spans(final=True):
+                self.add_bytes(data, start, end)
 
     def result(self) -> LogSummary:
         s = self.summary
@@ -824,60 +862,128 @@ class Aggregator:
 
 # -- the collector --------------------------------------------------------------------------------
 
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+@dataclass(frozen=True)
+class Target:
+    root: Path                           # the run directory; its logs/*.log are read
+    services: frozenset[str] | None = None   # only these files: a service (edge) or a stem (edge-chat1)
+    since_s: float | None = None         # only lines newer than this many seconds before `now`
+    now: float | None = None             # the reference time for since_s; None: when collect runs
+    window_s: int = 60                   # the Aggregator's windows
+    examples: int = 3                    # example lines kept per group
+    first_read: int | None = None        # a Tail meeting a file reads only its last N bytes
+    max_bytes: int | None = None         # a Tail reads at most this much of a file per read
+
+    def wants(self, path: Path) -> bool:
+        return not self.services or path.stem.split("-", 1)[0] in self.services or path.stem in self.services
 
 
-def parse_duration(text: str | float | int | None) -> float | None:
-    """'5m', '90s', '2h', '1d' or a number of seconds -> seconds."""
-    if text is None or text == "":
-        return None
-    if isinstance(text, (int, float)):
-        return float(text)
-    t = text.strip()
-    unit = _UNITS.get(t[-1:].lower())
-    num = t[:-1] if unit else t
-    try:
-        value = float(num)
-    except ValueError:
-        raise ValueError(f"not a duration: {text!r} (use e.g. 30s, 5m, 2h, 1d)") from None
-    if value < 0:
-        raise ValueError(f"not a duration: {text!r} (must not be negative)")
-    return value * (unit or 1)
-
-
-def _service_of(path: Path) -> str:
-    return path.stem.split("-", 1)[0]
-
-
-def collect(run_dir: Any, services: Iterable[str] | None = None, since: str | float | None = None,
-            window_s: int = 60, examples: int = 3, now: float | None = None) -> Observation:
-    """The run dir's logs/*.log, aggregated. `services` filters by file (edge, clue, exchange,
-    haproxy, redis, supervisor, loadgen; a full stem like edge-chat1 works too); `since` keeps
-    lines newer than that duration before `now` (lines without a time are always kept)."""
+def target_for(run_dir: Any, services: Iterable[str] | None = None, since_s: float | None = None,
+               **options: Any) -> Target:
+    """The logs of a run dir (a RunDir or a path); `options` are Target's other fields."""
     from cluster.rundir import RunDir
     root = Path(run_dir.root if isinstance(run_dir, RunDir) else run_dir)
-    logs_dir = root / "logs"
-    wanted = set(services) if services else None
-    since_s = parse_duration(since)
+    return Target(root, frozenset(services) if services else None, since_s, **options)
+
+
+@dataclass
+class FileRead:
+    """What one Tail.read found in one file."""
+    name: str                            # "edge-chat1.log"
+    first: bool                          # the Tail's first read of this file
+    lines: int = 0
+    parsed: int = 0
+    unparsed: int = 0
+    summary: LogSummary | None = None    # this file's own counts, when the read had no shared Aggregator
+    error: str | None = None
+
+
+class Tail:
+    """Follows every `*.log` in the run dir's logs/ (one Follower per file, remembering offsets
+    across rotation and truncation) and feeds the new whole lines of each through the same
+    Aggregator path as a one-shot read: `add_bytes`, the compiled scanner when it is built.
+
+    `read()` counts what was appended since the last read: into one shared Aggregator when given
+    one (collect() does that, reading every file once from its start), else into a fresh one per
+    file whose summary comes back in its FileRead (the control plane keeps a Tail between scrapes
+    and adds those up per file). A file met for the first time is read from its start, or only
+    from its last `target.first_read` bytes."""
+
+    def __init__(self, target: Target):
+        self.target = target
+        self.followers: dict[str, Follower] = {}
+        self._scanner: fastlog.Scanner | None = None    # one set of C buffers for every file
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.target.root / "logs"
+
+    def read(self, into: Aggregator | None = None, final: bool = False) -> list[FileRead]:
+        """Raises FileNotFoundError when there is no logs directory; a file that cannot be read
+        costs only its own FileRead (`error`)."""
+        t = self.target
+        if not self.logs_dir.is_dir():
+            raise FileNotFoundError(f"no logs directory at {self.logs_dir}")
+        out = []
+        for path in sorted(self.logs_dir.glob("*.log")):
+            if not t.wants(path):
+                continue
+            follower = self.followers.get(path.name)
+            read = FileRead(path.name, first=follower is None)
+            if follower is None:
+                follower = self.followers[path.name] = Follower(
+                    path, max_bytes=t.max_bytes, tail_bytes=t.first_read, max_line=_HOLD)
+            agg = into if into is not None else self._aggregator()
+            s = agg.summary
+            before = (s.lines, s.parsed, s.unparsed)
+            try:
+                for data, start, end in follower.read_spans(final):
+                    agg.add_bytes(data, start, end)
+            except OSError as exc:
+                read.error = f"{type(exc).__name__}: {exc}"
+            read.lines, read.parsed = s.lines - before[0], s.parsed - before[1]
+            read.unparsed = s.unparsed - before[2]
+            if into is None and read.error is None:
+                read.summary = agg.result()
+            out.append(read)
+        return out
+
+    def _aggregator(self) -> Aggregator:
+        agg = Aggregator(window_s=self.target.window_s, examples=self.target.examples)
+        if agg.fast:
+            if self._scanner is None:
+                self._scanner = fastlog.Scanner()
+            agg._scanner = self._scanner
+        return agg
+
+    def close(self) -> None:
+        for f in self.followers.values():
+            f.close()
+        self.followers.clear()
+
+    def __enter__(self) -> "Tail":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def collect(target: Target, previous: Observation | None = None) -> Observation:
+    """The run dir's logs/*.log, aggregated: a Tail read once, every file from its start to its
+    end (an unterminated last line counts). `target.services` filters by file (edge, clue,
+    exchange, haproxy, redis, supervisor, loadgen; a full stem like edge-chat1 works too);
+    `target.since_s` keeps lines newer than that many seconds before `target.now` (lines without
+    a time are always kept). `previous` is not needed: a Tail kept between calls is the
+    incremental form."""
 
     def fetch() -> LogSummary:
-        if not logs_dir.is_dir():
-            raise FileNotFoundError(f"no logs directory at {logs_dir}")
-        ref = time.time() if now is None else now
-        agg = Aggregator(window_s=window_s, examples=examples,
-                         since_epoch=None if since_s is None else ref - since_s, now=ref)
-        for path in sorted(logs_dir.glob("*.log")):
-            if wanted and _service_of(path) not in wanted and path.stem not in wanted:
-                continue
-            before = (agg.summary.lines, agg.summary.parsed, agg.summary.unparsed)
-            try:
-                agg.add_file(path)
-            except OSError as exc:
-                agg.summary.files[path.name] = {"error": f"{type(exc).__name__}: {exc}"}
-                continue
-            s = agg.summary
-            agg.summary.files[path.name] = {"lines": s.lines - before[0], "parsed": s.parsed - before[1],
-                                            "unparsed": s.unparsed - before[2]}
+        ref = time.time() if target.now is None else target.now
+        agg = Aggregator(window_s=target.window_s, examples=target.examples,
+                         since_epoch=None if target.since_s is None else ref - target.since_s, now=ref)
+        with Tail(target) as tail:
+            reads = tail.read(into=agg, final=True)
+        for r in reads:
+            agg.summary.files[r.name] = ({"error": r.error} if r.error else
+                                         {"lines": r.lines, "parsed": r.parsed, "unparsed": r.unparsed})
         return agg.result()
 
-    return observe("logs", str(root), fetch)
+    return observe("logs", str(target.root), fetch)

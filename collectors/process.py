@@ -19,8 +19,8 @@ each remote host holds to a Redis port). Pure parsers beside thin fetchers:
 - `read_proc_net_tcp(proc_root="/proc", ports=None)`: the only I/O for sockets, with an
   injectable root (prometheus/client_python's `proc=` habit) so a recorded tree stands in for
   the OS in tests.
-- `collect(run_dir, previous=None, proc_root="/proc")` -> Observation(source="process",
-  target=<run dir>, data=ProcessSnapshot([ProcessReport(name, kind, host, address, port, stats,
+- `collect(target, previous=None)` -> Observation(source="process", target=<run dir, or the
+  target's name>, data=ProcessSnapshot([ProcessReport(name, kind, host, address, port, stats,
   connections={remote host name or IP: n}, time_wait)])). Connections are counted for redis and
   haproxy processes only (None for the others); a missing state file gives up=False; an
   unreadable /proc or cluster file costs only its section (`section_errors`).
@@ -31,7 +31,7 @@ per socket; we need neither (the port already says whose socket it is). The /pro
 rows by port on the raw hex before decoding anything, and caches address decoding.
 
 Measured on this machine (2 cores, Python 3.11, psutil 7.2.2, shared and noisy), `python -m
-collectors.process --bench`: 2,000 loopback connections open (4,001 sockets of ours, on one
+bench.proc_sockets`: 2,000 loopback connections open (4,001 sockets of ours, on one
 port) in a host table of ~11,000 TCP sockets; medians of 7 interleaved runs, three process runs:
 
     psutil.net_connections(kind="tcp")             123 / 129 / 152 ms  (system-wide)
@@ -59,6 +59,7 @@ from pathlib import Path
 
 import psutil
 
+from cluster.rundir import RunDir
 from collectors.base import Observation
 
 # /proc/net/tcp `st` column (include/net/tcp_states.h)
@@ -266,19 +267,30 @@ def _host_names(config: str | None) -> tuple[dict[str, str], str | None]:
         return {}, f"{type(exc).__name__}: {exc}"
 
 
-def collect(run_dir, previous: Observation | None = None, proc_root: str | Path = "/proc") -> Observation:
+@dataclass(frozen=True)
+class Target:
+    run: RunDir                      # the supervisor's run directory: state.json names the processes
+    proc_root: str | Path = "/proc"  # a recorded tree stands in for the OS in tests
+    name: str | None = None          # the Observation's target; default: the run directory
+
+
+def target_for(run_dir, name: str | None = None, proc_root: str | Path = "/proc") -> Target:
+    run = run_dir if isinstance(run_dir, RunDir) else RunDir.resolve(run_dir)
+    return Target(run, proc_root, name)
+
+
+def collect(target: Target, previous: Observation | None = None) -> Observation:
     """Stats for every process in the run directory's state.json, plus, for redis and haproxy
     processes, ESTABLISHED connections to their address:port counted by remote host name.
     Pass the last Observation as `previous` to get CPU %. A missing state file -> up=False."""
-    from cluster.rundir import RunDir
     from cluster.state import read_state
 
-    run = run_dir if isinstance(run_dir, RunDir) else RunDir.resolve(run_dir)
+    run, proc_root = target.run, target.proc_root
+    name = target.name or str(run.root)
     at, started = time.time(), time.perf_counter()
 
     def down(error: str) -> Observation:
-        return Observation("process", str(run.root), at, False, time.perf_counter() - started,
-                           None, error)
+        return Observation("process", name, at, False, time.perf_counter() - started, None, error)
 
     state = read_state(run)
     if state is None:
@@ -322,65 +334,5 @@ def collect(run_dir, previous: Observation | None = None, proc_root: str | Path 
         reports.append(ProcessReport(name=str(p.get("name", "")), kind=str(p.get("kind", "")),
                                      host=str(p.get("host", "")), address=str(p.get("address", "")),
                                      port=p.get("port"), stats=st, connections=conns, time_wait=tw))
-    return Observation("process", str(run.root), at, True, time.perf_counter() - started,
+    return Observation("process", name, at, True, time.perf_counter() - started,
                        ProcessSnapshot(reports, len(entries)), None, section_errors)
-
-
-# --- measuring the two paths ------------------------------------------------------------------
-
-def _bench(pairs: int = 2000, runs: int = 7) -> dict:
-    """Open `pairs` loopback connections and time psutil against /proc (see the docstring)."""
-    import json
-    import os
-    import statistics
-    import struct
-
-    from cluster.loopback import free_prefix
-
-    prefix = free_prefix()
-    lsock = socket.socket()
-    lsock.bind((f"{prefix}.5", 0))
-    lsock.listen(4096)
-    port = lsock.getsockname()[1]
-    socks = []
-    try:
-        for _ in range(pairs):
-            c = socket.socket()
-            c.bind((f"{prefix}.9", 0))
-            c.connect((f"{prefix}.5", port))
-            socks.append(c)
-            socks.append(lsock.accept()[0])
-
-        me = psutil.Process(os.getpid())
-        paths = {
-            "psutil_net_connections_ms": lambda: psutil.net_connections(kind="tcp"),
-            "psutil_process_net_connections_ms": lambda: me.net_connections(kind="tcp"),
-            "proc_read_parse_all_count_ms":
-                lambda: connections_by_remote(read_proc_net_tcp(), port, f"{prefix}.5"),
-            "proc_read_filtered_by_port_count_ms":
-                lambda: connections_by_remote(read_proc_net_tcp(ports=[port]), port, f"{prefix}.5"),
-            "proc_read_only_ms": lambda: (Path("/proc/net/tcp").read_text(),
-                                          Path("/proc/net/tcp6").read_text()),
-        }
-        times: dict[str, list[float]] = {k: [] for k in paths}
-        for _ in range(runs):          # interleaved: a noisy neighbour hits every path alike
-            for k, fn in paths.items():
-                t = time.perf_counter()
-                fn()
-                times[k].append(time.perf_counter() - t)
-        result = {"host_sockets": len(read_proc_net_tcp()), "our_sockets": 2 * pairs + 1}
-        result.update({k: round(statistics.median(v) * 1000, 2) for k, v in times.items()})
-        result["ratio"] = round(result["psutil_net_connections_ms"] / result["proc_read_filtered_by_port_count_ms"], 2)
-        print(json.dumps(result))
-        return result
-    finally:
-        for s in socks:  # RST instead of FIN: leave no TIME_WAIT litter on a shared machine
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            s.close()
-        lsock.close()
-
-
-if __name__ == "__main__":  # pragma: no cover
-    import sys
-    if "--bench" in sys.argv:
-        _bench()

@@ -14,11 +14,12 @@ A pure parser beside a thin fetcher, as the other collectors do it:
 
 - `total(samples, name, **labels)`: the sum of a metric's samples whose labels match (None when
   the metric is absent, so "not exported" never reads as 0).
-- `fetch(url, timeout, source_address)`: one HTTP GET with a timeout and a size cap.
-- `collect(cf, host, service, timeout)` -> Observation(source="service", target="<service>-<host>",
-  data=ServiceData). Clue's `/v1/stats/keys` (JSON counters by shard, prefix and slot) is a
-  section of its own, so is the TIME_WAIT count of the connections this service opens to its
-  upstreams (local profile only: the sockets are on this machine). A failing section is reported
+- `fetch(host, port, path, timeout, source_address)`: one HTTP GET with a timeout and a size cap.
+- `collect(target)` -> Observation(source="service", target="<service>-<host>", data=ServiceData);
+  `target_for(cf, host, service)` names the service's address, port and upstreams. Clue's
+  `/v1/stats/keys` (JSON counters by shard, prefix and slot) is a section of its own, so is the
+  TIME_WAIT count of the connections this service opens to its upstreams (local profile only: the
+  sockets are on this machine). A failing section is reported
   in `section_errors` and the rest still arrives; an unreachable /metrics makes the source down.
 """
 
@@ -33,7 +34,7 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from collectors.base import Observation
+from collectors.base import Observation, source_address
 
 SERVICES = ("edge", "clue", "exchange")
 MAX_BODY = 4 * 1024 * 1024          # the services' expositions are a few KiB; more is hostile
@@ -213,48 +214,63 @@ def upstreams(cf, host: str, service: str) -> list[tuple[str, int]]:
     return []
 
 
-def _source_address(cf) -> str | None:
-    address = cf.controlplane.listen.address
-    return address if cf.profile == "local" and address.startswith("127.") else None
+@dataclass(frozen=True)
+class Target:
+    service: str                     # edge | clue | exchange
+    host: str                        # the chat host it runs on
+    address: str
+    port: int                        # its HTTP port (/metrics)
+    source: str | None = None        # local address our connections come from
+    # (address, port) it connects to; TIME_WAIT towards each is counted when set (local profile)
+    upstreams: tuple[tuple[str, int], ...] | None = None
+    timeout: float = 2.0
+    proc_root: str = "/proc"
+
+    @property
+    def name(self) -> str:
+        return f"{self.service}-{self.host}"
 
 
-def collect(cf, host: str, service: str, timeout: float = 2.0, proc_root: str = "/proc") -> Observation:
-    """Scrape one chat service's /metrics (and clue's key stats, and TIME_WAIT towards its upstreams)."""
+def target_for(cf, host: str, service: str, timeout: float = 2.0, proc_root: str = "/proc") -> Target:
+    """`service` on chat host `host`; raises KeyError (unknown host) or ValueError (unknown service)."""
+    port = service_port(cf, host, service)
+    ups = tuple(upstreams(cf, host, service)) if cf.profile == "local" else None
+    return Target(service, host, cf.address(host), port, source_address(cf), ups, timeout, proc_root)
+
+
+def collect(target: Target, previous: Observation | None = None) -> Observation:
+    """Scrape one chat service's /metrics (and clue's key stats, and TIME_WAIT towards its upstreams).
+    `previous` is not needed: rates between two scrapes are the control plane's figures."""
     at, started = time.time(), time.perf_counter()
-    target = f"{service}-{host}"
-    try:
-        address, port = cf.address(host), service_port(cf, host, service)
-    except (KeyError, ValueError) as exc:
-        return Observation("service", target, at, False, time.perf_counter() - started, None,
-                           f"{type(exc).__name__}: {exc}")
-    src = _source_address(cf)
+    address, port, src, timeout = target.address, target.port, target.source, target.timeout
     url = f"http://{address}:{port}/metrics"
     try:
         parsed = parse_metrics(fetch(address, port, "/metrics", timeout, src))
     except OSError as exc:          # refused, timed out, reset, FetchError
-        return Observation("service", target, at, False, time.perf_counter() - started, None,
+        return Observation("service", target.name, at, False, time.perf_counter() - started, None,
                            f"{type(exc).__name__}: {exc}")
     errors: dict[str, str] = {}
     keys = None
-    if service == "clue":
+    if target.service == "clue":
         left = max(0.1, timeout - (time.perf_counter() - started))
         try:
             keys = parse_keys(fetch(address, port, "/v1/stats/keys", left, src))
         except (OSError, ValueError) as exc:
             errors["keys"] = f"{type(exc).__name__}: {exc}"
     time_wait = None
-    if cf.profile == "local":
+    if target.upstreams is not None:
         from collectors import process
-        ups = upstreams(cf, host, service)
+        ups = target.upstreams
         try:
-            entries = process.read_proc_net_tcp(proc_root, ports={p for _, p in ups})
+            entries = process.read_proc_net_tcp(target.proc_root, ports={p for _, p in ups})
             time_wait = {f"{a}:{p}": process.time_wait_count(entries, p, a) for a, p in ups}
         except OSError as exc:
             errors["time_wait"] = f"{type(exc).__name__}: {exc}"
     if parsed.unparsed_count:
         errors["metrics"] = f"{parsed.unparsed_count} line(s) not understood, e.g. {parsed.unparsed[0]!r}"
-    data = ServiceData(service, host, url, parsed.samples, parsed.unparsed, parsed.unparsed_count, keys, time_wait)
-    return Observation("service", target, at, True, time.perf_counter() - started, data, None, errors)
+    data = ServiceData(target.service, target.host, url, parsed.samples, parsed.unparsed,
+                       parsed.unparsed_count, keys, time_wait)
+    return Observation("service", target.name, at, True, time.perf_counter() - started, data, None, errors)
 
 
 if __name__ == "__main__":      # python -m collectors.services --config FILE HOST SERVICE
@@ -266,4 +282,5 @@ if __name__ == "__main__":      # python -m collectors.services --config FILE HO
     ap.add_argument("host")
     ap.add_argument("service", choices=SERVICES)
     a = ap.parse_args()
-    print(json.dumps(collect(load(a.config).spec, a.host, a.service).as_dict(), indent=1, default=str))
+    obs = collect(target_for(load(a.config).spec, a.host, a.service))
+    print(json.dumps(obs.as_dict(), indent=1, default=str))

@@ -66,9 +66,10 @@ def haproxy_cmd(host: str, config: str | None, run_dir: str | None, as_json: boo
     if host not in chat_hosts:
         fail(f"not a chat host: {host} (chat hosts: {', '.join(chat_hosts)})", 2)
     try:
-        obs = haproxy.collect(cf, run, host)
+        target = haproxy.target_for(run, host)
     except RunDirError as exc:
         fail(str(exc))
+    obs = haproxy.collect(target)
     if as_json:
         click.echo(json.dumps(obs.as_dict(), indent=1, default=str))
         if not obs.up:

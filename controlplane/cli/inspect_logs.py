@@ -16,20 +16,22 @@ from controlplane.cli.common import run_dir_option
 @click.option("--service", "services", multiple=True, metavar="S",
               help="Only these logs: edge, clue, exchange, haproxy, redis, supervisor, loadgen, "
                    "or a file stem like edge-chat1 (repeatable).")
-@click.option("--since", metavar="DURATION", help="Only lines newer than this: 30s, 5m, 2h, 1d.")
+@click.option("--since", metavar="DURATION",
+              help="Only lines newer than this: 30s, 5m, 2h, 1d, or a whole number of seconds.")
 @run_dir_option
 @click.option("--json", "as_json", is_flag=True, help="One JSON object instead of a table.")
 def logs_cmd(services: tuple[str, ...], since: str | None, run_dir: str | None, as_json: bool) -> None:
     """Counts per service/remote/kind in the run dir's logs, with one example line each."""
+    from cluster.durations import DurationError, parse
     from collectors import fastlog, logs
 
     try:
-        logs.parse_duration(since)
-    except ValueError as exc:
+        since_s = None if since is None else parse(since, bare_seconds=True)
+    except DurationError as exc:
         click.echo(f"chatops: --since: {exc}", err=True)
         sys.exit(2)
     run = run_dir_of(run_dir)
-    obs = logs.collect(run, services=services or None, since=since)
+    obs = logs.collect(logs.target_for(run, services=services or None, since_s=since_s))
     if not obs.up:
         click.echo(f"chatops: logs: {obs.error}", err=True)
         sys.exit(1)

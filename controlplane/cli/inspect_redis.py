@@ -65,15 +65,16 @@ def _collect_with_rates(cf, shard: str, interval: float):
     rates cover the quiet gap and not the collector's own SCAN/OBJECT FREQ traffic."""
     from collectors import redis as rc
 
+    target = rc.target_for(cf, shard)
     try:
-        with rc.connect(cf, shard) as conn:
+        with rc.connect(target) as conn:
             first = rc.fetch_info(conn)
     except (OSError, rc.RedisError):
         first = None   # collect() below reports the shard's state and error
     t0 = time.monotonic()
     if first is not None:
         time.sleep(interval)
-    obs = rc.collect(cf, shard)
+    obs = rc.collect(target)
     if first is None or not obs.up or not (obs.data or {}).get("info"):
         return obs, None
     return obs, rc.rates(first, obs.data["info"], max(time.monotonic() - t0, 1e-3))
@@ -167,10 +168,10 @@ def redis_cmd(shard: str, config: str | None, run_dir: str | None, interval: flo
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def clients_cmd(shard: str, by: str, config: str | None, run_dir: str | None, top: int, as_json: bool) -> None:
     """Who holds connections to SHARD: the talk's `lsof | uniq -c`, by host, with idle counts."""
-    from collectors import redis as rc
+    from collectors import clients
 
     cf = _setup(config, run_dir, shard)
-    obs = rc.collect_clients(cf, shard, top_n=top)
+    obs = clients.collect(clients.target_for(cf, shard, top_n=top))
     if _json_or_down(obs, shard, as_json):
         return
     d = obs.data

@@ -12,7 +12,9 @@ when. Sources:
                          clue's /v1/stats/keys too), figures in controlplane/service_figures.py
                                                                              (scrape.interval)
 
-Each scrape is bounded by `timeout` (socket timeouts in the collectors), at most the interval.
+Each source builds its collector's Target (collectors/<source>.py `target_for`) and calls
+`collect(target, previous)`; the figures and the store are this package's. Each scrape is bounded
+by `timeout` (socket timeouts in the collectors, carried on the target), at most the interval.
 """
 
 from __future__ import annotations
@@ -25,13 +27,14 @@ from typing import Any, Callable
 
 from cluster.durations import seconds
 from cluster.rundir import RunDir
-from collectors import haproxy, logs, process, redis, services
+from collectors import clients, haproxy, logs, process, redis, services
 from collectors.base import Observation
 from controlplane.sources import figures, service_figures
 from controlplane.store import Store
 
 LOG_EXAMPLES = 3
 LOG_FIRST_READ = 1 << 20     # on first sight of a log file, read only its last MiB
+LOG_MAX_READ = 8 << 20       # of one log file per scrape; the rest waits for the next
 
 
 @dataclass
@@ -45,6 +48,9 @@ class Source:
 
 
 def build(cf, run: RunDir, store: Store) -> list[Source]:
+    """One Source per target. Targets are built at each scrape from the cluster file and run dir,
+    as cheap as reading two fields, so a target that cannot be named (a socket path too long)
+    fails its own job, not the control plane's start."""
     scrape = cf.controlplane.scrape
     interval, slow = seconds(scrape.interval), seconds(scrape.client_list_interval)
     out: list[Source] = []
@@ -55,56 +61,57 @@ def build(cf, run: RunDir, store: Store) -> list[Source]:
         out.append(Source(f"{kind}:{target}", kind, target, every, t, lambda: fn(t)))
 
     for host, _cluster in cf.chat_hosts():
-        add("haproxy", host, interval, lambda t, h=host: _haproxy(cf, run, store, h, t))
+        add("haproxy", host, interval,
+            lambda t, h=host: _haproxy(store, haproxy.target_for(run, h, timeout=t)))
     for shard in cf.redis.shards:
-        add("redis", shard.name, interval, lambda t, s=shard.name: _redis(cf, store, s, t))
-        add("clients", shard.name, slow, lambda t, s=shard.name: _clients(cf, store, s, t))
-    add("process", "local", interval, lambda t: _process(run, store))
+        add("redis", shard.name, interval,
+            lambda t, s=shard.name: _redis(store, redis.target_for(cf, s, timeout=t)))
+        add("clients", shard.name, slow,
+            lambda t, s=shard.name: _clients(store, clients.target_for(cf, s, timeout=t)))
+    add("process", "local", interval, lambda t: _process(store, process.target_for(run, name="local")))
     tail = LogTail(run)
     add("logs", "local", interval, lambda t: tail.scrape(store))
     for host, _cluster in cf.chat_hosts():
         for service in services.SERVICES:
             add("service", f"{service}-{host}", interval,
-                lambda t, h=host, s=service: _service(cf, store, h, s, t))
+                lambda t, h=host, s=service: _service(store, services.target_for(cf, h, s, timeout=t)))
     return out
 
 
-def _service(cf, store: Store, host: str, service: str, timeout: float) -> Observation:
-    obs = services.collect(cf, host, service, timeout=timeout)
-    prev = store.latest("service", obs.target)
-    before = prev.obs if prev else None
+def _previous(store: Store, source: str, target: str) -> Observation | None:
+    prev = store.latest(source, target)
+    return prev.obs if prev else None
+
+
+def _service(store: Store, target: services.Target) -> Observation:
+    obs = services.collect(target)
+    before = _previous(store, "service", obs.target)
     store.put(obs, service_figures.service_figures(obs, before), service_figures.service_detail(obs, before))
     return obs
 
 
-def _haproxy(cf, run: RunDir, store: Store, host: str, timeout: float) -> Observation:
-    obs = haproxy.collect(cf, run, host, timeout=timeout)
-    prev = store.latest("haproxy", host)
-    store.put(obs, figures.haproxy_figures(obs, prev.obs if prev else None))
+def _haproxy(store: Store, target: haproxy.Target) -> Observation:
+    obs = haproxy.collect(target)
+    store.put(obs, figures.haproxy_figures(obs, _previous(store, "haproxy", target.host)))
     return obs
 
 
-def _redis(cf, store: Store, shard: str, timeout: float) -> Observation:
-    obs = redis.collect(cf, shard, timeout=timeout)
-    prev = store.latest("redis", shard)
-    before = prev.obs if prev else None
+def _redis(store: Store, target: redis.Target) -> Observation:
+    obs = redis.collect(target)
+    before = _previous(store, "redis", target.shard)
     store.put(obs, figures.redis_figures(obs, before),
               {"calls_per_s": figures.redis_calls_per_s(obs, before)})
     return obs
 
 
-def _clients(cf, store: Store, shard: str, timeout: float) -> Observation:
-    obs = redis.collect_clients(cf, shard, timeout=timeout)
+def _clients(store: Store, target: clients.Target) -> Observation:
+    obs = clients.collect(target)
     store.put(obs, figures.clients_figures(obs))
     return obs
 
 
-def _process(run: RunDir, store: Store) -> Observation:
-    prev = store.latest("process", "local")
-    obs = process.collect(run, previous=prev.obs if prev else None)
-    # process.collect names its target after the run dir; the store files it under "local".
-    obs = Observation("process", "local", obs.at, obs.up, obs.duration_s, obs.data, obs.error,
-                      obs.section_errors)
+def _process(store: Store, target: process.Target) -> Observation:
+    obs = process.collect(target, previous=_previous(store, "process", "local"))
     store.put(obs, figures.process_figures(obs))
     return obs
 
@@ -122,7 +129,9 @@ class LogGroupState:
 
 
 class LogTail:
-    """Follows every `*.log` in the run dir's logs/ and counts new lines per (file, remote, kind).
+    """Counts the new lines of every `*.log` in the run dir's logs/ per (file, remote, kind),
+    through a collectors.logs.Tail kept between scrapes (the same reading and parsing as
+    `chatops inspect logs`).
 
     The rate of a group is the lines that appeared since the last scrape over the time between
     scrapes: when the control plane saw them, not the time written in them, so a replayed or
@@ -130,46 +139,34 @@ class LogTail:
     (for examples) but that read counts as history, not as a burst of rate."""
 
     def __init__(self, run: RunDir):
-        self.run = run
-        self.followers: dict[str, logs.Follower] = {}
+        self.tail = logs.Tail(logs.target_for(run, window_s=86400, examples=LOG_EXAMPLES,
+                                              first_read=LOG_FIRST_READ, max_bytes=LOG_MAX_READ))
         self.groups: dict[tuple[str, str | None, str], LogGroupState] = {}
         self.unparsed = 0
         self.unparsed_samples: deque = deque(maxlen=5)
         self.last_at: float | None = None
 
-    def _follower(self, path: Path) -> tuple[logs.Follower, bool]:
-        f = self.followers.get(path.name)
-        if f is not None:
-            return f, False
-        f = self.followers[path.name] = logs.Follower(path, max_bytes=8 << 20, tail_bytes=LOG_FIRST_READ)
-        return f, True
-
     def scrape(self, store: Store) -> Observation:
         at, started = time.time(), time.perf_counter()
-        root = self.run.root / "logs"
-        if not root.is_dir():
-            obs = Observation("logs", "local", at, False, time.perf_counter() - started, None,
-                              f"no logs directory at {root}")
+        try:
+            reads = self.tail.read()
+        except FileNotFoundError as exc:
+            obs = Observation("logs", "local", at, False, time.perf_counter() - started, None, str(exc))
             store.put(obs, {"up": 0.0})
             return obs
         dt = at - self.last_at if self.last_at is not None else None
         fresh: dict[tuple, int] = {}
         errors: dict[str, str] = {}
-        for path in sorted(root.glob("*.log")):
-            try:
-                follower, first = self._follower(path)
-                lines = follower.read_lines()
-            except OSError as exc:
-                errors[path.name] = f"{type(exc).__name__}: {exc}"
+        for read in reads:
+            if read.error is not None:
+                errors[read.name] = read.error
                 continue
-            if not lines:
+            summary = read.summary
+            if summary is None or not summary.lines:
                 continue
-            agg = logs.Aggregator(window_s=86400, examples=LOG_EXAMPLES)
-            agg.add_lines(lines)
-            summary = agg.result()
             self.unparsed += summary.unparsed
             self.unparsed_samples.extend(summary.unparsed_samples)
-            stem = path.stem
+            stem = Path(read.name).stem
             service, _, host = stem.partition("-")
             for g in summary.groups:
                 key = (stem, g.remote, g.kind)
@@ -178,7 +175,7 @@ class LogTail:
                     st = self.groups[key] = LogGroupState(stem, service, host or None, g.remote, g.kind)
                 st.total += g.count
                 st.examples.extend(g.examples)
-                if not first:
+                if not read.first:
                     fresh[key] = fresh.get(key, 0) + g.count
         self.last_at = at
         f: dict[str, float | None] = {"up": 1.0, "unparsed_total": float(self.unparsed)}
@@ -187,7 +184,7 @@ class LogTail:
             f[f"{name}:per_s"] = (fresh.get(key, 0) / dt) if dt else None
             f[f"{name}:total"] = float(st.total)
         obs = Observation("logs", "local", at, True, time.perf_counter() - started,
-                          {"files": len(self.followers)}, None, errors)
+                          {"files": len(self.tail.followers)}, None, errors)
         store.put(obs, f, {"groups": [self._group_dict(st, fresh.get(k, 0), dt) for k, st in self.groups.items()],
                            "unparsed_total": self.unparsed, "unparsed_samples": list(self.unparsed_samples)})
         return obs

@@ -1,6 +1,6 @@
 """The HAProxy collector: parsers on real captures (tests/fixtures/README.md) and hostile variants,
-then live against a real `chatops up` cluster: collect(), the runtime client and
-`chatops inspect haproxy`."""
+then live against a real `chatops up` cluster: collect() and `chatops inspect haproxy`. Changing a
+server's weight or state is tests/controlplane/remediation/test_server_state.py."""
 
 from __future__ import annotations
 
@@ -14,13 +14,11 @@ import pytest
 from cluster import clusterfile
 from cluster.rundir import RunDir
 from collectors import haproxy
-from collectors.haproxy_runtime import RuntimeAPIError, command
 from tests.conftest import (
     chatops,
     cluster_up,
     free_subnet,
     small_cluster,
-    wait_for,
     write_cluster,
 )
 
@@ -131,30 +129,8 @@ def test_garbage_servers_state_and_info(text):
     assert isinstance(haproxy.parse_info(text), dict)
 
 
-@pytest.mark.parametrize("backend,server", [
-    ("redis-shard0", "shard0 weight 0; shutdown sessions server x/y"),
-    ("redis-shard0", "shard0\nshutdown frontend stats"),
-    ("redis-shard0/shard0", "x"), ("redis-shard0", ""), ("be;x", "s"), ("b", "s s"),
-])
-def test_runtime_names_are_validated_before_anything_is_sent(tmp_path, backend, server):
-    with pytest.raises(ValueError, match="refusing"):
-        haproxy.set_server_weight(tmp_path / "absent.sock", backend, server, 1)
-    with pytest.raises(ValueError, match="refusing"):
-        haproxy.set_server_state(tmp_path / "absent.sock", backend, server, "drain")
-
-
-def test_bad_weight_and_state_are_refused(tmp_path):
-    with pytest.raises(ValueError):
-        haproxy.set_server_weight(tmp_path / "x.sock", "b", "s", 257)
-    with pytest.raises(ValueError):
-        haproxy.set_server_weight(tmp_path / "x.sock", "b", "s", "1 ; show")
-    with pytest.raises(ValueError):
-        haproxy.set_server_state(tmp_path / "x.sock", "b", "s", "up")
-
-
 def test_collect_with_no_socket_is_down_with_the_error(tmp_path):
-    cf = clusterfile.parse(json.dumps(small_cluster("127.0.77")))
-    obs = haproxy.collect(cf, RunDir(tmp_path), "chat1")
+    obs = haproxy.collect(haproxy.target_for(RunDir(tmp_path), "chat1"))
     assert obs.up is False and obs.data is None
     assert "No such file" in obs.error and obs.source == "haproxy" and obs.target == "chat1"
 
@@ -176,7 +152,7 @@ def live():
 
 def test_collect_live(live):
     rc, cf, run = live
-    obs = haproxy.collect(cf, run, "chat1")
+    obs = haproxy.collect(haproxy.target_for(run, "chat1"))
     assert obs.up is True and obs.error is None and obs.section_errors == {}
     stat = obs.data.stat
     assert stat.unparsed == []
@@ -198,36 +174,9 @@ def test_collect_live_master_socket_gone_is_a_section_error(live, tmp_path):
     fake = RunDir(tmp_path)
     (tmp_path / "haproxy").mkdir()
     (tmp_path / "haproxy" / "chat1.sock").symlink_to(run.haproxy_socket("chat1"))
-    obs = haproxy.collect(cf, fake, "chat1")
+    obs = haproxy.collect(haproxy.target_for(fake, "chat1"))
     assert obs.up is True and obs.data.stat.rows and obs.data.info
     assert "proc" in obs.section_errors and obs.data.proc is None
-
-
-def test_set_server_weight_and_state_live(live):
-    rc, cf, run = live
-    sock = run.haproxy_socket("chat1")
-    try:
-        haproxy.set_server_weight(sock, "redis-shard0", "shard0", 7)
-        assert haproxy.fetch_stat(sock).get("redis-shard0", "shard0").weight == 7
-        state = haproxy.fetch_servers_state(sock)
-        row = next(s for s in state.servers if s["srv_name"] == "shard0")
-        assert row["srv_uweight"] == 7
-        haproxy.set_server_state(sock, "redis-shard0", "shard0", "drain")
-        assert haproxy.fetch_stat(sock).get("redis-shard0", "shard0").status == "DRAIN"
-        haproxy.set_server_state(sock, "redis-shard0", "shard0", "maint")
-        assert haproxy.fetch_stat(sock).get("redis-shard0", "shard0").status == "MAINT"
-        haproxy.set_server_state(sock, "redis-shard0", "shard0", "ready")
-        wait_for(lambda: haproxy.fetch_stat(sock).get("redis-shard0", "shard0").status == "UP",
-                 what="shard0 back UP")
-        with pytest.raises(RuntimeAPIError, match="No such server"):
-            haproxy.set_server_weight(sock, "redis-shard0", "nosuch", 1)
-        with pytest.raises(ValueError, match="refusing"):
-            haproxy.set_server_weight(sock, "redis-shard0", "shard0 weight 0;set server redis-shard1/shard1", 3)
-        t = haproxy.fetch_stat(sock)
-        assert t.get("redis-shard0", "shard0").weight == 7 and t.get("redis-shard1", "shard1").weight == 1
-    finally:
-        command(sock, "set server redis-shard0/shard0 weight 1")
-        command(sock, "set server redis-shard0/shard0 state ready")
 
 
 def test_inspect_haproxy_cli_live(live):

@@ -16,7 +16,7 @@ import pytest
 
 from chat.logs import format_line
 from collectors import logs
-from collectors.logs import Aggregator, Follower, collect, parse_line, read_file_lines
+from collectors.logs import Aggregator, Follower, Tail, collect, parse_line, read_file_lines, target_for
 
 FIX = Path(__file__).resolve().parent.parent / "fixtures" / "logs"
 REPO = Path(__file__).resolve().parents[2]
@@ -299,17 +299,73 @@ def _fake_run_dir(root: Path) -> None:
 
 def test_collect_observation(tmp_path):
     _fake_run_dir(tmp_path)
-    obs = collect(tmp_path)
+    obs = collect(target_for(tmp_path))
     assert (obs.source, obs.target, obs.up) == ("logs", str(tmp_path), True)
     s = obs.data
     assert s.files["edge-chat1.log"] == {"lines": 29, "parsed": 29, "unparsed": 0}
     assert s.unparsed > 0 and s.unparsed_samples
-    only = collect(tmp_path, services=["exchange"], since="5m").data
+    only = collect(target_for(tmp_path, services=["exchange"], since_s=300)).data
     assert [(t["service"], t["kind"], t["count"]) for t in only.totals()] == [("exchange", "io_timeout", 1)]
     assert only.skipped_before_since == 1
-    missing = collect(tmp_path / "nope")
+    by_stem = collect(target_for(tmp_path, services=["exchange-chat1"])).data
+    assert by_stem.files.keys() == {"exchange-chat1.log"}
+    missing = collect(target_for(tmp_path / "nope"))
     assert not missing.up and "no logs directory" in missing.error
     json.dumps(obs.as_dict())
+
+
+def test_collect_is_a_tail_read_once(tmp_path):
+    """One pipeline: the one-shot collect and a Tail kept across appends count the same lines,
+    the Tail only what is new at each read, and each file on its own."""
+    _fake_run_dir(tmp_path)
+    once = collect(target_for(tmp_path, window_s=86400)).data
+    tail = Tail(target_for(tmp_path, window_s=86400))
+    reads = {r.name: r for r in tail.read()}
+    assert all(r.first and r.error is None for r in reads.values())
+    # clue-chat1.log (logs_evil.log) ends without a newline: a live tail waits for it, collect
+    # (a final read of files nobody writes any more) counts it.
+    tail_files = {n: {"lines": r.lines, "parsed": r.parsed, "unparsed": r.unparsed} for n, r in reads.items()}
+    assert tail_files["clue-chat1.log"]["lines"] == once.files["clue-chat1.log"]["lines"] - 1
+    tail_files["clue-chat1.log"] = once.files["clue-chat1.log"]
+    assert tail_files == once.files
+    final = Tail(target_for(tmp_path, window_s=86400))
+    by_kind: Counter = Counter()
+    for r in final.read(final=True):
+        for g in r.summary.groups:
+            by_kind[(g.service, g.remote, g.kind)] += g.count
+    final.close()
+    assert by_kind == Counter({(t["service"], t["remote"], t["kind"]): t["count"] for t in once.totals()})
+    with open(tmp_path / "logs" / "edge-chat1.log", "a") as w:
+        w.write(format_line("tmi_edge", "clue", "Timed out (after 5s)", None, when=time.time()) + "\n")
+    again = {r.name: r for r in tail.read()}
+    assert not again["edge-chat1.log"].first and again["edge-chat1.log"].lines == 1
+    assert [(g.service, g.kind, g.count) for g in again["edge-chat1.log"].summary.groups] == [
+        ("tmi_edge", "timeout", 1)]
+    assert again["exchange-chat1.log"].lines == 0
+    tail.close()
+
+
+def test_tail_first_read_and_a_giant_line(tmp_path):
+    """A Tail meeting a big file reads only its last bytes; a line far longer than anything a log
+    should hold is counted once, cut, not held whole nor split into many lines."""
+    logs_dir = tmp_path / "logs"
+    logs_dir.mkdir()
+    line = format_line("exchange", "exchange", "i/o timeout", None, when=time.time()) + "\n"
+    (logs_dir / "exchange-chat1.log").write_text(line * 20_000)
+    tail = Tail(target_for(tmp_path, first_read=10_000, max_bytes=1 << 20))
+    [first] = tail.read()
+    assert first.first and 0 < first.lines <= 10_000 // len(line) + 1
+    with open(logs_dir / "exchange-chat1.log", "a") as w:
+        w.write("Feb 18 06:54:04 s: " + "y" * (3 << 20) + "\n" + line)
+    lines = cut = 0
+    for _ in range(5):
+        for r in tail.read():
+            lines += r.lines
+            cut += r.summary.cut
+    assert (lines, cut) == (2, 1)
+    tail.close()
+    once = collect(target_for(tmp_path)).data
+    assert once.lines == 20_002 and once.cut == 1
 
 
 def test_inspect_logs_json(tmp_path):

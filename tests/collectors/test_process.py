@@ -24,6 +24,7 @@ from collectors.process import (
     parse_proc_net_tcp,
     process_stats,
     read_proc_net_tcp,
+    target_for,
     time_wait_count,
 )
 from tests.conftest import small_cluster, write_cluster
@@ -195,8 +196,9 @@ def _state(run_dir: Path, config: Path | None, processes: list[dict]) -> None:
 
 
 def test_collect_missing_state_file(run_dir):
-    obs = collect(run_dir)
+    obs = collect(target_for(run_dir))
     assert obs.source == "process" and obs.target == str(run_dir)
+    assert collect(target_for(run_dir, name="local")).target == "local"
     assert not obs.up and "state.json" in obs.error and obs.data is None
 
 
@@ -208,7 +210,7 @@ def test_collect_on_recorded_proc_root(run_dir, tmp_path):
     config = write_cluster(tmp_path / "cluster.yaml", small_cluster(REC_PREFIX))
     _state(run_dir, config, [{"name": "redis-shard0", "kind": "redis", "host": "redis1",
                               "address": f"{REC_PREFIX}.21", "port": REC_PORT, "pid": os.getpid()}])
-    obs = collect(run_dir, proc_root=proc)
+    obs = collect(target_for(run_dir, proc_root=proc))
     assert obs.up and obs.section_errors == {}
     (report,) = obs.data.processes
     assert report.connections == {"chat1": 3, "chat-testing": 2}
@@ -242,7 +244,7 @@ def test_collect_live_children(run_dir, tmp_path):
             {"name": "loadgen", "kind": "loadgen", "host": "viewers", "address": "", "port": 0,
              "pid": None},
         ])
-        obs = collect(run_dir)
+        obs = collect(target_for(run_dir))
         assert obs.up, obs.error
         assert obs.section_errors == {}
         assert isinstance(obs.data, ProcessSnapshot)
@@ -257,7 +259,7 @@ def test_collect_live_children(run_dir, tmp_path):
         assert by_name["haproxy-chat1"].connections == {}
         assert by_name["loadgen"].stats.gone
         json.dumps(obs.as_dict())                                   # serialisable for the API
-        again = collect(run_dir, previous=obs)
+        again = collect(target_for(run_dir), previous=obs)
         again_redis = {r.name: r for r in again.data.processes}["redis-shard0"]
         assert again_redis.stats.cpu_percent is not None
     finally:
@@ -276,7 +278,7 @@ def test_collect_bad_cluster_file_keeps_ips(run_dir, tmp_path):
     shutil.copy(FIXTURES / "net_tcp.txt", proc / "net" / "tcp")
     _state(run_dir, bad, [{"name": "redis-shard0", "kind": "redis", "host": "redis1",
                            "address": f"{REC_PREFIX}.21", "port": REC_PORT, "pid": os.getpid()}])
-    obs = collect(run_dir, proc_root=proc)
+    obs = collect(target_for(run_dir, proc_root=proc))
     assert obs.up and "host_names" in obs.section_errors
     assert obs.data.processes[0].connections == {f"{REC_PREFIX}.1": 3, f"{REC_PREFIX}.9": 2}
 
@@ -284,7 +286,7 @@ def test_collect_bad_cluster_file_keeps_ips(run_dir, tmp_path):
 def test_collect_unreadable_proc_drops_only_connections(run_dir, tmp_path):
     _state(run_dir, None, [{"name": "redis-shard0", "kind": "redis", "host": "redis1",
                             "address": f"{REC_PREFIX}.21", "port": REC_PORT, "pid": os.getpid()}])
-    obs = collect(run_dir, proc_root=tmp_path / "missing")
+    obs = collect(target_for(run_dir, proc_root=tmp_path / "missing"))
     assert obs.up and "connections" in obs.section_errors
     report = obs.data.processes[0]
     assert not report.stats.gone and report.connections is None

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from cluster import clusterfile, spec
-from collectors import haproxy, redis
+from collectors import clients, haproxy, redis
 from collectors.base import Observation
 from controlplane import store
 from controlplane.sources import figures
@@ -120,8 +120,8 @@ def test_haproxy_figures_from_recorded_show_stat():
 
 
 def test_clients_figures_per_host():
-    cl = redis.parse_client_list((FIX / "redis" / "client_list.txt").read_bytes())
-    agg = redis.aggregate_clients(cl, {}, lambda h: None)
+    cl = clients.parse_client_list((FIX / "redis" / "client_list.txt").read_bytes())
+    agg = clients.aggregate_clients(cl, {}, lambda h: None)
     f = figures.clients_figures(obs("clients", "shard0", 1.0, data=agg))
     assert f["total"] == float(len(cl))
     hosts = [h["host"] for h in agg["by_host"]]

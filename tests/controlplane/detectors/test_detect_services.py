@@ -222,6 +222,6 @@ def test_keepalive_on_no_churn_and_a_stopped_shard_is_an_ingestion_finding():
 def _served(c) -> bool:
     """The main cluster's exchange has delivered a few requests (traffic is flowing)."""
     from cluster.clusterfile import load
-    from collectors.services import collect, total
-    obs = collect(load(c.config).spec, "chat1", "exchange", timeout=1.0)
+    from collectors.services import collect, target_for, total
+    obs = collect(target_for(load(c.config).spec, "chat1", "exchange", timeout=1.0))
     return obs.up and (total(obs.data.samples, "chat_exchange_request_seconds_count") or 0) >= 10
