@@ -6,8 +6,9 @@ timeouts and sends to clue, clue's tornado ECONNREFUSED warnings and Redis timeo
 successes and i/o timeouts, slow consumers and ping timeouts, with varying fields. Then, in the same
 run, alternating, `--reps` times each:
 
-- collector: collectors.logs Aggregator.add_file (60 s windows, 3 examples per group) -- what
-  `collect()` does per file, through the compiled scanner when `make` has built it;
+- collector: collectors.logs Aggregator.add_file (60 s windows, 3 examples per group): the file
+  read once to its end through a Follower into add_bytes -- what `collect()`'s Tail does per
+  file, through the compiled scanner when `make` has built it;
 - baseline: `for line in f: n += 1` over the same file opened as text (UTF-8, errors='replace',
   newline='\\n');
 - for information, once, the collector with the compiled scanner turned off (same counts), and
