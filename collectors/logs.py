@@ -877,12 +877,14 @@ class Target:
         return not self.services or path.stem.split("-", 1)[0] in self.services or path.stem in self.services
 
 
-def target_for(run_dir: Any, services: Iterable[str] | None = None, since_s: float | None = None,
-               **options: Any) -> Target:
-    """The logs of a run dir (a RunDir or a path); `options` are Target's other fields."""
+def target_for(run_dir: Any, services: Iterable[str] | None = None, since_s: float | None = None, *,
+               now: float | None = None, window_s: int = 60, examples: int = 3,
+               first_read: int | None = None, max_bytes: int | None = None) -> Target:
+    """The logs of a run dir (a RunDir or a path)."""
     from cluster.rundir import RunDir
     root = Path(run_dir.root if isinstance(run_dir, RunDir) else run_dir)
-    return Target(root, frozenset(services) if services else None, since_s, **options)
+    return Target(root, frozenset(services) if services else None, since_s, now, window_s, examples,
+                  first_read, max_bytes)
 
 
 @dataclass
@@ -948,7 +950,10 @@ class Tail:
         return out
 
     def _aggregator(self) -> Aggregator:
-        agg = Aggregator(window_s=self.target.window_s, examples=self.target.examples)
+        t = self.target
+        ref = time.time() if t.now is None else t.now
+        agg = Aggregator(window_s=t.window_s, examples=t.examples,
+                         since_epoch=None if t.since_s is None else ref - t.since_s, now=ref)
         if agg.fast:
             if self._scanner is None:
                 self._scanner = fastlog.Scanner()
