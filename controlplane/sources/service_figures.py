@@ -1,6 +1,6 @@
 """Service observations -> flat figures (source `service`, target `<service>-<host>`).
 
-Pure, as controlplane/figures.py: the newest observation and the one before give rates between
+Pure, as figures.py beside it: the newest observation and the one before give rates between
 scrapes; None means "not known this time" (a first sample, a counter that went backwards after a
 restart, a metric this service does not export). Per service:
 

@@ -1,5 +1,5 @@
 """The JSON API, `/api/v1/...`, described by controlplane/web/openapi.json (served as is at
-/api/v1/openapi.json; tests/controlplane/test_api.py checks every route against it on a live
+/api/v1/openapi.json; tests/controlplane/web/test_api.py checks every route against it on a live
 cluster). docs/api.md is the reader's guide.
 
 Every figure comes from the read model (controlplane/readmodel.py), so the API and the dashboard

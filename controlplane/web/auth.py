@@ -15,7 +15,7 @@ session opened by typing the token into /login.
   form field `csrf_token` or header `X-CSRF-Token`, or gets 400. Bearer requests are exempt: a
   browser never adds that header by itself, so a forged cross-site request cannot carry it.
 
-Use `@require_auth` on every state-changing view; tests/controlplane/test_auth.py walks the URL
+Use `@require_auth` on every state-changing view; tests/controlplane/web/test_auth.py walks the URL
 map and fails on any mutating route an anonymous client can reach.
 """
 

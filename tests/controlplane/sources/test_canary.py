@@ -438,7 +438,7 @@ def write_hostile(out: Path) -> None:
     strings and booleans where numbers belong; a detail whose messages and edges are garbage; a
     room with a detail but no series, and one with series but no detail."""
     doc = json.loads((out / "delivery_gap_fire.json").read_text())
-    doc["hand_made"] = "from delivery_gap_fire.json by write_hostile() in tests/controlplane/test_canary.py"
+    doc["hand_made"] = "from delivery_gap_fire.json by write_hostile() in tests/controlplane/sources/test_canary.py"
     lobby = doc["series"]["canary:lobby"]
     lobby["edge:chat2:delivered_ratio"] = [[t, None if i % 2 else v]
                                            for i, (t, v) in enumerate(lobby["edge:chat2:delivered_ratio"])]
