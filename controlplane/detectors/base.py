@@ -38,6 +38,8 @@ from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, NamedTuple
 
+from controlplane.sources import names
+
 SEVERITIES = ("info", "warning", "critical")
 Point = tuple[float, float | None]
 
@@ -312,11 +314,11 @@ def log_charts(f: dict) -> list[Chart]:
         stems.add(f"{a['service']}-{a['host']}")
 
     def pick(name: str) -> tuple[str, str] | None:
-        # logs figures are named "<file stem>|<remote>|<kind>:per_s"
-        stem, _, rest = name.partition("|")
-        remote, _, tail = rest.partition("|")
-        kind = tail[:-len(":per_s")] if tail.endswith(":per_s") else None
-        if stem in stems and kind in LOG_ERROR_KINDS:
+        group = names.split_log_group(name)
+        if group is None:
+            return None
+        stem, remote, kind, figure = group
+        if figure == "per_s" and stem in stems and kind in LOG_ERROR_KINDS:
             return "/s", f"{stem} → {remote} {kind.replace('_', ' ')}"
         return None
     return [Chart("logs", "local", pick=pick)]

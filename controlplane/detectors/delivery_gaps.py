@@ -35,6 +35,7 @@ from controlplane.detectors.base import (
     num,
     shard_charts,
 )
+from controlplane.sources import names
 
 KIND = "delivery_gap"
 SOURCE = "canary"
@@ -43,12 +44,13 @@ MAX_EXAMPLES = 5
 
 
 
+def _edge_series(edge: str, figure: str) -> str:
+    return names.series(names.labelled("edge", edge), figure)
+
+
+
 def _edges(window: Window, room: str, detail: dict) -> list[str]:
-    found = set()
-    for name in window.names(SOURCE, room):
-        parts = name.split(":")
-        if len(parts) == 3 and parts[0] == "edge" and parts[2] == "delivered_ratio":
-            found.add(parts[1])
+    found = set(names.parts(window.names(SOURCE, room), "edge", "delivered_ratio"))
     edges = detail.get("edges")
     if isinstance(edges, dict):
         found |= {e for e in edges if isinstance(e, str)}
@@ -100,7 +102,7 @@ def detect(window: Window, cf) -> list[Finding]:
                 cluster = ""
         edges = _edges(window, room, detail)
         for host in edges:
-            ratio_pts = [(t, num(v)) for t, v in window.points(SOURCE, room, f"edge:{host}:delivered_ratio")]
+            ratio_pts = [(t, num(v)) for t, v in window.points(SOURCE, room, _edge_series(host, "delivered_ratio"))]
             if not ratio_pts or window.now - ratio_pts[-1][0] > stale_after:
                 continue
             held = window.held_for(ratio_pts, lambda v: v < 1.0)
@@ -110,11 +112,11 @@ def detect(window: Window, cf) -> list[Finding]:
                 continue
             nothing = window.held_for(ratio_pts, lambda v: v <= 0.0) >= hold
             ratio = ratio_pts[-1][1]
-            connected = num(window.value(SOURCE, room, f"edge:{host}:connected"))
+            connected = num(window.value(SOURCE, room, _edge_series(host, "connected")))
             edge_detail = (detail.get("edges") or {}).get(host) if isinstance(detail.get("edges"), dict) else None
             edge_detail = edge_detail if isinstance(edge_detail, dict) else {}
             missed, lines = _missed(detail, host, late)
-            others = {e: num(window.value(SOURCE, room, f"edge:{e}:delivered_ratio")) for e in edges if e != host}
+            others = {e: num(window.value(SOURCE, room, _edge_series(e, "delivered_ratio"))) for e in edges if e != host}
             unreachable = connected == 0.0
             what = ("is unreachable" if unreachable else
                     "delivers no canary message" if nothing else "misses or delays canary messages")
@@ -125,9 +127,9 @@ def detect(window: Window, cf) -> list[Finding]:
                 "room": room, "host": host, "cluster": cluster,
                 "delivered_ratio": ratio,
                 "ratio_over_messages": detail.get("ratio_messages"),
-                "missing": num(window.value(SOURCE, room, f"edge:{host}:missing")),
-                "latency_p50_s": num(window.value(SOURCE, room, f"edge:{host}:latency_s")),
-                "latency_max_s": num(window.value(SOURCE, room, f"edge:{host}:latency_max_s")),
+                "missing": num(window.value(SOURCE, room, _edge_series(host, "missing"))),
+                "latency_p50_s": num(window.value(SOURCE, room, _edge_series(host, "latency_s"))),
+                "latency_max_s": num(window.value(SOURCE, room, _edge_series(host, "latency_max_s"))),
                 "late_after_s": late,
                 "connected": None if connected is None else connected >= 1.0,
                 "connection_error": edge_detail.get("error"),

@@ -43,6 +43,7 @@ from controlplane.detectors.base import (
     shard_charts,
     thresholds,
 )
+from controlplane.sources import names
 
 KIND = "ingestion_timeouts"
 MIN_SPAN_S = 10.0
@@ -162,8 +163,9 @@ def detect(window: Window, cf) -> list[Finding]:
         }
         firing, sustained, held, lead = _best(window, cf, signals)
         if firing or sustained:
-            per_shard = {s: _r(smooth(window.points("service", clue, f"shard:{s}:redis_errors_per_s"), span)[-1][1])
-                         for s in shard_names if window.points("service", clue, f"shard:{s}:redis_errors_per_s")}
+            def errors(s: str) -> list:
+                return window.points("service", clue, names.series(names.labelled("shard", s), "redis_errors_per_s"))
+            per_shard = {s: _r(smooth(errors(s), span)[-1][1]) for s in shard_names if errors(s)}
             per_shard = {s: v for s, v in per_shard.items() if v is not None}
             worst = max(per_shard, key=lambda s: per_shard[s], default=None)
             ev = {k: _r(num(pts[-1][1])) if pts else None for k, pts in signals.items()}

@@ -53,10 +53,15 @@ from controlplane.detectors.hot_shard import (
     shard_names,
     summary,
 )
+from controlplane.sources import names
 
 KIND = "leaked_clients"
 IGNORED_HOSTS = ("controlplane",)      # our own collectors' connections
 MAXCLIENTS_ERROR = "max number of clients"
+
+
+def _host_series(host: str, figure: str) -> str:
+    return names.series(names.labelled("host", host), figure)
 
 
 def refused(window: Window, shard: str) -> bool:
@@ -162,17 +167,17 @@ def detect(window: Window, cf) -> list[Finding]:
         hosts = {h["host"]: h for h in by_host}
         # A host gone from the newest CLIENT LIST may still be in the series: it has no connections
         # now (or, when the shard refuses us, its last known counts are all there is).
-        for name in {n.split(":", 2)[1] for n in window.names("clients", shard) if n.startswith("host:")}:
+        for name in names.parts(window.names("clients", shard), "host"):
             if stale:
-                last = {f: fill(window.points("clients", shard, f"host:{name}:{f}")) for f in ("count", "idle")}
+                last = {f: fill(window.points("clients", shard, _host_series(name, f))) for f in ("count", "idle")}
                 hosts.setdefault(name, {"host": name, "count": last["count"][-1][1] if last["count"] else 0,
                                         "idle_over": last["idle"][-1][1] if last["idle"] else 0, "stale": True})
             hosts.setdefault(name, {"host": name, "count": 0, "idle_over": 0})
         for name, h in sorted(hosts.items()):
             if name in IGNORED_HOSTS:
                 continue
-            idle_pts = fill(window.points("clients", shard, f"host:{name}:idle"))
-            count_pts = fill(_absent_is_zero(window.points("clients", shard, f"host:{name}:count"),
+            idle_pts = fill(window.points("clients", shard, _host_series(name, "idle")))
+            count_pts = fill(_absent_is_zero(window.points("clients", shard, _host_series(name, "count")),
                                              window.points("clients", shard, "total")))
             i_fire, i_keep, i_held = _judge(window, cf, idle_pts, lambda v: v >= limit,
                                             lambda v: v >= limit * factor, extra)
@@ -215,8 +220,8 @@ def _finding(window, cf, shard, host, h, state, total, idle_after, firing, held,
         "max_idle_s": num(h.get("max_idle_s")), "top_commands": h.get("top_commands") or [],
         "share_of_shard": round(count / total, 3) if total else None, "shard_total_clients": total,
         "growth": grown, "ops_per_s_growth": None if ops_growth is None else round(ops_growth, 1),
-        "idle_series": summary(window.points("clients", shard, f"host:{host}:idle"), 60.0, window.now),
-        "count_series": summary(window.points("clients", shard, f"host:{host}:count"), 60.0, window.now),
+        "idle_series": summary(window.points("clients", shard, _host_series(host, "idle")), 60.0, window.now),
+        "count_series": summary(window.points("clients", shard, _host_series(host, "count")), 60.0, window.now),
         "held_s": round(held, 1), "hold_s": hold_s(cf),
         "timeout": state["timeout"], "timeout_zero": state["timeout_zero"],
         "connected_clients": state["connected_clients"], "maxclients": state["maxclients"],
@@ -321,12 +326,11 @@ def _top_idle_host(window: Window, cf, shard: str, stale: bool = False) -> dict[
     if stale or not isinstance(rows, list):
         # No CLIENT LIST now: the hosts' last known counts from the series.
         rows = []
-        for n in window.names("clients", shard):
-            if n.startswith("host:") and n.endswith(":idle"):
-                name = n[len("host:"):-len(":idle")]
-                rows.append({"host": name, "idle_over": _last_known(window.points("clients", shard, n)),
-                             "count": _last_known(window.points("clients", shard, f"host:{name}:count")),
-                             "cluster": None})
+        for name in names.parts(window.names("clients", shard), "host", "idle"):
+            rows.append({"host": name,
+                         "idle_over": _last_known(window.points("clients", shard, _host_series(name, "idle"))),
+                         "count": _last_known(window.points("clients", shard, _host_series(name, "count"))),
+                         "cluster": None})
     best = None
     for h in rows:
         if not isinstance(h, dict) or h.get("host") in IGNORED_HOSTS or not num(h.get("idle_over")):

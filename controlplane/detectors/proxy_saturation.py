@@ -40,6 +40,7 @@ from controlplane.detectors.base import (
     shard_charts,
     thresholds,
 )
+from controlplane.sources import names
 
 KIND = "proxy_saturation"
 SEVERE_EXITS = (134, 139)
@@ -52,16 +53,16 @@ def _r(v: float | None) -> float | None:
 
 
 def _ratio(window: Window, host: str, row: str) -> list:
-    slim = dict(window.points("haproxy", host, f"{row}:slim"))
+    slim = dict(window.points("haproxy", host, names.series(row, "slim")))
     out = []
-    for t, cur in window.points("haproxy", host, f"{row}:scur"):
+    for t, cur in window.points("haproxy", host, names.series(row, "scur")):
         lim, cur = num(slim.get(t)), num(cur)
         out.append((t, cur / lim if cur is not None and lim else None))
     return out
 
 
-def _sum(window: Window, host: str, row: str, names: tuple[str, ...]) -> list:
-    series = [dict(window.points("haproxy", host, f"{row}:{n}")) for n in names]
+def _sum(window: Window, host: str, row: str, figures: tuple[str, ...]) -> list:
+    series = [dict(window.points("haproxy", host, names.series(row, n))) for n in figures]
     times = sorted({t for s in series for t in s})
     out = []
     for t in times:
@@ -80,7 +81,7 @@ def _rows(window: Window, host: str) -> dict[str, dict]:
 
 
 def _row_names(window: Window, host: str) -> list[str]:
-    return sorted({n.rsplit(":", 1)[0] for n in window.names("haproxy", host) if "/" in n and ":" in n})
+    return sorted({names.part_of(n) for n in window.names("haproxy", host) if "/" in n and ":" in n})
 
 
 def _changed(points: list) -> bool:
@@ -123,18 +124,18 @@ def detect(window: Window, cf) -> list[Finding]:
                          judge(window, pts, th.proxy_session_warn_ratio, cf),
                          "critical" if (pts[-1][1] or 0) >= 1 else "warning")
             if kind in ("backend", "server"):
-                pts = window.points("haproxy", host, f"{row}:qcur")
+                pts = window.points("haproxy", host, names.series(row, "qcur"))
                 note(subject, row, f"{kind}_queue", num(pts[-1][1]) if pts else None, judge(window, pts, 1.0, cf))
                 pts = _sum(window, host, row, ("econ_per_s", "eresp_per_s"))
                 note(subject, row, f"{kind}_errors_per_s", _r(pts[-1][1]) if pts else None,
                      judge(window, pts, th.proxy_errors_per_s, cf))
             else:
-                pts = window.points("haproxy", host, f"{row}:ereq_per_s")
+                pts = window.points("haproxy", host, names.series(row, "ereq_per_s"))
                 note(subject, row, "frontend_request_errors_per_s", _r(pts[-1][1]) if pts else None,
                      judge(window, pts, th.proxy_errors_per_s, cf))
             if kind == "server" and not str(r.get("status") or "").startswith("MAINT"):
-                pts = window.points("haproxy", host, f"{row}:up")
-                backend_up = num(window.value("haproxy", host, f"{proxy}/BACKEND:up"))
+                pts = window.points("haproxy", host, names.series(row, "up"))
+                backend_up = num(window.value("haproxy", host, names.series(names.proxy_row(proxy, "BACKEND"), "up")))
                 note(subject, row, "server_down", r.get("status"), judge(window, pts, 0.0, cf, above=False),
                      "critical" if backend_up == 0 else "warning")
 

@@ -29,7 +29,7 @@ from cluster.durations import seconds
 from cluster.rundir import RunDir
 from collectors import clients, haproxy, logs, process, redis, services
 from collectors.base import Observation
-from controlplane.sources import figures, service_figures
+from controlplane.sources import figures, names, service_figures
 from controlplane.store import Store
 
 LOG_EXAMPLES = 3
@@ -180,9 +180,9 @@ class LogTail:
         self.last_at = at
         f: dict[str, float | None] = {"up": 1.0, "unparsed_total": float(self.unparsed)}
         for key, st in self.groups.items():
-            name = f"{st.file}|{st.remote or '-'}|{st.kind}"
-            f[f"{name}:per_s"] = (fresh.get(key, 0) / dt) if dt else None
-            f[f"{name}:total"] = float(st.total)
+            group = names.log_group(st.file, st.remote, st.kind)
+            f[names.series(group, "per_s")] = (fresh.get(key, 0) / dt) if dt else None
+            f[names.series(group, "total")] = float(st.total)
         obs = Observation("logs", "local", at, True, time.perf_counter() - started,
                           {"files": len(self.tail.followers)}, None, errors)
         store.put(obs, f, {"groups": [self._group_dict(st, fresh.get(k, 0), dt) for k, st in self.groups.items()],

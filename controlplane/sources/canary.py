@@ -51,6 +51,7 @@ from typing import Any, Iterable
 
 from chat import irc
 from collectors.base import Observation
+from controlplane.sources import names
 
 log = logging.getLogger(__name__)
 
@@ -189,12 +190,13 @@ class DeliveryBook:
             ok = sum(1 for _, v in window if v == "on_time")
             lats = [m.delivered[e] for m, _ in verdicts[-max(self.ratio_messages, LATENCY_MESSAGES):]
                     if e in m.delivered]
-            figures[f"edge:{e}:judged"] = float(len(window))
-            figures[f"edge:{e}:delivered_ratio"] = ok / len(window) if window else None
-            figures[f"edge:{e}:missing"] = float(len(window) - ok)
-            figures[f"edge:{e}:latency_s"] = _percentile(lats, 0.5)
-            figures[f"edge:{e}:latency_max_s"] = max(lats) if lats else None
-            figures[f"edge:{e}:connected"] = 1.0 if self.state[e].connected else 0.0
+            part = names.labelled("edge", e)
+            figures[names.series(part, "judged")] = float(len(window))
+            figures[names.series(part, "delivered_ratio")] = ok / len(window) if window else None
+            figures[names.series(part, "missing")] = float(len(window) - ok)
+            figures[names.series(part, "latency_s")] = _percentile(lats, 0.5)
+            figures[names.series(part, "latency_max_s")] = max(lats) if lats else None
+            figures[names.series(part, "connected")] = 1.0 if self.state[e].connected else 0.0
         figures["sent"] = float(self.sent_total)
         figures["pending"] = float(len(self.messages) - len(judged))
         figures["refused"] = float(sum(1 for m in judged if m.refused))

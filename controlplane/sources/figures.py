@@ -3,7 +3,7 @@
 Pure functions. Each takes the newest Observation of one source (and, where a rate needs it, the
 one before) and returns `{figure name: number or None}`. None means "not known this time" (a
 first sample has no rate; a down source has no ops/s); the store keeps it as a gap so charts do
-not draw a line through an outage. Names are plain and stable, since the API's and the
+not draw a line through an outage. Names are plain and stable (a part of a target is named by names.py), since the API's and the
 dashboard's series use them (the Prometheus names are in controlplane/metrics.py):
 
 - redis (per shard):      up, ops_per_s, cpu_percent, connected_clients, maxclients, blocked_clients,
@@ -20,6 +20,7 @@ from __future__ import annotations
 from typing import Any
 
 from collectors.base import Observation
+from controlplane.sources import names
 
 Figures = dict[str, float | None]
 
@@ -99,10 +100,10 @@ def clients_figures(obs: Observation) -> Figures:
     f["idle"] = float(sum(h.get("idle_over", 0) for h in by_host))
     f["idle_long"] = float(sum(h.get("idle_over_long", 0) for h in by_host))
     for h in by_host:
-        name = h.get("host")
-        f[f"host:{name}:count"] = _num(h.get("count"))
-        f[f"host:{name}:idle"] = _num(h.get("idle_over"))
-        f[f"host:{name}:oldest_age_s"] = _num(h.get("oldest_age_s"))
+        part = names.labelled("host", h.get("host"))
+        f[names.series(part, "count")] = _num(h.get("count"))
+        f[names.series(part, "idle")] = _num(h.get("idle_over"))
+        f[names.series(part, "oldest_age_s")] = _num(h.get("oldest_age_s"))
     return f
 
 
@@ -125,20 +126,20 @@ def haproxy_figures(obs: Observation, prev: Observation | None) -> Figures:
     before: dict[str, Any] = {}
     prev_stat = getattr(prev.data, "stat", None) if prev is not None and prev.up else None
     if prev_stat is not None:
-        before = {f"{r.proxy}/{r.name}": r for r in prev_stat.rows}
+        before = {names.proxy_row(r.proxy, r.name): r for r in prev_stat.rows}
     dt = obs.at - prev.at if prev is not None else 0.0
     for r in stat.rows:
         if r.kind not in ("frontend", "backend", "server"):
             continue
-        key = f"{r.proxy}/{r.name}"
-        f[f"{key}:scur"] = _num(r.scur)
-        f[f"{key}:slim"] = _num(r.slim)
-        f[f"{key}:qcur"] = _num(r.qcur)
-        f[f"{key}:rate"] = _num(r.rate)
-        f[f"{key}:up"] = serving(r.status)
+        key = names.proxy_row(r.proxy, r.name)
+        f[names.series(key, "scur")] = _num(r.scur)
+        f[names.series(key, "slim")] = _num(r.slim)
+        f[names.series(key, "qcur")] = _num(r.qcur)
+        f[names.series(key, "rate")] = _num(r.rate)
+        f[names.series(key, "up")] = serving(r.status)
         old = before.get(key)
         for c in _HAPROXY_COUNTERS:
-            f[f"{key}:{c}_per_s"] = _per_s(getattr(r, c), getattr(old, c, None), dt) if old else None
+            f[names.series(key, f"{c}_per_s")] = _per_s(getattr(r, c), getattr(old, c, None), dt) if old else None
     return f
 
 
@@ -147,9 +148,9 @@ def process_figures(obs: Observation) -> Figures:
     snap = obs.data if obs.up else None
     for p in getattr(snap, "processes", []) or []:
         s = p.stats
-        f[f"{p.name}:up"] = 0.0 if s.gone else 1.0
-        f[f"{p.name}:cpu_percent"] = s.cpu_percent
-        f[f"{p.name}:rss_bytes"] = _num(s.rss)
-        f[f"{p.name}:fds"] = _num(s.num_fds)
-        f[f"{p.name}:threads"] = _num(s.num_threads)
+        f[names.series(p.name, "up")] = 0.0 if s.gone else 1.0
+        f[names.series(p.name, "cpu_percent")] = s.cpu_percent
+        f[names.series(p.name, "rss_bytes")] = _num(s.rss)
+        f[names.series(p.name, "fds")] = _num(s.num_fds)
+        f[names.series(p.name, "threads")] = _num(s.num_threads)
     return f

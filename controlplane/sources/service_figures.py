@@ -30,6 +30,7 @@ from typing import Any
 
 from collectors.base import Observation
 from collectors.services import by_label, total
+from controlplane.sources import names
 
 Figures = dict[str, float | None]
 
@@ -64,10 +65,10 @@ _COUNTERS: dict[str, dict[str, tuple[str, dict[str, str]]]] = {
 # until its first increment (prometheus_client exports no child before it is used).
 _ZERO_WHEN_ABSENT = {"timeouts_per_s", "errors_per_s", "unavailable_per_s", "io_timeouts_per_s"}
 _PER_LABEL = {
-    "clue": (("chat_clue_redis_errors_total", "shard", "shard:{}:redis_errors_per_s"),
-             ("chat_clue_redis_ops_total", "shard", "shard:{}:ops_per_s")),
-    "exchange": (("chat_exchange_request_seconds_count", "edge", "edge:{}:requests_per_s"),
-                 ("chat_exchange_io_timeouts_total", "edge", "edge:{}:io_timeouts_per_s")),
+    "clue": (("chat_clue_redis_errors_total", "shard", "redis_errors_per_s"),
+             ("chat_clue_redis_ops_total", "shard", "ops_per_s")),
+    "exchange": (("chat_exchange_request_seconds_count", "edge", "requests_per_s"),
+                 ("chat_exchange_io_timeouts_total", "edge", "io_timeouts_per_s")),
 }
 
 
@@ -103,11 +104,11 @@ def service_figures(obs: Observation, prev: Observation | None) -> Figures:
             a = 0.0 if a is None else a
             b = (0.0 if b is None else b) if before is not None else None
         f[name] = _rate(a, b, dt)
-    for metric, label, fmt in _PER_LABEL.get(service, ()):
+    for metric, label, figure in _PER_LABEL.get(service, ()):
         now_by = by_label(cur, metric, label)
         then_by = by_label(before, metric, label) if before is not None else {}
         for value, n in now_by.items():
-            f[fmt.format(value)] = _rate(n, then_by.get(value, 0.0 if before is not None else None), dt)
+            f[names.series(names.labelled(label, value), figure)] = _rate(n, then_by.get(value, 0.0 if before is not None else None), dt)
     if service == "exchange":
         f["keepalive"] = total(cur, "chat_exchange_keepalive")
         f["pool_size"] = total(cur, "chat_exchange_pool_size")

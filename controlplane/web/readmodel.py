@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from controlplane.sources import names
 from controlplane.store import Snapshot, Store
 
 REDIS_SERIES = ("ops_per_s", "cpu_percent", "connected_clients", "used_memory_bytes", "hit_ratio",
@@ -107,7 +108,8 @@ def shard(cf, store: Store, name: str, since: float | None = None, now: float | 
     row["clients"]["series"] = series(store, "clients", name, CLIENT_SERIES, since)
     hosts = [h["host"] for h in row["clients"]["by_host"]]
     row["clients"]["series_by_host"] = {
-        h: series(store, "clients", name, (f"host:{h}:count", f"host:{h}:idle"), since) for h in hosts}
+        h: series(store, "clients", name, [names.series(names.labelled("host", h), n) for n in ("count", "idle")],
+                  since) for h in hosts}
     row["calls_per_s"] = {k: round(v, 2) for k, v in list((snap.detail.get("calls_per_s") or {}).items())[:15]} if snap else {}
     row["config"] = data.get("config") or {}
     row["slowlog"] = (data.get("slowlog") or [])[:10]
@@ -147,10 +149,10 @@ def _proxy_host(cf, store: Store, host: str, cluster: str, now: float) -> dict[s
     for r in (stat.rows if stat else []):
         if r.kind not in ("frontend", "backend", "server"):
             continue
-        key = f"{r.proxy}/{r.name}"
+        key = names.proxy_row(r.proxy, r.name)
         row = {"kind": r.kind, "proxy": r.proxy, "name": r.name, **{k: getattr(r, k) for k in _ROW_FIELDS}}
         for c in ("econ", "eresp", "ereq"):
-            row[f"{c}_per_s"] = _round(snap.figures.get(f"{key}:{c}_per_s"), 3)
+            row[f"{c}_per_s"] = _round(snap.figures.get(names.series(key, f"{c}_per_s")), 3)
         rows.append(row)
     return {"host": host, "cluster": cluster, "address": cf.address(host), **_health(snap, now),
             "workers": len(proc.workers) if proc else None,
@@ -173,10 +175,9 @@ def proxy(cf, store: Store, host: str, since: float | None = None, now: float | 
         raise NotFound("chat host", host, list(hosts))
     out = _proxy_host(cf, store, host, hosts[host], now)
     for row in out["rows"]:
-        key = f"{row['proxy']}/{row['name']}"
-        row["series"] = {n: pts for n, pts in series(
-            store, "haproxy", host, [f"{key}:{n}" for n in PROXY_ROW_SERIES], since).items()}
-        row["series"] = {n.split(":", 1)[1]: pts for n, pts in row["series"].items()}
+        key = names.proxy_row(row["proxy"], row["name"])
+        got = series(store, "haproxy", host, [names.series(key, n) for n in PROXY_ROW_SERIES], since)
+        row["series"] = {names.figure_of(n): pts for n, pts in got.items()}
     return out
 
 
@@ -193,7 +194,7 @@ def log_events(store: Store, service: str | None = None, since: float | None = N
     for g in (snap.detail.get("groups", []) if snap else []):
         if service and service not in (g["service"], g["file"]):
             continue
-        name = f"{g['file']}|{g['remote'] or '-'}|{g['kind']}:per_s"
+        name = names.series(names.log_group(g["file"], g["remote"], g["kind"]), "per_s")
         groups.append({**g, "per_s": _round(g["per_s"], 3),
                        "series": [[t, _round(v, 3)] for t, v in store.series("logs", "local", name, since)]})
     groups.sort(key=lambda g: (-(g["per_s"] or 0), -g["total"], g["file"], g["remote"] or "", g["kind"]))
@@ -249,8 +250,9 @@ def host(cf, store: Store, name: str, since: float | None = None, now: float | N
         raise NotFound("host", name, list(cf.hosts))
     row = next(h for h in hosts(cf, store, now) if h["name"] == name)
     for p in row["processes"]:
-        p["series"] = series(store, "process", "local", [f"{p['name']}:{n}" for n in ("cpu_percent", "rss_bytes", "fds")], since)
-        p["series"] = {k.split(":", 1)[1]: v for k, v in p["series"].items()}
+        got = series(store, "process", "local",
+                     [names.series(p["name"], n) for n in ("cpu_percent", "rss_bytes", "fds")], since)
+        p["series"] = {names.figure_of(k): v for k, v in got.items()}
     row["proxy"] = proxy(cf, store, name, since, now) if row["cluster"] else None
     row["shard_rows"] = [_shard_row(cf, store, s, now) for s in cf.redis.shards if s.host == name]
     return row
