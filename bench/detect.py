@@ -49,6 +49,8 @@ if str(ROOT) not in sys.path:
 import yaml  # noqa: E402
 
 from cluster import binaries, clusterfile, durations, loopback  # noqa: E402
+from cluster.rundir import RunDir  # noqa: E402
+from cluster.state import read_state  # noqa: E402
 
 PROM_SCRAPE_S = 15.0          # Prometheus' default scrape_interval
 PROM_GROUP_WAIT_S = 30.0      # Alertmanager's default group_wait
@@ -93,7 +95,7 @@ class Cluster:
         return self.get("/api/v1/findings?state=all&limit=1000")["findings"]
 
     def state(self) -> dict:
-        return json.loads((self.run / "state.json").read_text())
+        return read_state(RunDir(self.run)) or {}
 
     def pid(self, name: str) -> int:
         return next(p["pid"] for p in self.state()["processes"] if p["name"] == name)

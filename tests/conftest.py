@@ -4,7 +4,6 @@ loopback subnet per test so clusters never collide with `make run` or each other
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -19,7 +18,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cluster import binaries, loopback
+from cluster import binaries, loopback, state
+from cluster.rundir import RunDir
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -127,10 +127,8 @@ def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05, what: str
 
 
 def read_state(run: Path) -> dict | None:
-    try:
-        return json.loads((run / "state.json").read_text())
-    except (OSError, ValueError):
-        return None
+    """The supervisor's state.json through the one reader the product uses (cluster.state)."""
+    return state.read_state(RunDir(Path(run)))
 
 
 class RunningCluster:
@@ -248,6 +246,20 @@ def live_controlplane(traffic: bool = True, patch=None, **overrides):
     try:
         with cluster_up(config, run, timeout=60, controlplane=True, traffic=traffic) as c:
             yield c, base
+    finally:
+        shutil.rmtree(run, ignore_errors=True)
+        config.unlink(missing_ok=True)
+
+
+@pytest.fixture(scope="module")
+def live_small_cluster():
+    """small_cluster() running on a free subnet for one test module: (RunningCluster, its spec, RunDir)."""
+    from cluster import clusterfile
+    run = Path(tempfile.mkdtemp(prefix="co-", dir="/tmp"))
+    config = write_cluster(run.parent / f"{run.name}.yaml", small_cluster(free_subnet()))
+    try:
+        with cluster_up(config, run) as rc:
+            yield rc, clusterfile.load(config).spec, RunDir(run)
     finally:
         shutil.rmtree(run, ignore_errors=True)
         config.unlink(missing_ok=True)

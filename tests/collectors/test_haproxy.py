@@ -11,13 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from cluster import clusterfile
 from cluster.rundir import RunDir
 from collectors import haproxy
 from tests.conftest import (
     chatops,
-    cluster_up,
-    free_subnet,
     small_cluster,
     write_cluster,
 )
@@ -138,16 +135,8 @@ def test_collect_with_no_socket_is_down_with_the_error(tmp_path):
 # -- live, against a real cluster --
 
 @pytest.fixture(scope="module")
-def live():
-    subnet = free_subnet()
-    run = Path(tempfile.mkdtemp(prefix="co-", dir="/tmp"))
-    config = write_cluster(run.parent / f"{run.name}.yaml", small_cluster(subnet))
-    try:
-        with cluster_up(config, run) as rc:
-            yield rc, clusterfile.load(config).spec, RunDir(run)
-    finally:
-        shutil.rmtree(run, ignore_errors=True)
-        config.unlink(missing_ok=True)
+def live(live_small_cluster):
+    return live_small_cluster
 
 
 def test_collect_live(live):

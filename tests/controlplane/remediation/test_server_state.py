@@ -4,23 +4,13 @@ HAProxy, read back through the collector."""
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-from pathlib import Path
-
 import pytest
 
-from cluster import clusterfile
-from cluster.rundir import RunDir
 from collectors import haproxy
 from collectors.haproxy_runtime import RuntimeAPIError, command
 from controlplane.remediation import server_state
 from tests.conftest import (
-    cluster_up,
-    free_subnet,
-    small_cluster,
     wait_for,
-    write_cluster,
 )
 
 
@@ -46,16 +36,8 @@ def test_bad_weight_and_state_are_refused(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def live():
-    subnet = free_subnet()
-    run = Path(tempfile.mkdtemp(prefix="co-", dir="/tmp"))
-    config = write_cluster(run.parent / f"{run.name}.yaml", small_cluster(subnet))
-    try:
-        with cluster_up(config, run) as rc:
-            yield rc, clusterfile.load(config).spec, RunDir(run)
-    finally:
-        shutil.rmtree(run, ignore_errors=True)
-        config.unlink(missing_ok=True)
+def live(live_small_cluster):
+    return live_small_cluster
 
 
 def test_set_server_weight_and_state_live(live):
