@@ -15,7 +15,9 @@ MAX_EXAMPLES = 8          # fastlog.c's MAX_EXAMPLES
 KINDS = ("timeout", "success", "connection_refused", "io_timeout", "message_sent", "slow_consumer",
          "other")         # fastlog.c's enum order
 LIBRARY = Path(__file__).with_name("_fastlog.so")
-BUILD_HINT = "build it with `make` (needs a C compiler: apt-get install -y gcc libc6-dev)"
+SOURCE = LIBRARY.with_name("fastlog.c")     # shipped in the wheel too, so an install can build it
+BUILD_HINT = (f"build it with `make` in a checkout, or `cc -O2 -shared -fPIC -o {LIBRARY} {SOURCE}` "
+              "(needs a C compiler: apt-get install -y gcc libc6-dev)")
 
 
 class _Group(ctypes.Structure):

@@ -646,16 +646,6 @@ class Aggregator:
         start = sec - sec % self.window_s
         return (month, day, start)
 
-    def add_event(self, ev: LogEvent) -> None:
-        """Count an already parsed event (slow path)."""
-        s = self.summary
-        win = self._window(ev.month, ev.day, ev.clock, ev.year)
-        if win is False:
-            s.skipped_before_since += 1
-            return
-        s.parsed += 1
-        self._bump((win, (ev.service, ev.remote, ev.kind)), ev.raw)
-
     def _bump(self, key: tuple, line: str) -> None:
         g = self._counts.get(key)
         if g is None:

@@ -37,6 +37,7 @@ MUST_SHIP = [
     "controlplane/haproxy/haproxy.cfg.j2",
     "cluster/default-cluster.yaml",
     "runbooks/leaked_clients.md",
+    "collectors/fastlog.c",          # so an installed copy can build its log scanner (fastlog.BUILD_HINT)
 ]
 # Whole directories of package data: every file in the tree must be in the wheel too.
 MUST_SHIP_ALL = [
