@@ -87,9 +87,9 @@ def main() -> None:
         cf = clusterfile.load(cfg).spec
         reload_ms = []
         for i in range(args.reloads):
-            plan = proxy_reload.plan(cf, rd, ["chat1"])
+            plan = proxy_reload.plan_reload(cf, rd, ["chat1"])
             t0 = time.perf_counter()
-            [res] = proxy_reload.apply(plan, rd, "bench")
+            [res] = proxy_reload.apply_reload(plan, rd, "bench")
             reload_ms.append((time.perf_counter() - t0) * 1000)
             if not res.ok:
                 sys.exit(f"reload {i} failed: {res.detail}")

@@ -140,6 +140,8 @@ def _host_references(cf: ClusterFile) -> Iterator[tuple[str, str]]:
         yield f"redis.shards.{i}.host", shard.host
         if shard.replica:
             yield f"redis.shards.{i}.replica.host", shard.replica.host
+    for i, host in enumerate(cf.remediation.protect or []):
+        yield f"remediation.protect.{i}", host
 
 
 def _sockets(cf: ClusterFile) -> Iterator[tuple[str, str, int]]:

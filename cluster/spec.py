@@ -165,22 +165,36 @@ class Replica(_Model):
     port: Port
 
 
+MaxClients = Annotated[int, Field(ge=16, le=1_000_000)]
+IdleTimeout = Annotated[int, Field(ge=0)]
+EvictionPolicy = Literal["noeviction", "allkeys-lru", "allkeys-lfu", "volatile-lru", "volatile-lfu",
+                         "allkeys-random", "volatile-random", "volatile-ttl"]
+
+
 class Shard(_Model):
     name: Name
     host: Name
     port: Port
     replica: Replica | None = None
+    # Per-shard overrides of the redis: settings below, as `set_redis_config` on one shard writes
+    # them back; absent means the redis: value.
+    maxclients: MaxClients | None = None
+    timeout: IdleTimeout | None = None
+    maxmemory_policy: EvictionPolicy | None = None
 
 
 class Redis(_Model):
-    maxclients: Annotated[int, Field(ge=16, le=1_000_000)] = 10_000
+    maxclients: MaxClients = 10_000
     # 0 keeps idle clients forever, as in the talk; the leaked-clients detector flags it.
-    timeout: Annotated[int, Field(ge=0)] = 0
+    timeout: IdleTimeout = 0
     maxmemory: Annotated[str, Field(pattern=r"^\d+([kKmMgG][bB]?)?$")] = "256mb"  # Redis's own units
-    maxmemory_policy: Literal[
-        "noeviction", "allkeys-lru", "allkeys-lfu", "volatile-lru", "volatile-lfu",
-        "allkeys-random", "volatile-random", "volatile-ttl"] = "allkeys-lfu"
+    maxmemory_policy: EvictionPolicy = "allkeys-lfu"
     shards: Annotated[list[Shard], Field(min_length=1, max_length=256)]
+
+    def setting(self, shard: Shard, key: str):
+        """A shard's maxclients, timeout or maxmemory_policy: its own override, else redis:'s."""
+        own = getattr(shard, key)
+        return getattr(self, key) if own is None else own
 
 
 class HAProxyTimeouts(_Model):
@@ -257,6 +271,18 @@ class AlertDestination(_Model):
     min_severity: Literal["info", "warning", "critical"] = "warning"
 
 
+AutoAction = Literal["kill_clients", "set_redis_config", "server_state", "proxy_reload"]
+
+
+class Remediation(_Model):
+    """What the control plane may apply by itself when a finding suggesting it opens."""
+    auto: list[AutoAction] = []            # empty: every fix waits for a person
+    auto_cooldown: Duration = "10m"        # at most one automatic apply per subject per this
+    # Hosts whose connections are never killed automatically; None: the first cluster's hosts
+    # (main, where the users are). The control plane's own are never killed, by anyone.
+    protect: list[Name] | None = None
+
+
 class ClusterFile(_Model):
     version: Literal[1] = 1
     profile: Literal["local", "remote"] = "local"
@@ -266,8 +292,15 @@ class ClusterFile(_Model):
     haproxy: HAProxy = HAProxy()
     controlplane: ControlPlane = ControlPlane()
     alerts: list[AlertDestination] = []
+    remediation: Remediation = Remediation()
 
     # -- derived views, so callers never re-walk the raw structure --
+
+    def protected_hosts(self) -> list[str]:
+        """Hosts the automatic policy never kills connections from."""
+        if self.remediation.protect is not None:
+            return list(self.remediation.protect)
+        return list(next(iter(self.clusters.values())).hosts)
 
     def chat_hosts(self) -> list[tuple[str, str]]:
         """(host name, cluster name) for every chat host, in file order."""

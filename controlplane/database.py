@@ -38,6 +38,7 @@ FINDING_STATES = ("open", "resolved")
 SEVERITIES = ("info", "warning", "critical")
 INCIDENT_STATES = ("open", "acknowledged", "resolved")
 ALERT_RESULTS = ("delivered", "failed")
+PLAN_STATES = ("planned", "applying", "applied", "failed")
 
 _MIGRATIONS: list[str] = [
     # 1: the first schema
@@ -108,6 +109,25 @@ _MIGRATIONS: list[str] = [
     """
     ALTER TABLE incidents ADD COLUMN severity TEXT NOT NULL DEFAULT 'warning';
     ALTER TABLE incidents ADD COLUMN resolved_at REAL;
+    """,
+    # 4: remediation plans: reviewable artifacts, applied at most once, with their verification
+    """
+    CREATE TABLE plans (
+        id           TEXT PRIMARY KEY,
+        created      REAL NOT NULL,
+        created_by   TEXT NOT NULL,
+        action       TEXT NOT NULL,
+        subject      TEXT NOT NULL,
+        state        TEXT NOT NULL CHECK (state IN ('planned', 'applying', 'applied', 'failed')),
+        body         TEXT NOT NULL,
+        incident_id  INTEGER REFERENCES incidents (id),
+        applied_at   REAL,
+        applied_by   TEXT,
+        result       TEXT NOT NULL DEFAULT 'null',
+        verification TEXT NOT NULL DEFAULT 'null'
+    );
+    CREATE INDEX plans_created ON plans (created);
+    CREATE INDEX plans_subject ON plans (subject, applied_at);
     """,
 ]
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -472,6 +492,75 @@ class Database:
     def incident(self, incident_id: int) -> dict:
         with self._lock:
             return self._incident_row(self._require_incident(self._live(), incident_id))
+
+    # -- remediation plans --
+
+    @staticmethod
+    def _plan_row(r: sqlite3.Row) -> dict:
+        return {"id": r["id"], "created": r["created"], "time": _iso(r["created"]), "created_by": r["created_by"],
+                "action": r["action"], "subject": r["subject"], "state": r["state"],
+                "incident_id": r["incident_id"], "applied_at": r["applied_at"], "applied_by": r["applied_by"],
+                **json.loads(r["body"]), "result": json.loads(r["result"]),
+                "verification": json.loads(r["verification"])}
+
+    def add_plan(self, plan_id: str, action: str, subject: str, created_by: str, body: dict,
+                 incident_id: int | None = None, created: float | None = None) -> dict:
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO plans (id, created, created_by, action, subject, state, body, incident_id) "
+                "VALUES (?, ?, ?, ?, ?, 'planned', ?, ?)",
+                (plan_id, time.time() if created is None else created, created_by, action, subject,
+                 _dumps(body), incident_id))
+        return self.plan(plan_id)
+
+    def plan(self, plan_id: str) -> dict:
+        rows = self._read("SELECT * FROM plans WHERE id = ?", (plan_id,))
+        if not rows:
+            raise KeyError(plan_id)
+        return self._plan_row(rows[0])
+
+    def plans(self, limit: int | None = 100, subject: str | None = None) -> list[dict]:
+        where, args = ("WHERE subject = ?", (subject,)) if subject else ("", ())
+        rows = self._read(f"SELECT * FROM plans {where} ORDER BY created DESC, rowid DESC LIMIT ?",
+                          (*args, _limit(limit)))
+        return [self._plan_row(r) for r in rows]
+
+    def claim_plan(self, plan_id: str, actor: str) -> dict | None:
+        """Move a plan from planned (or failed: a retry) to applying, atomically; None when it is
+        applied or being applied already, so two applies of one plan never both run."""
+        with self._write() as conn:
+            cur = conn.execute("UPDATE plans SET state = 'applying', applied_by = ? "
+                               "WHERE id = ? AND state IN ('planned', 'failed')", (actor, plan_id))
+            claimed = cur.rowcount == 1
+        return self.plan(plan_id) if claimed else None
+
+    def finish_plan(self, plan_id: str, state: str, result: Any, at: float | None = None) -> dict:
+        _choice(state, PLAN_STATES, "plan state")
+        with self._write() as conn:
+            conn.execute("UPDATE plans SET state = ?, result = ?, applied_at = ? WHERE id = ?",
+                         (state, _dumps(result), time.time() if at is None else at, plan_id))
+        return self.plan(plan_id)
+
+    def set_plan_verification(self, plan_id: str, verification: Any) -> dict:
+        with self._write() as conn:
+            conn.execute("UPDATE plans SET verification = ? WHERE id = ?", (_dumps(verification), plan_id))
+        return self.plan(plan_id)
+
+    def audit_for_plan(self, plan_id: str) -> list[dict]:
+        """The audit records of one plan's applies, oldest first."""
+        rows = self._read("SELECT * FROM audit WHERE json_extract(detail, '$.plan_id') = ? ORDER BY ts, id",
+                          (plan_id,))
+        return [self._audit_row(r) for r in rows]
+
+    def last_applied(self, subject: str, actor: str | None = None) -> dict | None:
+        """The newest plan applied on `subject` (by `actor`, when given)."""
+        sql = "SELECT * FROM plans WHERE subject = ? AND state = 'applied'"
+        args: tuple = (subject,)
+        if actor is not None:
+            sql += " AND applied_by = ?"
+            args += (actor,)
+        rows = self._read(sql + " ORDER BY applied_at DESC LIMIT 1", args)
+        return self._plan_row(rows[0]) if rows else None
 
     # -- alert outbox --
 

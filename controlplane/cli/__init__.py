@@ -6,7 +6,7 @@ from importlib import metadata
 
 import click
 
-from controlplane.cli import chat, config, inspect, local, proxy, serve
+from controlplane.cli import chat, config, inspect, local, proxy, remediate, serve
 
 
 def _version() -> str:
@@ -32,3 +32,8 @@ main.add_command(inspect.inspect)
 main.add_command(chat.loadgen)
 main.add_command(chat.rooms)
 main.add_command(chat.users)
+main.add_command(remediate.plan_cmd)
+main.add_command(remediate.fix_cmd)
+main.add_command(remediate.apply_cmd)
+main.add_command(remediate.plans_cmd)
+main.add_command(remediate.audit_cmd)

@@ -69,7 +69,7 @@ def proxy_reload_cmd(config: str | None, run_dir: str | None, hosts: tuple[str, 
     run = _run_dir(run_dir)
     cf = load(config, run).spec
     try:
-        p = proxy_reload.plan(cf, run, list(hosts) or None)
+        p = proxy_reload.plan_reload(cf, run, list(hosts) or None)
     except (proxy_reload.PlanError, RunDirError, binaries.MissingBinary, haproxy_config.RenderError) as exc:
         fail(str(exc), 2)
     click.echo(p.describe())
@@ -81,7 +81,7 @@ def proxy_reload_cmd(config: str | None, run_dir: str | None, hosts: tuple[str, 
         if not sys.stdin.isatty():
             fail("refusing to reload without confirmation; pass --yes", 2)
         click.confirm(f"Reload HAProxy on {', '.join(h.host for h in p.hosts)}?", abort=True)
-    results = proxy_reload.apply(p, run, audit.actor())
+    results = proxy_reload.apply_reload(p, run, audit.actor())
     for r in results:
         click.echo(f"{r.host}: {'OK' if r.ok else 'FAILED'}: {r.detail}")
     if not all(r.ok for r in results) or len(results) < len(p.hosts):

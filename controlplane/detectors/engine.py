@@ -46,6 +46,9 @@ class Engine:
         self.cf, self.store, self.db, self.interval_s = cf, store, db, interval_s
         self.detectors = discover()
         self.window_s = max(WINDOW_MIN_S, 3 * seconds(cf.controlplane.thresholds.hold))
+        # Called with each RunResult once it is written (the automatic remediation policy); the
+        # engine knows nothing of what they do.
+        self.listeners: list[Callable[[RunResult], None]] = []
 
     def window(self, now: float | None = None) -> Window:
         return Window.from_store(self.store, self.window_s, self.interval_s, now)
@@ -90,6 +93,8 @@ class Engine:
             log.warning("finding opened: %s %s: %s", row["kind"], row["subject"], row["title"])
         for row in result.resolved:
             log.info("finding resolved: %s %s", row["kind"], row["subject"])
+        for listener in self.listeners:
+            listener(result)
         return result
 
     def scrape(self) -> Observation:

@@ -100,6 +100,7 @@ def _redis_spec(cf: ClusterFile, run: RunDir, name: str, shard_name: str, host: 
     address = cf.address(host)
     workdir = run.redis_dir(name)
     r = cf.redis
+    shard = next(s for s in r.shards if s.name == shard_name)
     argv = [
         binaries.require("redis-server"),
         "--bind", address, "--port", str(port),
@@ -107,8 +108,8 @@ def _redis_spec(cf: ClusterFile, run: RunDir, name: str, shard_name: str, host: 
         "--protected-mode", "no",
         "--daemonize", "no", "--dir", str(workdir), "--logfile", "",
         "--save", "", "--appendonly", "no",
-        "--maxclients", str(r.maxclients), "--timeout", str(r.timeout),
-        "--maxmemory", r.maxmemory, "--maxmemory-policy", r.maxmemory_policy,
+        "--maxclients", str(r.setting(shard, "maxclients")), "--timeout", str(r.setting(shard, "timeout")),
+        "--maxmemory", r.maxmemory, "--maxmemory-policy", r.setting(shard, "maxmemory_policy"),
     ]
     if primary:
         argv += ["--replicaof", primary[0], str(primary[1])]

@@ -1,1 +1,8 @@
-"""Actions that change the cluster. Each has plan() without side effects and an audited apply()."""
+"""Actions that change the cluster, one module each, on one contract (base.py): plan() without
+side effects, apply() of a reviewed plan, verification against the findings it should clear.
+plans.py is the engine every way in goes through (API, CLI, dashboard, automatic policy)."""
+
+from controlplane.remediation import kill_clients, proxy_reload, server_state, set_redis_config
+
+# By name, as a plan or a finding's suggested remediation names them.
+ACTIONS = {m.NAME: m for m in (kill_clients, set_redis_config, server_state, proxy_reload)}

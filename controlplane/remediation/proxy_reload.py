@@ -1,7 +1,7 @@
 """Regenerate a chat host's HAProxy config and reload it without dropping a connection.
 
-plan() renders every chosen host's config, runs `haproxy -c` on it and diffs it against the
-config the running HAProxy loaded; it changes nothing. apply() re-checks that the running config
+plan_reload() renders every chosen host's config, runs `haproxy -c` on it and diffs it against the
+config the running HAProxy loaded; it changes nothing. apply_reload() re-checks that the running config
 is still the one the plan was made against, writes the new one atomically, asks the master to
 reload over its socket, and waits for a new worker to answer. The old worker keeps serving its
 open connections (bounded by hard-stop-after), and the listening sockets pass to the new worker
@@ -19,6 +19,7 @@ from cluster.spec import ClusterFile
 from collectors import haproxy_runtime
 from controlplane import audit
 from controlplane.haproxy import config as haproxy_config
+from controlplane.remediation.base import Context, Draft, Outcome, Param, Unavailable
 
 RELOAD_TIMEOUT = 15.0
 
@@ -76,7 +77,7 @@ def _digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def plan(cf: ClusterFile, run: RunDir, hosts: list[str] | None = None) -> ReloadPlan:
+def plan_reload(cf: ClusterFile, run: RunDir, hosts: list[str] | None = None) -> ReloadPlan:
     chat_hosts = [h for h, _ in cf.chat_hosts()]
     chosen = hosts or chat_hosts
     unknown = [h for h in chosen if h not in chat_hosts]
@@ -146,7 +147,7 @@ def _reload_host(run: RunDir, hp: HostPlan) -> HostResult:
     return HostResult(hp.host, False, f"no new worker within {RELOAD_TIMEOUT:.0f}s ({last_error})", old_pids)
 
 
-def apply(p: ReloadPlan, run: RunDir, actor: str) -> list[HostResult]:
+def apply_reload(p: ReloadPlan, run: RunDir, actor: str) -> list[HostResult]:
     """Carry out a plan host by host, stopping at the first failure so one bad host is not repeated."""
     results = []
     for hp in p.hosts:
@@ -158,3 +159,46 @@ def apply(p: ReloadPlan, run: RunDir, actor: str) -> list[HostResult]:
         if not r.ok:
             break
     return results
+
+
+# -- the action: proxy_reload {host} on the remediation contract ----------------------------------
+# `chatops proxy reload` calls plan_reload/apply_reload directly (and audits there); plans made
+# through the engine audit once per step instead, so this adapter passes no actor down.
+
+NAME = "proxy_reload"
+VERIFY = ("proxy_saturation",)
+
+
+def _chat_hosts(cf) -> list[str]:
+    return ["all"] + [h for h, _ in cf.chat_hosts()]
+
+
+PARAMS = {"host": Param(str, default="all", choices=_chat_hosts, help="a chat host, or all")}
+
+
+def subject(cf, params: dict) -> str:
+    return f"haproxy:{params['host']}"
+
+
+def plan(ctx: Context, params: dict) -> Draft:
+    try:
+        p = plan_reload(ctx.cf, ctx.run, None if params["host"] == "all" else [params["host"]])
+    except (PlanError, haproxy_config.RenderError) as exc:
+        raise Unavailable(str(exc)) from None
+    return Draft(summary=f"render, check and reload HAProxy on {', '.join(h.host for h in p.hosts)}",
+                 diff=p.describe().splitlines(),
+                 preconditions=["every rendered config passes haproxy -c", "each master socket answers"],
+                 state={h.host: _digest(h.running) for h in p.hosts}, details={"plan": p})
+
+
+def apply(ctx: Context, params: dict, draft: Draft) -> Outcome:
+    p: ReloadPlan = draft.details["plan"]
+    if not p.ok:
+        return Outcome(False, "not reloading: a rendered config is invalid")
+    results = []
+    for hp in p.hosts:
+        r = _reload_host(ctx.run, hp)
+        results.append(f"{r.host}: {r.detail}")
+        if not r.ok:
+            return Outcome(False, "; ".join(results), {"reloaded": len(results) - 1})
+    return Outcome(True, "; ".join(results), {"reloaded": len(results)})

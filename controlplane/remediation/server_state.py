@@ -11,7 +11,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from collectors import haproxy as hc
 from collectors.haproxy_runtime import RuntimeAPIError, command
+from controlplane.remediation.base import BadParams, Context, Draft, Outcome, Param, Unavailable
 
 _NAME = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 SERVER_STATES = ("ready", "drain", "maint")
@@ -49,3 +51,99 @@ def set_server_state(sock: str | Path, backend: str, server: str, state: str,
         raise ValueError(f"refusing state {state!r}: one of {', '.join(SERVER_STATES)}")
     cmd = f"set server {backend}/{server} state {state}"
     _runtime_reply(command(sock, cmd, timeout), cmd)
+
+
+# -- the action: server_state {host, backend, server, state, weight} ------------------------------
+# Runtime only, through each chat host's admin socket: no reload, so connected clients stay. The
+# plan reports every chat host's runtime state of that server, and applies to `host` (one chat
+# host) or to every chat host that has the backend (`host=all`, the usual case: a server is drained
+# from every HAProxy in front of it). The cluster file has no key for a server's runtime state,
+# so nothing is written back; the plan says so.
+
+NAME = "server_state"
+VERIFY = ("proxy_saturation",)
+_MAINT, _DRAIN = 0x01 | 0x02 | 0x04 | 0x20 | 0x40, 0x08 | 0x10     # srv_admin_state bits
+
+
+def _chat_hosts(cf) -> list[str]:
+    return ["all"] + [h for h, _ in cf.chat_hosts()]
+
+
+PARAMS = {
+    "host": Param(str, default="all", choices=_chat_hosts, help="a chat host, or all"),
+    "backend": Param(str, required=True, help="e.g. be_edge_main"),
+    "server": Param(str, required=True, help="e.g. chat2"),
+    "state": Param(str, choices=SERVER_STATES),
+    "weight": Param(int, minimum=0, maximum=256),
+}
+
+
+def subject(cf, params: dict) -> str:
+    return f"haproxy:{params['host']}"
+
+
+def state_word(admin_state: int | None) -> str:
+    if admin_state is None:
+        return "unknown"
+    return "maint" if admin_state & _MAINT else "drain" if admin_state & _DRAIN else "ready"
+
+
+def _runtime(ctx: Context, host: str, backend: str, server: str) -> dict | None:
+    try:
+        text = command(ctx.run.haproxy_socket(host), f"show servers state {_check_name('backend', backend)}")
+    except RuntimeAPIError as exc:
+        if "Can't find backend" in str(exc) or "No such backend" in str(exc):
+            return None
+        raise Unavailable(f"{host}'s HAProxy runtime API: {exc}") from None
+    if "Can't find backend" in text:
+        return None
+    row = next((r for r in hc.parse_servers_state(text).servers
+                if r.get("be_name") == backend and r.get("srv_name") == server), None)
+    if row is None:
+        return None
+    return {"state": state_word(row.get("srv_admin_state")), "weight": row.get("srv_uweight")}
+
+
+def plan(ctx: Context, params: dict) -> Draft:
+    backend, server = _check_name("backend", params["backend"]), _check_name("server", params["server"])
+    if params["state"] is None and params["weight"] is None:
+        raise BadParams("state", "give state (ready, drain, maint) or weight, or both")
+    hosts = [h for h, _ in ctx.cf.chat_hosts()] if params["host"] == "all" else [params["host"]]
+    now = {h: _runtime(ctx, h, backend, server) for h in hosts}
+    present = {h: v for h, v in now.items() if v is not None}
+    if not present:
+        raise Unavailable(f"no chat host's HAProxy has server {backend}/{server}")
+    diff, changes = [], False
+    for h, v in now.items():
+        if v is None:
+            diff.append(f"  {h}: no {backend}/{server} here")
+            continue
+        after = {"state": params["state"] or v["state"], "weight": params["weight"] if params["weight"] is not None
+                 else v["weight"]}
+        if after != v:
+            changes = True
+            diff.append(f"- {h} {backend}/{server}: {v['state']} weight {v['weight']}")
+            diff.append(f"+ {h} {backend}/{server}: {after['state']} weight {after['weight']}")
+        else:
+            diff.append(f"  {h} {backend}/{server}: {v['state']} weight {v['weight']} (already)")
+    diff.append("  (runtime only: the cluster file has no key for a server's state; no reload)")
+    what = " ".join(x for x in (params["state"], f"weight {params['weight']}" if params["weight"] is not None
+                                else None) if x)
+    return Draft(summary=f"set {backend}/{server} {what} on {', '.join(present)}", diff=diff,
+                 preconditions=[f"{h}'s HAProxy admin socket answers" for h in present],
+                 state=now, details={"hosts": list(present)}, changes=changes)
+
+
+def apply(ctx: Context, params: dict, draft: Draft) -> Outcome:
+    done = []
+    for h in draft.details["hosts"]:
+        sock = ctx.run.haproxy_socket(h)
+        try:
+            if params["weight"] is not None:
+                set_server_weight(sock, params["backend"], params["server"], params["weight"])
+            if params["state"] is not None:
+                set_server_state(sock, params["backend"], params["server"], params["state"])
+        except (RuntimeAPIError, ValueError) as exc:
+            return Outcome(False, f"{h}: {exc} (done: {', '.join(done) or 'none'})", {"hosts": done})
+        done.append(h)
+    return Outcome(True, f"{params['backend']}/{params['server']} set on {', '.join(done)}", {"hosts": done})

@@ -25,6 +25,8 @@ from flask import Blueprint, abort, current_app, jsonify, request
 
 from cluster import durations
 from controlplane import incidents as incidents_lifecycle
+from controlplane.remediation import plans as remediation_plans
+from controlplane.remediation.base import RemediationError
 from controlplane.web import auth, readmodel
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
@@ -360,3 +362,113 @@ def resolve_incident(incident_id: int):
     change_incident(incident_id, "resolved", _note())
     db = current_app.extensions["chatops.db"]
     return _json(readmodel.incident(db, incident_id, readmodel.runbook_names(runbooks_dir())))
+
+
+# -- remediation: plan, apply ----------------------------------------------------------------------
+
+MAX_STEPS = 10
+
+
+def _remediation_error(exc: RemediationError):
+    abort(exc.status, description=str(exc))
+
+
+def _body() -> dict[str, Any]:
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        abort(400, description='the body must be a JSON object {"action": "<name>", "params": {...}} '
+                               'or {"steps": [{"action": ..., "params": ...}, ...]}')
+    return body
+
+
+def _steps(body: dict[str, Any]) -> list[tuple[str, Any]]:
+    extra = set(body) - {"action", "params", "steps"}
+    if extra:
+        abort(400, description=f"bad field {sorted(extra)[0][:40]!r}: the body takes action and params, or steps")
+    if "steps" in body:
+        steps = body["steps"]
+        if not isinstance(steps, list) or not 1 <= len(steps) <= MAX_STEPS or not all(
+                isinstance(s, dict) and set(s) <= {"action", "params"} for s in steps):
+            abort(400, description=f"bad field steps: a list of 1 to {MAX_STEPS} objects with action and params")
+        return [(s.get("action"), s.get("params", {})) for s in steps]
+    if not isinstance(body.get("action"), str):
+        abort(400, description="bad field action: the name of an action, e.g. kill_clients")
+    return [(body["action"], body.get("params", {}))]
+
+
+@bp.post("/plans")
+@auth.require_auth
+def create_plan():
+    """Plan an action (no side effects): 201 with the plan, its diff and its id."""
+    params()
+    steps = _steps(_body())
+    try:
+        plan = remediation_plans.make_plan(remediation_plans.context(current_app), steps, auth.current_actor())
+    except RemediationError as exc:
+        _remediation_error(exc)
+    return _json(plan, 201)
+
+
+@bp.get("/plans")
+def list_plans():
+    p = params("limit")
+    db = current_app.extensions["chatops.db"]
+    return _json({"plans": db.plans(limit=p.get("limit", AUDIT_LIMIT_DEFAULT))})
+
+
+_PLAN_ID = re.compile(r"[0-9a-f]{8}")
+
+
+def _plan_id(plan_id: str) -> str:
+    if not _PLAN_ID.fullmatch(plan_id):
+        abort(404, description=f"unknown plan {_show(plan_id)}: a plan id is 8 hex digits")
+    return plan_id
+
+
+@bp.get("/plans/<plan_id>")
+def get_plan(plan_id: str):
+    params()
+    db = current_app.extensions["chatops.db"]
+    plan = _found_plan(db, _plan_id(plan_id))
+    return _json({**plan, "audit": db.audit_for_plan(plan_id)})
+
+
+def _found_plan(db, plan_id: str) -> dict[str, Any]:
+    try:
+        return db.plan(plan_id)
+    except KeyError:
+        abort(404, description=f"unknown plan {plan_id}")
+
+
+@bp.post("/plans/<plan_id>/apply")
+@auth.require_auth
+def apply_plan(plan_id: str):
+    """Apply a plan: 409 when stale or when its subject is being changed by another apply."""
+    params()
+    db = current_app.extensions["chatops.db"]
+    _found_plan(db, _plan_id(plan_id))
+    ctx = remediation_plans.context(current_app)
+    try:
+        plan = remediation_plans.apply_plan(ctx, plan_id, auth.current_actor())
+    except RemediationError as exc:
+        _remediation_error(exc)
+    if plan["state"] == "applied" and plan["verification"] is None:
+        remediation_plans.verify_in_background(ctx, plan_id)
+    return _json(db.plan(plan_id))
+
+
+@bp.post("/incidents/<int:incident_id>/plan")
+@auth.require_auth
+def plan_incident(incident_id: int):
+    """Plan the incident's suggested remediation: 201 with the plan, 409 when it has none chatops applies."""
+    params()
+    ctx = remediation_plans.context(current_app)
+    try:
+        steps, watched = remediation_plans.fix_steps(ctx.db, _incident_id(incident_id))
+        plan = remediation_plans.make_plan(ctx, steps, auth.current_actor(), incident_id=incident_id,
+                                           finding_ids=watched)
+    except KeyError:
+        abort(404, description=f"unknown incident {incident_id}")
+    except RemediationError as exc:
+        _remediation_error(exc)
+    return _json(plan, 201)

@@ -42,6 +42,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.extensions["chatops.started"] = time.time()
 
     from controlplane import database, metrics, scheduler
+    from controlplane.remediation import plans
     from controlplane.sources import canary
     from controlplane.web import api, auth, dashboard
     app.extensions["chatops.db"] = database.Database.for_run(run)
@@ -58,6 +59,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     canary.init_app(app)          # it waits for the schedule, so a locked-out app runs no canary
     scraper = scheduler.init_app(app)
     atexit.register(scraper.stop)
+    plans.init_app(app)           # after the schedule's lock: one process holds the admin connections
     return app
 
 

@@ -139,17 +139,17 @@ def test_stale_plan_and_invalid_config_are_refused(config, run_dir):
     run = RunDir(run_dir)
     with cluster_up(config, run_dir):
         cf = clusterfile.load(config).spec
-        p = proxy_reload.plan(cf, run, ["chat1"])
+        p = proxy_reload.plan_reload(cf, run, ["chat1"])
         path = run.haproxy_config("chat1")
         path.write_text(path.read_text() + "\n# edited by hand\n")
-        [result] = proxy_reload.apply(p, run, "tester")
+        [result] = proxy_reload.apply_reload(p, run, "tester")
         assert not result.ok and "changed since the plan" in result.detail
 
         running = path.read_text()
         bad = "global\n    no-such-keyword\n"
         bad_plan = proxy_reload.ReloadPlan([proxy_reload.HostPlan("chat1", running, bad, haproxy_config.check(bad))])
         assert not bad_plan.ok
-        [result] = proxy_reload.apply(bad_plan, run, "tester")
+        [result] = proxy_reload.apply_reload(bad_plan, run, "tester")
         assert not result.ok and "rejected" in result.detail
         assert path.read_text() == running  # the bad config never reached the running host
 
@@ -163,10 +163,10 @@ def test_apply_is_idempotent(config, run_dir):
         doc = yaml.safe_load(config.read_text())
         doc["haproxy"]["maxconn"] = 2500
         write_cluster(config, doc)
-        p = proxy_reload.plan(clusterfile.load(config).spec, run, ["chat1"])
+        p = proxy_reload.plan_reload(clusterfile.load(config).spec, run, ["chat1"])
         assert p.hosts[0].changed
-        first = proxy_reload.apply(p, run, "tester")
-        second = proxy_reload.apply(p, run, "tester")
+        first = proxy_reload.apply_reload(p, run, "tester")
+        second = proxy_reload.apply_reload(p, run, "tester")
         assert [r.ok for r in first + second] == [True, True], [r.detail for r in first + second]
         assert run.haproxy_config("chat1").read_text() == p.hosts[0].rendered
         info = haproxy_runtime.command(run.haproxy_socket("chat1"), "show info")
