@@ -25,7 +25,7 @@ from prometheus_client.core import CounterMetricFamily
 
 from chat import keys, logs, service
 from chat.cache import CacheUnavailable, ShardedCache
-from chat.upstream import Upstream, UpstreamError, make_session
+from chat.upstream import Pool, Upstream, UpstreamError
 from cluster.durations import seconds
 from cluster.spec import ClueService
 
@@ -356,10 +356,11 @@ async def main(ctx: service.Context, stop: asyncio.Event) -> None:
     cache = ShardedCache.for_host(ctx.cf, ctx.host, logger=ctx.log)
     opened = Counter("chat_clue_exchange_connections_opened", "TCP connections opened to the exchange",
                      registry=ctx.registry)
-    session = make_session(pool_size=settings.exchange.pool_size, keepalive=True, local_address=ctx.address,
-                           on_connect=opened.inc)
-    exchange = Upstream(session, f"http://{ctx.address}:{settings.exchange.port}/v1/publish", name="exchange",
-                        timeout=seconds(settings.exchange.timeout), concurrency=settings.exchange.pool_size)
+    pool = Pool(pool_size=settings.exchange.pool_size, keepalive=True, local_address=ctx.address,
+                on_connect=opened.inc)
+    ctx.upstreams["exchange"] = pool
+    exchange = Upstream(pool, f"http://{ctx.address}:{settings.exchange.port}/v1/publish", name="exchange",
+                        timeout=seconds(settings.exchange.timeout))
     clue = Clue(ctx, cache, exchange)
     runner = await service.serve_http(clue.app(), ctx.address, settings.clue.port)
     logs.event(ctx.log, None, "listening", address=f"{ctx.address}:{settings.clue.port}")
@@ -368,7 +369,7 @@ async def main(ctx: service.Context, stop: asyncio.Event) -> None:
     finally:
         await runner.cleanup()
         await exchange.close()
-        await session.close()
+        await pool.close()
         await cache.close()
 
 

@@ -29,7 +29,7 @@ from websockets.asyncio.server import ServerConnection as WsConnection
 from websockets.asyncio.server import serve as ws_serve
 
 from chat import irc, logs, service
-from chat.upstream import Upstream, UpstreamError, UpstreamTimeout, make_session
+from chat.upstream import Pool, Upstream, UpstreamError, UpstreamTimeout
 from cluster.durations import seconds
 
 PING_INTERVAL = 60.0            # the edge PINGs every client this often...
@@ -253,13 +253,15 @@ class Edge:
         self.clue_timeout_text = clue_cfg.client.timeout
         self.m_clue_conns = Counter("chat_edge_clue_connections_opened",
                                     "TCP connections opened to clue and the exchanges (reconnects included)", registry=r)
-        Gauge("chat_edge_clue_pool_size", "Keepalive connections allowed to clue", registry=r).set(clue_cfg.client.pool_size)
-        self.session = make_session(pool_size=clue_cfg.client.pool_size, keepalive=True, local_address=ctx.address,
-                                    on_connect=self.m_clue_conns.inc)
-        self.clue = Upstream(self.session, f"http://{ctx.address}:{clue_cfg.port}/v1/privmsg", name="clue",
-                             timeout=seconds(clue_cfg.client.timeout), concurrency=clue_cfg.client.pool_size,
+        pool_gauge = Gauge("chat_edge_clue_pool_size", "Keepalive connections allowed to clue", registry=r)
+        self.pool = Pool(pool_size=clue_cfg.client.pool_size, keepalive=True, local_address=ctx.address,
+                         on_connect=self.m_clue_conns.inc, on_change=lambda p: pool_gauge.set(p.pool_size))
+        ctx.upstreams["clue"] = self.pool
+        self.clue = Upstream(self.pool, f"http://{ctx.address}:{clue_cfg.port}/v1/privmsg", name="clue",
+                             timeout=seconds(clue_cfg.client.timeout),
                              observe=lambda s, n: self.m_clue.observe(s))
-        self.clue_auth = Upstream(self.session, f"http://{ctx.address}:{clue_cfg.port}/v1/auth", name="clue",
+        # Logins are rare: two in flight, whatever the pool size.
+        self.clue_auth = Upstream(self.pool, f"http://{ctx.address}:{clue_cfg.port}/v1/auth", name="clue",
                                   timeout=seconds(clue_cfg.client.timeout), concurrency=2)
         ex = ctx.services.exchange
         self.exchanges = [f"http://{addr}:{ex.port}/v1/subscriptions" for _, addr in ctx.peers()]
@@ -545,10 +547,12 @@ class Edge:
 
         async def one(url: str) -> None:
             try:
-                async with self.session.post(url, json=body, timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
-                    if resp.status != 200:
-                        raise UpstreamError(f"HTTP {resp.status}")
-            except Exception as exc:  # an unreachable exchange must not stop a JOIN
+                with self.pool.lease() as session:
+                    async with session.post(url, json=body, timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
+                        if resp.status != 200:
+                            raise UpstreamError(f"HTTP {resp.status}")
+            # An unreachable exchange must not stop a JOIN; the next refresh tells it again.
+            except (aiohttp.ClientError, OSError, TimeoutError, UpstreamError) as exc:
                 logs.event(self.log, "exchange", f"subscription update failed: {exc!r}", 30, url=url)
         await asyncio.gather(*(one(u) for u in self.exchanges))
 
@@ -620,7 +624,7 @@ class Edge:
             task.cancel()
         await self.clue.close()
         await self.clue_auth.close()
-        await self.session.close()
+        await self.pool.close()
 
 
 class _ProtocolErrors:

@@ -4,7 +4,8 @@ subscribers in the message's room.
 Edges tell every exchange of their cluster which rooms they hold (on the first subscriber of a
 room, at once; and their whole set every few seconds, so a restarted exchange relearns it). Each
 edge gets its own sender: messages for it queue up and leave in batches over a connection pool
-whose keepalive switch, size and timeout come from the cluster file. Unlike the talk's exchange,
+whose keepalive switch, size and timeout come from the cluster file; the switch and the size can
+also change while it runs, through the admin route (`chat.service`). Unlike the talk's exchange,
 this one is instrumented: deliveries, i/o timeouts and new connections are counted, and it logs
 the talk's lines, `[exchange] i/o timeout` and (sampled) `Exchange success`.
 
@@ -20,7 +21,7 @@ from aiohttp import web
 from prometheus_client import Counter, Gauge, Histogram
 
 from chat import logs, service
-from chat.upstream import Upstream, UpstreamTimeout, make_session
+from chat.upstream import Pool, Upstream, UpstreamTimeout
 from cluster.durations import seconds
 
 SUBSCRIPTION_TTL = 15.0       # an edge that stops refreshing is forgotten after this
@@ -63,16 +64,20 @@ class Exchange:
         self.m_keepalive = Gauge("chat_exchange_keepalive", "1 when delivery connections are kept alive", registry=r)
         self.m_pool = Gauge("chat_exchange_pool_size", "Connections allowed per edge", registry=r)
         self.m_edges = Gauge("chat_exchange_edges", "Edges with live subscriptions", registry=r)
-        self.m_keepalive.set(1 if settings.keepalive else 0)
-        self.m_pool.set(settings.pool_size)
-        self.session = make_session(pool_size=settings.pool_size, keepalive=settings.keepalive,
-                                    local_address=ctx.address, on_connect=self.m_connections.inc)
+        # One pool for every edge's sender: one switch turns keepalive on for all of them.
+        self.pool = Pool(pool_size=settings.pool_size, keepalive=settings.keepalive,
+                         local_address=ctx.address, on_connect=self.m_connections.inc,
+                         on_change=self._settings_changed)
+        ctx.upstreams["edges"] = self.pool
+
+    def _settings_changed(self, pool: Pool) -> None:
+        self.m_keepalive.set(1 if pool.keepalive else 0)
+        self.m_pool.set(pool.pool_size)
 
     def _link(self, name: str, url: str) -> EdgeLink:
         link = self.edges.get(name)
         if link is None or link.url != url:
-            up = Upstream(self.session, url, name=f"edge {name}", timeout=self.timeout,
-                          concurrency=self.settings.pool_size,
+            up = Upstream(self.pool, url, name=f"edge {name}", timeout=self.timeout,
                           observe=lambda secs, n, e=name: (self.m_requests.labels(e).observe(secs),
                                                            self.m_batch.observe(n)))
             link = self.edges[name] = EdgeLink(name, url, up)
@@ -154,7 +159,7 @@ class Exchange:
     async def close(self) -> None:
         for link in self.edges.values():
             await link.upstream.close()
-        await self.session.close()
+        await self.pool.close()
 
 
 async def main(ctx: service.Context, stop: asyncio.Event) -> None:

@@ -1,16 +1,27 @@
 """What every chat service process shares: its command line, its place in the cluster file, the
 event loop, talk-shaped logging, a private Prometheus registry and the internal HTTP app that
-serves /healthz and /metrics beside the service's own routes."""
+serves /healthz, /metrics and the admin route beside the service's own routes.
+
+The admin route, `/v1/admin/upstream`, shows (GET) and changes (PUT) the keepalive switch and pool
+size of the service's upstream pools while it runs: the exchange's pool to the edges, the edge's
+to clue, clue's to the exchange. The control plane's `set_keepalive` action calls it. It takes
+`Authorization: Bearer <token>`, the control plane's API token, read at start from the variable
+the cluster file's `controlplane.auth_token_env` names; with that variable unset it refuses
+everyone (403), so an unconfigured service is never open.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import hmac
+import json
 import logging
+import os
 import signal
 import sys
-from dataclasses import dataclass
-from typing import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 from prometheus_client import (
@@ -21,6 +32,7 @@ from prometheus_client import (
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from chat import logs
+from chat.upstream import Pool
 from cluster import clusterfile, spec
 
 # `_created` series double every counter's series count for a figure Prometheus can infer.
@@ -40,6 +52,12 @@ class Context:
     address: str
     log: logging.Logger
     registry: CollectorRegistry
+    admin_token: str = ""             # "" when the variable is unset: the admin route refuses all
+    upstreams: dict[str, Pool] = field(default_factory=dict)   # what the admin route switches
+
+    @property
+    def token_env(self) -> str:
+        return self.cf.controlplane.auth_token_env
 
     @property
     def services(self) -> spec.Services:
@@ -62,8 +80,14 @@ def parse_args(service: str, argv: list[str] | None = None) -> Context:
     cluster = cf.cluster_of(args.host)
     if cluster is None:
         sys.exit(f"{args.host!r} is not a chat host in the cluster file")
+    log = logs.setup(service, sys.stdout)
+    # Read once: the token is a secret handed over at start, as the control plane reads it.
+    token = os.environ.get(cf.controlplane.auth_token_env, "").strip()
+    if not token:
+        logs.event(log, "admin", "admin route refused: token variable not set", logging.WARNING,
+                   variable=cf.controlplane.auth_token_env)
     return Context(cf=cf, host=args.host, cluster=cluster, address=cf.address(args.host),
-                   log=logs.setup(service, sys.stdout), registry=CollectorRegistry())
+                   log=log, registry=CollectorRegistry(), admin_token=token)
 
 
 def metrics_app(ctx: Context) -> web.Application:
@@ -78,7 +102,92 @@ def metrics_app(ctx: Context) -> web.Application:
 
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
+    add_admin_routes(app, ctx)
     return app
+
+
+# -- admin --
+
+POOL_SIZE_MAX = 1024              # as the cluster file's pool_size
+
+
+class BadField(ValueError):
+    def __init__(self, name: str, problem: str):
+        super().__init__(f"{name}: {problem}")
+        self.field = name
+
+
+def parse_upstream_change(raw: bytes) -> dict[str, Any]:
+    """The PUT body -> {"keepalive": bool, "pool_size": int} (either or both), or BadField."""
+    try:
+        body = json.loads(raw)
+    except ValueError as exc:     # JSONDecodeError, and UnicodeDecodeError on bad bytes
+        raise BadField("body", f"not JSON ({exc})") from None
+    if not isinstance(body, dict):
+        raise BadField("body", "must be a JSON object")
+    for key in body:
+        if key not in ("keepalive", "pool_size"):
+            raise BadField(str(key)[:64], "unknown field; expected keepalive and/or pool_size")
+    if not body:
+        raise BadField("body", "give keepalive and/or pool_size")
+    if "keepalive" in body and not isinstance(body["keepalive"], bool):
+        raise BadField("keepalive", "must be true or false")
+    if "pool_size" in body:
+        size = body["pool_size"]
+        # bool is an int to Python, but `true` is no pool size.
+        if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= POOL_SIZE_MAX:
+            raise BadField("pool_size", f"must be an integer from 1 to {POOL_SIZE_MAX}")
+    return body
+
+
+def _refused(ctx: Context, request: web.Request) -> web.Response | None:
+    if not ctx.admin_token:
+        return web.json_response({"error": f"{ctx.token_env} is not set on this service: the admin "
+                                           f"route is refused until it is (controlplane.auth_token_env)"},
+                                 status=403)
+    scheme, _, sent = request.headers.get("Authorization", "").partition(" ")
+    # Compared as bytes: compare_digest refuses non-ASCII str, and a header may carry anything.
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+            sent.strip().encode("utf-8", "surrogatepass"), ctx.admin_token.encode("utf-8", "surrogatepass")):
+        return web.json_response({"error": "missing or wrong API token (Authorization: Bearer <token>)"},
+                                 status=401, headers={"WWW-Authenticate": "Bearer"})
+    return None
+
+
+def _settings_line(settings: dict[str, Any]) -> str:
+    return f"keepalive={settings['keepalive']} pool_size={settings['pool_size']}"
+
+
+def add_admin_routes(app: web.Application, ctx: Context) -> None:
+    def view() -> dict[str, Any]:
+        return {"host": ctx.host, "cluster": ctx.cluster,
+                "upstreams": {name: pool.settings() for name, pool in ctx.upstreams.items()}}
+
+    async def show(request: web.Request) -> web.Response:
+        refused = _refused(ctx, request)
+        return refused if refused is not None else web.json_response(view())
+
+    async def change(request: web.Request) -> web.Response:
+        refused = _refused(ctx, request)
+        if refused is not None:
+            return refused
+        try:
+            wanted = parse_upstream_change(await request.read())
+        except BadField as exc:
+            return web.json_response({"error": str(exc), "field": exc.field}, status=400)
+        if not ctx.upstreams:
+            return web.json_response({"error": "this service has no upstream pool"}, status=404)
+        was = {}
+        for name, pool in ctx.upstreams.items():
+            before = pool.settings()
+            if pool.reconfigure(**wanted):
+                was[name] = before
+                logs.event(ctx.log, "admin", f"upstream {_settings_line(pool.settings())}",
+                           was=_settings_line(before), upstream=name)
+        return web.json_response({**view(), "changed": sorted(was), "was": was})
+
+    app.router.add_get("/v1/admin/upstream", show)
+    app.router.add_put("/v1/admin/upstream", change)
 
 
 async def serve_http(app: web.Application, address: str, port: int) -> web.AppRunner:

@@ -7,6 +7,9 @@ request; under heavy load the request rate stays bounded by the pool, not by the
 
 The pool's keepalive switch is the talk's second bug: with it off, every request opens a new TCP
 connection (counted in `connections_opened`), which is what ran the exchange into i/o timeouts.
+A `Pool` can change that switch and its size while it runs (the control plane's `set_keepalive`,
+through the service's admin route): new requests go out on a fresh session at once, and the old
+session is closed only when the last request on it has finished, so no call fails for the change.
 """
 
 from __future__ import annotations
@@ -14,7 +17,10 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from typing import Any, Callable
+import weakref
+from collections import deque
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 import aiohttp
 
@@ -45,16 +51,143 @@ def make_session(*, pool_size: int, keepalive: bool, local_address: str | None,
                                  json_serialize=json.dumps, auto_decompress=False)
 
 
+class Slots:
+    """A semaphore whose size can change while it is held, so an Upstream's requests in flight
+    follow a pool size set at runtime. Shrinking never interrupts a request: it holds new ones
+    back until enough have finished."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.busy = 0
+        self._waiters: deque[asyncio.Future] = deque()
+
+    async def __aenter__(self) -> None:
+        # Waiters first, in order: a newcomer must not overtake a call already waiting.
+        if self.busy < self.size and not self._waiters:
+            self.busy += 1
+            return
+        fut = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        try:
+            await fut              # _wake counts the slot as ours before resolving this
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self._release()    # handed a slot and cancelled in the same turn: pass it on
+            elif fut in self._waiters:
+                self._waiters.remove(fut)
+            raise
+
+    async def __aexit__(self, *_exc) -> None:
+        self._release()
+
+    def resize(self, size: int) -> None:
+        self.size = size
+        self._wake()
+
+    def _release(self) -> None:
+        self.busy -= 1
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters and self.busy < self.size:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                self.busy += 1
+                fut.set_result(None)
+
+
+class Pool:
+    """The HTTP session behind one service's Upstreams, with its keepalive switch and size, which
+    `reconfigure` changes at runtime without failing a request.
+
+    Every request holds a lease on the session it started on. A change builds a new session and
+    swaps it in for every lease taken afterwards (no await between, so no request can see a half
+    change); the old session is closed when its last lease ends, or at once if it had none."""
+
+    def __init__(self, *, pool_size: int, keepalive: bool, local_address: str | None,
+                 on_connect: Callable[[], None] | None = None,
+                 on_change: Callable[[Pool], None] | None = None):
+        self.pool_size = pool_size
+        self.keepalive = keepalive
+        self._local_address = local_address
+        self._on_connect = on_connect
+        self._on_change = on_change          # gauges follow the settings through this
+        self.session = self._new_session()
+        self._leases: dict[aiohttp.ClientSession, int] = {}
+        self._closing: set[asyncio.Task] = set()
+        # Weak: an exchange drops an edge's Upstream (and its Slots) when the edge goes away.
+        self._slots: weakref.WeakSet[Slots] = weakref.WeakSet()
+        if on_change is not None:
+            on_change(self)
+
+    def _new_session(self) -> aiohttp.ClientSession:
+        return make_session(pool_size=self.pool_size, keepalive=self.keepalive,
+                            local_address=self._local_address, on_connect=self._on_connect)
+
+    def settings(self) -> dict[str, Any]:
+        return {"keepalive": self.keepalive, "pool_size": self.pool_size}
+
+    def slots(self) -> Slots:
+        """A limit of requests in flight that stays equal to this pool's size."""
+        slots = Slots(self.pool_size)
+        self._slots.add(slots)
+        return slots
+
+    @contextmanager
+    def lease(self) -> Iterator[aiohttp.ClientSession]:
+        """The session to send one request on; hold it until the response has been read."""
+        session = self.session
+        self._leases[session] = self._leases.get(session, 0) + 1
+        try:
+            yield session
+        finally:
+            left = self._leases.pop(session) - 1
+            if left:
+                self._leases[session] = left
+            elif session is not self.session:
+                self._retire(session)
+
+    def reconfigure(self, *, keepalive: bool | None = None, pool_size: int | None = None) -> bool:
+        """Apply the settings given; True when something changed (and a new session serves)."""
+        keepalive = self.keepalive if keepalive is None else keepalive
+        pool_size = self.pool_size if pool_size is None else pool_size
+        if (keepalive, pool_size) == (self.keepalive, self.pool_size):
+            return False
+        old = self.session
+        self.keepalive, self.pool_size = keepalive, pool_size
+        self.session = self._new_session()
+        for slots in list(self._slots):
+            slots.resize(pool_size)
+        if old not in self._leases:
+            self._retire(old)
+        if self._on_change is not None:
+            self._on_change(self)
+        return True
+
+    def _retire(self, session: aiohttp.ClientSession) -> None:
+        task = asyncio.ensure_future(session.close())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    async def close(self) -> None:
+        # Shutting down: sessions still leased are closed too; their callers were cancelled.
+        for session in {self.session, *self._leases}:
+            await session.close()
+        if self._closing:
+            await asyncio.gather(*self._closing)
+
+
 class Upstream:
-    def __init__(self, session: aiohttp.ClientSession, url: str, *, name: str, timeout: float,
-                 concurrency: int, max_batch: int = 512,
+    def __init__(self, pool: Pool, url: str, *, name: str, timeout: float,
+                 concurrency: int | None = None, max_batch: int = 512,
                  observe: Callable[[float, int], None] | None = None):
-        self.session = session
+        """`concurrency`: requests in flight at most; None follows the pool's size as it changes."""
+        self.pool = pool
         self.url = url
         self.name = name
         self.timeout = timeout
         self.max_batch = max_batch
-        self._slots = asyncio.Semaphore(concurrency)
+        self._slots = pool.slots() if concurrency is None else Slots(concurrency)
         self._pending: list[tuple[Any, asyncio.Future]] = []
         self._flush_scheduled = False
         self._tasks: set[asyncio.Task] = set()
@@ -95,11 +228,12 @@ class Upstream:
         self.requests += 1
         started = time.perf_counter()
         try:
-            async with self.session.post(self.url, json={"items": [i for i, _ in batch]},
-                                         timeout=aiohttp.ClientTimeout(total=self.timeout)) as resp:
-                if resp.status != 200:
-                    raise UpstreamError(f"{self.name}: HTTP {resp.status}: {(await resp.text())[:200]}")
-                results = (await resp.json())["results"]
+            with self.pool.lease() as session:
+                async with session.post(self.url, json={"items": [i for i, _ in batch]},
+                                        timeout=aiohttp.ClientTimeout(total=self.timeout)) as resp:
+                    if resp.status != 200:
+                        raise UpstreamError(f"{self.name}: HTTP {resp.status}: {(await resp.text())[:200]}")
+                    results = (await resp.json())["results"]
             if len(results) != len(batch):
                 raise UpstreamError(f"{self.name}: {len(results)} results for {len(batch)} items")
         except asyncio.TimeoutError:
