@@ -271,7 +271,8 @@ class AlertDestination(_Model):
     min_severity: Literal["info", "warning", "critical"] = "warning"
 
 
-AutoAction = Literal["kill_clients", "set_redis_config", "server_state", "proxy_reload"]
+AutoAction = Literal["kill_clients", "set_redis_config", "set_keepalive", "server_state", "restart_service",
+                     "proxy_reload"]
 
 
 class Remediation(_Model):

@@ -2,7 +2,15 @@
 side effects, apply() of a reviewed plan, verification against the findings it should clear.
 plans.py is the engine every way in goes through (API, CLI, dashboard, automatic policy)."""
 
-from controlplane.remediation import kill_clients, proxy_reload, server_state, set_redis_config
+from controlplane.remediation import (
+    kill_clients,
+    proxy_reload,
+    restart_service,
+    server_state,
+    set_keepalive,
+    set_redis_config,
+)
 
 # By name, as a plan or a finding's suggested remediation names them.
-ACTIONS = {m.NAME: m for m in (kill_clients, set_redis_config, server_state, proxy_reload)}
+ACTIONS = {m.NAME: m for m in (kill_clients, set_redis_config, set_keepalive, server_state, restart_service,
+                               proxy_reload)}
