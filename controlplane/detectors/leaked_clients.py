@@ -200,12 +200,12 @@ def detect(window: Window, cf) -> list[Finding]:
             if not (i_fire or i_keep or g_fire or g_keep):
                 continue
             out.append(_finding(window, cf, shard, name, h, state, total, idle_after, i_fire or g_fire,
-                                max(i_held, g_held), grown, ops_growth, data))
+                                max(i_held, g_held), grown, ops_growth, data, by_idle=i_fire or i_keep))
     return out
 
 
 def _finding(window, cf, shard, host, h, state, total, idle_after, firing, held, grown, ops_growth,
-             data) -> Finding:
+             data, by_idle: bool = True) -> Finding:
     th = cf.controlplane.thresholds
     cluster = h.get("cluster") if isinstance(h.get("cluster"), str) else cf.cluster_of(host)
     count, idle = num(h.get("count")) or 0, num(h.get("idle_over")) or 0
@@ -248,11 +248,15 @@ def _finding(window, cf, shard, host, h, state, total, idle_after, firing, held,
     if near_max or rejecting:
         notes.append(f"{shard} has {state['connected_clients']:.0f} of {state['maxclients']:.0f} clients"
                      + (", and is rejecting connections" if rejecting else ""))
+    # A leak found by its growth is younger than idle_client_after: its connections have done
+    # nothing for at least `hold` (that is how long the growth held), while the host's working
+    # connections are used far more often than that.
+    kill_idle = idle_after if by_idle else min(idle_after, hold_s(cf))
     remediation = {
         "action": "kill_clients",
-        "summary": (f"CLIENT KILL the connections from {host} to {shard} idle for more than {idle_after:g}s, "
+        "summary": (f"CLIENT KILL the connections from {host} to {shard} idle for more than {kill_idle:g}s, "
                     f"then find the leak in {where}." + (" " + "; ".join(notes) + "." if notes else "")),
-        "params": {"shard": shard, "host": host, "idle_over_s": idle_after},
+        "params": {"shard": shard, "host": host, "idle_over_s": kill_idle},
     }
     severity = "critical" if near_max or rejecting else "warning"
     about = {"host": host, "shard": shard}

@@ -59,8 +59,16 @@ def decide(ctx: Context, finding: dict, now: float | None = None) -> tuple[bool,
     return True, "in remediation.auto", steps
 
 
+_ONE_AT_A_TIME = threading.Lock()    # decide-then-apply is atomic, or two runs race past the cooldown
+
+
 def handle(ctx: Context, finding: dict) -> dict | None:
     """Plan, and apply when the policy allows, for one opened finding; returns the plan."""
+    with _ONE_AT_A_TIME:
+        return _handle(ctx, finding)
+
+
+def _handle(ctx: Context, finding: dict) -> dict | None:
     go, why, steps = decide(ctx, finding)
     if not steps:
         return None

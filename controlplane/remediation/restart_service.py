@@ -20,11 +20,24 @@ NAME = "restart_service"
 VERIFY = ("delivery_gap", "ingestion_timeouts")
 HEALTHY_WITHIN_S = 30.0
 
-PARAMS = {"name": Param(str, required=True, help="a process name as `chatops status` shows it, e.g. edge-chat2")}
+PARAMS = {
+    "name": Param(str, help="a process name as `chatops status` shows it, e.g. edge-chat2"),
+    # or, as a finding names it: the service and its host
+    "service": Param(str, choices=("edge", "clue", "exchange")),
+    "host": Param(str, help="the chat host of `service`"),
+}
+
+
+def _name(params: dict) -> str:
+    if params.get("name"):
+        return params["name"]
+    if params.get("service") and params.get("host"):
+        return f"{params['service']}-{params['host']}"
+    raise BadParams("name", "give name (e.g. edge-chat2), or service and host")
 
 
 def subject(cf, params: dict) -> str:
-    return f"process:{params['name']}"
+    return f"process:{_name(params)}"
 
 
 def _process(ctx: Context, name: str) -> dict:
@@ -43,7 +56,7 @@ def _process(ctx: Context, name: str) -> dict:
 
 
 def plan(ctx: Context, params: dict) -> Draft:
-    p = _process(ctx, params["name"])
+    p = _process(ctx, _name(params))
     up = f"up {time.time() - p['started_at']:.0f} s" if p.get("started_at") else p.get("status")
     return Draft(summary=f"restart {p['name']} on {p['host']} and wait until it answers",
                  diff=[f"- {p['name']} pid {p['pid']} ({p['status']}, {up}, {p['restarts']} restarts)",
@@ -60,8 +73,8 @@ def apply(ctx: Context, params: dict, draft: Draft) -> Outcome:
         pass                        # already gone: the supervisor is starting it again
     deadline = time.monotonic() + HEALTHY_WITHIN_S
     while time.monotonic() < deadline:
-        p = {x["name"]: x for x in (read_state(ctx.run) or {}).get("processes", [])}.get(params["name"])
+        p = {x["name"]: x for x in (read_state(ctx.run) or {}).get("processes", [])}.get(_name(params))
         if p and p["pid"] and p["pid"] != old and p["status"] == "up":
-            return Outcome(True, f"{params['name']} restarted: pid {old} -> {p['pid']}", {"pid": p["pid"]})
+            return Outcome(True, f"{_name(params)} restarted: pid {old} -> {p['pid']}", {"pid": p["pid"]})
         time.sleep(0.2)
-    return Outcome(False, f"{params['name']} was not up again within {HEALTHY_WITHIN_S:g} s", {})
+    return Outcome(False, f"{_name(params)} was not up again within {HEALTHY_WITHIN_S:g} s", {})
