@@ -5,6 +5,10 @@ returns; this module only chooses what to show, formats it with units, decides w
 red (a source down, errors happening now, a queue, a figure near its limit from the cluster
 file's thresholds) and draws the charts as inline SVG (no JavaScript, no CDN).
 
+Remediation: an incident's Fix section and the plan pages go through the same engine as the API
+and the CLI (controlplane/remediation/plans.py): "Plan the fix" and "Apply" are POSTs behind a
+login and CSRF (auth.require_auth); a refusal is shown on the page with its status, never a 500.
+
 Live refresh: static/dashboard.js fetches the same URL with `?fragment=1` every scrape interval
 and swaps the `<main>` content; the fragment answer carries `X-Last-Scrape` and `X-Rendered-At`
 headers for the "last scrape N s ago" clock in the header.
@@ -13,6 +17,7 @@ headers for the "last scrape N s ago" clock in the header.
 from __future__ import annotations
 
 import math
+import re
 import time
 from pathlib import Path
 from typing import Any, Iterable
@@ -30,6 +35,8 @@ from markupsafe import Markup, escape
 
 from cluster.durations import seconds
 from controlplane import incidents as lifecycle
+from controlplane.remediation import plans as remediation
+from controlplane.remediation.base import Busy, RemediationError
 from controlplane.sources import figures
 from controlplane.web import auth, markdown, readmodel
 
@@ -90,8 +97,9 @@ def _page(template: str, status: int = 200, refresh: bool = True, **kw):
     return resp
 
 
-def _not_found(exc: readmodel.NotFound, link: str):
-    return _page("404.html", status=404, refresh=False, exc=exc, link=link)   # nothing there to refresh
+def _not_found(exc: readmodel.NotFound, link: str, link_arg: str = "name"):
+    return _page("404.html", status=404, refresh=False, exc=exc, link=link,   # nothing there to refresh
+                 link_arg=link_arg)
 
 
 def _thresholds():
@@ -137,6 +145,12 @@ def incidents():
 
 @bp.get("/incidents/<int:incident_id>")
 def incident(incident_id: int):
+    return _incident_page(incident_id)
+
+
+def _incident_page(incident_id: int, status: int = 200, notice: dict[str, Any] | None = None):
+    """The incident page; `notice` (a refused plan or apply, answered from a POST) is shown above
+    its Fix section, and such a page does not refresh itself: its URL is the POST's."""
     cf, store, _ = _ctx()
     db = current_app.extensions["chatops.db"]
     directory = _runbooks_dir()
@@ -155,7 +169,22 @@ def incident(incident_id: int):
             books.append({**rb, "title": doc["title"], "html": render_runbook(doc["markdown"])})
         else:
             books.append({**rb, "title": rb["name"], "html": None})
-    return _page("incident.html", i=i, charts=charts, books=books, title=f"Incident {incident_id}")
+    return _page("incident.html", status=status, refresh=notice is None, i=i, charts=charts, books=books,
+                 fix=_fix(db, incident_id), notice=notice, title=f"Incident {incident_id}")
+
+
+def _fix(db, incident_id: int) -> dict[str, Any]:
+    """The incident page's Fix section: its newest plan, the ones before it, and why its
+    suggested remediation cannot be planned (`reason`, None when it can)."""
+    made = readmodel.incident_plans(db, incident_id)
+    try:
+        remediation.fix_steps(db, incident_id)
+        reason = None
+    except RemediationError as exc:
+        reason = str(exc)
+    except KeyError:
+        reason = f"unknown incident {incident_id}"
+    return {"plan": made[0] if made else None, "earlier": made[1:], "reason": reason}
 
 
 @bp.get("/incidents/<name>")
@@ -193,6 +222,123 @@ def acknowledge_incident(incident_id: int):
 @auth.require_auth
 def resolve_incident(incident_id: int):
     return _incident_action(incident_id, "resolved")
+
+
+# -- remediation plans: plan, review, apply, verify ------------------------------------------------
+# The same engine as the API and the CLI (controlplane/remediation/plans.py). A refusal (nothing
+# chatops can apply, a stale plan, a busy subject, a shard out of reach) is shown on the page the
+# button was on, with its status code and the engine's message; never a 500.
+
+PLAN_ID = re.compile(r"[0-9a-f]{8}")
+PLAN_LIST = 200
+
+
+def _stored_plan(plan_id: str) -> dict[str, Any]:
+    if not PLAN_ID.fullmatch(plan_id):
+        abort(404, description="unknown plan: a plan id is 8 hex digits")
+    try:
+        return current_app.extensions["chatops.db"].plan(plan_id)
+    except KeyError:
+        abort(404, description=f"unknown plan {plan_id}")
+
+
+def _notice(exc: RemediationError, plan_id: str | None = None) -> dict[str, Any]:
+    """What the page says about a refusal: `bad` (red) when something is wrong (a stale plan, a
+    shard out of reach, bad parameters), not for a busy subject or nothing to apply."""
+    return {"status": exc.status, "message": str(exc), "plan_id": plan_id,
+            "bad": not isinstance(exc, (Busy, remediation.NoFix)),
+            "replan": exc.status == 409 and not isinstance(exc, remediation.NoFix)}
+
+
+def _back_to_plan() -> bool:
+    return request.form.get("back") == "plan"
+
+
+def _after_plan(plan: dict[str, Any]):
+    if plan.get("incident_id") is not None and not _back_to_plan():
+        return redirect(url_for("dashboard.incident", incident_id=plan["incident_id"]), code=303)
+    return redirect(url_for("dashboard.plan", plan_id=plan["id"]), code=303)
+
+
+def _refused(plan: dict[str, Any], exc: RemediationError):
+    notice = _notice(exc, plan["id"])
+    if plan.get("incident_id") is not None and not _back_to_plan():
+        return _incident_page(plan["incident_id"], status=exc.status, notice=notice)
+    return _plan_page(plan["id"], status=exc.status, notice=notice)
+
+
+@bp.get("/plans")
+def plans():
+    db = current_app.extensions["chatops.db"]
+    return _page("plans.html", plans=readmodel.plans(db, PLAN_LIST), title="Plans")
+
+
+@bp.get("/plans/<plan_id>")
+def plan(plan_id: str):
+    return _plan_page(plan_id)
+
+
+def _plan_page(plan_id: str, status: int = 200, notice: dict[str, Any] | None = None):
+    db = current_app.extensions["chatops.db"]
+    try:
+        p = readmodel.plan_detail(db, plan_id)
+    except readmodel.NotFound as exc:
+        return _not_found(exc, "dashboard.plan", "plan_id")
+    return _page("plan.html", status=status, refresh=notice is None, p=p, notice=notice, title=f"Plan {plan_id}")
+
+
+@bp.post("/incidents/<int:incident_id>/plan")
+@auth.require_auth
+def incident_plan(incident_id: int):
+    """The "Plan the fix" button: the incident's suggested remediation as a stored plan, to review and apply."""
+    ctx = remediation.context(current_app)
+    try:
+        steps, watched = remediation.fix_steps(ctx.db, incident_id)
+        remediation.make_plan(ctx, steps, auth.current_actor(), incident_id=incident_id, finding_ids=watched)
+    except KeyError:
+        abort(404, description=f"unknown incident {incident_id}")
+    except RemediationError as exc:
+        return _incident_page(incident_id, status=exc.status, notice=_notice(exc))
+    return redirect(url_for("dashboard.incident", incident_id=incident_id), code=303)
+
+
+@bp.post("/plans/<plan_id>/again")
+@auth.require_auth
+def plan_again(plan_id: str):
+    """A fresh plan of the same steps (after a stale or failed one): the incident's current
+    suggestion for an incident's plan, the same actions and parameters otherwise."""
+    old = _stored_plan(plan_id)
+    ctx = remediation.context(current_app)
+    try:
+        if old.get("incident_id") is not None:
+            steps, watched = remediation.fix_steps(ctx.db, old["incident_id"])
+        else:
+            steps, watched = [(s["action"], s["params"]) for s in old["steps"]], old.get("finding_ids") or []
+        new = remediation.make_plan(ctx, steps, auth.current_actor(), incident_id=old.get("incident_id"),
+                                    finding_ids=watched)
+    except KeyError:
+        abort(404, description=f"unknown incident {old.get('incident_id')}")
+    except RemediationError as exc:
+        return _refused(old, exc)
+    return _after_plan(new)
+
+
+@bp.post("/plans/<plan_id>/apply")
+@auth.require_auth
+def apply_plan(plan_id: str):
+    """Apply a reviewed plan, then watch its findings in the background; back to the page the
+    button was on (303), where the verification shows as it moves."""
+    p = _stored_plan(plan_id)
+    ctx = remediation.context(current_app)
+    try:
+        done = remediation.apply_plan(ctx, plan_id, auth.current_actor())
+    except KeyError:
+        abort(404, description=f"unknown plan {plan_id}")
+    except RemediationError as exc:
+        return _refused(p, exc)
+    if done["state"] == "applied" and done["verification"] is None:
+        remediation.verify_in_background(ctx, plan_id)
+    return _after_plan(p)
 
 
 @bp.get("/runbooks")

@@ -462,3 +462,63 @@ def runbook(directory, name: str) -> dict[str, Any]:
         raise NotFound("runbook", name, runbook_names(directory))
     text = (Path(directory) / f"{name}.md").read_text(encoding="utf-8", errors="replace")
     return {"name": name, "title": markdown.title(text) or name, "markdown": text}
+
+
+# -- remediation plans ----------------------------------------------------------------------------
+# From the database's plans table (controlplane/remediation/plans.py makes, applies and verifies
+# them). Plan text comes from the cluster (host names, CLIENT LIST lines in diffs): it is only ever
+# shown escaped. A row is normalised here so a page never trips on a missing or odd field.
+
+PLAN_LIST_DEFAULT = 200
+
+
+def _strs(value: Any) -> list[str]:
+    return [str(x) for x in value] if isinstance(value, list) else []
+
+
+def _dict(value: Any) -> dict[str, Any] | None:
+    return value if isinstance(value, dict) else None
+
+
+def plan(row: dict[str, Any]) -> dict[str, Any]:
+    """One plan as the pages show it: its steps each with their diff lines, preconditions and the
+    result of that step when it ran (`result` None: not run), the overall result, the
+    verification, and `stale` when the apply was refused because the state had moved."""
+    result = _dict(row.get("result"))
+    ran = [r for r in (result or {}).get("steps") or [] if isinstance(r, dict)]
+    steps = []
+    for k, s in enumerate(row.get("steps") if isinstance(row.get("steps"), list) else []):
+        s = s if isinstance(s, dict) else {}
+        steps.append({"action": str(s.get("action") or ""), "subject": str(s.get("subject") or ""),
+                      "params": s.get("params") if isinstance(s.get("params"), dict) else {},
+                      "summary": str(s.get("summary") or ""), "diff": _strs(s.get("diff")),
+                      "preconditions": _strs(s.get("preconditions")),
+                      "changes": s.get("changes", True) is not False,
+                      "result": ran[k] if k < len(ran) else None})
+    return {"id": row["id"], "created": row.get("created"), "time": row.get("time"),
+            "created_by": row.get("created_by"), "action": row.get("action"), "subject": row.get("subject"),
+            "state": row.get("state"), "incident_id": row.get("incident_id"),
+            "applied_at": row.get("applied_at"), "applied_by": row.get("applied_by"),
+            "summary": str(row.get("summary") or ""), "changes": row.get("changes", True) is not False,
+            "finding_ids": row.get("finding_ids") if isinstance(row.get("finding_ids"), list) else [],
+            "steps": steps, "result": result, "stale": bool((result or {}).get("stale")),
+            "verification": _dict(row.get("verification"))}
+
+
+def plans(db, limit: int | None = PLAN_LIST_DEFAULT) -> list[dict[str, Any]]:
+    """Plans, newest first."""
+    return [plan(r) for r in db.plans(limit=limit)]
+
+
+def incident_plans(db, incident_id: int) -> list[dict[str, Any]]:
+    """The plans made for one incident, newest first."""
+    return [plan(r) for r in db.plans(limit=None) if r.get("incident_id") == incident_id]
+
+
+def plan_detail(db, plan_id: str) -> dict[str, Any]:
+    """One plan and its audit trail (oldest first); NotFound lists the newest plans' ids."""
+    try:
+        row = db.plan(plan_id)
+    except KeyError:
+        raise NotFound("plan", plan_id, [p["id"] for p in db.plans(limit=20)]) from None
+    return {**plan(row), "audit": db.audit_for_plan(plan_id)}

@@ -28,8 +28,8 @@ CHROMEDRIVER = "/usr/bin/chromedriver"
 INTERVAL = 1.0              # live_controlplane's scrape interval; the page refreshes at the same period
 SHARDS = ("shard0", "shard1")
 PAGES = ("/", "/shards", "/shards/shard0", "/proxies", "/services", "/hosts", "/hosts/chat1",
-         "/hosts/redis1", "/jobs", "/incidents", "/runbooks")
-NO_CHARTS = ("/jobs", "/hosts", "/incidents", "/runbooks")
+         "/hosts/redis1", "/jobs", "/incidents", "/runbooks", "/plans")
+NO_CHARTS = ("/jobs", "/hosts", "/incidents", "/runbooks", "/plans")
 
 
 # -- without a running cluster (Flask's test client) ----------------------------------------------
