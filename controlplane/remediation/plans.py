@@ -132,8 +132,13 @@ def apply_plan(ctx: Context, plan_id: str, actor: str) -> dict[str, Any]:
             if not draft.changes:
                 outcome_ok, detail, changed = True, "nothing to change: already as planned", {}
             else:
-                outcome = module.apply(ctx, clean, draft)
-                outcome_ok, detail, changed = outcome.ok, outcome.detail, outcome.changed
+                try:
+                    outcome = module.apply(ctx, clean, draft)
+                    outcome_ok, detail, changed = outcome.ok, outcome.detail, outcome.changed
+                except (RemediationError, OSError) as exc:
+                    # Whatever the action managed before, the plan must end failed and audited,
+                    # never stuck in `applying` where no later apply could retry it.
+                    outcome_ok, detail, changed = False, f"{type(exc).__name__}: {exc}", {}
             took = round(time.perf_counter() - started, 3)
             results.append({"action": step["action"], "subject": step["subject"], "ok": outcome_ok,
                             "detail": detail, "changed": changed, "duration_s": took})
