@@ -449,3 +449,22 @@ def apply_edit(edit: Edit) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def current(edit: Edit) -> dict[str, Any]:
+    """What the file says now at each key the edit changes (None where it is absent): the part
+    of the file a plan depends on, so an edit elsewhere in the file does not make it stale."""
+    doc = yaml.safe_load(edit.old_text) or {}
+    out: dict[str, Any] = {}
+    for dotted in edit.changes:
+        node: Any = doc
+        for part in dotted.split("."):
+            if isinstance(node, list) and part.isdigit() and int(part) < len(node):
+                node = node[int(part)]
+            elif isinstance(node, dict) and part in node:
+                node = node[part]
+            else:
+                node = None
+                break
+        out[dotted] = node
+    return out

@@ -13,6 +13,8 @@ An action module defines:
 - `apply(ctx, params, draft) -> Outcome`: carry the draft out. It is called only after the engine
   re-planned and found the same fingerprint, under the subject's lock.
 - `VERIFY`: the finding kinds whose resolution shows the fix worked (`verify` watches them).
+- `WRITES_CLUSTER_FILE = True` for an action that writes the cluster file back: its applies also
+  take the file's lock, so two of them re-plan and write in turn.
 
 The engine (plans.py) does the rest the same way for every action: ids, storage, the lock, the
 stale check, idempotence (a plan applies at most once), the audit record and the verification.
@@ -78,8 +80,8 @@ def validate(params: Any, spec: dict[str, Param], cf) -> dict[str, Any]:
             continue
         out[name] = value = _convert(name, params[name], p)
         if p.minimum is not None and value < p.minimum or p.maximum is not None and value > p.maximum:
-            raise BadParams(name, f"{value!r} is outside {p.minimum:g}..{p.maximum:g}" if p.maximum is not None
-                            else f"{value!r} is below {p.minimum:g}")
+            raise BadParams(name, f"{value!r} is outside {p.minimum:,g}..{p.maximum:,.0f}" if p.maximum is not None
+                            else f"{value!r} is below {p.minimum:,g}")
         valid = p.choices(cf) if callable(p.choices) else p.choices
         if valid is not None and value not in valid:
             raise BadParams(name, f"{str(value)[:40]!r} is not one of: {', '.join(map(str, valid))}")

@@ -78,13 +78,26 @@ def make_plan(ctx: Context, steps: list[tuple[str, Any]], actor: str, incident_i
                            incident_id=incident_id)
 
 
+def _members(ctx: Context, subject: str) -> list[str]:
+    """`shard:all` is every shard and `haproxy:all` every chat host: it takes each one's lock, so
+    it never runs beside an apply on one of them."""
+    kind, _, name = subject.partition(":")
+    if name != "all" or ctx.cf is None:
+        return [subject]
+    if kind == "shard":
+        return [subject] + [f"shard:{s.name}" for s in ctx.cf.redis.shards]
+    if kind == "haproxy":
+        return [subject] + [f"haproxy:{h}" for h, _ in ctx.cf.chat_hosts()]
+    return [subject]
+
+
 @contextmanager
 def _locked(ctx: Context, subjects: list[str]) -> Iterator[None]:
     """Every subject's lock, in sorted order (no deadlock between two multi-step plans), or Busy."""
     root = ctx.run.root / "locks"
     root.mkdir(parents=True, exist_ok=True)
     with ExitStack() as stack:
-        for subject in sorted(set(subjects)):
+        for subject in sorted({m for s in subjects for m in _members(ctx, s)}):
             path = root / (subject.replace("/", "_").replace(":", "_") + ".lock")
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
             stack.callback(os.close, fd)
@@ -102,7 +115,9 @@ def apply_plan(ctx: Context, plan_id: str, actor: str) -> dict[str, Any]:
     if plan["state"] == "applied":
         return plan                        # idempotent: the second apply changes nothing
     steps = plan["steps"]
-    with _locked(ctx, [s["subject"] for s in steps]):
+    # Steps that write the cluster file also take its lock: two of them re-plan and write in turn.
+    writes = ["cluster-file"] if any(getattr(_action(s["action"]), "WRITES_CLUSTER_FILE", False) for s in steps) else []
+    with _locked(ctx, [s["subject"] for s in steps] + writes):
         claimed = ctx.db.claim_plan(plan_id, actor)
         if claimed is None:
             current = ctx.db.plan(plan_id)

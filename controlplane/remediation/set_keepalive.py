@@ -23,6 +23,7 @@ from collectors.services import service_port
 from controlplane.remediation.base import BadParams, Context, Draft, Outcome, Param, Unavailable
 
 NAME = "set_keepalive"
+WRITES_CLUSTER_FILE = True
 VERIFY = ("connection_churn",)
 SERVICES = ("exchange", "edge", "clue")
 # service -> parameter -> the cluster-file key under clusters.<c>.services
@@ -117,7 +118,7 @@ def plan(ctx: Context, params: dict) -> Draft:
             except writeback.WritebackError as exc:
                 raise BadParams("cluster", f"the cluster file cannot take this change: {exc}") from None
             diff += edit.diff.splitlines()
-            state["cluster_file"] = edit.sha256
+            state["cluster_file"] = writeback.current(edit)
     else:
         notes.append("  (runtime only: one host's change is not written to the cluster-wide keys)")
     where = params["host"] or f"every host of cluster {cluster}"

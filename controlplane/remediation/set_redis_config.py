@@ -3,8 +3,8 @@ same values written back to the cluster file so a restart keeps them.
 
 `shard=all` changes every shard and writes `redis.<key>`; one shard writes that shard's own
 override (`redis.shards[i].<key>`). The plan shows both diffs: each shard's old -> new value and
-the cluster file's lines. Its fingerprint is each shard's current values and the file's digest,
-so a value changed by hand, or an edited file, makes the plan stale; a shard already at the new
+the cluster file's lines. Its fingerprint is each shard's current values and the file's current values at the keys it
+changes, so a value changed by hand (live or in the file) makes the plan stale; a shard already at the new
 value is not a change, so applying twice changes nothing the second time.
 """
 
@@ -15,6 +15,7 @@ from collectors.resp import RedisError
 from controlplane.remediation.base import BadParams, Context, Draft, Outcome, Param, Unavailable
 
 NAME = "set_redis_config"
+WRITES_CLUSTER_FILE = True
 VERIFY = ("leaked_clients",)
 KEYS = ("timeout", "maxclients", "maxmemory_policy")
 POLICIES = ("noeviction", "allkeys-lru", "allkeys-lfu", "volatile-lru", "volatile-lfu",
@@ -87,12 +88,12 @@ def plan(ctx: Context, params: dict) -> Draft:
     except writeback.WritebackError as exc:
         raise BadParams("shard", f"the cluster file cannot take this change: {exc}") from None
     diff += edit.diff.splitlines()
-    state["cluster_file"] = edit.sha256
+    state["cluster_file"] = writeback.current(edit)
     what = ", ".join(f"{k}={v}" for k, v in wanted.items())
     where = "every shard" if params["shard"] == "all" else params["shard"]
     return Draft(summary=f"set {what} on {where}, live and in {ctx.cluster_path.name}", diff=diff,
                  preconditions=[f"{where} answers CONFIG GET on the admin connection",
-                                f"{ctx.cluster_path} is as read ({edit.sha256[:12]})"],
+                                f"{ctx.cluster_path} still says what it says now at the keys changed"],
                  state=state, details={"edit": edit}, changes=live_changes or edit.changed)
 
 

@@ -385,6 +385,8 @@ def _steps(body: dict[str, Any]) -> list[tuple[str, Any]]:
     extra = set(body) - {"action", "params", "steps"}
     if extra:
         abort(400, description=f"bad field {sorted(extra)[0][:40]!r}: the body takes action and params, or steps")
+    if "steps" in body and ("action" in body or "params" in body):
+        abort(400, description="bad field steps: give action and params, or steps, not both")
     if "steps" in body:
         steps = body["steps"]
         if not isinstance(steps, list) or not 1 <= len(steps) <= MAX_STEPS or not all(
@@ -465,10 +467,13 @@ def plan_incident(incident_id: int):
     ctx = remediation_plans.context(current_app)
     try:
         steps, watched = remediation_plans.fix_steps(ctx.db, _incident_id(incident_id))
-        plan = remediation_plans.make_plan(ctx, steps, auth.current_actor(), incident_id=incident_id,
-                                           finding_ids=watched)
     except KeyError:
         abort(404, description=f"unknown incident {incident_id}")
+    except RemediationError as exc:
+        _remediation_error(exc)
+    try:
+        plan = remediation_plans.make_plan(ctx, steps, auth.current_actor(), incident_id=incident_id,
+                                           finding_ids=watched)
     except RemediationError as exc:
         _remediation_error(exc)
     return _json(plan, 201)

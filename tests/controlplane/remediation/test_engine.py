@@ -101,3 +101,21 @@ def test_an_action_that_raises_leaves_a_failed_audited_plan_that_can_be_retried(
     assert [a["result"] for a in ctx.db.audit_for_plan(plan["id"])] == ["failed"]
     store["explode"] = False
     assert plans.apply_plan(ctx, plan["id"], "tester")["state"] == "applied" and store["b"] == 2
+
+
+def test_an_apply_on_all_shards_waits_for_none_of_them(env, monkeypatch):
+    from cluster.spec import ClusterFile
+    from tests.conftest import small_cluster
+    store, ctx = env
+    ctx.cf = ClusterFile.model_validate(small_cluster("127.0.9"))
+    monkeypatch.setattr(ACTIONS["setvalue"], "subject", lambda cf, p: "shard:all")
+    plan = plans.make_plan(ctx, [("setvalue", {"key": "a", "value": 5})], "tester")
+    (ctx.run.root / "locks").mkdir(exist_ok=True)
+    fd = os.open(ctx.run.root / "locks" / "shard_shard1.lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)        # an apply on shard1 alone is running
+    try:
+        with pytest.raises(Busy, match="shard:shard1"):
+            plans.apply_plan(ctx, plan["id"], "tester")
+    finally:
+        os.close(fd)
+    assert store["a"] == 1 and plans.apply_plan(ctx, plan["id"], "tester")["state"] == "applied"

@@ -75,12 +75,13 @@ class Reply:
         return f"<{self.status} {self.raw[:300]!r}>"
 
 
-def call(base: str, target: str, method: str = "GET", headers: dict[str, str] | None = None) -> Reply:
+def call(base: str, target: str, method: str = "GET", headers: dict[str, str] | None = None,
+         body: bytes | None = None) -> Reply:
     """One HTTP request with the target sent as given (already percent-encoded)."""
     u = urlsplit(base)
     conn = http.client.HTTPConnection(u.hostname, u.port, timeout=15)
     try:
-        conn.request(method, target, headers=headers or {})
+        conn.request(method, target, body=body, headers=headers or {})
         r = conn.getresponse()
         return Reply(r.status, {k.lower(): v for k, v in r.getheaders()}, r.read())
     finally:
@@ -120,6 +121,7 @@ def live():
                 return jobs and all(j["runs"] >= 2 for j in jobs)
             wait_for(all_ran_twice, timeout=30, interval=0.2, what="every scrape job to run twice")
             seed_incident(cluster.run)
+            seed_plan(base)
             yield base
     finally:
         if old is None:
@@ -140,6 +142,14 @@ def seed_incident(run: Path) -> None:
         incidents.update(db, None, db.findings(open_only=True), [], time.time())
 
 
+def seed_plan(base: str) -> None:
+    """One remediation plan, so /plans/{plan_id} has a value: planning changes nothing."""
+    body = json.dumps({"action": "set_redis_config", "params": {"shard": "shard0", "timeout": 0}}).encode()
+    r = call(base, f"{PREFIX}/plans", "POST", {"Authorization": f"Bearer {TOKEN}",
+                                               "Content-Type": "application/json"}, body)
+    assert r.status == 201, r
+
+
 def real_values(base: str, path: str) -> list[str]:
     """Every real value for the path's parameter, read from the live API itself."""
     if "{" not in path:
@@ -154,6 +164,8 @@ def real_values(base: str, path: str) -> list[str]:
         names = [j["id"] for j in get_json(base, f"{PREFIX}/jobs")["jobs"]]
     elif path.startswith("/incidents/"):
         names = [str(i["id"]) for i in get_json(base, f"{PREFIX}/incidents")["incidents"]]
+    elif path.startswith("/plans/"):
+        names = [p["id"] for p in get_json(base, f"{PREFIX}/plans")["plans"]]
     elif path.startswith("/runbooks/"):
         names = [r["name"] for r in get_json(base, f"{PREFIX}/runbooks")["runbooks"]]
     else:
