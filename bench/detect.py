@@ -153,19 +153,30 @@ def fault_hot_shard(c: Cluster, timeout: float) -> tuple[float, dict]:
     return t0, f
 
 
-def fault_leaked_clients(c: Cluster, timeout: float) -> tuple[float, dict]:
+def open_leak(c: Cluster, n: int = LEAKS) -> list[socket.socket]:
+    """n connections through chat-testing's listener for SHARD, one PING each, then idle."""
     testing = c.cf.address("chat-testing")
-    index = [s.name for s in c.cf.redis.shards].index(SHARD)
-    port = c.cf.listener_port(index)
+    port = c.cf.listener_port([s.name for s in c.cf.redis.shards].index(SHARD))
     socks = []
-    t0 = time.time()
     try:
-        for _ in range(LEAKS):
+        for _ in range(n):
             s = socket.create_connection((testing, port), timeout=5)
             s.sendall(b"PING\r\n")
             socks.append(s)
         for s in socks:
             s.recv(16)
+    except BaseException:
+        for s in socks:
+            s.close()
+        raise
+    return socks
+
+
+def fault_leaked_clients(c: Cluster, timeout: float) -> tuple[float, dict]:
+    socks = []
+    t0 = time.time()
+    try:
+        socks = open_leak(c)
         say(f"  {len(socks)} idle connections open in {time.time() - t0:.1f}s")
         f = wait_finding(c, "leaked_clients", lambda f: f["subject"] == f"chat-testing->{SHARD}", t0, timeout)
     finally:

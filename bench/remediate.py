@@ -35,7 +35,7 @@ from pathlib import Path
 import redis
 import yaml
 
-from bench.detect import SHARD, Cluster, wait
+from bench.detect import SHARD, Cluster, open_leak, wait
 from cluster import clusterfile, loopback
 
 LEAKS = 2000
@@ -44,19 +44,6 @@ TARGET_RESOLVED_S = 15.0
 
 def say(text: str) -> None:
     print(f"remediate: {text}", file=sys.stderr, flush=True)
-
-
-def leak(c: Cluster) -> list[socket.socket]:
-    testing = c.cf.address("chat-testing")
-    port = c.cf.listener_port([s.name for s in c.cf.redis.shards].index(SHARD))
-    socks = []
-    for _ in range(LEAKS):
-        s = socket.create_connection((testing, port), timeout=5)
-        s.sendall(b"PING\r\n")
-        socks.append(s)
-    for s in socks:
-        s.recv(16)
-    return socks
 
 
 def from_testing(c: Cluster, idle_over: float | None = None) -> list[int]:
@@ -104,7 +91,7 @@ def main() -> None:
         c.up()
         time.sleep(5)
         t0 = time.time()
-        socks = leak(c)
+        socks = open_leak(c, LEAKS)
         say(f"{len(socks)} idle connections from chat-testing to {SHARD}; the finding needs them idle over "
             f"{idle_after}")
 
@@ -128,7 +115,7 @@ def main() -> None:
         for s in socks:
             s.close()
 
-        socks = leak(c)
+        socks = open_leak(c, LEAKS)
         baseline_s, baseline_killed = baseline_kill(c)
         say(f"baseline: sequential redis-py killed {baseline_killed} in {baseline_s:.2f}s")
         result = {

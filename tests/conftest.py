@@ -263,3 +263,22 @@ def live_small_cluster():
     finally:
         shutil.rmtree(run, ignore_errors=True)
         config.unlink(missing_ok=True)
+
+
+def open_idle(address: str, port: int, n: int) -> list:
+    """n connections to a shard listener that each PING once and then sit idle: the testing
+    cluster's leak of 2014. The caller closes them."""
+    import socket
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.create_connection((address, port), timeout=5)
+            s.sendall(b"PING\r\n")
+            socks.append(s)
+        replies = {s.recv(16) for s in socks}
+    except BaseException:
+        for s in socks:
+            s.close()
+        raise
+    assert replies == {b"+PONG\r\n"}, replies
+    return socks

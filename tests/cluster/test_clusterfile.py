@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cluster import clusterfile, durations, spec
+from cluster import clusterfile, spec
 from tests.conftest import chatops, small_cluster
 
 BROKEN = sorted((Path(__file__).parent.parent / "fixtures" / "broken_clusters").glob("*.yaml"))

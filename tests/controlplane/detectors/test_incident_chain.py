@@ -12,14 +12,13 @@ connections (as a restart or an idle timeout in front of Redis would)."""
 from __future__ import annotations
 
 import json
-import socket
 import urllib.request
 
 from chat import keys
 from chat.sharding import SlotMap
 from collectors import redis as rc
 from controlplane.database import Database
-from tests.conftest import live_controlplane, wait_for
+from tests.conftest import live_controlplane, open_idle, wait_for
 
 LEAK = 2000
 ROOM = "lobby"                                  # small_cluster's main room
@@ -49,11 +48,7 @@ def test_leaked_clients_plus_refused_clue_make_one_incident_with_the_chain():
         try:
             wait_for(lambda: json.loads(_get(f"{base}/api/v1/jobs")[1])["jobs"][0]["runs"] >= 2, 30, 0.5,
                      "the first scrapes")
-            for _ in range(LEAK):
-                s = socket.create_connection((addr, port), timeout=5)
-                s.sendall(b"PING\r\n")
-                socks.append(s)
-            assert {s.recv(16) for s in socks} == {b"+PONG\r\n"}
+            socks += open_idle(addr, port, LEAK)
             open_kinds = lambda: {(f["kind"], f["subject"]) for f in db.findings(open_only=True)}  # noqa: E731
             wait_for(lambda: ("leaked_clients", f"chat-testing->{SHARD}") in open_kinds(), 40, 0.5,
                      "the leak to be found")

@@ -14,7 +14,16 @@ import pytest
 from cluster.rundir import RunDir
 from controlplane.database import Database
 from controlplane.remediation import ACTIONS, plans
-from controlplane.remediation.base import BadParams, Busy, Context, Draft, Outcome, Param, StalePlan, Unavailable
+from controlplane.remediation.base import (
+    BadParams,
+    Busy,
+    Context,
+    Draft,
+    Outcome,
+    Param,
+    StalePlan,
+    Unavailable,
+)
 
 
 def _action(store: dict) -> types.ModuleType:

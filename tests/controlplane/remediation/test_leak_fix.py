@@ -20,7 +20,7 @@ from chat.sharding import SlotMap
 from collectors import redis as rc
 from controlplane.database import Database
 from controlplane.remediation.kill_clients import parse_clients
-from tests.conftest import REPO, live_controlplane, wait_for
+from tests.conftest import REPO, live_controlplane, open_idle, wait_for
 
 TOKEN = "leak-fix-test-token"
 LEAK = 2000
@@ -48,12 +48,7 @@ def leak_to_maxclients(c, admin: rc.Conn, db: Database) -> tuple[list[socket.soc
     procs = {p["name"]: p for p in c.state["processes"]}
     testing, chat1 = procs["haproxy-chat-testing"]["address"], procs["haproxy-chat1"]["address"]
     port = 2000 + int(SHARD.removeprefix("shard"))
-    socks = []
-    for _ in range(LEAK):
-        s = socket.create_connection((testing, port), timeout=5)
-        s.sendall(b"PING\r\n")
-        socks.append(s)
-    assert {s.recv(16) for s in socks} == {b"+PONG\r\n"}
+    socks = open_idle(testing, port, LEAK)
     open_kinds = lambda: {(f["kind"], f["subject"]) for f in db.findings(open_only=True)}  # noqa: E731
     wait_for(lambda: ("leaked_clients", f"chat-testing->{SHARD}") in open_kinds(), 40, 0.5, "the leak to be found")
     connected = rc.parse_info(admin.call("INFO", "clients"))["clients"]["connected_clients"]

@@ -13,7 +13,7 @@ from controlplane.database import Database
 from controlplane.remediation import policy
 from controlplane.remediation.base import Context
 from controlplane.remediation.kill_clients import parse_clients
-from tests.conftest import live_controlplane, small_cluster, wait_for
+from tests.conftest import live_controlplane, open_idle, small_cluster, wait_for
 
 LEAK = 300
 
@@ -73,13 +73,7 @@ def _patch(doc: dict) -> None:
 
 
 def _leak(address: str, port: int) -> list[socket.socket]:
-    socks = []
-    for _ in range(LEAK):
-        s = socket.create_connection((address, port), timeout=5)
-        s.sendall(b"PING\r\n")
-        socks.append(s)
-    assert {s.recv(16) for s in socks} == {b"+PONG\r\n"}
-    return socks
+    return open_idle(address, port, LEAK)
 
 
 def test_the_leak_is_cleaned_once_and_a_second_one_within_the_cooldown_is_only_planned():

@@ -25,8 +25,8 @@ import yaml
 
 from collectors import redis as rc
 from controlplane.remediation.kill_clients import parse_clients
-from tests.conftest import live_controlplane, wait_for
-from tests.controlplane.web.test_api import ERROR, response_validator, schema_errors
+from tests.conftest import live_controlplane, open_idle, wait_for
+from tests.controlplane.web.test_api import ERROR, Reply, response_validator, schema_errors
 
 PREFIX = "/api/v1"
 TOKEN = "plans-" + secrets.token_urlsafe(24)
@@ -34,18 +34,6 @@ IDLE = 2500     # idle connections a kill has to get through: long enough for a 
 
 
 # -- helpers --------------------------------------------------------------------------------------
-
-class Reply:
-    def __init__(self, status: int, headers: dict[str, str], raw: bytes):
-        self.status, self.headers, self.raw = status, headers, raw
-
-    @property
-    def json(self):
-        return json.loads(self.raw)
-
-    def __repr__(self):
-        return f"<{self.status} {self.raw[:400]!r}>"
-
 
 def api(base: str, method: str, path: str, body=None, *, token: str | None = TOKEN, raw: bytes | None = None,
         timeout: float = 60) -> Reply:
@@ -320,18 +308,7 @@ def idle_connections(c, shard: str, n: int) -> list[socket.socket]:
     procs = {p["name"]: p for p in c.state["processes"]}
     testing = procs["haproxy-chat-testing"]["address"]
     port = 2000 + int(shard.removeprefix("shard"))
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.create_connection((testing, port), timeout=10)
-            s.sendall(b"PING\r\n")
-            socks.append(s)
-        assert {s.recv(16) for s in socks} == {b"+PONG\r\n"}
-    except BaseException:
-        for s in socks:
-            s.close()
-        raise
-    return socks
+    return open_idle(testing, port, n)
 
 
 def test_two_applies_on_one_subject_one_runs_the_other_gets_409(live):
