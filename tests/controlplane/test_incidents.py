@@ -12,7 +12,7 @@ import time
 import pytest
 
 from controlplane import incidents
-from controlplane.database import Database
+from controlplane.database import SCHEMA_VERSION, Database
 
 T0 = 1_700_000_000.0
 
@@ -225,18 +225,20 @@ def test_update_with_nothing_writes_nothing(db):
     assert db.incidents() == [] and db.audit() == []
 
 
-def test_schema_3_upgrades_a_version_2_file(tmp_path):
+def test_a_version_2_file_upgrades_to_the_current_schema(tmp_path):
     path = tmp_path / "old.sqlite3"
     with Database(path) as d:
         d.add_incident("old one")
     conn = sqlite3.connect(path)
+    conn.execute("DROP TABLE plans")          # what versions 3 and 4 added
     conn.execute("ALTER TABLE incidents DROP COLUMN severity")
     conn.execute("ALTER TABLE incidents DROP COLUMN resolved_at")
     conn.execute("PRAGMA user_version = 2")
     conn.commit()
     conn.close()
     with Database(path) as d:
-        assert d.schema_version() == 3
+        assert d.schema_version() == SCHEMA_VERSION == 4
+        assert d.plans() == []                # version 4's table is there, empty
         inc = d.incidents()[0]
         assert inc["title"] == "old one" and inc["severity"] == "warning" and inc["resolved_at"] is None
         updated = d.update_incident(inc["id"], severity="critical", timeline=[{"ts": 1.0, "event": "x"}])
