@@ -34,6 +34,7 @@ from controlplane.remediation.base import (
     Context,
     RemediationError,
     StalePlan,
+    Unavailable,
     validate,
 )
 
@@ -116,7 +117,8 @@ def apply_plan(ctx: Context, plan_id: str, actor: str) -> dict[str, Any]:
         return plan                        # idempotent: the second apply changes nothing
     steps = plan["steps"]
     # Steps that write the cluster file also take its lock: two of them re-plan and write in turn.
-    writes = ["cluster-file"] if any(getattr(_action(s["action"]), "WRITES_CLUSTER_FILE", False) for s in steps) else []
+    writes = ["cluster-file"] if any(getattr(_action(s["action"]), "WRITES_CLUSTER_FILE", False)
+                                     for s in steps) else []
     with _locked(ctx, [s["subject"] for s in steps] + writes):
         claimed = ctx.db.claim_plan(plan_id, actor)
         if claimed is None:
@@ -126,9 +128,11 @@ def apply_plan(ctx: Context, plan_id: str, actor: str) -> dict[str, Any]:
             raise Busy(f"plan {plan_id} is being applied right now")
         try:
             fresh = [_draft(ctx, s["action"], s["params"]) for s in steps]
-        except RemediationError as exc:
+        except (RemediationError, OSError) as exc:
             ctx.db.finish_plan(plan_id, "failed", {"ok": False, "detail": f"re-planning failed: {exc}"})
-            raise
+            if isinstance(exc, RemediationError):
+                raise
+            raise Unavailable(f"re-planning failed: {exc}") from None
         # A step already as asked is done, whatever else moved; one still to do must find the
         # state its plan was reviewed against.
         moved = [f"{s['action']} on {s['subject']}" for s, (_, _, d) in zip(steps, fresh)
