@@ -248,10 +248,11 @@ def _finding(window, cf, shard, host, h, state, total, idle_after, firing, held,
     if near_max or rejecting:
         notes.append(f"{shard} has {state['connected_clients']:.0f} of {state['maxclients']:.0f} clients"
                      + (", and is rejecting connections" if rejecting else ""))
-    # A leak found by its growth is younger than idle_client_after: its connections have done
-    # nothing for at least `hold` (that is how long the growth held), while the host's working
-    # connections are used far more often than that.
-    kill_idle = idle_after if by_idle else min(idle_after, hold_s(cf))
+    # A leak found by its growth is younger than idle_client_after: it can fire a CLIENT LIST
+    # interval after the leak began, so its connections have done nothing for about that long.
+    # Half an interval still catches all of them; a host's working connections are busier.
+    half_interval = seconds(cf.controlplane.scrape.client_list_interval) / 2
+    kill_idle = idle_after if by_idle else min(idle_after, max(1.0, half_interval))
     remediation = {
         "action": "kill_clients",
         "summary": (f"CLIENT KILL the connections from {host} to {shard} idle for more than {kill_idle:g}s, "
