@@ -25,7 +25,7 @@ import pytest
 from controlplane import incidents
 from controlplane.remediation import ACTIONS
 from controlplane.remediation.base import Draft, Outcome, Param
-from tests.conftest import free_subnet, small_cluster, write_cluster
+from tests.conftest import free_subnet, small_cluster, wait_for, write_cluster
 
 TOKEN = "dashboard-plans-token-0123456789"
 HOSTILE = "<script>alert(1)</script>"
@@ -127,16 +127,6 @@ def fix_section(html: str) -> str:
     m = re.search(r'<div class="fix" id="fix">.*?\n</div>\n\n<h2>', html, re.DOTALL)
     assert m, html[:4000]
     return m.group(0)
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 # -- the incident page ----------------------------------------------------------------------------
@@ -266,7 +256,7 @@ def test_plan_apply_and_watch_the_verification_resolve(app, fake):
     assert fake.applied == 1
     applied = db.plan(plan["id"])
     assert applied["state"] == "applied" and applied["applied_by"] == "session:127.0.0.1"
-    wait_for(lambda: (db.plan(plan["id"])["verification"] or {}).get("state") == "watching", 5, "watching")
+    wait_for(lambda: (db.plan(plan["id"])["verification"] or {}).get("state") == "watching", 5, what="watching")
     frag = client.get(f"/incidents/{iid}?fragment=1")        # what the page's refresh fetches
     assert frag.status_code == 200 and "<header" not in frag.text
     fix = fix_section(frag.text)
@@ -275,7 +265,7 @@ def test_plan_apply_and_watch_the_verification_resolve(app, fake):
     assert 'data-step-ok="yes"' in fix and 'id="apply"' not in fix
     # the finding clears: the next refresh shows the verification resolved, nothing in red
     db.upsert_finding("leaked_clients", "chat-testing->shard0", state="resolved")
-    wait_for(lambda: (db.plan(plan["id"])["verification"] or {}).get("state") == "resolved", 10, "resolved")
+    wait_for(lambda: (db.plan(plan["id"])["verification"] or {}).get("state") == "resolved", 10, what="resolved")
     fix = fix_section(client.get(f"/incidents/{iid}?fragment=1").text)
     assert 'id="verification" data-state="resolved"' in fix and 'data-verification="resolved">resolved after' in fix
     assert "badge bad" not in fix
@@ -320,7 +310,7 @@ def test_a_stale_plan_is_a_409_on_the_page_with_a_plan_again_button(app, fake):
     assert client.post(f"/plans/{fresh['id']}/apply", data={"csrf_token": csrf}).status_code == 303
     assert fake.applied == 1
     db.upsert_finding("leaked_clients", "chat-testing->shard0", state="resolved")   # let the verification end
-    wait_for(lambda: (db.plan(fresh["id"])["verification"] or {}).get("state") == "resolved", 10, "resolved")
+    wait_for(lambda: (db.plan(fresh["id"])["verification"] or {}).get("state") == "resolved", 10, what="resolved")
 
 
 def test_a_busy_subject_is_a_409_said_plainly_not_in_red(app, fake, run_dir):
@@ -446,21 +436,24 @@ def test_the_incident_page_shows_the_verification_resolve_without_a_reload(tmp_p
         driver.get(f"{base}/incidents/{iid}")
         assert driver.current_url.endswith(f"/incidents/{iid}")
         driver.find_element("id", "plan-fix").click()               # logged out: to the login page and back
+        # The click only starts the navigation: wait for the login form before typing into it.
+        wait_for(lambda: driver.find_elements("name", "token"), 10, what="the login page")
         driver.find_element("name", "token").send_keys(TOKEN)
         driver.find_element("css selector", "section.login form button[type=submit]").click()
-        wait_for(lambda: driver.current_url.endswith(f"/incidents/{iid}"), 10, "back on the incident page")
+        wait_for(lambda: driver.current_url.endswith(f"/incidents/{iid}") and driver.find_elements("id", "plan-fix"),
+                 10, what="back on the incident page, its Plan the fix button loaded")
         driver.find_element("id", "plan-fix").click()
-        wait_for(lambda: driver.find_elements("id", "apply"), 10, "the plan with its Apply button")
+        wait_for(lambda: driver.find_elements("id", "apply"), 10, what="the plan with its Apply button")
         assert "+ timeout 300" in driver.find_element("css selector", "#fix pre.diff").text
         driver.find_element("id", "apply").click()
         wait_for(lambda: driver.execute_script(
             "var v = document.getElementById('verification'); return v && v.dataset.state === 'watching';"),
-            10, "the verification watching")
+            10, what="the verification watching")
         loaded = driver.execute_script("return window.__loaded_at")
         db.upsert_finding("leaked_clients", "chat-testing->shard0", state="resolved")
         wait_for(lambda: driver.execute_script(
             "return document.getElementById('verification').dataset.state === 'resolved';"),
-            10, "the refresh to show the verification resolved")
+            10, what="the refresh to show the verification resolved")
         assert driver.execute_script("return window.__loaded_at") == loaded       # no reload
         assert driver.execute_script("return window.__refreshes") >= 1
         assert "resolved after" in driver.find_element("id", "verification").text
