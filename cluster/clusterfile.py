@@ -22,15 +22,20 @@ from cluster.spec import ClusterFile
 DEFAULT_CLUSTER_FILE = Path(str(resources.files("cluster") / "default-cluster.yaml"))
 
 
-class ClusterFileError(Exception):
-    """The cluster file cannot be used; `problems` holds one (path, message) per fault."""
+class ProblemsError(Exception):
+    """`problems` holds one (key path, message) per fault, each on its own line of the message."""
+    headline = ""
 
     def __init__(self, source: str, problems: list[tuple[str, str]]):
         self.source = source
         self.problems = problems
-        lines = [f"{source}: {len(problems)} problem(s)"]
+        lines = [f"{source}: {self.headline}{len(problems)} problem(s)"]
         lines += [f"  {path or '<top>'}: {msg}" for path, msg in problems]
         super().__init__("\n".join(lines))
+
+
+class ClusterFileError(ProblemsError):
+    """The cluster file cannot be used."""
 
 
 @dataclass(frozen=True)

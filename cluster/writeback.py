@@ -49,15 +49,9 @@ from cluster import clusterfile
 from cluster.spec import ClusterFile
 
 
-class WritebackError(Exception):
-    """The cluster file was not changed; `problems` holds one (key path, message) per fault."""
-
-    def __init__(self, source: str, problems: list[tuple[str, str]]):
-        self.source = source
-        self.problems = problems
-        lines = [f"{source}: not changed, {len(problems)} problem(s)"]
-        lines += [f"  {path or '<top>'}: {msg}" for path, msg in problems]
-        super().__init__("\n".join(lines))
+class WritebackError(clusterfile.ProblemsError):
+    """The cluster file was not changed."""
+    headline = "not changed, "
 
 
 class StaleFile(WritebackError):

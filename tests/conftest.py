@@ -4,6 +4,7 @@ loopback subnet per test so clusters never collide with `make run` or each other
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -282,3 +283,24 @@ def open_idle(address: str, port: int, n: int) -> list:
         raise
     assert replies == {b"+PONG\r\n"}, replies
     return socks
+
+
+def start_loadgen(c: RunningCluster, source: str, *, clients: int, duration: float, room: str = "lobby"):
+    """`chatops loadgen --json` against a running cluster, from its own loopback address, with
+    two senders at 10 messages/s into `room`: the traffic a change must not disturb. Read its
+    report with `loadgen_report(proc)`."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "controlplane.cli", "loadgen", "--config", str(c.config), "--clients", str(clients),
+         "--senders", "2", "--rate", "10", "--duration", f"{duration:g}", "--rooms", room,
+         "--source-address", source, "--json", "--quiet"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+
+
+def loadgen_report(proc: subprocess.Popen, timeout: float = 60) -> dict:
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert out.strip(), f"loadgen printed no report:\n{err[-2000:]}"
+    return json.loads(out.strip().splitlines()[-1])

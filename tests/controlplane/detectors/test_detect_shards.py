@@ -27,7 +27,7 @@ from cluster import clusterfile, spec
 from controlplane.database import Database
 from controlplane.detectors import hot_key, hot_shard, leaked_clients
 from controlplane.detectors.base import Window
-from tests.conftest import REPO, live_controlplane, require, small_cluster, wait_for
+from tests.conftest import REPO, live_controlplane, open_idle, require, small_cluster, wait_for
 
 WINDOWS = REPO / "tests" / "fixtures" / "windows"
 DETECTORS = (hot_shard, hot_key, leaked_clients)
@@ -359,12 +359,7 @@ def test_live_b_leaked_clients(live):
     socks: list[socket.socket] = []
     try:
         t0 = time.time()
-        for _ in range(2000):
-            s = socket.create_connection((address, port), timeout=5)
-            s.sendall(b"PING\r\n")
-            socks.append(s)
-        for s in socks:
-            assert s.recv(64).startswith(b"+PONG")
+        socks = open_idle(address, port, 2000)
         opened = time.time()
         row = wait_for(lambda: _opened(db, "leaked_clients", "chat-testing->shard1", t0 - 1),
                        25, 0.1, "a leaked_clients finding for chat-testing")

@@ -14,7 +14,7 @@ import time
 from cluster.rundir import RunDir
 from collectors import haproxy
 from controlplane.remediation.proxy_reload import _show_proc
-from tests.conftest import REPO, live_controlplane
+from tests.conftest import REPO, live_controlplane, loadgen_report, start_loadgen
 
 TOKEN = "drain-test-token"
 BACKEND = "be_edge_main"
@@ -62,11 +62,7 @@ def test_drain_then_ready_under_traffic(monkeypatch):
         procs = {p["name"]: p for p in c.state["processes"]}
         front = procs["haproxy-chat1"]["address"]
         reloads = _reloads(c)
-        load = subprocess.Popen(
-            [sys.executable, "-m", "controlplane.cli", "loadgen", "--config", str(c.config), "--clients", "30",
-             "--senders", "2", "--rate", "10", "--duration", "14", "--rooms", "lobby",
-             "--source-address", f"{front.rsplit('.', 1)[0]}.78", "--json", "--quiet"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+        load = start_loadgen(c, f"{front.rsplit('.', 1)[0]}.78", clients=30, duration=14)
         try:
             time.sleep(3)
             drained = _set(c, "drain")
@@ -76,11 +72,8 @@ def test_drain_then_ready_under_traffic(monkeypatch):
             after = _sessions(c, "chat1")
             assert after["chat2"] == before["chat2"], (before, after)      # nothing new to the drained edge
             assert after["chat1"] - before["chat1"] >= 12
-            out, _ = load.communicate(timeout=60)
         finally:
-            if load.poll() is None:
-                load.kill()
-        report = json.loads(out.strip().splitlines()[-1])
+            report = loadgen_report(load)
         assert report["completeness"] == 1.0 and not report["errors"].get("disconnected"), report
 
         restored = _set(c, "ready")

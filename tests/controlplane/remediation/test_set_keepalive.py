@@ -17,7 +17,7 @@ import yaml
 
 from collectors.services import parse_metrics, total
 from controlplane.database import Database
-from tests.conftest import REPO, live_controlplane, wait_for
+from tests.conftest import REPO, live_controlplane, loadgen_report, start_loadgen, wait_for
 
 TOKEN = "keepalive-test-token"
 
@@ -54,11 +54,7 @@ def test_keepalive_switched_live_under_load(monkeypatch):
             assert (after[0] - before[0]) / max(1.0, after[1] - before[1]) > 0.5      # one per request
 
             subnet = chat1.rsplit(".", 1)[0]
-            load = subprocess.Popen(
-                [sys.executable, "-m", "controlplane.cli", "loadgen", "--config", str(c.config), "--clients", "20",
-                 "--senders", "2", "--rate", "10", "--duration", "12", "--rooms", "lobby",
-                 "--source-address", f"{subnet}.77", "--json", "--quiet"],
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+            load = start_loadgen(c, f"{subnet}.77", clients=20, duration=12)
             try:
                 time.sleep(4)
                 plan = _chatops(c, "plan", "set_keepalive", "--set", "service=exchange", "--set", "cluster=main",
@@ -69,11 +65,8 @@ def test_keepalive_switched_live_under_load(monkeypatch):
                 applied = _chatops(c, "apply", plan["id"], "--yes", "--no-wait", "--json")
                 assert applied.returncode == 0, applied.stdout + applied.stderr
                 assert json.loads(applied.stdout)["state"] == "applied"
-                out, err = load.communicate(timeout=60)
             finally:
-                if load.poll() is None:
-                    load.kill()
-            report = json.loads(out.strip().splitlines()[-1])
+                report = loadgen_report(load)
             assert report["completeness"] == 1.0, report
 
             before = _exchange_counts(chat1)

@@ -141,8 +141,8 @@ def _require_browser() -> None:
                     "Install it with: sudo apt-get install -y chromium chromium-driver", pytrace=False)
 
 
-@pytest.fixture(scope="module")
-def browser():
+def new_browser():
+    """Debian's headless Chromium through chromedriver, keeping the console log; the caller quits it."""
     _require_browser()
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
@@ -151,7 +151,12 @@ def browser():
         opts.add_argument(arg)
     opts.binary_location = CHROMIUM
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(options=opts, service=Service(CHROMEDRIVER))
+    return webdriver.Chrome(options=opts, service=Service(CHROMEDRIVER))
+
+
+@pytest.fixture(scope="module")
+def browser():
+    driver = new_browser()
     try:
         yield driver
     finally:

@@ -413,12 +413,7 @@ def test_plans_list_links_every_plan_newest_first_red_only_for_what_went_wrong(a
 def test_the_incident_page_shows_the_verification_resolve_without_a_reload(tmp_path, monkeypatch, run_dir, fake):
     from werkzeug.serving import make_server
 
-    from tests.controlplane.web.test_dashboard import _require_browser
-    _require_browser()
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    from tests.controlplane.web.test_dashboard import CHROMEDRIVER, CHROMIUM
+    from tests.controlplane.web.test_dashboard import new_browser
     monkeypatch.setenv("CHATOPS_API_TOKEN", TOKEN)
     app = make_app(run_dir, tmp_path, interval="500ms")
     db = app.extensions["chatops.db"]
@@ -426,12 +421,7 @@ def test_the_incident_page_shows_the_verification_resolve_without_a_reload(tmp_p
     server = make_server("127.0.0.1", 0, app, threaded=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     base = f"http://127.0.0.1:{server.server_port}"
-    opts = webdriver.ChromeOptions()
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1000"):
-        opts.add_argument(arg)
-    opts.binary_location = CHROMIUM
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(options=opts, service=Service(CHROMEDRIVER))
+    driver = new_browser()
     try:
         driver.get(f"{base}/incidents/{iid}")
         assert driver.current_url.endswith(f"/incidents/{iid}")
