@@ -7,6 +7,12 @@ one bounded connection pool per shard. A key picks its shard through the slot ma
 problem pattern #2 (a pipeline spanning shards) fails loudly in development instead of quietly
 writing to the wrong shard in production.
 
+Every batch runs on its shard through the slot guard (`chat.slotguard`): one Lua script that
+checks the shard still owns each slot the batch touches and then runs the commands. A shard that
+no longer owns a slot refuses the whole batch and names the new owner; the client remembers the
+redirect, resends there, and fetches the newer map the control plane published (it checks for one
+every half second anyway). So a client with a stale map is refused, never served by the old owner.
+
 Every command is counted per shard, per slot and per key prefix in plain in-process counters
 (`stats()`); the service turns them into metrics at scrape time. A shard that cannot be reached
 is logged in the talk's style, at most once a second per shard, and raised as `CacheUnavailable`
@@ -15,6 +21,7 @@ so the caller can fail closed.
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import heapq
 import logging
@@ -30,13 +37,15 @@ from redis.asyncio.client import Pipeline
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from chat import logs
+from chat import logs, slotguard
 from chat.sharding import SLOTS, SlotMap, key_prefix, key_slot
 from cluster import durations, spec
 
 __all__ = ["CacheUnavailable", "CrossShardError", "RoutedPipeline", "ShardEndpoint", "ShardedCache"]
 
 LOG_EVERY = 1.0          # seconds between error lines for one shard; the rest are counted
+MAX_REDIRECTS = 4        # a batch follows at most this many refusals before failing closed
+FOLLOW_EVERY = 0.5       # seconds between checks for a newer published slot map
 MAX_PREFIXES = 1000      # distinct prefixes counted before the rest go to OTHER_PREFIX
 OTHER_PREFIX = "(other)"
 NO_KEY = "(none)"
@@ -180,14 +189,14 @@ class ShardedCache:
         self._map = slot_map
         self._log = logger or logging.getLogger("chatops.cache")
         self._closed = False
-        self._pools = [aioredis.BlockingConnectionPool(
-            host=e.address, port=e.port, max_connections=max_conns,
-            timeout=self.timeout,                       # wait for a free pooled connection
-            socket_connect_timeout=self.timeout, socket_timeout=self.timeout,
-            retry=Retry(NoBackoff(), 0),                # no silent retries: the caller decides
-            client_name=client_name, decode_responses=decode_responses,
-        ) for e in endpoints]
+        self._pools = [self._pool(e, client_name, decode_responses) for e in endpoints]
+        self._client_name = client_name
+        self._decode = decode_responses
         self._clients = [_ShardClient(self, e.index, pool) for e, pool in zip(endpoints, self._pools)]
+        # Unrouted clients on the same pools, for the guard script and the published map's keys.
+        self._raw = [aioredis.Redis(connection_pool=pool) for pool in self._pools]
+        self._redirects: dict[int, int] = {}    # slot -> owner learned from a refusal, until the next map
+        self._refreshing: asyncio.Task | None = None
         # Counters: plain lists and one Counter, since this runs once per Redis command.
         n = len(endpoints)
         self._ops_by_shard = [0] * n
@@ -196,6 +205,19 @@ class ShardedCache:
         self._ops_by_prefix: Counter[str] = Counter()
         self._last_logged = [float("-inf")] * n
         self._suppressed = [0] * n
+        self.redirects = 0                      # batches resent after a refusal, for the metrics
+        self.map_loads = 0
+
+    def _pool(self, e: ShardEndpoint, client_name: str | None, decode: bool) -> aioredis.BlockingConnectionPool:
+        return aioredis.BlockingConnectionPool(
+            host=e.address, port=e.port, max_connections=self.max_conns,
+            timeout=self.timeout,                       # wait for a free pooled connection
+            socket_connect_timeout=self.timeout, socket_timeout=self.timeout,
+            retry=Retry(NoBackoff(), 0),                # no silent retries: the caller decides
+            # RESP2: the guard script's replies have RESP2 shapes (Lua converts them so), and
+            # the commands' response callbacks must be the ones for those shapes.
+            protocol=2,
+            client_name=client_name, decode_responses=decode)
 
     @classmethod
     def for_host(cls, cf: spec.ClusterFile, host: str, *, slot_map: SlotMap | None = None,
@@ -232,16 +254,46 @@ class ShardedCache:
         return self._map
 
     def use_slot_map(self, slot_map: SlotMap) -> None:
-        """Route by a new map (after slots moved); same shards, so the pools stay."""
-        self._check_map(slot_map, len(self.endpoints))
+        """Route by a new map: shards it adds get a pool (on this host's next listener ports),
+        shards it drops lose theirs, and redirects learned under the old map are forgotten."""
+        n = slot_map.n_shards
+        while len(self.endpoints) < n:
+            i = len(self.endpoints)
+            first = self.endpoints[0]
+            # Listener ports are consecutive from the first: shard i is listener_base_port + i.
+            e = ShardEndpoint(i, slot_map.names[i], first.address, first.port + i)
+            pool = self._pool(e, self._client_name, self._decode)
+            self.endpoints += (e,)
+            self._pools.append(pool)
+            self._clients.append(_ShardClient(self, i, pool))
+            self._raw.append(aioredis.Redis(connection_pool=pool))
+            for counters, start in ((self._ops_by_shard, 0), (self._errors_by_shard, 0),
+                                    (self._last_logged, float("-inf")), (self._suppressed, 0)):
+                counters.append(start)
+        if len(self.endpoints) > n:
+            dropped = self._pools[n:]
+            self.endpoints = self.endpoints[:n]
+            for seq in (self._pools, self._clients, self._raw, self._ops_by_shard, self._errors_by_shard,
+                        self._last_logged, self._suppressed):
+                del seq[n:]
+            for pool in dropped:
+                asyncio.ensure_future(pool.disconnect())
         self._map = slot_map
+        self._redirects = {}
+
+    def _owner(self, slot: int) -> int:
+        if self._redirects:
+            owner = self._redirects.get(slot)
+            if owner is not None:
+                return owner
+        return self._map.shard_of_slot(slot)
 
     def shard_of(self, key: str | bytes) -> int:
-        return self._map.shard_of(key)
+        return self._owner(key_slot(key))
 
     def client_for(self, key: str | bytes) -> aioredis.Redis:
         """The client of the shard owning `key` (the talk's get_instance(key))."""
-        return self._clients[self._map.shard_of(key)]
+        return self._clients[self.shard_of(key)]
 
     def client_for_shard(self, index: int) -> aioredis.Redis:
         """The client of shard `index`, for keyless commands (PING, INFO, CLIENT INFO)."""
@@ -249,9 +301,147 @@ class ShardedCache:
 
     def pipeline_for(self, key: str | bytes, transaction: bool = False) -> RoutedPipeline:
         """A pipeline on `key`'s shard that refuses any key living on another shard."""
-        shard = self._map.shard_of(key)
+        shard = self.shard_of(key)
         return RoutedPipeline(self, shard, key, self._pools[shard],
                               self._clients[shard].response_callbacks, transaction)
+
+    # -- the published map --
+
+    async def refresh_map(self) -> bool:
+        """Adopt the newest map any shard holds, if it is newer than ours; True when it was.
+
+        Every shard holds a copy (the control plane writes it to all), so the map can be read
+        while the control plane is down, and while some shards are."""
+        n = len(self._raw)
+        epochs = await asyncio.gather(*(self._raw[i].get(slotguard.EPOCH) for i in range(n)),
+                                      return_exceptions=True)
+        best, where = self._map.epoch, -1
+        for i, value in enumerate(epochs):
+            if isinstance(value, BaseException) or value is None:
+                continue
+            epoch = int(value) if str(value if isinstance(value, str) else value.decode()).isdigit() else -1
+            if epoch > best:
+                best, where = epoch, i
+        if where < 0:
+            return False
+        try:
+            text = await self._raw[where].get(slotguard.MAP)
+            smap = SlotMap.from_json(text)
+        except (*_UNAVAILABLE, ValueError) as exc:
+            self._report(where, f"Cannot read the slot map on {self.endpoints[where].name}: {exc}")
+            return False
+        if smap.epoch <= self._map.epoch:
+            return False
+        self.use_slot_map(smap)
+        self.map_loads += 1
+        logs.event(self._log, "slotmap", f"routing by slot map epoch {smap.epoch}", shards=smap.n_shards)
+        return True
+
+    async def follow_map(self, every: float = FOLLOW_EVERY) -> None:
+        """Check for a newer map every `every` seconds until cancelled (a service's task)."""
+        while not self._closed:
+            try:
+                await self.refresh_map()
+            except Exception as exc:  # noqa: BLE001 -- a bad poll must not end the loop
+                self._log.warning("slot map check failed: %r", exc)
+            await asyncio.sleep(every)
+
+    async def _refresh_soon(self) -> None:
+        """One refresh at a time, shared by every batch that was refused meanwhile."""
+        if self._refreshing is None or self._refreshing.done():
+            self._refreshing = asyncio.ensure_future(self.refresh_map())
+        try:
+            await asyncio.shield(self._refreshing)
+        except Exception:  # noqa: BLE001 -- the redirect itself still routes the retry
+            pass
+
+    # -- guarded execution --
+
+    async def _execute(self, shard: int, commands: list[tuple[tuple, dict]], raise_on_error: bool) -> list[Any]:
+        """Run `commands` (a pipeline's stack: (args, options) each) through the slot guard,
+        starting on `shard`; a refused part is re-routed by the redirect and resent."""
+        results: list[Any] = [None] * len(commands)
+        groups = {shard: list(range(len(commands)))}
+        for attempt in range(MAX_REDIRECTS + 1):
+            if len(groups) == 1:
+                (sh, idxs), = groups.items()
+                outcomes = [await self._send_guarded(sh, [commands[i] for i in idxs])]
+            else:
+                outcomes = await asyncio.gather(*(self._send_guarded(sh, [commands[i] for i in idxs])
+                                                  for sh, idxs in groups.items()))
+            again: list[int] = []
+            for (sh, idxs), out in zip(groups.items(), outcomes):
+                if out is None:
+                    again += idxs
+                    continue
+                for i, r in zip(idxs, out):
+                    results[i] = r
+            if not again:
+                break
+            self.redirects += 1
+            groups = {}
+            for i in sorted(again):
+                keys = command_keys(commands[i][0])
+                target = self._owner(key_slot(keys[0])) if keys else shard
+                groups.setdefault(target, []).append(i)
+        else:
+            name = self.endpoints[shard].name if shard < len(self.endpoints) else f"shard {shard}"
+            raise CacheUnavailable(name, f"slots still moving after {MAX_REDIRECTS} redirects")
+        if raise_on_error:
+            for r in results:
+                if isinstance(r, redis.exceptions.ResponseError):
+                    raise r
+        return results
+
+    async def _send_guarded(self, shard: int, commands: list[tuple[tuple, dict]]) -> list[Any] | None:
+        """One guarded batch on `shard`: its replies, or None when the shard refused it (the
+        redirect is recorded, so the caller re-routes)."""
+        if shard >= len(self._raw):
+            await self._refresh_soon()      # a shard we learned of from a refusal: get the map naming it
+            return None if shard < len(self._raw) else self._no_shard(shard)
+        slots: dict[int, list[Any]] = {}
+        for args, _ in commands:
+            for key in command_keys(args):
+                slots.setdefault(key_slot(key), []).append(key)
+        redirects = self._redirects
+        asking = [s for s in slots if s in redirects] if redirects else ()
+        argv = slotguard.guard_args(slots, asking, [args for args, _ in commands])
+        raw = self._raw[shard]
+        try:
+            try:
+                replies = await raw.execute_command("EVALSHA", slotguard.GUARD_SHA, 0, *argv)
+            except redis.exceptions.NoScriptError:
+                replies = await raw.execute_command("EVAL", slotguard.GUARD, 0, *argv)
+        except redis.exceptions.ResponseError as exc:
+            refused = slotguard.refusal(str(exc))
+            if refused is None:
+                raise
+            slot, owner = refused
+            if owner < 0 or owner == shard:
+                # The old owner does not know where the slot went: the published map does.
+                await self._refresh_soon()
+                if self._owner(slot) == shard:
+                    await asyncio.sleep(0.01)
+            else:
+                self._redirects[slot] = owner
+                if owner >= len(self._raw):
+                    await self._refresh_soon()
+            return None
+        except _UNAVAILABLE as exc:
+            raise self._unavailable(shard, exc, commands[0][0][0] if len(commands) == 1 else "pipeline") from exc
+        callbacks = self._clients[shard].response_callbacks
+        out = []
+        for (args, options), reply in zip(commands, replies):
+            if not isinstance(reply, redis.exceptions.ResponseError):
+                callback = callbacks.get(args[0])
+                if callback is not None:
+                    options = {k: v for k, v in options.items() if k != "keys"}
+                    reply = callback(reply, **options)
+            out.append(reply)
+        return out
+
+    def _no_shard(self, shard: int) -> list[Any]:
+        raise CacheUnavailable(f"shard {shard}", "redirected to a shard no published slot map names yet")
 
     # -- accounting, called for every command --
 
@@ -263,18 +453,18 @@ class ShardedCache:
         keys = command_keys(args)
         if not keys:
             return None
-        owners = self._map
+        owner = self._owner
         first = -1
         for key in keys:
             slot = key_slot(key)
-            if owners.shard_of_slot(slot) != shard:
+            if owner(slot) != shard:
                 raise self._cross_shard(shard, key, slot, anchor)
             if first < 0:
                 first = slot
         return first, key_prefix(keys[0])
 
     def _cross_shard(self, shard: int, key: Any, slot: int, anchor: Any) -> CrossShardError:
-        owner = self.endpoints[self._map.shard_of_slot(slot)].name
+        owner = self.endpoints[self._owner(slot)].name
         here = self.endpoints[shard].name
         if anchor is None:
             what = f"the client of {here}"
@@ -346,6 +536,11 @@ class ShardedCache:
         best = heapq.nlargest(n, ((count, -slot) for slot, count in enumerate(ops) if count))
         return [(-neg_slot, count) for count, neg_slot in best]
 
+    def slot_ops(self) -> list[tuple[int, int]]:
+        """(slot, ops) for every slot with at least one command since start, in slot order: the
+        per-slot load the reshard planner weighs, all of it rather than the top few."""
+        return [(slot, count) for slot, count in enumerate(self._ops_by_slot) if count]
+
     def stats(self, top: int = 20) -> dict[str, Any]:
         """Counters since start: ops and errors by shard name, ops by key prefix, busiest slots."""
         names = [e.name for e in self.endpoints]
@@ -354,6 +549,8 @@ class ShardedCache:
             "errors_by_shard": dict(zip(names, self._errors_by_shard)),
             "ops_by_prefix": dict(self._ops_by_prefix.most_common()),
             "top_slots": self.top_slots(top),
+            "slot_map_epoch": self._map.epoch,
+            "redirects": self.redirects,
         }
 
     # -- lifecycle --
@@ -363,6 +560,8 @@ class ShardedCache:
         if self._closed:
             return
         self._closed = True
+        if self._refreshing is not None and not self._refreshing.done():
+            self._refreshing.cancel()
         for pool in self._pools:
             await pool.disconnect()
 
@@ -386,10 +585,13 @@ class _ShardClient(aioredis.Redis):
         cache = self._cache
         routed = cache._route(self._shard, args, None)
         cache._count(self._shard, routed)
-        try:
-            return await super().execute_command(*args, **options)
-        except _UNAVAILABLE as exc:
-            raise cache._unavailable(self._shard, exc, args[0]) from exc
+        if routed is None:   # keyless (PING, INFO, CLIENT ...): nothing for the guard to check
+            try:
+                return await super().execute_command(*args, **options)
+            except _UNAVAILABLE as exc:
+                raise cache._unavailable(self._shard, exc, args[0]) from exc
+        reply, = await cache._execute(self._shard, [(args, options)], True)
+        return reply
 
     def pipeline(self, transaction: bool = True, shard_hint: str | None = None) -> RoutedPipeline:
         return RoutedPipeline(self._cache, self._shard, None, self.connection_pool,
@@ -435,10 +637,16 @@ class RoutedPipeline(Pipeline):
         for routed in self._queued:
             cache._count(shard, routed)
         self._queued = []
-        try:
-            return await super().execute(raise_on_error)
-        except _UNAVAILABLE as exc:
-            raise cache._unavailable(shard, exc, "pipeline") from exc
+        if self.watching or not self.command_stack:
+            # After WATCH the transaction is redis-py's own (unguarded: the chat never uses it).
+            try:
+                return await super().execute(raise_on_error)
+            except _UNAVAILABLE as exc:
+                raise cache._unavailable(shard, exc, "pipeline") from exc
+        # One guard script runs the whole stack atomically, so a MULTI/EXEC pipeline keeps its
+        # promise too.
+        stack, self.command_stack = self.command_stack, []
+        return await cache._execute(shard, stack, raise_on_error)
 
     async def reset(self) -> None:
         self._queued = []

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 from prometheus_client import Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from chat import keys, logs, service
 from chat.cache import CacheUnavailable, ShardedCache
@@ -312,6 +312,11 @@ class Clue:
         async def key_stats(_request):
             return web.json_response(self.cache.stats())
         app.router.add_get("/v1/stats/keys", key_stats)
+
+        async def slot_stats(_request):
+            smap = self.cache.slot_map
+            return web.json_response({"epoch": smap.epoch, "slots": self.cache.slot_ops()})
+        app.router.add_get("/v1/stats/slots", slot_stats)
         return app
 
 
@@ -343,6 +348,10 @@ class _CacheCollector:
         for shard, n in stats["errors_by_shard"].items():
             errors.add_metric([str(shard)], n)
         yield errors
+        yield GaugeMetricFamily("chat_clue_slot_map_epoch", "Epoch of the slot map this clue routes by",
+                                value=stats["slot_map_epoch"])
+        yield CounterMetricFamily("chat_clue_slot_redirects", "Batches a shard refused because the slot had "
+                                  "moved, resent to the new owner", value=stats["redirects"])
         slots = CounterMetricFamily("chat_clue_redis_slot_ops",
                                     f"Redis commands sent, by slot: the {TOP_SLOTS} busiest slots only",
                                     labels=["slot", "shard"])
@@ -362,11 +371,19 @@ async def main(ctx: service.Context, stop: asyncio.Event) -> None:
     exchange = Upstream(pool, f"http://{ctx.address}:{settings.exchange.port}/v1/publish", name="exchange",
                         timeout=seconds(settings.exchange.timeout))
     clue = Clue(ctx, cache, exchange)
+    # The last map the shards hold, before the first message: the control plane may be down.
+    try:
+        await cache.refresh_map()
+    except Exception as exc:  # noqa: BLE001 -- shards unreachable now: follow_map keeps trying
+        logs.event(ctx.log, "slotmap", f"no published slot map readable yet: {exc!r}", 30)
+    follow = asyncio.ensure_future(cache.follow_map())
     runner = await service.serve_http(clue.app(), ctx.address, settings.clue.port)
-    logs.event(ctx.log, None, "listening", address=f"{ctx.address}:{settings.clue.port}")
+    logs.event(ctx.log, None, "listening", address=f"{ctx.address}:{settings.clue.port}",
+               slot_map_epoch=cache.slot_map.epoch)
     try:
         await stop.wait()
     finally:
+        follow.cancel()
         await runner.cleanup()
         await exchange.close()
         await pool.close()

@@ -20,7 +20,7 @@ from typing import Any
 
 SLOTS = 16384
 
-__all__ = ["SLOTS", "SlotMap", "crc16", "hash_tag", "key_prefix", "key_slot"]
+__all__ = ["SLOTS", "SlotMap", "crc16", "describe_slots", "hash_tag", "key_prefix", "key_slot", "parse_slots"]
 
 
 def crc16(data: bytes) -> int:
@@ -107,16 +107,16 @@ def _runs(owners: Sequence[int]) -> list[tuple[int, int, int]]:
     return out
 
 
-def _describe_slots(slots: Iterable[int]) -> str:
-    """[1, 2, 3, 7] -> '1-3, 7' (at most 5 runs, then a count), for error messages."""
+def _describe_slots(slots: Iterable[int], limit: int = 5) -> str:
+    """[1, 2, 3, 7] -> '1-3, 7' (at most `limit` runs, then a count), for error messages."""
     runs: list[list[int]] = []
     for s in sorted(slots):
         if runs and s == runs[-1][1] + 1:
             runs[-1][1] = s
         else:
             runs.append([s, s])
-    text = ", ".join(f"{a}-{b}" if a != b else str(a) for a, b in runs[:5])
-    return text + (f" and {len(runs) - 5} more ranges" if len(runs) > 5 else "")
+    text = ", ".join(f"{a}-{b}" if a != b else str(a) for a, b in runs[:limit])
+    return text + (f" and {len(runs) - limit} more ranges" if len(runs) > limit else "")
 
 
 def _strict_int(value: Any) -> bool:
@@ -127,15 +127,26 @@ class SlotMap:
     """An immutable map from each of the 16384 slots to a shard index (0..n_shards-1).
 
     The owner table is precomputed so `shard_of_slot` is one array index; `shard_of(key)` adds
-    the CRC. Changes (`moved`) return a new map, so a map handed to a running client never
-    changes under it.
+    the CRC. Changes (`moved`, `grown`) return a new map, so a map handed to a running client
+    never changes under it.
+
+    `epoch` versions the map as the control plane publishes it: every published change has a
+    higher epoch, and a client keeps whichever map it has seen with the highest one. Epoch 0 is
+    the map derived from the cluster file alone, never published. `names` are the shards' names
+    in index order, so a client can label a shard it learned of from the map alone.
     """
 
-    __slots__ = ("_owners", "_n_shards")
+    __slots__ = ("_owners", "_n_shards", "epoch", "names")
 
-    def __init__(self, owners: Iterable[int], n_shards: int):
+    def __init__(self, owners: Iterable[int], n_shards: int, *, epoch: int = 0,
+                 names: Sequence[str] | None = None):
         if not _strict_int(n_shards) or n_shards < 1:
             raise ValueError(f"n_shards must be a positive integer, not {n_shards!r}")
+        if not _strict_int(epoch) or epoch < 0:
+            raise ValueError(f"epoch must be a whole number >= 0, not {epoch!r}")
+        names = tuple(names) if names is not None else tuple(f"shard{i}" for i in range(n_shards))
+        if len(names) != n_shards or not all(isinstance(n, str) and n for n in names):
+            raise ValueError(f"names must be {n_shards} non-empty strings, not {names!r}")
         table = array("H")
         try:
             table.extend(owners)
@@ -149,9 +160,11 @@ class SlotMap:
                              f"0..{n_shards - 1}")
         self._owners = table
         self._n_shards = n_shards
+        self.epoch = epoch
+        self.names = names
 
     @classmethod
-    def even(cls, n_shards: int) -> SlotMap:
+    def even(cls, n_shards: int, names: Sequence[str] | None = None) -> SlotMap:
         """Contiguous, near-equal ranges, split exactly as `redis-cli --cluster create` does.
 
         For 3 shards: 0-5460, 5461-10922, 10923-16383.
@@ -171,7 +184,7 @@ class SlotMap:
                 owners[slot] = shard
             first = last + 1
             cursor += per_shard
-        return cls(owners, n_shards)
+        return cls(owners, n_shards, names=names)
 
     @property
     def n_shards(self) -> int:
@@ -190,8 +203,16 @@ class SlotMap:
     def slots_of(self, shard: int) -> list[int]:
         return [slot for slot, owner in enumerate(self._owners) if owner == shard]
 
+    def counts(self) -> list[int]:
+        """How many slots each shard owns, by index."""
+        out = [0] * self._n_shards
+        for owner in self._owners:
+            out[owner] += 1
+        return out
+
     def moved(self, slots: Iterable[int], to_shard: int) -> SlotMap:
-        """A new map with `slots` owned by `to_shard`; this map is left as it was."""
+        """A new map with `slots` owned by `to_shard` (same epoch: publishing bumps it); this map
+        is left as it was."""
         if not _strict_int(to_shard) or not 0 <= to_shard < self._n_shards:
             raise ValueError(f"shard index {to_shard!r} is outside 0..{self._n_shards - 1}")
         owners = array("H", self._owners)
@@ -199,14 +220,38 @@ class SlotMap:
             if not _strict_int(slot) or not 0 <= slot < SLOTS:
                 raise ValueError(f"slot {slot!r} is outside 0..{SLOTS - 1}")
             owners[slot] = to_shard
-        return SlotMap(owners, self._n_shards)
+        return SlotMap(owners, self._n_shards, epoch=self.epoch, names=self.names)
+
+    def grown(self, names: Sequence[str]) -> SlotMap:
+        """The same ownership over a longer shard list (a shard was added, owning nothing yet).
+        Only appending is allowed: indexes are listener ports, so existing ones never shift."""
+        names = tuple(names)
+        if names[:self._n_shards] != self.names:
+            raise ValueError(f"shards can only be appended: {list(self.names)} is not a prefix of "
+                             f"{list(names)}")
+        return SlotMap(self._owners, len(names), epoch=self.epoch, names=names)
+
+    def shrunk(self) -> SlotMap:
+        """Without the last shard, which must own no slot any more (drain it first)."""
+        last = self._n_shards - 1
+        if last == 0:
+            raise ValueError("the only shard cannot be removed")
+        owned = self.counts()[last]
+        if owned:
+            raise ValueError(f"{self.names[last]} still owns {owned} slots; move them away first")
+        return SlotMap(self._owners, last, epoch=self.epoch, names=self.names[:last])
+
+    def with_epoch(self, epoch: int) -> SlotMap:
+        return SlotMap(self._owners, self._n_shards, epoch=epoch, names=self.names)
 
     # -- persistence: ranges, not 16384 numbers, so the file stays readable and diffable --
 
     def to_json(self) -> str:
-        """`{"slots": 16384, "shards": n, "ranges": [[start, end, shard], ...]}` as text."""
-        return json.dumps({"slots": SLOTS, "shards": self._n_shards,
-                           "ranges": [list(r) for r in self.ranges()]}, separators=(",", ":"))
+        """`{"slots": 16384, "epoch": e, "shards": n, "names": [...], "ranges": [[start, end, shard],
+        ...]}` as text."""
+        return json.dumps({"slots": SLOTS, "epoch": self.epoch, "shards": self._n_shards,
+                           "names": list(self.names), "ranges": [list(r) for r in self.ranges()]},
+                          separators=(",", ":"))
 
     @classmethod
     def from_json(cls, data: str | bytes | Mapping[str, Any]) -> SlotMap:
@@ -219,7 +264,7 @@ class SlotMap:
                 raise ValueError(f"slot map is not valid JSON: {exc}") from None
         if not isinstance(data, Mapping):
             raise ValueError("slot map must be a JSON object with 'shards' and 'ranges'")
-        unknown = set(data) - {"slots", "shards", "ranges"}
+        unknown = set(data) - {"slots", "epoch", "shards", "names", "ranges"}
         if unknown:
             raise ValueError(f"slot map has unknown keys: {', '.join(sorted(map(str, unknown)))}")
         if data.get("slots", SLOTS) != SLOTS:
@@ -247,11 +292,19 @@ class SlotMap:
         missing = [s for s, owner in enumerate(owners) if owner == -1]
         if missing:
             raise ValueError(f"slots {_describe_slots(missing)} are not covered by any range")
-        return cls(owners, n_shards)
+        epoch = data.get("epoch", 0)
+        if not _strict_int(epoch) or epoch < 0:
+            raise ValueError(f"slot map 'epoch' must be a whole number >= 0, not {epoch!r}")
+        names = data.get("names")
+        if names is not None and not (isinstance(names, list) and len(names) == n_shards
+                                      and all(isinstance(n, str) and n and n.isprintable() for n in names)):
+            raise ValueError(f"slot map 'names' must be {n_shards} shard names")
+        return cls(owners, n_shards, epoch=epoch, names=names)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, SlotMap):
             return NotImplemented
+        # Ownership only: the same map published at two epochs routes every key the same way.
         return self._n_shards == other._n_shards and self._owners == other._owners
 
     def __hash__(self) -> int:
@@ -260,4 +313,27 @@ class SlotMap:
     def __repr__(self) -> str:
         shown = ", ".join(f"{a}-{b}:{s}" for a, b, s in self.ranges()[:4])
         more = "" if len(self.ranges()) <= 4 else ", ..."
-        return f"SlotMap(shards={self._n_shards}, {shown}{more})"
+        return f"SlotMap(epoch={self.epoch}, shards={self._n_shards}, {shown}{more})"
+
+
+def parse_slots(text: str) -> list[int]:
+    """'0-99, 300,5000-5001' -> the slots, sorted, each once; ValueError naming the bad part."""
+    out: set[int] = set()
+    for part in str(text).replace(" ", "").split(","):
+        if not part:
+            continue
+        lo, sep, hi = part.partition("-")
+        if not lo.isdigit() or (sep and not hi.isdigit()):
+            raise ValueError(f"{part[:20]!r} is not a slot or a range like 100-199")
+        a, b = int(lo), int(hi) if sep else int(lo)
+        if not 0 <= a <= b < SLOTS:
+            raise ValueError(f"{part!r}: slots run 0..{SLOTS - 1}, low to high")
+        out.update(range(a, b + 1))
+    if not out:
+        raise ValueError("no slots given")
+    return sorted(out)
+
+
+def describe_slots(slots: Iterable[int], limit: int = 5) -> str:
+    """[1, 2, 3, 7] -> '1-3, 7'; more than `limit` runs end with a count of the rest."""
+    return _describe_slots(slots, limit)

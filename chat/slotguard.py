@@ -1,0 +1,169 @@
+"""The slot guard: how a standalone Redis shard refuses keys it no longer owns.
+
+Redis Cluster nodes know which slots they own and answer MOVED or ASK for the others. Our shards
+are plain redis-servers, so each keeps the same knowledge in a few reserved keys, and every batch
+clue sends runs through one Lua script (`GUARD`) that checks it before running the commands:
+
+- `chatops:owned`      a 16384-bit bitmap, bit s set when this shard owns slot s. Absent: the
+                       shard is not guarded yet (no slot has ever moved) and accepts every key.
+- `chatops:importing`  hash slot -> source index: slots this shard is receiving. It serves them
+                       only to a batch that says it was redirected here (Redis Cluster's ASKING).
+- `chatops:moved`      hash slot -> new owner index: where a slot that left this shard went, so
+                       the refusal names the new owner (Redis Cluster's `MOVED <slot> <node>`).
+- `chatops:tracked`    bitmap of slots about to move: the guard records every key a batch touches
+                       in such a slot in `chatops:touched:<slot>`, so keys created after the
+                       migration's scan still move with their slot.
+- `chatops:slotmap`, `chatops:slotmap:epoch`  the published map, so a clue that starts while the
+                       control plane is down still routes by the last map it can read.
+
+The script checks every slot of the batch before running anything, so a refused batch changes
+nothing; clue follows the redirect and resends. `MIGRATE_SLOTS` runs on the source shard and moves
+a group of slots in one step: it copies their keys to the target (MIGRATE ... COPY REPLACE KEYS,
+keeping TTLs), deletes them here, and hands the slots over, all inside one script, so no client
+ever sees a slot half here and half there.
+
+Pure: the scripts, the key names, and the encoding of a batch as the guard's arguments.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from chat.sharding import SLOTS
+
+PREFIX = "chatops:"
+OWNED = "chatops:owned"
+IMPORTING = "chatops:importing"
+MOVED = "chatops:moved"
+TRACKED = "chatops:tracked"
+TOUCHED = "chatops:touched:"
+MAP = "chatops:slotmap"
+EPOCH = "chatops:slotmap:epoch"
+
+REFUSED = "CHATOPS-MOVED"       # not MOVED: redis-py would parse that as a Redis Cluster redirect
+
+# ARGV: nslots, then per slot (slot, asking 0/1, nkeys, keys...), then ncmds, then per command
+# (argc, args...). Keys are passed as arguments, not KEYS: these are standalone shards, and the
+# reserved keys are read by name.
+GUARD = """
+local i, guarded = 2, nil
+local track = {}
+for _ = 1, tonumber(ARGV[1]) do
+  local slot, asking, nkeys = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
+  local first = i + 3
+  i = first + nkeys
+  if redis.call('GETBIT', 'chatops:owned', slot) == 0 then
+    if guarded == nil then guarded = redis.call('EXISTS', 'chatops:owned') == 1 end
+    if guarded and not (asking == '1' and redis.call('HEXISTS', 'chatops:importing', slot) == 1) then
+      local to = redis.call('HGET', 'chatops:moved', slot)
+      return redis.error_reply('CHATOPS-MOVED ' .. slot .. ' ' .. (to or '-1'))
+    end
+  end
+  if nkeys > 0 and redis.call('GETBIT', 'chatops:tracked', slot) == 1 then
+    track[#track + 1] = {slot, first, nkeys}
+  end
+end
+for _, t in ipairs(track) do
+  redis.call('SADD', 'chatops:touched:' .. t[1], unpack(ARGV, t[2], t[2] + t[3] - 1))
+end
+local out = {}
+local n = tonumber(ARGV[i])
+i = i + 1
+for c = 1, n do
+  local argc = tonumber(ARGV[i])
+  out[c] = redis.pcall(unpack(ARGV, i + 1, i + argc))
+  i = i + 1 + argc
+end
+return out
+"""
+
+# ARGV: host, port, timeout_ms, target index, nslots, then per slot (slot, nkeys, keys...).
+# Returns the number of keys moved. COPY first and delete after: a MIGRATE that fails half way
+# (the target went down) leaves every key here and the slots still owned here, so nothing is
+# lost and a retry starts over; REPLACE makes the retry overwrite a partial copy.
+MIGRATE_SLOTS = """
+local host, port, timeout, target = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local i, slots, seen, keys = 6, {}, {}, {}
+local function add(k)
+  if not seen[k] then seen[k] = true; keys[#keys + 1] = k end
+end
+for _ = 1, tonumber(ARGV[5]) do
+  local slot, nkeys = ARGV[i], tonumber(ARGV[i + 1])
+  slots[#slots + 1] = slot
+  for k = i + 2, i + 1 + nkeys do add(ARGV[k]) end
+  i = i + 2 + nkeys
+  for _, k in ipairs(redis.call('SMEMBERS', 'chatops:touched:' .. slot)) do add(k) end
+end
+local present = {}
+for _, k in ipairs(keys) do
+  if redis.call('EXISTS', k) == 1 then present[#present + 1] = k end
+end
+for s = 1, #present, 5000 do
+  redis.call('MIGRATE', host, port, '', 0, timeout, 'COPY', 'REPLACE', 'KEYS',
+             unpack(present, s, math.min(s + 4999, #present)))
+end
+for s = 1, #present, 5000 do
+  redis.call('UNLINK', unpack(present, s, math.min(s + 4999, #present)))
+end
+for _, slot in ipairs(slots) do
+  redis.call('SETBIT', 'chatops:owned', slot, 0)
+  redis.call('SETBIT', 'chatops:tracked', slot, 0)
+  redis.call('HSET', 'chatops:moved', slot, target)
+  redis.call('DEL', 'chatops:touched:' .. slot)
+end
+return #present
+"""
+
+
+def sha1(script: str) -> str:
+    return hashlib.sha1(script.encode()).hexdigest()
+
+
+GUARD_SHA = sha1(GUARD)
+MIGRATE_SLOTS_SHA = sha1(MIGRATE_SLOTS)
+
+
+def guard_args(slots: dict[int, list[Any]], asking: Iterable[int],
+               commands: Sequence[Sequence[Any]]) -> list[Any]:
+    """The guard's ARGV for a batch: `slots` maps each slot the batch touches to its keys there,
+    `asking` the slots this batch was redirected for, `commands` each command's arguments."""
+    asked = set(asking)
+    argv: list[Any] = [len(slots)]
+    for slot, keys in slots.items():
+        argv += [slot, 1 if slot in asked else 0, len(keys), *keys]
+    argv.append(len(commands))
+    for args in commands:
+        argv.append(len(args))
+        argv.extend(args)
+    return argv
+
+
+_REFUSAL = re.compile(r"CHATOPS-MOVED (\d+) (-?\d+)")
+
+
+def refusal(message: str) -> tuple[int, int] | None:
+    """(slot, new owner index or -1 when unknown) from a guard's refusal, else None."""
+    m = _REFUSAL.search(str(message))
+    if m is None:
+        return None
+    slot, owner = int(m.group(1)), int(m.group(2))
+    return (slot, owner) if 0 <= slot < SLOTS else None
+
+
+def bitmap(slots: Iterable[int]) -> bytes:
+    """The `chatops:owned` value for a shard owning `slots` (bit order as SETBIT/GETBIT: the
+    most significant bit of byte 0 is slot 0)."""
+    out = bytearray(SLOTS // 8)
+    for s in slots:
+        out[s >> 3] |= 0x80 >> (s & 7)
+    return bytes(out)
+
+
+def owned_slots(value: bytes | None) -> list[int] | None:
+    """The slots a `chatops:owned` value marks, or None when the shard is not guarded."""
+    if value is None:
+        return None
+    return [s for s in range(min(SLOTS, len(value) * 8)) if value[s >> 3] & (0x80 >> (s & 7))]

@@ -1,0 +1,267 @@
+"""Moving slots, with their keys, from one shard to another under live traffic, losing nothing.
+
+Redis Cluster moves a slot by marking it IMPORTING on the target and MIGRATING on the source,
+moving its keys with MIGRATE, and redirecting clients with ASK meanwhile; it finds a slot's keys
+with CLUSTER GETKEYSINSLOT. Our shards are standalone, so the same protocol runs through the slot
+guard (`chat.slotguard`) and the keys are found by one SCAN:
+
+1. Every shard gets its ownership bitmap from the current map (if it has none yet), so from here
+   on a shard refuses a slot it does not own, whatever map a client routes by.
+2. The target marks the slots IMPORTING (it serves them only to redirected batches); the source
+   marks them TRACKED, so every key a batch touches there from now on is recorded per slot.
+3. One SCAN of the source finds the keys that existed before tracking began; together with the
+   recorded ones that is every key the slots can hold.
+4. Group by group (a few thousand keys), one script on the source copies the group's keys to the
+   target (MIGRATE ... COPY REPLACE KEYS, keeping TTLs), deletes them, and hands the slots over:
+   from then on the source answers "moved to <target>". No client sees a slot half moved, since
+   the script is atomic. The target then owns the slots outright.
+5. The new map is published; clues that had followed the redirects now route there directly.
+
+Every step is idempotent and its state lives in the shards, so a migration cut short (the control
+plane killed, the target down) is resumed by running it again: slots the target owns are done, a
+slot the source handed over but the target has not yet taken is finished, the rest move. A
+failed group changes nothing: the source keeps its keys (COPY first) and its ownership.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from chat import slotguard
+from chat.sharding import SlotMap, describe_slots, key_slot
+from collectors.resp import Conn, RedisError
+from controlplane.resharding import slotmap as slotmaps
+
+SCAN_COUNT = 5000
+GROUP_KEYS = 4000          # keys per script: a few ms of the source's time, a few times a second
+GROUP_SLOTS = 256
+MIGRATE_TIMEOUT_MS = 5000
+
+
+class MigrationError(Exception):
+    """The migration stopped; what moved stays moved, what did not is still on the source."""
+
+
+@dataclass
+class Progress:
+    slots_total: int = 0
+    slots_done: int = 0
+    keys_total: int = 0             # found by the scan (plus keys recorded since); an estimate
+    keys_moved: int = 0
+    phase: str = "starting"         # starting | scanning | moving | publishing | done | failed
+    started_at: float = field(default_factory=time.time)
+    updated_at: float = field(default_factory=time.time)
+    detail: str = ""
+
+    @property
+    def keys_per_s(self) -> float:
+        took = self.updated_at - self.started_at
+        return self.keys_moved / took if took > 0 else 0.0
+
+    @property
+    def eta_s(self) -> float | None:
+        rate = self.keys_per_s
+        if self.phase != "moving" or rate <= 0:
+            return None
+        return max(0.0, (self.keys_total - self.keys_moved) / rate)
+
+    def as_dict(self) -> dict:
+        return {"phase": self.phase, "slots_total": self.slots_total, "slots_done": self.slots_done,
+                "keys_total": self.keys_total, "keys_moved": self.keys_moved,
+                "keys_per_s": round(self.keys_per_s, 1),
+                "eta_s": None if self.eta_s is None else round(self.eta_s, 1),
+                "started_at": self.started_at, "updated_at": self.updated_at, "detail": self.detail}
+
+
+@dataclass
+class Result:
+    slot_map: SlotMap               # as published at the end
+    moved_slots: list[int]
+    keys_moved: int
+    seconds: float
+    resumed_slots: int              # slots found half-moved by an earlier run, and finished
+    publish_failed: dict[str, str]
+
+
+def scan_slots(conn: Conn, slots: set[int] | None = None, count: int = SCAN_COUNT) -> dict[int, list[bytes]]:
+    """Every key on the shard, by slot (only `slots`, when given); the guard's own keys excluded."""
+    out: dict[int, list[bytes]] = {}
+    cursor = b"0"
+    prefix = slotguard.PREFIX.encode()
+    while True:
+        cursor, batch = conn.call("SCAN", cursor, "COUNT", count)
+        for key in batch:
+            if key.startswith(prefix):
+                continue
+            slot = key_slot(key)
+            if slots is None or slot in slots:
+                out.setdefault(slot, []).append(key)
+        if cursor in (b"0", "0", 0):
+            return out
+
+
+def _hash_fields(conn: Conn, key: str) -> dict[int, int]:
+    raw = conn.call("HGETALL", key) or []
+    return {int(raw[i]): int(raw[i + 1]) for i in range(0, len(raw), 2)}
+
+
+@dataclass
+class SlotState:
+    todo: list[int]                 # the source still owns these
+    half: list[int]                 # the source handed them over; the target has not taken them yet
+    done: list[int]                 # the target owns them
+
+
+def slot_state(source: Conn, target: Conn, src: int, dst: int, slots: Iterable[int],
+               names: tuple[str, ...]) -> SlotState:
+    src_owned = set(slotmaps.owned(source) or [])
+    dst_owned = set(slotmaps.owned(target) or [])
+    moved = _hash_fields(source, slotguard.MOVED)
+    importing = _hash_fields(target, slotguard.IMPORTING)
+    state = SlotState([], [], [])
+    stray = []
+    for s in slots:
+        if s in dst_owned and s not in src_owned:
+            state.done.append(s)
+        elif s in src_owned:
+            state.todo.append(s)
+        elif moved.get(s) == dst and importing.get(s) == src:
+            state.half.append(s)
+        else:
+            stray.append(s)
+    if stray:
+        raise MigrationError(f"slots {describe_slots(stray)} are owned by neither {names[src]} nor {names[dst]}: "
+                             "the map changed since this migration was planned; plan again")
+    return state
+
+
+def _groups(slots: list[int], keys: dict[int, list[bytes]], group_keys: int, group_slots: int):
+    group: list[int] = []
+    n = 0
+    for s in slots:
+        group.append(s)
+        n += len(keys.get(s, ()))
+        if n >= group_keys or len(group) >= group_slots:
+            yield group
+            group, n = [], 0
+    if group:
+        yield group
+
+
+def _check(replies: list, what: str) -> list:
+    bad = [r for r in replies if isinstance(r, RedisError)]
+    if bad:
+        raise MigrationError(f"{what}: {bad[0]}")
+    return replies
+
+
+def move_slots(cf, cluster_path, run, source: str, target: str, slots: Iterable[int], *,
+               on_progress: Callable[[Progress], None] | None = None, group_keys: int = GROUP_KEYS,
+               group_slots: int = GROUP_SLOTS, stop_after_groups: int | None = None) -> Result:
+    """Move `slots` from shard `source` to shard `target` (names), then publish the new map.
+
+    `stop_after_groups` stops (raising MigrationError) after that many groups, as a crash
+    would: for tests of resuming, and nothing else."""
+    started = time.time()
+    progress = Progress()
+    report = on_progress or (lambda p: None)
+
+    def note(phase: str, detail: str = "") -> None:
+        progress.phase, progress.detail, progress.updated_at = phase, detail, time.time()
+        report(progress)
+
+    wanted = sorted(set(slots))
+    if source == target:
+        raise MigrationError(f"source and target are both {source}")
+    with slotmaps.connections(cf) as conns:
+        for name in (source, target):
+            if isinstance(conns.get(name), Exception):
+                raise MigrationError(f"{name} is unreachable: {conns[name]}")
+        smap = slotmaps.load(cf, cluster_path, run, conns)
+        names = smap.names
+        src, dst = names.index(source), names.index(target)
+        src_conn, dst_conn = conns[source], conns[target]
+        slotmaps.ensure_guards(smap, conns)
+        state = slot_state(src_conn, dst_conn, src, dst, wanted, names)
+        progress.slots_total = len(wanted)
+        progress.slots_done = len(state.done)
+        note("starting", f"{len(state.todo)} slots to move, {len(state.half)} to finish, {len(state.done)} done")
+        if state.half:
+            _take(dst_conn, state.half)
+        finished = list(state.done) + list(state.half)
+        progress.slots_done = len(finished)
+        failure: MigrationError | None = None
+        keys_moved = 0
+        try:
+            if state.todo:
+                keys_moved = _move(src_conn, dst_conn, cf, target, src, dst, state.todo, progress, note,
+                                   group_keys, group_slots, stop_after_groups, finished)
+        except (MigrationError, OSError, RedisError) as exc:
+            failure = exc if isinstance(exc, MigrationError) else MigrationError(f"{type(exc).__name__}: {exc}")
+        # Publish what is true now, finished or not, so clues stop being redirected for it.
+        note("publishing")
+        published = slotmaps.publish(cf, cluster_path, run, smap.moved(finished, dst), conns)
+        if failure is not None:
+            note("failed", f"{failure}; {len(finished)} of {len(wanted)} slots moved. Apply the same plan "
+                           "again to finish it")
+            raise failure
+        note("done", f"moved {len(wanted)} slots, {keys_moved} keys")
+        return Result(published.slot_map, wanted, keys_moved, time.time() - started, len(state.half),
+                      published.failed)
+
+
+def _take(dst_conn: Conn, slots: list[int]) -> None:
+    """The target takes slots the source has handed over: it owns them, no longer imports them."""
+    cmds: list[tuple] = []
+    for s in slots:
+        cmds += [("SETBIT", slotguard.OWNED, s, 1), ("HDEL", slotguard.IMPORTING, s), ("HDEL", slotguard.MOVED, s)]
+    _check(dst_conn.pipeline(cmds), "the target could not take its slots")
+
+
+def _move(src_conn, dst_conn, cf, target, src, dst, todo, progress, note, group_keys, group_slots,
+          stop_after_groups, finished) -> int:
+    # 2. importing on the target first: a redirected batch must never find the target refusing.
+    _check(dst_conn.pipeline([("HSET", slotguard.IMPORTING, s, src) for s in todo]), "marking slots importing")
+    _check(src_conn.pipeline([("SETBIT", slotguard.TRACKED, s, 1) for s in todo]), "marking slots tracked")
+    # 3. the keys that existed before tracking began
+    note("scanning")
+    keys = scan_slots(src_conn, set(todo))
+    progress.keys_total = sum(len(v) for v in keys.values())
+    note("moving")
+    s = next(x for x in cf.redis.shards if x.name == target)
+    host, port = cf.address(s.host), s.port
+    moved = 0
+    for n, group in enumerate(_groups(todo, keys, group_keys, group_slots)):
+        if stop_after_groups is not None and n >= stop_after_groups:
+            raise MigrationError(f"stopped after {n} groups, as asked")
+        # A key recorded since tracking began may have a stale copy on the target from an
+        # earlier, failed attempt (deleted here since): clear those before copying again.
+        touched = _check(src_conn.pipeline([("SMEMBERS", f"{slotguard.TOUCHED}{x}") for x in group]),
+                         "reading recorded keys")
+        stale = [k for members in touched for k in members]
+        if stale:
+            _check(dst_conn.pipeline([("DEL", *stale[i:i + 1000]) for i in range(0, len(stale), 1000)]),
+                   "clearing stale copies on the target")
+        argv: list = [host, port, MIGRATE_TIMEOUT_MS, dst, len(group)]
+        for x in group:
+            ks = keys.get(x, [])
+            argv += [x, len(ks), *ks]
+        try:
+            try:
+                count = src_conn.call("EVALSHA", slotguard.MIGRATE_SLOTS_SHA, 0, *argv)
+            except RedisError as exc:
+                if "NOSCRIPT" not in str(exc):
+                    raise
+                count = src_conn.call("EVAL", slotguard.MIGRATE_SLOTS, 0, *argv)
+        except RedisError as exc:
+            raise MigrationError(f"moving slots {describe_slots(group)} failed, nothing of them moved: {exc}") from None
+        _take(dst_conn, group)
+        finished += group
+        moved += int(count)
+        progress.keys_moved = moved
+        progress.keys_total = max(progress.keys_total, moved)
+        progress.slots_done = len(finished)
+        note("moving")
+    return moved
