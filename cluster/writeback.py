@@ -49,6 +49,19 @@ from cluster import clusterfile
 from cluster.spec import ClusterFile
 
 
+class _Remove:
+    """The value that removes a key, or a list's item: `plan_edit(path, {"redis.shards.4": REMOVE})`."""
+
+    def __repr__(self) -> str:
+        return "REMOVE"
+
+    def __deepcopy__(self, memo) -> _Remove:
+        return self
+
+
+REMOVE = _Remove()
+
+
 class WritebackError(clusterfile.ProblemsError):
     """The cluster file was not changed."""
     headline = "not changed, "
@@ -144,7 +157,7 @@ def _check_value(dotted: str, value: Any) -> None:
     elif isinstance(value, list):
         for i, v in enumerate(value):
             _check_value(f"{dotted}.{i}", v)
-    elif value is not None and not isinstance(value, (str, bool, int, float)):
+    elif value is not None and value is not REMOVE and not isinstance(value, (str, bool, int, float)):
         raise WritebackError(dotted, [(dotted, f"{type(value).__name__} cannot be written to YAML")])
 
 
@@ -159,9 +172,19 @@ def _set(doc: Any, dotted: str, steps: list[tuple[str | int, Any]],
         if isinstance(seg, int):
             if not isinstance(node, list):
                 raise WritebackError(dotted, [(where, "the file has no list here")])
-            if seg >= len(node):
-                # Appending would need the whole item; there is no partial list item to create.
+            if seg > len(node) or (seg == len(node) and not last):
+                # Appending takes the whole item at the index one past the end; there is no
+                # partial list item to create.
                 raise WritebackError(dotted, [(where, f"index out of range (the list has {len(node)})")])
+            if seg == len(node):
+                item = value(None)
+                if item is REMOVE:
+                    raise WritebackError(dotted, [(where, f"index out of range (the list has {len(node)})")])
+                if node and isinstance(item, CommentedMap) and isinstance(node[-1], CommentedMap) \
+                        and node[-1].fa.flow_style():
+                    item.fa.set_flow_style()      # `- {name: shard4, ...}` like its siblings
+                node.append(item)
+                return
         else:
             if not isinstance(node, dict):
                 raise WritebackError(dotted, [(where, "the file has no mapping here")])
@@ -172,8 +195,12 @@ def _set(doc: Any, dotted: str, steps: list[tuple[str | int, Any]],
                     raise WritebackError(dotted, [(where, "missing, and only a mapping can be created")])
         if last:
             if isinstance(seg, int) or seg in node:
-                node[seg] = value(node[seg])
-            else:
+                item = value(node[seg])
+                if item is REMOVE:
+                    del node[seg]
+                else:
+                    node[seg] = item
+            elif value(None) is not REMOVE:
                 node[new_key(seg)] = value(None)
             return
         node = node[seg]
@@ -228,6 +255,8 @@ def _dump(y: YAML, doc: Any) -> str:
 
 
 def _as_written(value: Any, old: Any = None) -> Any:
+    if value is REMOVE:
+        return value
     if isinstance(value, dict):
         return CommentedMap((_as_written(k), _as_written(v)) for k, v in value.items())
     if isinstance(value, list):

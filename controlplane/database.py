@@ -525,12 +525,16 @@ class Database:
                           (*args, _limit(limit)))
         return [self._plan_row(r) for r in rows]
 
-    def claim_plan(self, plan_id: str, actor: str) -> dict | None:
+    def claim_plan(self, plan_id: str, actor: str, resume: bool = False) -> dict | None:
         """Move a plan from planned (or failed: a retry) to applying, atomically; None when it is
-        applied or being applied already, so two applies of one plan never both run."""
+        applied or being applied already, so two applies of one plan never both run. `resume`
+        also takes a plan left `applying` by an apply that died: only for a caller that holds
+        the plan's locks, which that apply would still hold if it were alive."""
+        states = ("planned", "failed", "applying") if resume else ("planned", "failed")
         with self._write() as conn:
             cur = conn.execute("UPDATE plans SET state = 'applying', applied_by = ? "
-                               "WHERE id = ? AND state IN ('planned', 'failed')", (actor, plan_id))
+                               f"WHERE id = ? AND state IN ({', '.join('?' * len(states))})",
+                               (actor, plan_id, *states))
             claimed = cur.rowcount == 1
         return self.plan(plan_id) if claimed else None
 

@@ -65,11 +65,33 @@ def draft_step(ctx: Context, action: str, params: Any) -> dict[str, Any]:
             "state": draft.state, "fingerprint": draft.fingerprint, "changes": draft.changes}
 
 
+def resolve_steps(ctx: Context, steps: list[tuple[str, Any]]) -> tuple[list[tuple[str, Any]], list[str]]:
+    """Steps with what their actions choose at planning time written into their parameters (a
+    reshard's slots, measured from the load now), so that re-planning at apply time re-checks
+    the plan that was reviewed instead of choosing again. Returns the steps and notes for the
+    reviewer (why these choices)."""
+    out: list[tuple[str, Any]] = []
+    notes: list[str] = []
+    for action, params in steps:
+        module = _action(action)
+        resolve = getattr(module, "resolve", None)
+        if resolve is None:
+            out.append((action, params))
+            continue
+        chosen, why = resolve(ctx, validate(params, module.PARAMS, ctx.cf))
+        out += [(action, p) for p in chosen]
+        notes += why
+    return out, notes
+
+
 def make_plan(ctx: Context, steps: list[tuple[str, Any]], actor: str, incident_id: int | None = None,
               finding_ids: list[int] | None = None) -> dict[str, Any]:
     if not steps:
         raise BadParams("action", "a plan needs at least one step")
+    steps, notes = resolve_steps(ctx, steps)
     drafted = [draft_step(ctx, action, params) for action, params in steps]
+    if notes:
+        drafted[0]["diff"] = [f"# {n}" for n in notes] + drafted[0]["diff"]
     plan_id = secrets.token_hex(4)
     body = {"steps": drafted, "summary": "; ".join(s["summary"] for s in drafted),
             "changes": any(s["changes"] for s in drafted), "finding_ids": finding_ids or []}
@@ -125,7 +147,13 @@ def apply_plan(ctx: Context, plan_id: str, actor: str) -> dict[str, Any]:
             current = ctx.db.plan(plan_id)
             if current["state"] == "applied":
                 return current
-            raise Busy(f"plan {plan_id} is being applied right now")
+            # `applying`, yet we hold every lock its apply held: that apply died (the process was
+            # killed) without finishing. Actions are idempotent, so this apply resumes it.
+            claimed = ctx.db.claim_plan(plan_id, actor, resume=True)
+            if claimed is None:
+                raise Busy(f"plan {plan_id} is being applied right now")
+            ctx.db.add_audit(actor, "remediation.resume", plan["subject"], "ok", plan_id=plan_id,
+                             detail="an earlier apply of this plan stopped before it finished; resuming")
         try:
             fresh = [_draft(ctx, s["action"], s["params"]) for s in steps]
         except (RemediationError, OSError) as exc:

@@ -220,3 +220,30 @@ def test_a_key_added_to_a_flow_mapping_stays_in_it_when_the_spec_has_the_key(clu
                                         ["    - {name: shard0, host: redis1, port: 6379, maxclients: 5000}"])
     apply_edit(edit)
     assert clusterfile.load(cluster_file).spec.redis.shards[0].maxclients == 5000
+
+
+def test_a_shard_is_appended_like_its_siblings_and_removing_it_restores_the_file_exactly(cluster_file):
+    from cluster.writeback import REMOVE
+    original = cluster_file.read_text()
+    n = len(clusterfile.load(cluster_file).spec.redis.shards)
+    shard = {"name": f"shard{n}", "host": "redis2", "port": 6381}
+    edit = plan_edit(cluster_file, {f"redis.shards.{n}": shard})
+    removed, added = changed_lines(edit.diff)
+    assert removed == [] and added == [f"    - {{name: shard{n}, host: redis2, port: 6381}}"]
+    apply_edit(edit)
+    assert clusterfile.load(cluster_file).spec.redis.shards[n].port == 6381
+    back = plan_edit(cluster_file, {f"redis.shards.{n}": REMOVE})
+    apply_edit(back)
+    assert cluster_file.read_text() == original
+
+
+def test_appending_past_the_end_or_removing_what_is_not_there_is_refused(cluster_file):
+    from cluster.writeback import REMOVE
+    n = len(clusterfile.load(cluster_file).spec.redis.shards)
+    with pytest.raises(WritebackError, match="index out of range"):
+        plan_edit(cluster_file, {f"redis.shards.{n + 1}": {"name": "x", "host": "redis2", "port": 6390}})
+    with pytest.raises(WritebackError, match="index out of range"):
+        plan_edit(cluster_file, {f"redis.shards.{n}": REMOVE})
+    # A shard the checks refuse (a port another shard of that host uses) is refused at plan time.
+    with pytest.raises(WritebackError):
+        plan_edit(cluster_file, {f"redis.shards.{n}": {"name": "x", "host": "redis2", "port": 6379}})
