@@ -181,16 +181,23 @@ def controlplane_spec(cf: ClusterFile, run: RunDir, config: Path) -> ProcessSpec
         client=True)
 
 
-def specs(cf: ClusterFile, run: RunDir, config: Path, traffic: bool = False,
-          controlplane: bool = False) -> list[ProcessSpec]:
-    """In start order: Redis, the proxies in front of it, then per chat host the exchange, clue
-    (which needs the exchange) and the edge (which needs both)."""
+def redis_specs(cf: ClusterFile, run: RunDir) -> list[ProcessSpec]:
+    """Every shard's redis-server and its replica's, in file order. The supervisor also calls this
+    on a changed cluster file, so what `up` starts and what a reconcile wants cannot drift apart."""
     out: list[ProcessSpec] = []
     for shard in cf.redis.shards:
         out.append(_redis_spec(cf, run, f"redis-{shard.name}", shard.name, shard.host, shard.port, None))
         if shard.replica:
             out.append(_redis_spec(cf, run, f"redis-{shard.name}-replica", shard.name, shard.replica.host,
                                    shard.replica.port, (cf.address(shard.host), shard.port)))
+    return out
+
+
+def specs(cf: ClusterFile, run: RunDir, config: Path, traffic: bool = False,
+          controlplane: bool = False) -> list[ProcessSpec]:
+    """In start order: Redis, the proxies in front of it, then per chat host the exchange, clue
+    (which needs the exchange) and the edge (which needs both)."""
+    out = redis_specs(cf, run)
     for host, _cluster in cf.chat_hosts():
         out.append(_haproxy_spec(cf, run, host))
     for host, cluster in cf.chat_hosts():

@@ -6,6 +6,9 @@ PR_SET_PDEATHSIG, so even a SIGKILLed supervisor takes them down; they run in th
 so a terminal's Ctrl-C reaches only the supervisor, which then stops them in order; and stop_all()
 escalates to SIGKILL for any child that ignores SIGTERM.
 
+While it runs, the supervisor follows the cluster file's Redis shards: a shard added to the file is
+started, a shard removed from it is stopped, and nothing else is touched (reconcile()).
+
 State for `chatops status` is written to the run directory's state.json after every change.
 """
 
@@ -23,14 +26,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from chat.logs import event
+from cluster import binaries, clusterfile
 from cluster.rundir import RunDir
+from cluster.spec import ClusterFile
 from cluster.state import write_state
+from controlplane.local import processes
 from controlplane.local.processes import ProcessSpec
 
 BACKOFF_FIRST = 0.5
 BACKOFF_MAX = 30.0
 STABLE_AFTER = 30.0       # a process that ran this long before dying restarts without backoff
 STOP_GRACE = 10.0
+RECONCILE_EVERY = 0.5     # how often the loop looks at the cluster file
+# A file modified this recently may still be half written by an editor that truncates and then
+# writes; a truncated shard list can be valid YAML, and reading it would stop shards.
+SETTLE_NS = 200_000_000
 
 _PR_SET_PDEATHSIG = 1
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -81,6 +91,11 @@ class Supervisor:
         self._lock_fd: int | None = None
         self.started_at = time.time()
         self.started = False      # every stage up and settled: only then is the cluster "ready"
+        # The cluster file as last looked at: its stat, and the last version that loaded. Neither is
+        # known yet, so the first reconcile() reads the file and finds whatever changed since `up`
+        # built the specs; the baseline for "other changes" is the file as it is now.
+        self._file_seen: tuple | None = None
+        self._file_cluster: ClusterFile | None = self._load_quietly()
 
     # -- locking: one supervisor per run directory --
 
@@ -227,8 +242,128 @@ class Supervisor:
         return delay
 
     def loop(self, interval: float = 0.25) -> None:
+        next_look = 0.0
         while not self.stopping.wait(interval):
             self.check_once()
+            if time.monotonic() >= next_look:
+                next_look = time.monotonic() + RECONCILE_EVERY
+                try:
+                    self.reconcile()
+                except Exception as exc:  # a bug here must not take the running cluster down
+                    event(self.log, None, "cluster file reconcile failed", logging.ERROR, error=repr(exc))
+
+    # -- following the cluster file's Redis shards --
+
+    def _load_quietly(self) -> ClusterFile | None:
+        if not self.config_path:
+            return None
+        try:
+            return clusterfile.load(self.config_path).spec
+        except clusterfile.ClusterFileError:
+            return None
+
+    def _file_stat(self) -> tuple | None:
+        try:
+            st = os.stat(self.config_path)
+        except OSError:
+            return None
+        # The inode too: an atomic rename (writeback) may keep the size and land in the same tick.
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+    def reconcile(self) -> None:
+        """If the cluster file changed since the last look, start the Redis processes it now wants
+        and stop the ones it no longer does; the loop calls this, and tests may directly.
+
+        A file that does not load is logged once and ignored: what runs keeps running. Runs on the
+        main thread like every spawn, because PR_SET_PDEATHSIG follows the thread that forked."""
+        if not self.config_path or self.stopping.is_set():
+            return
+        seen = self._file_stat()
+        if seen == self._file_seen:
+            return
+        if seen is not None and 0 <= time.time_ns() - seen[1] < SETTLE_NS:
+            return  # look again once the writer is done
+        try:
+            cf = clusterfile.load(self.config_path).spec
+        except clusterfile.ClusterFileError as exc:
+            if self._file_stat() != seen:
+                return  # changed while being read; the next look reads the finished file
+            self._file_seen = seen
+            problems = "; ".join(f"{where or '<top>'}: {msg}" for where, msg in exc.problems)
+            event(self.log, None, "cluster file changed but does not load; keeping every process as it is",
+                  logging.WARNING, file=self.config_path, problems=problems)
+            return
+        if self._file_stat() != seen:
+            return
+        self._file_seen = seen
+        self._follow_redis(cf)
+        before, self._file_cluster = self._file_cluster, cf
+        if before is not None and before.model_dump(exclude={"redis"}) != cf.model_dump(exclude={"redis"}):
+            event(self.log, None, "cluster file changed outside redis:; running processes keep the old "
+                  "settings (`chatops proxy reload` for HAProxy, else `chatops down` and `up`)", logging.WARNING)
+
+    def _follow_redis(self, cf: ClusterFile) -> None:
+        """Processes are keyed by (name, address, port): a shard moved to another address gets its
+        new process first, and the old one stops only because no shard in the file still wants it."""
+        try:
+            wanted = processes.redis_specs(cf, self.run)
+        except binaries.MissingBinary as exc:
+            event(self.log, None, "cannot follow the cluster file's shards", logging.ERROR, error=exc)
+            return
+
+        def key(spec: ProcessSpec) -> tuple[str, str, int]:
+            return (spec.name, spec.address, spec.port)
+
+        running = {key(m.spec): m for m in self.procs if m.spec.kind == "redis"}
+        want = {key(spec): spec for spec in wanted}
+        for k, m in running.items():
+            if k in want and want[k].argv != m.spec.argv:
+                # Never restarted for a setting: that would lose the shard's data. set_redis_config
+                # has usually applied it live already; a restart after a crash now uses the file's.
+                m.spec = want[k]
+                event(self.log, m.spec.name, "settings changed in the cluster file; used from its next restart")
+        new = [spec for k, spec in want.items() if k not in running]
+        gone = [m for k, m in running.items() if k not in want]
+        if new:
+            self._start_new(new)
+        if gone:
+            self._terminate([m for m in gone if m.proc and m.proc.poll() is None])
+            for m in gone:
+                self._close(m)
+                self.procs.remove(m)
+                event(self.log, m.spec.name, "stopped; no longer in the cluster file",
+                      address=f"{m.spec.address}:{m.spec.port}")
+            self.write_state()
+        if new or gone:
+            event(self.log, None, "Redis follows the cluster file; HAProxy routes to the new shard list "
+                  "only after `chatops proxy reload`", started=len(new), stopped=len(gone))
+
+    def _start_new(self, specs: list[ProcessSpec]) -> None:
+        # Beside the other Redis processes, so stop_all() stops them in the Redis stage and
+        # `chatops status` lists them with the shards.
+        at = max((i + 1 for i, m in enumerate(self.procs) if m.spec.kind == "redis"), default=0)
+        started: list[Managed] = []
+        for spec in specs:
+            m = Managed(spec)
+            try:
+                self._spawn(m)
+            except Exception as exc:
+                self._close(m)
+                event(self.log, spec.name, "could not start", logging.ERROR, error=exc)
+                continue
+            self.procs.insert(at + len(started), m)
+            started.append(m)
+        self.write_state()
+        for m in started:
+            try:
+                self._wait_ready(m)
+            except StartError as exc:
+                # It stays supervised: check_once() restarts it if it died, or marks it up once it answers.
+                event(self.log, m.spec.name, f"not ready: {str(exc).partition(chr(10))[0]}", logging.WARNING)
+                continue
+            if m.status == "up":
+                event(self.log, m.spec.name, "started", pid=m.proc.pid, address=f"{m.spec.address}:{m.spec.port}")
+        self.write_state()
 
     def stop_all(self) -> None:
         """Stop stage by stage in reverse (traffic, edges, clues, exchanges, proxies, Redis), each
@@ -241,28 +376,36 @@ class Supervisor:
         stopped = 0
         for group in reversed(list(stages.values())):
             live = [m for m in group if m.proc and m.proc.poll() is None]
-            for m in live:
-                try:
-                    m.proc.terminate()
-                except ProcessLookupError:
-                    pass
-            deadline = time.monotonic() + STOP_GRACE
-            for m in live:
-                try:
-                    m.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-                except subprocess.TimeoutExpired:
-                    event(self.log, m.spec.name, "did not stop in time; killing", logging.WARNING)
-                    m.proc.kill()
-                    m.proc.wait()
+            self._terminate(live)
             stopped += len(live)
         for m in self.procs:
-            m.status = "stopped"
-            if m.log_file:
-                m.log_file.close()
-                m.log_file = None
+            self._close(m)
         if stopped:
             event(self.log, None, "stopped all processes", count=stopped)
         self.run.state_file.unlink(missing_ok=True)
+
+    def _terminate(self, live: list[Managed]) -> None:
+        """SIGTERM all of them at once, then SIGKILL whatever outlives the grace."""
+        for m in live:
+            try:
+                m.proc.terminate()
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + STOP_GRACE
+        for m in live:
+            try:
+                m.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                event(self.log, m.spec.name, "did not stop in time; killing", logging.WARNING)
+                m.proc.kill()
+                m.proc.wait()
+
+    @staticmethod
+    def _close(m: Managed) -> None:
+        m.status = "stopped"
+        if m.log_file:
+            m.log_file.close()
+            m.log_file = None
 
     # -- state for `chatops status` --
 
