@@ -1,0 +1,226 @@
+"""Per-slot load for the reshard planner: what clue counted, and what Redis's LFU counters say.
+
+Two sources, each a pure part beside a thin fetch:
+
+- **clue's counters** (`slot_rates`), the primary source. Every clue answers
+  `GET /v1/stats/slots` with `{"epoch": e, "slots": [[slot, ops], ...]}`: Redis commands per slot
+  since that clue started, nonzero slots only. Two reads `window_s` apart, differenced and
+  divided by the time between them, give ops/s per slot. These are summed over every clue,
+  because each clue counts only its own commands. This is exactly what the planner weighs: the
+  commands the chat service sends, by slot.
+- **LFU samples** (`lfu_samples`), the fallback for what clue cannot see: keys that other
+  clients touch (a batch job, a bot straight to Redis). RANDOMKEY picks keys, OBJECT FREQ reads
+  each key's LFU counter, and the counters are summed per slot. That only works under an `*-lfu`
+  maxmemory-policy. An LFU counter is logarithmic and decays (one step per lfu-decay-time
+  minute), so it ranks keys; it is not a rate. `hits` converts each counter to the accesses it
+  likely took (hot_shard.lfu_hits) before summing, which makes slots comparable.
+
+How to combine them (not done here; the remediation that builds a plan decides): take clue's
+rates as they are. For each shard, the ops clue does not explain are the shard's own ops/s
+(INFO, less the control plane's own commands; see hot_shard.own_ops) minus clue's rates for the
+slots that shard owns. Spread that remainder over the sampled slots that clue did *not* count,
+in proportion to their LFU `hits`. LFU must never rescale a slot clue counted: clue's count is a
+measurement, and the LFU share is an estimate from a sample of at most n keys.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from chat.sharding import SLOTS, key_slot
+from collectors.base import source_address
+from collectors.redis import LFU_POLICIES, parse_config
+from collectors.resp import Conn, RedisError
+from collectors.services import fetch
+from controlplane.detectors.hot_shard import lfu_hits
+
+__all__ = ["LfuSample", "NoLoadData", "SlotLoads", "clue_targets", "lfu_samples", "parse_slot_stats",
+           "rates_between", "slot_rates"]
+
+PATH = "/v1/stats/slots"
+RESERVED_PREFIX = b"chatops:"        # the control plane's own keys (slot map, locks): not chat load
+
+
+class NoLoadData(Exception):
+    """No clue answered: there is nothing to plan by load. The message names every clue and why."""
+
+
+@dataclass(frozen=True)
+class SlotLoads:
+    rates: dict[int, float]                  # slot -> ops/s, summed over the clues that answered
+    window_s: float                          # the longest time between one clue's two reads
+    answered: list[str] = field(default_factory=list)       # chat hosts whose clue answered twice
+    failed: dict[str, str] = field(default_factory=dict)    # chat host -> error text
+    restarted: list[str] = field(default_factory=list)      # counted from zero: the clue restarted
+    epochs: dict[str, int] = field(default_factory=dict)    # chat host -> slot map epoch it had
+
+
+@dataclass(frozen=True)
+class LfuSample:
+    freq: dict[int, int]                     # slot -> sum of sampled keys' OBJECT FREQ
+    hits: dict[int, float]                   # slot -> sum of their estimated accesses (lfu_hits)
+    sampled: int                             # distinct keys read
+    policy: str | None
+    note: str | None = None                  # why there is nothing, when there is nothing
+
+
+# ---------------------------------------------------------------------------------------------
+# clue's counters: pure
+# ---------------------------------------------------------------------------------------------
+
+# A real reply from clue on chat1 of tests/conftest.py's small_cluster, five seconds into
+# `start_loadgen` (room lobby, slot 10294; the senders' user keys on 10379 and 14506):
+#   {"epoch": 0, "slots": [[5110, 1], [9366, 1], [10294, 376], [10379, 47], [14506, 49]]}
+
+def parse_slot_stats(text: str) -> tuple[int, dict[int, int]]:
+    """(epoch, {slot: cumulative ops}) from /v1/stats/slots; ValueError for anything else."""
+    try:
+        doc = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"{PATH} is not JSON: {exc}") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("slots"), list):
+        raise ValueError(f"{PATH} must be an object with a 'slots' list")
+    epoch = doc.get("epoch", 0)
+    if not _whole(epoch):
+        raise ValueError(f"{PATH}: epoch {epoch!r} is not a whole number")
+    out: dict[int, int] = {}
+    for row in doc["slots"]:
+        if not (isinstance(row, list) and len(row) == 2 and _whole(row[0]) and _whole(row[1])):
+            raise ValueError(f"{PATH}: {str(row)[:40]} is not a [slot, ops] pair of whole numbers")
+        slot, ops = row
+        if slot >= SLOTS:
+            raise ValueError(f"{PATH}: slot {slot} is outside 0..{SLOTS - 1}")
+        out[slot] = out.get(slot, 0) + ops
+    return epoch, out
+
+
+def _whole(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def rates_between(before: Mapping[int, int], after: Mapping[int, int],
+                  seconds: float) -> tuple[dict[int, float], bool]:
+    """ops/s per slot between two reads of one clue's cumulative counters, and whether the clue
+    restarted in between.
+
+    Counters only grow while a clue runs, so a slot that went down, or that disappeared, means
+    the clue restarted. Then every counter of the second read started from zero and is all of
+    it. That undercounts (the restart came part-way through the window), which beats a negative
+    rate or a whole clue dropped."""
+    if seconds <= 0:
+        raise ValueError(f"seconds must be > 0, not {seconds!r}")
+    restarted = any(after.get(slot, 0) < ops for slot, ops in before.items())
+    out = {}
+    for slot, ops in after.items():
+        d = ops if restarted else ops - before.get(slot, 0)
+        if d > 0:
+            out[slot] = d / seconds
+    return out, restarted
+
+
+# ---------------------------------------------------------------------------------------------
+# clue's counters: the fetch
+# ---------------------------------------------------------------------------------------------
+
+def clue_targets(cf) -> list[tuple[str, str, int]]:
+    """(chat host, address, clue port) of every clue in the cluster file."""
+    return [(host, cf.address(host), cf.clusters[cluster].services.clue.port)
+            for host, cluster in cf.chat_hosts()]
+
+
+def _read(address: str, port: int, timeout: float, src: str | None) -> tuple[float, int, dict[int, int]]:
+    started = time.monotonic()
+    epoch, counts = parse_slot_stats(fetch(address, port, PATH, timeout, src))
+    # The counters were read somewhere during the request: take its middle.
+    return (started + time.monotonic()) / 2, epoch, counts
+
+
+def slot_rates(cf, window_s: float = 1.0, timeout: float = 2.0) -> SlotLoads:
+    """Per-slot ops/s over about `window_s`, summed over every clue of the cluster file.
+
+    Each clue is read twice, and its rate uses its own two read times, so a slow clue skews only
+    itself. A clue that fails either read goes into `failed` with the error, and the rest still
+    count. NoLoadData when none answered both reads. Reads are sequential: with the timeout
+    bounding each, a hung clue delays the result but never blocks it.
+    """
+    if not window_s > 0:
+        raise ValueError(f"window_s must be > 0, not {window_s!r}")
+    src = source_address(cf)
+    targets = clue_targets(cf)
+    first: dict[str, tuple[float, int, dict[int, int]]] = {}
+    failed: dict[str, str] = {}
+    began = time.monotonic()
+    for host, address, port in targets:
+        try:
+            first[host] = _read(address, port, timeout, src)
+        except (OSError, ValueError) as exc:       # refused, timed out, FetchError, bad JSON
+            failed[host] = f"{type(exc).__name__}: {exc}"
+    time.sleep(max(0.0, window_s - (time.monotonic() - began)))
+    rates: dict[int, float] = {}
+    answered, restarted, epochs, longest = [], [], {}, 0.0
+    for host, address, port in targets:
+        if host not in first:
+            continue
+        try:
+            at, epoch, counts = _read(address, port, timeout, src)
+        except (OSError, ValueError) as exc:
+            failed[host] = f"{type(exc).__name__}: {exc}"
+            continue
+        t0, _, before = first[host]
+        per_slot, reset = rates_between(before, counts, at - t0)
+        for slot, r in per_slot.items():
+            rates[slot] = rates.get(slot, 0.0) + r
+        answered.append(host)
+        epochs[host] = epoch
+        longest = max(longest, at - t0)
+        if reset:
+            restarted.append(host)
+    if not answered:
+        detail = "; ".join(f"{h}: {e}" for h, e in failed.items()) or "the cluster file has no chat hosts"
+        raise NoLoadData(f"no clue answered {PATH} twice, so there is no per-slot load to plan by ({detail})")
+    return SlotLoads(rates, longest, answered, failed, restarted, epochs)
+
+
+# ---------------------------------------------------------------------------------------------
+# LFU samples
+# ---------------------------------------------------------------------------------------------
+
+def lfu_samples(conn: Conn, n: int = 200) -> LfuSample:
+    """Sum OBJECT FREQ per slot over up to `n` RANDOMKEY picks on one shard (distinct keys only;
+    `chatops:` keys skipped). Empty, with `note` saying why, unless the shard's maxmemory-policy is
+    an LFU one: under any other policy Redis keeps no access counter and OBJECT FREQ is an error.
+
+    Two pipelined round trips, n + the distinct keys commands: cheap next to a SCAN of the
+    keyspace, and unbiased (SCAN walks hash buckets in order). A key deleted between the two
+    trips answers an error in place and is left out."""
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"n must be a whole number >= 1, not {n!r}")
+    policy = parse_config(conn.call("CONFIG", "GET", "maxmemory-policy")).get("maxmemory-policy")
+    policy = None if policy is None else str(policy)
+    if policy not in LFU_POLICIES:
+        return LfuSample({}, {}, 0, policy, f"maxmemory-policy is {policy}; LFU counters need an *-lfu "
+                                            f"policy ({' or '.join(LFU_POLICIES)})")
+    picked = conn.pipeline([("RANDOMKEY",)] * n)
+    # Distinct keys, in pick order: a key picked twice is read once.
+    keys = list(dict.fromkeys(k for k in picked
+                              if isinstance(k, bytes) and not k.startswith(RESERVED_PREFIX)))
+    if not keys:
+        empty = all(k is None for k in picked)
+        return LfuSample({}, {}, 0, policy, "the shard has no keys" if empty else
+                         f"no chat keys among {n} random picks (only {RESERVED_PREFIX.decode()} keys)")
+    freq: dict[int, int] = {}
+    hits: dict[int, float] = {}
+    sampled = 0
+    for key, f in zip(keys, conn.pipeline([("OBJECT", "FREQ", k) for k in keys])):
+        if isinstance(f, RedisError) or not isinstance(f, int):
+            continue
+        slot = key_slot(key)
+        freq[slot] = freq.get(slot, 0) + f
+        hits[slot] = hits.get(slot, 0.0) + lfu_hits(f)
+        sampled += 1
+    return LfuSample(freq, hits, sampled, policy)
+
