@@ -291,6 +291,9 @@ class ShardedCache:
     def shard_of(self, key: str | bytes) -> int:
         return self._owner(key_slot(key))
 
+    def shard_of_slot(self, slot: int) -> int:
+        return self._owner(slot)
+
     def client_for(self, key: str | bytes) -> aioredis.Redis:
         """The client of the shard owning `key` (the talk's get_instance(key))."""
         return self._clients[self.shard_of(key)]
@@ -544,11 +547,13 @@ class ShardedCache:
     def stats(self, top: int = 20) -> dict[str, Any]:
         """Counters since start: ops and errors by shard name, ops by key prefix, busiest slots."""
         names = [e.name for e in self.endpoints]
+        top_slots = self.top_slots(top)
         return {
             "ops_by_shard": dict(zip(names, self._ops_by_shard)),
             "errors_by_shard": dict(zip(names, self._errors_by_shard)),
             "ops_by_prefix": dict(self._ops_by_prefix.most_common()),
-            "top_slots": self.top_slots(top),
+            "top_slots": top_slots,
+            "top_slot_shards": {str(slot): names[self._owner(slot)] for slot, _ in top_slots},
             "slot_map_epoch": self._map.epoch,
             "redirects": self.redirects,
         }

@@ -356,7 +356,7 @@ class _CacheCollector:
                                     f"Redis commands sent, by slot: the {TOP_SLOTS} busiest slots only",
                                     labels=["slot", "shard"])
         for slot, n in self.cache.top_slots(TOP_SLOTS):
-            slots.add_metric([str(slot), self.cache.endpoints[self.cache.slot_map.shard_of_slot(slot)].name], n)
+            slots.add_metric([str(slot), self.cache.endpoints[self.cache.shard_of_slot(slot)].name], n)
         yield slots
 
 

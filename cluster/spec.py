@@ -272,7 +272,7 @@ class AlertDestination(_Model):
 
 
 AutoAction = Literal["kill_clients", "set_redis_config", "set_keepalive", "server_state", "restart_service",
-                     "proxy_reload"]
+                     "proxy_reload", "reshard"]
 
 
 class Remediation(_Model):

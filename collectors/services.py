@@ -146,7 +146,8 @@ def parse_keys(text: str) -> dict[str, Any]:
     """Clue's /v1/stats/keys JSON; keeps only the known, well-typed parts.
 
         {"ops_by_shard": {"shard0": 45, "shard1": 591}, "errors_by_shard": {"shard0": 0, ...},
-         "ops_by_prefix": {"{*}.rl.u.#": 126, ...}, "top_slots": [[10294, 504], [6376, 43], ...]}
+         "ops_by_prefix": {"{*}.rl.u.#": 126, ...}, "top_slots": [[10294, 504], [6376, 43], ...],
+         "top_slot_shards": {"10294": "shard1", "6376": "shard0", ...}}
     """
     doc = json.loads(text)
     if not isinstance(doc, dict):
@@ -162,6 +163,12 @@ def parse_keys(text: str) -> dict[str, Any]:
         out["top_slots"] = [[int(p[0]), float(p[1])] for p in slots
                             if isinstance(p, list) and len(p) == 2
                             and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in p)]
+    owners = doc.get("top_slot_shards")
+    if isinstance(owners, dict):
+        # Which shard each top slot lives on by the clue's live slot map (slots move).
+        out["top_slot_shards"] = {str(int(k)): v for k, v in owners.items()
+                                  if str(k).isdigit() and int(k) < 16384 and isinstance(v, str)
+                                  and 0 < len(v) <= 64 and v.isprintable()}
     return out
 
 

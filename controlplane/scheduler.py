@@ -121,6 +121,30 @@ class Scraper:
         sched.start()
         self.scheduler = sched
 
+    def replace(self, sources: list[Source]) -> None:
+        """Scrape `sources` from now on (the cluster file changed: a shard was added or removed):
+        new ones are scheduled, gone ones unscheduled, the rest keep their schedule and health."""
+        wanted = {s.id: s for s in sources}
+        with self._mutex:
+            gone = [sid for sid in self.sources if sid not in wanted]
+            new = [s for sid, s in wanted.items() if sid not in self.sources]
+            for sid in gone:
+                del self.sources[sid], self.health[sid]
+            self.sources.update(wanted)
+            for s in new:
+                self.health[s.id] = JobHealth(s.id, s.kind, s.target, s.interval_s, s.timeout_s)
+        if self.scheduler is None:
+            return
+        for sid in gone:
+            try:
+                self.scheduler.remove_job(sid)
+            except Exception:  # noqa: BLE001 -- already gone (JobLookupError): nothing to unschedule
+                pass
+        for s in new:
+            self.scheduler.add_job(self.run_once, "interval", args=[s.id], id=s.id, seconds=s.interval_s,
+                                   next_run_time=datetime.fromtimestamp(time.time() + 0.05),
+                                   misfire_grace_time=max(1, int(s.interval_s)))
+
     def stop(self) -> None:
         if self.scheduler is not None:
             self.scheduler.shutdown(wait=False)

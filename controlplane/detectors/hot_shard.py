@@ -293,9 +293,14 @@ def _clue_slots(window: Window, cf, shard: str) -> dict[str, Any] | None:
         if isinstance(by_shard, dict) and num(by_shard.get(shard)) is not None:
             shard_ops += num(by_shard.get(shard))
             seen = True
+        # Where each slot lives by the clue's own (live) map; the even split only for a clue
+        # too old to say.
+        owners = stats.get("top_slot_shards") if isinstance(stats.get("top_slot_shards"), dict) else {}
         for row in stats.get("top_slots") or []:
             if isinstance(row, (list, tuple)) and len(row) == 2 and isinstance(row[0], int) and num(row[1]) is not None:
-                if 0 <= row[0] < 16384 and smap.shard_of_slot(row[0]) == index:
+                owner = owners.get(str(row[0]))
+                on_shard = owner == shard if owner is not None else smap.shard_of_slot(row[0]) == index
+                if 0 <= row[0] < 16384 and on_shard:
                     slot_ops[row[0]] = slot_ops.get(row[0], 0.0) + num(row[1])
         for p, n in (stats.get("ops_by_prefix") or {}).items() if isinstance(stats.get("ops_by_prefix"), dict) else ():
             if num(n) is not None:

@@ -3,8 +3,11 @@ side effects, apply() of a reviewed plan, verification against the findings it s
 plans.py is the engine every way in goes through (API, CLI, dashboard, automatic policy)."""
 
 from controlplane.remediation import (
+    add_shard,
     kill_clients,
     proxy_reload,
+    remove_shard,
+    reshard,
     restart_service,
     server_state,
     set_keepalive,
@@ -13,4 +16,4 @@ from controlplane.remediation import (
 
 # By name, as a plan or a finding's suggested remediation names them.
 ACTIONS = {m.NAME: m for m in (kill_clients, set_redis_config, set_keepalive, server_state, restart_service,
-                               proxy_reload)}
+                               proxy_reload, reshard, add_shard, remove_shard)}

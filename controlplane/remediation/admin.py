@@ -34,6 +34,20 @@ class AdminPool:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
+    def reconfigure(self, cf) -> None:
+        """Follow a changed cluster file: connections for new shards, none for removed ones."""
+        self.cf = cf
+        names = {s.name for s in cf.redis.shards}
+        for name in names - set(self._conns):
+            self._locks[name] = threading.Lock()
+            self._conns[name] = None
+        for name in set(self._conns) - names:
+            with self._locks[name]:
+                conn = self._conns.pop(name)
+                if conn is not None:
+                    conn.close()
+            del self._locks[name]
+
     def _open(self, shard: str) -> Conn:
         s = rc.find_shard(self.cf, shard)
         conn = Conn(self.cf.address(s.host), s.port, TIMEOUT_S, source_address(self.cf))
@@ -71,7 +85,7 @@ class AdminPool:
 
     def keep(self) -> None:
         """One round: PING every shard, reconnecting the ones lost."""
-        for shard in self._conns:
+        for shard in list(self._conns):
             try:
                 self.call(shard, "PING")
             except (OSError, RedisError, Unavailable) as exc:

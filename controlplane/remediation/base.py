@@ -150,3 +150,4 @@ class Context:
     db: Any
     store: Any = None
     admin: Any = None
+    on_cluster_change: Any = None    # called with the new model after an action rewrote the file

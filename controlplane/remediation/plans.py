@@ -187,6 +187,8 @@ def apply_plan(ctx: Context, plan_id: str, actor: str) -> dict[str, Any]:
                     # never stuck in `applying` where no later apply could retry it.
                     outcome_ok, detail, changed = False, f"{type(exc).__name__}: {exc}", {}
             took = round(time.perf_counter() - started, 3)
+            if draft.changes and getattr(module, "WRITES_CLUSTER_FILE", False):
+                _reload_cluster(ctx)
             results.append({"action": step["action"], "subject": step["subject"], "ok": outcome_ok,
                             "detail": detail, "changed": changed, "duration_s": took})
             ctx.db.add_audit(actor, f"remediation.{step['action']}", step["subject"], "ok" if outcome_ok else "failed",
@@ -198,6 +200,19 @@ def apply_plan(ctx: Context, plan_id: str, actor: str) -> dict[str, Any]:
         result = {"ok": ok, "steps": results,
                   "detail": "; ".join(r["detail"] for r in results)}
         return ctx.db.finish_plan(plan_id, "applied" if ok else "failed", result)
+
+
+def _reload_cluster(ctx: Context) -> None:
+    """After an action rewrote the cluster file, the next step (and every later plan) must see
+    the file as it is now: a shard just added is a valid parameter from here on."""
+    from cluster import clusterfile
+    try:
+        ctx.cf = clusterfile.load(ctx.cluster_path).spec
+    except clusterfile.ClusterFileError as exc:       # apply_edit validated it: this is not expected
+        log.error("the cluster file no longer loads after an apply: %s", exc)
+        return
+    if ctx.on_cluster_change is not None:
+        ctx.on_cluster_change(ctx.cf)
 
 
 def _watched(ctx: Context, plan: dict) -> list[dict]:
@@ -321,4 +336,22 @@ def context(app) -> Context:
     from pathlib import Path
     return Context(cf=app.config["CLUSTER"], cluster_path=Path(app.config["CLUSTER_FILE"]),
                    run=app.extensions["chatops.run"], db=app.extensions["chatops.db"],
-                   store=app.extensions["chatops.store"], admin=app.extensions["chatops.admin"])
+                   store=app.extensions["chatops.store"], admin=app.extensions["chatops.admin"],
+                   on_cluster_change=lambda cf: cluster_changed(app, cf))
+
+
+def cluster_changed(app, cf) -> None:
+    """Every part of the running control plane that holds the cluster model takes the new one:
+    the pages and the API, the admin connections, the detectors, and the scrape sources (a new
+    shard is scraped from now on, a removed one no longer)."""
+    from controlplane import sources
+    app.config["CLUSTER"] = cf
+    app.extensions["chatops.admin"].reconfigure(cf)
+    engine = app.extensions.get("chatops.engine")
+    if engine is not None:
+        engine.cf = cf
+    scraper = app.extensions.get("chatops.scraper")
+    if scraper is not None:
+        jobs = sources.build(cf, app.extensions["chatops.run"], app.extensions["chatops.store"])
+        detect = [s for s in scraper.sources.values() if s.kind == "detect"]
+        scraper.replace(jobs + detect)
