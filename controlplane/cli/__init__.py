@@ -6,7 +6,7 @@ from importlib import metadata
 
 import click
 
-from controlplane.cli import chat, config, inspect, local, proxy, remediate, serve
+from controlplane.cli import chat, config, inspect, local, proxy, remediate, serve, slots
 
 
 def _version() -> str:
@@ -29,6 +29,7 @@ main.add_command(serve.controlplane_cmd)
 main.add_command(config.config)
 main.add_command(proxy.proxy)
 main.add_command(inspect.inspect)
+main.add_command(slots.slots)
 main.add_command(chat.loadgen)
 main.add_command(chat.rooms)
 main.add_command(chat.users)

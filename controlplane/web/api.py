@@ -3,7 +3,9 @@
 cluster). docs/api.md is the reader's guide.
 
 Every figure comes from the read model (controlplane/readmodel.py), so the API and the dashboard
-never disagree. Read endpoints are open (the control plane listens on loopback); anything that
+never disagree; the slot map and a migration's progress are read where they are kept (the shards,
+the run directory: controlplane/resharding/) by `slots_view` and `progress_view` below, which the
+dashboard and `chatops slots` use too. Read endpoints are open (the control plane listens on loopback); anything that
 changes state needs auth (controlplane/web/auth.py) and writes an audit record.
 
 Errors are `{"error": {"status", "message"}}` (controlplane/web/app.py). Query parameters are checked
@@ -27,6 +29,8 @@ from cluster import durations
 from controlplane import incidents as incidents_lifecycle
 from controlplane.remediation import plans as remediation_plans
 from controlplane.remediation.base import RemediationError
+from controlplane.resharding import progress as slot_progress
+from controlplane.resharding import slotmap as slotmaps
 from controlplane.web import auth, readmodel
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
@@ -286,6 +290,69 @@ def runbook(name: str):
     return _json(_found(readmodel.runbook, runbooks_dir(), name))
 
 
+# -- the slot map and the migration moving it -------------------------------------------------------
+
+SLOT_ACTIONS = frozenset({"reshard", "add_shard", "remove_shard", "relocate_shard"})   # they move slots
+SLOTS_TIMEOUT_S = 1.0       # per shard: a read of the map must not hang on a shard that does not answer
+UNPUBLISHED = "the cluster file's even split"      # the source of a map never published
+
+
+def slots_view(cf, cluster_path, run, timeout: float = SLOTS_TIMEOUT_S) -> dict[str, Any]:
+    """The current slot map as the API, the dashboard and `chatops slots` show it, read from the
+    shards and the kept file themselves (it needs no running control plane): `slotmap.describe()`,
+    plus `source` (where the current map came from), `file` (the kept copy's path and epoch, null
+    when there is none yet) and `copies` (each shard's published copy: its epoch, or why there is
+    none to read). Raises SlotMapError when the map cannot be read or disagrees with the cluster file."""
+    with slotmaps.connections(cf, timeout) as conns:
+        smap = slotmaps.load(cf, cluster_path, run, conns)
+        copies = slotmaps.shard_copies(conns)
+    path = slotmaps.path_for(cf, cluster_path, run)
+    stored = slotmaps.read_file(path)
+    if stored is not None and stored.epoch == smap.epoch:
+        source = str(path)
+    else:
+        source = next((f"{name}'s published copy" for name, c in copies.items()
+                       if not isinstance(c, str) and c.epoch == smap.epoch), UNPUBLISHED)
+    return {**slotmaps.describe(smap), "source": source,
+            "file": {"path": str(path), "epoch": None if stored is None else stored.epoch},
+            "copies": {name: c if isinstance(c, str) else c.epoch for name, c in copies.items()}}
+
+
+def progress_view(run) -> dict[str, Any]:
+    """The running (or last) migration's progress, or `{"phase": "idle"}` when none ever ran here."""
+    return slot_progress.read(run) or {"phase": "idle"}
+
+
+def moves_slots(plan: dict[str, Any]) -> bool:
+    """Whether a plan has a step that moves slots (and so has a migration's progress to show)."""
+    return any(s.get("action") in SLOT_ACTIONS for s in plan.get("steps") or ())
+
+
+def plan_progress(run, plan: dict[str, Any]) -> dict[str, Any] | None:
+    """The progress file when it was written for this plan's apply (not before the plan was made)."""
+    p = slot_progress.read(run)
+    if not p or not isinstance(p.get("written_at"), (int, float)) or p["written_at"] < plan["created"]:
+        return None
+    return p
+
+
+@bp.get("/slots")
+def slots():
+    params()
+    app = current_app
+    try:
+        view = slots_view(app.config["CLUSTER"], app.config["CLUSTER_FILE"], app.extensions["chatops.run"])
+    except slotmaps.SlotMapError as exc:
+        abort(503, description=f"the slot map cannot be read: {exc}")
+    return _json(view)
+
+
+@bp.get("/slots/progress")
+def slots_progress():
+    params()
+    return _json(progress_view(current_app.extensions["chatops.run"]))
+
+
 @bp.get("/openapi.json")
 def openapi():
     params()
@@ -432,7 +499,10 @@ def get_plan(plan_id: str):
     params()
     db = current_app.extensions["chatops.db"]
     plan = _found_plan(db, _plan_id(plan_id))
-    return _json({**plan, "audit": db.audit_for_plan(plan_id)})
+    body = {**plan, "audit": db.audit_for_plan(plan_id)}
+    if moves_slots(plan):
+        body["progress"] = plan_progress(current_app.extensions["chatops.run"], plan)
+    return _json(body)
 
 
 def _found_plan(db, plan_id: str) -> dict[str, Any]:

@@ -12,12 +12,20 @@ login and CSRF (auth.require_auth); a refusal is shown on the page with its stat
 Live refresh: static/dashboard.js fetches the same URL with `?fragment=1` every scrape interval
 and swaps the `<main>` content; the fragment answer carries `X-Last-Scrape` and `X-Rendered-At`
 headers for the "last scrape N s ago" clock in the header.
+
+Slots: /slots shows the live slot map as `chatops slots` and `GET /api/v1/slots` do (api.slots_view)
+and a migration panel that static/slots.js updates every second from `GET /api/v1/slots/progress`;
+a plan that moves slots shows the same panel on its page. Applying such a plan from the dashboard
+does not hold the browser for the whole migration: the apply runs on in the control plane and the
+answer, after at most APPLY_WAIT_S (time enough for a refusal), is the plan page with its progress.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import re
+import threading
 import time
 from pathlib import Path
 from typing import Any, Iterable
@@ -33,14 +41,17 @@ from flask import (
 )
 from markupsafe import Markup, escape
 
+from chat.sharding import SLOTS
 from cluster.durations import seconds
 from controlplane import incidents as lifecycle
 from controlplane.remediation import plans as remediation
 from controlplane.remediation.base import Busy, RemediationError
+from controlplane.resharding.slotmap import SlotMapError
 from controlplane.sources import figures
-from controlplane.web import auth, markdown, readmodel
+from controlplane.web import api, auth, markdown, readmodel
 
 bp = Blueprint("dashboard", __name__)
+log = logging.getLogger(__name__)
 
 SPARK_WINDOW_S = 600          # sparklines in tables: the last 10 minutes
 MAX_CHART_POINTS = 320        # longer series are reduced to one point (the max) per bucket
@@ -284,7 +295,10 @@ def _plan_page(plan_id: str, status: int = 200, notice: dict[str, Any] | None = 
         p = readmodel.plan_detail(db, plan_id)
     except readmodel.NotFound as exc:
         return _not_found(exc, "dashboard.plan", "plan_id")
-    return _page("plan.html", status=status, refresh=notice is None, p=p, notice=notice, title=f"Plan {plan_id}")
+    moves = api.moves_slots(p)
+    progress = api.plan_progress(current_app.extensions["chatops.run"], p) if moves else None
+    return _page("plan.html", status=status, refresh=notice is None, p=p, notice=notice, moves_slots=moves,
+                 progress=progress, title=f"Plan {plan_id}")
 
 
 @bp.post("/incidents/<int:incident_id>/plan")
@@ -323,21 +337,55 @@ def plan_again(plan_id: str):
     return _after_plan(new)
 
 
+APPLY_WAIT_S = 2.0      # a plan moving slots: wait this long for a refusal, then show its progress
+
+
+def _apply_and_verify(ctx, plan_id: str, actor: str) -> dict[str, Any]:
+    done = remediation.apply_plan(ctx, plan_id, actor)
+    if done["state"] == "applied" and done["verification"] is None:
+        remediation.verify_in_background(ctx, plan_id)
+    return done
+
+
+def _apply_running_on(ctx, plan_id: str, actor: str) -> bool:
+    """Apply in a thread of its own; True when it is still running after APPLY_WAIT_S. A refusal
+    (busy, stale, unreachable) comes within that time and is raised here as apply_plan raises it;
+    anything later ends in the plan's stored state and audit, as every apply does."""
+    raised: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            _apply_and_verify(ctx, plan_id, actor)
+        except (RemediationError, KeyError, OSError) as exc:
+            raised.append(exc)
+            log.warning("applying plan %s: %s", plan_id, exc)
+
+    worker = threading.Thread(target=run, name=f"apply-{plan_id}", daemon=True)
+    worker.start()
+    worker.join(APPLY_WAIT_S)
+    if raised:
+        raise raised[0]
+    return worker.is_alive()
+
+
 @bp.post("/plans/<plan_id>/apply")
 @auth.require_auth
 def apply_plan(plan_id: str):
     """Apply a reviewed plan, then watch its findings in the background; back to the page the
-    button was on (303), where the verification shows as it moves."""
+    button was on (303), where the verification shows as it moves. A plan that moves slots and is
+    still moving them after APPLY_WAIT_S goes to its own page, where the migration's progress shows."""
     p = _stored_plan(plan_id)
     ctx = remediation.context(current_app)
     try:
-        done = remediation.apply_plan(ctx, plan_id, auth.current_actor())
+        if api.moves_slots(p):
+            if _apply_running_on(ctx, plan_id, auth.current_actor()):
+                return redirect(url_for("dashboard.plan", plan_id=plan_id), code=303)
+        else:
+            _apply_and_verify(ctx, plan_id, auth.current_actor())
     except KeyError:
         abort(404, description=f"unknown plan {plan_id}")
     except RemediationError as exc:
         return _refused(p, exc)
-    if done["state"] == "applied" and done["verification"] is None:
-        remediation.verify_in_background(ctx, plan_id)
     return _after_plan(p)
 
 
@@ -363,6 +411,19 @@ def shards():
     rows = readmodel.shards(cf, store)
     _decorate_shards(store, rows)
     return _page("shards.html", shards=rows, title="Shards")
+
+
+@bp.get("/slots")
+def slots():
+    """The live slot map (from the shards and the kept file, as `chatops slots` reads it) and the
+    migration panel."""
+    app = current_app
+    run = app.extensions["chatops.run"]
+    try:
+        view, error = api.slots_view(app.config["CLUSTER"], app.config["CLUSTER_FILE"], run), None
+    except SlotMapError as exc:
+        view, error = None, str(exc)
+    return _page("slots.html", view=view, error=error, progress=api.progress_view(run), title="Slots")
 
 
 @bp.get("/shards/<name>")
@@ -623,6 +684,45 @@ def big_chart(points, unit: str = "", name: str = "", bad: bool = False) -> Mark
     return chart(points or [], unit, name, width=360, height=96, big=True, bad=bad)
 
 
+RANGES_SHOWN = 5
+
+
+def slot_ranges(ranges: list[list[int]], limit: int | None = RANGES_SHOWN) -> str:
+    """[[0, 2], [8192, 16383]] -> '0-2, 8192-16383'; past `limit` runs, 'and N more ranges'."""
+    if not ranges:
+        return "none"
+    shown = ranges if limit is None else ranges[:limit]
+    text = ", ".join(f"{a}-{b}" if a != b else str(a) for a, b in shown)
+    return text + (f" and {len(ranges) - len(shown)} more ranges" if len(ranges) > len(shown) else "")
+
+
+STALLED_S = 10.0         # a migration that has not written its progress for this long may have stopped
+
+
+def migration_state(p: dict[str, Any] | None, now: float | None = None) -> dict[str, Any]:
+    """What the migration panel shows (static/slots.js computes the same in the browser)."""
+    p = p or {"phase": "waiting"}
+    now = now or time.time()
+    total, moved = p.get("keys_total") or 0, p.get("keys_moved") or 0
+    slots_total, slots_done = p.get("slots_total") or 0, p.get("slots_done") or 0
+    if p.get("phase") == "done":
+        fraction = 1.0
+    elif total:
+        fraction = min(1.0, moved / total)
+    elif slots_total:
+        fraction = min(1.0, slots_done / slots_total)
+    else:
+        fraction = 0.0
+    at = p.get("written_at")
+    running = p.get("phase") in ("starting", "scanning", "moving", "publishing")
+    return {"fraction": fraction, "age_s": now - at if isinstance(at, (int, float)) else None,
+            "stalled": running and isinstance(at, (int, float)) and now - at > STALLED_S, "running": running}
+
+
+bp.add_app_template_filter(slot_ranges, "slot_ranges")
+bp.add_app_template_global(migration_state, "migration_state")
+bp.add_app_template_global(SLOTS, "SLOTS_TOTAL")
+bp.add_app_template_global(STALLED_S, "STALLED_S")
 bp.add_app_template_filter(fmt, "fmt")
 bp.add_app_template_filter(duration, "duration")
 bp.add_app_template_filter(clock, "clock")
