@@ -47,7 +47,8 @@ PARAMS = {
     "host": Param(str, required=True, choices=_hosts, help="a Redis host of the cluster file"),
     "port": Param(int, required=True, minimum=1024, maximum=65535),
     "move": Param(bool, default=True, help="move slots to it, chosen by load (default true)"),
-    "moves": Param(str, help="the slots to move, as chosen when the plan was made: src:slots;src:slots"),
+    "moves": Param(str, help="the slots to move, as chosen when the plan was made: src:slots;src:slots",
+                   max_len=200_000),
 }
 
 
@@ -132,7 +133,7 @@ def plan(ctx: Context, params: dict) -> Draft:
     except writeback.WritebackError as exc:
         raise BadParams("port", f"the cluster file cannot take this shard: {exc}") from None
     from cluster import clusterfile
-    new_cf = clusterfile.parse(edit.new_text, source=str(ctx.cluster_path)).spec
+    new_cf = clusterfile.parse(edit.new_text, source=str(ctx.cluster_path))
     try:
         reload_plan = proxy_reload.plan_reload(new_cf, ctx.run)
     except (proxy_reload.PlanError, haproxy_config.RenderError) as exc:
@@ -173,6 +174,17 @@ def apply(ctx: Context, params: dict, draft: Draft) -> Outcome:
     from cluster import clusterfile
     edit, moves = draft.details["edit"], draft.details["moves"]
     did: list[str] = []
+    # The map as it is, published and guarding every shard, before the file changes: once the
+    # file names one more shard, "nothing published yet" would read as an even split over all
+    # of them, which is not where the keys are.
+    with slotmaps.connections(ctx.cf) as conns:
+        try:
+            smap = slotmaps.load(ctx.cf, ctx.cluster_path, ctx.run, conns)
+            slotmaps.ensure_guards(smap, conns)
+            if smap.epoch == 0:
+                smap = slotmaps.publish(ctx.cf, ctx.cluster_path, ctx.run, smap, conns).slot_map
+        except slotmaps.SlotMapError as exc:
+            return Outcome(False, f"the slot map: {exc}")
     if edit.changed:
         try:
             writeback.apply_edit(edit)
@@ -199,8 +211,8 @@ def apply(ctx: Context, params: dict, draft: Draft) -> Outcome:
     with slotmaps.connections(cf) as conns:
         try:
             smap = slotmaps.load(cf, ctx.cluster_path, ctx.run, conns)
-            if smap.epoch == 0 or smap.names[-1] != params["name"] or not slotmaps.shard_copies(conns).get(
-                    params["name"]) or isinstance(slotmaps.shard_copies(conns)[params["name"]], str):
+            if not isinstance(slotmaps.shard_copies(conns).get(params["name"]), type(smap)):
+                # The grown map, on every shard the new one included: clues open its pool now.
                 smap = slotmaps.publish(cf, ctx.cluster_path, ctx.run, smap, conns).slot_map
         except slotmaps.SlotMapError as exc:
             return Outcome(False, f"{'; '.join(did)}; the slot map: {exc}", {"steps": did})

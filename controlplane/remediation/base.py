@@ -61,6 +61,7 @@ class Param:
     maximum: float | None = None
     choices: Callable[[Any], list] | tuple | None = None   # a tuple, or cf -> valid values
     help: str = ""
+    max_len: int = 200                  # text only: a slot list chosen by the planner is longer
 
 
 def validate(params: Any, spec: dict[str, Param], cf) -> dict[str, Any]:
@@ -109,8 +110,8 @@ def _convert(name: str, raw: Any, p: Param) -> Any:
         if not isinstance(raw, (int, float)) or (p.kind is int and not isinstance(raw, int)) or raw != raw:
             raise BadParams(name, f"{str(raw)[:40]!r} is not {'a whole number' if p.kind is int else 'a number'}")
         return p.kind(raw)
-    if not isinstance(raw, str) or not raw or len(raw) > 200 or not raw.isprintable():
-        raise BadParams(name, "must be one line of printable text, at most 200 characters")
+    if not isinstance(raw, str) or not raw or len(raw) > p.max_len or not raw.isprintable():
+        raise BadParams(name, f"must be one line of printable text, at most {p.max_len:,} characters")
     return raw
 
 

@@ -32,7 +32,8 @@ def _shards(cf) -> list[str]:
 
 PARAMS = {
     "name": Param(str, required=True, help="the shard to remove (the last one)"),
-    "moves": Param(str, help="where its slots go, as chosen when the plan was made: dst:slots;dst:slots"),
+    "moves": Param(str, help="where its slots go, as chosen when the plan was made: dst:slots;dst:slots",
+                   max_len=200_000),
 }
 
 

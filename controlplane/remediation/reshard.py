@@ -37,7 +37,8 @@ def _shards(cf) -> list[str]:
 PARAMS = {
     "shard": Param(str, required=True, choices=_shards, help="the shard to move slots away from"),
     "to_shard": Param(str, choices=_shards, help="where they go (default: chosen by load)"),
-    "slots": Param(str, help="slots to move, e.g. 0-99,512 (default: chosen by load)"),
+    "slots": Param(str, help="slots to move, e.g. 0-99,512 (default: chosen by load)",
+                   max_len=200_000),
     "fraction": Param(float, minimum=0.0, maximum=1.0, help="share of the shard's load to move, a hint"),
 }
 
