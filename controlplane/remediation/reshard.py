@@ -155,12 +155,13 @@ def plan(ctx: Context, params: dict) -> Draft:
 
 def apply(ctx: Context, params: dict, draft: Draft) -> Outcome:
     slots = draft.details["slots"]
-    what = {"action": NAME, "from": params["shard"], "to": params["to_shard"], "slots": params["slots"]}
+    short = describe_slots(slots)
+    what = {"action": NAME, "from": params["shard"], "to": params["to_shard"], "slots": short}
     try:
         result = migrate.move_slots(ctx.cf, ctx.cluster_path, ctx.run, params["shard"], params["to_shard"], slots,
                                     on_progress=progress.reporter(ctx.run, what))
     except (migrate.MigrationError, slotmaps.SlotMapError) as exc:
-        return Outcome(False, str(exc), {"slots": params["slots"]})
+        return Outcome(False, str(exc), {"slots": short})
     rate = result.keys_moved / result.seconds if result.seconds > 0 else 0.0
     detail = (f"moved {len(result.moved_slots)} slots, {result.keys_moved:,} keys from {params['shard']} to "
               f"{params['to_shard']} in {result.seconds:.1f} s ({rate:,.0f} keys/s); slot map epoch "
@@ -169,5 +170,5 @@ def apply(ctx: Context, params: dict, draft: Draft) -> Outcome:
         detail += f"; finished {result.resumed_slots} slots an earlier apply had left half moved"
     if result.publish_failed:
         detail += f"; not published to {', '.join(result.publish_failed)} (they redirect instead)"
-    return Outcome(True, detail, {"slots": params["slots"], "keys": result.keys_moved,
+    return Outcome(True, detail, {"slots": short, "keys": result.keys_moved,
                                   "epoch": result.slot_map.epoch})
