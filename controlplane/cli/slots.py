@@ -82,7 +82,7 @@ def print_view(view: dict) -> None:
 def slots(config: str | None, run_dir: str | None, as_json: bool) -> None:
     """The live slot map: epoch, where it came from, each shard's slots, share, ranges and published copy."""
     from controlplane.resharding.slotmap import SlotMapError
-    from controlplane.web.api import slots_view
+    from controlplane.resharding.slotmap import view as slots_view
 
     run = run_dir_of(run_dir)
     loaded = load(config, run)

@@ -14,7 +14,6 @@ disagreement is an error an operator must look at, never silently "fixed".
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from collections.abc import Iterator
@@ -228,5 +227,25 @@ def describe(smap: SlotMap) -> dict:
         {"name": n, "index": i, "slots": counts[i], "ranges": ranges[n]} for i, n in enumerate(smap.names)]}
 
 
-def dumps(smap: SlotMap) -> str:
-    return json.dumps(describe(smap))
+UNPUBLISHED = "the cluster file's even split"      # the source of a map never published
+
+
+def view(cf, cluster_path, run, timeout: float = TIMEOUT_S) -> dict:
+    """The current slot map as the API, the dashboard and `chatops slots` show it, read from the
+    shards and the kept file themselves (it needs no running control plane): `slotmap.describe()`,
+    plus `source` (where the current map came from), `file` (the kept copy's path and epoch, null
+    when there is none yet) and `copies` (each shard's published copy: its epoch, or why there is
+    none to read). Raises SlotMapError when the map cannot be read or disagrees with the cluster file."""
+    with connections(cf, timeout) as conns:
+        smap = load(cf, cluster_path, run, conns)
+        copies = shard_copies(conns)
+    path = path_for(cf, cluster_path, run)
+    stored = read_file(path)
+    if stored is not None and stored.epoch == smap.epoch:
+        source = str(path)
+    else:
+        source = next((f"{name}'s published copy" for name, c in copies.items()
+                       if not isinstance(c, str) and c.epoch == smap.epoch), UNPUBLISHED)
+    return {**describe(smap), "source": source,
+            "file": {"path": str(path), "epoch": None if stored is None else stored.epoch},
+            "copies": {name: c if isinstance(c, str) else c.epoch for name, c in copies.items()}}

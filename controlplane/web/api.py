@@ -4,7 +4,7 @@ cluster). docs/api.md is the reader's guide.
 
 Every figure comes from the read model (controlplane/readmodel.py), so the API and the dashboard
 never disagree; the slot map and a migration's progress are read where they are kept (the shards,
-the run directory: controlplane/resharding/) by `slots_view` and `progress_view` below, which the
+the run directory: controlplane/resharding/) by `slotmap.view` and `progress_view` below, which the
 dashboard and `chatops slots` use too. Read endpoints are open (the control plane listens on loopback); anything that
 changes state needs auth (controlplane/web/auth.py) and writes an audit record.
 
@@ -294,28 +294,6 @@ def runbook(name: str):
 
 SLOT_ACTIONS = frozenset({"reshard", "add_shard", "remove_shard", "relocate_shard"})   # they move slots
 SLOTS_TIMEOUT_S = 1.0       # per shard: a read of the map must not hang on a shard that does not answer
-UNPUBLISHED = "the cluster file's even split"      # the source of a map never published
-
-
-def slots_view(cf, cluster_path, run, timeout: float = SLOTS_TIMEOUT_S) -> dict[str, Any]:
-    """The current slot map as the API, the dashboard and `chatops slots` show it, read from the
-    shards and the kept file themselves (it needs no running control plane): `slotmap.describe()`,
-    plus `source` (where the current map came from), `file` (the kept copy's path and epoch, null
-    when there is none yet) and `copies` (each shard's published copy: its epoch, or why there is
-    none to read). Raises SlotMapError when the map cannot be read or disagrees with the cluster file."""
-    with slotmaps.connections(cf, timeout) as conns:
-        smap = slotmaps.load(cf, cluster_path, run, conns)
-        copies = slotmaps.shard_copies(conns)
-    path = slotmaps.path_for(cf, cluster_path, run)
-    stored = slotmaps.read_file(path)
-    if stored is not None and stored.epoch == smap.epoch:
-        source = str(path)
-    else:
-        source = next((f"{name}'s published copy" for name, c in copies.items()
-                       if not isinstance(c, str) and c.epoch == smap.epoch), UNPUBLISHED)
-    return {**slotmaps.describe(smap), "source": source,
-            "file": {"path": str(path), "epoch": None if stored is None else stored.epoch},
-            "copies": {name: c if isinstance(c, str) else c.epoch for name, c in copies.items()}}
 
 
 def progress_view(run) -> dict[str, Any]:
@@ -341,7 +319,8 @@ def slots():
     params()
     app = current_app
     try:
-        view = slots_view(app.config["CLUSTER"], app.config["CLUSTER_FILE"], app.extensions["chatops.run"])
+        view = slotmaps.view(app.config["CLUSTER"], app.config["CLUSTER_FILE"], app.extensions["chatops.run"],
+                             SLOTS_TIMEOUT_S)
     except slotmaps.SlotMapError as exc:
         abort(503, description=f"the slot map cannot be read: {exc}")
     return _json(view)

@@ -13,7 +13,7 @@ Live refresh: static/dashboard.js fetches the same URL with `?fragment=1` every 
 and swaps the `<main>` content; the fragment answer carries `X-Last-Scrape` and `X-Rendered-At`
 headers for the "last scrape N s ago" clock in the header.
 
-Slots: /slots shows the live slot map as `chatops slots` and `GET /api/v1/slots` do (api.slots_view)
+Slots: /slots shows the live slot map as `chatops slots` and `GET /api/v1/slots` do (resharding.slotmap.view)
 and a migration panel that static/slots.js updates every second from `GET /api/v1/slots/progress`;
 a plan that moves slots shows the same panel on its page. Applying such a plan from the dashboard
 does not hold the browser for the whole migration: the apply runs on in the control plane and the
@@ -46,6 +46,7 @@ from cluster.durations import seconds
 from controlplane import incidents as lifecycle
 from controlplane.remediation import plans as remediation
 from controlplane.remediation.base import Busy, RemediationError
+from controlplane.resharding import slotmap as slotmaps
 from controlplane.resharding.slotmap import SlotMapError
 from controlplane.sources import figures
 from controlplane.web import api, auth, markdown, readmodel
@@ -420,7 +421,7 @@ def slots():
     app = current_app
     run = app.extensions["chatops.run"]
     try:
-        view, error = api.slots_view(app.config["CLUSTER"], app.config["CLUSTER_FILE"], run), None
+        view, error = slotmaps.view(app.config["CLUSTER"], app.config["CLUSTER_FILE"], run, api.SLOTS_TIMEOUT_S), None
     except SlotMapError as exc:
         view, error = None, str(exc)
     return _page("slots.html", view=view, error=error, progress=api.progress_view(run), title="Slots")
