@@ -89,11 +89,18 @@ def _params(pairs: tuple[str, ...]) -> dict[str, str]:
     return out
 
 
+def _short(params: dict, limit: int = 80) -> dict:
+    """Parameters as a person reads them: a slot list chosen by the planner can run to thousands
+    of characters, and the diff below already shows it as ranges (--json has it whole)."""
+    return {k: (f"{v[:limit - 20]}... ({len(v):,} characters)" if isinstance(v, str) and len(v) > limit else v)
+            for k, v in params.items()}
+
+
 def print_plan(plan: dict) -> None:
     click.echo(f"plan {plan['id']}  {plan['action']} on {plan['subject']}  [{plan['state']}]"
                + (f"  incident {plan['incident_id']}" if plan.get("incident_id") else ""))
     for step in plan["steps"]:
-        click.echo(f"\n  {step['action']} {json.dumps(step['params'], sort_keys=True)}")
+        click.echo(f"\n  {step['action']} {json.dumps(_short(step['params']), sort_keys=True)}")
         click.echo(f"  {step['summary']}")
         for line in step["diff"]:
             click.echo(f"    {line}")
@@ -126,7 +133,8 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Machine-read
 @run_dir_option
 @json_option
 def plan_cmd(action: str, pairs: tuple[str, ...], config: str | None, run_dir: str | None, as_json: bool) -> None:
-    """Plan ACTION (kill_clients, set_redis_config, server_state, proxy_reload): show what would change."""
+    """Plan ACTION (kill_clients, set_redis_config, set_keepalive, server_state, restart_service,
+    proxy_reload, reshard, add_shard, remove_shard, relocate_shard): show what would change."""
     plan = _api(config, run_dir).call("POST", "/plans", {"action": action, "params": _params(pairs)})
     _emit(plan, as_json)
     if not as_json:
