@@ -178,6 +178,17 @@ def test_add_shard_then_reshard_cools_the_hot_shard_and_loses_nothing(monkeypatc
                                          if f["kind"] == "hot_shard" and f["subject"] == "shard0"), None),
                            60, 0.5, "shard0 to be found hot")
             assert hot["remediation"]["action"] == "reshard"
+            # The incident's plan is a real reshard: slots chosen by the load clue measured, with
+            # the keys and bytes to move and the load expected afterwards (not applied: the
+            # operator adds a shard first, which makes this plan stale).
+            incident = wait_for(lambda: next((i for i in db.incidents() if i["state"] == "open" and any(
+                f["id"] == hot["id"] for f in db.incident_findings(i["id"]))), None), 20, 0.5, "the incident")
+            proposal = api(base, "POST", f"/incidents/{incident['id']}/plan")
+            assert [(s["action"], s["params"]["shard"], s["params"]["to_shard"]) for s in proposal["steps"]] == \
+                [("reshard", "shard0", "shard1")], proposal
+            shown = "\n".join(proposal["steps"][0]["diff"])
+            assert "# planner (load, measured on" in shown and "expected load per shard" in shown, shown
+            assert " keys, about " in shown and "from shard0 to shard1" in shown, shown
 
             # 1. add_shard: planned with the slots it will take, then applied.
             plan = api(base, "POST", "/plans", {"action": "add_shard",
@@ -191,9 +202,7 @@ def test_add_shard_then_reshard_cools_the_hot_shard_and_loses_nothing(monkeypatc
             assert "shard2" in [s.name for s in clusterfile.load(c.config).spec.redis.shards]
 
             # 2. the incident's own fix, a load-aware reshard off the hot shard, if it is still hot.
-            incident = next((i for i in db.incidents() if i["state"] == "open"
-                             and any(f["kind"] == "hot_shard" for f in db.incident_findings(i["id"]))), None)
-            if incident is not None and db.finding(hot["id"])["state"] == "open":
+            if db.finding(hot["id"])["state"] == "open" and db.incident(incident["id"])["state"] == "open":
                 fix = api(base, "POST", f"/incidents/{incident['id']}/plan")
                 assert all(s["action"] == "reshard" for s in fix["steps"]), fix
                 assert api(base, "POST", f"/plans/{fix['id']}/apply")["state"] == "applied"
