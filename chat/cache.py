@@ -419,16 +419,17 @@ class ShardedCache:
             refused = slotguard.refusal(str(exc))
             if refused is None:
                 raise
-            slot, owner = refused
-            if owner < 0 or owner == shard:
-                # The old owner does not know where the slot went: the published map does.
+            unknown = False
+            for slot, owner in refused:
+                if owner < 0 or owner == shard:
+                    unknown = True      # the old owner does not know where it went: the map does
+                else:
+                    self._redirects[slot] = owner
+                    unknown |= owner >= len(self._raw)
+            if unknown:
                 await self._refresh_soon()
-                if self._owner(slot) == shard:
+                if any(self._owner(slot) == shard for slot, _ in refused):
                     await asyncio.sleep(0.01)
-            else:
-                self._redirects[slot] = owner
-                if owner >= len(self._raw):
-                    await self._refresh_soon()
             return None
         except _UNAVAILABLE as exc:
             raise self._unavailable(shard, exc, commands[0][0][0] if len(commands) == 1 else "pipeline") from exc

@@ -17,7 +17,7 @@ clue sends runs through one Lua script (`GUARD`) that checks it before running t
                        control plane is down still routes by the last map it can read.
 
 The script checks every slot of the batch before running anything, so a refused batch changes
-nothing; clue follows the redirect and resends. `MIGRATE_SLOTS` runs on the source shard and moves
+nothing; the refusal names every slot it refused and where each went, and clue resends there. `MIGRATE_SLOTS` runs on the source shard and moves
 a group of slots in one step: it copies their keys to the target (MIGRATE ... COPY REPLACE KEYS,
 keeping TTLs), deletes them here, and hands the slots over, all inside one script, so no client
 ever sees a slot half here and half there.
@@ -50,7 +50,7 @@ REFUSED = "CHATOPS-MOVED"       # not MOVED: redis-py would parse that as a Redi
 # reserved keys are read by name.
 GUARD = """
 local i, guarded = 2, nil
-local track = {}
+local track, refused = {}, {}
 for _ = 1, tonumber(ARGV[1]) do
   local slot, asking, nkeys = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
   local first = i + 3
@@ -58,13 +58,15 @@ for _ = 1, tonumber(ARGV[1]) do
   if redis.call('GETBIT', 'chatops:owned', slot) == 0 then
     if guarded == nil then guarded = redis.call('EXISTS', 'chatops:owned') == 1 end
     if guarded and not (asking == '1' and redis.call('HEXISTS', 'chatops:importing', slot) == 1) then
-      local to = redis.call('HGET', 'chatops:moved', slot)
-      return redis.error_reply('CHATOPS-MOVED ' .. slot .. ' ' .. (to or '-1'))
+      refused[#refused + 1] = slot .. ' ' .. (redis.call('HGET', 'chatops:moved', slot) or '-1')
     end
   end
   if nkeys > 0 and redis.call('GETBIT', 'chatops:tracked', slot) == 1 then
     track[#track + 1] = {slot, first, nkeys}
   end
+end
+if #refused > 0 then
+  return redis.error_reply('CHATOPS-MOVED ' .. table.concat(refused, ' '))
 end
 for _, t in ipairs(track) do
   redis.call('SADD', 'chatops:touched:' .. t[1], unpack(ARGV, t[2], t[2] + t[3] - 1))
@@ -141,16 +143,18 @@ def guard_args(slots: dict[int, list[Any]], asking: Iterable[int],
     return argv
 
 
-_REFUSAL = re.compile(r"CHATOPS-MOVED (\d+) (-?\d+)")
+_REFUSAL = re.compile(r"CHATOPS-MOVED((?: \d+ -?\d+)+)")
 
 
-def refusal(message: str) -> tuple[int, int] | None:
-    """(slot, new owner index or -1 when unknown) from a guard's refusal, else None."""
+def refusal(message: str) -> list[tuple[int, int]] | None:
+    """[(slot, new owner index or -1 when unknown), ...] from a guard's refusal (every slot of the
+    batch it refused, so one retry re-routes them all), else None."""
     m = _REFUSAL.search(str(message))
     if m is None:
         return None
-    slot, owner = int(m.group(1)), int(m.group(2))
-    return (slot, owner) if 0 <= slot < SLOTS else None
+    nums = [int(x) for x in m.group(1).split()]
+    pairs = [(nums[i], nums[i + 1]) for i in range(0, len(nums), 2) if 0 <= nums[i] < SLOTS]
+    return pairs or None
 
 
 def bitmap(slots: Iterable[int]) -> bytes:
