@@ -169,7 +169,7 @@ class ShardedCache:
 
     def __init__(self, endpoints: Sequence[ShardEndpoint], slot_map: SlotMap | None = None, *,
                  max_conns: int = 10, timeout: float | str = 0.1, logger: logging.Logger | None = None,
-                 client_name: str | None = None, decode_responses: bool = True):
+                 client_name: str | None = None, decode_responses: bool = True, read_map: bool = True):
         if not endpoints:
             raise ValueError("a sharded cache needs at least one shard")
         if [e.index for e in endpoints] != list(range(len(endpoints))):
@@ -197,6 +197,9 @@ class ShardedCache:
         self._raw = [aioredis.Redis(connection_pool=pool) for pool in self._pools]
         self._redirects: dict[int, int] = {}    # slot -> owner learned from a refusal, until the next map
         self._refreshing: asyncio.Task | None = None
+        # Read the shards' published map before the first command (False: keep the map given,
+        # as a test of a stale client does; refusals still redirect it).
+        self._map_checked = not read_map
         # Counters: plain lists and one Counter, since this runs once per Redis command.
         n = len(endpoints)
         self._ops_by_shard = [0] * n
@@ -223,7 +226,7 @@ class ShardedCache:
     def for_host(cls, cf: spec.ClusterFile, host: str, *, slot_map: SlotMap | None = None,
                  max_conns: int | None = None, timeout: float | str | None = None,
                  logger: logging.Logger | None = None, client_name: str | None = None,
-                 decode_responses: bool = True) -> ShardedCache:
+                 decode_responses: bool = True, read_map: bool = True) -> ShardedCache:
         """The cache as chat host `host` sees it: shard i at `<host address>:<listener port i>`,
         pool size and timeout from its cluster's clue settings unless given."""
         if host not in cf.hosts:
@@ -239,7 +242,7 @@ class ShardedCache:
         return cls(endpoints, slot_map,
                    max_conns=clue.cache_max_conns if max_conns is None else max_conns,
                    timeout=clue.cache_timeout if timeout is None else timeout,
-                   logger=logger, client_name=client_name, decode_responses=decode_responses)
+                   logger=logger, client_name=client_name, decode_responses=decode_responses, read_map=read_map)
 
     @staticmethod
     def _check_map(slot_map: SlotMap, n_shards: int) -> None:
@@ -315,6 +318,7 @@ class ShardedCache:
 
         Every shard holds a copy (the control plane writes it to all), so the map can be read
         while the control plane is down, and while some shards are."""
+        self._map_checked = True
         n = len(self._raw)
         epochs = await asyncio.gather(*(self._raw[i].get(slotguard.EPOCH) for i in range(n)),
                                       return_exceptions=True)
@@ -363,6 +367,16 @@ class ShardedCache:
     async def _execute(self, shard: int, commands: list[tuple[tuple, dict]], raise_on_error: bool) -> list[Any]:
         """Run `commands` (a pipeline's stack: (args, options) each) through the slot guard,
         starting on `shard`; a refused part is re-routed by the redirect and resent."""
+        if not self._map_checked:
+            # A short-lived client (a CLI command, the loadgen's setup) that never follows the
+            # map still starts from the published one, not the cluster file's even split.
+            try:
+                await self.refresh_map()
+            except Exception:  # noqa: BLE001 -- unreadable now: the guard's redirects still route
+                pass
+            keys = command_keys(commands[0][0]) if commands else ()
+            if keys:
+                shard = self.shard_of(keys[0])
         results: list[Any] = [None] * len(commands)
         groups = {shard: list(range(len(commands)))}
         for attempt in range(MAX_REDIRECTS + 1):

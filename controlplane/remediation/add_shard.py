@@ -84,11 +84,8 @@ def resolve(ctx: Context, params: dict) -> tuple[list[dict], list[str]]:
             smap = _grown(ctx, slotmaps.load(ctx.cf, ctx.cluster_path, ctx.run, conns), params["name"])
         except slotmaps.SlotMapError as exc:
             raise Unavailable(str(exc)) from None
-    try:
-        measured = slot_loads.slot_rates(ctx.cf)
-        rates, where = measured.rates, f"measured on {len(measured.answered)} clue(s)"
-    except slot_loads.NoLoadData as exc:
-        rates, where = {}, f"no load measured ({exc})"
+    measured = slot_loads.measure(ctx.cf, smap)
+    rates, where = measured.loads, "; ".join(measured.notes)
     new = smap.n_shards - 1
     chosen = planner.plan(rates, smap, fill=new)
     moves = ";".join(f"{smap.names[a]}:{describe_slots(slots, limit=len(slots))}"
@@ -124,9 +121,12 @@ def _answers(address: str, port: int) -> bool:
 
 
 def plan(ctx: Context, params: dict) -> Draft:
-    done = params["name"] in [s.name for s in ctx.cf.redis.shards]
+    entry = next((s for s in ctx.cf.redis.shards if s.name == params["name"]), None)
+    done = entry is not None
     if not done:
         _check_new(ctx, params)
+    elif (entry.host, entry.port) != (params["host"], params["port"]):
+        raise BadParams("name", f"{params['name']} is already a shard, on {entry.host}:{entry.port}")
     index = len(ctx.cf.redis.shards) - (1 if done else 0)
     try:
         edit = writeback.plan_edit(ctx.cluster_path, {} if done else {f"redis.shards.{index}": _shard_doc(params)})
@@ -160,8 +160,10 @@ def plan(ctx: Context, params: dict) -> Draft:
     if not moves:
         diff.append(f"no slots move ({'move=false' if not params['move'] else 'the planner chose none'}); "
                     f"reshard to {params['name']} later")
-    state = {"cluster_file": writeback.current(edit) if not done else "has the shard",
-             "shards": [s.name for s in ctx.cf.redis.shards]}
+    # What the plan depends on, and what this plan's own apply does not change: the other shards.
+    # So an apply cut short after writing the file (the shard did not start, a reload failed, the
+    # control plane died) is finished by applying the same plan again.
+    state = {"other_shards": [(s.name, s.host, s.port) for s in ctx.cf.redis.shards if s.name != params["name"]]}
     summary = f"add {params['name']} on {params['host']}:{params['port']}" + (
         f" and move {total} slots to it" if total else "")
     return Draft(summary=summary, diff=diff,
@@ -211,6 +213,9 @@ def apply(ctx: Context, params: dict, draft: Draft) -> Outcome:
     with slotmaps.connections(cf) as conns:
         try:
             smap = slotmaps.load(cf, ctx.cluster_path, ctx.run, conns)
+            # The new shard is guarded from the start (owning nothing), so a client that writes
+            # there by mistake is refused rather than served.
+            slotmaps.ensure_guards(smap, conns)
             if not isinstance(slotmaps.shard_copies(conns).get(params["name"]), type(smap)):
                 # The grown map, on every shard the new one included: clues open its pool now.
                 smap = slotmaps.publish(cf, ctx.cluster_path, ctx.run, smap, conns).slot_map

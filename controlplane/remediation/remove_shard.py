@@ -87,20 +87,34 @@ def resolve(ctx: Context, params: dict) -> tuple[list[dict], list[str]]:
     leaving = _check(ctx, params)
     smap = _map(ctx)
     slots = smap.slots_of(leaving)
-    try:
-        loads = slot_loads.slot_rates(ctx.cf).rates
-    except slot_loads.NoLoadData:
-        loads = {}
+    loads = slot_loads.measure(ctx.cf, smap).loads
     chosen = spread(slots, loads, smap, leaving)
     moves = ";".join(f"{smap.names[i]}:{describe_slots(v, limit=len(v))}" for i, v in chosen.items())
     return [{**params, "moves": moves or "none"}], []
 
 
+def _still_listening(ctx: Context, name: str) -> list[str]:
+    """Chat hosts whose HAProxy config still has the shard's listener (an apply cut short before
+    the reload)."""
+    out = []
+    for host, _ in ctx.cf.chat_hosts():
+        try:
+            text = ctx.run.haproxy_config(host).read_text()
+        except OSError:
+            continue
+        if f"listen redis-{name}\n" in text:
+            out.append(host)
+    return out
+
+
 def plan(ctx: Context, params: dict) -> Draft:
     names = _shards(ctx.cf)
     if params["name"] not in names:
-        return Draft(summary=f"{params['name']} is not in the cluster any more", diff=[], state={"gone": True},
-                     changes=False)
+        hosts = _still_listening(ctx, params["name"])
+        return Draft(summary=f"{params['name']} is out of the cluster file" + (
+                         f"; reload HAProxy on {', '.join(hosts)} without its listener" if hosts else ""),
+                     diff=[f"HAProxy on {h}: remove listener redis-{params['name']}" for h in hosts],
+                     state={"gone": True}, details={"moves": [], "reload_only": True}, changes=bool(hosts))
     leaving = _check(ctx, params)
     smap = _map(ctx)
     moves: list[tuple[str, list[int]]] = []
@@ -129,15 +143,26 @@ def plan(ctx: Context, params: dict) -> Draft:
     diff.append(f"stop redis-server {params['name']} (the local supervisor, when the file changes)")
     diff.append(f"publish the slot map without {params['name']}; regenerate and reload HAProxy without "
                 f"listener {ctx.cf.listener_port(leaving)} on every chat host")
-    state = {"shards": names, "cluster_file": writeback.current(edit)}
+    state = {"shards": names}
     return Draft(summary=f"drain and remove {params['name']} ({len(owned)} slots to move)", diff=diff,
                  preconditions=[f"{params['name']} is the last shard", "every shard answers"], state=state,
                  details={"edit": edit, "moves": moves, "index": leaving})
 
 
+def _reload(ctx: Context, cf, did: list[str]) -> Outcome | None:
+    for hp in proxy_reload.plan_reload(cf, ctx.run).hosts:
+        r = proxy_reload._reload_host(ctx.run, hp)
+        if not r.ok:
+            return Outcome(False, "; ".join(did + [f"HAProxy on {hp.host}: {r.detail}"]), {"steps": did})
+    did.append("HAProxy reloaded without its listener")
+    return None
+
+
 def apply(ctx: Context, params: dict, draft: Draft) -> Outcome:
     from cluster import clusterfile
     did: list[str] = []
+    if draft.details.get("reload_only"):
+        return _reload(ctx, ctx.cf, did) or Outcome(True, "; ".join(did), {"shard": params["name"], "steps": did})
     for dst, slots in draft.details["moves"]:
         what = {"action": NAME, "from": params["name"], "to": dst, "slots": describe_slots(slots)}
         try:
@@ -149,18 +174,15 @@ def apply(ctx: Context, params: dict, draft: Draft) -> Outcome:
     smap = _map(ctx)
     if smap.counts()[draft.details["index"]]:
         return Outcome(False, "; ".join(did + [f"{params['name']} still owns slots; plan again"]), {"steps": did})
+    # The map without it first, while the file still names it: clues drop its pool, and an apply
+    # cut short here leaves a file and a map that still agree (it owns nothing) for the next one.
+    with slotmaps.connections(ctx.cf) as conns:
+        published = slotmaps.publish(ctx.cf, ctx.cluster_path, ctx.run, smap.shrunk(), conns)
+    did.append(f"slot map epoch {published.slot_map.epoch} without {params['name']}")
     try:
         writeback.apply_edit(draft.details["edit"])
     except writeback.WritebackError as exc:
         return Outcome(False, "; ".join(did + [f"the cluster file was not changed: {exc}"]), {"steps": did})
     did.append(f"{ctx.cluster_path.name}: removed {params['name']}")
     cf = clusterfile.load(ctx.cluster_path).spec
-    with slotmaps.connections(cf) as conns:
-        published = slotmaps.publish(cf, ctx.cluster_path, ctx.run, smap.shrunk(), conns)
-    did.append(f"slot map epoch {published.slot_map.epoch} without {params['name']}")
-    for hp in proxy_reload.plan_reload(cf, ctx.run).hosts:
-        r = proxy_reload._reload_host(ctx.run, hp)
-        if not r.ok:
-            return Outcome(False, "; ".join(did + [f"HAProxy on {hp.host}: {r.detail}"]), {"steps": did})
-    did.append("HAProxy reloaded without its listener")
-    return Outcome(True, "; ".join(did), {"shard": params["name"], "steps": did})
+    return _reload(ctx, cf, did) or Outcome(True, "; ".join(did), {"shard": params["name"], "steps": did})

@@ -76,11 +76,8 @@ def resolve(ctx: Context, params: dict) -> tuple[list[dict], list[str]]:
         targets = [_index(smap, params["to_shard"], "to_shard")]
         if targets[0] == source:
             raise BadParams("to_shard", "is the shard the slots move away from")
-    try:
-        measured = slot_loads.slot_rates(ctx.cf)
-        rates, where = measured.rates, f"measured on {len(measured.answered)} clue(s) over 1 s"
-    except slot_loads.NoLoadData as exc:
-        rates, where = {}, f"no load measured ({exc})"
+    measured = slot_loads.measure(ctx.cf, smap)
+    rates, where = measured.loads, "; ".join(measured.notes)
     # The detector may suggest fraction 0 (nothing measured to move): then balance by the load.
     chosen = planner.plan(rates, smap, source=source, targets=targets, fraction=params.get("fraction") or None)
     notes = [f"planner ({chosen.by}, {where}): {chosen.reason}"]

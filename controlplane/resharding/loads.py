@@ -15,7 +15,7 @@ Two sources, each a pure part beside a thin fetch:
   minute), so it ranks keys; it is not a rate. `hits` converts each counter to the accesses it
   likely took (hot_shard.lfu_hits) before summing, which makes slots comparable.
 
-How to combine them (not done here; the remediation that builds a plan decides): take clue's
+How they are combined (`combine`, pure; `measure` fetches both for the actions): take clue's
 rates as they are. For each shard, the ops clue does not explain are the shard's own ops/s
 (INFO, less the control plane's own commands; see hot_shard.own_ops) minus clue's rates for the
 slots that shard owns. Spread that remainder over the sampled slots that clue did *not* count,
@@ -38,8 +38,8 @@ from collectors.resp import Conn, RedisError
 from collectors.services import fetch
 from controlplane.detectors.hot_shard import lfu_hits
 
-__all__ = ["LfuSample", "NoLoadData", "SlotLoads", "clue_targets", "lfu_samples", "parse_slot_stats",
-           "rates_between", "slot_rates"]
+__all__ = ["LfuSample", "Measured", "NoLoadData", "SlotLoads", "clue_targets", "combine", "lfu_samples",
+           "measure", "parse_slot_stats", "rates_between", "slot_rates"]
 
 PATH = "/v1/stats/slots"
 RESERVED_PREFIX = b"chatops:"        # the control plane's own keys (slot map, locks): not chat load
@@ -224,3 +224,74 @@ def lfu_samples(conn: Conn, n: int = 200) -> LfuSample:
         sampled += 1
     return LfuSample(freq, hits, sampled, policy)
 
+
+
+# ---------------------------------------------------------------------------------------------
+# Both together, for a plan
+# ---------------------------------------------------------------------------------------------
+
+def combine(clue: Mapping[int, float], owners, shard_ops: Mapping[int, float],
+            samples: Mapping[int, LfuSample]) -> tuple[dict[int, float], dict[int, float]]:
+    """Per-slot load: clue's rates as they are, plus, on each shard, the ops/s clue does not explain
+    (`shard_ops[i]` less clue's rates on the slots shard i owns) spread over the LFU-sampled slots
+    clue did not count, in proportion to their `hits`. `owners(slot)` is the slot's shard index.
+    Returns (loads, the part estimated from LFU by shard index)."""
+    out = {s: float(v) for s, v in clue.items() if v > 0}
+    counted: dict[int, float] = {}
+    for slot, v in out.items():
+        counted[owners(slot)] = counted.get(owners(slot), 0.0) + v
+    estimated: dict[int, float] = {}
+    for shard, sample in samples.items():
+        rest = max(0.0, float(shard_ops.get(shard, 0.0)) - counted.get(shard, 0.0))
+        unseen = {slot: h for slot, h in sample.hits.items() if slot not in out and owners(slot) == shard and h > 0}
+        total = sum(unseen.values())
+        if rest <= 0 or total <= 0:
+            continue
+        for slot, h in unseen.items():
+            out[slot] = rest * h / total
+        estimated[shard] = rest
+    return out, estimated
+
+
+@dataclass
+class Measured:
+    loads: dict[int, float]
+    notes: list[str]
+
+
+def measure(cf, smap, window_s: float = 1.0, samples: int = 200) -> Measured:
+    """What a plan weighs: clue's per-slot rates over `window_s`, completed by each shard's LFU
+    samples for the load clue does not see. Never raises for a missing source: the notes say what
+    was measured and what was not, and empty loads mean "plan by slot count"."""
+    from collectors.redis import parse_info
+    notes: list[str] = []
+    try:
+        clue = slot_rates(cf, window_s)
+        notes.append(f"clue's per-slot counters on {len(clue.answered)} chat host(s) over {clue.window_s:.1f} s"
+                     + (f"; not answering: {', '.join(clue.failed)}" if clue.failed else ""))
+        rates = clue.rates
+    except NoLoadData as exc:
+        notes.append(f"no clue answered ({exc})")
+        rates = {}
+    shard_ops: dict[int, float] = {}
+    sampled: dict[int, LfuSample] = {}
+    for index, shard in enumerate(cf.redis.shards):
+        if index >= smap.n_shards:
+            continue
+        try:
+            with Conn(cf.address(shard.host), shard.port, 2.0, source_address(cf)) as conn:
+                info = parse_info(conn.call("INFO", "stats"))
+                shard_ops[index] = float(info.get("stats", {}).get("instantaneous_ops_per_sec", 0) or 0)
+                sample = lfu_samples(conn, samples)
+        except (OSError, RedisError) as exc:
+            notes.append(f"{shard.name}: no LFU sample ({exc})")
+            continue
+        if sample.note:
+            notes.append(f"{shard.name}: no LFU sample ({sample.note})")
+        else:
+            sampled[index] = sample
+    loads, estimated = combine(rates, smap.shard_of_slot, shard_ops, sampled)
+    if estimated:
+        notes.append("load clue does not see, spread by LFU samples: " + ", ".join(
+            f"{smap.names[i]} {v:,.0f} ops/s" for i, v in sorted(estimated.items())))
+    return Measured(loads, notes)

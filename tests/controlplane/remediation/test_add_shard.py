@@ -18,6 +18,7 @@ import time
 import urllib.request
 from urllib.parse import urlsplit
 
+import pytest
 import redis
 
 from chat import keys
@@ -25,6 +26,7 @@ from chat.cache import ShardedCache
 from chat.sharding import SlotMap, key_slot
 from cluster import clusterfile
 from controlplane.database import Database
+from controlplane.remediation.base import BadParams
 from tests.conftest import live_controlplane, loadgen_report, start_loadgen, wait_for
 
 TOKEN = "add-shard-test-token"
@@ -187,7 +189,7 @@ def test_add_shard_then_reshard_cools_the_hot_shard_and_loses_nothing(monkeypatc
             assert [(s["action"], s["params"]["shard"], s["params"]["to_shard"]) for s in proposal["steps"]] == \
                 [("reshard", "shard0", "shard1")], proposal
             shown = "\n".join(proposal["steps"][0]["diff"])
-            assert "# planner (load, measured on" in shown and "expected load per shard" in shown, shown
+            assert "# planner (load, clue's per-slot counters on" in shown and "expected load per shard" in shown, shown
             assert " keys, about " in shown and "from shard0 to shard1" in shown, shown
 
             # 1. add_shard: planned with the slots it will take, then applied.
@@ -251,3 +253,33 @@ def test_add_shard_then_reshard_cools_the_hot_shard_and_loses_nothing(monkeypatc
         # Every step is in the audit, by the API's actor.
         actions = [a["action"] for a in db.audit(limit=50)]
         assert "remediation.add_shard" in actions
+
+
+def test_an_add_shard_cut_short_after_writing_the_file_is_finished_by_the_same_plan(tmp_path, subnet, run_dir):
+    """The state an apply leaves when it dies right after writing the cluster file (the shard did
+    not come up, a reload failed, the control plane was killed): applying the plan again finishes
+    it instead of calling it stale."""
+    from cluster import writeback
+    from cluster.rundir import RunDir
+    from controlplane.remediation import plans
+    from controlplane.remediation.base import Context
+    from tests.conftest import cluster_up, small_cluster, write_cluster
+
+    config = write_cluster(tmp_path / "cluster.yaml", small_cluster(subnet))
+    with cluster_up(config, run_dir):
+        cf = clusterfile.load(config).spec
+        ctx = Context(cf=cf, cluster_path=config, run=RunDir(run_dir), db=Database(run_dir / "cp.sqlite3"))
+        plan = plans.make_plan(ctx, [("add_shard", {"name": "shard2", "host": "redis2", "port": 6380})], "tester")
+        writeback.apply_edit(writeback.plan_edit(config, {"redis.shards.2": {"name": "shard2", "host": "redis2",
+                                                                             "port": 6380}}))
+        done = plans.apply_plan(ctx, plan["id"], "tester")
+        assert done["state"] == "applied", done["result"]
+        assert "answers on" in done["result"]["detail"] and "moved" in done["result"]["detail"]
+        # A second add_shard of the same name elsewhere is refused with where it is.
+        again = clusterfile.load(config).spec
+        ctx.cf = again
+        with pytest.raises(BadParams, match="shard2 is already a shard"):
+            plans.make_plan(ctx, [("add_shard", {"name": "shard2", "host": "redis1", "port": 6390})], "tester")
+        with pytest.raises(BadParams, match="already a shard, on redis2:6380"):
+            plans.make_plan(ctx, [("add_shard", {"name": "shard2", "host": "redis1", "port": 6390,
+                                                 "move": False})], "tester")

@@ -172,3 +172,18 @@ def test_lfu_samples_explain_a_policy_without_counters_and_an_empty_shard(lfu_re
                            "(allkeys-lfu or volatile-lfu)")
     with pytest.raises(ValueError, match="n must be a whole number >= 1"):
         lfu_samples(conn, n=0)
+
+
+def test_lfu_fills_in_only_the_load_clue_does_not_see():
+    from controlplane.resharding.loads import LfuSample, combine
+    owners = {1: 0, 2: 0, 3: 0, 9: 1}.get
+    clue = {1: 100.0, 9: 50.0}
+    samples = {0: LfuSample({1: 5, 2: 5, 3: 5}, {1: 999.0, 2: 30.0, 3: 10.0}, 3, "allkeys-lfu"),
+               1: LfuSample({9: 5}, {9: 10.0}, 1, "allkeys-lfu")}
+    loads, estimated = combine(clue, owners, {0: 500.0, 1: 40.0}, samples)
+    # Shard 0 does 500 ops/s, clue explains 100: the other 400 go to slots 2 and 3 by their hits
+    # (3:1); slot 1 keeps clue's measurement however hot its sample looks. Shard 1 has nothing
+    # unexplained (clue counts more than INFO's rolling estimate): nothing is added there.
+    assert loads == {1: 100.0, 9: 50.0, 2: 300.0, 3: 100.0}
+    assert estimated == {0: 400.0}
+    assert combine({}, owners, {0: 0.0}, samples) == ({}, {})
