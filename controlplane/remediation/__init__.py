@@ -6,6 +6,7 @@ from controlplane.remediation import (
     add_shard,
     kill_clients,
     proxy_reload,
+    relocate_shard,
     remove_shard,
     reshard,
     restart_service,
@@ -16,4 +17,4 @@ from controlplane.remediation import (
 
 # By name, as a plan or a finding's suggested remediation names them.
 ACTIONS = {m.NAME: m for m in (kill_clients, set_redis_config, set_keepalive, server_state, restart_service,
-                               proxy_reload, reshard, add_shard, remove_shard)}
+                               proxy_reload, reshard, add_shard, remove_shard, relocate_shard)}
