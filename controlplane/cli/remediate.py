@@ -6,8 +6,8 @@ audit, so a plan made here can be reviewed on the dashboard and applied from eit
 way in runs the same code. The token comes from the variable the cluster file names
 (`controlplane.auth_token_env`), as for any API client.
 
-An apply blocks until it is done. For a plan that moves slots (reshard, add_shard, remove_shard,
-relocate_shard: its JSON has `progress`), `chatops apply` polls `GET /api/v1/slots/progress`
+An apply blocks until it is done. For a plan that moves slots (reshard, add_shard, remove_shard:
+its JSON has `progress`), `chatops apply` polls `GET /api/v1/slots/progress`
 meanwhile and shows the migration on stderr: one redrawn bar on a terminal, else a line at most
 every 2 s and at each phase change.
 """

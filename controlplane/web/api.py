@@ -292,7 +292,7 @@ def runbook(name: str):
 
 # -- the slot map and the migration moving it -------------------------------------------------------
 
-SLOT_ACTIONS = frozenset({"reshard", "add_shard", "remove_shard", "relocate_shard"})   # they move slots
+SLOT_ACTIONS = frozenset({"reshard", "add_shard", "remove_shard"})   # they move slots
 SLOTS_TIMEOUT_S = 1.0       # per shard: a read of the map must not hang on a shard that does not answer
 
 
