@@ -15,6 +15,8 @@ An action module defines:
 - `VERIFY`: the finding kinds whose resolution shows the fix worked (`verify` watches them).
 - `WRITES_CLUSTER_FILE = True` for an action that writes the cluster file back: its applies also
   take the file's lock, so two of them re-plan and write in turn.
+- `ALSO_LOCKS`: subjects besides its own that its apply holds (relocate_shard holds `slotmap` and
+  `haproxy:all`, so no slot move or reload runs across its switch).
 
 The engine (plans.py) does the rest the same way for every action: ids, storage, the lock, the
 stale check, idempotence (a plan applies at most once), the audit record and the verification.

@@ -141,7 +141,9 @@ def apply_plan(ctx: Context, plan_id: str, actor: str) -> dict[str, Any]:
     # Steps that write the cluster file also take its lock: two of them re-plan and write in turn.
     writes = ["cluster-file"] if any(getattr(_action(s["action"]), "WRITES_CLUSTER_FILE", False)
                                      for s in steps) else []
-    with _locked(ctx, [s["subject"] for s in steps] + writes):
+    # Subjects an action changes besides its own, whose other applies must wait (ALSO_LOCKS).
+    also = [lock for s in steps for lock in getattr(_action(s["action"]), "ALSO_LOCKS", ())]
+    with _locked(ctx, [s["subject"] for s in steps] + writes + also):
         claimed = ctx.db.claim_plan(plan_id, actor)
         if claimed is None:
             current = ctx.db.plan(plan_id)

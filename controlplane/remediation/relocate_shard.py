@@ -72,6 +72,12 @@ log = logging.getLogger(__name__)
 
 NAME = "relocate_shard"
 WRITES_CLUSTER_FILE = True
+# Between the first switch and the final reload the listeners' runtime addresses are ahead of the
+# configs on disk: a reload by another apply meanwhile would point a chat host back at the old
+# primary (READONLY by then). Every chat host's lock keeps those out until this is done, and the
+# slot map's keeps a slot migration (which writes to the shards by address) from running across
+# the switch.
+ALSO_LOCKS = ("haproxy:all", "slotmap")
 VERIFY = ("hot_shard",)
 
 START_TIMEOUT_S = 30.0    # for the supervisor to start a process the file now names
@@ -585,17 +591,6 @@ def _gone(place: Place) -> bool:
 
 
 def apply(ctx: Context, params: dict, draft: Draft) -> Outcome:
-    # Between the first switch and the final reload the listeners' runtime addresses are ahead of
-    # the configs on disk: a reload by another apply meanwhile would point a chat host back at the
-    # old primary (READONLY by then). Every chat host's lock keeps those out until this is done, and
-    # the slot map's keeps a slot migration (which writes to the shards by address) from running
-    # across the switch.
-    from controlplane.remediation import plans
-    with plans._locked(ctx, ["haproxy:all", "slotmap"]):
-        return _apply(ctx, params, draft)
-
-
-def _apply(ctx: Context, params: dict, draft: Draft) -> Outcome:
     d = draft.details
     phase, i = d["phase"], d["index"]
     source, target, through = d["source"], d["target"], d["through"]

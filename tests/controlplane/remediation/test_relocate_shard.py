@@ -26,7 +26,7 @@ from collectors import haproxy as haproxy_stats
 from collectors.haproxy_runtime import command
 from controlplane.database import Database
 from controlplane.remediation import plans, relocate_shard
-from controlplane.remediation.base import BadParams, Context
+from controlplane.remediation.base import BadParams, Busy, Context
 from tests.conftest import (
     cluster_up,
     loadgen_report,
@@ -247,10 +247,11 @@ def test_an_existing_replica_carries_the_data_and_a_switch_already_made_is_finis
             assert replanned["fingerprint"] == step["fingerprint"]
             assert replanned["diff"][3].endswith("(made by an earlier apply; finished, not repeated)"), replanned["diff"]
 
-            # While a slot migration holds the slot map, the apply refuses and touches nothing.
+            # While a slot migration holds the slot map, the apply is refused (409) and touches nothing.
             with plans._locked(ctx, ["slotmap"]):
-                busy = plans.apply_plan(ctx, plan["id"], "tester")
-            assert busy["state"] == "failed" and "another apply holds slotmap" in busy["result"]["detail"], busy
+                with pytest.raises(Busy, match="another apply holds slotmap"):
+                    plans.apply_plan(ctx, plan["id"], "tester")
+            assert ctx.db.plan(plan["id"])["state"] == "planned"
             assert clusterfile.load(config).spec.redis.shards[0].host == "redis1"
 
             done = plans.apply_plan(ctx, plan["id"], "tester")
