@@ -281,6 +281,14 @@ class Conn:
         self.sock.sendall(b"".join(encode_command(*c) for c in commands))
         return [self._reply() for _ in commands]
 
+    def send(self, commands: list[tuple]) -> None:
+        """`pipeline` in two halves, so the round trip can overlap other work: send now, and
+        `recv(len(commands))` later, before anything else is sent on this connection."""
+        self.sock.sendall(b"".join(encode_command(*c) for c in commands))
+
+    def recv(self, n: int) -> list[Any]:
+        return [self._reply() for _ in range(n)]
+
     def close(self) -> None:
         try:
             self.sock.close()

@@ -25,17 +25,23 @@ failed group changes nothing: the source keeps its keys (COPY first) and its own
 
 from __future__ import annotations
 
+import binascii
+import socket
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+import hiredis
+
 from chat import slotguard
-from chat.sharding import SlotMap, describe_slots, key_slot
-from collectors.resp import Conn, RedisError
+from chat.sharding import SlotMap, describe_slots
+from collectors.resp import Conn, RedisError, encode_command
 from controlplane.resharding import slotmap as slotmaps
 
-SCAN_COUNT = 5000
-GROUP_KEYS = 4000          # keys per script: a few ms of the source's time, a few times a second
+SCAN_COUNT = 20000         # keys per SCAN call: ~20 ms of the source's time at most
+GROUP_KEYS = 2000          # keys in the first group; later groups are sized by SCRIPT_MS
+SCRIPT_MS = 25.0           # how long one group may hold the source: far inside clue's 100 ms cache_timeout
+MIN_GROUP_KEYS = 100
 GROUP_SLOTS = 256
 MIGRATE_TIMEOUT_MS = 5000
 
@@ -86,20 +92,51 @@ class Result:
 
 
 def scan_slots(conn: Conn, slots: set[int] | None = None, count: int = SCAN_COUNT) -> dict[int, list[bytes]]:
-    """Every key on the shard, by slot (only `slots`, when given); the guard's own keys excluded."""
+    """Every key on the shard, by slot (only `slots`, when given); the guard's own keys excluded.
+
+    A million keys take one SCAN walk, so this reads the replies on a socket of its own with a
+    bare hiredis reader: collectors.resp's framer guards against hostile lengths at about three
+    times the cost per key, and these are our own shards, whose SCAN replies hold at most `count`
+    keys. The slot is computed inline (CRC16 of the hash tag): a function call per key was a
+    third of the scan's time."""
+    host, port = conn.address.rsplit(":", 1)
+    source = conn.sock.getsockname()[0]
     out: dict[int, list[bytes]] = {}
-    cursor = b"0"
     prefix = slotguard.PREFIX.encode()
-    while True:
-        cursor, batch = conn.call("SCAN", cursor, "COUNT", count)
-        for key in batch:
-            if key.startswith(prefix):
-                continue
-            slot = key_slot(key)
-            if slots is None or slot in slots:
-                out.setdefault(slot, []).append(key)
-        if cursor in (b"0", "0", 0):
-            return out
+    crc = binascii.crc_hqx
+    with socket.create_connection((host, int(port)), timeout=conn.sock.gettimeout(),
+                                  source_address=(source, 0)) as sock:
+        reader = hiredis.Reader()
+        cursor = b"0"
+        while True:
+            sock.sendall(encode_command("SCAN", cursor, "COUNT", count))
+            reply = reader.gets()
+            while reply is False:
+                data = sock.recv(1 << 20)
+                if not data:
+                    raise RedisError("the shard closed the connection during SCAN")
+                reader.feed(data)
+                reply = reader.gets()
+            if isinstance(reply, Exception) or not isinstance(reply, list) or len(reply) != 2:
+                raise RedisError(f"SCAN answered {str(reply)[:200]}")
+            cursor, batch = reply
+            for key in batch:
+                a = key.find(b"{")
+                if a >= 0:
+                    b = key.find(b"}", a + 1)
+                    slot = crc(key[a + 1:b] if b > a + 1 else key, 0) & 16383
+                else:
+                    if key.startswith(prefix):
+                        continue
+                    slot = crc(key, 0) & 16383
+                if slots is None or slot in slots:
+                    bucket = out.get(slot)
+                    if bucket is None:
+                        out[slot] = [key]
+                    else:
+                        bucket.append(key)
+            if cursor == b"0":
+                return out
 
 
 def _hash_fields(conn: Conn, key: str) -> dict[int, int]:
@@ -137,17 +174,27 @@ def slot_state(source: Conn, target: Conn, src: int, dst: int, slots: Iterable[i
     return state
 
 
-def _groups(slots: list[int], keys: dict[int, list[bytes]], group_keys: int, group_slots: int):
+def _next_group(slots: list[int], start: int, keys: dict[int, list[bytes]], group_keys: int,
+                group_slots: int) -> list[int]:
+    """Slots from `start` on, until they hold `group_keys` keys or `group_slots` slots."""
     group: list[int] = []
     n = 0
-    for s in slots:
+    for s in slots[start:]:
         group.append(s)
         n += len(keys.get(s, ()))
         if n >= group_keys or len(group) >= group_slots:
-            yield group
-            group, n = [], 0
-    if group:
-        yield group
+            break
+    return group
+
+
+def next_size(size: int, keys: int, took_ms: float, cap: int) -> int:
+    """The next group's key count: the rate the last group ran at, for SCRIPT_MS of the source's
+    time, moving at most half-way from `size` at once (one slow round trip must not halve it)."""
+    if keys <= 0 or took_ms <= 0:
+        return size
+    aim = keys * SCRIPT_MS / took_ms
+    size = int(size + max(-size / 2, min(size / 2, aim - size)))
+    return max(MIN_GROUP_KEYS, min(cap, size))
 
 
 def _check(replies: list, what: str) -> list:
@@ -162,8 +209,9 @@ def move_slots(cf, cluster_path, run, source: str, target: str, slots: Iterable[
                group_slots: int = GROUP_SLOTS, stop_after_groups: int | None = None) -> Result:
     """Move `slots` from shard `source` to shard `target` (names), then publish the new map.
 
-    `stop_after_groups` stops (raising MigrationError) after that many groups, as a crash
-    would: for tests of resuming, and nothing else."""
+    Groups start at `group_keys` keys and are then sized so that each holds the source for about
+    SCRIPT_MS (never more than 4 x group_keys). `stop_after_groups` stops (raising
+    MigrationError) after that many groups, as a crash would: for tests of resuming only."""
     started = time.time()
     progress = Progress()
     report = on_progress or (lambda p: None)
@@ -185,6 +233,9 @@ def move_slots(cf, cluster_path, run, source: str, target: str, slots: Iterable[
         src_conn, dst_conn = conns[source], conns[target]
         slotmaps.ensure_guards(smap, conns)
         state = slot_state(src_conn, dst_conn, src, dst, wanted, names)
+        # Slots an earlier attempt began (the target already imports them) may have stale copies
+        # there: those groups clear them first.
+        retried = set(_hash_fields(dst_conn, slotguard.IMPORTING)) & set(state.todo)
         progress.slots_total = len(wanted)
         progress.slots_done = len(state.done)
         note("starting", f"{len(state.todo)} slots to move, {len(state.half)} to finish, {len(state.done)} done")
@@ -196,7 +247,7 @@ def move_slots(cf, cluster_path, run, source: str, target: str, slots: Iterable[
         keys_moved = 0
         try:
             if state.todo:
-                keys_moved = _move(src_conn, dst_conn, cf, target, src, dst, state.todo, progress, note,
+                keys_moved = _move(src_conn, dst_conn, cf, target, src, dst, state.todo, retried, progress, note,
                                    group_keys, group_slots, stop_after_groups, finished)
         except (MigrationError, OSError, RedisError) as exc:
             failure = exc if isinstance(exc, MigrationError) else MigrationError(f"{type(exc).__name__}: {exc}")
@@ -212,15 +263,28 @@ def move_slots(cf, cluster_path, run, source: str, target: str, slots: Iterable[
                       published.failed)
 
 
-def _take(dst_conn: Conn, slots: list[int]) -> None:
+def _take_commands(slots: list[int]) -> list[tuple]:
     """The target takes slots the source has handed over: it owns them, no longer imports them."""
     cmds: list[tuple] = []
     for s in slots:
         cmds += [("SETBIT", slotguard.OWNED, s, 1), ("HDEL", slotguard.IMPORTING, s), ("HDEL", slotguard.MOVED, s)]
-    _check(dst_conn.pipeline(cmds), "the target could not take its slots")
+    return cmds
 
 
-def _move(src_conn, dst_conn, cf, target, src, dst, todo, progress, note, group_keys, group_slots,
+def _take(dst_conn: Conn, slots: list[int]) -> None:
+    _check(dst_conn.pipeline(_take_commands(slots)), "the target could not take its slots")
+
+
+def _run_group(src_conn: Conn, argv: list) -> int:
+    try:
+        return int(src_conn.call("EVALSHA", slotguard.MIGRATE_SLOTS_SHA, 0, *argv))
+    except RedisError as exc:
+        if "NOSCRIPT" not in str(exc):
+            raise
+    return int(src_conn.call("EVAL", slotguard.MIGRATE_SLOTS, 0, *argv))
+
+
+def _move(src_conn, dst_conn, cf, target, src, dst, todo, retried, progress, note, group_keys, group_slots,
           stop_after_groups, finished) -> int:
     # 2. importing on the target first: a redirected batch must never find the target refusing.
     _check(dst_conn.pipeline([("HSET", slotguard.IMPORTING, s, src) for s in todo]), "marking slots importing")
@@ -232,36 +296,57 @@ def _move(src_conn, dst_conn, cf, target, src, dst, todo, progress, note, group_
     note("moving")
     s = next(x for x in cf.redis.shards if x.name == target)
     host, port = cf.address(s.host), s.port
-    moved = 0
-    for n, group in enumerate(_groups(todo, keys, group_keys, group_slots)):
-        if stop_after_groups is not None and n >= stop_after_groups:
-            raise MigrationError(f"stopped after {n} groups, as asked")
-        # A key recorded since tracking began may have a stale copy on the target from an
-        # earlier, failed attempt (deleted here since): clear those before copying again.
-        touched = _check(src_conn.pipeline([("SMEMBERS", f"{slotguard.TOUCHED}{x}") for x in group]),
-                         "reading recorded keys")
-        stale = [k for members in touched for k in members]
-        if stale:
-            _check(dst_conn.pipeline([("DEL", *stale[i:i + 1000]) for i in range(0, len(stale), 1000)]),
-                   "clearing stale copies on the target")
-        argv: list = [host, port, MIGRATE_TIMEOUT_MS, dst, len(group)]
-        for x in group:
-            ks = keys.get(x, [])
-            argv += [x, len(ks), *ks]
-        try:
+    moved, start, n, size = 0, 0, 0, group_keys
+    pending: list[int] = []          # the last group, whose hand-over the target has not confirmed
+    try:
+        while start < len(todo):
+            if stop_after_groups is not None and n >= stop_after_groups:
+                raise MigrationError(f"stopped after {n} groups, as asked")
+            group = _next_group(todo, start, keys, size, group_slots)
+            stale_slots = [x for x in group if x in retried]
+            if stale_slots:
+                if pending:             # the target's connection must be in step before other use
+                    _check(dst_conn.recv(3 * len(pending)), "the target could not take its slots")
+                    finished += pending
+                    pending = []
+                # A key recorded since tracking began may have a stale copy on the target from the
+                # earlier attempt (deleted here since): clear those before copying again.
+                touched = _check(src_conn.pipeline([("SMEMBERS", f"{slotguard.TOUCHED}{x}") for x in stale_slots]),
+                                 "reading recorded keys")
+                stale = [k for members in touched for k in members]
+                if stale:
+                    _check(dst_conn.pipeline([("DEL", *stale[i:i + 1000]) for i in range(0, len(stale), 1000)]),
+                           "clearing stale copies on the target")
+            group_keys_list = [k for x in group for k in keys.get(x, ())]
+            argv = slotguard.migrate_args(host, port, MIGRATE_TIMEOUT_MS, dst, group, group_keys_list)
+            began = time.perf_counter()
             try:
-                count = src_conn.call("EVALSHA", slotguard.MIGRATE_SLOTS_SHA, 0, *argv)
+                count = _run_group(src_conn, argv)
             except RedisError as exc:
-                if "NOSCRIPT" not in str(exc):
-                    raise
-                count = src_conn.call("EVAL", slotguard.MIGRATE_SLOTS, 0, *argv)
-        except RedisError as exc:
-            raise MigrationError(f"moving slots {describe_slots(group)} failed, nothing of them moved: {exc}") from None
-        _take(dst_conn, group)
-        finished += group
-        moved += int(count)
-        progress.keys_moved = moved
-        progress.keys_total = max(progress.keys_total, moved)
-        progress.slots_done = len(finished)
-        note("moving")
+                raise MigrationError(f"moving slots {describe_slots(group)} failed, nothing of them moved: "
+                                     f"{exc}") from None
+            took_ms = (time.perf_counter() - began) * 1000
+            # The previous group's hand-over was sent before this script ran; confirm it now, and
+            # send this one's without waiting: the target's round trip overlaps the next script.
+            if pending:
+                _check(dst_conn.recv(3 * len(pending)), "the target could not take its slots")
+                finished += pending
+            dst_conn.send(_take_commands(group))
+            pending = group
+            size = next_size(size, len(group_keys_list), took_ms, 4 * group_keys)
+            start += len(group)
+            n += 1
+            moved += count
+            progress.keys_moved = moved
+            progress.keys_total = max(progress.keys_total, moved)
+            progress.slots_done = len(finished)
+            note("moving")
+    finally:
+        if pending:
+            try:
+                _check(dst_conn.recv(3 * len(pending)), "the target could not take its slots")
+                finished += pending
+            except (OSError, RedisError, MigrationError):
+                pass        # not taken: the next apply finds these slots handed over, and finishes them
+    progress.slots_done = len(finished)
     return moved

@@ -122,8 +122,8 @@ def test_migrate_slots_copies_keeps_ttls_deletes_and_hands_over(r, subnet):
         r.set("{a}.x", "1", ex=500)
         r.hset("{a}.h", "f", "v")
         r.sadd(f"{slotguard.TOUCHED}{slot}", "{a}.h", "{a}.gone")       # recorded; one deleted since
-        moved = r.execute_command("EVAL", slotguard.MIGRATE_SLOTS, 0, address, port, 5000, 3, 1,
-                                  slot, 1, "{a}.x")
+        moved = r.execute_command("EVAL", slotguard.MIGRATE_SLOTS, 0,
+                                  *slotguard.migrate_args(address, port, 5000, 3, [slot], ["{a}.x"]))
         assert moved == 2
         assert r.exists("{a}.x", "{a}.h") == 0 and target.get("{a}.x") == b"1" and target.ttl("{a}.x") > 400
         assert target.hget("{a}.h", "f") == b"v"
@@ -135,7 +135,8 @@ def test_migrate_slots_copies_keeps_ttls_deletes_and_hands_over(r, subnet):
         r.set("{q}.k", "v")
         target.shutdown(nosave=True)
         with pytest.raises(redis.ResponseError):
-            r.execute_command("EVAL", slotguard.MIGRATE_SLOTS, 0, address, port, 500, 3, 1, other, 1, "{q}.k")
+            r.execute_command("EVAL", slotguard.MIGRATE_SLOTS, 0,
+                              *slotguard.migrate_args(address, port, 500, 3, [other], ["{q}.k"]))
         assert r.get("{q}.k") == b"v" and other in slotguard.owned_slots(r.get(slotguard.OWNED))
     finally:
         proc.kill()

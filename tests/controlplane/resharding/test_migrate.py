@@ -164,8 +164,8 @@ def test_a_migration_cut_short_is_finished_by_running_it_again(cluster, run_dir)
     half = left[0]
     keys = migrate.scan_slots(s0_conn := slotmaps.connect(cf, "shard0"), {half}).get(half, [])
     shard1 = cf.redis.shards[1]
-    s0_conn.call("EVAL", slotguard.MIGRATE_SLOTS, 0, cf.address(shard1.host), shard1.port, 5000, 1, 1,
-                 half, len(keys), *keys)
+    s0_conn.call("EVAL", slotguard.MIGRATE_SLOTS, 0,
+                 *slotguard.migrate_args(cf.address(shard1.host), shard1.port, 5000, 1, [half], keys))
     s0_conn.close()
     assert half not in set(slotguard.owned_slots(s0.get(slotguard.OWNED)))
     assert half not in set(slotguard.owned_slots(s1.get(slotguard.OWNED)))
@@ -180,3 +180,12 @@ def test_a_migration_cut_short_is_finished_by_running_it_again(cluster, run_dir)
         assert where.get(key) == value.encode(), key
     assert set(slots).isdisjoint(slotguard.owned_slots(s0.get(slotguard.OWNED)))
     assert set(slots) <= set(slotguard.owned_slots(s1.get(slotguard.OWNED)))
+
+
+def test_groups_are_sized_for_a_short_hold_on_the_source():
+    # 2,000 keys took 50 ms: aim for 25 ms, but move at most half-way at once.
+    assert migrate.next_size(2000, 2000, 50.0, 8000) == 1000
+    assert migrate.next_size(2000, 2000, 5.0, 8000) == 3000          # fast: grows, by half at most
+    assert migrate.next_size(7000, 7000, 5.0, 8000) == 8000          # never past the cap
+    assert migrate.next_size(150, 150, 500.0, 8000) == migrate.MIN_GROUP_KEYS
+    assert migrate.next_size(2000, 0, 3.0, 8000) == 2000             # an empty group says nothing
