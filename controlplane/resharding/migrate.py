@@ -40,7 +40,7 @@ from controlplane.resharding import slotmap as slotmaps
 
 SCAN_COUNT = 20000         # keys per SCAN call: ~20 ms of the source's time at most
 GROUP_KEYS = 2000          # keys in the first group; later groups are sized by SCRIPT_MS
-SCRIPT_MS = 25.0           # how long one group may hold the source: far inside clue's 100 ms cache_timeout
+SCRIPT_MS = 30.0           # how long one group may hold the source: far inside clue's 100 ms cache_timeout
 MIN_GROUP_KEYS = 100
 GROUP_SLOTS = 256
 MIGRATE_TIMEOUT_MS = 5000
@@ -275,15 +275,6 @@ def _take(dst_conn: Conn, slots: list[int]) -> None:
     _check(dst_conn.pipeline(_take_commands(slots)), "the target could not take its slots")
 
 
-def _run_group(src_conn: Conn, argv: list) -> int:
-    try:
-        return int(src_conn.call("EVALSHA", slotguard.MIGRATE_SLOTS_SHA, 0, *argv))
-    except RedisError as exc:
-        if "NOSCRIPT" not in str(exc):
-            raise
-    return int(src_conn.call("EVAL", slotguard.MIGRATE_SLOTS, 0, *argv))
-
-
 def _move(src_conn, dst_conn, cf, target, src, dst, todo, retried, progress, note, group_keys, group_slots,
           stop_after_groups, finished) -> int:
     # 2. importing on the target first: a redirected batch must never find the target refusing.
@@ -296,19 +287,19 @@ def _move(src_conn, dst_conn, cf, target, src, dst, todo, retried, progress, not
     note("moving")
     s = next(x for x in cf.redis.shards if x.name == target)
     host, port = cf.address(s.host), s.port
-    moved, start, n, size = 0, 0, 0, group_keys
-    pending: list[int] = []          # the last group, whose hand-over the target has not confirmed
+    # Loaded once, so every group is an EVALSHA that can be sent before the previous one answers.
+    sha = src_conn.call("SCRIPT", "LOAD", slotguard.MIGRATE_SLOTS)
+    run = _Groups(src_conn, dst_conn, finished, progress, note, group_keys)
+    start, n = 0, 0
     try:
         while start < len(todo):
             if stop_after_groups is not None and n >= stop_after_groups:
+                run.drain()
                 raise MigrationError(f"stopped after {n} groups, as asked")
-            group = _next_group(todo, start, keys, size, group_slots)
+            group = _next_group(todo, start, keys, run.size, group_slots)
             stale_slots = [x for x in group if x in retried]
             if stale_slots:
-                if pending:             # the target's connection must be in step before other use
-                    _check(dst_conn.recv(3 * len(pending)), "the target could not take its slots")
-                    finished += pending
-                    pending = []
+                run.drain()             # both connections in step before other use
                 # A key recorded since tracking began may have a stale copy on the target from the
                 # earlier attempt (deleted here since): clear those before copying again.
                 touched = _check(src_conn.pipeline([("SMEMBERS", f"{slotguard.TOUCHED}{x}") for x in stale_slots]),
@@ -318,35 +309,77 @@ def _move(src_conn, dst_conn, cf, target, src, dst, todo, retried, progress, not
                     _check(dst_conn.pipeline([("DEL", *stale[i:i + 1000]) for i in range(0, len(stale), 1000)]),
                            "clearing stale copies on the target")
             group_keys_list = [k for x in group for k in keys.get(x, ())]
-            argv = slotguard.migrate_args(host, port, MIGRATE_TIMEOUT_MS, dst, group, group_keys_list)
-            began = time.perf_counter()
-            try:
-                count = _run_group(src_conn, argv)
-            except RedisError as exc:
-                raise MigrationError(f"moving slots {describe_slots(group)} failed, nothing of them moved: "
-                                     f"{exc}") from None
-            took_ms = (time.perf_counter() - began) * 1000
-            # The previous group's hand-over was sent before this script ran; confirm it now, and
-            # send this one's without waiting: the target's round trip overlaps the next script.
-            if pending:
-                _check(dst_conn.recv(3 * len(pending)), "the target could not take its slots")
-                finished += pending
-            dst_conn.send(_take_commands(group))
-            pending = group
-            size = next_size(size, len(group_keys_list), took_ms, 4 * group_keys)
+            run.send(group, len(group_keys_list), ("EVALSHA", sha, 0, *slotguard.migrate_args(
+                host, port, MIGRATE_TIMEOUT_MS, dst, group, group_keys_list)))
             start += len(group)
             n += 1
-            moved += count
-            progress.keys_moved = moved
-            progress.keys_total = max(progress.keys_total, moved)
-            progress.slots_done = len(finished)
-            note("moving")
+        run.drain()
     finally:
-        if pending:
-            try:
-                _check(dst_conn.recv(3 * len(pending)), "the target could not take its slots")
-                finished += pending
-            except (OSError, RedisError, MigrationError):
-                pass        # not taken: the next apply finds these slots handed over, and finishes them
-    progress.slots_done = len(finished)
-    return moved
+        run.drain(quiet=True)
+    return run.moved
+
+
+class _Groups:
+    """The groups in flight. The next group's script is sent before the last one's reply is read,
+    so the source never waits on this process between groups (while one script runs, the next is
+    built and queued), and each group's hand-over to the target is sent without waiting: its
+    round trip overlaps the next script. A group that failed stops the run after the ones in
+    flight have been read, so both connections stay in step for the publication after it."""
+
+    def __init__(self, src_conn: Conn, dst_conn: Conn, finished: list[int], progress: Progress, note,
+                 group_keys: int):
+        self.src, self.dst, self.finished, self.progress, self.note = src_conn, dst_conn, finished, progress, note
+        self.size, self.cap = group_keys, 4 * group_keys
+        self.moved = 0
+        self.flying: list[tuple[list[int], int, float]] = []     # scripts sent, replies not read
+        self.taking: list[int] = []                             # handed over, target not confirmed
+        self.last = time.perf_counter()
+        self.failure: MigrationError | None = None
+
+    def send(self, group: list[int], nkeys: int, command: tuple) -> None:
+        self.src.send([command])
+        self.flying.append((group, nkeys, time.perf_counter()))
+        while len(self.flying) > 1:
+            self._land()
+        if self.failure is not None:
+            self.drain()
+
+    def _confirm(self) -> None:
+        if self.taking:
+            taking, self.taking = self.taking, []
+            _check(self.dst.recv(3 * len(taking)), "the target could not take its slots")
+            self.finished += taking
+
+    def _land(self) -> None:
+        group, nkeys, sent = self.flying.pop(0)
+        reply, = self.src.recv(1)
+        now = time.perf_counter()
+        took_ms = (now - max(sent, self.last)) * 1000      # from when the source could start it
+        self.last = now
+        if isinstance(reply, RedisError):
+            self.failure = self.failure or MigrationError(
+                f"moving slots {describe_slots(group)} failed, nothing of them moved: {reply}")
+            return
+        self._confirm()
+        self.dst.send(_take_commands(group))
+        self.taking = group
+        self.moved += int(reply)
+        self.size = next_size(self.size, nkeys, took_ms, self.cap)
+        p = self.progress
+        p.keys_moved, p.keys_total = self.moved, max(p.keys_total, self.moved)
+        p.slots_done = len(self.finished)
+        self.note("moving")
+
+    def drain(self, quiet: bool = False) -> None:
+        """Read every reply still due; raise the first failure (unless `quiet`, on the way out of
+        an error already raised)."""
+        try:
+            while self.flying:
+                self._land()
+            self._confirm()
+        except (OSError, RedisError, MigrationError):
+            if not quiet:
+                raise
+        if self.failure is not None and not quiet:
+            raise self.failure
+

@@ -183,9 +183,10 @@ def test_a_migration_cut_short_is_finished_by_running_it_again(cluster, run_dir)
 
 
 def test_groups_are_sized_for_a_short_hold_on_the_source():
-    # 2,000 keys took 50 ms: aim for 25 ms, but move at most half-way at once.
-    assert migrate.next_size(2000, 2000, 50.0, 8000) == 1000
-    assert migrate.next_size(2000, 2000, 5.0, 8000) == 3000          # fast: grows, by half at most
-    assert migrate.next_size(7000, 7000, 5.0, 8000) == 8000          # never past the cap
-    assert migrate.next_size(150, 150, 500.0, 8000) == migrate.MIN_GROUP_KEYS
+    aim = migrate.SCRIPT_MS
+    # 2,000 keys took twice the aim: half as many next time.
+    assert migrate.next_size(2000, 2000, 2 * aim, 8000) == 1000
+    assert migrate.next_size(2000, 2000, aim / 10, 8000) == 3000     # fast: grows, by half at most
+    assert migrate.next_size(7000, 7000, aim / 10, 8000) == 8000     # never past the cap
+    assert migrate.next_size(150, 150, 20 * aim, 8000) == migrate.MIN_GROUP_KEYS
     assert migrate.next_size(2000, 0, 3.0, 8000) == 2000             # an empty group says nothing
