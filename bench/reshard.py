@@ -12,8 +12,9 @@ raised to 2gb so a million keys are not evicted by its 256mb allkeys-lfu), start
    `{room}.ratelimits` hash, two `{room}.rl.u.<window>` hashes and eight `{room}.rl.r.<second>`
    counters, the last two with a TTL (EX 3600). `seed_s` is how long the writes took.
 2. Load, from 3 s before the move until 3 s after it: `python -m chat.loadgen` (measured: its
-   report gives completeness, NOTICEs, disconnects, lost messages) at `--rate` (300) msgs/s over
-   every room, `--clients` (200) receivers, from its own loopback address; and a writer process
+   report gives completeness, NOTICEs, disconnects, lost messages) at `--rate` (100) msgs/s over
+   every room, `--clients` (100) receivers, from its own loopback address -- ten times the message
+   rate `make run`'s traffic sends, about 10,000 deliveries a second; and a writer process
    doing `--writes` (200) HINCRBYs/s through chat1's shard listeners with the chat's own client
    (`ShardedCache`, following the published map), half of them into moving slots, each success
    counted. The room `degentp` hashes to slot 3898, which moves with either `--slots` choice, so
@@ -47,8 +48,13 @@ per command (INFO commandstats), and this process's CPU time.
 Progress goes to stderr; the last stdout line is one JSON object (targets: keys_per_s >= 50,000,
 lost_keys = 0, completeness = 1.0).
 
-    python -m bench.reshard [--json] [--keys 1000000] [--slots alternate|upper] [--rate 300]
-        [--clients 200] [--writes 200] [--group-keys 4000] [--group-slots 256] [--no-baseline]
+The load shares the machine's two cores with everything else, and the move is bounded by the
+CPU the source and target redis-servers get: at `--rate 300 --clients 200` (60,000 deliveries a
+second) both cores are ~99% busy and the same move runs at about half the speed. Quote that run
+next to the default one.
+
+    python -m bench.reshard [--json] [--keys 1000000] [--slots alternate|upper] [--rate 100]
+        [--clients 100] [--writes 200] [--group-keys 2000] [--group-slots 256] [--no-baseline]
         [--keep]
 """
 
@@ -463,8 +469,8 @@ def main() -> None:
     ap.add_argument("--keys", type=int, default=1_000_000, help="keys seeded on shard0 (default 1,000,000)")
     ap.add_argument("--slots", choices=("alternate", "upper"), default="alternate",
                     help="which half of shard0's slots moves: every other slot, or the upper half")
-    ap.add_argument("--rate", type=float, default=300.0, help="load generator msgs/s during the move")
-    ap.add_argument("--clients", type=int, default=200, help="load generator receivers")
+    ap.add_argument("--rate", type=float, default=100.0, help="load generator msgs/s during the move")
+    ap.add_argument("--clients", type=int, default=100, help="load generator receivers")
     ap.add_argument("--writes", type=float, default=200.0, help="counted writer HINCRBYs/s during the move")
     ap.add_argument("--group-keys", type=int, default=migrate.GROUP_KEYS)
     ap.add_argument("--group-slots", type=int, default=migrate.GROUP_SLOTS)

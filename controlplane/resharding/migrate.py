@@ -107,9 +107,8 @@ def scan_slots(conn: Conn, slots: set[int] | None = None, count: int = SCAN_COUN
     with socket.create_connection((host, int(port)), timeout=conn.sock.gettimeout(),
                                   source_address=(source, 0)) as sock:
         reader = hiredis.Reader()
-        cursor = b"0"
+        sock.sendall(encode_command("SCAN", b"0", "COUNT", count))
         while True:
-            sock.sendall(encode_command("SCAN", cursor, "COUNT", count))
             reply = reader.gets()
             while reply is False:
                 data = sock.recv(1 << 20)
@@ -120,6 +119,9 @@ def scan_slots(conn: Conn, slots: set[int] | None = None, count: int = SCAN_COUN
             if isinstance(reply, Exception) or not isinstance(reply, list) or len(reply) != 2:
                 raise RedisError(f"SCAN answered {str(reply)[:200]}")
             cursor, batch = reply
+            if cursor != b"0":
+                # The next call goes out before this batch is sorted: Redis walks on meanwhile.
+                sock.sendall(encode_command("SCAN", cursor, "COUNT", count))
             for key in batch:
                 a = key.find(b"{")
                 if a >= 0:
