@@ -154,3 +154,4 @@ class Context:
     store: Any = None
     admin: Any = None
     on_cluster_change: Any = None    # called with the new model after an action rewrote the file
+    replanning: bool = False         # plan() is the apply's re-check: skip what only informs a reader

@@ -156,6 +156,7 @@ def apply_plan(ctx: Context, plan_id: str, actor: str) -> dict[str, Any]:
                 raise Busy(f"plan {plan_id} is being applied right now")
             ctx.db.add_audit(actor, "remediation.resume", plan["subject"], "ok", plan_id=plan_id,
                              detail="an earlier apply of this plan stopped before it finished; resuming")
+        ctx.replanning = True
         try:
             fresh = [_draft(ctx, s["action"], s["params"]) for s in steps]
         except (RemediationError, OSError) as exc:
@@ -163,6 +164,8 @@ def apply_plan(ctx: Context, plan_id: str, actor: str) -> dict[str, Any]:
             if isinstance(exc, RemediationError):
                 raise
             raise Unavailable(f"re-planning failed: {exc}") from None
+        finally:
+            ctx.replanning = False
         # A step already as asked is done, whatever else moved; one still to do must find the
         # state its plan was reviewed against.
         moved = [f"{s['action']} on {s['subject']}" for s, (_, _, d) in zip(steps, fresh)

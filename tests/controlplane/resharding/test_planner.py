@@ -235,7 +235,7 @@ def test_keys_and_bytes_totals_and_the_time_estimate():
     p = plan(loads, EVEN3, keys=keys, nbytes=nbytes)
     assert p.keys == 10 * 388 + 1000 and p.bytes == 100 * 389
     assert plan(loads, EVEN3).keys is None
-    assert estimate_seconds(p.keys) == pytest.approx(4880 / 100_000)
+    assert estimate_seconds(p.keys) == pytest.approx(4880 / 90_000)
     assert estimate_seconds(250_000, keys_per_s=50_000) == 5.0
     for bad in (-1, 1.5, True):
         with pytest.raises(ValueError, match="keys must be a whole number"):
