@@ -49,19 +49,23 @@ REFUSED = "CHATOPS-MOVED"       # not MOVED: redis-py would parse that as a Redi
 # (argc, args...). Keys are passed as arguments, not KEYS: these are standalone shards, and the
 # reserved keys are read by name.
 GUARD = """
-local i, guarded = 2, nil
+local owned = redis.call('GET', 'chatops:owned')
+local tracked = redis.call('GET', 'chatops:tracked')
+local function has(bits, slot)
+  local byte = bits and string.byte(bits, math.floor(slot / 8) + 1)
+  return byte ~= nil and bit.band(byte, 2 ^ (7 - slot % 8)) ~= 0
+end
+local i = 2
 local track, refused = {}, {}
 for _ = 1, tonumber(ARGV[1]) do
-  local slot, asking, nkeys = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
+  local slot, asking, nkeys = tonumber(ARGV[i]), ARGV[i + 1], tonumber(ARGV[i + 2])
   local first = i + 3
   i = first + nkeys
-  if redis.call('GETBIT', 'chatops:owned', slot) == 0 then
-    if guarded == nil then guarded = redis.call('EXISTS', 'chatops:owned') == 1 end
-    if guarded and not (asking == '1' and redis.call('HEXISTS', 'chatops:importing', slot) == 1) then
-      refused[#refused + 1] = slot .. ' ' .. (redis.call('HGET', 'chatops:moved', slot) or '-1')
-    end
+  if owned and not has(owned, slot)
+      and not (asking == '1' and redis.call('HEXISTS', 'chatops:importing', slot) == 1) then
+    refused[#refused + 1] = slot .. ' ' .. (redis.call('HGET', 'chatops:moved', slot) or '-1')
   end
-  if nkeys > 0 and redis.call('GETBIT', 'chatops:tracked', slot) == 1 then
+  if nkeys > 0 and tracked and has(tracked, slot) then
     track[#track + 1] = {slot, first, nkeys}
   end
 end
