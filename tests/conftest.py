@@ -304,3 +304,36 @@ def loadgen_report(proc: subprocess.Popen, timeout: float = 60) -> dict:
             proc.kill()
     assert out.strip(), f"loadgen printed no report:\n{err[-2000:]}"
     return json.loads(out.strip().splitlines()[-1])
+
+
+@contextmanager
+def api_token(token: str):
+    """CHATOPS_API_TOKEN set for a control plane started inside the block (module-scoped fixtures
+    cannot use monkeypatch), and put back as it was afterwards."""
+    old = os.environ.get("CHATOPS_API_TOKEN")
+    os.environ["CHATOPS_API_TOKEN"] = token
+    try:
+        yield token
+    finally:
+        if old is None:
+            os.environ.pop("CHATOPS_API_TOKEN", None)
+        else:
+            os.environ["CHATOPS_API_TOKEN"] = old
+
+
+def api_json(base: str, method: str, path: str, body=None, *, token: str, timeout: float = 300) -> tuple[int, dict]:
+    """One request to the control plane's /api/v1`path` with the bearer token: (status, JSON body)."""
+    import http.client
+    from urllib.parse import urlsplit
+    u = urlsplit(base)
+    headers = {"Authorization": f"Bearer {token}"}
+    data = None
+    if body is not None:
+        data, headers["Content-Type"] = json.dumps(body).encode(), "application/json"
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=timeout)
+    try:
+        conn.request(method, "/api/v1" + path, body=data, headers=headers)
+        r = conn.getresponse()
+        return r.status, json.loads(r.read() or b"{}")
+    finally:
+        conn.close()

@@ -24,7 +24,6 @@ import time
 
 from chat.sharding import SlotMap, describe_slots, parse_slots
 from cluster import writeback
-from controlplane.haproxy import config as haproxy_config
 from controlplane.remediation import proxy_reload
 from controlplane.remediation.base import BadParams, Context, Draft, Outcome, Param, Unavailable
 from controlplane.resharding import loads as slot_loads
@@ -134,14 +133,7 @@ def plan(ctx: Context, params: dict) -> Draft:
         raise BadParams("port", f"the cluster file cannot take this shard: {exc}") from None
     from cluster import clusterfile
     new_cf = clusterfile.parse(edit.new_text, source=str(ctx.cluster_path))
-    try:
-        reload_plan = proxy_reload.plan_reload(new_cf, ctx.run)
-    except (proxy_reload.PlanError, haproxy_config.RenderError) as exc:
-        raise Unavailable(str(exc)) from None
-    invalid = [h.host for h in reload_plan.hosts if not h.check.ok]
-    if invalid:
-        raise Unavailable(f"haproxy -c rejects the regenerated config of {', '.join(invalid)}: "
-                          + reload_plan.hosts[0].check.output)
+    reload_plan = proxy_reload.checked_plan(new_cf, ctx.run)
     names = tuple(s.name for s in new_cf.redis.shards)
     moves = _parse_moves(params.get("moves"), names) if params["move"] else []
     address = new_cf.address(params["host"])

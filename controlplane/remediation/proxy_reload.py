@@ -92,6 +92,20 @@ def plan_reload(cf: ClusterFile, run: RunDir, hosts: list[str] | None = None) ->
     return ReloadPlan(out)
 
 
+def checked_plan(cf: ClusterFile, run: RunDir) -> ReloadPlan:
+    """Every chat host's config rendered from `cf` and passing `haproxy -c`, or Unavailable naming
+    the hosts whose config does not: for an action whose later steps depend on the reload."""
+    try:
+        p = plan_reload(cf, run)
+    except (PlanError, haproxy_config.RenderError) as exc:
+        raise Unavailable(str(exc)) from None
+    invalid = [h for h in p.hosts if not h.check.ok]
+    if invalid:
+        raise Unavailable(f"haproxy -c rejects the regenerated config of {', '.join(h.host for h in invalid)}: "
+                          + invalid[0].check.output)
+    return p
+
+
 def _show_proc(run: RunDir, host: str) -> haproxy_runtime.ProcTable:
     return haproxy_runtime.parse_show_proc(
         haproxy_runtime.command(run.haproxy_master_socket(host), "show proc"))

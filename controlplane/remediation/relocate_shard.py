@@ -491,14 +491,7 @@ def plan(ctx: Context, params: dict) -> Draft:
         raise BadParams("port", f"{target.address}:{port} ({host}) is in use by a process the cluster file does "
                                 "not name")
     final_cf = clusterfile.parse(final_edit.new_text, source=str(ctx.cluster_path))
-    try:
-        reload_plan = proxy_reload.plan_reload(final_cf, ctx.run)
-    except (proxy_reload.PlanError, haproxy_config.RenderError) as exc:
-        raise Unavailable(str(exc)) from None
-    invalid = [h.host for h in reload_plan.hosts if not h.check.ok]
-    if invalid:
-        raise Unavailable(f"haproxy -c rejects the regenerated config of {', '.join(invalid)}: "
-                          + reload_plan.hosts[0].check.output)
+    reload_plan = proxy_reload.checked_plan(final_cf, ctx.run)
     runtime = _runtime(ctx, cf, name)
 
     order = [START, REPLICA, MOVED, WRITTEN]

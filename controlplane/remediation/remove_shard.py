@@ -62,8 +62,10 @@ def _check(ctx: Context, params: dict) -> int:
 
 
 def spread(slots: list[int], loads: dict[int, float], smap: SlotMap, leaving: int) -> dict[int, list[int]]:
-    """Each of `slots` to the other shard with the least load so far (busiest slots first), by
-    slot count when there is no load: the drained shard's load spreads instead of piling up."""
+    """Where each of `slots` goes: a slot carrying load to the other shard with the least load so
+    far (busiest slots first), so the drained shard's load spreads instead of piling up; a slot
+    with no measured load to the shard with the fewest slots, so its keys spread too (by load
+    alone, every idle slot would land on the one idlest shard)."""
     others = [i for i in range(smap.n_shards) if i != leaving]
     counts = smap.counts()
     weight = {i: 0.0 for i in others}
@@ -71,12 +73,12 @@ def spread(slots: list[int], loads: dict[int, float], smap: SlotMap, leaving: in
         owner = smap.shard_of_slot(s)
         if owner in weight:
             weight[owner] += loads.get(s, 0.0)
-    by_load = any(loads.get(s, 0.0) > 0 for s in slots) or any(weight.values())
     out: dict[int, list[int]] = {i: [] for i in others}
     for s in sorted(slots, key=lambda x: -loads.get(x, 0.0)):
-        to = min(others, key=lambda i: (weight[i], counts[i]) if by_load else (counts[i], i))
+        load = loads.get(s, 0.0)
+        to = min(others, key=lambda i: (weight[i], counts[i], i) if load > 0 else (counts[i], i))
         out[to].append(s)
-        weight[to] += loads.get(s, 0.0)
+        weight[to] += load
         counts[to] += 1
     return {i: sorted(v) for i, v in out.items() if v}
 

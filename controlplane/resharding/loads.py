@@ -42,6 +42,7 @@ __all__ = ["LfuSample", "Measured", "NoLoadData", "SlotLoads", "clue_targets", "
            "measure", "parse_slot_stats", "rates_between", "slot_rates"]
 
 PATH = "/v1/stats/slots"
+UNSEEN_FLOOR = 100.0               # ops/s a shard does beyond clue's count before LFU spreads it
 RESERVED_PREFIX = b"chatops:"        # the control plane's own keys (slot map, locks): not chat load
 
 
@@ -233,9 +234,10 @@ def lfu_samples(conn: Conn, n: int = 200) -> LfuSample:
 def combine(clue: Mapping[int, float], owners, shard_ops: Mapping[int, float],
             samples: Mapping[int, LfuSample]) -> tuple[dict[int, float], dict[int, float]]:
     """Per-slot load: clue's rates as they are, plus, on each shard, the ops/s clue does not explain
-    (`shard_ops[i]` less clue's rates on the slots shard i owns) spread over the LFU-sampled slots
-    clue did not count, in proportion to their `hits`. `owners(slot)` is the slot's shard index.
-    Returns (loads, the part estimated from LFU by shard index)."""
+    (`shard_ops[i]` less clue's rates on the slots shard i owns, when that is at least
+    UNSEEN_FLOOR and a tenth of the shard's ops) spread over the LFU-sampled slots clue did not
+    count, in proportion to their `hits`. `owners(slot)` is the slot's shard index. Returns
+    (loads, the part estimated from LFU by shard index)."""
     out = {s: float(v) for s, v in clue.items() if v > 0}
     counted: dict[int, float] = {}
     for slot, v in out.items():
@@ -243,6 +245,10 @@ def combine(clue: Mapping[int, float], owners, shard_ops: Mapping[int, float],
     estimated: dict[int, float] = {}
     for shard, sample in samples.items():
         rest = max(0.0, float(shard_ops.get(shard, 0.0)) - counted.get(shard, 0.0))
+        if rest < max(UNSEEN_FLOOR, 0.1 * float(shard_ops.get(shard, 0.0))):
+            # The control plane's own scraping (INFO, CLIENT LIST, OBJECT FREQ) and the guard's
+            # bookkeeping are in INFO's figure too: a remainder this small is not load.
+            continue
         unseen = {slot: h for slot, h in sample.hits.items() if slot not in out and owners(slot) == shard and h > 0}
         total = sum(unseen.values())
         if rest <= 0 or total <= 0:

@@ -351,6 +351,7 @@ class _Groups:
             taking, self.taking = self.taking, []
             _check(self.dst.recv(3 * len(taking)), "the target could not take its slots")
             self.finished += taking
+            self.progress.slots_done = len(self.finished)
 
     def _land(self) -> None:
         group, nkeys, sent = self.flying.pop(0)

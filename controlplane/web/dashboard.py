@@ -418,13 +418,47 @@ def shards():
 def slots():
     """The live slot map (from the shards and the kept file, as `chatops slots` reads it) and the
     migration panel."""
+    return _slots_page()
+
+
+def _slots_page(status: int = 200, notice: str | None = None, form=None):
     app = current_app
     run = app.extensions["chatops.run"]
     try:
         view, error = slotmaps.view(app.config["CLUSTER"], app.config["CLUSTER_FILE"], run, api.SLOTS_TIMEOUT_S), None
     except SlotMapError as exc:
         view, error = None, str(exc)
-    return _page("slots.html", view=view, error=error, progress=api.progress_view(run), title="Slots")
+    return _page("slots.html", status=status, view=view, error=error, progress=api.progress_view(run),
+                 title="Slots", notice=notice, form=form or {}, actions=SHARD_ACTIONS)
+
+
+SHARD_ACTIONS = ("reshard", "add_shard", "remove_shard", "relocate_shard")
+
+
+@bp.post("/slots/plan")
+@auth.require_auth
+def slots_plan():
+    """The Slots page's form: plan reshard, add_shard, remove_shard or relocate_shard from
+    `key=value` parameters, one per line (as `chatops plan ... --set key=value`), then review
+    the plan on its own page."""
+    action = request.form.get("action", "")
+    if action not in SHARD_ACTIONS:
+        abort(400, description=f"action must be one of {', '.join(SHARD_ACTIONS)}")
+    params: dict[str, str] = {}
+    for line in request.form.get("params", "").splitlines():
+        if not line.strip():
+            continue
+        key, sep, value = line.strip().partition("=")
+        if not sep or not key.strip():
+            return _slots_page(status=400, notice=f"each parameter is key=value on its own line, not {line[:60]!r}",
+                               form=request.form)
+        params[key.strip()] = value.strip()
+    ctx = remediation.context(current_app)
+    try:
+        p = remediation.make_plan(ctx, [(action, params)], auth.current_actor())
+    except RemediationError as exc:
+        return _slots_page(status=exc.status, notice=str(exc), form=request.form)
+    return redirect(url_for("dashboard.plan", plan_id=p["id"]), code=303)
 
 
 @bp.get("/shards/<name>")

@@ -2,6 +2,7 @@
 
 import subprocess
 import time
+from contextlib import contextmanager
 
 import pytest
 import redis
@@ -9,7 +10,6 @@ import redis
 from chat import slotguard
 from chat.sharding import SLOTS, key_slot
 from tests.conftest import require
-
 
 # -- pure --
 
@@ -37,26 +37,32 @@ def test_the_ownership_bitmap_round_trips_in_setbit_order():
 
 # -- on a real redis-server --
 
-@pytest.fixture
-def r(subnet):
+@contextmanager
+def redis_server(address: str, port: int = 6379):
+    """A bare redis-server on `address`, and a client of it; killed afterwards."""
     exe = require("redis-server")
-    address, port = f"{subnet}.31", 6379
     proc = subprocess.Popen([exe, "--bind", address, "--port", str(port), "--save", "", "--appendonly", "no",
                              "--protected-mode", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    client = redis.Redis(host=address, port=port, socket_timeout=5)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            if time.monotonic() > deadline:
-                proc.kill()
-                raise
-            time.sleep(0.05)
-    yield client
-    proc.kill()
-    proc.wait()
+    try:
+        client = redis.Redis(host=address, port=port, socket_timeout=5)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                assert time.monotonic() < deadline, f"redis-server on {address}:{port} did not answer"
+                time.sleep(0.05)
+        yield client
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture
+def r(subnet):
+    with redis_server(f"{subnet}.31") as client:
+        yield client
 
 
 def guarded(r, commands, asking=()):
@@ -103,20 +109,8 @@ def test_a_tracked_slot_records_every_key_a_batch_touches(r):
 
 
 def test_migrate_slots_copies_keeps_ttls_deletes_and_hands_over(r, subnet):
-    exe = require("redis-server")
     address, port = f"{subnet}.32", 6379
-    proc = subprocess.Popen([exe, "--bind", address, "--port", str(port), "--save", "", "--appendonly", "no",
-                             "--protected-mode", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        target = redis.Redis(host=address, port=port, socket_timeout=5)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                target.ping()
-                break
-            except redis.ConnectionError:
-                assert time.monotonic() < deadline
-                time.sleep(0.05)
+    with redis_server(address, port) as target:
         slot = key_slot("{a}")
         r.set(slotguard.OWNED, slotguard.bitmap([slot]))
         r.set("{a}.x", "1", ex=500)
@@ -138,6 +132,3 @@ def test_migrate_slots_copies_keeps_ttls_deletes_and_hands_over(r, subnet):
             r.execute_command("EVAL", slotguard.MIGRATE_SLOTS, 0,
                               *slotguard.migrate_args(address, port, 500, 3, [other], ["{q}.k"]))
         assert r.get("{q}.k") == b"v" and other in slotguard.owned_slots(r.get(slotguard.OWNED))
-    finally:
-        proc.kill()
-        proc.wait()

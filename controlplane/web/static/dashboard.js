@@ -47,8 +47,23 @@
     return keys;
   }
 
+  function editing() {
+    // A form being filled in (the Slots page's "Plan a change") must not be replaced under the user.
+    var a = document.activeElement;
+    if (a && main.contains(a) && /^(INPUT|TEXTAREA|SELECT)$/.test(a.tagName) && a.type !== "hidden") return true;
+    var changed = false;
+    main.querySelectorAll("textarea, input:not([type=hidden])").forEach(function (f) {
+      if (f.value !== f.defaultValue) changed = true;
+    });
+    main.querySelectorAll("select").forEach(function (f) {
+      // (the page marks one option selected, so its default is known)
+      f.querySelectorAll("option").forEach(function (o) { if (o.selected !== o.defaultSelected) changed = true; });
+    });
+    return changed;
+  }
+
   function refresh() {
-    if (busy || document.hidden) return;
+    if (busy || document.hidden || editing()) return;
     var sel = window.getSelection && window.getSelection();
     if (sel && !sel.isCollapsed && main.contains(sel.anchorNode)) return;  // do not pull text from under a selection
     busy = true;

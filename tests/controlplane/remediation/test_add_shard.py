@@ -11,12 +11,10 @@ every chat host's listeners failed during the reloads; the hot-shard finding res
 from __future__ import annotations
 
 import asyncio
-import http.client
 import json
 import threading
 import time
 import urllib.request
-from urllib.parse import urlsplit
 
 import pytest
 import redis
@@ -27,7 +25,7 @@ from chat.sharding import SlotMap, key_slot
 from cluster import clusterfile
 from controlplane.database import Database
 from controlplane.remediation.base import BadParams
-from tests.conftest import live_controlplane, loadgen_report, start_loadgen, wait_for
+from tests.conftest import api_json, live_controlplane, loadgen_report, start_loadgen, wait_for
 
 TOKEN = "add-shard-test-token"
 SEEDED = 3000
@@ -43,20 +41,9 @@ def _patch(doc: dict) -> None:
 
 
 def api(base: str, method: str, path: str, body=None, timeout: float = 300) -> dict:
-    u = urlsplit(base)
-    headers = {"Authorization": f"Bearer {TOKEN}"}
-    data = None
-    if body is not None:
-        data, headers["Content-Type"] = json.dumps(body).encode(), "application/json"
-    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=timeout)
-    try:
-        conn.request(method, "/api/v1" + path, body=data, headers=headers)
-        r = conn.getresponse()
-        text = r.read()
-        assert r.status in (200, 201), (method, path, r.status, text[:2000])
-        return json.loads(text)
-    finally:
-        conn.close()
+    status, reply = api_json(base, method, path, body, token=TOKEN, timeout=timeout)
+    assert status in (200, 201), (method, path, status, str(reply)[:2000])
+    return reply
 
 
 def tokens_on_shard0(n: int) -> list[str]:

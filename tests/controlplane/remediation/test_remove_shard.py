@@ -73,3 +73,16 @@ def test_remove_shard_drains_it_then_takes_it_out_of_the_cluster(monkeypatch):
             await cache.close()
             return values
         assert asyncio.run(check()) == [str(i) for i in range(3000)]
+
+
+def test_a_drained_shards_slots_spread_by_load_and_idle_ones_by_count():
+    from chat.sharding import SlotMap
+    from controlplane.remediation.remove_shard import spread
+    smap = SlotMap.even(3)
+    leaving = smap.slots_of(2)
+    # shard0 is busy, shard1 idle; two of the leaving slots carry load, the rest none.
+    loads = {0: 500.0, leaving[0]: 80.0, leaving[1]: 40.0}
+    out = spread(leaving, loads, smap, 2)
+    assert leaving[0] in out[1] and leaving[1] in out[1]          # the load goes to the idle shard
+    assert abs(len(out[0]) - len(out[1])) <= 2                    # the idle slots split evenly
+    assert sorted(out[0] + out[1]) == leaving

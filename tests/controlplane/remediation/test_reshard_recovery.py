@@ -5,12 +5,9 @@ moving; the plan is applied through the API both times, as an operator would."""
 
 from __future__ import annotations
 
-import http.client
-import json
 import os
 import signal
 import threading
-from urllib.parse import urlsplit
 
 import redis
 
@@ -18,25 +15,14 @@ from chat.sharding import SlotMap, describe_slots, key_slot
 from cluster import clusterfile
 from cluster.rundir import RunDir
 from controlplane.resharding import progress
-from tests.conftest import live_controlplane, wait_for
+from tests.conftest import api_json, live_controlplane, wait_for
 
 TOKEN = "reshard-recovery-token"
 KEYS = 300_000
 
 
 def api(base: str, method: str, path: str, body=None, timeout: float = 300) -> tuple[int, dict]:
-    u = urlsplit(base)
-    headers = {"Authorization": f"Bearer {TOKEN}"}
-    data = None
-    if body is not None:
-        data, headers["Content-Type"] = json.dumps(body).encode(), "application/json"
-    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=timeout)
-    try:
-        conn.request(method, "/api/v1" + path, body=data, headers=headers)
-        r = conn.getresponse()
-        return r.status, json.loads(r.read() or b"{}")
-    finally:
-        conn.close()
+    return api_json(base, method, path, body, token=TOKEN, timeout=timeout)
 
 
 def test_a_reshard_cut_short_by_a_killed_control_plane_is_finished_by_the_same_plan(monkeypatch):

@@ -187,3 +187,6 @@ def test_lfu_fills_in_only_the_load_clue_does_not_see():
     assert loads == {1: 100.0, 9: 50.0, 2: 300.0, 3: 100.0}
     assert estimated == {0: 400.0}
     assert combine({}, owners, {0: 0.0}, samples) == ({}, {})
+    # A remainder under UNSEEN_FLOOR ops/s (or a tenth of the shard's) is the control plane's own
+    # scraping: not spread as load.
+    assert combine({1: 100.0}, owners, {0: 150.0}, samples) == ({1: 100.0}, {})

@@ -15,7 +15,7 @@ from chat.sharding import SlotMap, key_slot
 from cluster import clusterfile
 from controlplane.resharding import migrate
 from controlplane.resharding import slotmap as slotmaps
-from tests.conftest import cluster_up, small_cluster, write_cluster
+from tests.conftest import cluster_up, small_cluster, wait_for, write_cluster
 
 
 @pytest.fixture
@@ -190,3 +190,60 @@ def test_groups_are_sized_for_a_short_hold_on_the_source():
     assert migrate.next_size(7000, 7000, aim / 10, 8000) == 8000     # never past the cap
     assert migrate.next_size(150, 150, 20 * aim, 8000) == migrate.MIN_GROUP_KEYS
     assert migrate.next_size(2000, 0, 3.0, 8000) == 2000             # an empty group says nothing
+
+
+def test_a_migration_whose_target_stops_answering_loses_nothing_and_is_finished_later(cluster, run_dir):
+    """The target down in the middle (SIGSTOP: it neither answers nor refuses): the migration
+    fails once its MIGRATE or a read times out, every key is still readable through the
+    listeners, and running it again after the target is back finishes it."""
+    import os
+    import signal
+    cf, config, c = cluster
+    run = type("Run", (), {"root": run_dir})()
+    slots = half_of_shard0()
+
+    async def fill():
+        cache = ShardedCache.for_host(cf, "chat1", timeout=2.0)
+        expected = await seed(cache, 6000)
+        await cache.close()
+        return expected
+    expected = asyncio.run(fill())
+
+    target = c.pid_of("redis-shard1")
+    stopped = threading.Event()
+
+    def stop_target(p):
+        if p.phase == "moving" and p.keys_moved > 0 and not stopped.is_set():
+            os.kill(target, signal.SIGSTOP)
+            stopped.set()
+    try:
+        with pytest.raises(migrate.MigrationError):
+            migrate.move_slots(cf, config, run, "shard0", "shard1", slots, group_keys=100, on_progress=stop_target)
+        assert stopped.is_set()
+    finally:
+        os.kill(target, signal.SIGCONT)
+
+    # HAProxy marked the stopped shard down; it takes a few health checks to bring it back.
+    listener = redis.Redis(host=cf.address("chat1"), port=cf.listener_port(1), socket_timeout=1)
+
+    def answers():
+        try:
+            return listener.ping()
+        except redis.RedisError:
+            return False
+    wait_for(answers, 20, 0.2, "shard1 to answer through chat1's listener again")
+
+    async def read_all():
+        cache = ShardedCache.for_host(cf, "chat1", timeout=2.0)
+        got = {key: await cache.client_for(key).get(key) for key in expected}
+        await cache.close()
+        return got
+    assert asyncio.run(read_all()) == {k: v for k, (v, _) in expected.items()}
+
+    result = migrate.move_slots(cf, config, run, "shard0", "shard1", slots)
+    in_moving = 2 * sum(1 for k in expected if key_slot(k) in set(slots))    # each user's color and hash
+    assert 0 < result.keys_moved < in_moving              # only what the first run had not moved
+    assert asyncio.run(read_all()) == {k: v for k, (v, _) in expected.items()}
+    s0 = direct(cf, 0)
+    assert set(slots).isdisjoint(slotguard.owned_slots(s0.get(slotguard.OWNED)))
+    assert all(s0.exists(k) == 0 for k in expected if key_slot(k) in set(slots))

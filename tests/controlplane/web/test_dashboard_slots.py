@@ -14,7 +14,6 @@ unreachable, and an unreadable map file is said on the page, not a 500.
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import time
 
@@ -24,7 +23,7 @@ from cluster import clusterfile
 from cluster.rundir import RunDir
 from controlplane.resharding import progress
 from controlplane.resharding import slotmap as slotmaps
-from tests.conftest import free_subnet, live_controlplane, small_cluster, wait_for, write_cluster
+from tests.conftest import api_token, free_subnet, live_controlplane, small_cluster, wait_for, write_cluster
 from tests.controlplane.cli.test_slots_cli import KEYS_PER_TAG, TAGS, seed_slots
 from tests.controlplane.web.test_api import call
 from tests.controlplane.web.test_dashboard import new_browser
@@ -47,16 +46,8 @@ def browser():
 
 @pytest.fixture(scope="module")
 def live(browser):
-    old = os.environ.get("CHATOPS_API_TOKEN")
-    os.environ["CHATOPS_API_TOKEN"] = TOKEN
-    try:
-        with live_controlplane(traffic=False) as (c, base):
-            yield c, base, clusterfile.load(c.config).spec, RunDir(c.run)
-    finally:
-        if old is None:
-            os.environ.pop("CHATOPS_API_TOKEN", None)
-        else:
-            os.environ["CHATOPS_API_TOKEN"] = old
+    with api_token(TOKEN), live_controlplane(traffic=False) as (c, base):
+        yield c, base, clusterfile.load(c.config).spec, RunDir(c.run)
 
 
 def severe(driver) -> list[dict]:
@@ -175,8 +166,9 @@ def test_the_slots_page_shows_the_map_and_follows_a_migration_without_a_reload(b
     with slotmaps.connections(cf) as conns:
         smap = slotmaps.load(cf, c.config, run, conns)
         assert slotmaps.publish(cf, c.config, run, smap.moved([0, 1, 2], 1), conns).ok
-    wait_for(lambda: browser.find_element("id", "slots-epoch").get_attribute("data-epoch") == "1", 15,
-             what="the page to show epoch 1")
+    # Read in one script call: the page's refresh may replace the element between two WebDriver calls.
+    epoch = "var e = document.getElementById('slots-epoch'); return e && e.dataset.epoch;"
+    wait_for(lambda: browser.execute_script(epoch) == "1", 15, what="the page to show epoch 1")
     r = rows(browser)
     assert (r["shard1"]["slots"], r["shard1"]["ranges"]) == ("8195", "0-2, 8192-16383")
     assert r["shard1"]["copy"] == r["shard0"]["copy"] == "epoch 1"
@@ -236,3 +228,41 @@ def test_a_plan_being_applied_shows_only_its_own_migrations_progress_live(browse
     assert p["phase"] == "moving" and p["slots"] == "4 / 11" and p["eta"] == "2.0 s"
     assert p["what"] == "reshard from shard1 to shard0, slots 16000-16010"
     assert severe(browser) == []
+
+
+def test_a_shard_change_is_planned_from_the_slots_page(browser, live):
+    """The dashboard's own way in: the Slots page's form plans a reshard (the page does not
+    refresh the form away while it is being filled in) and shows the plan to review; a bad line
+    is refused on the page with the reason."""
+    c, base, cf, run = live
+    browser.get(f"{base}/login?next=/slots")
+    # Logged in already (an earlier test of this module did), or the login page first.
+    wait_for(lambda: browser.find_elements("name", "token") or browser.find_elements("id", "plan-params"), 10,
+             what="the login page or the Slots page")
+    if browser.find_elements("name", "token"):
+        browser.find_element("name", "token").send_keys(TOKEN)
+        browser.find_element("css selector", "section.login form button[type=submit]").click()
+    wait_for(lambda: browser.find_elements("id", "plan-params"), 10, what="the Slots page's form")
+    from selenium.webdriver.support.ui import Select
+    Select(browser.find_element("id", "plan-action")).select_by_visible_text("reshard")
+    params = browser.find_element("id", "plan-params")
+    params.send_keys("shard=shard0\nto_shard=shard1\nslots=100-109")
+    refreshed = browser.execute_script("return window.__refreshes")
+    period = float(browser.execute_script("return document.body.dataset.refreshS || '5'"))
+    time.sleep(2 * period + 0.5)        # two refresh periods: the form must survive them
+    assert browser.execute_script("return window.__refreshes") == refreshed
+    assert browser.find_element("id", "plan-params").get_attribute("value") == "shard=shard0\nto_shard=shard1\nslots=100-109"
+    browser.find_element("id", "plan-submit").click()
+    wait_for(lambda: "/plans/" in browser.current_url and browser.find_elements("id", "apply"), 15,
+             what="the new plan's page")
+    text = browser.find_element("tag name", "main").text
+    assert "move 10 slots (100-109) from shard0 to shard1" in text, text
+
+    browser.get(f"{base}/slots")
+    wait_for(lambda: browser.find_elements("id", "plan-params"), 10, what="the Slots page's form")
+    browser.find_element("id", "plan-params").send_keys("shard0")
+    browser.find_element("id", "plan-submit").click()
+    wait_for(lambda: browser.find_elements("id", "plan-error"), 10, what="the refusal on the page")
+    assert "each parameter is key=value" in browser.find_element("id", "plan-error").text
+    # The refusal is a 400 page, which the browser logs; nothing else may be.
+    assert [e for e in severe(browser) if "/slots/plan - " not in e["message"] or "400" not in e["message"]] == []

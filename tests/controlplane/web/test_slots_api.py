@@ -6,7 +6,6 @@ seeing only the progress written since it was made, bad parameters, an unreadabl
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import time
 
@@ -16,7 +15,7 @@ from cluster import clusterfile
 from cluster.rundir import RunDir
 from controlplane.resharding import progress
 from controlplane.resharding import slotmap as slotmaps
-from tests.conftest import live_controlplane
+from tests.conftest import api_token, live_controlplane
 from tests.controlplane.web.test_api import assert_json_error, call, response_validator, schema_errors
 
 PREFIX = "/api/v1"
@@ -30,16 +29,8 @@ WHAT = {"action": "reshard", "from": "shard0", "to": "shard1", "slots": "0-63"}
 
 @pytest.fixture(scope="module")
 def live():
-    old = os.environ.get("CHATOPS_API_TOKEN")
-    os.environ["CHATOPS_API_TOKEN"] = TOKEN
-    try:
-        with live_controlplane(traffic=False) as (c, base):
-            yield c, base, clusterfile.load(c.config).spec, RunDir(c.run)
-    finally:
-        if old is None:
-            os.environ.pop("CHATOPS_API_TOKEN", None)
-        else:
-            os.environ["CHATOPS_API_TOKEN"] = old
+    with api_token(TOKEN), live_controlplane(traffic=False) as (c, base):
+        yield c, base, clusterfile.load(c.config).spec, RunDir(c.run)
 
 
 def get(base: str, path: str, schema_path: str | None = None):
