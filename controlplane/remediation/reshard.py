@@ -86,7 +86,9 @@ def resolve(ctx: Context, params: dict) -> tuple[list[dict], list[str]]:
     for slot, _, to in chosen.moves:
         by_target.setdefault(to, []).append(slot)
     if not by_target:
-        raise BadParams("shard", f"nothing to move: {chosen.reason}")
+        # A plan that changes nothing, with the planner's reason in its notes: after add_shard the
+        # hot shard may already be balanced while its finding waits out its hold.
+        return [{**params, "slots": NOTHING, "fraction": None}], notes
     steps = [{**params, "to_shard": smap.names[to], "slots": describe_slots(slots, limit=len(slots)),
               "fraction": None} for to, slots in sorted(by_target.items())]
     return steps, notes
@@ -110,7 +112,14 @@ def _fingerprint_state(smap: SlotMap, moving: set[int], src: str, dst: str, slot
             "others": hashlib.sha256(outside).hexdigest()[:16]}
 
 
+NOTHING = "none"       # `slots` of a plan whose planner found nothing worth moving
+
+
 def plan(ctx: Context, params: dict) -> Draft:
+    if params.get("slots") == NOTHING:
+        return Draft(summary=f"nothing to move from {params['shard']}: the load measured when the plan was made "
+                             "needs no slot to move (the notes say why)", diff=[], state={"nothing": True},
+                     changes=False)
     if not params.get("slots") or not params.get("to_shard"):
         raise BadParams("slots", "give slots and to_shard, or make the plan with `chatops plan reshard` so "
                                  "they are chosen by load")

@@ -253,9 +253,14 @@ def move_slots(cf, cluster_path, run, source: str, target: str, slots: Iterable[
                                    group_keys, group_slots, stop_after_groups, finished)
         except (MigrationError, OSError, RedisError) as exc:
             failure = exc if isinstance(exc, MigrationError) else MigrationError(f"{type(exc).__name__}: {exc}")
-        # Publish what is true now, finished or not, so clues stop being redirected for it.
+        # Publish what is true now, finished or not, so clues stop being redirected for it;
+        # after a failure on fresh connections (one may have timed out in the middle of a reply).
         note("publishing")
-        published = slotmaps.publish(cf, cluster_path, run, smap.moved(finished, dst), conns)
+        if failure is None:
+            published = slotmaps.publish(cf, cluster_path, run, smap.moved(finished, dst), conns)
+        else:
+            with slotmaps.connections(cf) as fresh:
+                published = slotmaps.publish(cf, cluster_path, run, smap.moved(finished, dst), fresh)
         if failure is not None:
             note("failed", f"{failure}; {len(finished)} of {len(wanted)} slots moved. Apply the same plan "
                            "again to finish it")

@@ -194,6 +194,7 @@ def test_add_shard_then_reshard_cools_the_hot_shard_and_loses_nothing(monkeypatc
             if db.finding(hot["id"])["state"] == "open" and db.incident(incident["id"])["state"] == "open":
                 fix = api(base, "POST", f"/incidents/{incident['id']}/plan")
                 assert all(s["action"] == "reshard" for s in fix["steps"]), fix
+                # Balanced already (the finding waits out its hold): a plan that changes nothing.
                 assert api(base, "POST", f"/plans/{fix['id']}/apply")["state"] == "applied"
 
             wait_for(lambda: db.finding(hot["id"])["state"] == "resolved", 90, 1.0, "the hot-shard finding to resolve")
@@ -267,6 +268,11 @@ def test_an_add_shard_cut_short_after_writing_the_file_is_finished_by_the_same_p
         ctx.cf = again
         with pytest.raises(BadParams, match="shard2 is already a shard"):
             plans.make_plan(ctx, [("add_shard", {"name": "shard2", "host": "redis1", "port": 6390})], "tester")
+        # Balanced already (by slot count here: no traffic): the reshard plan changes nothing and says why.
+        balanced = plans.make_plan(ctx, [("reshard", {"shard": "shard2"})], "tester")
+        assert balanced["changes"] is False and "nothing to move" in balanced["steps"][0]["summary"]
+        assert any("planner (slot count" in line for line in balanced["steps"][0]["diff"]), balanced
+        assert plans.apply_plan(ctx, balanced["id"], "tester")["state"] == "applied"
         with pytest.raises(BadParams, match="already a shard, on redis2:6380"):
             plans.make_plan(ctx, [("add_shard", {"name": "shard2", "host": "redis1", "port": 6390,
                                                  "move": False})], "tester")
