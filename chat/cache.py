@@ -364,9 +364,11 @@ class ShardedCache:
 
     # -- guarded execution --
 
-    async def _execute(self, shard: int, commands: list[tuple[tuple, dict]], raise_on_error: bool) -> list[Any]:
+    async def _execute(self, shard: int, commands: list[tuple[tuple, dict]], raise_on_error: bool,
+                       slots: dict[int, list[Any]] | None = None) -> list[Any]:
         """Run `commands` (a pipeline's stack: (args, options) each) through the slot guard,
-        starting on `shard`; a refused part is re-routed by the redirect and resent."""
+        starting on `shard`; a refused part is re-routed by the redirect and resent. `slots`:
+        the commands' keys by slot, as `_route` collected them while they were queued."""
         if not self._map_checked:
             # A short-lived client (a CLI command, the loadgen's setup) that never follows the
             # map still starts from the published one, not the cluster file's even split.
@@ -382,7 +384,9 @@ class ShardedCache:
         for attempt in range(MAX_REDIRECTS + 1):
             if len(groups) == 1:
                 (sh, idxs), = groups.items()
-                outcomes = [await self._send_guarded(sh, [commands[i] for i in idxs])]
+                whole = len(idxs) == len(commands)
+                outcomes = [await self._send_guarded(sh, commands if whole else [commands[i] for i in idxs],
+                                                     slots if whole else None)]
             else:
                 outcomes = await asyncio.gather(*(self._send_guarded(sh, [commands[i] for i in idxs])
                                                   for sh, idxs in groups.items()))
@@ -410,16 +414,18 @@ class ShardedCache:
                     raise r
         return results
 
-    async def _send_guarded(self, shard: int, commands: list[tuple[tuple, dict]]) -> list[Any] | None:
+    async def _send_guarded(self, shard: int, commands: list[tuple[tuple, dict]],
+                            slots: dict[int, list[Any]] | None = None) -> list[Any] | None:
         """One guarded batch on `shard`: its replies, or None when the shard refused it (the
         redirect is recorded, so the caller re-routes)."""
         if shard >= len(self._raw):
             await self._refresh_soon()      # a shard we learned of from a refusal: get the map naming it
             return None if shard < len(self._raw) else self._no_shard(shard)
-        slots: dict[int, list[Any]] = {}
-        for args, _ in commands:
-            for key in command_keys(args):
-                slots.setdefault(key_slot(key), []).append(key)
+        if slots is None:                   # a re-routed part of a batch: its keys by slot again
+            slots = {}
+            for args, _ in commands:
+                for key in command_keys(args):
+                    slots.setdefault(key_slot(key), []).append(key)
         redirects = self._redirects
         asking = [s for s in slots if s in redirects] if redirects else ()
         argv = slotguard.guard_args(slots, asking, [args for args, _ in commands])
@@ -463,9 +469,11 @@ class ShardedCache:
 
     # -- accounting, called for every command --
 
-    def _route(self, shard: int, args: Sequence[Any], anchor: Any) -> tuple[int, str] | None:
+    def _route(self, shard: int, args: Sequence[Any], anchor: Any,
+               slots: dict[int, list[Any]] | None = None) -> tuple[int, str] | None:
         """Check that every key of the command lives on `shard`; returns (slot, prefix) of the
-        first key for counting, or None for a keyless command."""
+        first key for counting, or None for a keyless command. Each key is added to `slots` by
+        slot, when given: the guard needs them, and the CRCs are computed here already."""
         if self._closed:
             raise CacheUnavailable(self.endpoints[shard].name, "cache client is closed")
         keys = command_keys(args)
@@ -479,6 +487,8 @@ class ShardedCache:
                 raise self._cross_shard(shard, key, slot, anchor)
             if first < 0:
                 first = slot
+            if slots is not None:
+                slots.setdefault(slot, []).append(key)
         return first, key_prefix(keys[0])
 
     def _cross_shard(self, shard: int, key: Any, slot: int, anchor: Any) -> CrossShardError:
@@ -603,14 +613,15 @@ class _ShardClient(aioredis.Redis):
 
     async def execute_command(self, *args: Any, **options: Any) -> Any:
         cache = self._cache
-        routed = cache._route(self._shard, args, None)
+        slots: dict[int, list[Any]] = {}
+        routed = cache._route(self._shard, args, None, slots)
         cache._count(self._shard, routed)
         if routed is None:   # keyless (PING, INFO, CLIENT ...): nothing for the guard to check
             try:
                 return await super().execute_command(*args, **options)
             except _UNAVAILABLE as exc:
                 raise cache._unavailable(self._shard, exc, args[0]) from exc
-        reply, = await cache._execute(self._shard, [(args, options)], True)
+        reply, = await cache._execute(self._shard, [(args, options)], True, slots)
         return reply
 
     def pipeline(self, transaction: bool = True, shard_hint: str | None = None) -> RoutedPipeline:
@@ -632,12 +643,14 @@ class RoutedPipeline(Pipeline):
         self._shard = shard
         self._anchor = anchor
         self._queued: list[tuple[int, str] | None] = []
+        self._slots: dict[int, list[Any]] = {}      # the queued commands' keys, by slot, for the guard
 
     def execute_command(self, *args: Any, **kwargs: Any) -> Any:
-        routed = self._cache._route(self._shard, args, self._anchor)
+        immediate = (self.watching or args[0] == "WATCH") and not self.explicit_transaction
+        routed = self._cache._route(self._shard, args, self._anchor, None if immediate else self._slots)
         if self._anchor is None and routed is not None:
             self._anchor = command_keys(args)[0]    # the first key names the pipeline in errors
-        if (self.watching or args[0] == "WATCH") and not self.explicit_transaction:
+        if immediate:
             # WATCH, and commands after it until MULTI, run immediately.
             self._cache._count(self._shard, routed)
             return self._immediate(args, kwargs)
@@ -657,6 +670,7 @@ class RoutedPipeline(Pipeline):
         for routed in self._queued:
             cache._count(shard, routed)
         self._queued = []
+        slots, self._slots = self._slots, {}
         if self.watching or not self.command_stack:
             # After WATCH the transaction is redis-py's own (unguarded: the chat never uses it).
             try:
@@ -666,8 +680,9 @@ class RoutedPipeline(Pipeline):
         # One guard script runs the whole stack atomically, so a MULTI/EXEC pipeline keeps its
         # promise too.
         stack, self.command_stack = self.command_stack, []
-        return await cache._execute(shard, stack, raise_on_error)
+        return await cache._execute(shard, stack, raise_on_error, slots)
 
     async def reset(self) -> None:
         self._queued = []
+        self._slots = {}
         await super().reset()
