@@ -24,6 +24,7 @@ import time
 
 from chat.sharding import SlotMap, describe_slots, parse_slots
 from cluster import writeback
+from collectors.redis import find_shard
 from controlplane.remediation import proxy_reload
 from controlplane.remediation.base import BadParams, Context, Draft, Outcome, Param, Unavailable
 from controlplane.resharding import loads as slot_loads
@@ -186,7 +187,7 @@ def apply(ctx: Context, params: dict, draft: Draft) -> Outcome:
             return Outcome(False, f"the cluster file was not changed: {exc}")
         did.append(f"{ctx.cluster_path.name}: added {params['name']}")
     cf = clusterfile.load(ctx.cluster_path).spec
-    shard = next(s for s in cf.redis.shards if s.name == params["name"])
+    shard = find_shard(cf, params["name"])
     address = cf.address(shard.host)
     deadline = time.monotonic() + START_TIMEOUT_S
     while not _answers(address, shard.port):

@@ -16,7 +16,8 @@ from __future__ import annotations
 from chat.sharding import SlotMap, describe_slots, parse_slots
 from cluster import writeback
 from controlplane.remediation import proxy_reload
-from controlplane.remediation.base import BadParams, Context, Draft, Outcome, Param, Unavailable
+from controlplane.remediation.base import BadParams, Context, Draft, Outcome, Param
+from controlplane.remediation.reshard import current_map
 from controlplane.resharding import loads as slot_loads
 from controlplane.resharding import migrate, progress
 from controlplane.resharding import slotmap as slotmaps
@@ -39,14 +40,6 @@ PARAMS = {
 
 def subject(cf, params: dict) -> str:
     return "slotmap"
-
-
-def _map(ctx: Context) -> SlotMap:
-    with slotmaps.connections(ctx.cf) as conns:
-        try:
-            return slotmaps.load(ctx.cf, ctx.cluster_path, ctx.run, conns)
-        except slotmaps.SlotMapError as exc:
-            raise Unavailable(str(exc)) from None
 
 
 def _check(ctx: Context, params: dict) -> int:
@@ -87,7 +80,7 @@ def resolve(ctx: Context, params: dict) -> tuple[list[dict], list[str]]:
     if params.get("moves"):
         return [params], []
     leaving = _check(ctx, params)
-    smap = _map(ctx)
+    smap = current_map(ctx)
     slots = smap.slots_of(leaving)
     loads = slot_loads.measure(ctx.cf, smap).loads
     chosen = spread(slots, loads, smap, leaving)
@@ -118,7 +111,7 @@ def plan(ctx: Context, params: dict) -> Draft:
                      diff=[f"HAProxy on {h}: remove listener redis-{params['name']}" for h in hosts],
                      state={"gone": True}, details={"moves": [], "reload_only": True}, changes=bool(hosts))
     leaving = _check(ctx, params)
-    smap = _map(ctx)
+    smap = current_map(ctx)
     moves: list[tuple[str, list[int]]] = []
     for part in (params.get("moves") or "none").split(";"):
         if part == "none":
@@ -173,7 +166,7 @@ def apply(ctx: Context, params: dict, draft: Draft) -> Outcome:
         except (migrate.MigrationError, slotmaps.SlotMapError) as exc:
             return Outcome(False, "; ".join(did + [f"moving slots to {dst}: {exc}"]), {"steps": did})
         did.append(f"moved {len(slots)} slots ({result.keys_moved:,} keys) to {dst}")
-    smap = _map(ctx)
+    smap = current_map(ctx)
     if smap.counts()[draft.details["index"]]:
         return Outcome(False, "; ".join(did + [f"{params['name']} still owns slots; plan again"]), {"steps": did})
     # The map without it first, while the file still names it: clues drop its pool, and an apply

@@ -54,7 +54,8 @@ def _index(smap: SlotMap, name: str, param: str) -> int:
         raise BadParams(param, f"{name} is not in the slot map ({', '.join(smap.names)})") from None
 
 
-def _current(ctx: Context) -> SlotMap:
+def current_map(ctx: Context) -> SlotMap:
+    """The slot map as it is now (file and shards' copies), or Unavailable saying why not."""
     with slotmaps.connections(ctx.cf) as conns:
         try:
             return slotmaps.load(ctx.cf, ctx.cluster_path, ctx.run, conns)
@@ -68,7 +69,7 @@ def resolve(ctx: Context, params: dict) -> tuple[list[dict], list[str]]:
         if not params.get("to_shard"):
             raise BadParams("to_shard", "is required when slots are given")
         return [params], []
-    smap = _current(ctx)
+    smap = current_map(ctx)
     source = _index(smap, params["shard"], "shard")
     targets = None
     if params.get("to_shard"):
@@ -130,7 +131,7 @@ def plan(ctx: Context, params: dict) -> Draft:
     src, dst = params["shard"], params["to_shard"]
     if src == dst:
         raise BadParams("to_shard", "is the shard the slots move away from")
-    smap = _current(ctx)
+    smap = current_map(ctx)
     si, di = _index(smap, src, "shard"), _index(smap, dst, "to_shard")
     strays = [s for s in slots if smap.shard_of_slot(s) not in (si, di)]
     if strays:

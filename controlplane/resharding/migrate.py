@@ -35,6 +35,7 @@ import hiredis
 
 from chat import slotguard
 from chat.sharding import SlotMap, describe_slots
+from collectors.redis import find_shard
 from collectors.resp import Conn, RedisError, encode_command
 from controlplane.resharding import slotmap as slotmaps
 
@@ -292,7 +293,7 @@ def _move(src_conn, dst_conn, cf, target, src, dst, todo, retried, progress, not
     keys = scan_slots(src_conn, set(todo))
     progress.keys_total = sum(len(v) for v in keys.values())
     note("moving")
-    s = next(x for x in cf.redis.shards if x.name == target)
+    s = find_shard(cf, target)
     host, port = cf.address(s.host), s.port
     # Loaded once, so every group is an EVALSHA that can be sent before the previous one answers.
     sha = src_conn.call("SCRIPT", "LOAD", slotguard.MIGRATE_SLOTS)

@@ -24,6 +24,7 @@ from pathlib import Path
 from chat import slotguard
 from chat.sharding import SlotMap
 from collectors.base import source_address
+from collectors.redis import UnknownShard, find_shard
 from collectors.resp import Conn, RedisError
 
 TIMEOUT_S = 5.0
@@ -85,9 +86,10 @@ def write_file(path: Path, smap: SlotMap) -> None:
 # -- connections to the shards themselves (not through a chat host's listener) --
 
 def connect(cf, shard: str, timeout: float = TIMEOUT_S) -> Conn:
-    s = next((s for s in cf.redis.shards if s.name == shard), None)
-    if s is None:
-        raise SlotMapError(f"unknown shard {shard!r}; the cluster file has {', '.join(shard_names(cf))}")
+    try:
+        s = find_shard(cf, shard)
+    except UnknownShard as exc:
+        raise SlotMapError(str(exc)) from None
     return Conn(cf.address(s.host), s.port, timeout, source_address(cf))
 
 

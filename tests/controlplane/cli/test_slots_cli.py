@@ -22,7 +22,7 @@ from chat.sharding import key_slot
 from cluster import clusterfile
 from controlplane.cli.remediate import MigrationProgress, progress_fraction, progress_line
 from controlplane.resharding import slotmap as slotmaps
-from tests.conftest import chatops, crash_loop, live_controlplane, wait_for
+from tests.conftest import api_token, chatops, crash_loop, live_controlplane, wait_for
 
 
 def slots_cli(c, *args: str):
@@ -164,16 +164,8 @@ KEYS_PER_TAG = 2500       # 80,000 keys: a migration long enough for the poller 
 
 @pytest.fixture(scope="module")
 def live_cp():
-    old = os.environ.get("CHATOPS_API_TOKEN")
-    os.environ["CHATOPS_API_TOKEN"] = TOKEN
-    try:
-        with live_controlplane(traffic=False) as (c, base):
-            yield c, base
-    finally:
-        if old is None:
-            os.environ.pop("CHATOPS_API_TOKEN", None)
-        else:
-            os.environ["CHATOPS_API_TOKEN"] = old
+    with api_token(TOKEN), live_controlplane(traffic=False) as (c, base):
+        yield c, base
 
 
 def seed_slots(cf) -> list[int]:
