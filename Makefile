@@ -10,8 +10,11 @@ CC ?= cc
 # Debian packages the cluster and the tests drive for real, and the compiler for the log scanner.
 APT_PACKAGES := haproxy redis-server redis-tools gcc libc6-dev
 FASTLOG := collectors/_fastlog.so
-# Only the tests need a browser: the dashboard tests drive headless Chromium through chromedriver.
-TEST_APT_PACKAGES := chromium chromium-driver
+# Only the tests need a browser (the dashboard tests drive headless Chromium through chromedriver),
+# and a real Prometheus and Alertmanager (the shipped rules are checked, unit-tested and run live).
+TEST_APT_PACKAGES := chromium chromium-driver prometheus prometheus-alertmanager
+# Debian starts these as services on install; the tests run their own, on loopback ports of their choosing.
+TEST_SERVICES := prometheus prometheus-alertmanager prometheus-node-exporter
 
 .PHONY: run test deps system-packages test-packages clean
 
@@ -44,15 +47,17 @@ system-packages:
 	fi
 
 test-packages:
-	@command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 || { \
-	  echo "make: installing $(TEST_APT_PACKAGES) with apt-get (for the dashboard tests)"; \
+	@command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 && \
+	command -v promtool >/dev/null 2>&1 && command -v prometheus-alertmanager >/dev/null 2>&1 || { \
+	  echo "make: installing $(TEST_APT_PACKAGES) with apt-get (for the dashboard and alerting tests)"; \
 	  if [ "$$(id -u)" = 0 ]; then sudo=""; \
 	  elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then sudo="sudo"; \
 	  else echo "make: cannot install packages: not root and no passwordless sudo. Run:" >&2; \
 	       echo "  sudo apt-get update && sudo apt-get install -y $(TEST_APT_PACKAGES)" >&2; exit 1; fi; \
 	  $$sudo apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq $(TEST_APT_PACKAGES) >/dev/null || \
-	  { echo "make: apt-get install failed; install by hand: apt-get install -y $(TEST_APT_PACKAGES)" >&2; exit 1; }; }
+	  { echo "make: apt-get install failed; install by hand: apt-get install -y $(TEST_APT_PACKAGES)" >&2; exit 1; }; \
+	  if [ -d /run/systemd/system ]; then $$sudo systemctl disable --now $(TEST_SERVICES) >/dev/null 2>&1 || true; fi; }
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \

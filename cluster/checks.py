@@ -115,10 +115,21 @@ def unique_alert_names(cf: ClusterFile) -> Iterator[Problem]:
         seen.add(dest.name)
 
 
+def alert_routes(cf: ClusterFile) -> Iterator[Problem]:
+    for i, dest in enumerate(cf.alerts):
+        for j, cname in enumerate(dest.clusters or []):
+            if cname not in cf.clusters:
+                yield (f"alerts.{i}.clusters.{j}",
+                       f"unknown cluster {cname!r}; clusters: {', '.join(cf.clusters)}")
+        if dest.secret_env is not None and dest.type != "webhook":
+            yield (f"alerts.{i}.secret_env", f"only webhook destinations sign their body; "
+                                             f"{dest.type} does not use secret_env")
+
+
 RULES: tuple[Rule, ...] = (
     loopback_only, unique_addresses, local_connections, known_hosts, one_cluster_per_host,
     shards_off_chat_hosts, unique_ports, listener_range, rooms_placed_once, unique_shard_names,
-    unique_alert_names,
+    unique_alert_names, alert_routes,
 )
 
 

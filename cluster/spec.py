@@ -256,8 +256,24 @@ class Canary(_Model):
     interval: Duration = "5s"
 
 
+def _public_url(value: str) -> str:
+    # Only ever a link in a message: no credentials, no fragment, no line breaks to smuggle.
+    from urllib.parse import urlsplit
+    u = urlsplit(value)
+    if u.scheme not in ("http", "https") or not u.hostname or u.username or u.password \
+            or u.fragment or any(c.isspace() or not c.isprintable() for c in value):
+        raise ValueError(f"{value!r} must be a plain http(s) URL such as https://chatops.example.com, "
+                         "without credentials, fragment or whitespace")
+    return value.rstrip("/")
+
+
+PublicUrl = Annotated[str, AfterValidator(_public_url), Field(max_length=200)]
+
+
 class ControlPlane(_Model):
     listen: Listen = Listen()
+    # Where people reach the dashboard, for the links in alerts; None: http://<listen address>:<port>.
+    public_url: PublicUrl | None = None
     auth_token_env: EnvName = "CHATOPS_API_TOKEN"
     scrape: Scrape = Scrape()
     thresholds: Thresholds = Thresholds()
@@ -265,10 +281,17 @@ class ControlPlane(_Model):
 
 
 class AlertDestination(_Model):
+    """Where notifications go (docs/alerting.md). Grouping follows Alertmanager's route timers,
+    with its defaults."""
     name: Name
-    type: Literal["slack", "webhook"]
-    url_env: EnvName           # the webhook URL is the secret; only its variable is named here
+    type: Literal["slack", "webhook", "alertmanager"]
+    url_env: EnvName           # the URL is the secret (Slack's carries its token); only its variable is named
+    secret_env: EnvName | None = None     # webhook: HMAC-SHA256 key for the signature header
     min_severity: Literal["info", "warning", "critical"] = "warning"
+    clusters: list[Name] | None = None    # None: incidents of every cluster
+    group_wait: Duration = "30s"          # an incident's first notification waits this for more findings
+    group_interval: Duration = "5m"       # at least this between two notifications of one incident
+    repeat_interval: Duration = "4h"      # an incident still open is sent again after this
 
 
 AutoAction = Literal["kill_clients", "set_redis_config", "set_keepalive", "server_state", "restart_service",
@@ -315,6 +338,11 @@ class ClusterFile(_Model):
 
     def listener_port(self, shard_index: int) -> int:
         return self.haproxy.listener_base_port + shard_index
+
+    def public_url(self) -> str:
+        """The dashboard's address as alerts link to it."""
+        cp = self.controlplane
+        return cp.public_url or f"http://{cp.listen.address}:{cp.listen.port}"
 
     def host_by_address(self) -> dict[str, str]:
         """IP -> host name; the control plane's listen address is `controlplane` (its collectors

@@ -37,7 +37,7 @@ BUSY_TIMEOUT_MS = 10_000
 FINDING_STATES = ("open", "resolved")
 SEVERITIES = ("info", "warning", "critical")
 INCIDENT_STATES = ("open", "acknowledged", "resolved")
-ALERT_RESULTS = ("delivered", "failed")
+ALERT_RESULTS = ("delivered", "failed", "rejected")
 PLAN_STATES = ("planned", "applying", "applied", "failed")
 
 _MIGRATIONS: list[str] = [
@@ -128,6 +128,28 @@ _MIGRATIONS: list[str] = [
     );
     CREATE INDEX plans_created ON plans (created);
     CREATE INDEX plans_subject ON plans (subject, applied_at);
+    """,
+    # 5: alerting: outbox rows know their incident, event and dedup key, when to try next, and a
+    # refusal that no retry can fix; silences
+    """
+    ALTER TABLE alert_outbox ADD COLUMN incident_id INTEGER;
+    ALTER TABLE alert_outbox ADD COLUMN event TEXT NOT NULL DEFAULT '';
+    ALTER TABLE alert_outbox ADD COLUMN dedup_key TEXT;
+    ALTER TABLE alert_outbox ADD COLUMN next_attempt REAL NOT NULL DEFAULT 0;
+    ALTER TABLE alert_outbox ADD COLUMN rejected_at REAL;
+    CREATE UNIQUE INDEX alert_outbox_dedup ON alert_outbox (destination, dedup_key);
+    CREATE INDEX alert_outbox_incident ON alert_outbox (incident_id, id);
+    CREATE TABLE silences (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        created     REAL NOT NULL,
+        created_by  TEXT NOT NULL,
+        matchers    TEXT NOT NULL,
+        starts_at   REAL NOT NULL,
+        ends_at     REAL NOT NULL,
+        comment     TEXT NOT NULL DEFAULT '',
+        expired_by  TEXT
+    );
+    CREATE INDEX silences_ends ON silences (ends_at);
     """,
 ]
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -567,36 +589,76 @@ class Database:
         return self._plan_row(rows[0]) if rows else None
 
     # -- alert outbox --
+    # A row is written before its notification is sent and marked delivered only once the
+    # destination has accepted it (at-least-once). (destination, dedup_key) is unique, so writing
+    # the same incident state twice -- after a restart, say -- keeps the first row.
 
     @staticmethod
     def _alert_row(r: sqlite3.Row) -> dict:
+        if r["delivered_at"] is not None:
+            status = "delivered"
+        elif r["rejected_at"] is not None:
+            status = "rejected"
+        else:
+            status = "retrying" if r["attempts"] else "pending"
         return {"id": r["id"], "created": r["created"], "destination": r["destination"],
-                "payload": json.loads(r["payload"]), "attempts": r["attempts"],
-                "last_error": r["last_error"], "delivered_at": r["delivered_at"]}
+                "incident_id": r["incident_id"], "event": r["event"], "dedup_key": r["dedup_key"],
+                "payload": json.loads(r["payload"]), "attempts": r["attempts"], "status": status,
+                "last_error": r["last_error"], "next_attempt": r["next_attempt"],
+                "delivered_at": r["delivered_at"], "rejected_at": r["rejected_at"]}
 
-    def enqueue_alert(self, destination: str, payload: Any) -> dict:
-        """Put an alert in the outbox for `destination` (a destination's name, never its URL)."""
+    def enqueue_alert(self, destination: str, payload: Any, *, incident_id: int | None = None,
+                      event: str = "", dedup_key: str | None = None, at: float | None = None) -> dict:
+        """Put a notification in the outbox for `destination` (a destination's name, never its
+        URL). With a dedup_key already there for that destination, the existing row is returned
+        (its `new` is False) and nothing is written."""
         if not isinstance(destination, str) or not destination:
             raise ValueError(f"alert destination must be a non-empty string, not {destination!r}")
+        if dedup_key is not None and (not isinstance(dedup_key, str) or not dedup_key):
+            raise ValueError(f"dedup_key must be a non-empty string or None, not {dedup_key!r}")
+        now = time.time() if at is None else float(at)
         with self._write() as conn:
-            cur = conn.execute("INSERT INTO alert_outbox (created, destination, payload) VALUES (?, ?, ?)",
-                               (time.time(), destination, _dumps(payload)))
-            return self._alert_row(conn.execute("SELECT * FROM alert_outbox WHERE id = ?",
-                                                (cur.lastrowid,)).fetchone())
+            cur = conn.execute(
+                "INSERT OR IGNORE INTO alert_outbox (created, destination, payload, incident_id, event, "
+                "dedup_key, next_attempt) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (now, destination, _dumps(payload), incident_id, event, dedup_key, now))
+            if cur.rowcount:
+                row = conn.execute("SELECT * FROM alert_outbox WHERE id = ?", (cur.lastrowid,)).fetchone()
+            else:
+                row = conn.execute("SELECT * FROM alert_outbox WHERE destination = ? AND dedup_key = ?",
+                                   (destination, dedup_key)).fetchone()
+            return {**self._alert_row(row), "new": bool(cur.rowcount)}
 
-    def pending_alerts(self, limit: int | None = 100, max_attempts: int | None = None) -> list[dict]:
-        """Undelivered alerts, oldest first; with max_attempts, those tried fewer times than that."""
+    def pending_alerts(self, limit: int | None = 100, max_attempts: int | None = None,
+                       destination: str | None = None) -> list[dict]:
+        """Notifications neither delivered nor rejected, oldest first; with max_attempts, those
+        tried fewer times than that; with destination, only its own."""
         where, args = "", ()
         if max_attempts is not None:
             where, args = "AND attempts < ?", (_limit(max_attempts),)
-        rows = self._read(f"SELECT * FROM alert_outbox WHERE delivered_at IS NULL {where} "
-                          "ORDER BY id LIMIT ?", (*args, _limit(limit)))
+        if destination is not None:
+            where, args = where + " AND destination = ?", (*args, destination)
+        rows = self._read(f"SELECT * FROM alert_outbox WHERE delivered_at IS NULL AND rejected_at IS NULL "
+                          f"{where} ORDER BY id LIMIT ?", (*args, _limit(limit)))
         return [self._alert_row(r) for r in rows]
 
-    def mark_alert(self, alert_id: int, result: str, error: str | None = None) -> dict:
-        """Record one delivery attempt: "delivered" takes it out of the pending list, "failed"
-        leaves it there with the error, for a retry."""
+    def alerts(self, incident_id: int | None = None, limit: int | None = 100) -> list[dict]:
+        """Outbox rows, oldest first: an incident's own, or the newest `limit` of all."""
+        if incident_id is not None:
+            rows = self._read("SELECT * FROM alert_outbox WHERE incident_id = ? ORDER BY id LIMIT ?",
+                              (incident_id, _limit(limit)))
+        else:
+            rows = self._read("SELECT * FROM (SELECT * FROM alert_outbox ORDER BY id DESC LIMIT ?) "
+                              "ORDER BY id", (_limit(limit),))
+        return [self._alert_row(r) for r in rows]
+
+    def mark_alert(self, alert_id: int, result: str, error: str | None = None,
+                   next_attempt: float | None = None) -> dict:
+        """Record one delivery attempt: "delivered" takes it out of the pending list; "failed"
+        leaves it there with the error, to be tried again at `next_attempt`; "rejected" (the
+        destination refused it in a way no retry fixes) takes it out with the error kept."""
         _choice(result, ALERT_RESULTS, "alert result")
+        now = time.time()
         with self._write() as conn:
             row = None
             if isinstance(alert_id, int) and not isinstance(alert_id, bool):
@@ -605,12 +667,77 @@ class Database:
                 raise KeyError(f"no alert with id {alert_id!r} in the outbox")
             if result == "delivered":
                 conn.execute("UPDATE alert_outbox SET attempts = attempts + 1, delivered_at = ?, "
-                             "last_error = NULL WHERE id = ?", (time.time(), alert_id))
+                             "last_error = NULL WHERE id = ?", (now, alert_id))
+            elif result == "rejected":
+                conn.execute("UPDATE alert_outbox SET attempts = attempts + 1, rejected_at = ?, "
+                             "last_error = ? WHERE id = ?", (now, error or "rejected", alert_id))
             else:
-                conn.execute("UPDATE alert_outbox SET attempts = attempts + 1, last_error = ? WHERE id = ?",
-                             (error or "unknown error", alert_id))
+                conn.execute("UPDATE alert_outbox SET attempts = attempts + 1, last_error = ?, "
+                             "next_attempt = ? WHERE id = ?",
+                             (error or "unknown error", now if next_attempt is None else float(next_attempt),
+                              alert_id))
             return self._alert_row(conn.execute("SELECT * FROM alert_outbox WHERE id = ?",
                                                 (alert_id,)).fetchone())
+
+    # -- silences --
+
+    @staticmethod
+    def _silence_row(r: sqlite3.Row, now: float | None = None) -> dict:
+        now = time.time() if now is None else now
+        if r["expired_by"] is not None or r["ends_at"] <= now:
+            state = "expired"
+        else:
+            state = "active" if r["starts_at"] <= now else "pending"
+        return {"id": r["id"], "created": r["created"], "created_by": r["created_by"],
+                "matchers": json.loads(r["matchers"]), "starts_at": r["starts_at"], "ends_at": r["ends_at"],
+                "comment": r["comment"], "expired_by": r["expired_by"], "state": state}
+
+    def add_silence(self, matchers: dict[str, str], ends_at: float, actor: str, comment: str = "",
+                    starts_at: float | None = None) -> dict:
+        """A silence (matchers: label -> value, all of which must match), audited in the same
+        transaction. Callers validate the matchers (controlplane/alerting/silences.py)."""
+        if not isinstance(matchers, dict) or not matchers:
+            raise ValueError("a silence needs at least one matcher")
+        if not isinstance(actor, str) or not actor:
+            raise ValueError(f"actor must be a non-empty string, not {actor!r}")
+        now = time.time()
+        starts = now if starts_at is None else float(starts_at)
+        if not float(ends_at) > starts:
+            raise ValueError("a silence must end after it starts")
+        with self._write() as conn:
+            cur = conn.execute("INSERT INTO silences (created, created_by, matchers, starts_at, ends_at, comment) "
+                               "VALUES (?, ?, ?, ?, ?, ?)",
+                               (now, actor, _dumps(matchers), starts, float(ends_at), comment or ""))
+            row = conn.execute("SELECT * FROM silences WHERE id = ?", (cur.lastrowid,)).fetchone()
+            self._insert_audit(conn, now, actor, "silence.add", f"silence/{cur.lastrowid}", "ok",
+                               {"matchers": matchers, "ends_at": float(ends_at), "comment": comment or ""})
+            return self._silence_row(row, now)
+
+    def silences(self, active_at: float | None = None, limit: int | None = 100) -> list[dict]:
+        """With active_at, the silences in force then; else every silence, newest first."""
+        if active_at is not None:
+            rows = self._read("SELECT * FROM silences WHERE expired_by IS NULL AND starts_at <= ? AND ends_at > ? "
+                              "ORDER BY id", (float(active_at), float(active_at)))
+            return [self._silence_row(r, float(active_at)) for r in rows]
+        rows = self._read("SELECT * FROM silences ORDER BY id DESC LIMIT ?", (_limit(limit),))
+        return [self._silence_row(r) for r in rows]
+
+    def expire_silence(self, silence_id: int, actor: str) -> dict:
+        """End a silence now, audited; expiring an expired one is refused with ValueError."""
+        if not isinstance(actor, str) or not actor:
+            raise ValueError(f"actor must be a non-empty string, not {actor!r}")
+        now = time.time()
+        with self._write() as conn:
+            row = conn.execute("SELECT * FROM silences WHERE id = ?", (silence_id,)).fetchone()
+            if row is None:
+                raise KeyError(f"no silence with id {silence_id!r}")
+            if self._silence_row(row, now)["state"] == "expired":
+                raise ValueError(f"silence {silence_id} has already expired")
+            conn.execute("UPDATE silences SET expired_by = ?, ends_at = MIN(ends_at, ?) WHERE id = ?",
+                         (actor, now, silence_id))
+            self._insert_audit(conn, now, actor, "silence.expire", f"silence/{silence_id}", "ok", {})
+            return self._silence_row(conn.execute("SELECT * FROM silences WHERE id = ?", (silence_id,)).fetchone(),
+                                     now)
 
 
 _CORE = ("actor", "action", "target", "result")
