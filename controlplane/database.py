@@ -692,11 +692,11 @@ class Database:
                 "matchers": json.loads(r["matchers"]), "starts_at": r["starts_at"], "ends_at": r["ends_at"],
                 "comment": r["comment"], "expired_by": r["expired_by"], "state": state}
 
-    def add_silence(self, matchers: dict[str, str], ends_at: float, actor: str, comment: str = "",
+    def add_silence(self, matchers: list[dict], ends_at: float, actor: str, comment: str = "",
                     starts_at: float | None = None) -> dict:
-        """A silence (matchers: label -> value, all of which must match), audited in the same
-        transaction. Callers validate the matchers (controlplane/alerting/silences.py)."""
-        if not isinstance(matchers, dict) or not matchers:
+        """A silence (matchers: [{"name", "op", "value"}], all of which must match), audited in the
+        same transaction. Callers validate the matchers (controlplane/alerting/silences.py)."""
+        if not isinstance(matchers, list) or not matchers:
             raise ValueError("a silence needs at least one matcher")
         if not isinstance(actor, str) or not actor:
             raise ValueError(f"actor must be a non-empty string, not {actor!r}")
