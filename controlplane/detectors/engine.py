@@ -8,11 +8,17 @@ when its detector reports it `firing` (the condition held for `thresholds.hold`)
 the detector still reports it (firing or only sustained, the hysteresis band), and is resolved
 when the detector stops reporting it. Open findings live in SQLite, so a restarted control plane
 carries on with them rather than opening them again.
+
+Findings from outside (an Alertmanager's alerts, controlplane/alerting/receiver.py) come in through
+`ingest`: their kind's module says `EXTERNAL = True`, so `run` neither runs it nor resolves its
+findings; the sender says when they resolve. `run` and `ingest` hold one lock, so a receiver's
+request and a scrape never write findings or correlate incidents at the same time.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -28,8 +34,14 @@ WINDOW_MIN_S = 300.0      # the window a detector sees: at least 5 minutes, and 
 
 
 def discover() -> dict[str, Callable[[Window, Any], list[Finding]]]:
-    """KIND -> detect, for every registered detector, sorted by kind."""
-    return {kind: d.detect for kind, d in detectors.registered().items()}
+    """KIND -> detect, for every registered detector that detects (not an EXTERNAL kind), sorted
+    by kind."""
+    return {kind: d.detect for kind, d in detectors.registered().items() if not external(d)}
+
+
+def external(d) -> bool:
+    """A kind whose findings come from outside (its module says EXTERNAL = True)."""
+    return bool(getattr(d.module, "EXTERNAL", False))
 
 
 @dataclass
@@ -41,6 +53,12 @@ class RunResult:
     incidents: list[dict] = field(default_factory=list)
 
 
+@dataclass
+class IngestResult(RunResult):
+    updated: list[dict] = field(default_factory=list)     # findings already open, refreshed
+    unknown: int = 0                                       # resolved ones that were not open
+
+
 class Engine:
     def __init__(self, cf, store, db, interval_s: float):
         self.cf, self.store, self.db, self.interval_s = cf, store, db, interval_s
@@ -49,6 +67,8 @@ class Engine:
         # Called with each RunResult once it is written (the automatic remediation policy); the
         # engine knows nothing of what they do.
         self.listeners: list[Callable[[RunResult], None]] = []
+        # One writer of findings and incidents at a time: a detection run or an ingest.
+        self.lock = threading.RLock()
 
     def window(self, now: float | None = None) -> Window:
         return Window.from_store(self.store, self.window_s, self.interval_s, now)
@@ -68,6 +88,10 @@ class Engine:
         return out, errors
 
     def run(self, now: float | None = None) -> RunResult:
+        with self.lock:
+            return self._run(now)
+
+    def _run(self, now: float | None) -> RunResult:
         now = time.time() if now is None else now
         window = self.window(now)
         findings, errors = self.evaluate(window)
@@ -87,6 +111,9 @@ class Engine:
             if key not in reported and row["kind"] not in errors and row["kind"] in self.detectors:
                 result.resolved.append(self.db.upsert_finding(row["kind"], row["subject"], state="resolved",
                                                               seen=now))
+        return self._correlate(result, now)
+
+    def _correlate(self, result: RunResult, now: float) -> RunResult:
         result.incidents = incidents.update(self.db, self.cf, self.db.findings(open_only=True),
                                             result.resolved, now)
         for row in result.opened:
@@ -96,6 +123,32 @@ class Engine:
         for listener in self.listeners:
             listener(result)
         return result
+
+    def ingest(self, firing: list[Finding], resolved: list[tuple[str, str]],
+               now: float | None = None) -> IngestResult:
+        """Findings reported from outside (already validated): open or refresh each of `firing`
+        (no hold: the sender has its own), resolve the open ones among `resolved` (kind, subject),
+        then correlate incidents and tell the listeners, as a run does, under the same lock."""
+        now = time.time() if now is None else now
+        with self.lock:
+            result = IngestResult()
+            open_keys = {(r["kind"], r["subject"]) for r in self.db.findings(open_only=True)}
+            for f in firing:
+                row = self.db.upsert_finding(
+                    f.kind, f.subject, severity=f.severity, evidence=f.evidence, runbook=f.runbook,
+                    remediation=f.remediation, state="open", seen=now, title=f.title, about=f.about)
+                result.findings.append(f)
+                (result.updated if (f.kind, f.subject) in open_keys else result.opened).append(row)
+                open_keys.add((f.kind, f.subject))
+            for kind, subject in resolved:
+                row = self.db.upsert_finding(kind, subject, state="resolved", seen=now)
+                if row is None:
+                    result.unknown += 1          # not open: never seen, or resolved already
+                else:
+                    result.resolved.append(row)
+                    open_keys.discard((kind, subject))
+            self._correlate(result, now)
+            return result
 
     def scrape(self) -> Observation:
         """The engine as a scheduler source (`detect:all`), so its health shows beside the others."""
