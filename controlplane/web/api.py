@@ -27,6 +27,7 @@ from flask import Blueprint, abort, current_app, jsonify, request
 
 from cluster import durations
 from controlplane import incidents as incidents_lifecycle
+from controlplane.alerting import receiver as am_receiver
 from controlplane.remediation import plans as remediation_plans
 from controlplane.remediation.base import RemediationError
 from controlplane.resharding import progress as slot_progress
@@ -526,3 +527,36 @@ def plan_incident(incident_id: int):
     except RemediationError as exc:
         _remediation_error(exc)
     return _json(plan, 201)
+
+
+# -- the receiver for Alertmanager's alerts ----------------------------------------------------------
+
+@bp.post("/alerts/alertmanager")
+@auth.require_auth
+def alertmanager_webhook():
+    """Alertmanager's webhook (payload version 4): each firing alert opens or refreshes a finding of
+    kind `alertmanager`, each resolved one resolves it; incidents correlate as for chatops' own.
+    Validated whole before anything is written; one audit record per request, with counts."""
+    params()
+    length = request.content_length
+    if length is not None and length > am_receiver.MAX_BODY_BYTES:
+        abort(413, description=f"the body is larger than {am_receiver.MAX_BODY_BYTES // (1024 * 1024)} MiB; "
+                               "lower max_alerts in the webhook_config")
+    raw = request.stream.read(am_receiver.MAX_BODY_BYTES + 1)
+    engine = current_app.extensions["chatops.engine"]
+    try:
+        payload = am_receiver.parse(raw)
+        batch = am_receiver.findings(payload, engine.cf)
+    except am_receiver.BadPayload as exc:
+        abort(400, description=f"not an Alertmanager webhook payload (version 4): {exc}")
+    result = engine.ingest(batch.firing, batch.resolved)
+    db = current_app.extensions["chatops.db"]
+    open_now = {(r["kind"], r["subject"]): r for r in db.findings(open_only=True)}
+    touched = [open_now.get((f.kind, f.subject)) for f in batch.firing] + result.resolved
+    incident_ids = sorted({r["incident_id"] for r in touched if r and r.get("incident_id") is not None})
+    counts = {"alerts": len(payload.alerts), "firing": len(batch.firing), "resolved_alerts": len(batch.resolved),
+              "opened": len(result.opened), "updated": len(result.updated), "resolved": len(result.resolved),
+              "unknown": result.unknown}
+    db.add_audit(auth.current_actor(), "alerts.receive", f"alertmanager/{(payload.receiver or '-')[:64]}", "ok",
+                 **counts, truncated=payload.truncated, incidents=incident_ids[:50])
+    return _json({"status": payload.status, **counts, "truncated": payload.truncated, "incidents": incident_ids})
