@@ -652,6 +652,29 @@ class Database:
                               "ORDER BY id", (_limit(limit),))
         return [self._alert_row(r) for r in rows]
 
+    def alert_history(self, incident_ids: list[int]) -> list[dict]:
+        """The outbox rows of these incidents without their payloads, oldest first: what the
+        notifier has decided already (id, created, destination, incident_id, event, dedup_key,
+        status, and the severity and state the payload was written with)."""
+        ids = [i for i in incident_ids if isinstance(i, int) and not isinstance(i, bool)]
+        out = []
+        for start in range(0, len(ids), 500):      # SQLite's bound-parameter limit
+            chunk = ids[start:start + 500]
+            rows = self._read(
+                "SELECT id, created, destination, incident_id, event, dedup_key, delivered_at, rejected_at, "
+                "attempts, json_extract(payload, '$.severity') AS severity, "
+                "json_extract(payload, '$.state') AS state FROM alert_outbox "
+                f"WHERE incident_id IN ({', '.join('?' * len(chunk))}) ORDER BY id", tuple(chunk))
+            out.extend({k: r[k] for k in r.keys()} for r in rows)
+        return sorted(out, key=lambda r: r["id"])
+
+    def alert_backlog(self) -> dict[str, dict]:
+        """Per destination: notifications neither delivered nor rejected, and the oldest one's
+        creation time."""
+        rows = self._read("SELECT destination, COUNT(*) AS n, MIN(created) AS oldest FROM alert_outbox "
+                          "WHERE delivered_at IS NULL AND rejected_at IS NULL GROUP BY destination", ())
+        return {r["destination"]: {"pending": r["n"], "oldest": r["oldest"]} for r in rows}
+
     def mark_alert(self, alert_id: int, result: str, error: str | None = None,
                    next_attempt: float | None = None) -> dict:
         """Record one delivery attempt: "delivered" takes it out of the pending list; "failed"
