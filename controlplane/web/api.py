@@ -28,6 +28,7 @@ from flask import Blueprint, abort, current_app, jsonify, request
 from cluster import durations
 from controlplane import incidents as incidents_lifecycle
 from controlplane.alerting import receiver as am_receiver
+from controlplane.alerting import silences as silence_rules
 from controlplane.remediation import plans as remediation_plans
 from controlplane.remediation.base import RemediationError
 from controlplane.resharding import progress as slot_progress
@@ -103,9 +104,9 @@ def _state(value: str) -> str:
 _PARSERS = {"since": _since, "limit": _limit, "service": _service, "state": _state}
 
 
-def params(*allowed: str) -> dict[str, Any]:
+def params(*allowed: str, **parsers) -> dict[str, Any]:
     """The query parameters of this request, parsed; 400 for any that is unknown here, repeated,
-    too long or malformed."""
+    too long or malformed. `parsers` replace the common parser of a name for this route."""
     got: dict[str, Any] = {}
     for name in request.args:
         values = request.args.getlist(name)
@@ -118,7 +119,7 @@ def params(*allowed: str) -> dict[str, Any]:
         value = values[0]
         if len(value) > MAX_VALUE_LEN:
             _bad(name, value, f"longer than {MAX_VALUE_LEN} characters")
-        got[name] = _PARSERS[name](value)
+        got[name] = parsers.get(name, _PARSERS.get(name))(value)
     return got
 
 
@@ -560,3 +561,109 @@ def alertmanager_webhook():
     db.add_audit(auth.current_actor(), "alerts.receive", f"alertmanager/{(payload.receiver or '-')[:64]}", "ok",
                  **counts, truncated=payload.truncated, incidents=incident_ids[:50])
     return _json({"status": payload.status, **counts, "truncated": payload.truncated, "incidents": incident_ids})
+
+
+# -- silences and the outbox ----------------------------------------------------------------------
+
+SILENCE_STATES = ("active", "pending", "expired", "all")
+MAX_SILENCE_S = 365 * 86400              # a silence longer than a year is a mistake
+MAX_COMMENT_LEN = 500
+MAX_SILENCE_ID = MAX_INCIDENT_ID
+
+
+def _silence_state(value: str) -> str:
+    if value not in SILENCE_STATES:
+        abort(400, description=f"bad query parameter state={_show(value)}; for silences state accepts "
+                               f"{', '.join(SILENCE_STATES)}")
+    return value
+
+
+@bp.get("/silences")
+def list_silences():
+    p = params("state", "limit", state=_silence_state)
+    db = current_app.extensions["chatops.db"]
+    return _json({"silences": readmodel.silences(db, p.get("state", "all"), p.get("limit", AUDIT_LIMIT_DEFAULT))})
+
+
+def silence_request(body: Any, now: float) -> tuple[list[dict], float, str]:
+    """A silence's body {"matchers", "for" | "ends_at", "comment"} checked: (matchers, ends_at,
+    comment), or ValueError naming the field."""
+    if not isinstance(body, dict):
+        raise ValueError('the body must be a JSON object {"matchers": ["cluster=testing"], "for": "2h", '
+                         '"comment": "..."}')
+    extra = set(body) - {"matchers", "for", "ends_at", "comment"}
+    if extra:
+        raise ValueError(f"bad field {sorted(extra)[0][:40]!r}: a silence takes matchers, for or ends_at, "
+                         "and comment")
+    items = body.get("matchers")
+    if not isinstance(items, list):
+        raise ValueError('bad field matchers: a list such as ["cluster=testing"] or '
+                         '[{"name": "cluster", "op": "=", "value": "testing"}]')
+    try:
+        matchers = silence_rules.parse(items)
+    except silence_rules.BadMatcher as exc:
+        raise ValueError(f"bad field matchers: {exc}") from None
+    if ("for" in body) == ("ends_at" in body):
+        raise ValueError('bad field for: give how long ("for": "2h") or until when ("ends_at": epoch seconds), '
+                         "one of them")
+    if "for" in body:
+        try:
+            span = durations.parse(body["for"])
+        except durations.DurationError:
+            raise ValueError(f"bad field for: a duration such as {durations.EXAMPLES}") from None
+        if not 0 < span <= MAX_SILENCE_S:
+            raise ValueError("bad field for: more than nothing and at most 365d")
+        ends_at = now + span
+    else:
+        ends_at = body["ends_at"]
+        if isinstance(ends_at, bool) or not isinstance(ends_at, (int, float)) or not math.isfinite(ends_at):
+            raise ValueError("bad field ends_at: epoch seconds, a number")
+        if not now < ends_at <= now + MAX_SILENCE_S:
+            raise ValueError("bad field ends_at: in the future, and at most 365 days from now")
+    comment = body.get("comment", "")
+    if comment is None:
+        comment = ""
+    if not isinstance(comment, str) or len(comment) > MAX_COMMENT_LEN or any(
+            ord(c) < 0x20 and c != "\t" for c in comment):
+        raise ValueError(f"bad field comment: one line of text, at most {MAX_COMMENT_LEN} characters")
+    return matchers, float(ends_at), comment.strip()
+
+
+@bp.post("/silences")
+@auth.require_auth
+def add_silence():
+    """Mute notifications of findings every matcher matches, until it ends; audited as silence.add."""
+    params()
+    body = request.get_json(silent=True)
+    try:
+        matchers, ends_at, comment = silence_request(body, time.time())
+    except ValueError as exc:
+        abort(400, description=str(exc))
+    db = current_app.extensions["chatops.db"]
+    row = db.add_silence(matchers, ends_at, auth.current_actor(), comment)
+    return _json(readmodel.silence(row), 201)
+
+
+@bp.delete("/silences/<int:silence_id>")
+@auth.require_auth
+def expire_silence(silence_id: int):
+    """End a silence now; audited as silence.expire. 409 when it has already ended."""
+    params()
+    db = current_app.extensions["chatops.db"]
+    if silence_id > MAX_SILENCE_ID:
+        abort(404, description=f"unknown silence {silence_id}")
+    try:
+        row = db.expire_silence(silence_id, auth.current_actor())
+    except KeyError:
+        abort(404, description=f"unknown silence {silence_id}")
+    except ValueError as exc:
+        abort(409, description=str(exc))
+    return _json(readmodel.silence(row))
+
+
+@bp.get("/alerts")
+def list_alerts():
+    """The outbox: each notification, where it goes and how its delivery went, oldest first."""
+    p = params("limit")
+    db = current_app.extensions["chatops.db"]
+    return _json({"alerts": readmodel.notifications(db, limit=p.get("limit", AUDIT_LIMIT_DEFAULT))})

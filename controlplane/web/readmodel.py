@@ -379,7 +379,58 @@ def incident(db, incident_id: int, runbook_names: list[str] | None = None) -> di
             names.append(name)
     known = set(runbook_names or [])
     out["runbooks"] = [{"name": n, "exists": n in known} for n in names]
+    out["notifications"] = notifications(db, incident_id)
+    out["muted_by"] = muted_by(db, fs)
     return out
+
+
+# -- alerting: the outbox and silences ------------------------------------------------------------
+
+NOTIFICATION_KEYS = ("id", "destination", "incident_id", "event", "status", "attempts", "last_error", "created",
+                     "delivered_at")
+SILENCE_STATES = ("active", "pending", "expired")
+
+
+def notification(row: dict[str, Any]) -> dict[str, Any]:
+    """An outbox row as people read it: where, what, and how its delivery went (never its payload:
+    it holds nothing secret, but the listing stays lean)."""
+    return {k: row.get(k) for k in NOTIFICATION_KEYS}
+
+
+def notifications(db, incident_id: int | None = None, limit: int | None = 100) -> list[dict[str, Any]]:
+    """An incident's notifications, oldest first; without one, the newest `limit` of all."""
+    return [notification(r) for r in db.alerts(incident_id=incident_id, limit=limit)]
+
+
+def silence(row: dict[str, Any]) -> dict[str, Any]:
+    from controlplane.alerting import silences as sil
+    keep = ("id", "state", "matchers", "starts_at", "ends_at", "created", "created_by", "comment", "expired_by")
+    return {**{k: row.get(k) for k in keep}, "text": sil.show(row.get("matchers") or [])}
+
+
+def silences(db, state: str = "all", limit: int | None = 100) -> list[dict[str, Any]]:
+    """Silences, newest first; `state` keeps the active, pending or expired ones."""
+    rows = [silence(r) for r in db.silences(limit=limit)]
+    return rows if state == "all" else [r for r in rows if r["state"] == state]
+
+
+def muted_by(db, fs: list[dict[str, Any]], now: float | None = None) -> list[dict[str, Any]]:
+    """The active silences that mute an incident now: every finding it would report (its open ones;
+    all of them once none is open) is matched by one of them. Empty when it is not muted."""
+    from controlplane.alerting import silences as sil
+    pool = [f for f in fs if f.get("state") == "open"] or list(fs)
+    if not pool:
+        return []
+    active = db.silences(active_at=time.time() if now is None else now)
+    if not active:
+        return []
+    hits = [sil.silencing(f, active) for f in pool]
+    if any(h is None for h in hits):
+        return []
+    seen: dict[int, dict] = {}
+    for h in hits:
+        seen.setdefault(h["id"], silence(h))
+    return list(seen.values())
 
 
 def _points(store: Store, source: str, target: str, name: str, since: float, until: float) -> list[list]:
