@@ -6,7 +6,7 @@ from importlib import metadata
 
 import click
 
-from controlplane.cli import chat, config, inspect, local, proxy, remediate, serve, slots
+from controlplane.cli import chat, config, inspect, local, proxy, remediate, serve, silence, slots
 
 
 def _version() -> str:
@@ -38,3 +38,4 @@ main.add_command(remediate.fix_cmd)
 main.add_command(remediate.apply_cmd)
 main.add_command(remediate.plans_cmd)
 main.add_command(remediate.audit_cmd)
+main.add_command(silence.silence)
