@@ -16,7 +16,7 @@ TEST_APT_PACKAGES := chromium chromium-driver prometheus prometheus-alertmanager
 # Debian starts these as services on install; the tests run their own, on loopback ports of their choosing.
 TEST_SERVICES := prometheus prometheus-alertmanager prometheus-node-exporter
 
-.PHONY: run test deps system-packages test-packages clean
+.PHONY: run test deps system-packages test-packages clean dashboards
 
 run: deps
 	$(BIN)/chatops up --traffic --controlplane $(ARGS)
@@ -25,6 +25,11 @@ test: deps test-packages
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 deps: system-packages $(STAMP) $(FASTLOG)
+
+# Grafana dashboards (dashboards/grafana/*.json) and Prometheus rules (dashboards/prometheus/chatops-rules.yml)
+# from dashboards/*.py; tests/dashboards/test_generate.py fails when the committed files are stale.
+dashboards: deps
+	$(BIN)/python -m dashboards.generate
 
 # Installs only what is missing: as root directly, otherwise through sudo, else says what to run.
 system-packages:

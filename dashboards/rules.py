@@ -227,7 +227,7 @@ max by (shard, host) (
         _alert("ChatopsShardNearMaxclients", "leaked_clients", "critical",
                "shard:chatops_redis_rejected_connections:rate1m > 0", hold,
                "{{ $labels.shard }} rejects connections: maxclients reached",
-               "{{ $labels.shard }} on {{ $labels.host }} refuses {{ $value | humanize }} connections/s "
+               "{{ $labels.shard }} on {{ $labels.host }} refuses {{ $value | printf \"%.2f\" }} connections/s "
                "(maxclients reached)."),
     ]
 
@@ -277,7 +277,7 @@ max by (shard, host) (
     ) >= {_g(th.proxy_errors_per_s)}"""), hold,
                "HAProxy on {{ $labels.host }}: errors on {{ $labels.proxy }}",
                "{{ $labels.proxy }}{{ with $labels.server }}/{{ . }}{{ end }} on {{ $labels.host }} fails "
-               "{{ $value | humanize }} connections or requests per second.",
+               "{{ $value | printf \"%.2f\" }} connections or requests per second.",
                proxy_diff.format(what="errors condition (econ + eresp on backends and servers, ereq on\n"
                                       "frontends), as rates over 1m")),
         _alert("ChatopsProxyServerDown", "proxy_saturation", "warning", shard_of.format(
@@ -313,7 +313,7 @@ label_replace(
   ) >= {per_s},
   "service", "edge", "", ""
 )""", hold, "edge on {{ $labels.host }}: requests to clue time out",
-               "edge-{{ $labels.host }} sees {{ $value | humanize }} clue timeouts per second "
+               "edge-{{ $labels.host }} sees {{ $value | printf \"%.2f\" }} clue timeouts per second "
                "(`[clue] Timed out (after 5s) while writing request for: privmsg`).",
                "ingestion_timeouts on `edge-<host>`, its timeout signals: chat_edge_clue_timeouts_total and the\n"
                "`[clue] Timed out` log lines, the larger of the two. Differs: averaged over 1m, not over\n"
@@ -328,7 +328,7 @@ label_replace(
   ),
   "service", "edge", "", ""
 )""", hold, "edge on {{ $labels.host }}: messages refused msg_unavailable",
-               "edge-{{ $labels.host }} refuses {{ $value | humanize }} messages/s with msg_unavailable: clue "
+               "edge-{{ $labels.host }} refuses {{ $value | printf \"%.2f\" }} messages/s with msg_unavailable: clue "
                "cannot reach Redis or the exchange.",
                "ingestion_timeouts on `edge-<host>`, its msg_unavailable signal. Critical when more than half\n"
                "of the edge's messages are refused (a second rule). Differs: averaged over 1m."),
@@ -342,7 +342,7 @@ label_replace(
   ),
   "service", "edge", "", ""
 )""", hold, "edge on {{ $labels.host }}: most messages refused msg_unavailable",
-               "edge-{{ $labels.host }} refuses more than half of its messages ({{ $value | humanize }}/s) with "
+               "edge-{{ $labels.host }} refuses more than half of its messages ({{ $value | printf \"%.2f\" }}/s) with "
                "msg_unavailable."),
         _alert("ChatopsClueRedisErrors", "ingestion_timeouts", "critical", f"""
 label_replace(
@@ -353,7 +353,7 @@ label_replace(
     ) >= {per_s},
   "service", "clue", "", ""
 )""", hold, "clue on {{ $labels.host }}: Redis calls failing{{ with $labels.shard }} on {{ . }}{{ end }}",
-               "clue-{{ $labels.host }} fails {{ $value | humanize }} Redis calls per second"
+               "clue-{{ $labels.host }} fails {{ $value | printf \"%.2f\" }} Redis calls per second"
                "{{ with $labels.shard }} to {{ . }}{{ end }} (refused, timed out or closed).",
                "ingestion_timeouts on `clue-<host>`. Differs: one alert per failing shard (the detector\n"
                "makes one finding per clue and names the worst shard); the ECONNREFUSED log lines carry no\n"
@@ -415,7 +415,7 @@ label_replace(
     histogram_quantile(0.9, sum by (cluster, host, edge, le) (rate(chat_exchange_request_seconds_bucket[1m]))) > {late}
 """), hold, "edge {{ $labels.host }} misses or delays deliveries",
                "The exchange on {{ $labels.exchange_host }} fails or delays its deliveries to edge "
-               "{{ $labels.host }} ({{ $value | humanize }}).",
+               "{{ $labels.host }} ({{ $value | printf \"%.2f\" }}).",
                "delivery_gap judges the control plane's canary (a user on every edge), whose figures are not\n"
                "exported. This sees the same gap from the exchange: deliveries to an edge that fail or time\n"
                "out, or take longer than delivery_late_after (90th percentile over 1m). It cannot see an edge\n"
@@ -425,7 +425,7 @@ label_replace(
             expr=f"({failed} > 0)\n  and on (cluster, host, edge) ({ok} == 0)\n"), hold,
                "edge {{ $labels.host }} gets no deliveries",
                "Every delivery from the exchange on {{ $labels.exchange_host }} to edge {{ $labels.host }} fails "
-               "({{ $value | humanize }}/s)."),
+               "({{ $value | printf \"%.2f\" }}/s)."),
     ]
     return [rec, al]
 
