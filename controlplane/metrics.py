@@ -79,6 +79,10 @@ LABELS = {
                "`controlplane`, `loadgen`",
     "remote": "the `[remote]` a log line names; empty for `[-]`; `_other` sums the groups past the cap",
     "kind": "the log event's kind (`success`, `timeout`, `connection_refused`, `other`...)",
+    "destination": "an alert destination's name in the cluster file (`alerts[].name`)",
+    "type": "an alert destination's type: `slack`, `webhook` or `alertmanager`",
+    "outcome": "what happened to a notification: `enqueued` (written to the outbox), `delivered`, "
+               "`failed` (one failed attempt, to be retried) or `rejected` (refused for good)",
 }
 
 SHARD = ("shard", "host")
@@ -273,6 +277,18 @@ STORE_DROPPED = Metric("chatops_store_dropped_series_total", "counter", "series"
 STARTED = Metric("chatops_controlplane_start_time_seconds", "gauge", "seconds", (),
                  "When the control plane started, in seconds since the epoch.")
 
+DEST = ("destination",)
+ALERT_ENABLED = Metric("chatops_alert_destination_enabled", "gauge", "boolean", DEST + ("type",),
+                       "1 when the destination's variables are set and it is delivered to, else 0.")
+ALERT_NOTIFICATIONS = Metric("chatops_alert_notifications_total", "counter", "notifications",
+                             DEST + ("outcome",),
+                             "Notifications written to the outbox, delivered, failed attempts and rejected, "
+                             "by this control plane since it started.")
+ALERT_PENDING = Metric("chatops_alert_outbox_pending", "gauge", "notifications", DEST,
+                       "Notifications in the outbox neither delivered nor rejected.")
+ALERT_OLDEST = Metric("chatops_alert_outbox_oldest_pending_age_seconds", "gauge", "seconds", DEST,
+                      "Age of the oldest pending notification; 0 when none is pending.")
+
 # Named, so each collector below takes its own section by name and the order here is only the
 # order of docs/metrics.md.
 REDIS_SECTION = Section(
@@ -302,8 +318,13 @@ SELF_SECTION = Section(
     (SOURCE_UP, SOURCE_DURATION, SOURCE_SCRAPES, SOURCE_ERRORS, SOURCE_LAST, SOURCE_LAST_OK,
      SOURCE_INTERVAL, SOURCE_SECTION_ERRORS, STORE_SERIES, STORE_POINTS, STORE_CAPACITY,
      STORE_DROPPED, STARTED))
+ALERTING_SECTION = Section(
+    "Alerting", "Per alert destination of the cluster file (docs/alerting.md), from the outbox in the "
+    "control plane's database and the notifier's counters. Absent when the cluster file has no "
+    "`alerts`.",
+    (ALERT_ENABLED, ALERT_NOTIFICATIONS, ALERT_PENDING, ALERT_OLDEST))
 CATALOGUE: tuple[Section, ...] = (REDIS_SECTION, CLIENT_LIST_SECTION, HAPROXY_SECTION, PROCESS_SECTION,
-                                  LOGS_SECTION, SELF_SECTION)
+                                  LOGS_SECTION, SELF_SECTION, ALERTING_SECTION)
 
 
 def all_metrics() -> list[Metric]:
@@ -612,8 +633,31 @@ class ControlPlaneCollector(_Collector):
         _add(f[STARTED.name], [], v.app.extensions.get("chatops.started"))
 
 
+class AlertingCollector(_Collector):
+    """Alert destinations: enabled or not, the notifier's counters, the outbox's backlog."""
+    metrics = ALERTING_SECTION.metrics
+
+    def fill(self, v: _View, f: dict) -> None:
+        if not v.cf.alerts:
+            return
+        notifier = v.app.extensions.get("chatops.notifier")
+        lanes = notifier.lanes if notifier is not None else {}
+        backlog = v.app.extensions["chatops.db"].alert_backlog()
+        for d in v.cf.alerts:
+            lane = lanes.get(d.name)
+            f[ALERT_ENABLED.name].add_metric([d.name, d.type], 1.0 if lane is not None and lane.dest else 0.0)
+            counts = lane.counts if lane is not None else None
+            for outcome in ("enqueued", "delivered", "failed", "rejected"):
+                f[ALERT_NOTIFICATIONS.name].add_metric([d.name, outcome],
+                                                       float(getattr(counts, outcome, 0) if counts else 0))
+            b = backlog.get(d.name) or {}
+            f[ALERT_PENDING.name].add_metric([d.name], float(b.get("pending") or 0))
+            oldest = b.get("oldest")
+            f[ALERT_OLDEST.name].add_metric([d.name], max(0.0, v.now - oldest) if oldest else 0.0)
+
+
 COLLECTORS = (RedisCollector, ClientListCollector, HAProxyCollector, ProcessCollector, LogCollector,
-              ControlPlaneCollector)
+              ControlPlaneCollector, AlertingCollector)
 
 
 def init_app(app) -> CollectorRegistry:

@@ -41,7 +41,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.extensions["chatops.store"] = Store.for_cluster(loaded.spec)
     app.extensions["chatops.started"] = time.time()
 
-    from controlplane import database, metrics, scheduler
+    from controlplane import alerting, database, metrics, scheduler
     from controlplane.remediation import plans
     from controlplane.sources import canary
     from controlplane.web import api, auth, dashboard
@@ -60,6 +60,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     scraper = scheduler.init_app(app)
     atexit.register(scraper.stop)
     plans.init_app(app)           # after the schedule's lock: one process holds the admin connections
+    alerting.init_app(app)        # delivers only where the schedule runs
     return app
 
 
