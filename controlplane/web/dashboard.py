@@ -236,6 +236,56 @@ def resolve_incident(incident_id: int):
     return _incident_action(incident_id, "resolved")
 
 
+# -- silences ---------------------------------------------------------------------------------------
+# The same checks as POST /api/v1/silences (api.silence_request) and the database's audit; adding
+# and expiring are POSTs behind a login and CSRF, a refusal is shown on the page with its status.
+
+SILENCE_LIST = 200
+
+
+@bp.get("/silences")
+def silences():
+    return _silences_page()
+
+
+def _silences_page(status: int = 200, notice: dict[str, Any] | None = None, form=None):
+    db = current_app.extensions["chatops.db"]
+    return _page("silences.html", status=status, refresh=notice is None and form is None,
+                 silences=readmodel.silences(db, "all", SILENCE_LIST), notice=notice,
+                 form=form or {"matchers": "", "for": "2h", "comment": ""}, title="Silences")
+
+
+@bp.post("/silences")
+@auth.require_auth
+def add_silence():
+    """The Add form: one matcher per line, a duration, a comment."""
+    form = {k: (request.form.get(k) or "")[:4000] for k in ("matchers", "for", "comment")}
+    body = {"matchers": [ln.strip() for ln in form["matchers"].splitlines() if ln.strip()],
+            "for": form["for"].strip(), "comment": form["comment"]}
+    try:
+        matchers, ends_at, comment = api.silence_request(body, time.time())
+    except ValueError as exc:
+        return _silences_page(400, {"status": 400, "message": str(exc), "bad": True}, form)
+    db = current_app.extensions["chatops.db"]
+    db.add_silence(matchers, ends_at, auth.current_actor(), comment)
+    return redirect(url_for("dashboard.silences"), code=303)
+
+
+@bp.post("/silences/<int:silence_id>/expire")
+@auth.require_auth
+def expire_silence(silence_id: int):
+    db = current_app.extensions["chatops.db"]
+    try:
+        if silence_id > 2**63 - 1:
+            raise KeyError(silence_id)
+        db.expire_silence(silence_id, auth.current_actor())
+    except KeyError:
+        return _silences_page(404, {"status": 404, "message": f"unknown silence {silence_id}", "bad": True})
+    except ValueError as exc:
+        return _silences_page(409, {"status": 409, "message": str(exc), "bad": True})
+    return redirect(url_for("dashboard.silences"), code=303)
+
+
 # -- remediation plans: plan, review, apply, verify ------------------------------------------------
 # The same engine as the API and the CLI (controlplane/remediation/plans.py). A refusal (nothing
 # chatops can apply, a stale plan, a busy subject, a shard out of reach) is shown on the page the
