@@ -225,20 +225,32 @@ def test_update_with_nothing_writes_nothing(db):
     assert db.incidents() == [] and db.audit() == []
 
 
+def inc_id(d: Database) -> int:
+    return d.incidents()[0]["id"]
+
+
 def test_a_version_2_file_upgrades_to_the_current_schema(tmp_path):
     path = tmp_path / "old.sqlite3"
     with Database(path) as d:
         d.add_incident("old one")
     conn = sqlite3.connect(path)
-    conn.execute("DROP TABLE plans")          # what versions 3 and 4 added
+    conn.execute("DROP TABLE plans")          # what versions 3, 4 and 5 added
     conn.execute("ALTER TABLE incidents DROP COLUMN severity")
     conn.execute("ALTER TABLE incidents DROP COLUMN resolved_at")
+    conn.execute("DROP TABLE silences")
+    conn.execute("DROP INDEX alert_outbox_dedup")
+    conn.execute("DROP INDEX alert_outbox_incident")
+    for column in ("incident_id", "event", "dedup_key", "next_attempt", "rejected_at"):
+        conn.execute(f"ALTER TABLE alert_outbox DROP COLUMN {column}")
     conn.execute("PRAGMA user_version = 2")
     conn.commit()
     conn.close()
     with Database(path) as d:
-        assert d.schema_version() == SCHEMA_VERSION == 4
+        assert d.schema_version() == SCHEMA_VERSION == 5
         assert d.plans() == []                # version 4's table is there, empty
+        assert d.silences() == []             # and version 5's
+        row = d.enqueue_alert("oncall", {"text": "x"}, incident_id=inc_id(d), event="opened", dedup_key="k")
+        assert row["new"] and d.enqueue_alert("oncall", {"text": "y"}, dedup_key="k")["id"] == row["id"]
         inc = d.incidents()[0]
         assert inc["title"] == "old one" and inc["severity"] == "warning" and inc["resolved_at"] is None
         updated = d.update_incident(inc["id"], severity="critical", timeline=[{"ts": 1.0, "event": "x"}])
