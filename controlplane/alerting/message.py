@@ -11,11 +11,12 @@ destination's URL or a secret: those are not known here.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from typing import Any
 from urllib.parse import quote
 
-from controlplane.detectors.base import evidence_figures, example_lines, fmt_number
+from controlplane.detectors.base import example_lines, fmt_number
 
 EVENTS = ("opened", "severity", "acknowledged", "resolved", "repeat")
 VERSION = 1
@@ -50,10 +51,24 @@ def _root(incident: dict, findings: list[dict]) -> tuple[dict | None, dict | Non
     return link, row
 
 
-def figures(link: dict | None, row: dict | None) -> list[dict[str, Any]]:
-    """The root finding's top evidence figures: [{"name", "value", "text"}]."""
-    raw = evidence_figures(row) if row is not None else dict((link or {}).get("figures") or {})
-    return [{"name": k, "value": v, "text": fmt_number(v)} for k, v in raw.items()]
+def figures(link: dict | None, row: dict | None, limit: int = 6) -> list[dict[str, Any]]:
+    """The root finding's top evidence figures: [{"name", "value", "text"}]. The database keeps
+    evidence with its keys sorted, so the detector's order is gone; the top ones are the numbers
+    the finding's title quotes, then the other numbers, then short words it is not already about."""
+    if row is not None:
+        raw = {k: v for k, v in (row.get("evidence") or {}).items()
+               if k != "lines" and not isinstance(v, (dict, list, tuple))}
+        title, about = str(row.get("title") or ""), set(map(str, (row.get("about") or {}).values()))
+    else:
+        raw, title, about = dict((link or {}).get("figures") or {}), str((link or {}).get("title") or ""), set()
+    quoted, numbers, words = [], [], []
+    for k, v in raw.items():
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            (quoted if re.search(rf"(?<![\d.,]){re.escape(fmt_number(v))}(?![\d,])", title) else numbers).append(k)
+        elif isinstance(v, str) and 0 < len(v) <= 80 and v not in about:
+            words.append(k)
+    keys = (quoted + numbers + words)[:limit]
+    return [{"name": k, "value": raw[k], "text": fmt_number(raw[k])} for k in keys]
 
 
 def example_line(chain: list[dict], row: dict | None) -> str | None:
