@@ -9,7 +9,13 @@ PACKAGES = {
     "haproxy": "haproxy",
     "redis-server": "redis-server",
     "redis-cli": "redis-tools",
+    # Only the tests drive these (the shipped rules, a real Prometheus and Alertmanager).
+    "prometheus": "prometheus",
+    "promtool": "prometheus",
+    "prometheus-alertmanager": "prometheus-alertmanager",
+    "amtool": "prometheus-alertmanager",
 }
+TEST_ONLY = {"prometheus", "promtool", "prometheus-alertmanager", "amtool"}
 
 
 class MissingBinary(Exception):
@@ -17,7 +23,8 @@ class MissingBinary(Exception):
         pkg = PACKAGES.get(name, name)
         super().__init__(
             f"{name} is not installed (or not on PATH). Install it with: "
-            f"sudo apt-get install -y {pkg}   (or run `make run`, which installs it)")
+            f"sudo apt-get install -y {pkg}   (or run `make {'test' if name in TEST_ONLY else 'run'}`, "
+            "which installs it)")
         self.name = name
 
 

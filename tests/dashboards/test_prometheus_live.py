@@ -30,8 +30,7 @@ from pathlib import Path
 import yaml
 
 from cluster import clusterfile
-from tests.conftest import REPO, api_json, api_token, live_controlplane, open_idle, wait_for
-from tests.dashboards.helpers import require
+from tests.conftest import REPO, api_json, api_token, live_controlplane, open_idle, require, wait_for
 
 TOKEN = "dashboards-live-test-token"
 RULES = REPO / "dashboards" / "prometheus" / "chatops-rules.yml"

@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import REPO
-from tests.dashboards.helpers import require
+from tests.conftest import REPO, require
 
 PROM = REPO / "dashboards" / "prometheus"
 RULES = PROM / "chatops-rules.yml"
