@@ -184,6 +184,15 @@ class Scraper:
         return out
 
 
+def running_here(app):
+    """A predicate: does this process run the scrape schedule (it took the run lock)? What runs
+    once per deployment beside it (the canary, the notifier) waits for it to be true."""
+    def check() -> bool:
+        scraper = app.extensions.get("chatops.scraper")
+        return scraper is not None and scraper.scheduler is not None
+    return check
+
+
 def init_app(app) -> Scraper:
     """Build the sources from the cluster file; start the schedule unless config SCHEDULER is False."""
     from cluster.durations import seconds

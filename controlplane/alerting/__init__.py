@@ -24,16 +24,12 @@ def init_app(app):
     delivers, however many serve); with SCHEDULER False nothing is started. Returns it, or None."""
     import atexit
 
+    from controlplane import scheduler
     from controlplane.alerting.notifier import Notifier
     if not app.config.get("SCHEDULER", True) or not app.config["CLUSTER"].alerts:
         return None
     notifier = Notifier(app.extensions["chatops.db"], app.config["CLUSTER"])
     app.extensions["chatops.notifier"] = notifier
-
-    def schedule_running() -> bool:
-        scraper = app.extensions.get("chatops.scraper")
-        return scraper is not None and scraper.scheduler is not None
-
-    notifier.start(wait_for=schedule_running)
+    notifier.start(wait_for=scheduler.running_here(app))
     atexit.register(notifier.stop)
     return notifier

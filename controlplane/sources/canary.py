@@ -613,11 +613,7 @@ def init_app(app) -> Canary | None:
     app.extensions["chatops.canary"] = canary
     if not canary.rooms:
         return canary
-
-    def schedule_running() -> bool:
-        scraper = app.extensions.get("chatops.scraper")
-        return scraper is not None and scraper.scheduler is not None
-
-    canary.start(wait_for=schedule_running)
+    from controlplane import scheduler
+    canary.start(wait_for=scheduler.running_here(app))
     atexit.register(canary.stop)
     return canary
