@@ -15,6 +15,14 @@ session opened by typing the token into /login.
   form field `csrf_token` or header `X-CSRF-Token`, or gets 400. Bearer requests are exempt: a
   browser never adds that header by itself, so a forged cross-site request cannot carry it.
 
+Actor: the audit and a plan's created_by/applied_by record who acted, "token:<addr>" or
+"session:<addr>", never the token. A token caller (a playbook, a script) may name itself with the
+`X-Chatops-Actor` header, 1-64 characters of [A-Za-z0-9._:@/-]: the actor is then
+"<name> (token:<addr>)", e.g. "ansible:kill-leaked.yml (token:127.0.0.1)". The name is a label the
+token holder chose, so the token part always stays. A malformed name is a 400; a browser session
+sending the header is a 400 too (a session acts as itself, and the header is not one a form can
+set, so accepting it would only let page scripts relabel the audit).
+
 Use `@require_auth` on every state-changing view; tests/controlplane/web/test_auth.py walks the URL
 map and fails on any mutating route an anonymous client can reach.
 """
@@ -26,6 +34,7 @@ import hashlib
 import hmac
 import logging
 import os
+import re
 import secrets
 from dataclasses import dataclass
 from typing import Callable
@@ -60,6 +69,8 @@ _EXT = "chatops_auth"
 _SESSION_USER = "user"
 _SESSION_CSRF = "csrf"
 _SESSION_FINGERPRINT = "auth_fp"
+ACTOR_HEADER = "X-Chatops-Actor"
+_ACTOR_RE = re.compile(r"[A-Za-z0-9._:@/-]{1,64}")
 
 
 @dataclass(frozen=True)
@@ -137,6 +148,22 @@ def _session_valid() -> bool:
     fp = session.get(_SESSION_FINGERPRINT)
     return (s.configured and session.get(_SESSION_USER) == "token" and isinstance(fp, str)
             and hmac.compare_digest(fp, _fingerprint(s.token)))
+
+
+class _BadActor(ValueError):
+    pass
+
+
+def _named_actor(base: str) -> str:
+    """`base`, or "<name> (<base>)" when the request names its actor in X-Chatops-Actor;
+    _BadActor when that name is malformed."""
+    name = request.headers.get(ACTOR_HEADER)
+    if name is None:
+        return base
+    if not _ACTOR_RE.fullmatch(name):
+        raise _BadActor(f"bad header {ACTOR_HEADER}: give 1 to 64 characters of letters, digits and "
+                        f". _ : @ / - (e.g. ansible:kill-leaked.yml); got {len(name)} characters")
+    return f"{name} ({base})"
 
 
 def _wants_json() -> bool:
@@ -221,11 +248,17 @@ def require_auth(view: Callable) -> Callable:
             if not _bearer_valid():
                 return _error(401, "invalid API token",
                               {"WWW-Authenticate": 'Bearer realm="chatops", error="invalid_token"'})
-            g.chatops_actor = f"token:{request.remote_addr}"
+            try:
+                g.chatops_actor = _named_actor(f"token:{request.remote_addr}")
+            except _BadActor as exc:
+                return _error(400, str(exc))
             return view(*args, **kwargs)
         if _session_valid():
             if request.method in MUTATING and not _csrf_ok():
                 return _csrf_failed()
+            if ACTOR_HEADER in request.headers:
+                return _error(400, f"{ACTOR_HEADER} is for API token callers; a browser session acts "
+                                   "as itself")
             g.chatops_actor = f"session:{request.remote_addr}"
             return view(*args, **kwargs)
         if request.path.startswith("/api/"):
@@ -238,12 +271,15 @@ def require_auth(view: Callable) -> Callable:
 
 
 def current_actor() -> str:
-    """Who is acting, for the audit: "token:<addr>", "session:<addr>" or "anonymous:<addr>".
-    Never the token itself."""
+    """Who is acting, for the audit: "token:<addr>" (or "<X-Chatops-Actor> (token:<addr>)"),
+    "session:<addr>" or "anonymous:<addr>". Never the token itself."""
     if "chatops_actor" in g:
         return g.chatops_actor
     if _bearer_valid():
-        return f"token:{request.remote_addr}"
+        try:
+            return _named_actor(f"token:{request.remote_addr}")
+        except _BadActor:
+            return f"token:{request.remote_addr}"
     if _session_valid():
         return f"session:{request.remote_addr}"
     return f"anonymous:{request.remote_addr}"

@@ -261,6 +261,58 @@ def test_the_token_never_reaches_logs_pages_or_the_actor(app, caplog):
     assert "failed login" in caplog.text
 
 
+# -- X-Chatops-Actor: a token caller names itself --
+
+def test_a_token_caller_names_itself_and_keeps_its_address(app):
+    client = app.test_client()
+    r = client.post("/api/v1/things", headers={**bearer(), "X-Chatops-Actor": "ansible:kill-leaked.yml"})
+    assert r.status_code == 200 and r.get_json()["actor"] == "ansible:kill-leaked.yml (token:127.0.0.1)"
+    r = client.post("/api/v1/things", headers={**bearer(), "X-Chatops-Actor": "ops@example/bot-1_2.x"})
+    assert r.get_json()["actor"] == "ops@example/bot-1_2.x (token:127.0.0.1)"
+    assert client.post("/api/v1/things", headers=bearer()).get_json()["actor"] == "token:127.0.0.1"
+
+
+@pytest.mark.parametrize("name", ["", "a" * 65, "two words", "ansible:x\ty", "évé", "x;rm", "a(b)",
+                                  "<script>"])
+def test_a_malformed_actor_name_gets_400_saying_what_it_accepts(app, name):
+    r = app.test_client().post("/api/v1/things", headers={**bearer(), "X-Chatops-Actor": name})
+    assert r.status_code == 400
+    message = r.get_json()["error"]["message"]
+    assert "X-Chatops-Actor" in message and "1 to 64 characters" in message
+    assert name not in message or name == ""  # the bad value is not echoed back
+
+
+def test_the_actor_name_does_not_stand_in_for_the_token(app):
+    client = app.test_client()
+    for headers in ({"X-Chatops-Actor": "ansible:x"}, {**bearer("wrong"), "X-Chatops-Actor": "ansible:x"}):
+        assert client.post("/api/v1/things", headers=headers).status_code == 401
+
+
+def test_a_browser_session_cannot_rename_itself(app):
+    client = app.test_client()
+    login(client)
+    csrf = _csrf_of(client)
+    r = client.post("/api/v1/things", headers={"X-CSRF-Token": csrf, "X-Chatops-Actor": "ansible:x"})
+    assert r.status_code == 400 and "token callers" in r.get_json()["error"]["message"]
+    ok = client.post("/api/v1/things", headers={"X-CSRF-Token": csrf})
+    assert ok.get_json()["actor"] == "session:127.0.0.1"
+
+
+def test_the_real_app_audits_the_named_actor(real_app):
+    client = real_app.test_client()
+    headers = {**bearer(), "X-Chatops-Actor": "ansible:silence.yml"}
+    r = client.post("/api/v1/silences", json={"matchers": ["cluster=testing"], "for": "1h"}, headers=headers)
+    assert r.status_code == 201, r.text
+    assert r.get_json()["created_by"] == "ansible:silence.yml (token:127.0.0.1)"
+    audit = client.get("/api/v1/audit?limit=1").get_json()
+    record = (audit.get("audit") or audit.get("records"))[0]
+    assert record["actor"] == "ansible:silence.yml (token:127.0.0.1)" and TOKEN not in str(record)
+    bad = client.post("/api/v1/silences", json={"matchers": ["cluster=testing"], "for": "1h"},
+                      headers={**bearer(), "X-Chatops-Actor": "no spaces allowed"})
+    assert bad.status_code == 400
+    assert len(client.get("/api/v1/silences").get_json()["silences"]) == 1  # the refused one wrote nothing
+
+
 # -- every mutating route demands auth --
 
 def mutating_rules(app: Flask) -> list[tuple[str, str]]:
