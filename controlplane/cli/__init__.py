@@ -6,7 +6,7 @@ from importlib import metadata
 
 import click
 
-from controlplane.cli import chat, config, inspect, local, proxy, remediate, serve, silence, slots
+from controlplane.cli import chat, config, inspect, local, proxy, redis_conf, remediate, serve, silence, slots
 
 
 def _version() -> str:
@@ -28,6 +28,7 @@ main.add_command(local.status)
 main.add_command(serve.controlplane_cmd)
 main.add_command(config.config)
 main.add_command(proxy.proxy)
+main.add_command(redis_conf.redis)
 main.add_command(inspect.inspect)
 main.add_command(slots.slots)
 main.add_command(chat.loadgen)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -27,8 +28,10 @@ def proxy() -> None:
 @click.option("--host", "hosts", multiple=True, help="Only this chat host (repeatable).")
 @click.option("--check", is_flag=True, help="Run `haproxy -c` on every rendered config.")
 @click.option("--output", type=click.Path(file_okay=False), help="Write <host>.cfg files here instead of printing.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON object, host -> config text exactly as `chatops up` writes it (for Ansible).")
 def proxy_render(config: str | None, run_dir: str | None, hosts: tuple[str, ...], check: bool,
-                 output: str | None) -> None:
+                 output: str | None, as_json: bool) -> None:
     """Render each chat host's HAProxy config from the cluster file."""
     run = _run_dir(run_dir)
     cf = load(config, run).spec
@@ -36,6 +39,12 @@ def proxy_render(config: str | None, run_dir: str | None, hosts: tuple[str, ...]
     for h in hosts:
         if h not in chat_hosts:
             fail(f"not a chat host: {h} (chat hosts: {', '.join(chat_hosts)})", 2)
+    if as_json:
+        try:
+            click.echo(json.dumps({h: haproxy_config.render(cf, h, run) for h in hosts or chat_hosts}))
+        except (RunDirError, haproxy_config.RenderError) as exc:
+            fail(str(exc))
+        return
     failed = []
     try:
         for host in hosts or chat_hosts:
