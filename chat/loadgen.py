@@ -10,7 +10,24 @@ evenly paced total rate, and measures what came back:
 - end-to-end latency, receive time minus the message's `tmi-sent-ts` (stamped by clue once it
   decided), as p50/p99/max; plus send -> echo (`ack_ms`) and send -> receive (`client_to_client_ms`),
   which also cover the edge -> clue -> Redis leg;
-- connection failures and disconnects, by kind, with a few examples.
+- connection failures and disconnects, by kind, with a few examples;
+- the edge each connection landed on (the edge names itself in the 002 welcome line: "Your host
+  is tmi.chatops.local (edge chat1)"), and every connection lost and re-established: when, on
+  which edge, behind which frontend, after how long (`reconnections` in the report).
+
+Lost connections. Unbounded runs (--duration 0) always reconnect a lost client; a timed run does
+so with --reconnect (as a rolling restart needs), else it goes on without the client. The first
+attempt comes after RECONNECT_FIRST (1 s, with jitter), doubling up to RECONNECT_MAX. How a lost
+receiver counts toward completeness:
+
+- without --reconnect (timed runs): it stays in its room's expected receivers, so every message
+  accepted after the loss counts as missed: the run measures the damage;
+- with reconnection: from the loss until its JOIN completes again it is not an expected receiver
+  (it cannot receive, and IRC has no replay), so completeness measures delivery to the clients
+  that were connected. The messages it missed meanwhile are not hidden: the report counts them in
+  `excluded_while_disconnected` (receiver x message pairs) and gives `completeness_with_gaps`,
+  delivered / (expected + excluded), the figure that counts them as missed. The loss itself is in
+  `reconnections`.
 
 Messages are told apart by a per-run `client-nonce` prefix, so other traffic in the same rooms
 (another load generator, real users) is ignored. A message that receivers got but whose echo never
@@ -18,7 +35,7 @@ came, or one that got neither an echo nor a NOTICE, is counted as lost, separate
 
     python -m chat.loadgen [--config FILE] [--clients 200] [--senders 10] [--rate 50]
         [--duration 30] [--rooms a,b] [--hot-room ROOM] [--tpp] [--ws-fraction 0.25]
-        [--source-address 127.0.3.1] [--json] [--quiet] [--report-every 10]
+        [--source-address 127.0.3.1] [--reconnect] [--json] [--quiet] [--report-every 10]
 
 Progress: one line a second on stderr, rewritten in place on a terminal, else a plain line every
 --report-every seconds; --quiet drops it. With --duration 0 (background traffic, as the
@@ -47,6 +64,7 @@ import logging
 import math
 import os
 import random
+import re
 import resource
 import secrets
 import signal
@@ -80,9 +98,11 @@ FORGET_AFTER = 60.0             # unbounded runs forget settled ids after this l
 MAX_TICK = 0.005                # the sender pacer's tick at high rates (evenly paced, not bursty)
 MAX_CATCH_UP = 0.1              # a late tick sends at most this many seconds' worth of messages
 FD_RESERVE = 64
-RECONNECT_FIRST = 1.0           # unbounded runs reconnect a lost client after 1 s, doubling...
+RECONNECT_FIRST = 1.0           # a lost client reconnects after 0.5-1 s (jitter), doubling...
 RECONNECT_MAX = 30.0            # ...up to 30 s between attempts
+MAX_EVENTS = 2000               # reconnection events kept in the report (the counts are always whole)
 TEXT_MAX = 400
+EDGE_IN_WELCOME = re.compile(r"\(edge ([A-Za-z0-9_.-]{1,64})\)")
 
 
 _early_stop = False             # a signal that came before the run's own handlers were installed
@@ -107,6 +127,7 @@ class Options:
     tpp: bool = False                   # senders send the Twitch Plays Pokémon command mix
     ws_fraction: float = 0.25           # share of clients (receivers and senders) on WebSocket
     source_address: str | None = None   # bind every client socket to this loopback address
+    reconnect: bool = False             # a timed run reconnects lost clients too (unbounded runs always do)
     json: bool = False
     quiet: bool = False
     report_every: float = 10.0
@@ -170,6 +191,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[Options, str | None]:
                     help="share of clients connecting over WebSocket (default 0.25)")
     ap.add_argument("--source-address", metavar="ADDR",
                     help="bind every client socket to this loopback address, e.g. 127.0.3.1")
+    ap.add_argument("--reconnect", action="store_true",
+                    help="reconnect lost clients in a timed run too, as unbounded runs always do; the "
+                         "report lists every connection lost and re-established")
     ap.add_argument("--sender-prefix", default="loadgen", metavar="NAME",
                     help="senders are NAME_0, NAME_1, ... (default loadgen)")
     ap.add_argument("--json", action="store_true", help="print the report as one JSON object, last on stdout")
@@ -182,7 +206,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Options, str | None]:
     opts = Options(clients=args.clients, senders=args.senders, rate=args.rate, duration=args.duration,
                    rooms=rooms, hot_room=args.hot_room.lstrip("#").lower() if args.hot_room else None,
                    tpp=args.tpp, ws_fraction=args.ws_fraction, source_address=args.source_address,
-                   json=args.json, quiet=args.quiet, report_every=args.report_every,
+                   reconnect=args.reconnect, json=args.json, quiet=args.quiet, report_every=args.report_every,
                    sender_prefix=args.sender_prefix, seed=args.seed)
     return opts, args.config
 
@@ -286,6 +310,7 @@ class Tally:
 
     def __init__(self, receivers_per_room: dict[str, int] | None = None):
         self.receivers = receivers_per_room or {}
+        self.joined = dict(self.receivers)    # receivers per room once set up: the baseline
         self.sent = 0
         self.accepted = 0
         self.rejected: Counter[str] = Counter()
@@ -296,6 +321,7 @@ class Tally:
         self.unanswered = 0               # sent, but neither an echo nor a NOTICE came back
         self.skipped = 0                  # due, but not sent: the generator itself fell behind
         self.lost_delivered = 0           # delivered, but the sender never saw its echo
+        self.excluded = 0                 # (receiver, message) pairs left out: the receiver was reconnecting
         self.latency = Histogram()        # receive - tmi-sent-ts, at receivers
         self.ack = Histogram()            # send -> echo, at senders
         self.c2c = Histogram()            # send -> receive, at receivers
@@ -314,8 +340,11 @@ class Tally:
     def echo(self, msg_id: str, room: str, now: float) -> None:
         self.accepted += 1
         # The room's receivers when the message was accepted: a receiver lost (or back) later
-        # changes what later messages can reach, not this one.
-        self._pending_settle.append((now, msg_id, self.receivers.get(room, 0)))
+        # changes what later messages can reach, not this one. Receivers away reconnecting are
+        # not expected, and counted as excluded.
+        here = self.receivers.get(room, 0)
+        self.excluded += max(0, self.joined.get(room, 0) - here)
+        self._pending_settle.append((now, msg_id, here))
 
     def delivery(self, msg_id: str, now: float) -> None:
         self.deliveries_seen += 1
@@ -358,6 +387,12 @@ class Tally:
     def completeness(self) -> float | None:
         return self.delivered / self.expected if self.expected else None
 
+    @property
+    def completeness_with_gaps(self) -> float | None:
+        """Completeness counting every message a reconnecting receiver missed as missed."""
+        total = self.expected + self.excluded
+        return self.delivered / total if total else None
+
 
 # ---------------------------------------------------------------------------------------------
 # Clients
@@ -385,6 +420,9 @@ class Client:
         self.closing = False
         self.up = False
         self.ready = False          # set up completely: a later loss is a disconnect
+        self.edge: str | None = None    # the edge behind the frontend, as its 002 line names it
+        self.since: float | None = None  # wall time the session was set up (366)
+        self.lost_reason = ""
 
     # -- bytes in --
 
@@ -406,6 +444,10 @@ class Client:
                 self._fail("registration_failed", m.params[-1] if m.params else "NOTICE")
             elif msg_id:
                 self.gen.notice(self, msg_id)
+        elif cmd == "002":
+            found = EDGE_IN_WELCOME.search(m.params[-1] if m.params else "")
+            if found:
+                self.edge = found.group(1)
         elif cmd == "366":
             if not self.joined.done():
                 self.joined.set_result(True)
@@ -431,6 +473,7 @@ class Client:
     def lost(self, reason: str) -> None:
         """The connection ended; an error unless we were closing it."""
         self.up = False
+        self.lost_reason = reason
         if not self.joined.done():
             self.joined.set_exception(SetupFailed("connection_closed", f"{self.plan.nick} via "
                                                   f"{self.plan.address}:{self.plan.port}: closed during set-up: {reason}",
@@ -576,7 +619,16 @@ class Generator:
         self.log = logging.getLogger("chatops.loadgen")
         self.stop = options.stop_event or asyncio.Event()
         self.sending = False
-        self.tasks: set[asyncio.Task] = set()        # reconnections in unbounded runs
+        self.tasks: set[asyncio.Task] = set()        # reconnections
+        self.events: list[dict[str, Any]] = []       # connections lost, and when each came back
+        self.lost_count = 0
+        self.back_count = 0
+        self.by_edge: dict[str, Counter[str]] = {}    # edge -> {"lost": n, "reestablished": n}
+        self.by_frontend: dict[str, Counter[str]] = {}
+        self.lost_nicks: set[str] = set()
+        self.gaps = Histogram()                        # ms from a loss to the JOIN done again
+        self.edges_at_start: Counter[str] = Counter()
+        self.jitter = random.Random()
         self.slots = asyncio.Semaphore(CONNECT_CONCURRENCY)
 
     # -- events from clients --
@@ -625,13 +677,32 @@ class Generator:
             else:
                 self.tally.unanswered += 1
 
+    @property
+    def reconnecting(self) -> bool:
+        return not self.options.duration or self.options.reconnect
+
     def disconnected(self, client: Client) -> None:
         if client.plan.sender and client in self.senders:
             self.senders.remove(client)
-        if self.options.duration or self.stop.is_set():
+        if self.stop.is_set():
+            return
+        p = client.plan
+        now = time.time()
+        edge = client.edge or "unknown"
+        self.lost_count += 1
+        self.lost_nicks.add(p.nick)
+        self.by_edge.setdefault(edge, Counter())["lost"] += 1
+        self.by_frontend.setdefault(p.host, Counter())["lost"] += 1
+        event = {"nick": p.nick, "sender": p.sender, "room": p.room, "transport": p.transport,
+                 "frontend": p.host, "edge": client.edge, "since": _round(client.since),
+                 "lost_at": round(now, 3), "reason": client.lost_reason, "back_at": None, "back_edge": None,
+                 "attempts": 0}
+        if len(self.events) < MAX_EVENTS:
+            self.events.append(event)
+        if not self.reconnecting:
             return      # a timed run counts the loss against completeness and goes on without it
-        # Background traffic heals itself: the client comes back once its edge does (an edge
-        # restart, a rolling deploy), and until then its room expects one receiver fewer.
+        # The client comes back once an edge takes it (an edge restart, a rolling deploy), and
+        # until then its room expects one receiver fewer (see the module docstring).
         if client in self.receivers:
             self.receivers.remove(client)
             self.tally.receivers[client.plan.room] = self.tally.receivers.get(client.plan.room, 1) - 1
@@ -639,16 +710,18 @@ class Generator:
             self.prune(client, float("inf"))
         if client in self.clients:
             self.clients.remove(client)
-        self._spawn(self.reconnect(client.plan))
+        self._spawn(self.reconnect(client.plan, event, now))
 
-    async def reconnect(self, p: ClientPlan) -> None:
+    async def reconnect(self, p: ClientPlan, event: dict[str, Any] | None = None, lost_at: float = 0.0) -> None:
         delay = RECONNECT_FIRST
+        event = event if event is not None else {}
         while not self.stop.is_set():
             try:
-                await asyncio.wait_for(self.stop.wait(), delay)
+                await asyncio.wait_for(self.stop.wait(), delay * self.jitter.uniform(0.5, 1.0))
                 return
             except asyncio.TimeoutError:
                 pass
+            event["attempts"] = event.get("attempts", 0) + 1
             client = await self.connect_one(p, self.slots, time.monotonic() + SETUP_TIMEOUT)
             if client is not None:
                 if self.stop.is_set():
@@ -660,7 +733,16 @@ class Generator:
                 else:
                     self.receivers.append(client)
                     self.tally.receivers[p.room] = self.tally.receivers.get(p.room, 0) + 1
-                logs.event(self.log, "edge", "reconnected", nick=p.nick, host=p.host, transport=p.transport)
+                back = client.since or time.time()
+                event["back_at"], event["back_edge"] = round(back, 3), client.edge
+                self.back_count += 1
+                self.by_edge.setdefault(event.get("edge") or "unknown", Counter())["reestablished"] += 1
+                self.by_frontend.setdefault(p.host, Counter())["reestablished"] += 1
+                if lost_at:
+                    self.gaps.add((back - lost_at) * 1000)
+                if not self.options.quiet or not self.options.duration:
+                    logs.event(self.log, "edge", "reconnected", nick=p.nick, host=p.host, transport=p.transport,
+                               edge=client.edge or "unknown", was=event.get("edge") or "unknown")
                 return
             delay = min(delay * 2, RECONNECT_MAX)
 
@@ -732,6 +814,7 @@ class Generator:
                     await asyncio.wait_for(client.open(), min(CONNECT_TIMEOUT, remaining))
                 await asyncio.wait_for(asyncio.shield(client.joined), max(0.1, deadline - time.monotonic()))
                 client.ready = True
+                client.since = time.time()
                 return client
             except SetupFailed as exc:
                 await client.close()
@@ -793,6 +876,8 @@ class Generator:
                 (self.senders if c.plan.sender else self.receivers).append(c)
         per_room = Counter(c.plan.room for c in self.receivers)
         self.tally.receivers = dict(per_room)
+        self.tally.joined = dict(per_room)
+        self.edges_at_start = Counter(c.edge or "unknown" for c in self.clients)
 
     # -- sending --
 
@@ -821,9 +906,9 @@ class Generator:
         try:
             while not self.stop.is_set():
                 now = time.monotonic()
-                if now >= end or (not self.senders and self.options.duration):
+                if now >= end or (not self.senders and not self.reconnecting):
                     break
-                if not self.senders:        # unbounded run, every sender reconnecting: wait for them
+                if not self.senders:        # every sender reconnecting: wait for them
                     due_total = int((now - start) * rate) + 1
                     try:
                         await asyncio.wait_for(self.stop.wait(), 0.2)
@@ -929,6 +1014,7 @@ class Generator:
         duration = (self.send_stopped - self.send_started) if self.send_started and self.send_stopped else 0.0
         offered = getattr(self, "offered_seconds", 0.0) * self.options.rate
         comp = t.completeness
+        gaps = t.completeness_with_gaps
         return {
             "clients": len(self.receivers), "senders": len([c for c in self.clients if c.plan.sender]),
             "clients_planned": self.options.clients, "senders_planned": self.options.senders,
@@ -939,6 +1025,8 @@ class Generator:
             "accepted_per_s": round(t.accepted / duration, 1) if duration else 0.0,
             "delivered": t.delivered, "expected": t.expected,
             "completeness": None if comp is None else round(comp, 6),
+            "excluded_while_disconnected": t.excluded,
+            "completeness_with_gaps": None if gaps is None else round(gaps, 6),
             "latency_ms": _lat(t.latency), "ack_ms": _lat(t.ack), "client_to_client_ms": _lat(t.c2c),
             "lost": {"delivered_without_echo": t.lost_delivered, "unanswered": unanswered},
             "late_deliveries": t.late, "skipped": t.skipped,
@@ -946,6 +1034,26 @@ class Generator:
             "errors": dict(t.errors), "error_examples": list(t.examples),
             "hot_room": self.options.hot_room, "tpp": self.options.tpp,
             "source_address": self.options.source_address,
+            "edges": {"at_start": dict(self.edges_at_start),
+                      "at_end": dict(Counter(c.edge or "unknown" for c in self.clients))},
+            "reconnections": self.reconnections(),
+        }
+
+    def reconnections(self) -> dict[str, Any]:
+        """Every connection lost after set-up, and whether (and where, after how long) it came back."""
+        g = self.gaps
+        return {
+            "enabled": self.reconnecting,
+            "lost": self.lost_count, "reestablished": self.back_count,
+            "still_lost": self.lost_count - self.back_count,
+            "clients_lost": len(self.lost_nicks),
+            "clients_kept": sum(1 for c in self.clients if c.plan.nick not in self.lost_nicks),
+            "by_edge": {k: {"lost": v["lost"], "reestablished": v["reestablished"]} for k, v in sorted(self.by_edge.items())},
+            "by_frontend": {k: {"lost": v["lost"], "reestablished": v["reestablished"]}
+                            for k, v in sorted(self.by_frontend.items())},
+            "gap_ms": {"p50": _round(g.percentile(50)), "p99": _round(g.percentile(99)),
+                       "max": _round(g.max) if g.n else None},
+            "events": list(self.events), "events_dropped": max(0, self.lost_count - len(self.events)),
         }
 
     # -- the whole run --
@@ -1031,6 +1139,10 @@ def _lat(h: Histogram) -> dict[str, float | None]:
     return {"p50": s["p50"], "p99": s["p99"], "max": s["max"]}
 
 
+def _round(v: float | None) -> float | None:
+    return None if v is None else round(v, 3)
+
+
 def _fmt(v: float | None) -> str:
     return "-" if v is None else f"{v:.1f}"
 
@@ -1078,6 +1190,7 @@ def format_report(r: dict[str, Any]) -> str:
     comp = r["completeness"]
     lat, ack, c2c = r["latency_ms"], r["ack_ms"], r["client_to_client_ms"]
     rejected = ", ".join(f"{k} {v}" for k, v in sorted(r["rejected"].items())) or "none"
+    rc = r.get("reconnections") or {}
     lines = [
         f"loadgen: {r['clients']} receivers + {r['senders']} senders ({', '.join(f'{k} {v}' for k, v in sorted(r['transports'].items())) or 'no connections'}) "
         f"in {len(r['rooms'])} room(s): {', '.join('#' + x for x in r['rooms'])}",
@@ -1090,6 +1203,14 @@ def format_report(r: dict[str, Any]) -> str:
         f"{_fmt(c2c['p50'])} ms, p99 {_fmt(c2c['p99'])} ms",
         f"  lost: {r['lost']['delivered_without_echo']} delivered without an echo, {r['lost']['unanswered']} never answered",
     ]
+    if rc.get("lost"):
+        per_edge = ", ".join(f"{e} {v['lost']}/{v['reestablished']}" for e, v in rc["by_edge"].items())
+        lines.append(f"  connections lost {rc['lost']}, re-established {rc['reestablished']} (by edge, lost/back: "
+                     f"{per_edge}); {rc['clients_kept']} clients kept their session")
+        if r["excluded_while_disconnected"]:
+            cg = r["completeness_with_gaps"]
+            lines.append(f"  {r['excluded_while_disconnected']} deliveries excluded while receivers reconnected; "
+                         f"counted as missed, completeness {'-' if cg is None else f'{cg * 100:.3f}%'}")
     if r["skipped"]:
         lines.append(f"  the generator fell behind and skipped {r['skipped']} messages (its machine's CPU is the limit)")
     if r["errors"]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 import re
 import shutil
@@ -137,6 +138,37 @@ def test_tally_forgets_in_unbounded_runs():
     assert not t._settled
 
 
+def test_tally_excludes_receivers_away_reconnecting_and_says_how_many():
+    """With reconnection a receiver away is not expected for the messages accepted meanwhile; the
+    exclusion is counted, and completeness_with_gaps counts those messages as missed."""
+    t = Tally({"a": 3})
+    t.echo("m1", "a", 0.0)
+    t.delivery("m1", 0.0)
+    t.delivery("m1", 0.0)
+    t.delivery("m1", 0.0)
+    t.receivers["a"] = 2               # one receiver lost, reconnecting
+    t.echo("m2", "a", 0.1)
+    t.delivery("m2", 0.1)
+    t.delivery("m2", 0.1)
+    t.receivers["a"] = 3               # back
+    t.echo("m3", "a", 0.2)
+    for _ in range(3):
+        t.delivery("m3", 0.2)
+    t.finish()
+    assert (t.delivered, t.expected, t.excluded) == (8, 8, 1)
+    assert t.completeness == 1.0 and t.completeness_with_gaps == 8 / 9
+
+
+def test_edge_is_read_from_the_welcome_line():
+    assert loadgen.EDGE_IN_WELCOME.search("Your host is tmi.chatops.local (edge chat-event1)").group(1) == "chat-event1"
+    assert loadgen.EDGE_IN_WELCOME.search("Your host is tmi.chatops.local") is None
+
+
+def test_reconnect_option():
+    assert loadgen.parse_args(["--reconnect"])[0].reconnect is True
+    assert loadgen.parse_args([])[0].reconnect is False
+
+
 # ---------------------------------------------------------------------------------------------
 # Against a real cluster
 # ---------------------------------------------------------------------------------------------
@@ -263,6 +295,44 @@ def test_unbounded_run_logs_in_the_talks_shape_and_stops_cleanly_on_sigterm(clus
     rep = json.loads(out.strip().splitlines()[-1])
     assert rep["errors"] == {} and rep["sent"] > 0 and rep["accepted"] == rep["sent"]
     assert rep["completeness"] == 1.0
+
+
+def test_timed_run_with_reconnect_brings_back_the_clients_of_a_restarted_edge(cluster):
+    """`--reconnect`: an edge restarted mid-run (SIGTERM; the supervisor starts it again) loses its
+    clients, each comes back through its frontend, and the report names every loss with its edge.
+    Clients of the other edge keep their session; completeness counts the connected receivers,
+    completeness_with_gaps the messages missed while away."""
+    proc = subprocess.Popen([sys.executable, "-m", "chat.loadgen", "--config", str(cluster.config), "--clients", "30",
+                             "--senders", "2", "--rate", "20", "--duration", "10", "--rooms", "degentp,paragusrants",
+                             "--reconnect", "--json", "--quiet"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        time.sleep(4)
+        old = cluster.pid_of("edge-chat1")
+        os.kill(old, signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    rep = json.loads(out.strip().splitlines()[-1])
+    rc = rep["reconnections"]
+    print("edges", rep["edges"], "reconnections", {k: v for k, v in rc.items() if k != "events"})
+    at_start = rep["edges"]["at_start"]
+    assert set(at_start) == {"chat1", "chat2"} and sum(at_start.values()) == 32
+    assert rc["enabled"] is True
+    assert rc["lost"] == at_start["chat1"] and set(rc["by_edge"]) == {"chat1"}
+    assert rc["reestablished"] == rc["lost"] and rc["still_lost"] == 0
+    assert rc["clients_kept"] == at_start["chat2"]
+    assert {e["edge"] for e in rc["events"]} == {"chat1"}
+    assert all(e["back_at"] >= e["lost_at"] and e["back_edge"] in ("chat1", "chat2") for e in rc["events"])
+    assert set(rc["by_frontend"]) <= {"chat1", "chat2"}
+    assert rep["clients"] == 30 and rep["senders"] == 2
+    assert rep["completeness"] >= 0.99
+    assert rep["excluded_while_disconnected"] > 0
+    assert rep["completeness_with_gaps"] < rep["completeness"]
+    assert "connections lost" in err and "clients kept their session" in err
 
 
 def test_unreachable_cluster_is_reported_not_waited_on(subnet, tmp_path):
