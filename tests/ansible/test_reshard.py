@@ -4,21 +4,24 @@ key is lost -- each is read back, with its value, from the shard the new slot ma
 reshard.yml --check shows the plan and changes nothing, and a refused plan fails the play with the
 API's message.
 
-The cluster carries no traffic here, so the planner balances slot counts: shard0 gives shard4 its
-share. The test leaves the cluster with five shards (shard4 owning some of shard0's slots), which
-the rolling-restart test after it runs on."""
+The reshard names its slots (`-e slots=`, 600 of shard0's). Left to the planner, the choice
+follows the little load an idle cluster still carries (14 ops/s on shard0 in one run), so it may
+be one slot without a seeded key, or nothing at all; docs/ansible.md shows the planner's choice.
+The test leaves the cluster with five shards (shard4 owning 600 of shard0's slots), which the
+rolling-restart test after it runs on."""
 
 from __future__ import annotations
 
 import socket
 
-from chat.sharding import key_slot
+from chat.sharding import describe_slots, key_slot
 from collectors import redis as rc
 from controlplane.resharding import slotmap as slotmaps
 from tests.ansible.conftest import api_get, recap
 
 SEEDED = 4000
 PREFIX = "ansible-reshard"
+MOVED = 600          # slots of shard0 the reshard names
 
 
 def _slot_map(live):
@@ -103,8 +106,11 @@ def test_add_shard_then_reshard_to_it_loses_no_key(live_default):
     assert smap.names[-1] == "shard4" and len(smap.slots_of(4)) == 0
     assert "shard4" in [s.name for s in live_default.spec.redis.shards]
 
+    moving = sorted(smap.slots_of(smap.names.index("shard0")))[:MOVED]
+    slots = describe_slots(moving, limit=len(moving)).replace(" ", "")
     # --check: the plan is made and shown, nothing moves.
-    checked = live_default.play("reshard.yml", "--check", "-e", "from=shard0", "-e", "to=shard4")
+    checked = live_default.play("reshard.yml", "--check", "-e", "from=shard0", "-e", "to=shard4",
+                                "-e", f"slots={slots}")
     out = checked.stdout + checked.stderr
     assert checked.returncode == 0, out
     assert "reshard on slotmap" in out and "check mode: plan" in out and "would apply" in out
@@ -114,7 +120,8 @@ def test_add_shard_then_reshard_to_it_loses_no_key(live_default):
     assert after_check.epoch == smap.epoch and len(after_check.slots_of(4)) == 0
     assert _where(live_default, seeded) == {"shard0": SEEDED}
 
-    run = live_default.play("reshard.yml", "-e", "from=shard0", "-e", "to=shard4", "-e", "yes=true")
+    run = live_default.play("reshard.yml", "-e", "from=shard0", "-e", "to=shard4", "-e", f"slots={slots}",
+                            "-e", "yes=true")
     out = run.stdout + run.stderr
     assert run.returncode == 0, out
     counts = recap(run.stdout)["controlplane"]
@@ -124,8 +131,7 @@ def test_add_shard_then_reshard_to_it_loses_no_key(live_default):
     assert plan["verification"]["state"] in ("nothing_to_watch", "resolved"), plan["verification"]
 
     final = _slot_map(live_default)
-    assert final.epoch > smap.epoch and len(final.slots_of(4)) > 0
-    assert set(final.slots_of(4)) <= set(smap.slots_of(0))          # only shard0's slots moved
+    assert final.epoch > smap.epoch and sorted(final.slots_of(4)) == moving
     found = _where(live_default, seeded)                             # 0 keys lost
     assert sum(found.values()) == SEEDED and found.get("shard4", 0) > 0, found
     # The moved keys are gone from shard0.
