@@ -72,6 +72,41 @@ def _windows(live, since: float) -> dict[str, tuple[float, float]]:
     return {h: (drained[h], ready[h]) for h in drained if h in ready}
 
 
+def test_check_mode_shows_each_plan_and_changes_nothing(live_default):
+    """--check --diff on one host: the drain, restart and ready plans are made and shown, nothing is
+    applied, no process restarts, and the edge's servers stay ready. A bad number is refused first."""
+    live = live_default
+    bad = live.play("rolling-restart.yml", "--limit", "chat1", "-e", "drain_timeout=soon")
+    assert bad.returncode != 0 and "drain_timeout=SECONDS" in bad.stdout + bad.stderr
+
+    before = _pids(live)
+    run = live.play("rolling-restart.yml", "--check", "--diff", "--limit", "chat1", timeout=120)
+    assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
+    text = " ".join((run.stdout + run.stderr).split())        # the YAML callback folds long lines
+    assert "+ chat1 be_edge_main/chat1: drain weight" in text and "+ chat2 be_edge_ws_main/chat1: drain weight" in text
+    assert "- edge-chat1 pid" in text and "- exchange-chat1 pid" in text
+    assert "check mode: plan" in text and "would apply" in text
+    assert "now (check mode drains nothing and waits for nothing)" in text
+    assert "applied by" not in text
+    assert _pids(live) == before
+    plans = api_get(live.base, "/plans?limit=10")["plans"]
+    assert plans and all(p["state"] == "planned" for p in plans[:3]), [(p["id"], p["state"]) for p in plans[:3]]
+    assert _edge_status(live, "chat2", "chat1") == {"be_edge_main": "UP", "be_edge_ws_main": "UP"}
+
+
+def _edge_status(live, proxy_host: str, server: str) -> dict[str, str]:
+    """be_edge_*/<server>'s status (UP, DRAIN, DOWN...) in proxy_host's HAProxy stats CSV."""
+    import urllib.request
+    spec = live.spec
+    url = f"http://{spec.address(proxy_host)}:{spec.haproxy.stats_port}/stats;csv"
+    with urllib.request.urlopen(url, timeout=10) as r:
+        rows = r.read().decode().splitlines()
+    header = rows[0].lstrip("# ").split(",")
+    status = header.index("status")
+    return {f[0]: f[status] for f in (row.split(",") for row in rows[1:])
+            if len(f) > status and f[0].startswith("be_edge") and f[1] == server}
+
+
 def test_rolling_restart_under_traffic_restarts_every_chat_host_and_keeps_other_edges_clients(live_default):
     live = live_default
     chat = [h for h, _ in live.spec.chat_hosts()]
@@ -91,8 +126,8 @@ def test_rolling_restart_under_traffic_restarts_every_chat_host_and_keeps_other_
         if lg.poll() is None:
             lg.kill()
             lg.wait()
-    text = run.stdout + run.stderr
-    assert run.returncode == 0, text[-6000:]
+    assert run.returncode == 0, (run.stdout + run.stderr)[-6000:]
+    text = " ".join((run.stdout + run.stderr).split())
     counts = recap(run.stdout)
     assert set(counts) == set(chat), counts
     assert all(c["failed"] == 0 and c["changed"] >= 3 for c in counts.values()), counts
@@ -106,6 +141,11 @@ def test_rolling_restart_under_traffic_restarts_every_chat_host_and_keeps_other_
             assert after[name] != before[name], f"{name} kept pid {before[name]}"
     procs = {p["name"]: p for p in live.cluster.state["processes"]}
     assert all(procs[f"{s}-{h}"]["status"] == "up" for h in chat for s in SERVICES)
+
+    # ... and every edge is back in every HAProxy of its cluster (ready, checked UP)
+    for proxy_host in ("chat1", "chat2"):
+        for server in ("chat1", "chat2"):
+            assert _edge_status(live, proxy_host, server) == {"be_edge_main": "UP", "be_edge_ws_main": "UP"}
 
     # 2. the traffic: delivered to every connected receiver
     assert lg.returncode == 0, err[-3000:]
@@ -144,7 +184,7 @@ def test_rolling_restart_under_traffic_restarts_every_chat_host_and_keeps_other_
     assert rc["still_lost"] == 0 and rc["reestablished"] == rc["lost"]
     # The first host restarted under load: exactly its edge's clients moved; the other edge's
     # clients (all of them, at that moment) kept their session through it.
-    first = next(h for h in chat if h in rep["edges"]["at_start"])
+    first = min((h for h in windows if h in rep["edges"]["at_start"]), key=lambda h: windows[h][0])
     drained, ready = windows[first]
     moved = {e["nick"] for e in rc["events"] if drained <= e["lost_at"] <= ready}
     kept = CLIENTS + 2 - len(moved)
