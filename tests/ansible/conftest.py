@@ -1,8 +1,9 @@
 """What the Ansible tests share: `ansible-playbook` and friends from the venv (make test installs
 them with the test extras), and ONE live default cluster for the whole session (the shipped
 topology on a free loopback subnet, with its control plane), because starting it costs seconds
-the suite does not have. Tests that change the cluster run in file order and leave it as they
-found it, or say what they changed."""
+the suite does not have. The cluster is started by `deploy.yml` itself, a first run from nothing,
+so test_deploy.py checks that a second run changes nothing. Tests that change the cluster run in
+file order and leave it as they found it, or say what they changed."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import pytest
 import yaml
 
 from cluster import clusterfile
-from tests.conftest import REPO, cluster_up, free_subnet
+from tests.conftest import REPO, free_subnet, leftovers, read_state, wait_for
 
 ANSIBLE = REPO / "ansible"
 INVENTORY = ANSIBLE / "inventory"
@@ -88,11 +89,15 @@ class LiveDefault:
     config: Path
     run: Path
     base: str
-    cluster: object        # tests.conftest.RunningCluster
+    first_deploy: subprocess.CompletedProcess     # the deploy.yml run that started it
 
     @property
     def spec(self):
         return clusterfile.load(self.config).spec
+
+    @property
+    def state(self) -> dict:
+        return read_state(self.run)
 
     def env(self, **extra: str) -> dict[str, str]:
         return ansible_env(self.config, self.run, **extra)
@@ -104,9 +109,8 @@ class LiveDefault:
 @pytest.fixture(scope="session")
 def live_default():
     """The shipped default cluster (4 chat hosts in 3 clusters, 4 shards on 2 Redis hosts) with its
-    control plane, on a free subnet, for the whole session; scraping every second."""
-    old = os.environ.get("CHATOPS_API_TOKEN")
-    os.environ["CHATOPS_API_TOKEN"] = TOKEN
+    control plane, on a free subnet, started by `deploy.yml` (profile local: `chatops up
+    --detach`), scraping every second; stopped with `chatops down` after the session."""
     run = Path(tempfile.mkdtemp(prefix="co-ans-", dir="/tmp"))
     doc = clusterfile.default_on_subnet(free_subnet())
     doc["controlplane"]["scrape"] = {"interval": "1s", "client_list_interval": "2s"}
@@ -114,14 +118,26 @@ def live_default():
     config = run.parent / f"{run.name}.yaml"
     config.write_text(yaml.safe_dump(doc, sort_keys=False))
     listen = doc["controlplane"]["listen"]
+    base = f"http://{listen['address']}:{listen['port']}"
     try:
-        with cluster_up(config, run, timeout=90, controlplane=True) as c:
-            yield LiveDefault(config, run, f"http://{listen['address']}:{listen['port']}", c)
+        first = playbook("deploy.yml", env=ansible_env(config, run), timeout=300)
+        assert first.returncode == 0, f"the first deploy.yml failed:\n{first.stdout[-4000:]}{first.stderr[-2000:]}"
+
+        def answering() -> bool:
+            try:
+                return bool((read_state(run) or {}).get("ready")) and api_get(base, "/jobs") is not None
+            except OSError:
+                return False
+        wait_for(answering, 60, 0.5, "the deployed cluster and its control plane to answer")
+        yield LiveDefault(config, run, base, first)
     finally:
-        if old is None:
-            os.environ.pop("CHATOPS_API_TOKEN", None)
-        else:
-            os.environ["CHATOPS_API_TOKEN"] = old
+        subprocess.run([sys.executable, "-m", "controlplane.cli", "down", "--run-dir", str(run)],
+                       capture_output=True, cwd=REPO, timeout=90)
+        for pid in leftovers(run, config):
+            try:
+                os.kill(pid, 9)
+            except ProcessLookupError:
+                pass
         shutil.rmtree(run, ignore_errors=True)
         config.unlink(missing_ok=True)
 
