@@ -91,13 +91,21 @@ def routed(route: Route, incident: dict, findings: list[dict]) -> bool:
 
 # -- stage 2: silence -------------------------------------------------------------------------
 
-def muted(incident: dict, findings: list[dict], active: list[dict]) -> bool:
-    """Every finding the notification would report is silenced (an incident with no finding
-    yet is not)."""
-    fs = [f for f in findings if f.get("state") == "open"] if incident.get("state") != "resolved" else findings
+def muting(incident: dict, findings: list[dict], active: list[dict]) -> list[dict]:
+    """The active silences that mute this incident's notification: each finding it would report
+    (`reported`) is matched by one of them. Empty when one is not, or it reports none. The
+    dashboard's "muted by" is this list."""
+    fs = reported(incident, findings)
     if not fs or not active:
-        return False
-    return all(silencing.silencing(f, active) is not None for f in fs)
+        return []
+    hits = [silencing.silencing(f, active) for f in fs]
+    if any(h is None for h in hits):
+        return []
+    return list({h["id"]: h for h in hits}.values())
+
+
+def muted(incident: dict, findings: list[dict], active: list[dict]) -> bool:
+    return bool(muting(incident, findings, active))
 
 
 # -- stage 3: group and dedup -----------------------------------------------------------------

@@ -380,7 +380,7 @@ def incident(db, incident_id: int, runbook_names: list[str] | None = None) -> di
     known = set(runbook_names or [])
     out["runbooks"] = [{"name": n, "exists": n in known} for n in names]
     out["notifications"] = notifications(db, incident_id)
-    out["muted_by"] = muted_by(db, fs)
+    out["muted_by"] = muted_by(db, out, fs)
     return out
 
 
@@ -414,23 +414,12 @@ def silences(db, state: str = "all", limit: int | None = 100) -> list[dict[str, 
     return rows if state == "all" else [r for r in rows if r["state"] == state]
 
 
-def muted_by(db, fs: list[dict[str, Any]], now: float | None = None) -> list[dict[str, Any]]:
-    """The active silences that mute an incident now: every finding it would report (its open ones;
-    all of them once none is open) is matched by one of them. Empty when it is not muted."""
-    from controlplane.alerting import silences as sil
-    pool = [f for f in fs if f.get("state") == "open"] or list(fs)
-    if not pool:
-        return []
+def muted_by(db, incident: dict[str, Any], fs: list[dict[str, Any]], now: float | None = None) -> list[dict[str, Any]]:
+    """The active silences that mute an incident now, by the notifier's own rule
+    (alerting/pipeline.muting); empty when it is not muted."""
+    from controlplane.alerting import pipeline
     active = db.silences(active_at=time.time() if now is None else now)
-    if not active:
-        return []
-    hits = [sil.silencing(f, active) for f in pool]
-    if any(h is None for h in hits):
-        return []
-    seen: dict[int, dict] = {}
-    for h in hits:
-        seen.setdefault(h["id"], silence(h))
-    return list(seen.values())
+    return [silence(s) for s in pipeline.muting(incident, fs, active)]
 
 
 def _points(store: Store, source: str, target: str, name: str, since: float, until: float) -> list[list]:
