@@ -21,6 +21,15 @@ def write_state(run: RunDir, state: dict) -> None:
     os.replace(tmp, run.state_file)
 
 
+def running_config(run: RunDir) -> str | None:
+    """The cluster file the cluster running from `run` was started with, if it still exists: what
+    every reader of "the cluster" (the CLI, the control plane, the Ansible inventory) falls back
+    to when no file is named."""
+    state = read_state(run)
+    config = (state or {}).get("config")
+    return config if isinstance(config, str) and config and os.path.exists(config) else None
+
+
 def read_state(run: RunDir) -> dict | None:
     """The document, or None when nothing runs (no file) or it cannot be read."""
     try:

@@ -1,7 +1,7 @@
 """Ansible inventory from the chatops cluster file: the hosts, groups and ports that `chatops up`
 and the control plane read, never a second copy of them.
 
-Which cluster file (the same rule as `chatops`' own commands): CHATOPS_CLUSTER_FILE; else the file
+Which cluster file (the same rule as `chatops`' own commands, whose --config reads the same variable): CHATOPS_CONFIG; else the file
 the cluster running from CHATOPS_RUN_DIR (default .run) was started with; else the shipped
 default. It is loaded and validated by `cluster.clusterfile.load`, so an invalid file fails the
 inventory with the loader's own `key.path: message` lines.
@@ -37,7 +37,7 @@ options:
     description: The cluster file; unset means the running cluster's file, else the shipped default.
     type: path
     env:
-      - name: CHATOPS_CLUSTER_FILE
+      - name: CHATOPS_CONFIG
   run_dir:
     description: The run directory of the local cluster (pids, sockets, rendered configs).
     type: path
@@ -67,17 +67,13 @@ class InventoryModule(BaseInventoryPlugin):
         try:
             from cluster import clusterfile
             from cluster.rundir import RunDir
-            from cluster.state import read_state
+            from cluster.state import running_config
         except ImportError as exc:
             raise AnsibleParserError(
                 f"the chatops inventory needs the chatops package in the Python running Ansible "
                 f"({sys.executable}): {exc}. Install it (pip install -e .) or run .venv/bin/ansible-*")
         run = RunDir.resolve(self.get_option("run_dir"))
-        config = self.get_option("cluster_file")
-        if not config:
-            state = read_state(run)
-            if state and state.get("config") and Path(state["config"]).exists():
-                config = state["config"]
+        config = self.get_option("cluster_file") or running_config(run)
         try:
             loaded = clusterfile.load(config)
         except clusterfile.ClusterFileError as exc:

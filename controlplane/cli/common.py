@@ -5,13 +5,12 @@ Each subcommand module imports these; controlplane/cli/__init__.py imports the s
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import click
 
 from cluster import clusterfile
 from cluster.rundir import RunDir
-from cluster.state import read_state
+from cluster.state import running_config
 
 
 def fail(message: str, code: int = 1) -> None:
@@ -26,9 +25,7 @@ def run_dir(path: str | None) -> RunDir:
 def load(path: str | None, run: RunDir | None = None) -> clusterfile.LoadedCluster:
     """The given cluster file; else the one the running cluster was started from; else the default."""
     if not path and run is not None:
-        state = read_state(run)
-        if state and state.get("config") and Path(state["config"]).exists():
-            path = state["config"]
+        path = running_config(run)
     try:
         return clusterfile.load(path)
     except clusterfile.ClusterFileError as exc:

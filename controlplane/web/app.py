@@ -67,10 +67,8 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 def _load_cluster(path: str | None, run: RunDir) -> clusterfile.LoadedCluster:
     """The given cluster file; else the one the running cluster was started from; else the default."""
     if not path:
-        from cluster.state import read_state
-        state = read_state(run)
-        if state and state.get("config"):
-            path = state["config"]
+        from cluster.state import running_config
+        path = running_config(run)
     return clusterfile.load(path)
 
 

@@ -48,7 +48,7 @@ def ansible_env(config: Path | None = None, run: Path | None = None, **extra: st
     env["ANSIBLE_NOCOLOR"] = "1"
     env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
     if config is not None:
-        env["CHATOPS_CLUSTER_FILE"] = str(config)
+        env["CHATOPS_CONFIG"] = str(config)
     if run is not None:
         env["CHATOPS_RUN_DIR"] = str(run)
     env["CHATOPS_API_TOKEN"] = TOKEN
