@@ -13,8 +13,8 @@ import pytest
 
 from controlplane import incidents
 from tests.conftest import free_subnet, small_cluster, wait_for, write_cluster
+from tests.controlplane.web.test_dashboard_plans import TOKEN, login
 
-TOKEN = "dashboard-silences-token-0123456789"
 HOSTILE = "<script>alert(1)</script>"
 
 
@@ -27,16 +27,6 @@ def app(tmp_path, monkeypatch, run_dir):
                     "SECRET_KEY": "dashboard-silences-tests"})
     yield a
     a.extensions["chatops.db"].close()
-
-
-def csrf_of(html: str) -> str:
-    return re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)
-
-
-def login(client) -> str:
-    r = client.post("/login", data={"token": TOKEN, "csrf_token": csrf_of(client.get("/login").text)})
-    assert r.status_code == 302
-    return csrf_of(client.get("/silences").text)
 
 
 def seed_incident(db) -> int:
