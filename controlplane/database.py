@@ -668,6 +668,20 @@ class Database:
             out.extend({k: r[k] for k in r.keys()} for r in rows)
         return sorted(out, key=lambda r: r["id"])
 
+    def unsettled_incidents(self, destinations: list[str]) -> list[int]:
+        """Incidents that one of `destinations` was told about and has not yet been told are
+        resolved: the only resolved incidents the notifier still has to look at."""
+        names = [d for d in destinations if isinstance(d, str)]
+        if not names:
+            return []
+        marks = ", ".join("?" * len(names))
+        rows = self._read(
+            f"SELECT DISTINCT o.incident_id FROM alert_outbox o WHERE o.incident_id IS NOT NULL "
+            f"AND o.destination IN ({marks}) AND NOT EXISTS (SELECT 1 FROM alert_outbox r "
+            f"WHERE r.incident_id = o.incident_id AND r.destination = o.destination AND r.event = 'resolved') "
+            f"ORDER BY o.incident_id", tuple(names))
+        return [r["incident_id"] for r in rows]
+
     def alert_backlog(self) -> dict[str, dict]:
         """Per destination: notifications neither delivered nor rejected, and the oldest one's
         creation time."""

@@ -44,7 +44,6 @@ TICK_S = 0.5                 # how often notifications are decided
 BACKOFF_FIRST_S = 1.0
 BACKOFF_CAP_S = 30.0
 JITTER = 0.1                 # up to this fraction is added to each backoff
-RESOLVED_LOOKBACK = 500      # resolved incidents (newest first) still checked for a "resolved" to send
 SCHEDULER_WAIT = 30.0        # the scrape schedule must start within this, else no notifier here
 
 
@@ -110,12 +109,15 @@ class Notifier:
             return []
         now = time.time() if now is None else now
         active = self.db.incidents(state="open") + self.db.incidents(state="acknowledged")
-        resolved = self.db.incidents(state="resolved", limit=RESOLVED_LOOKBACK)
-        history = self.db.alert_history([i["id"] for i in active + resolved])
-        told = {r["incident_id"] for r in history}
-        incidents = sorted(active + [i for i in resolved if i["id"] in told], key=lambda i: (i["opened"], i["id"]))
+        # Resolved incidents matter only until every destination told of them was told they
+        # resolved: settled ones are never read again, however many accumulate.
+        live = {i["id"] for i in active}
+        pending = [i for i in self.db.unsettled_incidents([r.name for r in self.routes]) if i not in live]
+        resolved = [inc for inc in map(self.db.incident, pending) if inc["state"] == "resolved"]
+        incidents = sorted(active + resolved, key=lambda i: (i["opened"], i["id"]))
         if not incidents:
             return []
+        history = self.db.alert_history([i["id"] for i in incidents])
         findings: dict[int, list[dict]] = {}
         for f in self.db.incident_findings([i["id"] for i in incidents]):
             findings.setdefault(f["incident_id"], []).append(f)

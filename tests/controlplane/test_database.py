@@ -252,3 +252,15 @@ def test_audit_module_keeps_its_interface(run):
     audit.record(run, "tester", "proxy.reload", "chat1", "failed", detail="rejected")
     assert [r["result"] for r in audit.read(run)] == ["ok", "failed"]  # oldest first, as before
     assert audit.actor()
+
+
+def test_unsettled_incidents_are_those_told_of_and_not_yet_told_resolved(db):
+    a, b, c = (db.add_incident(t)["id"] for t in ("a", "b", "c"))
+    db.enqueue_alert("slack", {}, incident_id=a, event="opened", dedup_key=f"incident/{a}/opened")
+    db.enqueue_alert("slack", {}, incident_id=b, event="opened", dedup_key=f"incident/{b}/opened")
+    db.enqueue_alert("slack", {}, incident_id=b, event="resolved", dedup_key=f"incident/{b}/resolved")
+    db.enqueue_alert("hook", {}, incident_id=b, event="opened", dedup_key=f"incident/{b}/opened")
+    db.enqueue_alert("gone", {}, incident_id=c, event="opened", dedup_key=f"incident/{c}/opened")
+    assert db.unsettled_incidents(["slack"]) == [a]              # b was told resolved; c only to "gone"
+    assert db.unsettled_incidents(["slack", "hook"]) == [a, b]   # hook still owes b its "resolved"
+    assert db.unsettled_incidents([]) == []
