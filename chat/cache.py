@@ -205,6 +205,7 @@ class ShardedCache:
         self._ops_by_shard = [0] * n
         self._errors_by_shard = [0] * n
         self._ops_by_slot = [0] * SLOTS
+        self._guarded_by_slot = [0] * SLOTS     # guarded batches, under their first slot
         self._ops_by_prefix: Counter[str] = Counter()
         self._last_logged = [float("-inf")] * n
         self._suppressed = [0] * n
@@ -426,6 +427,8 @@ class ShardedCache:
             for args, _ in commands:
                 for key in command_keys(args):
                     slots.setdefault(key_slot(key), []).append(key)
+        if slots:
+            self._guarded_by_slot[next(iter(slots))] += 1
         redirects = self._redirects
         asking = [s for s in slots if s in redirects] if redirects else ()
         argv = slotguard.guard_args(slots, asking, [args for args, _ in commands])
@@ -566,8 +569,14 @@ class ShardedCache:
 
     def slot_ops(self) -> list[tuple[int, int]]:
         """(slot, ops) for every slot with at least one command since start, in slot order: the
-        per-slot load the reshard planner weighs, all of it rather than the top few."""
-        return [(slot, count) for slot, count in enumerate(self._ops_by_slot) if count]
+        per-slot load the reshard planner weighs, all of it rather than the top few. Ops are what
+        the shard ran: the commands, plus the guard's own (slotguard.OVERHEAD) for each batch,
+        counted under the batch's first slot (a batch is nearly always one room's or one user's
+        keys: one hash tag, one slot)."""
+        extra = slotguard.OVERHEAD
+        return [(slot, count + extra * guarded)
+                for slot, (count, guarded) in enumerate(zip(self._ops_by_slot, self._guarded_by_slot))
+                if count or guarded]
 
     def stats(self, top: int = 20) -> dict[str, Any]:
         """Counters since start: ops and errors by shard name, ops by key prefix, busiest slots."""

@@ -136,6 +136,10 @@ def sha1(script: str) -> str:
 
 
 GUARD_SHA = sha1(GUARD)
+# Commands a shard runs for every guarded batch besides the batch's own: the EVALSHA and its two
+# GETs (owned, tracked). A one-key batch costs the shard four commands, which the reshard planner
+# must weigh as that slot's load, not as load clue does not see.
+OVERHEAD = 3
 MIGRATE_SLOTS_SHA = sha1(MIGRATE_SLOTS)
 
 

@@ -17,8 +17,11 @@ Two sources, each a pure part beside a thin fetch:
 
 How they are combined (`combine`, pure; `measure` fetches both for the actions): take clue's
 rates as they are. For each shard, the ops clue does not explain are the shard's own ops/s
-(INFO, less the control plane's own commands; see hot_shard.own_ops) minus clue's rates for the
-slots that shard owns. Spread that remainder over the sampled slots that clue did *not* count,
+(`workload_between`: total_commands_processed over the same window as clue's counters, less the
+control plane's own commands; see hot_shard.own_ops) minus clue's rates for the slots that shard
+owns. Not INFO's instantaneous_ops_per_sec: that is a rolling average of 100 ms samples, and the
+collector's burst of up to 1,000 OBJECT FREQ in one pipeline lands in one sample, which read it
+as thousands of ops/s of chat load and sent a plan after a phantom hot key. Spread that remainder over the sampled slots that clue did *not* count,
 in proportion to their LFU `hits`. LFU must never rescale a slot clue counted: clue's count is a
 measurement, and the LFU share is an estimate from a sample of at most n keys.
 """
@@ -33,13 +36,14 @@ from typing import Any
 
 from chat.sharding import SLOTS, key_slot
 from collectors.base import source_address
-from collectors.redis import LFU_POLICIES, parse_config
+from collectors.redis import LFU_POLICIES, parse_config, parse_info
+from collectors.redis import rates as info_rates
 from collectors.resp import Conn, RedisError
 from collectors.services import fetch
-from controlplane.detectors.hot_shard import lfu_hits
+from controlplane.detectors.hot_shard import COLLECTOR_COMMANDS, lfu_hits
 
 __all__ = ["LfuSample", "Measured", "NoLoadData", "SlotLoads", "clue_targets", "combine", "lfu_samples",
-           "measure", "parse_slot_stats", "rates_between", "slot_rates"]
+           "measure", "parse_slot_stats", "rates_between", "slot_rates", "workload_between"]
 
 PATH = "/v1/stats/slots"
 UNSEEN_FLOOR = 100.0               # ops/s a shard does beyond clue's count before LFU spreads it
@@ -246,8 +250,9 @@ def combine(clue: Mapping[int, float], owners, shard_ops: Mapping[int, float],
     for shard, sample in samples.items():
         rest = max(0.0, float(shard_ops.get(shard, 0.0)) - counted.get(shard, 0.0))
         if rest < max(UNSEEN_FLOOR, 0.1 * float(shard_ops.get(shard, 0.0))):
-            # The control plane's own scraping (INFO, CLIENT LIST, OBJECT FREQ) and the guard's
-            # bookkeeping are in INFO's figure too: a remainder this small is not load.
+            # What the control plane's own scraping leaves in the figure (CLIENT LIST, the
+            # connections it opens) and noise between the two sources: a remainder this small is
+            # not load. (clue's counters include the guard's own commands: slotguard.OVERHEAD.)
             continue
         unseen = {slot: h for slot, h in sample.hits.items() if slot not in out and owners(slot) == shard and h > 0}
         total = sum(unseen.values())
@@ -265,12 +270,35 @@ class Measured:
     notes: list[str]
 
 
+def workload_between(prev: Mapping, cur: Mapping, dt: float) -> float | None:
+    """A shard's ops/s between two parsed `INFO stats commandstats` replies `dt` seconds apart,
+    less the commands the control plane sends itself (COLLECTOR_COMMANDS: OBJECT FREQ, SCAN,
+    INFO...). None when the counters went backwards (a restart, CONFIG RESETSTAT)."""
+    r = info_rates(prev, cur, dt)
+    if r["ops_per_s"] is None:
+        return None
+    own = sum(v for k, v in r["calls_per_s"].items() if k in COLLECTOR_COMMANDS)
+    return max(0.0, r["ops_per_s"] - own)
+
+
+def _shard_info(cf, shard) -> tuple[float, dict]:
+    with Conn(cf.address(shard.host), shard.port, 2.0, source_address(cf)) as conn:
+        info = parse_info(conn.call("INFO", "stats", "commandstats"))
+    return time.monotonic(), info
+
+
 def measure(cf, smap, window_s: float = 1.0, samples: int = 200) -> Measured:
     """What a plan weighs: clue's per-slot rates over `window_s`, completed by each shard's LFU
     samples for the load clue does not see. Never raises for a missing source: the notes say what
     was measured and what was not, and empty loads mean "plan by slot count"."""
-    from collectors.redis import parse_info
     notes: list[str] = []
+    shards = [(i, shard) for i, shard in enumerate(cf.redis.shards) if i < smap.n_shards]
+    before: dict[int, tuple[float, dict]] = {}
+    for index, shard in shards:
+        try:
+            before[index] = _shard_info(cf, shard)
+        except (OSError, RedisError) as exc:
+            notes.append(f"{shard.name}: no ops/s ({exc})")
     try:
         clue = slot_rates(cf, window_s)
         notes.append(f"clue's per-slot counters on {len(clue.answered)} chat host(s) over {clue.window_s:.1f} s"
@@ -281,13 +309,15 @@ def measure(cf, smap, window_s: float = 1.0, samples: int = 200) -> Measured:
         rates = {}
     shard_ops: dict[int, float] = {}
     sampled: dict[int, LfuSample] = {}
-    for index, shard in enumerate(cf.redis.shards):
-        if index >= smap.n_shards:
+    for index, shard in shards:
+        if index not in before:
             continue
         try:
+            at, info = _shard_info(cf, shard)
+            ops = workload_between(before[index][1], info, at - before[index][0])
+            if ops is not None:
+                shard_ops[index] = ops
             with Conn(cf.address(shard.host), shard.port, 2.0, source_address(cf)) as conn:
-                info = parse_info(conn.call("INFO", "stats"))
-                shard_ops[index] = float(info.get("stats", {}).get("instantaneous_ops_per_sec", 0) or 0)
                 sample = lfu_samples(conn, samples)
         except (OSError, RedisError) as exc:
             notes.append(f"{shard.name}: no LFU sample ({exc})")

@@ -14,7 +14,7 @@ import pytest
 import redis
 import yaml
 
-from chat import logs
+from chat import logs, slotguard
 from chat.cache import (
     CacheUnavailable,
     CrossShardError,
@@ -154,9 +154,12 @@ def test_pipelines_stay_on_one_shard_and_everything_is_counted(cluster):
                 await cache.client_for("{ronni}.color").set("{ronni}.color", "#1E90FF")
             assert await cache.client_for("{ronni}.color").get("{ronni}.color") == "#1E90FF"
             assert await cache.client_for("12345color").incr("12345color") >= 1
-            return before, cache.stats(), (here, there)
+            return before, cache.stats(), (here, there), dict(cache.slot_ops())
 
-    before, after, (here, there) = asyncio.run(go())
+    before, after, (here, there), slot_ops = asyncio.run(go())
+    # What the planner weighs is what the shard ran: {ronni}'s six one-command batches each cost
+    # the shard the guard's EVALSHA and two GETs as well.
+    assert slot_ops[key_slot("{ronni}")] == 6 + 6 * slotguard.OVERHEAD
     assert before["ops_by_prefix"] == {} and before["top_slots"] == []
     shard_of = SlotMap.even(2).shard_of
     # A command counts once, under its first key: the tx is hset bans, sadd mods,

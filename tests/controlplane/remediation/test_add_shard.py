@@ -190,14 +190,26 @@ def test_add_shard_then_reshard_cools_the_hot_shard_and_loses_nothing(monkeypatc
             assert done["state"] == "applied", done
             assert "shard2" in [s.name for s in clusterfile.load(c.config).spec.redis.shards]
 
-            # 2. the incident's own fix, a load-aware reshard off the hot shard, if it is still hot.
-            if db.finding(hot["id"])["state"] == "open" and db.incident(incident["id"])["state"] == "open":
-                fix = api(base, "POST", f"/incidents/{incident['id']}/plan")
-                assert all(s["action"] == "reshard" for s in fix["steps"]), fix
-                # Balanced already (the finding waits out its hold): a plan that changes nothing.
-                assert api(base, "POST", f"/plans/{fix['id']}/apply")["state"] == "applied"
-
-            wait_for(lambda: db.finding(hot["id"])["state"] == "resolved", 90, 1.0, "the hot-shard finding to resolve")
+            # 2. the incident's own fix, a load-aware reshard off the hot shard, while it is still hot.
+            # add_shard fills the new shard to the mean from the busiest shards, which can leave
+            # shard0 above its peers; the fix then moves the rest. Planned again if one fix was made
+            # on counters that still held the load from before the move (an operator's second click).
+            fixes = []
+            deadline = time.monotonic() + 120
+            while db.finding(hot["id"])["state"] != "resolved" and time.monotonic() < deadline:
+                if len(fixes) < 3 and db.incident(incident["id"])["state"] == "open" and \
+                        db.finding(hot["id"])["state"] == "open":
+                    fix = api(base, "POST", f"/incidents/{incident['id']}/plan")
+                    assert all(s["action"] == "reshard" for s in fix["steps"]), fix
+                    assert api(base, "POST", f"/plans/{fix['id']}/apply")["state"] == "applied"
+                    fixes.append([(s["params"], s["diff"][:12]) for s in fix["steps"]])
+                time.sleep(20 if fixes else 1)
+            final = db.finding(hot["id"])
+            assert final["state"] == "resolved", (final["title"], final["evidence"], fixes)
+            # Cooled by spreading the load, not by moving the hot spot: no other shard ran hot.
+            moved_heat = [(f["subject"], f["title"]) for f in db.findings() if f["kind"] == "hot_shard"
+                          and f["subject"] != "shard0"]
+            assert moved_heat == [], (moved_heat, fixes)
         finally:
             stop_mod.set()
             hammer.stop.set()

@@ -12,9 +12,17 @@ import yaml
 from chat import keys
 from chat.sharding import SlotMap, key_slot
 from cluster import clusterfile
+from collectors.redis import parse_info
 from collectors.resp import Conn
 from controlplane.resharding import planner
-from controlplane.resharding.loads import NoLoadData, lfu_samples, parse_slot_stats, rates_between, slot_rates
+from controlplane.resharding.loads import (
+    NoLoadData,
+    lfu_samples,
+    parse_slot_stats,
+    rates_between,
+    slot_rates,
+    workload_between,
+)
 from tests.conftest import free_subnet, loadgen_report, require, start_loadgen, wait_for
 
 ROOM = "lobby"                      # small_cluster's main room, served by chat1
@@ -174,6 +182,22 @@ def test_lfu_samples_explain_a_policy_without_counters_and_an_empty_shard(lfu_re
         lfu_samples(conn, n=0)
 
 
+def test_workload_leaves_out_the_control_planes_own_commands(lfu_redis):
+    """A shard's ops/s between two real INFO replies: the chat's 300 GETs count, the collector's
+    burst of 1,000 OBJECT FREQ (which INFO's instantaneous_ops_per_sec reads as thousands of ops/s)
+    and the INFO reads themselves do not."""
+    conn = lfu_redis
+    conn.call("SET", "k", "v")
+    before = parse_info(conn.call("INFO", "stats", "commandstats"))
+    conn.pipeline([("OBJECT", "FREQ", "k")] * 1000)
+    conn.pipeline([("GET", "k")] * 300)
+    after = parse_info(conn.call("INFO", "stats", "commandstats"))
+    assert workload_between(before, after, 1.0) == pytest.approx(300, abs=2)
+    assert workload_between(before, after, 2.0) == pytest.approx(150, abs=1)
+    # Counters that went backwards (CONFIG RESETSTAT, a restart): no figure, rather than a wrong one.
+    assert workload_between(after, before, 1.0) is None
+
+
 def test_lfu_fills_in_only_the_load_clue_does_not_see():
     from controlplane.resharding.loads import LfuSample, combine
     owners = {1: 0, 2: 0, 3: 0, 9: 1}.get
@@ -183,7 +207,7 @@ def test_lfu_fills_in_only_the_load_clue_does_not_see():
     loads, estimated = combine(clue, owners, {0: 500.0, 1: 40.0}, samples)
     # Shard 0 does 500 ops/s, clue explains 100: the other 400 go to slots 2 and 3 by their hits
     # (3:1); slot 1 keeps clue's measurement however hot its sample looks. Shard 1 has nothing
-    # unexplained (clue counts more than INFO's rolling estimate): nothing is added there.
+    # unexplained (clue counts more than the shard's own figure): nothing is added there.
     assert loads == {1: 100.0, 9: 50.0, 2: 300.0, 3: 100.0}
     assert estimated == {0: 400.0}
     assert combine({}, owners, {0: 0.0}, samples) == ({}, {})
