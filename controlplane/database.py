@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import sqlite3
 import threading
@@ -151,8 +152,20 @@ _MIGRATIONS: list[str] = [
     );
     CREATE INDEX silences_ends ON silences (ends_at);
     """,
+    # 6: a finding keeps the title of its worst figure (`peak`); the newest title beside it
+    """
+    ALTER TABLE findings ADD COLUMN peak REAL;
+    ALTER TABLE findings ADD COLUMN live_title TEXT NOT NULL DEFAULT '';
+    """,
 ]
 SCHEMA_VERSION = len(_MIGRATIONS)
+
+
+def _peak(value: Any) -> float | None:
+    """A finding's peak as stored: a finite number, else None (a peak is a hint, never an error)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
 
 
 class DatabaseError(Exception):
@@ -343,20 +356,25 @@ class Database:
                 "state": r["state"], "first_seen": r["first_seen"], "last_seen": r["last_seen"],
                 "evidence": json.loads(r["evidence"]), "runbook": r["runbook"],
                 "remediation": json.loads(r["remediation"]), "incident_id": r["incident_id"],
-                "title": r["title"], "about": json.loads(r["about"]), "resolved_at": r["resolved_at"]}
+                "title": r["title"], "about": json.loads(r["about"]), "resolved_at": r["resolved_at"],
+                "peak": r["peak"], "live_title": r["live_title"] or r["title"]}
 
     def upsert_finding(self, kind: str, subject: str, *, severity: str = "warning",
                        evidence: Any = None, runbook: str | None = None, remediation: Any = None,
                        state: str = "open", incident_id: int | None = None,
                        seen: float | None = None, title: str | None = None,
-                       about: dict | None = None) -> dict | None:
+                       about: dict | None = None, peak: float | None = None) -> dict | None:
         """Create or refresh the open finding for (kind, subject); return it.
 
         An open one is updated in place (last_seen, severity, evidence, runbook, remediation; the
         incident link only when one is given), otherwise a new one starts. state="resolved" closes
         the open one; with none open there is nothing to close and None is returned, so a detector
         may resolve every all-clear subject on each pass without writing anything. A later open for
-        the same pair starts a new finding, with its own first_seen."""
+        the same pair starts a new finding, with its own first_seen.
+
+        `peak` is the title's headline figure (higher is worse): an update whose peak is below the
+        stored one keeps the stored title and stores its own as `live_title` only. Without a peak,
+        on either side, the newest title wins."""
         _choice(severity, SEVERITIES, "severity")
         _choice(state, FINDING_STATES, "finding state")
         for name, value in (("kind", kind), ("subject", subject)):
@@ -373,10 +391,10 @@ class Database:
             if row is None:
                 cur = conn.execute(
                     "INSERT INTO findings (kind, subject, severity, state, first_seen, last_seen, "
-                    "evidence, runbook, remediation, incident_id, title, about) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "evidence, runbook, remediation, incident_id, title, about, peak, live_title) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (kind, subject, severity, state, now, now, _dumps(evidence or {}), runbook,
-                     _dumps(remediation), incident_id, title or "", _dumps(about or {})))
+                     _dumps(remediation), incident_id, title or "", _dumps(about or {}), _peak(peak), title or ""))
                 fid = cur.lastrowid
             elif state == "resolved":
                 # Keep what the finding showed while it was open: closing it changes only its state.
@@ -385,12 +403,15 @@ class Database:
                              "incident_id = COALESCE(?, incident_id) WHERE id = ?", (now, incident_id, fid))
             else:
                 fid = row["id"]
+                peak = _peak(peak)
+                worse = peak is None or row["peak"] is None or peak >= row["peak"]
                 conn.execute(
                     "UPDATE findings SET severity = ?, state = ?, last_seen = ?, evidence = ?, runbook = ?, "
                     "remediation = ?, incident_id = COALESCE(?, incident_id), title = COALESCE(?, title), "
-                    "about = COALESCE(?, about) WHERE id = ?",
+                    "about = COALESCE(?, about), peak = ?, live_title = COALESCE(?, live_title) WHERE id = ?",
                     (severity, state, max(now, row["last_seen"]), _dumps(evidence or {}), runbook,
-                     _dumps(remediation), incident_id, title, None if about is None else _dumps(about), fid))
+                     _dumps(remediation), incident_id, title if worse else None,
+                     None if about is None else _dumps(about), peak if worse else row["peak"], title, fid))
             return self._finding_row(conn.execute("SELECT * FROM findings WHERE id = ?", (fid,)).fetchone())
 
     def findings(self, open_only: bool = False, limit: int | None = None, state: str | None = None) -> list[dict]:

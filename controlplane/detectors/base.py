@@ -58,6 +58,11 @@ class Finding:
     # service, key, room, edge.
     about: dict[str, str] = field(default_factory=dict)
     runbook: str = ""             # runbooks/<runbook>.md; defaults to the kind
+    # The title's headline figure, higher is worse (idle connections, heat, errors/s). An open
+    # finding keeps the title of its worst pass, so a leak being cleaned up does not end up
+    # reading "0 idle connections"; the newest title is kept beside it as `live_title`.
+    # None: every pass's title replaces the last.
+    peak: float | None = None
 
     def __post_init__(self) -> None:
         if self.severity not in SEVERITIES:

@@ -154,7 +154,7 @@ def detect(window: Window, cf) -> list[Finding]:
             kind=KIND, subject=target,
             severity="critical" if (io_timeouts or 0) > 0 or (log_rate or 0) > 0 else "warning",
             title=title, evidence=ev, remediation=remediation, firing=firing, held_s=held,
-            about={"service": service, "host": host, "cluster": cluster}))
+            about={"service": service, "host": host, "cluster": cluster}, peak=ev["connections_opened_per_s"]))
     return out
 
 

@@ -103,7 +103,8 @@ class Engine:
                 continue                       # only the relaxed condition: never opens one
             row = self.db.upsert_finding(
                 f.kind, f.subject, severity=f.severity, evidence=f.evidence, runbook=f.runbook,
-                remediation=f.remediation, state="open", seen=now, title=f.title, about=f.about)
+                remediation=f.remediation, state="open", seen=now, title=f.title, about=f.about,
+                peak=f.peak)
             if key not in open_rows:
                 result.opened.append(row)
         for key, row in open_rows.items():
@@ -136,7 +137,8 @@ class Engine:
             for f in firing:
                 row = self.db.upsert_finding(
                     f.kind, f.subject, severity=f.severity, evidence=f.evidence, runbook=f.runbook,
-                    remediation=f.remediation, state="open", seen=now, title=f.title, about=f.about)
+                    remediation=f.remediation, state="open", seen=now, title=f.title, about=f.about,
+                    peak=f.peak)
                 result.findings.append(f)
                 (result.updated if (f.kind, f.subject) in open_keys else result.opened).append(row)
                 open_keys.add((f.kind, f.subject))

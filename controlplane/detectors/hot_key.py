@@ -91,7 +91,8 @@ def detect(window: Window, cf) -> list[Finding]:
         if key:
             about["key"] = key
         out.append(Finding(KIND, subject, severity, title, evidence, remediation, firing=firing,
-                           held_s=round(h["held_s"], 1) if keys["concentrated"] else 0.0, about=about))
+                           held_s=round(h["held_s"], 1) if keys["concentrated"] else 0.0, about=about,
+                           peak=ops_now))
     return out
 
 

@@ -398,7 +398,8 @@ def detect(window: Window, cf) -> list[Finding]:
                            "params": {"shard": shard, "to_shard": coolest, "fraction": _move_fraction(ops_now, peer_mean,
                                                                                                      len(h["peers"]))}}
         out.append(Finding(KIND, shard, severity, title, evidence, remediation, firing=h["firing"],
-                           held_s=round(h["held_s"], 1), about={"shard": shard, "host": host}))
+                           held_s=round(h["held_s"], 1), about={"shard": shard, "host": host},
+                           peak=num(h.get("heat_now"))))
     return out
 
 

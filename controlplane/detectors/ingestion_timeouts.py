@@ -149,7 +149,7 @@ def detect(window: Window, cf) -> list[Finding]:
             out.append(Finding(
                 kind=KIND, subject=edge, severity="critical" if severe else "warning",
                 title=f"{edge}: ingestion failing, {what} ({ev[lead]}/s)",
-                evidence=ev, firing=firing, held_s=held,
+                evidence=ev, firing=firing, held_s=held, peak=ev[lead],
                 remediation={"action": "follow_upstream",
                              "summary": f"look at clue-{host} and the shard behind it (ingestion_timeouts on clue-{host})",
                              "params": {"host": host, "service": "clue"}},
@@ -181,7 +181,7 @@ def detect(window: Window, cf) -> list[Finding]:
             out.append(Finding(
                 kind=KIND, subject=clue, severity="critical",
                 title=f"{clue}: Redis calls failing{on} ({ev[lead]}/s)",
-                evidence=ev, firing=firing, held_s=held,
+                evidence=ev, firing=firing, held_s=held, peak=ev[lead],
                 remediation={"action": "follow_upstream",
                              "summary": (f"check {worst} and the HAProxy listener in front of it on {host}"
                                          if "shard" in about else f"check the shards behind {host}'s HAProxy"),

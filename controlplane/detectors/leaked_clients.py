@@ -264,7 +264,8 @@ def _finding(window, cf, shard, host, h, state, total, idle_after, firing, held,
     if cluster:
         about["cluster"] = cluster
     return Finding(KIND, f"{host}->{shard}", severity, title, evidence, remediation, firing=firing,
-                   held_s=round(held, 1), about=about)
+                   held_s=round(held, 1), about=about,
+                   peak=idle if idle >= th.leaked_idle_clients * th.clear_factor else grown)
 
 
 def _maxclients(window: Window, cf, shard: str, state: dict) -> Finding | None:
@@ -320,7 +321,8 @@ def _maxclients(window: Window, cf, shard: str, state: dict) -> Finding | None:
                        f"(`chatops inspect clients {shard} --by host`) before raising maxclients.",
                        "params": {"shard": shard}}
     return Finding(KIND, f"{shard}:maxclients", "critical" if rejecting or at_max else "warning", title, evidence,
-                   remediation, firing=r_fire or j_fire or f_fire, held_s=round(held, 1), about={"shard": shard})
+                   remediation, firing=r_fire or j_fire or f_fire, held_s=round(held, 1), about={"shard": shard},
+                   peak=cc)
 
 
 def _top_idle_host(window: Window, cf, shard: str, stale: bool = False) -> dict[str, Any] | None:

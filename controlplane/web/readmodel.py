@@ -289,7 +289,7 @@ def overview(cf, store: Store, jobs: list[dict[str, Any]], now: float | None = N
 # shows their newest evidence. The database keeps the hypothesis as last recorded.
 
 FINDING_KEYS = ("id", "kind", "subject", "severity", "state", "first_seen", "last_seen", "resolved_at",
-                "title", "evidence", "about", "runbook", "remediation", "incident_id")
+                "title", "live_title", "peak", "evidence", "about", "runbook", "remediation", "incident_id")
 INCIDENT_LIST_DEFAULT = 100
 SHARD_SOURCES = ("redis", "clients")     # sources whose targets are shards
 CHART_MARGIN_S = 300.0                 # charts start this long before an incident opened
@@ -367,7 +367,8 @@ def incident(db, incident_id: int, runbook_names: list[str] | None = None) -> di
     h = inc.build_chain(fs)
     out = _incident_summary(row, fs, h)
     by_id = {f["id"]: finding(f) for f in fs}
-    out["chain"] = h["chain"]
+    out["chain"] = [{**link, "live_title": by_id[link["finding_id"]]["live_title"]} if link.get("finding_id") in by_id
+                    else link for link in h["chain"]]
     out["others"] = [by_id[i] for i in h["others"] if i in by_id]
     out["findings"] = {**out["findings"], "items": list(by_id.values())}
     out["timeline"] = [_timeline_entry(e) for e in row["timeline"] if isinstance(e, dict)]

@@ -124,6 +124,29 @@ def test_findings_upsert_keeps_one_open_per_subject(db):
     assert len(db.findings()) == 3
 
 
+def test_an_open_finding_keeps_the_title_of_its_worst_figure(db):
+    def seen(idle, t, peak=True):
+        return db.upsert_finding("leaked_clients", "chat2->shard3", evidence={"idle": idle}, seen=t,
+                                 title=f"chat2 holds {idle:,} idle connections to shard3",
+                                 peak=idle if peak else None)
+    seen(1200, 100)
+    worst = seen(2000, 110)
+    assert worst["title"] == worst["live_title"] == "chat2 holds 2,000 idle connections to shard3"
+    # Being cleaned up: the title stays at the worst, the live one and the evidence follow.
+    draining = seen(0, 120)
+    assert draining["title"] == "chat2 holds 2,000 idle connections to shard3" and draining["peak"] == 2000
+    assert draining["live_title"] == "chat2 holds 0 idle connections to shard3"
+    assert draining["evidence"] == {"idle": 0}
+    resolved = db.upsert_finding("leaked_clients", "chat2->shard3", state="resolved", seen=130)
+    assert resolved["title"] == "chat2 holds 2,000 idle connections to shard3"
+    # Worse again, or a detector that gives no figure (and a garbage one): the newest title wins.
+    assert seen(5, 200)["title"] == "chat2 holds 5 idle connections to shard3"
+    assert seen(9, 210)["title"] == "chat2 holds 9 idle connections to shard3"
+    assert seen(1, 220, peak=False)["title"] == "chat2 holds 1 idle connections to shard3"
+    nan = db.upsert_finding("leaked_clients", "chat2->shard3", seen=230, title="odd", peak=float("nan"))
+    assert nan["title"] == "odd" and nan["peak"] is None
+
+
 def test_incident_states_are_audited_and_bad_input_is_refused(db):
     inc = db.add_incident("edge timeouts", actor="detector")
     assert inc["state"] == "open" and inc["timeline"][0]["event"] == "opened"

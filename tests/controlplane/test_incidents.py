@@ -234,7 +234,7 @@ def test_a_version_2_file_upgrades_to_the_current_schema(tmp_path):
     with Database(path) as d:
         d.add_incident("old one")
     conn = sqlite3.connect(path)
-    conn.execute("DROP TABLE plans")          # what versions 3, 4 and 5 added
+    conn.execute("DROP TABLE plans")          # what versions 3 to 6 added
     conn.execute("ALTER TABLE incidents DROP COLUMN severity")
     conn.execute("ALTER TABLE incidents DROP COLUMN resolved_at")
     conn.execute("DROP TABLE silences")
@@ -242,11 +242,13 @@ def test_a_version_2_file_upgrades_to_the_current_schema(tmp_path):
     conn.execute("DROP INDEX alert_outbox_incident")
     for column in ("incident_id", "event", "dedup_key", "next_attempt", "rejected_at"):
         conn.execute(f"ALTER TABLE alert_outbox DROP COLUMN {column}")
+    for column in ("peak", "live_title"):
+        conn.execute(f"ALTER TABLE findings DROP COLUMN {column}")
     conn.execute("PRAGMA user_version = 2")
     conn.commit()
     conn.close()
     with Database(path) as d:
-        assert d.schema_version() == SCHEMA_VERSION == 5
+        assert d.schema_version() == SCHEMA_VERSION == 6
         assert d.plans() == []                # version 4's table is there, empty
         assert d.silences() == []             # and version 5's
         row = d.enqueue_alert("oncall", {"text": "x"}, incident_id=inc_id(d), event="opened", dedup_key="k")
@@ -260,6 +262,9 @@ def test_a_version_2_file_upgrades_to_the_current_schema(tmp_path):
         with pytest.raises(KeyError):
             d.update_incident(999)
         assert d.findings(state="resolved") == []
+        # and version 6's: an old finding's live title is its title
+        f = d.upsert_finding("leaked_clients", "chat2->shard3", title="chat2 holds 9 idle", peak=9)
+        assert f["live_title"] == f["title"] == "chat2 holds 9 idle" and f["peak"] == 9
         with pytest.raises(ValueError):
             d.findings(state="gone")
 

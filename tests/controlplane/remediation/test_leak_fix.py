@@ -9,6 +9,7 @@ traffic and control plane; the CLI runs as an operator would run it."""
 from __future__ import annotations
 
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -112,6 +113,11 @@ def test_fix_and_apply_clean_the_talks_leak(monkeypatch):
 
             # Clue reconnects and messages are accepted again; the incident resolves itself.
             wait_for(lambda: db.incident(incident["id"])["state"] == "resolved", 90, 1.0, "the incident to resolve")
+            # The resolved leak still reads as what it was at its worst, not as "0 idle connections".
+            leak = next(f for f in db.incident_findings(incident["id"]) if f["kind"] == "leaked_clients"
+                        and f["subject"] == f"chat-testing->{SHARD}")
+            worst = int(re.search(r"(?:holds|opened) ([\d,]+) ", leak["title"]).group(1).replace(",", ""))
+            assert worst >= LEAK * 0.8 and leak["peak"] >= LEAK * 0.8, leak["title"]
             verification = wait_for(lambda: (db.plan(plan["id"])["verification"] or {}).get("state") == "resolved"
                                     and db.plan(plan["id"])["verification"], 30, 0.5, "the verification")
             assert verification["after_s"] >= 0
