@@ -102,6 +102,10 @@ RECONNECT_FIRST = 1.0           # a lost client reconnects after 0.5-1 s (jitter
 RECONNECT_MAX = 30.0            # ...up to 30 s between attempts
 MAX_EVENTS = 2000               # reconnection events kept in the report (the counts are always whole)
 TEXT_MAX = 400
+# --tpp grows the room the way TPP grew, 5k to 50k viewers: the rate starts at a tenth and
+# reaches the full --rate after --ramp seconds.
+TPP_RAMP_FROM = 0.1
+TPP_RAMP_S = 30.0
 EDGE_IN_WELCOME = re.compile(r"\(edge ([A-Za-z0-9_.-]{1,64})\)")
 
 
@@ -124,7 +128,8 @@ class Options:
     duration: float = 30.0              # seconds of sending; 0 = until SIGINT/SIGTERM (or stop_event)
     rooms: tuple[str, ...] = ()         # default: every room of every cluster
     hot_room: str | None = None         # everyone in this one room
-    tpp: bool = False                   # senders send the Twitch Plays Pokémon command mix
+    tpp: bool = False                   # senders send the Twitch Plays Pokémon command mix, ramping up
+    ramp: float = TPP_RAMP_S            # --tpp: seconds from TPP_RAMP_FROM x rate to the full rate
     ws_fraction: float = 0.25           # share of clients (receivers and senders) on WebSocket
     source_address: str | None = None   # bind every client socket to this loopback address
     reconnect: bool = False             # a timed run reconnects lost clients too (unbounded runs always do)
@@ -148,6 +153,8 @@ class Options:
             raise LoadgenError(f"--ws-fraction must be between 0 and 1, not {self.ws_fraction!r}")
         if not self.report_every > 0:
             raise LoadgenError("--report-every must be positive")
+        if self.ramp < 0 or math.isinf(self.ramp):
+            raise LoadgenError("--ramp must be 0 (no ramp) or a positive number of seconds")
         for room in (*self.rooms, *((self.hot_room,) if self.hot_room else ())):
             if not spec.ROOM_RE.match(room):
                 raise LoadgenError(f"room {room!r} must be 1-25 characters of [a-z0-9_], without '#'")
@@ -186,7 +193,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[Options, str | None]:
                                                      "of every cluster in the cluster file)")
     ap.add_argument("--hot-room", metavar="ROOM", help="put every client and sender in this one room")
     ap.add_argument("--tpp", action="store_true",
-                    help="senders send the Twitch Plays Pokémon command mix (up, down, a, b, start, ...)")
+                    help="Twitch Plays Pokémon: senders send its command mix (up, down, a, b, start, ...), the "
+                         "rate ramps from a tenth to --rate over --ramp seconds, and the report has a "
+                         "per-second series (completeness, p99) for the game day report")
+    ap.add_argument("--ramp", type=float, default=TPP_RAMP_S, metavar="SECONDS",
+                    help=f"with --tpp: seconds to reach the full rate (default {TPP_RAMP_S:g}; 0: no ramp)")
     ap.add_argument("--ws-fraction", type=float, default=0.25, metavar="F",
                     help="share of clients connecting over WebSocket (default 0.25)")
     ap.add_argument("--source-address", metavar="ADDR",
@@ -205,7 +216,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Options, str | None]:
     rooms = tuple(r.strip().lstrip("#").lower() for r in (args.rooms or "").split(",") if r.strip())
     opts = Options(clients=args.clients, senders=args.senders, rate=args.rate, duration=args.duration,
                    rooms=rooms, hot_room=args.hot_room.lstrip("#").lower() if args.hot_room else None,
-                   tpp=args.tpp, ws_fraction=args.ws_fraction, source_address=args.source_address,
+                   tpp=args.tpp, ramp=args.ramp, ws_fraction=args.ws_fraction, source_address=args.source_address,
                    reconnect=args.reconnect, json=args.json, quiet=args.quiet, report_every=args.report_every,
                    sender_prefix=args.sender_prefix, seed=args.seed)
     return opts, args.config
@@ -630,6 +641,10 @@ class Generator:
         self.edges_at_start: Counter[str] = Counter()
         self.jitter = random.Random()
         self.slots = asyncio.Semaphore(CONNECT_CONCURRENCY)
+        # --tpp: one point a second, so a report can draw completeness and p99 over time.
+        self.series: list[dict[str, Any]] | None = [] if options.tpp else None
+        self.window_latency = Histogram()
+        self._last_point = (0, 0, 0, 0, 0)
 
     # -- events from clients --
 
@@ -654,6 +669,8 @@ class Generator:
         ts = tags.get("tmi-sent-ts", "")
         if ts.isdigit():
             self.tally.latency.add(max(0.0, wall_ms - int(ts)))
+            if self.series is not None:
+                self.window_latency.add(max(0.0, wall_ms - int(ts)))
         sent_us = nonce.rpartition("-")[2]
         if sent_us.isdigit():
             self.tally.c2c.add(max(0.0, wall_ms - int(sent_us) / 1000))
@@ -894,6 +911,23 @@ class Generator:
         client.send_line(f"@client-nonce={nonce} PRIVMSG #{client.plan.room} :{self._text(self.seq)}\r\n".encode())
         self.tally.sent += 1
 
+    def rate_at(self, t: float) -> float:
+        """The offered rate t seconds into sending: --tpp ramps it, else it is --rate."""
+        opts = self.options
+        if not opts.tpp or not opts.ramp or t >= opts.ramp:
+            return opts.rate
+        return opts.rate * (TPP_RAMP_FROM + (1 - TPP_RAMP_FROM) * max(0.0, t) / opts.ramp)
+
+    def offered_by(self, t: float) -> float:
+        """Messages due in the first t seconds of sending (the integral of rate_at)."""
+        opts = self.options
+        r, ramp = opts.rate, opts.ramp if opts.tpp else 0.0
+        if not ramp:
+            return t * r
+        t1 = min(t, ramp)
+        during = r * (TPP_RAMP_FROM * t1 + (1 - TPP_RAMP_FROM) * t1 * t1 / (2 * ramp))
+        return during + r * max(0.0, t - ramp)
+
     async def pace(self) -> None:
         """Send at the total rate, evenly: every tick sends what is due, round-robin over senders."""
         rate = self.options.rate
@@ -909,13 +943,13 @@ class Generator:
                 if now >= end or (not self.senders and not self.reconnecting):
                     break
                 if not self.senders:        # every sender reconnecting: wait for them
-                    due_total = int((now - start) * rate) + 1
+                    due_total = int(self.offered_by(now - start)) + 1
                     try:
                         await asyncio.wait_for(self.stop.wait(), 0.2)
                     except asyncio.TimeoutError:
                         pass
                     continue
-                due = int((now - start) * rate) + 1 - due_total   # the first message leaves at once
+                due = int(self.offered_by(now - start)) + 1 - due_total   # the first message leaves at once
                 if due > 0:
                     # Fell behind (a slow loop): send at most MAX_CATCH_UP seconds' worth now; the
                     # rest is skipped, so `sent` below `offered` shows the generator itself was the limit.
@@ -927,7 +961,7 @@ class Generator:
                         if not senders:
                             break
                         self.send_one(senders[next(rr) % len(senders)])
-                next_at = start + due_total / rate
+                next_at = start + due_total / rate if not self.options.tpp else now + 1.0 / self.rate_at(now - start)
                 delay = max(0.0, min(next_at - time.monotonic(), tick))
                 try:
                     await asyncio.wait_for(self.stop.wait(), delay) if delay > 0 else await asyncio.sleep(0)
@@ -937,6 +971,7 @@ class Generator:
             self.sending = False
             self.send_stopped = time.monotonic()
             self.offered_seconds = min(self.send_stopped, end) - start
+            self.offered_total = self.offered_by(self.offered_seconds)
 
     async def drain(self) -> None:
         """Wait for the last echoes and deliveries: until nothing has come for DRAIN_QUIET, or
@@ -982,6 +1017,8 @@ class Generator:
                 await asyncio.sleep(1.0)
                 now = time.monotonic()
                 self.tally.settle(now, forget=FORGET_AFTER if not opts.duration else None)
+                if self.series is not None:
+                    self.add_point(now)
                 if not opts.duration:
                     for c in self.clients:
                         if c.plan.sender:
@@ -1004,6 +1041,21 @@ class Generator:
                 sys.stderr.flush()
             raise
 
+    def add_point(self, now: float) -> None:
+        """One point of the --tpp series: what settled in the last second (messages echoed about
+        SETTLE_AFTER earlier), and the p99 of the deliveries received in it."""
+        t = self.tally
+        totals = (t.sent, t.accepted, sum(t.rejected.values()), t.delivered, t.expected)
+        d = [a - b for a, b in zip(totals, self._last_point)]
+        self._last_point = totals
+        p99 = self.window_latency.percentile(99)
+        self.window_latency = Histogram()
+        self.series.append({"t": round(time.time(), 3),
+                            "rate": round(self.rate_at(now - (self.send_started or now)), 1),
+                            "sent": d[0], "accepted": d[1], "rejected": d[2], "delivered": d[3], "expected": d[4],
+                            "completeness": round(d[3] / d[4], 6) if d[4] else None,
+                            "p99_ms": _round(p99)})
+
     def report(self) -> dict[str, Any]:
         t = self.tally
         t.finish()
@@ -1012,7 +1064,7 @@ class Generator:
                 self.prune(c, float("inf"))
         unanswered = t.unanswered
         duration = (self.send_stopped - self.send_started) if self.send_started and self.send_stopped else 0.0
-        offered = getattr(self, "offered_seconds", 0.0) * self.options.rate
+        offered = getattr(self, "offered_total", 0.0)
         comp = t.completeness
         gaps = t.completeness_with_gaps
         return {
@@ -1033,6 +1085,7 @@ class Generator:
             "transports": dict(Counter(c.plan.transport for c in self.clients)),
             "errors": dict(t.errors), "error_examples": list(t.examples),
             "hot_room": self.options.hot_room, "tpp": self.options.tpp,
+            "ramp_s": self.options.ramp if self.options.tpp else None, "series": self.series,
             "source_address": self.options.source_address,
             "edges": {"at_start": dict(self.edges_at_start),
                       "at_end": dict(Counter(c.edge or "unknown" for c in self.clients))},
