@@ -296,6 +296,15 @@ def start_loadgen(c: RunningCluster, source: str, *, clients: int, duration: flo
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
 
 
+def stop_loadgen(proc: subprocess.Popen, timeout: float = 60) -> dict:
+    """End a loadgen started with a generous `duration` once the change it watches is done (it
+    stops sending on SIGTERM, then collects and reports as after a timed run): a test waits for
+    its own work, not for a guess of how long that takes."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    return loadgen_report(proc, timeout)
+
+
 def loadgen_report(proc: subprocess.Popen, timeout: float = 60) -> dict:
     try:
         out, err = proc.communicate(timeout=timeout)

@@ -25,7 +25,7 @@ from chat.sharding import SlotMap, key_slot
 from cluster import clusterfile
 from controlplane.database import Database
 from controlplane.remediation.base import BadParams
-from tests.conftest import api_json, live_controlplane, loadgen_report, start_loadgen, wait_for
+from tests.conftest import api_json, live_controlplane, start_loadgen, stop_loadgen, wait_for
 
 TOKEN = "add-shard-test-token"
 SEEDED = 3000
@@ -144,7 +144,7 @@ def test_add_shard_then_reshard_cools_the_hot_shard_and_loses_nothing(monkeypatc
     with live_controlplane(traffic=False, patch=_patch) as (c, base):
         cf = clusterfile.load(c.config).spec
         db = Database(c.run / "controlplane.sqlite3")
-        loadgen = start_loadgen(c, f"{cf.address('chat1').rsplit('.', 1)[0]}.77", clients=40, duration=75,
+        loadgen = start_loadgen(c, f"{cf.address('chat1').rsplit('.', 1)[0]}.77", clients=40, duration=150,
                                 room="lobby,testroom")
         watch = ListenerWatch(cf)
         watch.start()
@@ -216,7 +216,7 @@ def test_add_shard_then_reshard_cools_the_hot_shard_and_loses_nothing(monkeypatc
             watch.stop.set()
             hammer.join(15)
             watch.join(15)
-        report = loadgen_report(loadgen, timeout=120)
+        report = stop_loadgen(loadgen, timeout=120)
         loop.call_soon_threadsafe(follow.cancel)
         runner.join(10)
         assert not runner.is_alive()

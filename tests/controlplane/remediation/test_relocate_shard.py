@@ -29,10 +29,10 @@ from controlplane.remediation import plans, relocate_shard
 from controlplane.remediation.base import BadParams, Busy, Context
 from tests.conftest import (
     cluster_up,
-    loadgen_report,
     require,
     small_cluster,
     start_loadgen,
+    stop_loadgen,
     wait_for,
     write_cluster,
 )
@@ -134,7 +134,7 @@ def test_relocate_shard0_live_to_redis2_6390(run_dir, subnet, tmp_path):
             with pytest.raises(redis.ConnectionError):
                 redis.Redis(host=new_address, port=6390, socket_connect_timeout=0.5).ping()
 
-            loadgen = start_loadgen(c, f"{subnet}.77", clients=20, duration=40, room="lobby")
+            loadgen = start_loadgen(c, f"{subnet}.77", clients=20, duration=90, room="lobby")
             time.sleep(3)
             writer = Writer(cf.address("chat1"), cf.listener_port(0))
             writer.start()
@@ -195,7 +195,7 @@ def test_relocate_shard0_live_to_redis2_6390(run_dir, subnet, tmp_path):
                 ("tester", "remediation.relocate_shard", "ok")
             assert plans.apply_plan(ctx, plan["id"], "tester")["applied_at"] == done["applied_at"]
 
-            report = loadgen_report(loadgen, timeout=120)
+            report = stop_loadgen(loadgen, timeout=120)
             figures = {
                 "apply_s": round(took, 1), "pauses_ms": result["changed"]["pauses_ms"],
                 "keys": result["changed"]["keys"], "sampled_present": result["changed"]["sampled_present"],
