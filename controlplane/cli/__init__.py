@@ -6,7 +6,19 @@ from importlib import metadata
 
 import click
 
-from controlplane.cli import chat, config, inspect, local, proxy, redis_conf, remediate, serve, silence, slots
+from controlplane.cli import (
+    chat,
+    config,
+    inspect,
+    local,
+    proxy,
+    redis_conf,
+    remediate,
+    scenario,
+    serve,
+    silence,
+    slots,
+)
 
 
 def _version() -> str:
@@ -40,3 +52,4 @@ main.add_command(remediate.apply_cmd)
 main.add_command(remediate.plans_cmd)
 main.add_command(remediate.audit_cmd)
 main.add_command(silence.silence)
+main.add_command(scenario.scenario)
