@@ -21,7 +21,8 @@ each remote host holds to a Redis port). Pure parsers beside thin fetchers:
   the OS in tests.
 - `collect(target, previous=None)` -> Observation(source="process", target=<run dir, or the
   target's name>, data=ProcessSnapshot([ProcessReport(name, kind, host, address, port, stats,
-  connections={remote host name or IP: n}, time_wait)])). Connections are counted for redis and
+  connections={remote host name or IP: n}, time_wait, restarts)])); `restarts` is state.json's
+  count of the supervisor's restarts of that process. Connections are counted for redis and
   haproxy processes only (None for the others); a missing state file gives up=False; an
   unreadable /proc or cluster file costs only its section (`section_errors`).
 
@@ -249,12 +250,17 @@ class ProcessReport:
     # remote host name (or IP when not in the cluster file) -> ESTABLISHED connections to the port
     connections: dict[str, int] | None = None
     time_wait: int | None = None
+    restarts: int | None = None      # state.json: times the supervisor has restarted it
 
 
 @dataclass(frozen=True)
 class ProcessSnapshot:
     processes: list[ProcessReport] = field(default_factory=list)
     sockets_read: int = 0            # TCP entries read from /proc (0 when not needed)
+
+
+def _count(v) -> int | None:
+    return v if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else None
 
 
 def _host_names(config: str | None) -> tuple[dict[str, str], str | None]:
@@ -333,6 +339,7 @@ def collect(target: Target, previous: Observation | None = None) -> Observation:
             tw = time_wait_count(entries, p["port"], address)
         reports.append(ProcessReport(name=str(p.get("name", "")), kind=str(p.get("kind", "")),
                                      host=str(p.get("host", "")), address=str(p.get("address", "")),
-                                     port=p.get("port"), stats=st, connections=conns, time_wait=tw))
+                                     port=p.get("port"), stats=st, connections=conns, time_wait=tw,
+                                     restarts=_count(p.get("restarts"))))
     return Observation("process", name, at, True, time.perf_counter() - started,
                        ProcessSnapshot(reports, len(entries)), None, section_errors)

@@ -11,8 +11,10 @@ by its detector module (controlplane/detectors/base.py) and asked through `detec
 
       0 delivery_gap            users in a room do not see the same messages (canary)
       1 ingestion_timeouts edge `[clue] Timed out` in an edge's log
+        unresponsive_service edge   an edge that does not answer (hung, crashed, crash-looping)
       2 ingestion_timeouts clue `ECONNREFUSED` / Redis errors in clue's log
         connection_churn        a service (the exchange) opening a connection per request
+        unresponsive_service clue, exchange   the same for clue or the exchange
       3 proxy_saturation        the chat host's HAProxy (`redis-<shard>` listener) near its limits
                                 (and any kind that declares no layer)
       4 leaked_clients <shard>:maxclients, hot_shard      the shard itself
@@ -25,6 +27,21 @@ by its detector module (controlplane/detectors/base.py) and asked through `detec
   findings that name different shards never link; neither do findings of different clusters
   through a dependency -- but a shard is shared by every cluster, which is exactly how the
   testing cluster took down main in 2014.
+- A guess is a last resort: a finding that something downstream explains by name (the same
+  shard or host) or by a declared dependency takes no BROAD link, neither in its chain nor to
+  join another group. So a hung clue stays the root cause of its edge's timeouts even while some
+  unrelated shard runs hot: the edge's "any shard may explain it" is not used when clue on its
+  own host already does.
+- Which unresponsive service is the cause, when several on one request path stop answering (edge
+  -> clue -> the exchange -> every edge of the cluster): the one furthest along the path from the
+  users, because a silent dependency can stall its callers and never the reverse. By layer, clue
+  or the exchange (SERVICE) is the cause of a silent edge (EDGE) on the same host or, for the
+  delivery gaps it leaves, in the same cluster; an unresponsive service names no shard and
+  reaches for none, so it ends its chain unless something named on its own host lies deeper
+  (the HAProxy in front of its shards: a clue that crashes because its proxy is down). Clue and
+  the exchange share a layer and do not explain each other: of the two, the chain keeps the more
+  severe (the one not answering at all over one that answers between crashes), then the one
+  that stopped answering first; the other is kept in `others`.
 - `related(a, b)`: linked either way, or sharing a shard or host, and open at overlapping times
   (or within GAP_S of each other). Related findings share an incident.
 - `build_chain(findings)`: the longest upstream-to-downstream path of linked findings (ties: the
@@ -120,6 +137,16 @@ def _strength(a: dict, b: dict) -> int:
     return 0
 
 
+def _named_cause(f: dict, fs: list[dict]) -> bool:
+    """Something in `fs` explains `f` by more than a guess (NAMED or SPECIFIC)."""
+    return any(layer(g) > layer(f) and _strength(f, g) >= SPECIFIC for g in fs)
+
+
+def _guess(a: dict, b: dict, fs: list[dict]) -> bool:
+    """`b` explains `a` only by a guess that `fs` makes unnecessary."""
+    return _strength(a, b) == BROAD and _named_cause(a, fs)
+
+
 def linked(a: dict, b: dict) -> bool:
     """`b` (further downstream) can explain `a`."""
     return layer(a) < layer(b) and _strength(a, b) > 0
@@ -167,7 +194,8 @@ def _explained(fs: list[dict]) -> bool:
 def _components(findings: list[dict], now: float | None, incident_of: dict[Any, int]) -> list[tuple[int | None, list[dict]]]:
     """Related findings as (incident id or None, findings): first by NAMED and SPECIFIC
     relations, transitively; then each group that stops above the shards and has only BROAD
-    links down (clue errors that name no shard) joins the one group it best explains -- the
+    links down (clue errors that name no shard), from a finding nothing in the group explains by
+    name, joins the one group it best explains -- the
     longest, strongest, most severe chain -- rather than every group on any shard. Findings of
     two different incidents (`incident_of`: finding id -> incident id) never merge."""
     items = sorted(findings, key=lambda f: (f.get("first_seen") or 0, f.get("id") or 0))
@@ -207,7 +235,8 @@ def _components(findings: list[dict], now: float | None, incident_of: dict[Any, 
             if r2 == root(r) or (owner[root(r)] is not None and owner[r2] is not None):
                 continue
             gs = [items[i] for i in others]
-            if not any(_strength(f, g) == BROAD and overlaps(f, g, now) for f in fs for g in gs):
+            if not any(_strength(f, g) == BROAD and overlaps(f, g, now) and not _named_cause(f, fs)
+                       for f in fs for g in gs):
                 continue
             both = fs + gs
             key = (_path_key(_best_path(both)), max(SEVERITY_RANK.get(g.get("severity"), 0) for g in gs),
@@ -243,7 +272,7 @@ def _best_path(findings: list[dict]) -> list[dict]:
             best = list(path)
         last = path[-1]
         for g in items:
-            if layer(g) > layer(last) and linked(last, g):
+            if layer(g) > layer(last) and linked(last, g) and not _guess(last, g, items):
                 path.append(g)
                 walk(path)
                 path.pop()

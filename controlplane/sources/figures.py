@@ -12,7 +12,8 @@ dashboard's series use them (the Prometheus names are in controlplane/metrics.py
 - clients (per shard):    up, total, idle, idle_long, then `host:<host>:count|idle|oldest_age_s`
 - haproxy (per chat host): up, workers, old_workers, then per row `<proxy>/<name>:` scur, slim, qcur,
                           rate, up, and the per-second rates of ereq, econ, eresp, dreq, wretr
-- process (one source):   up, then per process `<name>:` cpu_percent, rss_bytes, fds, threads, up
+- process (one source):   up, then per process `<name>:` cpu_percent, rss_bytes, fds, threads, up,
+                           restarts (the supervisor's count, from state.json)
 """
 
 from __future__ import annotations
@@ -153,4 +154,5 @@ def process_figures(obs: Observation) -> Figures:
         f[names.series(p.name, "rss_bytes")] = _num(s.rss)
         f[names.series(p.name, "fds")] = _num(s.num_fds)
         f[names.series(p.name, "threads")] = _num(s.num_threads)
+        f[names.series(p.name, "restarts")] = _num(p.restarts)
     return f

@@ -1,0 +1,196 @@
+"""Unresponsive service: a chat service (edge, clue or exchange, on any chat host) that stops
+answering -- crashed and not restarted, crash-looping, hung (SIGSTOP, a blocked event loop) or too
+slow for its scrape. Every other detector reads a service's figures; this one reads their absence.
+
+Per chat service `<service>-<host>`, two signals, either of which fires after holding for
+`thresholds.hold`:
+
+- **not answering**: the control plane's own scrape of its /metrics failed (source `service`,
+  figure `up` = 0, controlplane/sources/service_figures.py): refused, reset, or timed out, the
+  timeout being at most the scrape interval, so "too slow for its scrape" is the same signal.
+- **crash-looping**: the local supervisor restarted it at least LOOP_RESTARTS times within
+  LOOP_SPAN_S (source `process`, figure `<service>-<host>:restarts`: state.json's `restarts`,
+  carried by the process collector). This catches a loop that answers a scrape between crashes.
+  The span is two of the supervisor's longest backoffs, so a loop that has backed off to its
+  slowest still counts.
+
+How it is stuck comes from the process source (psutil on the pid state.json names): `stopped`
+is a hung process (SIGSTOP, a debugger), gone is a crash, alive and silent is a blocked or
+overloaded one.
+
+Subject `<service>@<host>` (`clue@chat1`); about {service, host, cluster}. Evidence: whether it
+answers now, for how long it has not, the scrape's error text and duration, the process state and
+pid, restarts in the span and in all, and the scrape error as a line. Severity: critical while it
+does not answer; warning for a loop that answers between crashes. Remediation: restart_service for
+a hung or dead process; none for a crash loop (the supervisor is already restarting it: its log
+says why it dies).
+
+In an incident it sits where the service sits on the request path -- an edge at the edge layer,
+clue and the exchange at the service layer -- and names no shard and reaches for none: a service
+that does not answer its own scrape is explained by something on its own host (the HAProxy in
+front of its shards), not by a guess about any shard. See controlplane/incidents.py for which of
+several unresponsive services is the cause.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from collectors.services import SERVICES
+from controlplane.detectors.base import (
+    EDGE,
+    SERVICE,
+    USERS,
+    Chart,
+    Finding,
+    Serves,
+    Window,
+    about,
+    hold_s,
+    log_charts,
+    named_host,
+    num,
+    service,
+)
+from controlplane.local.supervisor import BACKOFF_MAX
+from controlplane.sources import names
+
+KIND = "unresponsive_service"
+LOOP_RESTARTS = 2                 # one restart is a crash the supervisor handled; two is a loop
+LOOP_SPAN_S = 2 * BACKOFF_MAX
+STOPPED = ("stopped", "tracing-stop")      # psutil's names for a process in state T / t
+
+
+def _process(window: Window, name: str) -> dict:
+    data = window.data("process", "local")
+    procs = data.get("processes") if isinstance(data, dict) else None
+    for p in procs if isinstance(procs, list) else []:
+        if isinstance(p, dict) and p.get("name") == name:
+            return p
+    return {}
+
+
+def recent_restarts(points: list, span: float) -> list:
+    """Each point's restarts within the trailing `span` seconds: its value less the lowest value
+    in the span (the lowest, not the first, so a supervisor restarted from 0 counts nothing)."""
+    out, start = [], 0
+    for i, (t, v) in enumerate(points):
+        while points[start][0] < t - span:
+            start += 1
+        known = [x for x in (num(x) for _, x in points[start:i + 1]) if x is not None]
+        out.append((t, num(v) - min(known) if num(v) is not None else None))
+    return out
+
+
+def _state(proc: dict, answering: bool, looping: bool) -> str:
+    """How it is stuck, in a few words."""
+    stats = proc.get("stats") if isinstance(proc.get("stats"), dict) else {}
+    status = str(stats.get("status") or "")
+    if looping:
+        return "crash-looping"
+    if status in STOPPED:
+        return "hung (process stopped)"
+    if stats.get("gone") or status in ("gone", "zombie", "not started"):
+        return "down (process gone)"
+    if not answering and status:
+        return "hung or too slow (process alive)"
+    return "not answering"
+
+
+def detect(window: Window, cf) -> list[Finding]:
+    hold = hold_s(cf)
+    out: list[Finding] = []
+    for host, cluster in cf.chat_hosts():
+        for svc in SERVICES:
+            target = f"{svc}-{host}"
+            up = [(t, num(v)) for t, v in window.points("service", target, "up")]
+            silent = window.held_for(up, lambda v: v < 1.0)
+            loops = recent_restarts(window.points("process", "local", names.series(target, "restarts")),
+                                    LOOP_SPAN_S)
+            looped = window.held_for(loops, lambda v: v >= LOOP_RESTARTS)
+            if not silent and not looped:
+                continue
+            held = max(silent, looped)
+            answering = not silent
+            proc = _process(window, target)
+            stats = proc.get("stats") if isinstance(proc.get("stats"), dict) else {}
+            latest = window.latest.get(f"service:{target}", {})
+            error = str(latest.get("error") or "")[:300] or None
+            answered = [t for t, v in up if v == 1.0]
+            state = _state(proc, answering, looped > 0)
+            ev: dict[str, Any] = {
+                "state": state,
+                "answering": answering,
+                "not_answering_for_s": round(silent, 1),
+                "scrape_error": error,
+                "restarts_recent": loops[-1][1] if loops else None,
+                "restarts": num(proc.get("restarts")),
+                "process_status": stats.get("status"),
+                "pid": stats.get("pid"),
+                "scrape_duration_s": num(window.value("service", target, "scrape_duration_seconds")),
+                "scrape_interval_s": window.interval_s,
+                "last_answered_s_ago": round(window.now - answered[-1], 1) if answered else None,
+                "restarts_span_s": LOOP_SPAN_S,
+                "held_s": round(held, 1),
+                "lines": [f"scrape of {target}: {error}"] if error else [],
+            }
+            if looped:
+                remediation = None
+                what = f"crash-looping ({fmt(ev['restarts_recent'])} restarts in {LOOP_SPAN_S:g} s)"
+            else:
+                what = f"not answering: {state}"
+                stopped = stats.get("status") in STOPPED
+                summary = (f"restart {target} (a stopped process acts on SIGTERM only once continued: "
+                           f"`kill -CONT {stats.get('pid')}` first, or `kill -KILL` it)" if stopped
+                           else f"restart {target} and wait until it answers")
+                remediation = {"action": "restart_service", "summary": summary,
+                               "params": {"service": svc, "host": host}}
+            out.append(Finding(
+                kind=KIND, subject=f"{svc}@{host}", severity="warning" if answering else "critical",
+                title=f"{svc}@{host} {what}", evidence=ev, remediation=remediation,
+                firing=held >= hold, held_s=held,
+                about={"service": svc, "host": host, "cluster": cluster or ""}))
+    return out
+
+
+def fmt(v: Any) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+# -- in an incident: the service where it sits on the request path ---------------------------------
+
+def layer(f: dict) -> int:
+    return EDGE if service(f) == "edge" else SERVICE
+
+
+def _state_of(f: dict) -> str:
+    state = (f.get("evidence") or {}).get("state")
+    return state if isinstance(state, str) and state else "not answering"
+
+
+def label(f: dict) -> str:
+    host = named_host(f)
+    return f"{service(f) or f.get('subject')} {_state_of(f)}" + (f" on {host}" if host else "")
+
+
+def cause(f: dict) -> str:
+    return f"{service(f) or 'a service'} on {named_host(f) or '?'} stopped answering: {_state_of(f)}"
+
+
+def serves(f: dict) -> Serves:
+    # Messages sent through this host's edge pass its clue and its exchange before reaching any
+    # edge of the cluster: while one of them is silent, every edge of the cluster misses them.
+    host = named_host(f) or "its host"
+    return Serves(USERS, f"messages sent through {host} pass its {service(f) or 'service'} "
+                         f"on their way to every edge of cluster {about(f).get('cluster') or '?'}")
+
+
+def charts(f: dict) -> list[Chart]:
+    svc, host = service(f), named_host(f)
+    if not svc or not host:
+        return log_charts(f)
+    target = f"{svc}-{host}"
+    return [Chart("service", target, "up", "", f"{target} answers its scrape (1) or not (0)"),
+            Chart("service", target, "scrape_duration_seconds", "s", f"{target} scrape duration"),
+            Chart("process", "local", names.series(target, "restarts"), "", f"{target} restarts"),
+            *log_charts(f)]
