@@ -249,11 +249,31 @@ class Thresholds(_Model):
     delivery_late_after: Duration = "2s"
 
 
+CANARY_ROOM_PREFIX = "chatops_canary_"
+
+
+def canary_room(cluster: str) -> str:
+    """The canary's own room in `cluster`: `chatops_canary_<cluster>` ('-' written '_', as rooms
+    allow no '-'); a cluster name too long for a room's 25 characters gets a stable hash instead."""
+    import zlib
+    name = cluster.replace("-", "_")
+    if len(CANARY_ROOM_PREFIX) + len(name) > 25:
+        name = f"{zlib.crc32(cluster.encode()):08x}"
+    return CANARY_ROOM_PREFIX + name
+
+
 class Canary(_Model):
-    """The control plane's own chat client, in each watched room on every edge of its cluster."""
+    """The control plane's own chat client, in each watched room on every edge of its cluster.
+    Defaults and their reasons: docs/cluster-file.md, controlplane/sources/canary.py."""
     enabled: bool = True
-    rooms: list[Room] | None = None        # None: the first room of every cluster
-    interval: Duration = "5s"
+    # None: its own room in every cluster (canary_room()), which no user sees; a list names rooms
+    # to watch instead, real ones included.
+    rooms: list[Room] | None = None
+    interval: Duration = "1s"              # one message through every edge of each room per interval
+    # Each path (sending edge -> delivering edge) is judged on its last `window` judged messages;
+    # it is failing when at least `miss_share` of them were missed or late (3 of 10 by default).
+    window: Annotated[int, Field(ge=2, le=60)] = 10
+    miss_share: Annotated[float, Field(gt=0, le=1)] = 0.3
 
 
 def _public_url(value: str) -> str:
@@ -352,8 +372,13 @@ class ClusterFile(_Model):
         return names
 
     def cluster_of_room(self, room: str) -> str:
-        """Rooms not placed anywhere live on the first cluster, as new channels did on main."""
+        """Rooms not placed anywhere live on the first cluster, as new channels did on main; the
+        canary's own room of a cluster (canary_room()) lives on that cluster."""
         for cname, c in self.clusters.items():
             if room in c.rooms:
                 return cname
+        if room.startswith(CANARY_ROOM_PREFIX):
+            for cname in self.clusters:
+                if canary_room(cname) == room:
+                    return cname
         return next(iter(self.clusters))

@@ -1,37 +1,58 @@
-"""The canary: the control plane's own chat client in each watched room, on every edge.
+"""The canary: the control plane's own chat client in its own room of every cluster, on every edge.
 
 The talk's worst symptom was "users don't see the same messages", which no log showed: every
 edge and clue said all was well. So the control plane watches delivery from the outside, as a
-user would. For each watched room (`controlplane.canary.rooms`, default the first room of every
-cluster) it keeps one IRC connection per edge of the room's cluster, straight to the edge's own
-IRC port (not through HAProxy, which would hide which edge is which), logged in as the bot user
-`chatops_canary` that it creates in Redis (chat/users.py; the token is never logged). Every
-`interval` it sends `PRIVMSG #room :chatops-canary <seq> <epoch>` through one of those
-connections, rotating the sending edge, with `echo-message` so the sending edge must deliver it
-back too, through the exchange like any other message.
+user would. By default it watches one room per cluster that is its own,
+`#chatops_canary_<cluster>` (cluster.spec.canary_room(); rooms allow no '-'), which
+`ClusterFile.cluster_of_room` places on that cluster, so every edge of the cluster serves it
+and the exchanges fan it out like any room, while no viewer of a real room (#degentp...) ever
+sees "chatops-canary 9 ...". `controlplane.canary.rooms` may name real rooms instead. For each
+watched room it keeps one IRC connection per edge of the room's cluster, straight to the edge's
+own IRC port (not through HAProxy, which would hide which edge is which), logged in as the bot
+user `chatops_canary` that it creates in Redis (chat/users.py; the token is never logged). Every
+`interval` (1 s) it sends `PRIVMSG #room :chatops-canary <seq> <epoch>` through **each** edge
+it is in the room on, with `echo-message` so the sending edge must deliver it back too, through
+the exchange like any other message. A message sent through edge X crosses edge X, X's host's
+clue and exchange, and is then delivered by every edge Y: the path X->Y gets one message per
+interval.
 
 Bookkeeping (`DeliveryBook`, pure: no sockets, no clock) records per message which edges
-delivered it and when. Once a message is `delivery_late_after` old it is judged, per edge:
+delivered it and when. Once a message is `delivery_late_after` (2 s) old it is judged, per edge:
 
 - on time: delivered within `delivery_late_after`;
 - missing: not delivered in time (late or never), or the canary was not in the room on that edge
   when it was sent (the edge could not be reached: "edge unreachable");
 - not counted: the message was refused with a NOTICE (rate limit, `msg_unavailable`: an
-  ingestion problem, for the ingestion detectors, not a delivery gap); and a message that no edge
-  delivered at all counts as missing on the edge it was sent through only -- that edge took it
-  and nobody saw it -- so a stopped edge that swallows the canary's own messages does not make
-  the healthy edges look bad. Such a message is judged only after the cluster's clue timeout
-  + 1 s, since the edge refuses it with `msg_unavailable` when clue times out.
+  ingestion problem, for the ingestion detectors, not a delivery gap). A message that no edge
+  delivered is missing on every path from the edge it was sent through (that host took it and
+  nobody saw it); in an edge's own figures it counts against the sending edge only, so a stopped
+  edge that swallows the canary's own messages does not make the healthy edges look bad. Such a
+  message is judged only after the cluster's clue timeout + 1 s, since the edge refuses it with
+  `msg_unavailable` when clue times out -- unless a later message through the same edge was
+  delivered (clue is answering that edge), so a path losing every other message is judged at
+  `delivery_late_after`. A refusal that comes later still takes the message out of the counts.
 
-Every interval, per room, it writes one Observation (source `canary`, target the room) with, per
-edge `<h>`: `edge:<h>:delivered_ratio` (on time / judged over the last `ratio_messages` judged
-messages), `edge:<h>:missing`, `edge:<h>:judged`, `edge:<h>:latency_s` (p50) and
-`edge:<h>:latency_max_s` (over recent deliveries, late ones included), `edge:<h>:connected` (0/1);
-and per room `sent`, `pending`, `refused`, `lost`, `edges`, `edges_connected`. The detail holds
-the last messages × edges, which detectors/delivery_gaps.py quotes as evidence.
+Every interval, per room, it writes one Observation (source `canary`, target the room) with:
 
-`ratio_messages` is `hold / (2 × interval)` (at least 1): short enough that one lost message
-cannot keep the ratio below 1 for a whole `hold` and open a finding by itself.
+- per path `<x>-><y>` (sending edge x, delivering edge y), over the last `window` (10) judged
+  messages sent through x: `path:<x>-><y>:judged`, `:missed` (missed, late or unreachable) and
+  `:missed_share`. detectors/delivery_gaps.py fails a path at `miss_share` (0.3) × `window`
+  missed -- 3 of the last 10 -- and names what the failing paths share (the receiving edge, the
+  sending host's clue/exchange, or one path). Paths from an edge the canary is not in the room on
+  are left out: nothing new crosses them;
+- per edge `<h>`: `edge:<h>:delivered_ratio` (on time / judged over its last `window` judged
+  messages from every sender), `edge:<h>:missing`, `edge:<h>:judged`, `edge:<h>:latency_s` (p50)
+  and `edge:<h>:latency_max_s` (recent deliveries, late ones included), `edge:<h>:connected` (0/1);
+- per room `sent`, `pending`, `refused`, `lost`, `edges`, `edges_connected`.
+
+The detail holds the per-path counts (with the missed sequence numbers) and the last messages ×
+edges, which the detector quotes as evidence.
+
+Why these defaults: one message per edge per second costs a two-edge cluster 2 messages and 4
+deliveries a second; a window of 10 means a path losing one message in two fails after about 6
+messages (its third miss), judged 2 s later, so it is found in ~10 s; 3 misses in 10 is more than
+one stray late message (or a 2 s stall of the control plane, which makes at most 2 late per
+path) and fewer than a failing path makes.
 
 Runs only where the scrape schedule runs (one control plane per run dir holds its lock), on a
 daemon thread with its own asyncio loop. Failures are logged and retried with backoff; nothing
@@ -58,7 +79,7 @@ log = logging.getLogger(__name__)
 LOGIN = "chatops_canary"
 PREFIX = "chatops-canary"
 KEEP_MESSAGES = 30          # messages remembered per room (bookkeeping and detail)
-DETAIL_MESSAGES = 10        # of which the newest this many go into the observation's detail
+DETAIL_MESSAGES = 20        # of which the newest this many go into the observation's detail
 LATENCY_MESSAGES = 5        # latency figures over at least this many recent judged messages
 CONNECT_TIMEOUT = 3.0       # TCP connect, and again for login + JOIN
 BACKOFF_MIN, BACKOFF_MAX = 0.5, 10.0
@@ -75,7 +96,7 @@ SCHEDULER_WAIT = 30.0       # the scrape schedule must start within this, else n
 class Sent:
     seq: int
     at: float                          # wall-clock send time
-    via: str                           # the edge it was sent through
+    via: str                           # the edge it was sent through ("": nowhere, no edge joined)
     joined: frozenset[str]             # edges whose canary connection was in the room at send time
     refused: str | None = None         # the NOTICE's msg-id, when the edge refused it
     delivered: dict[str, float] = field(default_factory=dict)   # edge -> latency (s), first delivery
@@ -96,20 +117,33 @@ def _percentile(values: list[float], p: float) -> float | None:
     return s[k]
 
 
+def path_name(via: str, edge: str) -> str:
+    """The series part of the path from sending edge `via` to delivering edge `edge`."""
+    return names.labelled("path", f"{via}->{edge}")
+
+
+MISSED = ("late", "missing", "not_connected")
+
+
 class DeliveryBook:
     """Which edge delivered which canary message, and when: no sockets, no clock (callers pass
     times), so every rule is tested on plain calls."""
 
-    def __init__(self, room: str, edges: Iterable[str], late_after: float, ratio_messages: int = 1,
-                 keep: int = KEEP_MESSAGES, lost_after: float | None = None):
+    def __init__(self, room: str, edges: Iterable[str], late_after: float, window: int = 10,
+                 keep: int | None = None, lost_after: float | None = None):
         self.room = room
         self.edges = list(edges)
         self.late_after = late_after
         # A message no edge delivered may still be refused: the edge's NOTICE comes only when clue
-        # answers or times out (services.clue.client.timeout). It waits this long to be judged.
+        # answers or times out (services.clue.client.timeout). It waits this long to be judged,
+        # unless a later message through the same edge got through (clue is answering that edge).
         self.lost_after = max(late_after, lost_after or 0.0)
-        self.ratio_messages = max(1, int(ratio_messages))
-        self.messages: deque[Sent] = deque(maxlen=max(keep, self.ratio_messages, LATENCY_MESSAGES))
+        self.window = max(1, int(window))
+        # Every edge sends each interval: keep enough for a full window on every path, with room
+        # for the messages still pending.
+        if keep is None:
+            keep = max(KEEP_MESSAGES, (self.window + 4) * max(1, len(self.edges)))
+        self.messages: deque[Sent] = deque(maxlen=max(keep, self.window, LATENCY_MESSAGES))
         self.state = {e: EdgeState() for e in self.edges}
         self.sent_total = 0
 
@@ -156,7 +190,8 @@ class DeliveryBook:
 
     def verdict(self, m: Sent, edge: str, now: float) -> str:
         """on_time | late | missing | not_connected | pending (not judged yet) | refused |
-        not_counted (nobody got it and it was not sent through this edge)."""
+        not_counted (nobody got it and it was not sent through this edge: for the edge's own
+        figures only; on a path it is missing, see path_verdict)."""
         if m.refused:
             return "refused"
         lat = m.delivered.get(edge)
@@ -172,11 +207,26 @@ class DeliveryBook:
             return "not_counted"
         return "missing"
 
+    def path_verdict(self, m: Sent, edge: str, now: float) -> str:
+        """The verdict on the path from m.via to `edge`: a message nobody delivered is missing on
+        every path from its sending edge, which is what blames that edge's clue or exchange."""
+        v = self.verdict(m, edge, now)
+        return "missing" if v == "not_counted" else v
+
     def _judge_after(self, m: Sent) -> float:
-        """A message is judged, on every edge at once (so the newest judged messages are the same
-        ones on every edge), `late_after` after it was sent; one no edge delivered only after
-        `lost_after` (a refusal may still come), unless the canary was in the room nowhere."""
-        return self.late_after if m.delivered or not m.joined else self.lost_after
+        """A message is judged, on every edge at once, `late_after` after it was sent; one no edge
+        delivered only after `lost_after` (a refusal may still come), unless the canary was in
+        the room nowhere, or a later message sent through the same edge was delivered: clue
+        answered that one, so this one is not waiting for clue's timeout. That keeps a path
+        that drops every other message judged at `late_after`, not at clue's timeout."""
+        if m.delivered or not m.joined:
+            return self.late_after
+        for later in reversed(self.messages):
+            if later is m:
+                break
+            if later.via == m.via and later.delivered:
+                return self.late_after
+        return self.lost_after
 
     def judge(self, now: float) -> tuple[dict[str, float | None], dict[str, Any]]:
         """(figures, detail) for an Observation at `now`."""
@@ -186,9 +236,9 @@ class DeliveryBook:
         for e in self.edges:
             verdicts = [(m, self.verdict(m, e, now)) for m in counted]
             verdicts = [(m, v) for m, v in verdicts if v != "not_counted"]
-            window = verdicts[-self.ratio_messages:]
+            window = verdicts[-self.window:]
             ok = sum(1 for _, v in window if v == "on_time")
-            lats = [m.delivered[e] for m, _ in verdicts[-max(self.ratio_messages, LATENCY_MESSAGES):]
+            lats = [m.delivered[e] for m, _ in verdicts[-max(self.window, LATENCY_MESSAGES):]
                     if e in m.delivered]
             part = names.labelled("edge", e)
             figures[names.series(part, "judged")] = float(len(window))
@@ -197,6 +247,20 @@ class DeliveryBook:
             figures[names.series(part, "latency_s")] = _percentile(lats, 0.5)
             figures[names.series(part, "latency_max_s")] = max(lats) if lats else None
             figures[names.series(part, "connected")] = 1.0 if self.state[e].connected else 0.0
+        paths: dict[str, dict[str, Any]] = {}
+        for via in self.edges:
+            own = [m for m in counted if m.via == via][-self.window:]
+            # Nothing is sent through an edge the canary is not in the room on: its old, good
+            # messages would otherwise stand for a path nobody can judge now.
+            if not own or not self.state[via].connected:
+                continue
+            for e in self.edges:
+                missed = [m.seq for m in own if self.path_verdict(m, e, now) in MISSED]
+                part = path_name(via, e)
+                figures[names.series(part, "judged")] = float(len(own))
+                figures[names.series(part, "missed")] = float(len(missed))
+                figures[names.series(part, "missed_share")] = len(missed) / len(own)
+                paths[f"{via}->{e}"] = {"judged": len(own), "missed": len(missed), "missed_seqs": missed}
         figures["sent"] = float(self.sent_total)
         figures["pending"] = float(len(self.messages) - len(judged))
         figures["refused"] = float(sum(1 for m in judged if m.refused))
@@ -206,9 +270,10 @@ class DeliveryBook:
         detail = {
             "room": self.room,
             "late_after_s": self.late_after,
-            "ratio_messages": self.ratio_messages,
+            "window": self.window,
             "edges": {e: {"connected": s.connected, "since": s.since, "error": s.error}
                       for e, s in self.state.items()},
+            "paths": paths,
             "messages": [{"seq": m.seq, "sent_at": round(m.at, 3), "via": m.via, "refused": m.refused,
                           "edges": {e: {"state": self.verdict(m, e, now),
                                         "latency_s": (round(m.delivered[e], 4) if e in m.delivered else None)}
@@ -235,18 +300,12 @@ def canary_text(seq: int, at: float) -> str:
 
 
 def watched_rooms(cf) -> list[str]:
-    """The configured rooms, else the first room of every cluster that lists any."""
+    """The configured rooms, else the canary's own room in every cluster."""
+    from cluster.spec import canary_room
     rooms = cf.controlplane.canary.rooms
     if rooms is None:
-        rooms = [c.rooms[0] for c in cf.clusters.values() if c.rooms]
+        rooms = [canary_room(c) for c in cf.clusters]
     return list(dict.fromkeys(r.lstrip("#") for r in rooms))
-
-
-def ratio_messages(cf) -> int:
-    from cluster.durations import seconds
-    hold = seconds(cf.controlplane.thresholds.hold)
-    interval = seconds(cf.controlplane.canary.interval)
-    return max(1, int(hold / (2 * interval)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -391,15 +450,14 @@ class Canary:
         self.source_address = source_address(cf)
         self.rooms = watched_rooms(cf)
         self.cluster_of = {r: cf.cluster_of_room(r) for r in self.rooms}
-        n = ratio_messages(cf)
+        window = cf.controlplane.canary.window
         self.books = {}
         for r in self.rooms:
             cluster = cf.clusters[self.cluster_of[r]]
             clue_timeout = seconds(cluster.services.clue.client.timeout)
-            self.books[r] = DeliveryBook(r, cluster.hosts, self.late_after, n, lost_after=clue_timeout + 1.0)
+            self.books[r] = DeliveryBook(r, cluster.hosts, self.late_after, window, lost_after=clue_timeout + 1.0)
         self.links: dict[str, list[Link]] = {}
         self.seq = {r: 0 for r in self.rooms}
-        self.rotation = {r: 0 for r in self.rooms}
         self._token: str | None = None
         self._token_host: str | None = None
         self._token_lock: asyncio.Lock | None = None
@@ -552,15 +610,16 @@ class Canary:
                     with self._lock:
                         book.sent(self.seq[room], time.time(), "", [])
                 continue
-            start = self.rotation[room]
-            link = next((links[(start + i) % len(links)] for i in range(len(links))
-                         if links[(start + i) % len(links)].joined), ready[0])
-            self.rotation[room] = (links.index(link) + 1) % len(links)
-            self.seq[room] += 1
-            seq, at = self.seq[room], time.time()
-            with self._lock:
-                book.sent(seq, at, link.edge, [lk.edge for lk in ready])
-            link.privmsg(seq, canary_text(seq, at))
+            # One message through every edge each interval, so every path (sending edge ->
+            # delivering edge) gets one message per interval and a fault on one path shows
+            # within a window of intervals, not a window times the number of edges.
+            joined = [lk.edge for lk in ready]
+            for link in ready:
+                self.seq[room] += 1
+                seq, at = self.seq[room], time.time()
+                with self._lock:
+                    book.sent(seq, at, link.edge, joined)
+                link.privmsg(seq, canary_text(seq, at))
 
     # -- the thread --
 
