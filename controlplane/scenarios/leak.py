@@ -11,6 +11,7 @@ refused, as clue's were in 2014. Undo closes the leak and puts `maxclients` back
 from __future__ import annotations
 
 import socket
+import threading
 import time
 
 import redis
@@ -19,6 +20,8 @@ from controlplane.scenarios.base import Env, Expect, Fault, ScenarioError, shard
 
 LEAK = 1500           # idle connections (leaked_idle_clients is 500 by default)
 REFUSED = 20          # this many past maxclients, so the shard is seen refusing
+GROW_S = 12.0         # the leak grows over this long, as a leak does, rather than in one burst: a shard
+                      # filled between two CLIENT LIST scrapes refuses the one that would name the host
 
 
 class Leak(Fault):
@@ -34,6 +37,8 @@ class Leak(Fault):
         self.admin: redis.Redis | None = None
         self.old_maxclients: int | None = None
         self.shard: str | None = None
+        self.stop = threading.Event()
+        self.thread: threading.Thread | None = None
 
     def _where(self, env: Env) -> tuple[str, str, str]:
         if self.shard is None:
@@ -69,25 +74,36 @@ class Leak(Fault):
         address = env.cf.address(host)
         port = env.cf.listener_port([s.name for s in env.cf.redis.shards].index(shard))
         self.mark_began()
-        for _ in range(n):
-            try:
-                s = socket.create_connection((address, port), timeout=5)
-            except OSError:
-                break
-            self.socks.append(s)
-            s.sendall(b"PING\r\n")
-        refused = 0
-        for s in self.socks:
-            try:
-                if not s.recv(64).startswith(b"+PONG"):
+        self.stop.clear()
+        grow = env.opt("leak_grow_s", GROW_S)
+
+        def leak() -> None:
+            refused = 0
+            for i in range(n):
+                if self.stop.is_set():
+                    return
+                due = self.began + grow * i / n
+                if due > time.time():
+                    self.stop.wait(due - time.time())
+                try:
+                    s = socket.create_connection((address, port), timeout=5)
+                    self.socks.append(s)
+                    s.sendall(b"PING\r\n")
+                    if not s.recv(64).startswith(b"+PONG"):
+                        refused += 1
+                except OSError:
                     refused += 1
-            except OSError:
-                refused += 1
-        env.say(f"{self.name}: {len(self.socks) - refused} idle connections from {host} to {shard} through "
-                f"{address}:{port}, {refused} refused at maxclients {limit}")
+            env.say(f"{self.name}: {n - refused} idle connections from {host} to {shard} through "
+                    f"{address}:{port} in {grow:g}s, {refused} refused at maxclients {limit}")
+        self.thread = threading.Thread(target=leak, name="gameday-leak", daemon=True)
+        self.thread.start()
 
     def undo(self, env: Env) -> list[str]:
         done = []
+        self.stop.set()
+        if self.thread is not None:
+            self.thread.join(10)
+            self.thread = None
         if self.socks:
             for s in self.socks:
                 s.close()

@@ -228,7 +228,8 @@ def _named_at(record: dict, row: dict) -> float | None:
         for e in inc.get("timeline") or []:
             if e.get("event") != "hypothesis" or (e.get("ts") or 0) < row["began"] - SKEW_S:
                 continue
-            text = (e.get("summary") or "").lower()
+            # Only the root cause counts: a chain that merely passes through a host is not an explanation.
+            text = (e.get("summary") or "").lower().rpartition("root cause:")[2]
             if all(any(w in text for w in g) for g in groups):
                 best = e["ts"] if best is None else min(best, e["ts"])
     return best
@@ -287,7 +288,9 @@ def analyse(record: dict, now: float | None = None) -> dict:
     started = record.get("started")
     result = {
         "scenario": record["scenario"], "fix": fix, "faults": faults_out, "fixed_at": fixed_at,
-        "fixed_s": round(fixed_at - started, 1) if fixed_at is not None and started else None,
+        # The slowest fix, each from its own fault's start (a later fault cannot be fixed before it began).
+        "fixed_s": max((f["fixed_s"] for f in fixable), default=None) if fixed_at is not None else None,
+        "fixed_at_s": round(fixed_at - started, 1) if fixed_at is not None and started else None,
         "completeness_after": after,
         "false_findings": len(false), "false_finding_titles": [f"{f['kind']} {f['subject']}: {f.get('title')}"
                                                                for f in false],
