@@ -28,10 +28,11 @@ by its detector module (controlplane/detectors/base.py) and asked through `detec
   through a dependency -- but a shard is shared by every cluster, which is exactly how the
   testing cluster took down main in 2014.
 - A guess is a last resort: a finding that something downstream explains by name (the same
-  shard or host) or by a declared dependency takes no BROAD link, neither in its chain nor to
-  join another group. So a hung clue stays the root cause of its edge's timeouts even while some
-  unrelated shard runs hot: the edge's "any shard may explain it" is not used when clue on its
-  own host already does.
+  shard or host) or by a declared dependency, where that explanation claims nothing of the shards
+  itself (it declares no `reaches`: a silent service, a missing keepalive), takes no BROAD link,
+  neither in its chain nor to join another group. So a hung clue stays the root cause of its
+  edge's timeouts even while some unrelated shard runs hot; clue's Redis errors, which may come
+  from any shard, still look for one.
 - Which unresponsive service is the cause, when several on one request path stop answering (edge
   -> clue -> the exchange -> every edge of the cluster): the one furthest along the path from the
   users, because a silent dependency can stall its callers and never the reverse. By layer, clue
@@ -138,8 +139,10 @@ def _strength(a: dict, b: dict) -> int:
 
 
 def _named_cause(f: dict, fs: list[dict]) -> bool:
-    """Something in `fs` explains `f` by more than a guess (NAMED or SPECIFIC)."""
-    return any(layer(g) > layer(f) and _strength(f, g) >= SPECIFIC for g in fs)
+    """Something in `fs` explains `f` by more than a guess (NAMED or SPECIFIC) and claims nothing
+    of the shards itself (no `reaches`): an explanation complete without one."""
+    return any(layer(g) > layer(f) and _strength(f, g) >= SPECIFIC and not _detector(g).reaches(g)
+               for g in fs)
 
 
 def _guess(a: dict, b: dict, fs: list[dict]) -> bool:
