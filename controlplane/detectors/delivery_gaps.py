@@ -26,6 +26,9 @@ its recent messages that were missed or late:
     `<room>@<X>-><Y>`;
   - in a one-edge cluster the sending and delivering side cannot be told apart; it is reported
     as the edge, and says so;
+- messages sent through X that no edge delivered wait for a possible refusal (clue's timeout +
+  1 s) before they count; meanwhile (`path:<x>-><y>:awaiting`) they help name the fault -- a
+  stopped edge is named as the edge at once, not first as the paths into it -- but never fire;
 - an edge the canary cannot join and has no path data for yet fails on its own figures
   (`edge:<h>:missing` over the window);
 - hysteresis: an open finding stays reported (not firing) while its paths still show any miss in
@@ -185,8 +188,17 @@ def detect(window: Window, cf) -> list[Finding]:
         edge_missing = {e: num(window.value(SOURCE, room, _edge_series(e, "missing"))) for e in edges}
         no_paths_bad = {e for e in edges if e not in into and (edge_missing[e] or 0) >= need}
         no_paths_some = {e for e in edges if e not in into and (edge_missing[e] or 0) > 0}
-        strict = blame({p for p in known if _last(fresh[p]) >= need}, known, edges, no_paths_bad)
-        relaxed = blame({p for p in known if _last(fresh[p]) > 0}, known, edges, no_paths_some)
+        missed = {p: _last(fresh[p]) for p in known}
+        awaiting = {p: num(window.value(SOURCE, room, _path_series(p[0], p[1], "awaiting"))) or 0.0
+                    for p in known}
+        bad = {p for p in known if missed[p] >= need}
+        # Messages awaiting a possible refusal count towards naming the fault, never towards
+        # firing: a stopped edge's swallowed messages are judged only at clue's timeout + 1 s,
+        # and without them the paths into it alone would first read as "one path".
+        likely = {p for p in known if missed[p] + awaiting[p] >= need}
+        strict = [(w, part, paths) for w, part, paths in blame(likely, known, edges, no_paths_bad)
+                  if not paths or any(p in bad for p in paths)]
+        relaxed = blame({p for p in known if missed[p] + awaiting[p] > 0}, known, edges, no_paths_some)
         firing_subjects = {(what, part) for what, part, _ in strict}
         reported = list(strict) + [r for r in relaxed if (r[0], r[1]) not in firing_subjects]
         for what, part, bad_paths in reported:
@@ -295,8 +307,12 @@ def layer(f: dict) -> int:
 
 def label(f: dict) -> str:
     room, host = about(f).get("room", ""), named_host(f)
+    ev = f.get("evidence") if isinstance(f.get("evidence"), dict) else {}
+    where = {"sender": f" sent through {host} (its clue or exchange)",
+             "path": f" from {host} to edge {about(f).get('edge', '')}"}.get(ev.get("blame"),
+                                                                           f" on {host}" if host else "")
     if room:
-        return f"delivery gap in #{room.lstrip('#')}" + (f" on {host}" if host else "")
+        return f"delivery gap in #{room.lstrip('#')}" + where
     return f"delivery gap on {host or f.get('subject')}"
 
 

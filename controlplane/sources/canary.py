@@ -36,7 +36,8 @@ Every interval, per room, it writes one Observation (source `canary`, target the
 
 - per path `<x>-><y>` (sending edge x, delivering edge y), over the last `window` (10) judged
   messages sent through x: `path:<x>-><y>:judged`, `:missed` (missed, late or unreachable) and
-  `:missed_share`. detectors/delivery_gaps.py fails a path at `miss_share` (0.3) × `window`
+  `:missed_share`, and `:awaiting` (sent through x, past `delivery_late_after`, delivered by
+  nobody, still waiting for a possible refusal). detectors/delivery_gaps.py fails a path at `miss_share` (0.3) × `window`
   missed -- 3 of the last 10 -- and names what the failing paths share (the receiving edge, the
   sending host's clue/exchange, or one path). Paths from an edge the canary is not in the room on
   are left out: nothing new crosses them;
@@ -250,6 +251,11 @@ class DeliveryBook:
         paths: dict[str, dict[str, Any]] = {}
         for via in self.edges:
             own = [m for m in counted if m.via == via][-self.window:]
+            # Past late_after, delivered by nobody, still waiting for a refusal: likely lost. The
+            # detector uses them to name the fault early (a stopped edge swallows what is sent
+            # through it, which is judged only at lost_after), never to fire on them alone.
+            awaiting = sum(1 for m in self.messages if m.via == via and not m.refused and not m.delivered
+                           and self.late_after <= now - m.at < self._judge_after(m))
             # Nothing is sent through an edge the canary is not in the room on: its old, good
             # messages would otherwise stand for a path nobody can judge now.
             if not own or not self.state[via].connected:
@@ -260,7 +266,9 @@ class DeliveryBook:
                 figures[names.series(part, "judged")] = float(len(own))
                 figures[names.series(part, "missed")] = float(len(missed))
                 figures[names.series(part, "missed_share")] = len(missed) / len(own)
-                paths[f"{via}->{e}"] = {"judged": len(own), "missed": len(missed), "missed_seqs": missed}
+                figures[names.series(part, "awaiting")] = float(awaiting)
+                paths[f"{via}->{e}"] = {"judged": len(own), "missed": len(missed), "missed_seqs": missed,
+                                        "awaiting": awaiting}
         figures["sent"] = float(self.sent_total)
         figures["pending"] = float(len(self.messages) - len(judged))
         figures["refused"] = float(sum(1 for m in judged if m.refused))

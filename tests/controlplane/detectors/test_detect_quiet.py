@@ -1,8 +1,11 @@
 """No detector fires during two minutes of normal traffic on the default thresholds.
 
 The cluster is the shipped one's shape in small (two clusters, two shards), with the load
-generator `chatops up --traffic` runs and the control plane's canary, scraping every second so
-the detectors see 120 windows. A false page at 3 a.m. costs trust that a real one then lacks."""
+generator `chatops up --traffic` runs and the control plane's canary on its defaults -- in its own
+room of each cluster (#chatops_canary_main, #chatops_canary_testing), one message through every
+edge each second, every path judged on its last 10 messages (3 missed or late fail one) -- beside
+the load generator's traffic in the users' rooms; scraping every second, so the detectors see 120
+windows. A false page at 3 a.m. costs trust that a real one then lacks."""
 
 from __future__ import annotations
 

@@ -409,6 +409,19 @@ def test_each_blame_has_its_own_subject_and_service():
         (f"{ROOM}@chat1->chat2", "exchange", "chat2")]
 
 
+def test_messages_awaiting_a_refusal_name_a_stopped_edge_but_never_fire_alone():
+    cf = fixture_cf()
+    w = synthetic({"chat1->chat2": [3]})
+    for y in EDGES:                                  # what chat2 swallowed, not judged yet
+        w.series[f"canary:{ROOM}"][f"path:chat2->{y}:awaiting"] = [(w.now, 3.0)]
+    found = delivery_gaps.detect(w, cf)
+    assert [(f.subject, f.firing, f.evidence["blame"]) for f in found] == [(f"{ROOM}@chat2", True, "edge")]
+    w = synthetic({"chat1->chat2": [0]})
+    for y in EDGES:
+        w.series[f"canary:{ROOM}"][f"path:chat2->{y}:awaiting"] = [(w.now, 5.0)]
+    assert not any(f.firing for f in delivery_gaps.detect(w, cf))
+
+
 def test_unknown_points_and_stale_canaries_are_not_judged():
     cf = fixture_cf()
     assert not any(f.firing for f in delivery_gaps.detect(
