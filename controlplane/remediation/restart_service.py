@@ -1,8 +1,9 @@
 """restart_service {name}: restart one supervised process (`edge-chat2`, `redis-shard1`...) and wait
 until it is healthy again.
 
-Locally the supervisor owns every process: the action sends the process SIGTERM, the supervisor
-sees it exit and starts it again (at once for a process that ran long, with its usual backoff for
+Locally the supervisor owns every process: the action sends the process SIGTERM (and SIGCONT, so
+a hung, stopped process acts on it; SIGKILL after STOP_WITHIN_S if it still has not exited), the
+supervisor sees it exit and starts it again (at once for a process that ran long, with its usual backoff for
 one that keeps dying), and the action waits for state.json to show a new pid that is up. The plan's
 fingerprint is the pid it saw, so a process that restarted on its own since is a stale plan.
 """
@@ -19,6 +20,7 @@ from controlplane.remediation.base import BadParams, Context, Draft, Outcome, Pa
 NAME = "restart_service"
 VERIFY = ("delivery_gap", "ingestion_timeouts")
 HEALTHY_WITHIN_S = 30.0
+STOP_WITHIN_S = 10.0        # after SIGTERM (and SIGCONT), before SIGKILL
 
 PARAMS = {
     "name": Param(str, help="a process name as `chatops status` shows it, e.g. edge-chat2"),
@@ -65,12 +67,42 @@ def plan(ctx: Context, params: dict) -> Draft:
                  state={"pid": p["pid"]}, details={"process": p})
 
 
+def terminate(pid: int, grace_s: float = STOP_WITHIN_S) -> str:
+    """Make `pid` exit: SIGTERM, then SIGCONT (a hung process, stopped or SIGSTOPped, only acts on
+    its pending SIGTERM once continued), then SIGKILL if it is still there after `grace_s` (one
+    stuck in a loop that never gets to its handler). Returns the last signal it needed, or
+    "gone" when there was no such process."""
+    sent = "gone"
+    for sig in (signal.SIGTERM, signal.SIGCONT):
+        try:
+            os.kill(pid, sig)
+            sent = "SIGTERM"
+        except ProcessLookupError:
+            return sent             # already gone: the supervisor is starting it again
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        if not _alive(pid):
+            return sent
+        time.sleep(0.05)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return sent
+    return "SIGKILL"
+
+
+def _alive(pid: int) -> bool:
+    """Still running (a zombie the supervisor has not reaped yet has exited: not alive)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return False
+
+
 def apply(ctx: Context, params: dict, draft: Draft) -> Outcome:
     old = draft.state["pid"]
-    try:
-        os.kill(old, signal.SIGTERM)
-    except ProcessLookupError:
-        pass                        # already gone: the supervisor is starting it again
+    terminate(old)
     deadline = time.monotonic() + HEALTHY_WITHIN_S
     while time.monotonic() < deadline:
         p = {x["name"]: x for x in (read_state(ctx.run) or {}).get("processes", [])}.get(_name(params))

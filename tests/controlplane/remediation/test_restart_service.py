@@ -61,3 +61,39 @@ def test_bad_names_are_refused_before_anything(ctx):
         plans.make_plan(c, [("restart_service", {"service": "edge"})], "tester")
     with pytest.raises(BadParams, match="bad parameter action"):
         plans.make_plan(c, [("format_disk", {})], "tester")
+
+
+def test_a_hung_stopped_service_is_restarted_too(ctx):
+    """A SIGSTOPped process (the unresponsive_service finding's "stopped") acts on no SIGTERM until
+    continued: the action continues it, and it restarts like any other."""
+    rc, c = ctx
+    old = rc.pid_of("clue-chat1")
+    os.kill(old, signal.SIGSTOP)
+    try:
+        plan = plans.make_plan(c, [("restart_service", {"service": "clue", "host": "chat1"})], "tester")
+        done = plans.apply_plan(c, plan["id"], "tester")
+    finally:
+        try:
+            os.kill(old, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+    assert done["state"] == "applied", done["result"]
+    assert rc.pid_of("clue-chat1") not in (None, old)
+
+
+def test_a_process_that_ignores_sigterm_is_killed_after_the_grace():
+    import subprocess
+    import sys
+
+    from controlplane.remediation.restart_service import terminate
+    proc = subprocess.Popen([sys.executable, "-c", "import signal, time\n"
+                             "signal.signal(signal.SIGTERM, signal.SIG_IGN)\nprint('ready', flush=True)\n"
+                             "time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        assert terminate(proc.pid, grace_s=0.5) == "SIGKILL"
+        assert proc.wait(5) == -signal.SIGKILL
+    finally:
+        proc.kill()
+        proc.wait()
+    assert terminate(proc.pid) == "gone"
