@@ -1,6 +1,6 @@
 """Alerts from a real control plane (`chatops up`: real Redis, HAProxy, chat services) to real
 local HTTP receivers standing in for Slack and a webhook: a live leak makes one message on open
-and one on resolve; a receiver down for two minutes gets everything once, in order; a SIGKILLed
+and one on resolve (a receiver down for two minutes: test_two_quiet_minutes.py); a SIGKILLed
 control plane delivers what was pending once; the webhook's signature verifies with the guide's
 recipe; no secret reaches a log, the output or an API response. One control plane for the
 module; the tests run in file order."""
@@ -27,7 +27,6 @@ API_TOKEN = "alerting-live-api-token-5b2d"
 ENV = {"CHATOPS_TEST_SLACK_URL": None, "CHATOPS_TEST_HOOK_URL": None, "CHATOPS_TEST_HOOK_SECRET": HOOK_SECRET,
        "CHATOPS_API_TOKEN": API_TOKEN}
 LEAK = 80
-OUTAGE_S = 120.0
 
 
 def _patch(doc: dict) -> None:
@@ -138,31 +137,8 @@ def test_the_live_webhook_is_signed_as_the_guide_says(live):
     assert len(keys) == len(set(keys))
 
 
-# -- c: the receiver down for two minutes --------------------------------------------------------
-
-def test_a_receiver_down_for_two_minutes_gets_every_notification_once_in_order(live):
-    before = len(live.slack.requests)
-    live.slack.stop()
-    down_at = time.monotonic()
-    assert live.slack.refuses()
-    ids = [live.seed(f"outage-{i}") for i in range(3)]
-    outbox = lambda: live.outbox("oncall-slack", ids)
-    wait_for(lambda: len(outbox()) == 3, 30, 0.2, "three opened notifications in the outbox")
-    live.api("POST", f"/incidents/{ids[0]}/acknowledge")
-    live.api("POST", f"/incidents/{ids[1]}/resolve")
-    wait_for(lambda: len(outbox()) == 5, 30, 0.2, "the acknowledged and the resolved in the outbox")
-    wait_for(lambda: any(r["attempts"] >= 2 for r in outbox()), 30, 0.2, "retries while the receiver is down")
-    time.sleep(max(0.0, OUTAGE_S - (time.monotonic() - down_at)))
-    assert all(r["status"] in ("pending", "retrying") for r in outbox()), outbox()
-    live.slack.start()
-    wait_for(lambda: all(r["status"] == "delivered" for r in outbox()), 60, 0.2, "every notification delivered")
-    got = [key_of(r.json) for r in live.slack.requests[before:] if r.answered == 200
-           and int(key_of(r.json).split("/")[1]) in ids]
-    assert got == [r["dedup_key"] for r in outbox()], "not every notification once, in the outbox's order"
-    assert sorted(k.split("/", 2)[2] for k in got) == ["acknowledged", "opened", "opened", "opened", "resolved"]
-    assert got.index(f"incident/{ids[1]}/opened") < got.index(f"incident/{ids[1]}/resolved")
-    assert got.index(f"incident/{ids[0]}/opened") < got.index(f"incident/{ids[0]}/acknowledged")
-
+# -- c: the receiver down for two minutes: tests/controlplane/test_two_quiet_minutes.py, which
+# shares its two minutes with the detectors' quiet check
 
 # -- d: SIGKILL with five notifications pending --------------------------------------------------
 
