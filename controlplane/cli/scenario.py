@@ -87,10 +87,10 @@ def run_cmd(name: str, fix: str, report: Path | None, timeout: float | None, roo
     options = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
-        if not sep or key not in ("rate", "ramp", "clients", "senders", "leak", "leak_grow_s"):
+        if not sep or key not in ("rate", "ramp", "clients", "senders", "leak"):
             fail(f"--set {pair!r}: expected KEY=VALUE with KEY one of rate, ramp, clients, senders, leak", 2)
         try:
-            options[key] = float(value) if key in ("rate", "ramp", "leak_grow_s") else int(value)
+            options[key] = float(value) if key in ("rate", "ramp") else int(value)
         except ValueError:
             fail(f"--set {pair!r}: {value!r} is not a number", 2)
     try:

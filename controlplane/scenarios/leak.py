@@ -20,8 +20,23 @@ from controlplane.scenarios.base import Env, Expect, Fault, ScenarioError, shard
 
 LEAK = 1500           # idle connections (leaked_idle_clients is 500 by default)
 REFUSED = 20          # this many past maxclients, so the shard is seen refusing
-GROW_S = 12.0         # the leak grows over this long, as a leak does, rather than in one burst: a shard
-                      # filled between two CLIENT LIST scrapes refuses the one that would name the host
+BURST_S = 2.0         # each step of the leak opens its connections over this long
+
+
+def schedule(cf, n: int) -> list[float]:
+    """When (seconds after the start) each of the n connections opens. A leak grows, it does not
+    arrive in one burst, and here it must not: at maxclients the shard refuses the control plane's
+    CLIENT LIST too, so a shard filled between two of them is never seen holding the testing host's
+    connections. So the leak first grows a little past `leaked_idle_clients`, sits there for two
+    CLIENT LIST intervals plus the detectors' hold (the talk's leak sat for hours), then fills the
+    shard."""
+    from cluster.durations import seconds
+    cp = cf.controlplane
+    first = min(n, int(cp.thresholds.leaked_idle_clients * 1.2))
+    pause = 2 * seconds(cp.scrape.client_list_interval) + seconds(cp.thresholds.hold)
+    times = [BURST_S * i / first for i in range(first)]
+    rest = n - first
+    return times + [BURST_S + pause + BURST_S * i / max(rest, 1) for i in range(rest)]
 
 
 class Leak(Fault):
@@ -75,16 +90,25 @@ class Leak(Fault):
         port = env.cf.listener_port([s.name for s in env.cf.redis.shards].index(shard))
         self.mark_began()
         self.stop.clear()
-        grow = env.opt("leak_grow_s", GROW_S)
+        at = schedule(env.cf, n)
 
         def leak() -> None:
             refused = 0
             for i in range(n):
                 if self.stop.is_set():
                     return
-                due = self.began + grow * i / n
+                due = self.began + at[i]
                 if due > time.time():
                     self.stop.wait(due - time.time())
+                    if self.stop.is_set():
+                        return
+                    gone = self.killed() if due - (self.began + at[i - 1] if i else due) > 1.0 else 0
+                    if gone and gone >= len(self.socks) // 2:
+                        # The control plane killed the leak before it filled the shard: the testing
+                        # cluster is "shut off", as at 11:12pm, and leaks no more.
+                        env.say(f"{self.name}: the leaked connections were killed after {time.time() - self.began:.0f}s;"
+                                f" the leak stops growing")
+                        return
                 try:
                     s = socket.create_connection((address, port), timeout=5)
                     self.socks.append(s)
@@ -94,9 +118,23 @@ class Leak(Fault):
                 except OSError:
                     refused += 1
             env.say(f"{self.name}: {n - refused} idle connections from {host} to {shard} through "
-                    f"{address}:{port} in {grow:g}s, {refused} refused at maxclients {limit}")
+                    f"{address}:{port} in {at[-1]:.0f}s, {refused} refused at maxclients {limit}")
         self.thread = threading.Thread(target=leak, name="gameday-leak", daemon=True)
         self.thread.start()
+
+    def killed(self) -> int:
+        """How many of the leaked connections the server has closed."""
+        n = 0
+        for s in list(self.socks):
+            try:
+                s.setblocking(False)
+                if s.recv(1, socket.MSG_PEEK) == b"":
+                    n += 1
+            except BlockingIOError:
+                pass
+            except OSError:
+                n += 1
+        return n
 
     def undo(self, env: Env) -> list[str]:
         done = []
