@@ -26,6 +26,7 @@ from typing import Any, Awaitable, Callable
 from aiohttp import web
 from prometheus_client import (
     CollectorRegistry,
+    ProcessCollector,
     disable_created_metrics,
     generate_latest,
 )
@@ -86,8 +87,12 @@ def parse_args(service: str, argv: list[str] | None = None) -> Context:
     if not token:
         logs.event(log, "admin", "admin route refused: token variable not set", logging.WARNING,
                    variable=cf.controlplane.auth_token_env)
+    registry = CollectorRegistry()
+    # process_start_time_seconds: how a Prometheus sees a service that keeps restarting
+    # (dashboards/rules.py's ChatopsServiceCrashLooping), as the control plane sees state.json's restarts.
+    ProcessCollector(registry=registry)
     return Context(cf=cf, host=args.host, cluster=cluster, address=cf.address(args.host),
-                   log=log, registry=CollectorRegistry(), admin_token=token)
+                   log=log, registry=registry, admin_token=token)
 
 
 def metrics_app(ctx: Context) -> web.Application:

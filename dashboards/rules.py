@@ -427,6 +427,24 @@ label_replace(
                "Every delivery from the exchange on {{ $labels.exchange_host }} to edge {{ $labels.host }} fails "
                "({{ $value | printf \"%.2f\" }}/s)."),
     ]
+
+    # -- unresponsive services -------------------------------------------------------------------------
+    al.rules += [
+        _alert("ChatopsServiceUnresponsive", "unresponsive_service", "critical", 'up{job="chat"} == 0', hold,
+               "{{ $labels.service }} on {{ $labels.host }} does not answer",
+               "Prometheus cannot scrape {{ $labels.service }}-{{ $labels.host }}: it is down, hung or too slow "
+               "to answer its scrape.",
+               "Equivalent to unresponsive_service's \"does not answer\": the scrape of the service fails for\n"
+               "hold. Differs: Prometheus's scrape timeout (10s by default) is longer than the control plane's\n"
+               "(its scrape interval), and it cannot tell a stopped process from a gone or busy one."),
+        _alert("ChatopsServiceCrashLooping", "unresponsive_service", "warning",
+               'changes(process_start_time_seconds{job="chat"}[1m]) >= 2', hold,
+               "{{ $labels.service }} on {{ $labels.host }} keeps restarting",
+               "{{ $labels.service }}-{{ $labels.host }} started {{ $value }} times in the last minute.",
+               "Equivalent to unresponsive_service's crash loop (the supervisor restarted it twice within\n"
+               "60 s), from the process's own start time. Differs: a restart between two scrapes that both\n"
+               "fail is not seen."),
+    ]
     return [rec, al]
 
 

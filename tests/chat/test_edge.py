@@ -375,7 +375,7 @@ def test_metrics_catalogue_matches_the_services(cluster):
     from pathlib import Path
     c = cluster
     doc = (Path(__file__).resolve().parents[2] / "docs" / "metrics.md").read_text()
-    documented = set(re.findall(r"^\| `(chat_[a-z_]+)` \|", doc, re.M))
+    documented = set(re.findall(r"^\| `((?:chat|process)_[a-z_]+)` \|", doc, re.M))
     exported = set()
     for port in (17080, 19000, 19100):
         exported |= _exported_names(f"http://{c.subnet}.1:{port}/metrics")
