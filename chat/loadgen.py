@@ -34,7 +34,7 @@ Messages are told apart by a per-run `client-nonce` prefix, so other traffic in 
 came, or one that got neither an echo nor a NOTICE, is counted as lost, separately.
 
     python -m chat.loadgen [--config FILE] [--clients 200] [--senders 10] [--rate 50]
-        [--duration 30] [--rooms a,b] [--hot-room ROOM] [--tpp] [--ws-fraction 0.25]
+        [--duration 30] [--rooms a,b] [--hot-room ROOM] [--tpp [--ramp 30]] [--ws-fraction 0.25]
         [--source-address 127.0.3.1] [--reconnect] [--json] [--quiet] [--report-every 10]
 
 Progress: one line a second on stderr, rewritten in place on a terminal, else a plain line every
@@ -129,7 +129,8 @@ class Options:
     rooms: tuple[str, ...] = ()         # default: every room of every cluster
     hot_room: str | None = None         # everyone in this one room
     tpp: bool = False                   # senders send the Twitch Plays Pokémon command mix, ramping up
-    ramp: float = TPP_RAMP_S            # --tpp: seconds from TPP_RAMP_FROM x rate to the full rate
+    ramp: float = 0.0                   # with tpp: seconds from TPP_RAMP_FROM x rate to the full rate
+                                        # (the command line's --tpp ramps over TPP_RAMP_S by default)
     ws_fraction: float = 0.25           # share of clients (receivers and senders) on WebSocket
     source_address: str | None = None   # bind every client socket to this loopback address
     reconnect: bool = False             # a timed run reconnects lost clients too (unbounded runs always do)

@@ -84,3 +84,22 @@ def test_a_fix_applied_by_a_person_is_not_the_control_planes_own_under_auto(reco
         p["created_by"] = "token:127.0.0.1"
     by = {f["name"]: f for f in analyse(rec)["faults"]}
     assert not by["tpp-no-keepalive"]["fixed_by_own_plans"]
+
+
+def test_the_tpp_ramp_offers_a_tenth_then_the_full_rate():
+    """The hot room's ramp (chat/loadgen.py --tpp --ramp): what is due is the integral of the rate."""
+    from chat import loadgen
+    from cluster import clusterfile
+    cf = clusterfile.load(None).spec
+    gen = loadgen.Generator(cf, loadgen.Options(clients=1, senders=1, rate=100, hot_room="twitchplayspokemon",
+                                                tpp=True, ramp=20))
+    assert gen.rate_at(0) == pytest.approx(10) and gen.rate_at(10) == pytest.approx(55)
+    assert gen.rate_at(20) == gen.rate_at(60) == 100
+    assert gen.offered_by(20) == pytest.approx(100 * 20 * 0.55)
+    assert gen.offered_by(30) == pytest.approx(1100 + 1000)
+    flat = loadgen.Generator(cf, loadgen.Options(clients=1, senders=1, rate=100, tpp=True, ramp=0))
+    assert flat.offered_by(30) == pytest.approx(3000) and flat.rate_at(0) == 100
+    opts, _ = loadgen.parse_args(["--tpp", "--hot-room", "twitchplayspokemon"])
+    assert opts.ramp == loadgen.TPP_RAMP_S
+    with pytest.raises(loadgen.LoadgenError, match="--ramp"):
+        loadgen.Options(ramp=-1).check()
