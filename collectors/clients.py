@@ -241,9 +241,16 @@ def parse_client_list(data: bytes) -> ClientList:
                       columns=(ips, ports, ages, idles, cmds), raw_lines=raw_lines)
 
 
+UNUSED_AFTER_S = 2        # younger, a connection may not have sent its first command yet
+
+
 def aggregate_clients(cl: ClientList, host_by_address: dict[str, str], cluster_of, idle_after: float = 60.0,
                       long_idle: float = 600.0, top_n: int = 20, top_commands: int = 5) -> dict[str, Any]:
     """Per source host: total, idle counts, oldest age, top commands; plus the top-N most idle clients.
+
+    `unused`: connections at least UNUSED_AFTER_S old that have done nothing since they connected
+    (idle within a second of their age): a leak's connections, counted long before they have been
+    idle for `idle_after`. A pool's connections are used, so they stay out of it.
 
     `host_by_address` maps an IP to a host name (unknown IPs stay as the IP); `cluster_of(host)`
     names the host's chat cluster, or None. Loops over the distinct (ip, age, idle, cmd) tuples
@@ -259,7 +266,7 @@ def aggregate_clients(cl: ClientList, host_by_address: dict[str, str], cluster_o
             h = hosts.get(name)
             if h is None:
                 h = hosts[name] = {"host": name, "addresses": [], "cluster": cluster_of(name) if name != ip else None,
-                                   "count": 0, "idle_over": 0, "idle_over_long": 0, "oldest_age_s": 0,
+                                   "count": 0, "idle_over": 0, "idle_over_long": 0, "unused": 0, "oldest_age_s": 0,
                                    "max_idle_s": 0, "_cmds": Counter()}
             h["addresses"].append(ip)
             by_ip[ip_b] = h
@@ -268,6 +275,8 @@ def aggregate_clients(cl: ClientList, host_by_address: dict[str, str], cluster_o
         if age > h["oldest_age_s"]:
             h["oldest_age_s"] = age
         idle = int(idle)
+        if age >= UNUSED_AFTER_S and idle >= age - 1:
+            h["unused"] += n
         if idle > idle_after:
             h["idle_over"] += n
             if idle > long_idle:

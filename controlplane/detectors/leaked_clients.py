@@ -6,9 +6,12 @@ scrape.client_list_interval):
 
 - idle: `host:<host>:idle` (connections idle longer than idle_client_after) >= leaked_idle_clients;
 - growth: `host:<host>:count` has grown by >= leaked_idle_clients above its lowest point earlier in
-  the window, while the shard's ops/s grew by less than one per new connection ("grows without
-  matching commands"). This sees a leak before its connections have been idle for
-  idle_client_after.
+  the window, and the new connections do no work: the host's `unused` connections (nothing sent
+  since they connected, collectors/clients.py) account for the growth (x clear_factor), or the
+  shard's ops/s grew by less than one per new connection ("grows without matching commands").
+  This sees a leak before its connections have been idle for idle_client_after. The first test
+  alone is what finds a leak into a busy shard: a hot room swings the shard's ops/s by thousands
+  while the leak grows, which hides the growth from the second.
 
 Firing when either has held for `hold`; reported (not firing) while either is above the threshold
 x clear_factor. Subject `<host>-><shard>`; about {host, shard, cluster}. The evidence has the host's
@@ -193,7 +196,10 @@ def detect(window: Window, cf) -> list[Finding]:
                 now_ops = _mean_near(ops_pts, window.now - 3 * window.interval_s, window.now)
                 if before is not None and now_ops is not None:
                     ops_growth = now_ops - before
-                idle_work = ops_growth is None or ops_growth < grown      # < 1 op/s per new connection
+                unused = num(fill(window.points("clients", shard, _host_series(name, "unused")))[-1][1]
+                             if window.points("clients", shard, _host_series(name, "unused")) else None)
+                idle_work = (unused is not None and unused >= grown * factor) \
+                    or ops_growth is None or ops_growth < grown      # < 1 op/s per new connection
                 if idle_work:
                     g_fire, g_keep, g_held = _judge(window, cf, growth, lambda v: v >= limit,
                                                     lambda v: v >= limit * factor, extra)
@@ -216,7 +222,8 @@ def _finding(window, cf, shard, host, h, state, total, idle_after, firing, held,
     evidence = {
         "host": host, "cluster": cluster, "shard": shard, "shard_host": shard_host(cf, shard),
         "count": int(count), "idle": int(idle), "idle_after_s": idle_after,
-        "idle_long": num(h.get("idle_over_long")), "oldest_age_s": num(h.get("oldest_age_s")),
+        "idle_long": num(h.get("idle_over_long")), "unused": num(h.get("unused")),
+        "oldest_age_s": num(h.get("oldest_age_s")),
         "max_idle_s": num(h.get("max_idle_s")), "top_commands": h.get("top_commands") or [],
         "share_of_shard": round(count / total, 3) if total else None, "shard_total_clients": total,
         "growth": grown, "ops_per_s_growth": None if ops_growth is None else round(ops_growth, 1),

@@ -9,7 +9,7 @@ dashboard's series use them (the Prometheus names are in controlplane/metrics.py
 - redis (per shard):      up, ops_per_s, cpu_percent, connected_clients, maxclients, blocked_clients,
                           used_memory_bytes, maxmemory_bytes, keys, hit_ratio, connections_per_s,
                           rejected_connections_per_s, evicted_keys_per_s, scrape_duration_seconds
-- clients (per shard):    up, total, idle, idle_long, then `host:<host>:count|idle|oldest_age_s`
+- clients (per shard):    up, total, idle, idle_long, then `host:<host>:count|idle|unused|oldest_age_s`
 - haproxy (per chat host): up, workers, old_workers, then per row `<proxy>/<name>:` scur, slim, qcur,
                           rate, up, and the per-second rates of ereq, econ, eresp, dreq, wretr
 - process (one source):   up, then per process `<name>:` cpu_percent, rss_bytes, fds, threads, up,
@@ -104,6 +104,7 @@ def clients_figures(obs: Observation) -> Figures:
         part = names.labelled("host", h.get("host"))
         f[names.series(part, "count")] = _num(h.get("count"))
         f[names.series(part, "idle")] = _num(h.get("idle_over"))
+        f[names.series(part, "unused")] = _num(h.get("unused"))
         f[names.series(part, "oldest_age_s")] = _num(h.get("oldest_age_s"))
     return f
 

@@ -36,6 +36,9 @@ def test_client_list_fixture():
     assert by["chat-testing"]["count"] == 4 and by["chat-testing"]["cluster"] == "testing"
     assert by["chat1"]["count"] == 3 and by["127.0.0.1"]["cluster"] is None
     assert dict(by["chat1"]["top_commands"]) == {"client|setname": 2, "get": 1}
+    # Two seconds old and idle since they connected: the setname-only pool connections and the
+    # leak's; clue-busy (idle 0) and redis-cli (idle 0) have been working.
+    assert by["chat-testing"]["unused"] == 4 and by["chat1"]["unused"] == 2 and by["127.0.0.1"]["unused"] == 0
     assert len(agg["most_idle"]) == 3
     c = cl.clients()[0]
     assert c["name"] == "clue" and c["laddr"] == "127.213.134.21:6379" and c["omem"] == 0

@@ -168,6 +168,17 @@ def test_leaked_clients_names_host_cluster_and_count():
     assert [(g.subject, g.firing) for g in grown] == [("chat-testing->shard1", True)]
     assert grown[0].evidence["growth"] >= 2000 and grown[0].evidence["idle"] == 0
     assert "opened 2,001 connections to shard1 that do no work" in grown[0].title
+    # A busy shard hides the growth from the shard's ops/s (a hot room adds thousands while the leak
+    # grows); the leak's connections, unused since they connected, still name it.
+    ops = w.series["redis:shard1"]["ops_per_s"]
+    ops[0] = (ops[0][0], 100.0)                              # before the leak began
+    for i in range(len(ops) - 5, len(ops)):
+        ops[i] = (ops[i][0], ops[i][1] + 3000.0)             # the room's ramp, while it grows
+    assert leaked_clients.detect(w, _cf()) == [], "the busy shard should hide the growth without `unused`"
+    unused = [(t, v) for t, v in w.series["clients:shard1"]["host:chat-testing:count"]]
+    w.series["clients:shard1"]["host:chat-testing:unused"] = unused
+    busy = leaked_clients.detect(w, _cf())
+    assert [(g.subject, g.firing) for g in busy] == [("chat-testing->shard1", True)]
     # Other hosts, and the quiet window, are not reported.
     assert leaked_clients.detect(_load("shards_quiet.json"), _cf(idle_client_after="2s")) == []
 
