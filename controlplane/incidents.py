@@ -122,6 +122,8 @@ def _strength(a: dict, b: dict) -> int:
     BROAD (a names no shard but reaches every one, and b is on a shard or below), or 0."""
     sa, sb = _shard(a), _shard(b)
     if sa and sb:
+        if _detector(a).busy(a) and _detector(b).idle(b):
+            return 0                       # a leak of idle connections cannot make a shard hot
         return NAMED if sa == sb else 0    # different shards never explain each other
     ha, hb = _host(a), _host(b)
     la, lb = layer(a), layer(b)

@@ -24,6 +24,9 @@ function of that name, and one it leaves out takes `Detector`'s default:
     charts(f)   -> [Chart]       store series to draw around its incident           its shard's ops/s, clients
     serves(f)   -> Serves|None   the upstream layer of its own cluster it explains  None
     reaches(f)  -> str | None    why any shard may explain it when it names none    None
+    busy(f)     -> bool          it is about the shard's work (ops, CPU)            False
+    idle(f)     -> bool          what it found does no work: never explains a busy  False
+                                 finding (idle connections fill a shard, never heat it)
 
 So a new detector needs only `KIND` and `detect`; incidents.py and the read model hold no
 per-kind branches.
@@ -329,7 +332,7 @@ def log_charts(f: dict) -> list[Chart]:
     return [Chart("logs", "local", pick=pick)]
 
 
-HOOKS = ("layer", "shard", "host", "label", "cause", "charts", "serves", "reaches")
+HOOKS = ("layer", "shard", "host", "label", "cause", "charts", "serves", "reaches", "busy", "idle")
 
 
 class Detector:
@@ -378,6 +381,12 @@ class Detector:
 
     def reaches(self, f: dict) -> str | None:
         return None
+
+    def busy(self, f: dict) -> bool:
+        return False
+
+    def idle(self, f: dict) -> bool:
+        return False
 
     def __repr__(self) -> str:
         return f"Detector({self.kind!r}, {getattr(self.module, '__name__', None)!r})"

@@ -421,6 +421,10 @@ def label(f: dict) -> str:
     return f"{named_shard(f) or f.get('subject')} hot"
 
 
+def busy(f: dict) -> bool:
+    return True
+
+
 def cause(f: dict) -> str:
     return f"{named_shard(f) or f.get('subject')} overloaded"
 

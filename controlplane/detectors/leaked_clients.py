@@ -369,17 +369,29 @@ def layer(f: dict) -> int:
     return SHARD if is_maxclients(f) else LOAD
 
 
+def idle(f: dict) -> bool:
+    """A host's leak is connections that do nothing: it fills the shard's client table (the
+    maxclients finding, refused connections downstream), it does not make the shard hot."""
+    return not is_maxclients(f)
+
+
 def _source(f: dict) -> str:
     return named_host(f) or str(f.get("subject", "")).split("->")[0]
 
 
 def label(f: dict) -> str:
     ev, shard = f.get("evidence") or {}, named_shard(f) or ""
+    # The worst figure the finding reached (its peak), not the live one: a leak being killed
+    # must not read "0 idle clients" in the chain that explains what it did.
+    peak = num(f.get("peak"))
     if is_maxclients(f):
         n, m = first_number(ev, "connected_clients", "clients"), first_number(ev, "maxclients")
+        n = max(n, peak) if n is not None and peak is not None else n
         nums = f" ({fmt_number(n)} / {fmt_number(m)})" if n is not None and m is not None else ""
         return f"{shard or f.get('subject', '').split(':')[0]} at maxclients{nums}"
-    idle = first_number(ev, "idle", "idle_clients", "idle_over", "count")
+    found = [v for v in (peak, first_number(ev, "idle", "idle_clients", "idle_over", "count"), num(ev.get("growth")))
+             if v is not None]
+    idle = max(found) if found else None
     return (f"{fmt_number(idle)} idle clients from {_source(f)}" if idle is not None
             else f"idle clients from {_source(f)}") + (f" on {shard}" if shard else "")
 

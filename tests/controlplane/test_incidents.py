@@ -103,6 +103,24 @@ def test_a_hot_key_is_the_root_under_a_hot_shard_and_other_shards_stay_off_the_c
     assert 4 not in [x["finding_id"] for x in incidents.build_chain(fs + [other])["chain"]]
 
 
+def test_a_leak_of_idle_connections_never_explains_a_hot_shard():
+    """The game day's tpp: a hot room heats shard1 while chat-testing leaks into it. The leak
+    fills shard1's client table (maxclients, refused connections) but does no work: it is not why
+    shard1 is hot, and the chain must not say so."""
+    hot = finding(1, "hot_shard", "shard1", {"shard": "shard1", "host": "redis1"}, {"ops_per_s": 3756.0})
+    leak = finding(2, "leaked_clients", "chat-testing->shard1",
+                   {"host": "chat-testing", "cluster": "testing", "shard": "shard1"},
+                   {"idle": 0, "growth": 601.0}, title="chat-testing opened 600 connections to shard1", first_seen=T0 + 5)
+    full = finding(3, "leaked_clients", "shard1:maxclients", {"shard": "shard1"},
+                   {"connected_clients": 700, "maxclients": 700}, first_seen=T0 + 8)
+    assert not incidents.linked(hot, leak) and incidents.linked(full, leak)
+    h = incidents.build_chain([hot, leak, full])
+    assert h["root"]["finding_id"] == 2 and 1 in h["others"], h
+    # Killed, the leak still reads as what it was at its worst (its peak), not "0 idle clients".
+    leak.update(evidence={"idle": 0, "growth": 0.0}, peak=601.0)
+    assert incidents.label(leak) == "601 idle clients from chat-testing on shard1"
+
+
 def test_missing_keepalive_explains_a_delivery_gap_in_its_own_cluster_only():
     gap = finding(1, "delivery_gap", "lobby@chat1", {"room": "lobby", "host": "chat1", "cluster": "main",
                                                      "service": "edge"}, {"missing": 12, "late_s": 4.0})
