@@ -316,18 +316,23 @@ def loadgen_report(proc: subprocess.Popen, timeout: float = 60) -> dict:
 
 
 @contextmanager
-def api_token(token: str):
-    """CHATOPS_API_TOKEN set for a control plane started inside the block (module-scoped fixtures
-    cannot use monkeypatch), and put back as it was afterwards."""
-    old = os.environ.get("CHATOPS_API_TOKEN")
-    os.environ["CHATOPS_API_TOKEN"] = token
+def env_var(name: str, value: str):
+    """An environment variable set inside the block (module-scoped fixtures cannot use
+    monkeypatch), and put back as it was afterwards."""
+    old = os.environ.get(name)
+    os.environ[name] = value
     try:
-        yield token
+        yield value
     finally:
         if old is None:
-            os.environ.pop("CHATOPS_API_TOKEN", None)
+            os.environ.pop(name, None)
         else:
-            os.environ["CHATOPS_API_TOKEN"] = old
+            os.environ[name] = old
+
+
+def api_token(token: str):
+    """CHATOPS_API_TOKEN set for a control plane started inside the block."""
+    return env_var("CHATOPS_API_TOKEN", token)
 
 
 def api_json(base: str, method: str, path: str, body=None, *, token: str, timeout: float = 300) -> tuple[int, dict]:

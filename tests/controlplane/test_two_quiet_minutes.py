@@ -18,7 +18,6 @@ records what happened; each test judges its own part."""
 from __future__ import annotations
 
 import json
-import os
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -26,7 +25,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from controlplane.database import Database
-from tests.conftest import api_json, api_token, live_controlplane, wait_for
+from tests.conftest import api_json, api_token, env_var, live_controlplane, wait_for
 from tests.controlplane.alerting.standin import StandIn
 
 QUIET_S = 120.0
@@ -66,11 +65,10 @@ def _get(base: str, path: str):
 @pytest.fixture(scope="module")
 def minutes():
     slack = StandIn().start()
-    old = os.environ.get("CHATOPS_TEST_SLACK_URL")
-    os.environ["CHATOPS_TEST_SLACK_URL"] = f"{slack.url}/services/{SLACK_TOKEN}"
     out = Minutes()
     try:
-        with api_token(API_TOKEN), live_controlplane(traffic=True, patch=_patch) as (c, base):
+        with env_var("CHATOPS_TEST_SLACK_URL", f"{slack.url}/services/{SLACK_TOKEN}"), api_token(API_TOKEN), \
+                live_controlplane(traffic=True, patch=_patch) as (c, base):
             def detecting():
                 jobs = {j["id"]: j for j in json.loads(_get(base, "/api/v1/jobs"))["jobs"]}
                 return jobs.get("detect:all", {}).get("runs", 0) >= 3 and all(j["runs"] >= 1 for j in jobs.values())
@@ -125,10 +123,6 @@ def minutes():
                 db.close()
         yield out
     finally:
-        if old is None:
-            os.environ.pop("CHATOPS_TEST_SLACK_URL", None)
-        else:
-            os.environ["CHATOPS_TEST_SLACK_URL"] = old
         slack.release()
         slack.stop()
 
