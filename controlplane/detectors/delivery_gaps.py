@@ -123,6 +123,20 @@ def blame(bad: set[tuple[str, str]], known: set[tuple[str, str]], edges: list[st
     return found
 
 
+def _settled(what: str, part: str, known: set[tuple[str, str]], awaiting: dict) -> bool:
+    """Whether a blame can no longer turn into a wider one. A path, or a receiving edge, is named
+    only once no message is awaiting on the paths that would widen it (the sender's other paths;
+    the receiver's own sending paths): a stopped edge swallows what is sent through it, and until
+    those are judged the paths into it alone read as "one path" or "the receiver". A fault that
+    really is one path or one receiver leaves nothing awaiting there: the other edges deliver."""
+    if what == "path":
+        x, _, y = part.partition("->")
+        return not any(awaiting.get(p, 0) > 0 for p in known if p != (x, y) and (p[0] in (x, y)))
+    if what == "receiver":
+        return not any(awaiting.get(p, 0) > 0 for p in known if p[0] == part)
+    return True
+
+
 def _missed(detail: dict, paths: list[tuple[str, str]], late_after: float) -> tuple[list[dict], list[str]]:
     """The messages lost on `paths`, each with when the other edges got them."""
     out, lines = [], []
@@ -197,7 +211,7 @@ def detect(window: Window, cf) -> list[Finding]:
         # and without them the paths into it alone would first read as "one path".
         likely = {p for p in known if missed[p] + awaiting[p] >= need}
         strict = [(w, part, paths) for w, part, paths in blame(likely, known, edges, no_paths_bad)
-                  if not paths or any(p in bad for p in paths)]
+                  if (not paths or any(p in bad for p in paths)) and _settled(w, part, known, awaiting)]
         relaxed = blame({p for p in known if missed[p] + awaiting[p] > 0}, known, edges, no_paths_some)
         firing_subjects = {(what, part) for what, part, _ in strict}
         reported = list(strict) + [r for r in relaxed if (r[0], r[1]) not in firing_subjects]

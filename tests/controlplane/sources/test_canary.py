@@ -308,6 +308,19 @@ def test_blame_names_what_the_failing_paths_share(bad, expected):
     assert delivery_gaps.blame(bad, ALL, EDGES) == expected
 
 
+def test_a_blame_that_could_still_widen_waits_for_the_messages_awaiting():
+    """CI caught a stopped chat2 named as the path chat1->chat2: the paths into chat2 were judged
+    before chat2's own sends (swallowed, awaiting clue's timeout) were. A path or a receiver is
+    named only when nothing is awaiting on the paths that would widen it."""
+    stopped = {("chat2", "chat1"): 2.0, ("chat2", "chat2"): 2.0}
+    assert not delivery_gaps._settled("path", "chat1->chat2", ALL, stopped)
+    assert not delivery_gaps._settled("receiver", "chat2", ALL, stopped)
+    assert delivery_gaps._settled("edge", "chat2", ALL, stopped)
+    # A fault that is one path: the other edges deliver what is sent through them, nothing awaits.
+    assert delivery_gaps._settled("path", "chat1->chat2", ALL, {})
+    assert delivery_gaps._settled("receiver", "chat2", ALL, {("chat1", "chat1"): 0.0})
+
+
 def test_blame_in_a_one_edge_cluster_and_for_an_edge_never_joined():
     assert delivery_gaps.blame({("e1", "e1")}, {("e1", "e1")}, ["e1"]) == [("edge", "e1", [("e1", "e1")])]
     known = {("chat1", "chat1")}
