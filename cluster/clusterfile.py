@@ -21,6 +21,12 @@ from cluster.spec import ClusterFile
 # Package data, so an installed wheel finds it as a checkout does.
 DEFAULT_CLUSTER_FILE = Path(str(resources.files("cluster") / "default-cluster.yaml"))
 
+# PyYAML composes nested nodes recursively: a file 3,000 levels deep ended in a RecursionError
+# traceback. The deepest key of the reference is 5 levels down; these bounds are far above any
+# real file and far below what the loader (or pydantic) could not handle.
+MAX_DEPTH = 64
+MAX_BYTES = 1024 * 1024
+
 
 class ProblemsError(Exception):
     """`problems` holds one (key path, message) per fault, each on its own line of the message."""
@@ -46,7 +52,21 @@ class LoadedCluster:
 
 
 class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate mapping keys instead of silently keeping the last."""
+    """SafeLoader that refuses duplicate mapping keys instead of silently keeping the last, and
+    collections nested deeper than MAX_DEPTH (counted as they are composed, before recursion
+    could run out of stack)."""
+
+    def compose_node(self, parent, index):
+        depth = getattr(self, "_depth", 0)
+        if depth >= MAX_DEPTH:
+            raise yaml.composer.ComposerError(
+                None, None, f"collections nested deeper than {MAX_DEPTH} levels",
+                self.peek_event().start_mark)
+        self._depth = depth + 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth = depth
 
 
 def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False):
@@ -91,6 +111,10 @@ def _pydantic_problems(err: ValidationError) -> list[tuple[str, str]]:
 
 def parse(text: str, source: str = "<cluster file>") -> ClusterFile:
     """Validate cluster-file text; raises ClusterFileError listing every problem found."""
+    size = len(text.encode("utf-8", "replace"))
+    if size > MAX_BYTES:
+        raise ClusterFileError(source, [("", f"{size} bytes, larger than the {MAX_BYTES} bytes "
+                                             "a cluster file may be")])
     try:
         raw = yaml.load(text, Loader=_StrictLoader)
     except yaml.YAMLError as exc:
@@ -98,12 +122,18 @@ def parse(text: str, source: str = "<cluster file>") -> ClusterFile:
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise ClusterFileError(source, [(where, f"not valid YAML: {problem}")]) from None
+    except RecursionError:
+        # Not expected below MAX_DEPTH; kept so no shape of file can end in a traceback.
+        raise ClusterFileError(source, [("", f"not usable: nested too deeply to read "
+                                              f"(at most {MAX_DEPTH} levels)")]) from None
     if not isinstance(raw, dict):
         raise ClusterFileError(source, [("", "the cluster file must be a YAML mapping")])
     try:
         cf = ClusterFile.model_validate(raw)
     except ValidationError as exc:
         raise ClusterFileError(source, _pydantic_problems(exc)) from None
+    except RecursionError:
+        raise ClusterFileError(source, [("", "not usable: nested too deeply to validate")]) from None
     problems = checks.run(cf)
     if problems:
         raise ClusterFileError(source, problems)
@@ -126,7 +156,12 @@ def load(path: str | Path | None = None) -> LoadedCluster:
     """Load and validate a cluster file; the shipped default when `path` is None."""
     p = Path(path) if path else DEFAULT_CLUSTER_FILE
     try:
-        text = p.read_text(encoding="utf-8")
+        # Read at most one byte past the limit: a huge file (or /dev/zero) is refused, not read.
+        with p.open("rb") as f:
+            raw = f.read(MAX_BYTES + 1)
+        if len(raw) > MAX_BYTES:
+            raise ClusterFileError(str(p), [("", f"larger than the {MAX_BYTES} bytes a cluster file may be")])
+        text = raw.decode("utf-8")
     except OSError as exc:
         raise ClusterFileError(str(p), [("", f"cannot read: {exc.strerror or exc}")]) from None
     except UnicodeDecodeError as exc:

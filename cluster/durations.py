@@ -11,9 +11,10 @@ from __future__ import annotations
 import re
 
 UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-# fullmatch only: a `$` anchor would let "5m\n" through. Nine digits bound the number.
-GRAMMAR = re.compile(r"([0-9]{1,9})(ms|s|m|h|d)")
-BARE = re.compile(r"[0-9]{1,9}")
+# fullmatch only: a `$` anchor would let "5m\n" through; [0-9] and re.ASCII, never \d, which
+# matches any Unicode digit ("١٠s" would reach a generated HAProxy config). Nine digits bound the number.
+GRAMMAR = re.compile(r"([0-9]{1,9})(ms|s|m|h|d)", re.ASCII)
+BARE = re.compile(r"[0-9]{1,9}", re.ASCII)
 EXAMPLES = "100ms, 5s, 10m, 1h or 1d"
 
 

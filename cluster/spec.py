@@ -11,15 +11,19 @@ import ipaddress
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo
 
 from cluster import durations
 
 # Names end up as HAProxy proxy names, file names, log tags and Prometheus label values, so
 # they are held to the narrowest alphabet that serves all four.
-NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
-ROOM_RE = re.compile(r"^[a-z0-9_]{1,25}$")  # Twitch channel logins, without the '#'
-ENV_RE = re.compile(r"^[A-Z_][A-Z0-9_]*$")
+# Every pattern here is used with fullmatch() only (a `$` anchor lets a final "\n" through) and is
+# ASCII: classes are spelt [0-9], never \d, which matches any Unicode digit ("١٠").
+NAME_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?", re.ASCII)
+ROOM_RE = re.compile(r"[a-z0-9_]{1,25}", re.ASCII)  # Twitch channel logins, without the '#'
+ENV_RE = re.compile(r"[A-Z_][A-Z0-9_]*", re.ASCII)
+HOSTNAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,253}", re.ASCII)
+MAXMEMORY_RE = re.compile(r"[0-9]{1,20}(?:[kKmMgG][bB]?)?", re.ASCII)   # Redis's own units
 
 
 def describe_unsafe(value: str) -> str | None:
@@ -37,22 +41,39 @@ def _name(value: str) -> str:
     unsafe = describe_unsafe(value)
     if unsafe:
         raise ValueError(f"name {value!r} {unsafe}")
-    if not NAME_RE.match(value):
+    if not NAME_RE.fullmatch(value):
         raise ValueError(f"name {value!r} must match [a-z0-9-] (1-63 chars, no leading/trailing '-')")
     return value
 
 
 def _room(value: str) -> str:
-    if not ROOM_RE.match(value):
+    if not ROOM_RE.fullmatch(value):
         raise ValueError(f"room {value!r} must be 1-25 chars of [a-z0-9_], written without '#'")
     return value
 
 
-def _env_name(value: str) -> str:
-    if not ENV_RE.match(value):
+def _env_name(value: str, info: ValidationInfo) -> str:
+    # Exactly the name: "CHATOPS_API_TOKEN\n" names a variable nobody sets, and an unset token
+    # variable would leave the API without its token.
+    if not ENV_RE.fullmatch(value):
         raise ValueError(
-            f"{value!r} is not an environment-variable name ([A-Z_][A-Z0-9_]*); "
-            "secrets are never written inline, only the name of the variable holding them")
+            f"{info.field_name} {value!r} is not an environment-variable name: it must match "
+            "[A-Z_][A-Z0-9_]* exactly (ASCII capitals, digits and '_', no whitespace); secrets are "
+            "never written inline, only the name of the variable holding them")
+    return value
+
+
+def _host_name(value: str) -> str:
+    if not HOSTNAME_RE.fullmatch(value):
+        raise ValueError(f"{value!r} must be a host name of ASCII [A-Za-z0-9.-], 1-254 chars, "
+                         "starting with a letter or digit")
+    return value
+
+
+def _maxmemory(value: str) -> str:
+    if not MAXMEMORY_RE.fullmatch(value):
+        raise ValueError(f"maxmemory {value!r} must be ASCII digits [0-9] with an optional unit "
+                         "k, kb, m, mb, g or gb (Redis's own units), such as 256mb")
     return value
 
 
@@ -89,7 +110,7 @@ EnvName = Annotated[str, AfterValidator(_env_name)]
 Address = Annotated[str, AfterValidator(_address)]
 Duration = Annotated[str, BeforeValidator(_duration)]
 TextLine = Annotated[str, AfterValidator(_text_line), Field(min_length=1, max_length=400)]
-HostName = Annotated[str, Field(pattern=r"^[A-Za-z0-9](?:[A-Za-z0-9.-]{0,253})$")]
+HostName = Annotated[str, AfterValidator(_host_name)]
 Port = Annotated[int, Field(ge=1, le=65535)]
 
 
@@ -187,7 +208,7 @@ class Redis(_Model):
     maxclients: MaxClients = 10_000
     # 0 keeps idle clients forever, as in the talk; the leaked-clients detector flags it.
     timeout: IdleTimeout = 0
-    maxmemory: Annotated[str, Field(pattern=r"^\d+([kKmMgG][bB]?)?$")] = "256mb"  # Redis's own units
+    maxmemory: Annotated[str, AfterValidator(_maxmemory)] = "256mb"  # Redis's own units
     maxmemory_policy: EvictionPolicy = "allkeys-lfu"
     shards: Annotated[list[Shard], Field(min_length=1, max_length=256)]
 

@@ -386,6 +386,8 @@ def plan_edit(path: str | Path, changes: dict[str, Any]) -> Edit:
         expected = yaml.safe_load(text)
     except (RuamelYAMLError, yaml.YAMLError) as exc:
         raise WritebackError(source, [("", f"not valid YAML, fix it by hand first: {exc}")]) from None
+    except RecursionError:
+        raise WritebackError(source, [("", "nested too deeply to read, fix it by hand first")]) from None
     if not isinstance(doc, CommentedMap) or not isinstance(expected, dict):
         raise WritebackError(source, [("", "the cluster file must be a YAML mapping")])
     mapping, sequence, offset = _guess_indent(doc)
