@@ -14,6 +14,7 @@ skipped because the ban list could not be read.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 import uuid
 import zlib
@@ -31,7 +32,8 @@ from cluster.spec import ClueService
 
 TOP_SLOTS = 32                 # per-slot series exported; 16,384 would swamp Prometheus
 TIMEOUT_DEFAULT = 600          # seconds, as Twitch's /timeout without a duration
-MAX_TIMEOUT = 14 * 24 * 3600
+MAX_TIMEOUT = 14 * 24 * 3600   # Twitch's cap: two weeks
+ERROR_LOG_EVERY = 1.0          # seconds between "could not decide" lines; the rest are counted
 
 
 def user_id(login: str) -> str:
@@ -49,9 +51,43 @@ class ModCommand:
     reason: str = ""
 
 
-def parse_mod_command(text: str) -> ModCommand | None | str:
-    """`.ban x`, `/timeout x 60 spam`, `.unban x` -> ModCommand; a malformed one -> usage text;
-    anything else -> None (an ordinary message)."""
+@dataclass(frozen=True)
+class ModRefusal:
+    """A moderation command clue will not run: the NOTICE msg-id and text the sender gets."""
+    msg_id: str          # usage_<command> | invalid_user | bad_timeout_duration
+    text: str
+
+
+# ASCII only, by construction: str.isdigit() and re's \d accept '²' or '١٠', which int() then
+# refuses (a 500 for the whole batch) or reads as a number nobody typed.
+_LOGIN = re.compile(r"[a-z0-9_]{1,25}", re.ASCII)        # chat.users.LOGIN_RE, whole-string
+_SECONDS = re.compile(r"[0-9]+", re.ASCII)
+_USAGE = {"ban": "Usage: .ban <username> [reason]",
+          "timeout": f"Usage: .timeout <username> [seconds, 1-{MAX_TIMEOUT}] [reason]",
+          "unban": "Usage: .unban <username>"}
+
+
+def _looks_like_duration(arg: str) -> bool:
+    """Whether a `.timeout` argument after the user is meant as a duration rather than the first
+    word of a reason: it starts with a sign or with any digit, ASCII or not."""
+    return arg[0] in "+-" or arg[0].isnumeric()   # a classifier only: parse_duration() decides
+
+
+def parse_duration(arg: str) -> int | None:
+    """Whole ASCII seconds in 1..MAX_TIMEOUT, or None. The length is bounded before int(), which
+    raises past 4,300 digits."""
+    if not _SECONDS.fullmatch(arg):
+        return None
+    digits = arg.lstrip("0")
+    if not digits or len(digits) > len(str(MAX_TIMEOUT)):
+        return None
+    value = int(digits)
+    return value if 1 <= value <= MAX_TIMEOUT else None
+
+
+def parse_mod_command(text: str) -> ModCommand | ModRefusal | None:
+    """`.ban x`, `/timeout x 60 spam`, `.unban x` -> ModCommand; a malformed one -> ModRefusal
+    (never an exception, whatever the input); anything else -> None (an ordinary message)."""
     if not text or text[0] not in "./":
         return None
     word, _, rest = text[1:].partition(" ")
@@ -62,14 +98,20 @@ def parse_mod_command(text: str) -> ModCommand | None | str:
         return None
     args = rest.split()
     if not args:
-        return f"Usage: .{word} <username>" + (" [duration] [reason]" if word == "timeout" else "")
-    target = args[0].lstrip("@").lower()
+        return ModRefusal(f"usage_{word}", _USAGE[word])
+    target = args[0].removeprefix("@")
+    # ASCII before lower(): the Kelvin sign lowers to a plain 'k'.
+    if not target.isascii() or not _LOGIN.fullmatch(target.lower()):
+        return ModRefusal("invalid_user", "Invalid username: give a login of 1-25 characters a-z, 0-9 or _.")
+    target = target.lower()
     if word == "timeout":
-        duration = TIMEOUT_DEFAULT
-        reason_at = 1
-        if len(args) > 1 and args[1].isdigit():
-            duration, reason_at = min(int(args[1]), MAX_TIMEOUT), 2
-        return ModCommand("timeout", target, max(duration, 1), " ".join(args[reason_at:]))
+        duration, reason_at = TIMEOUT_DEFAULT, 1
+        if len(args) > 1 and _looks_like_duration(args[1]):
+            duration, reason_at = parse_duration(args[1]), 2
+            if duration is None:
+                return ModRefusal("bad_timeout_duration", f"Invalid timeout duration: give whole seconds "
+                                  f"from 1 to {MAX_TIMEOUT} (two weeks), e.g. .timeout {target} 600")
+        return ModCommand("timeout", target, duration, " ".join(args[reason_at:]))
     return ModCommand(word, target, 0, " ".join(args[1:]))
 
 
@@ -89,7 +131,14 @@ def user_limit(role: Role, settings: ClueService, override: str | None) -> int:
         return settings.bot_rate
     if role.privileged:
         return settings.privileged_rate
-    return int(override) if override and override.isdigit() else settings.user_rate
+    return _count(override, settings.user_rate)
+
+
+def _count(value: str | None, default: int) -> int:
+    """A per-room override read from Redis: ASCII digits (bounded), else the default."""
+    if value and len(value) <= 12 and _SECONDS.fullmatch(value):
+        return int(value)
+    return default
 
 
 def badges(role: Role) -> str:
@@ -116,6 +165,7 @@ class Clue:
         self.server_name = ctx.services.edge.server_name
         self.cache = cache
         self.exchange = exchange
+        self._error_logged, self._errors_suppressed = float("-inf"), 0
         r = ctx.registry
         self.m_messages = Counter("chat_clue_messages", "PRIVMSGs decided, by result (accepted or the NOTICE msg-id)",
                                   ["result"], registry=r)
@@ -200,13 +250,35 @@ class Clue:
             if isinstance(reply, BaseException) and not isinstance(reply, CacheUnavailable):
                 logs.event(self.ctx.log, "redis", f"pipeline failed on shard {shard}: {reply!r}", 40)
 
-        results = await asyncio.gather(*(self._decide(item, plan, by_shard, now)
+        results = await asyncio.gather(*(self._decide_one(item, plan, by_shard, now)
                                          for item, plan in zip(items, plans)))
         per_item = (time.perf_counter() - started)
         for result in results:
             self.m_decision.observe(per_item)
             self.m_messages.labels("accepted" if result["ok"] else result["notice"]["msg_id"]).inc()
         return results
+
+    async def _decide_one(self, item: dict, plan, by_shard: dict, now: float) -> dict:
+        """_decide, with any unexpected exception turned into this item's own refusal: one message
+        that raises must never fail the batch (every message in it, from every user)."""
+        try:
+            return await self._decide(item, plan, by_shard, now)
+        except Exception as exc:  # noqa: BLE001 -- the item fails closed, the batch goes on
+            self._report_error(item, exc)
+            return notice("msg_rejected", "Your message was not sent: clue could not check it.")
+
+    def _report_error(self, item: dict, exc: BaseException) -> None:
+        """Log an undecidable message at most once per ERROR_LOG_EVERY; the rest are counted."""
+        now = time.monotonic()
+        if now - self._error_logged < ERROR_LOG_EVERY:
+            self._errors_suppressed += 1
+            return
+        fields = {"room": str(item.get("room"))[:64], "login": str(item.get("login"))[:64],
+                  "error": f"{type(exc).__name__}: {str(exc)[:200]}"}
+        if self._errors_suppressed:
+            fields["suppressed"] = self._errors_suppressed
+        self._error_logged, self._errors_suppressed = now, 0
+        logs.event(self.ctx.log, None, "could not decide a message", 40, **fields)
 
     async def _decide(self, item: dict, plan, by_shard: dict, now: float) -> dict:
         if plan is None:
@@ -227,16 +299,17 @@ class Clue:
         room_id = _s(room_id) or user_id(room)
         uid = _s(uid) or user_id(login)
 
+        # The user's own limit comes first, for moderation commands too: they write to Redis.
+        if used > user_limit(role, self.settings, _s(user_rate)):
+            return notice("msg_ratelimit", "Your message was not sent because you are sending messages too quickly.")
         command = parse_mod_command(text)
-        if isinstance(command, str):
-            return notice("usage", command)
+        if isinstance(command, ModRefusal):
+            return notice(command.msg_id, command.text)
         try:
             if command is not None:
                 return await self._moderate(command, role, room, room_id, now)
 
-            if used > user_limit(role, self.settings, _s(user_rate)):
-                return notice("msg_ratelimit", "Your message was not sent because you are sending messages too quickly.")
-            if room_used > (int(_s(room_rate)) if _s(room_rate).isdigit() else self.settings.room_rate):
+            if room_used > _count(_s(room_rate), self.settings.room_rate):
                 return notice("msg_ratelimit", "Your message was not sent because this room is too busy right now.")
 
             msg_id = str(uuid.uuid4())
@@ -246,7 +319,8 @@ class Clue:
                 "room-id": room_id, "subscriber": "0", "tmi-sent-ts": str(int(now * 1000)), "turbo": "0",
                 "user-id": uid, "user-type": "mod" if role.mod else "",
             }
-            nonce = (item.get("tags") or {}).get("client-nonce")
+            client_tags = item.get("tags")
+            nonce = client_tags.get("client-nonce") if isinstance(client_tags, dict) else None
             if nonce:
                 tags["client-nonce"] = str(nonce)[:64]
             await self._publish({
