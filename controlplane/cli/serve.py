@@ -29,7 +29,7 @@ def controlplane_cmd(config: str | None, run_dir: str | None, listen: str | None
 
     from cluster import clusterfile
     from controlplane.scheduler import SchedulerLocked
-    from controlplane.web.app import create_app
+    from controlplane.web.app import create_app, trusted_hosts
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s controlplane: [%(name)s] %(message)s", datefmt="%b %d %H:%M:%S")
@@ -51,6 +51,7 @@ def controlplane_cmd(config: str | None, run_dir: str | None, listen: str | None
         if not host.startswith("127."):
             fail(f"--listen: {host} is not a loopback address (127.0.0.0/8)", 2)
         port = int(p)
+        app.config["TRUSTED_HOSTS"] = trusted_hosts(cf, (host, port))   # answer to the address it serves
     url = f"http://{host}:{port}"
     click.echo(f"chatops control plane: dashboard {url}/  API {url}/api/v1/  metrics {url}/metrics", err=True)
     try:

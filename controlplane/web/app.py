@@ -5,6 +5,8 @@ Config keys (all optional):
 - RUN_DIR       the run directory (default: $CHATOPS_RUN_DIR or .run)
 - SCHEDULER     start the scrape schedule (default True; tests that drive scrapes by hand set False)
 - SECRET_KEY    session signing key (default: random per process, see controlplane/web/auth.py)
+- TRUSTED_HOSTS the Host names answered (default: `trusted_hosts(cluster)`; see `_web_hygiene`)
+- LOGIN_*       the login/token throttle (controlplane/web/auth.py)
 
 Each subsystem is wired by its own `init_app(app)` and reached through `app.extensions`:
 `chatops.run` (RunDir), `chatops.store` (Store), `chatops.db` (Database), `chatops.scraper`
@@ -15,11 +17,13 @@ Each subsystem is wired by its own `init_app(app)` and reached through `app.exte
 from __future__ import annotations
 
 import atexit
+import ipaddress
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 from flask import Flask, jsonify, request
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import BadRequest, HTTPException, SecurityError
 
 import runbooks
 from cluster import clusterfile
@@ -46,6 +50,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     from controlplane.sources import canary
     from controlplane.web import api, auth, dashboard
     app.extensions["chatops.db"] = database.Database.for_run(run)
+    _web_hygiene(app)             # first: a foreign Host is refused before any other hook looks at it
     auth.init_app(app)
     metrics.init_app(app)
     app.register_blueprint(api.bp)
@@ -70,6 +75,60 @@ def _load_cluster(path: str | None, run: RunDir) -> clusterfile.LoadedCluster:
         from cluster.state import running_config
         path = running_config(run)
     return clusterfile.load(path)
+
+
+# The dashboard loads only its own static files: no inline script or style (slots.html draws its
+# share bars in SVG for that reason), no eval, nothing from another origin, never framed.
+CSP = "; ".join([
+    "default-src 'self'", "script-src 'self'", "style-src 'self'", "img-src 'self'", "connect-src 'self'",
+    "font-src 'self'", "object-src 'none'", "base-uri 'none'", "form-action 'self'", "frame-ancestors 'none'",
+])
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CSP,
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+}
+HOST_REFUSED = ("this control plane does not answer to that Host header: it answers to the hosts of "
+                "controlplane.listen and controlplane.public_url in the cluster file (and localhost / "
+                "127.0.0.1 when it listens on loopback); use one of those in the URL")
+
+
+def trusted_hosts(cluster, listen: tuple[str, int] | None = None) -> list[str]:
+    """The Host names the app answers to: the listen address (or the `listen` override of
+    `chatops controlplane --listen`), public_url's host, and localhost/127.0.0.1 when listening on
+    loopback. Werkzeug compares names only, never ports: a request that reached the socket came
+    to the listen port, and public_url's port is the proxy's."""
+    cp = cluster.controlplane
+    address = listen[0] if listen else cp.listen.address
+    hosts = [address]
+    if cp.public_url and urlsplit(cp.public_url).hostname:
+        hosts.append(urlsplit(cp.public_url).hostname)
+    try:
+        loopback = ipaddress.ip_address(address.strip("[]")).is_loopback
+    except ValueError:
+        loopback = address == "localhost"
+    if loopback:
+        hosts += ["localhost", "127.0.0.1"]
+    return list(dict.fromkeys(h.lower() for h in hosts))
+
+
+def _web_hygiene(app: Flask) -> None:
+    """Flask's own TRUSTED_HOSTS check (it fails the request's routing with SecurityError), made to
+    act before every other hook; and the security headers on every response, errors included."""
+    if app.config.get("TRUSTED_HOSTS") is None:
+        app.config["TRUSTED_HOSTS"] = trusted_hosts(app.config["CLUSTER"])
+
+    @app.before_request
+    def refuse_foreign_host():
+        if isinstance(request.routing_exception, SecurityError):
+            raise BadRequest(HOST_REFUSED)
+
+    @app.after_request
+    def security_headers(resp):
+        for k, v in SECURITY_HEADERS.items():
+            resp.headers.setdefault(k, v)
+        return resp
 
 
 def _json_errors(app: Flask) -> None:

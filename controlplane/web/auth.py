@@ -23,6 +23,15 @@ token holder chose, so the token part always stays. A malformed name is a 400; a
 sending the header is a 400 too (a session acts as itself, and the header is not one a form can
 set, so accepting it would only let page scripts relabel the audit).
 
+Throttle: guessing the token is slowed per client address (`request.remote_addr`). After
+LOGIN_FAILURES (5) wrong tokens within LOGIN_WINDOW (60 s), through the login form or as a Bearer
+token, that address gets 429 with Retry-After for LOGIN_LOCKOUT (60 s) on every login and every
+Bearer request, right token or not (else a guess that hits would still be told so); each further
+lockout doubles the delay up to LOGIN_LOCKOUT_MAX (900 s). A successful login through the form
+resets the address; a quiet LOGIN_LOCKOUT_MAX forgets it. Reading needs no token and is never
+throttled. The state is in-process (there is one control plane process) and bounded: at most
+LOGIN_MAX_ADDRESSES addresses, the least recently failing forgotten first.
+
 Use `@require_auth` on every state-changing view; tests/controlplane/web/test_auth.py walks the URL
 map and fails on any mutating route an anonymous client can reach.
 """
@@ -33,10 +42,14 @@ import functools
 import hashlib
 import hmac
 import logging
+import math
 import os
 import re
 import secrets
-from dataclasses import dataclass
+import threading
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
 from typing import Callable
 from urllib.parse import urlsplit
 
@@ -66,6 +79,7 @@ MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 CSRF_FIELD = "csrf_token"
 CSRF_HEADER = "X-CSRF-Token"
 _EXT = "chatops_auth"
+_THROTTLE = "chatops_auth_throttle"
 _SESSION_USER = "user"
 _SESSION_CSRF = "csrf"
 _SESSION_FINGERPRINT = "auth_fp"
@@ -83,6 +97,64 @@ class _Settings:
         return bool(self.token)
 
 
+@dataclass
+class _Failures:
+    recent: deque = field(default_factory=deque)   # times of failures inside the window
+    strikes: int = 0                               # lockouts so far: the next one lasts delay * 2**strikes
+    until: float = 0.0                             # locked until (time.monotonic())
+    last: float = 0.0
+
+
+class Throttle:
+    """Failed credentials per address: `failures` within `window` seconds lock the address for
+    `delay` seconds, doubling with each lockout up to `max_delay`, until a success (or
+    `max_delay` without a failure) forgets it. Remembers at most `max_entries` addresses, the
+    least recently failing forgotten first. Thread-safe (waitress serves from a thread pool)."""
+
+    def __init__(self, failures: int = 5, window: float = 60.0, delay: float = 60.0,
+                 max_delay: float = 900.0, max_entries: int = 10_000):
+        self.failures, self.window, self.delay, self.max_delay = failures, window, delay, max_delay
+        self.max_entries = max_entries
+        self._entries: OrderedDict[str, _Failures] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def retry_after(self, addr: str, now: float | None = None) -> int:
+        """Whole seconds until `addr` may try again; 0 when it may now."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            e = self._entries.get(addr)
+            return max(0, math.ceil(e.until - now)) if e is not None else 0
+
+    def failed(self, addr: str, now: float | None = None) -> int:
+        """Count a failure of `addr`; returns the lockout it started in seconds, else 0."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            e = self._entries.pop(addr, None)
+            if e is None or (now - e.last > self.max_delay and now >= e.until):
+                e = _Failures()
+            self._entries[addr] = e                      # the most recent at the end
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+            e.last = now
+            while e.recent and now - e.recent[0] > self.window:
+                e.recent.popleft()
+            e.recent.append(now)
+            if len(e.recent) < self.failures:
+                return 0
+            lockout = min(self.delay * 2 ** e.strikes, self.max_delay)
+            e.strikes += 1
+            e.recent.clear()
+            e.until = now + lockout
+            return math.ceil(lockout)
+
+    def succeeded(self, addr: str) -> None:
+        with self._lock:
+            self._entries.pop(addr, None)
+
+
 def init_app(app: Flask) -> None:
     """Read the token's variable, make sure there is a SECRET_KEY, and register /login, /logout,
     the CSRF check and `csrf_token()` for templates."""
@@ -91,6 +163,10 @@ def init_app(app: Flask) -> None:
     env_name = cluster.controlplane.auth_token_env if cluster is not None else ControlPlane().auth_token_env
     settings = _Settings(env_name, os.environ.get(env_name, "").strip())
     app.extensions[_EXT] = settings
+    app.extensions[_THROTTLE] = Throttle(
+        failures=int(app.config.get("LOGIN_FAILURES", 5)), window=float(app.config.get("LOGIN_WINDOW", 60)),
+        delay=float(app.config.get("LOGIN_LOCKOUT", 60)), max_delay=float(app.config.get("LOGIN_LOCKOUT_MAX", 900)),
+        max_entries=int(app.config.get("LOGIN_MAX_ADDRESSES", 10_000)))
     if not settings.configured:
         log.warning("%s is not set: logins and state-changing actions are refused until it is", env_name)
     if not app.config.get("SECRET_KEY"):
@@ -187,6 +263,19 @@ def _error(status: int, message: str, headers: dict | None = None) -> Response:
     return resp
 
 
+def _throttle() -> Throttle:
+    return current_app.extensions[_THROTTLE]
+
+
+def _addr() -> str:
+    return request.remote_addr or "unknown"
+
+
+def _too_many(wait: int) -> Response:
+    return _error(429, f"too many wrong tokens from {_addr()}: try again in {wait} s",
+                  {"Retry-After": str(wait)})
+
+
 def _not_configured() -> Response:
     env = _settings().env_name
     return _error(403, f"state-changing actions are disabled: set the environment variable {env} "
@@ -245,7 +334,12 @@ def require_auth(view: Callable) -> Callable:
             return _not_configured()
         sent = _bearer()
         if sent is not None:
+            wait = _throttle().retry_after(_addr())
+            if wait:
+                return _too_many(wait)
             if not _bearer_valid():
+                if _throttle().failed(_addr()):
+                    log.warning("too many wrong API tokens from %s: locked out", _addr())
                 return _error(401, "invalid API token",
                               {"WWW-Authenticate": 'Bearer realm="chatops", error="invalid_token"'})
             try:
@@ -300,8 +394,17 @@ def login():
     if not s.configured:
         return render_template("login.html", next=nxt,
                                error=f"Logins are disabled: set {s.env_name} and restart the control plane."), 403
+    wait = _throttle().retry_after(_addr())
+    if wait:
+        log.warning("login from %s refused: locked out for %d s more", _addr(), wait)
+        resp = make_response(render_template("login.html", next=nxt, retry_after=wait,
+                                             error=f"Too many wrong tokens from your address: try again "
+                                                   f"in {wait} s."), 429)
+        resp.headers["Retry-After"] = str(wait)
+        return resp
     sent = request.form.get("token", "")
     if hmac.compare_digest(sent.encode(), s.token.encode()):
+        _throttle().succeeded(_addr())
         session.clear()  # a fresh session (and CSRF token) for the logged-in user
         session[_SESSION_USER] = "token"
         session[_SESSION_FINGERPRINT] = _fingerprint(s.token)
@@ -309,6 +412,8 @@ def login():
         log.info("login from %s", request.remote_addr)
         return redirect(nxt)
     log.warning("failed login from %s", request.remote_addr)
+    if _throttle().failed(_addr()):
+        log.warning("too many failed logins from %s: locked out", _addr())
     return render_template("login.html", next=nxt, error="That token is not right."), 401
 
 
