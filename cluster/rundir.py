@@ -39,6 +39,14 @@ class RunDir:
             raise RunDirError(
                 f"socket path {p} is longer than {_MAX_SOCKET_PATH} bytes, the Unix limit; "
                 "choose a shorter --run-dir (or CHATOPS_RUN_DIR)")
+        # Spaces, quotes and '#' are fine (the HAProxy config quotes the path), but HAProxy
+        # expands `$NAME` in a socket address even when quoted, its -S option splits at ',', and
+        # no config line can carry a control character.
+        bad = next((c for c in str(p) if c in "$," or ord(c) < 0x20 or ord(c) == 0x7f), None)
+        if bad is not None:
+            raise RunDirError(
+                f"socket path {str(p)!r} contains {bad!r}, which HAProxy cannot take in a socket "
+                "address; choose a --run-dir (or CHATOPS_RUN_DIR) without '$', ',' or control characters")
         return p
 
     def haproxy_config(self, host: str) -> Path:

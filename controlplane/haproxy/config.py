@@ -2,7 +2,9 @@
 
 Rendering is pure (cluster file in, text out). The cluster file's validation already refuses
 values that could break a config line; the template environment refuses them a second time,
-so a future field that skips validation still cannot inject a line.
+so a future field that skips validation still cannot inject a line. Paths (the run directory is
+anywhere the user likes, spaces included) are the one kind of value that is quoted instead:
+`{{ path | hquote }}`.
 """
 
 from __future__ import annotations
@@ -25,8 +27,35 @@ class RenderError(Exception):
     pass
 
 
+class _Quoted(str):
+    """A value already quoted into exactly one HAProxy config word."""
+
+
+# Characters a path may hold and still be one plain HAProxy config word, written as it is (so the
+# configs of ordinary run directories stay byte for byte what they were).
+_PLAIN = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_./:+@%=-")
+
+
+def haproxy_quote(value) -> _Quoted:
+    """One HAProxy config word holding the path `value` verbatim, whatever its spaces, quotes,
+    '#' or backslashes: as it is when every character is plain, else single-quoted (no escapes
+    there), a `'` written as `'\\''` (close, escaped quote, reopen: HAProxy joins adjacent parts
+    into one word, as a shell does). Refused: control characters, which no config line can carry,
+    and '$', which HAProxy expands as an environment variable in addresses even inside quotes."""
+    value = str(value)
+    bad = next((c for c in value if ord(c) < 0x20 or ord(c) == 0x7f or c == "$"), None)
+    if bad is not None or not value:
+        raise RenderError(f"refusing to render {value!r} into an HAProxy config: "
+                          + (f"contains {bad!r}, which HAProxy cannot take in a path" if bad else "empty"))
+    if all(c in _PLAIN for c in value):
+        return _Quoted(value)
+    return _Quoted("'" + value.replace("'", "'\\''") + "'")
+
+
 def _finalize(value):
     """Every {{ }} in the template is one config token: refuse anything that is not."""
+    if isinstance(value, _Quoted):
+        return value
     if isinstance(value, str):
         unsafe = describe_unsafe(value)
         if unsafe or not value:
@@ -43,6 +72,7 @@ _env = jinja2.Environment(
     keep_trailing_newline=True,
     autoescape=False,  # the output is an HAProxy config, not HTML
 )
+_env.filters["hquote"] = haproxy_quote
 
 
 def render(cf: ClusterFile, host: str, run: RunDir) -> str:
