@@ -37,6 +37,7 @@ PING_TIMEOUT = 2 * PING_INTERVAL  # ...and drops one silent for this long
 SUBSCRIPTION_REFRESH = 5.0      # full room list to every exchange, so a restarted one relearns it
 SENT_LOG_EVERY = 5.0            # "Message successfully sent to #room" at most this often per room
 KERNEL_SNDBUF = 128 * 1024      # per client socket; Linux doubles it for bookkeeping
+CLOSE_REASON_BYTES = 123        # a WebSocket close payload is <= 125 bytes, 2 of them the code
 TAG_CAPS = frozenset({"twitch.tv/tags", "message-tags", "server-time"})
 _ids = itertools.count(1)
 
@@ -164,6 +165,12 @@ class TcpClient(asyncio.Protocol, Client):
             self.transport.abort()
 
 
+def close_reason(reason: str) -> str:
+    """`reason` as a WebSocket close reason: at most CLOSE_REASON_BYTES of UTF-8, cut by bytes at a
+    character boundary (a cut by characters let 100 multibyte ones overflow the frame)."""
+    return reason.encode("utf-8", "replace")[:CLOSE_REASON_BYTES].decode("utf-8", "ignore")
+
+
 class WsClient(Client):
     """IRC over WebSocket: one line per text frame out; several CRLF-separated lines per frame in."""
 
@@ -176,6 +183,7 @@ class WsClient(Client):
         self.sending: list[str] = []
         self.wake = asyncio.Event()
         self.writer: asyncio.Task | None = None
+        self.closing: asyncio.Future | None = None
 
     def buffered(self) -> int:
         return sum(len(s) for s in self.sending) + (self.ws.transport.get_write_buffer_size() if self.ws.transport else 0)
@@ -205,7 +213,7 @@ class WsClient(Client):
         if not self.closed:
             self.closed = True
             self.edge.disconnected(self, reason)
-            asyncio.ensure_future(self.ws.close(1000, reason[:100]))
+            self.closing = asyncio.ensure_future(self.ws.close(1000, close_reason(reason)))
 
     def abort(self) -> None:
         if self.ws.transport:
@@ -616,6 +624,13 @@ class Edge:
             self.disconnected(client, "websocket closed")
             client.wake.set()
             client.writer.cancel()
+            if client.closing is not None:
+                # Returning closes the connection with no reason; the client's own close (a QUIT's
+                # reason) goes first.
+                try:
+                    await client.closing
+                except Exception:
+                    pass
 
     async def close(self) -> None:
         for client in list(self.clients):
