@@ -6,7 +6,7 @@ Config keys (all optional):
 - SCHEDULER     start the scrape schedule (default True; tests that drive scrapes by hand set False)
 - SECRET_KEY    session signing key (default: random per process, see controlplane/web/auth.py)
 - TRUSTED_HOSTS the Host names answered (default: `trusted_hosts(cluster)`; see `_web_hygiene`)
-- LOGIN_*       the login/token throttle (controlplane/web/auth.py)
+- LOGIN_*, API_TOKEN_FAILURES  the throttle on wrong tokens (controlplane/web/auth.py)
 
 Each subsystem is wired by its own `init_app(app)` and reached through `app.extensions`:
 `chatops.run` (RunDir), `chatops.store` (Store), `chatops.db` (Database), `chatops.scraper`

@@ -24,11 +24,14 @@ sending the header is a 400 too (a session acts as itself, and the header is not
 set, so accepting it would only let page scripts relabel the audit).
 
 Throttle: guessing the token is slowed per client address (`request.remote_addr`). After
-LOGIN_FAILURES (5) wrong tokens within LOGIN_WINDOW (60 s), through the login form or as a Bearer
-token, that address gets 429 with Retry-After for LOGIN_LOCKOUT (60 s) on every login and every
-Bearer request, right token or not (else a guess that hits would still be told so); each further
-lockout doubles the delay up to LOGIN_LOCKOUT_MAX (900 s). A successful login through the form
-resets the address; a quiet LOGIN_LOCKOUT_MAX forgets it. Reading needs no token and is never
+LOGIN_FAILURES (5) wrong tokens within LOGIN_WINDOW (60 s) through the login form, that address
+gets 429 with Retry-After for LOGIN_LOCKOUT (60 s) on every login, right token or not (else a
+guess that hits would still be told so); each further lockout doubles the delay up to
+LOGIN_LOCKOUT_MAX (900 s). Bearer tokens have their own count, with API_TOKEN_FAILURES (10)
+allowed: scripts share an address (on loopback most callers are 127.0.0.1), and one with a stale
+token should not lock the dashboard's login, nor a few typos lock the playbooks. A successful login
+through the form resets its count (a valid Bearer request does not, so a busy script cannot keep
+resetting a guesser on its address); a quiet LOGIN_LOCKOUT_MAX forgets an address. Reading needs no token and is never
 throttled. The state is in-process (there is one control plane process) and bounded: at most
 LOGIN_MAX_ADDRESSES addresses, the least recently failing forgotten first.
 
@@ -79,7 +82,8 @@ MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 CSRF_FIELD = "csrf_token"
 CSRF_HEADER = "X-CSRF-Token"
 _EXT = "chatops_auth"
-_THROTTLE = "chatops_auth_throttle"
+_THROTTLE = "chatops_auth_throttle"            # the login form
+_API_THROTTLE = "chatops_auth_api_throttle"    # Bearer tokens
 _SESSION_USER = "user"
 _SESSION_CSRF = "csrf"
 _SESSION_FINGERPRINT = "auth_fp"
@@ -163,10 +167,11 @@ def init_app(app: Flask) -> None:
     env_name = cluster.controlplane.auth_token_env if cluster is not None else ControlPlane().auth_token_env
     settings = _Settings(env_name, os.environ.get(env_name, "").strip())
     app.extensions[_EXT] = settings
-    app.extensions[_THROTTLE] = Throttle(
-        failures=int(app.config.get("LOGIN_FAILURES", 5)), window=float(app.config.get("LOGIN_WINDOW", 60)),
-        delay=float(app.config.get("LOGIN_LOCKOUT", 60)), max_delay=float(app.config.get("LOGIN_LOCKOUT_MAX", 900)),
-        max_entries=int(app.config.get("LOGIN_MAX_ADDRESSES", 10_000)))
+    limits = dict(window=float(app.config.get("LOGIN_WINDOW", 60)), delay=float(app.config.get("LOGIN_LOCKOUT", 60)),
+                  max_delay=float(app.config.get("LOGIN_LOCKOUT_MAX", 900)),
+                  max_entries=int(app.config.get("LOGIN_MAX_ADDRESSES", 10_000)))
+    app.extensions[_THROTTLE] = Throttle(failures=int(app.config.get("LOGIN_FAILURES", 5)), **limits)
+    app.extensions[_API_THROTTLE] = Throttle(failures=int(app.config.get("API_TOKEN_FAILURES", 10)), **limits)
     if not settings.configured:
         log.warning("%s is not set: logins and state-changing actions are refused until it is", env_name)
     if not app.config.get("SECRET_KEY"):
@@ -263,8 +268,8 @@ def _error(status: int, message: str, headers: dict | None = None) -> Response:
     return resp
 
 
-def _throttle() -> Throttle:
-    return current_app.extensions[_THROTTLE]
+def _throttle(api: bool = False) -> Throttle:
+    return current_app.extensions[_API_THROTTLE if api else _THROTTLE]
 
 
 def _addr() -> str:
@@ -334,11 +339,11 @@ def require_auth(view: Callable) -> Callable:
             return _not_configured()
         sent = _bearer()
         if sent is not None:
-            wait = _throttle().retry_after(_addr())
+            wait = _throttle(api=True).retry_after(_addr())
             if wait:
                 return _too_many(wait)
             if not _bearer_valid():
-                if _throttle().failed(_addr()):
+                if _throttle(api=True).failed(_addr()):
                     log.warning("too many wrong API tokens from %s: locked out", _addr())
                 return _error(401, "invalid API token",
                               {"WWW-Authenticate": 'Bearer realm="chatops", error="invalid_token"'})
