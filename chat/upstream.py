@@ -240,7 +240,9 @@ class Upstream:
             self.timeouts += 1
             self._fail(batch, UpstreamTimeout(self.name, self.timeout))
             return
-        except (aiohttp.ClientError, OSError, ValueError, KeyError, TypeError) as exc:
+        except (UpstreamError, aiohttp.ClientError, OSError, ValueError, KeyError, TypeError) as exc:
+            # UpstreamError too: an answer that is not 200, or the wrong number of results, fails
+            # its batch's callers like any other error instead of leaving them waiting forever.
             self.errors += 1
             err = exc if isinstance(exc, UpstreamError) else UpstreamError(f"{self.name}: {exc!r}")
             self._fail(batch, err)
