@@ -435,6 +435,20 @@ def test_messages_awaiting_a_refusal_name_a_stopped_edge_but_never_fire_alone():
     assert not any(f.firing for f in delivery_gaps.detect(w, cf))
 
 
+def test_a_resumed_edge_stays_one_finding_while_its_backlog_is_judged():
+    """CI caught a second finding after a stopped chat2 resumed: it delivers again at once, so
+    the paths into it recover first, while what it swallowed is judged late on its way out. That
+    is still the edge's fault (reported, not firing), not a new "sender" one."""
+    cf = fixture_cf()
+    resumed = synthetic({"chat1->chat2": [6, 2], "chat2->chat2": [6, 2], "chat2->chat1": [6, 6]})
+    found = delivery_gaps.detect(resumed, cf)
+    assert [(f.subject, f.firing) for f in found] == [(f"{ROOM}@chat2", False)], \
+        [(f.subject, f.firing) for f in found]
+    # Once its own deliveries are clean, a sender fault left over is one.
+    sending = synthetic({"chat2->chat2": [6, 4], "chat2->chat1": [6, 6]})
+    assert [(f.subject, f.firing) for f in delivery_gaps.detect(sending, cf)] == [(f"{ROOM}@chat2->*", True)]
+
+
 def test_unknown_points_and_stale_canaries_are_not_judged():
     cf = fixture_cf()
     assert not any(f.firing for f in delivery_gaps.detect(
