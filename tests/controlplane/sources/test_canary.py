@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from cluster.loopback import port_free
 from cluster.spec import ClusterFile
 from controlplane.detectors import delivery_gaps
 from controlplane.detectors.base import Window
@@ -655,7 +656,7 @@ def test_live_a_path_dropping_every_other_message_is_named():
                           {"edge": name, "url": sub["url"], "rooms": sub["rooms"], "full": True})
             old = cluster.pid_of("exchange-chat1")
             os.kill(old, signal.SIGTERM)
-            wait_for(lambda: _free(address, port), 10, 0.02, "the old exchange to let go of its port")
+            wait_for(lambda: port_free(address, port), 10, 0.02, "the old exchange to let go of its port")
             relay = DroppingRelay(address, port, moved_url)
             relay.dropping = True
             relay.start()
@@ -685,17 +686,6 @@ def test_live_a_path_dropping_every_other_message_is_named():
                 new.wait(10)
             os.kill(supervisor, signal.SIGCONT)          # it restarts exchange-chat1 on its own port
             config_b.unlink(missing_ok=True)
-
-
-def _free(address: str, port: int) -> bool:
-    import socket
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((address, port))
-        except OSError:
-            return False
-    return True
 
 
 def _answers(url: str) -> bool:
