@@ -19,6 +19,17 @@ def prefix_free(prefix: str) -> bool:
         probe.close()
 
 
+def port_free(address: str, port: int) -> bool:
+    """Nothing listens on `address:port` now (a probe bind, closed at once)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((address, port))
+        except OSError:
+            return False
+    return True
+
+
 def free_prefix(rng: random.Random | None = None) -> str:
     """A random `127.A.B` prefix (A in 64..250, clear of the default cluster's 127.0.x)."""
     rng = rng or random.Random()

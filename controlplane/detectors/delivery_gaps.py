@@ -213,6 +213,11 @@ def detect(window: Window, cf) -> list[Finding]:
         strict = [(w, part, paths) for w, part, paths in blame(likely, known, edges, no_paths_bad)
                   if (not paths or any(p in bad for p in paths)) and _settled(w, part, known, awaiting)]
         relaxed = blame({p for p in known if missed[p] + awaiting[p] > 0}, known, edges, no_paths_some)
+        # While an edge still shows misses both ways it is that edge's fault, still being
+        # reported: the narrower name its recovery passes through (a resumed edge delivers again
+        # before its backlog of swallowed sends is judged late: "sender") is not a new fault.
+        wide = {part for what, part, _ in relaxed if what == "edge"}
+        strict = [b for b in strict if b[0] == "edge" or not (set(b[1].split("->")) & wide)]
         firing_subjects = {(what, part) for what, part, _ in strict}
         reported = list(strict) + [r for r in relaxed if (r[0], r[1]) not in firing_subjects]
         for what, part, bad_paths in reported:

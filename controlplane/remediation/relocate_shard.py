@@ -49,6 +49,7 @@ import time
 from dataclasses import dataclass, field
 
 from cluster import checks, clusterfile, writeback
+from cluster.loopback import port_free
 from collectors import haproxy as haproxy_stats
 from collectors.base import source_address
 from collectors.haproxy_runtime import RuntimeAPIError, command
@@ -160,17 +161,6 @@ def _parse_from(cf, text: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def _free(address: str, port: int) -> bool:
-    """Nothing listens there now (a probe bind, closed at once)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((address, port))
-        except OSError:
-            return False
-    return True
-
-
 def _used(cf) -> set[tuple[str, int]]:
     return {(cf.address(h), p) for _, h, p in checks._sockets(cf)}
 
@@ -178,7 +168,7 @@ def _used(cf) -> set[tuple[str, int]]:
 def _choose_via(cf, host: str, port: int) -> int:
     address, used = cf.address(host), _used(cf)
     for candidate in range(port + 1, min(65536, port + 1 + VIA_CANDIDATES)):
-        if (address, candidate) not in used and _free(address, candidate):
+        if (address, candidate) not in used and port_free(address, candidate):
             return candidate
     raise BadParams("via_port", f"no free port in {port + 1}..{port + VIA_CANDIDATES} on {host}; give one")
 
@@ -484,10 +474,10 @@ def plan(ctx: Context, params: dict) -> Draft:
     if phase == START:
         first_edit = _edit(ctx, {f"redis.shards.{i}.replica": {"host": host, "port": via}}, "via_port",
                            f"a replica of {name} on {host}:{via}")
-        if not _free(through.address, via):
+        if not port_free(through.address, via):
             raise BadParams("via_port", f"{through.address}:{via} ({host}) is in use by a process the cluster file "
                                         "does not name; choose another via_port")
-    if phase in (START, REPLICA) and not _free(target.address, port):
+    if phase in (START, REPLICA) and not port_free(target.address, port):
         raise BadParams("port", f"{target.address}:{port} ({host}) is in use by a process the cluster file does "
                                 "not name")
     final_cf = clusterfile.parse(final_edit.new_text, source=str(ctx.cluster_path))
