@@ -77,5 +77,9 @@ class RunDir:
         return self.root / "audit.jsonl"
 
     @property
+    def secrets_file(self) -> Path:
+        return self.root / "secrets.env"
+
+    @property
     def database(self) -> Path:
         return self.root / "controlplane.sqlite3"

@@ -348,6 +348,19 @@ class Remediation(_Model):
     protect: list[Name] | None = None
 
 
+class Secrets(_Model):
+    """The variables holding the cluster's internal secrets; never the secrets themselves
+    (docs/security.md). With profile local, `chatops up` generates each one that is unset into
+    <run dir>/secrets.env (mode 600) and hands it to everything it starts."""
+    # Bearer token every internal HTTP call carries: edge -> clue, clue -> exchange, exchange -> edge.
+    internal_token_env: EnvName = "CHATOPS_INTERNAL_TOKEN"
+    # Redis ACL users' passwords: clue's (its own key patterns), the control plane's (read-only plus
+    # the commands its actions need) and the replicas' (to follow their primary).
+    redis_clue_password_env: EnvName = "CHATOPS_REDIS_CLUE_PASSWORD"
+    redis_controlplane_password_env: EnvName = "CHATOPS_REDIS_CONTROLPLANE_PASSWORD"
+    redis_replication_password_env: EnvName = "CHATOPS_REDIS_REPLICATION_PASSWORD"
+
+
 class ClusterFile(_Model):
     version: Literal[1] = 1
     profile: Literal["local", "remote"] = "local"
@@ -358,6 +371,7 @@ class ClusterFile(_Model):
     controlplane: ControlPlane = ControlPlane()
     alerts: list[AlertDestination] = []
     remediation: Remediation = Remediation()
+    secrets: Secrets = Secrets()
 
     # -- derived views, so callers never re-walk the raw structure --
 

@@ -351,3 +351,10 @@ def api_json(base: str, method: str, path: str, body=None, *, token: str, timeou
         return r.status, json.loads(r.read() or b"{}")
     finally:
         conn.close()
+
+
+def run_secrets(run: Path) -> dict[str, str]:
+    """The internal secrets `chatops up` generated for a cluster in `run` (cluster/secrets.py),
+    by variable name: what a test needs to talk to clue, the exchange or Redis directly."""
+    from cluster import secrets
+    return secrets.read_file(RunDir(run))

@@ -14,7 +14,7 @@ import time
 import click
 
 from chat import logs
-from cluster import binaries, clusterfile, spec
+from cluster import binaries, clusterfile, secrets, spec
 from cluster.rundir import RunDir, RunDirError
 from cluster.state import read_state
 from controlplane.cli.common import config_option, fail, load, run_dir_option
@@ -118,6 +118,13 @@ def up(config: str | None, run_dir: str | None, detach: bool, start_timeout: flo
         signal.signal(sig, on_signal)
     code = 0
     try:
+        try:
+            generated = secrets.ensure_local(loaded.spec, run)
+        except secrets.SecretError as exc:
+            raise StartError(str(exc)) from None
+        if generated:
+            # Names only: the values stay in the file and the environment.
+            logs.event(log, None, "generated local secrets", file=run.secrets_file, variables=",".join(generated))
         logs.event(log, None, "starting cluster", config=loaded.path, run_dir=run.root)
         sup.start_all()
         if not sup.stopping.is_set():
