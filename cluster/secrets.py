@@ -74,8 +74,8 @@ def value(cf: ClusterFile, field: str, run: RunDir | None = None) -> str:
     if not found and run is not None and cf.profile == "local":
         found = read_file(run).get(name, "")
     if not found:
-        where = (f"; `chatops up` generates it into {run.secrets_file}" if run is not None and cf.profile == "local"
-                 else "")
+        local = run is not None and cf.profile == "local"
+        where = f"; `chatops up` generates it into {run.secrets_file}" if local else ""
         raise SecretError(f"{name} is not set (secrets.{field} in the cluster file names it){where}")
     return _check(name, found)
 

@@ -124,7 +124,8 @@ def up(config: str | None, run_dir: str | None, detach: bool, start_timeout: flo
             raise StartError(str(exc)) from None
         if generated:
             # Names only: the values stay in the file and the environment.
-            logs.event(log, None, "generated local secrets", file=run.secrets_file, variables=",".join(generated))
+            logs.event(log, None, "generated local secrets", file=run.secrets_file,
+                       variables=",".join(generated))
         logs.event(log, None, "starting cluster", config=loaded.path, run_dir=run.root)
         sup.start_all()
         if not sup.stopping.is_set():
