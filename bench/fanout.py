@@ -32,6 +32,7 @@ import json
 import os
 import re
 import resource
+import secrets
 import statistics
 import sys
 import tempfile
@@ -463,7 +464,7 @@ async def wait_healthz(url: str, proc, timeout: float = 30.0) -> None:
     raise RuntimeError(f"{url} did not answer within {timeout:g}s")
 
 
-async def publish(url: str, args, text: str, source: str) -> dict:
+async def publish(url: str, args, text: str, source: str, token: str) -> dict:
     import aiohttp
 
     connector = aiohttp.TCPConnector(limit=args.posters, local_addr=(source, 0))
@@ -478,7 +479,8 @@ async def publish(url: str, args, text: str, source: str) -> dict:
             items = [make_message(seq[0] + k, ts, text) for k in range(args.batch)]
             seq[0] += args.batch
             body = json.dumps({"items": items}).encode()
-            async with session.post(url, data=body, headers={"Content-Type": "application/json"}) as resp:
+            async with session.post(url, data=body, headers={"Content-Type": "application/json",
+                                                             "Authorization": f"Bearer {token}"}) as resp:
                 if resp.status != 200:
                     raise RuntimeError(f"/v1/deliver answered HTTP {resp.status}: {(await resp.text())[:200]}")
                 results = (await resp.json())["results"]
@@ -493,7 +495,7 @@ async def publish(url: str, args, text: str, source: str) -> dict:
 
 
 async def one_run(args, run_no: int, rnd: int, kind: str, variant: str | None, target: str,
-                  server_pid: int, ref_proc, deliver_url: str, text: str, subnet: str) -> dict:
+                  server_pid: int, ref_proc, deliver_url: str, text: str, subnet: str, token: str) -> dict:
     name = "edge" if kind == "edge" else f"reference/{variant}"
     worker = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "bench.fanout", "--subscribers-worker", "--target", target,
@@ -507,7 +509,7 @@ async def one_run(args, run_no: int, rnd: int, kind: str, variant: str | None, t
         await asyncio.sleep(0.3)   # let the JOIN replies' stragglers settle
         c0s, c0w, w0 = cpu_seconds(server_pid), cpu_seconds(worker.pid), time.monotonic()
         if kind == "edge":
-            pub = await publish(deliver_url, args, text, f"{subnet}.60")
+            pub = await publish(deliver_url, args, text, f"{subnet}.60", token)
         else:
             ref_proc.stdin.write(f"run {variant} {args.duration} {args.batch} {args.messages or 0} "
                                  f"{args.line_bytes}\n".encode())
@@ -558,7 +560,10 @@ async def orchestrate(args) -> dict:
     cfg_path = work / "cluster.yaml"
     cfg_path.write_text(yaml.safe_dump(doc))
     from cluster import clusterfile
-    edge_cfg = clusterfile.load(cfg_path).spec.clusters["main"].services.edge
+    spec = clusterfile.load(cfg_path).spec
+    edge_cfg = spec.clusters["main"].services.edge
+    # The edge's /v1/deliver takes the internal token, as the exchange sends it; the edge inherits it.
+    token = os.environ.setdefault(spec.secrets.internal_token_env, secrets.token_urlsafe(32))
     edge_addr = f"{subnet}.1"
     ref_addr = f"{subnet}.2:{edge_cfg.irc_port}"
     text = text_for(args.line_bytes)
@@ -599,7 +604,7 @@ async def orchestrate(args) -> dict:
                 else:
                     target, pid = ref_addr, ref.pid
                 runs.append(await one_run(args, run_no, rnd, kind, variant, target, pid, ref,
-                                          deliver_url, text, subnet))
+                                          deliver_url, text, subnet, token))
                 if edge.returncode is not None:
                     raise RuntimeError(f"edge exited with rc={edge.returncode}; see {work / 'edge.log'}")
     except BaseException:

@@ -440,7 +440,7 @@ async def main(ctx: service.Context, stop: asyncio.Event) -> None:
     opened = Counter("chat_clue_exchange_connections_opened", "TCP connections opened to the exchange",
                      registry=ctx.registry)
     pool = Pool(pool_size=settings.exchange.pool_size, keepalive=True, local_address=ctx.address,
-                on_connect=opened.inc)
+                token=ctx.internal_token, on_connect=opened.inc)
     ctx.upstreams["exchange"] = pool
     exchange = Upstream(pool, f"http://{ctx.address}:{settings.exchange.port}/v1/publish", name="exchange",
                         timeout=seconds(settings.exchange.timeout))

@@ -263,6 +263,7 @@ class Edge:
                                     "TCP connections opened to clue and the exchanges (reconnects included)", registry=r)
         pool_gauge = Gauge("chat_edge_clue_pool_size", "Keepalive connections allowed to clue", registry=r)
         self.pool = Pool(pool_size=clue_cfg.client.pool_size, keepalive=True, local_address=ctx.address,
+                         token=ctx.internal_token,
                          on_connect=self.m_clue_conns.inc, on_change=lambda p: pool_gauge.set(p.pool_size))
         ctx.upstreams["clue"] = self.pool
         self.clue = Upstream(self.pool, f"http://{ctx.address}:{clue_cfg.port}/v1/privmsg", name="clue",

@@ -66,8 +66,8 @@ class Exchange:
         self.m_edges = Gauge("chat_exchange_edges", "Edges with live subscriptions", registry=r)
         # One pool for every edge's sender: one switch turns keepalive on for all of them.
         self.pool = Pool(pool_size=settings.pool_size, keepalive=settings.keepalive,
-                         local_address=ctx.address, on_connect=self.m_connections.inc,
-                         on_change=self._settings_changed)
+                         local_address=ctx.address, token=ctx.internal_token,
+                         on_connect=self.m_connections.inc, on_change=self._settings_changed)
         ctx.upstreams["edges"] = self.pool
 
     def _settings_changed(self, pool: Pool) -> None:

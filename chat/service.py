@@ -2,6 +2,13 @@
 event loop, talk-shaped logging, a private Prometheus registry and the internal HTTP app that
 serves /healthz, /metrics and the admin route beside the service's own routes.
 
+Every other route of that app (the services' `/v1/...` calls to each other, and anything unknown)
+takes `Authorization: Bearer <internal token>`, the value of the variable the cluster file's
+`secrets.internal_token_env` names, checked once for all routes by `internal_auth`. Without it a
+request gets 401 before its handler runs. A service that has no internal token refuses to start:
+an unconfigured service is never open. /healthz and /metrics stay open: they are read-only and
+secret-free, and Prometheus and the supervisor's readiness probe read them.
+
 The admin route, `/v1/admin/upstream`, shows (GET) and changes (PUT) the keepalive switch and pool
 size of the service's upstream pools while it runs: the exchange's pool to the edges, the edge's
 to clue, clue's to the exchange. The control plane's `set_keepalive` action calls it. It takes
@@ -34,7 +41,8 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from chat import logs
 from chat.upstream import Pool
-from cluster import clusterfile, spec
+from cluster import clusterfile, secrets, spec
+from cluster.rundir import RunDir
 
 # `_created` series double every counter's series count for a figure Prometheus can infer.
 disable_created_metrics()
@@ -53,7 +61,9 @@ class Context:
     address: str
     log: logging.Logger
     registry: CollectorRegistry
-    admin_token: str = ""             # "" when the variable is unset: the admin route refuses all
+    # Never in a repr: a Context may end up in a log line or a traceback.
+    admin_token: str = field(default="", repr=False)   # "" when unset: the admin route refuses all
+    internal_token: str = field(default="", repr=False)  # what every internal call carries
     upstreams: dict[str, Pool] = field(default_factory=dict)   # what the admin route switches
 
     @property
@@ -73,6 +83,8 @@ def parse_args(service: str, argv: list[str] | None = None) -> Context:
     ap = argparse.ArgumentParser(prog=f"python -m chat.{service}")
     ap.add_argument("--config", help="cluster file (default: the shipped one)")
     ap.add_argument("--host", required=True, help="the chat host this process runs as")
+    ap.add_argument("--run-dir", help="profile local: where `chatops up` keeps secrets.env, read when the "
+                                      "internal token's variable is unset (default: CHATOPS_RUN_DIR or .run)")
     args = ap.parse_args(argv)
     try:
         cf = clusterfile.load(args.config).spec
@@ -81,6 +93,11 @@ def parse_args(service: str, argv: list[str] | None = None) -> Context:
     cluster = cf.cluster_of(args.host)
     if cluster is None:
         sys.exit(f"{args.host!r} is not a chat host in the cluster file")
+    try:
+        internal = secrets.value(cf, "internal_token_env",
+                                 RunDir.resolve(args.run_dir) if cf.profile == "local" else None)
+    except secrets.SecretError as exc:
+        sys.exit(f"chat.{service} on {args.host}: refusing to start without the internal token: {exc}")
     log = logs.setup(service, sys.stdout)
     # Read once: the token is a secret handed over at start, as the control plane reads it.
     token = os.environ.get(cf.controlplane.auth_token_env, "").strip()
@@ -92,11 +109,43 @@ def parse_args(service: str, argv: list[str] | None = None) -> Context:
     # (dashboards/rules.py's ChatopsServiceCrashLooping), as the control plane sees state.json's restarts.
     ProcessCollector(registry=registry)
     return Context(cf=cf, host=args.host, cluster=cluster, address=cf.address(args.host),
-                   log=log, registry=registry, admin_token=token)
+                   log=log, registry=registry, admin_token=token, internal_token=internal)
+
+
+# -- internal authentication --
+
+OPEN_PATHS = frozenset({"/healthz", "/metrics"})   # read-only, nothing secret: probes and Prometheus
+ADMIN_PATH = "/v1/admin/upstream"                  # its own check, with the control plane's API token
+
+
+def bearer_matches(request: web.Request, token: str) -> bool:
+    """Whether the request carries `Authorization: Bearer <token>`, compared in constant time."""
+    scheme, _, sent = request.headers.get("Authorization", "").partition(" ")
+    # Compared as bytes: compare_digest refuses non-ASCII str, and a header may carry anything.
+    return bool(token) and scheme.lower() == "bearer" and hmac.compare_digest(
+        sent.strip().encode("utf-8", "surrogatepass"), token.encode("utf-8", "surrogatepass"))
+
+
+def internal_auth(ctx: Context):
+    """The middleware that guards every route but the open ones and the admin route: deny by
+    default, so a route added later (or a path nobody serves) is never open by omission."""
+    @web.middleware
+    async def middleware(request: web.Request, handler):
+        # The route the router matched, not the raw path: no spelling of a path (%-escapes, double
+        # slashes) can reach a guarded handler as an open one. None for a path nobody serves.
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else None
+        if route in OPEN_PATHS or route == ADMIN_PATH or bearer_matches(request, ctx.internal_token):
+            return await handler(request)
+        return web.json_response(
+            {"error": "missing or wrong internal token (Authorization: Bearer <token>; "
+                      f"the value of {ctx.cf.secrets.internal_token_env})"},
+            status=401, headers={"WWW-Authenticate": "Bearer"})
+    return middleware
 
 
 def metrics_app(ctx: Context) -> web.Application:
-    app = web.Application(client_max_size=8 * 1024 * 1024)
+    app = web.Application(client_max_size=8 * 1024 * 1024, middlewares=[internal_auth(ctx)])
 
     async def metrics(_request: web.Request) -> web.Response:
         return web.Response(body=generate_latest(ctx.registry),
@@ -150,10 +199,7 @@ def _refused(ctx: Context, request: web.Request) -> web.Response | None:
         return web.json_response({"error": f"{ctx.token_env} is not set on this service: the admin "
                                            f"route is refused until it is (controlplane.auth_token_env)"},
                                  status=403)
-    scheme, _, sent = request.headers.get("Authorization", "").partition(" ")
-    # Compared as bytes: compare_digest refuses non-ASCII str, and a header may carry anything.
-    if scheme.lower() != "bearer" or not hmac.compare_digest(
-            sent.strip().encode("utf-8", "surrogatepass"), ctx.admin_token.encode("utf-8", "surrogatepass")):
+    if not bearer_matches(request, ctx.admin_token):
         return web.json_response({"error": "missing or wrong API token (Authorization: Bearer <token>)"},
                                  status=401, headers={"WWW-Authenticate": "Bearer"})
     return None

@@ -36,7 +36,9 @@ class UpstreamTimeout(UpstreamError):
 
 
 def make_session(*, pool_size: int, keepalive: bool, local_address: str | None,
-                 on_connect: Callable[[], None] | None = None) -> aiohttp.ClientSession:
+                 on_connect: Callable[[], None] | None = None,
+                 token: str | None = None) -> aiohttp.ClientSession:
+    """`token`: the internal token every request carries (chat/service.py's internal_auth)."""
     trace = aiohttp.TraceConfig()
     if on_connect is not None:
         async def _created(session, ctx, params):  # noqa: ARG001 (aiohttp's signature)
@@ -48,7 +50,8 @@ def make_session(*, pool_size: int, keepalive: bool, local_address: str | None,
         local_addr=(local_address, 0) if local_address else None,
         **({"keepalive_timeout": 60} if keepalive else {}))
     return aiohttp.ClientSession(connector=connector, trace_configs=[trace],
-                                 json_serialize=json.dumps, auto_decompress=False)
+                                 json_serialize=json.dumps, auto_decompress=False,
+                                 headers={"Authorization": f"Bearer {token}"} if token else None)
 
 
 class Slots:
@@ -105,9 +108,12 @@ class Pool:
     change); the old session is closed when its last lease ends, or at once if it had none."""
 
     def __init__(self, *, pool_size: int, keepalive: bool, local_address: str | None,
-                 on_connect: Callable[[], None] | None = None,
+                 token: str | None, on_connect: Callable[[], None] | None = None,
                  on_change: Callable[[Pool], None] | None = None):
+        """`token`: the internal token; required (None only for an upstream that takes none), so
+        no pool between chat services can be built without thinking of it."""
         self.pool_size = pool_size
+        self._token = token
         self.keepalive = keepalive
         self._local_address = local_address
         self._on_connect = on_connect
@@ -122,7 +128,7 @@ class Pool:
 
     def _new_session(self) -> aiohttp.ClientSession:
         return make_session(pool_size=self.pool_size, keepalive=self.keepalive,
-                            local_address=self._local_address, on_connect=self._on_connect)
+                            local_address=self._local_address, on_connect=self._on_connect, token=self._token)
 
     def settings(self) -> dict[str, Any]:
         return {"keepalive": self.keepalive, "pool_size": self.pool_size}

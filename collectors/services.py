@@ -14,12 +14,15 @@ A pure parser beside a thin fetcher, as the other collectors do it:
 
 - `total(samples, name, **labels)`: the sum of a metric's samples whose labels match (None when
   the metric is absent, so "not exported" never reads as 0).
-- `fetch(host, port, path, timeout, source_address)`: one HTTP GET with a timeout and a size cap.
+- `fetch(host, port, path, timeout, source_address, token)`: one HTTP GET with a timeout and a size
+  cap; `token`, the internal token (`secrets.internal_token_env`), for the guarded `/v1/...` routes.
 - `collect(target)` -> Observation(source="service", target="<service>-<host>", data=ServiceData);
   `target_for(cf, host, service)` names the service's address, port and upstreams. Clue's
   `/v1/stats/keys` (JSON counters by shard, prefix and slot) is a section of its own, so is the
   TIME_WAIT count of the connections this service opens to its upstreams (local profile only: the
-  sockets are on this machine). A failing section is reported
+  sockets are on this machine). /metrics is open; /v1/stats/keys takes the internal token, which
+  `target_for` reads from its variable (or, given the run dir, the local profile's secrets.env);
+  without it the keys section reports why. A failing section is reported
   in `section_errors` and the rest still arrives; an unreachable /metrics makes the source down.
 """
 
@@ -34,6 +37,7 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from cluster import secrets
 from collectors.base import Observation, source_address
 
 SERVICES = ("edge", "clue", "exchange")
@@ -174,13 +178,17 @@ def parse_keys(text: str) -> dict[str, Any]:
 
 # -- fetching -------------------------------------------------------------------------------------
 
-def fetch(host: str, port: int, path: str, timeout: float, source_address: str | None = None) -> str:
+def fetch(host: str, port: int, path: str, timeout: float, source_address: str | None = None,
+          token: str | None = None) -> str:
     """GET http://host:port/path; the body as text (invalid UTF-8 replaced). No proxy: these are
-    the chat hosts' own addresses."""
+    the chat hosts' own addresses. `token`: the internal token, sent as a bearer token."""
     conn = http.client.HTTPConnection(host, port, timeout=timeout,
                                       source_address=(source_address, 0) if source_address else None)
+    headers = {"Accept": "text/plain", "Connection": "close"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
     try:
-        conn.request("GET", path, headers={"Accept": "text/plain", "Connection": "close"})
+        conn.request("GET", path, headers=headers)
         resp = conn.getresponse()
         body = resp.read(MAX_BODY + 1)
         if resp.status != 200:
@@ -232,17 +240,33 @@ class Target:
     upstreams: tuple[tuple[str, int], ...] | None = None
     timeout: float = 2.0
     proc_root: str = "/proc"
+    # The internal token for /v1/stats/keys, or why there is none; never in a repr.
+    token: str | None = field(default=None, repr=False)
+    no_token: str | None = None
 
     @property
     def name(self) -> str:
         return f"{self.service}-{self.host}"
 
 
-def target_for(cf, host: str, service: str, timeout: float = 2.0, proc_root: str = "/proc") -> Target:
-    """`service` on chat host `host`; raises KeyError (unknown host) or ValueError (unknown service)."""
+def internal_token(cf, run=None) -> tuple[str | None, str | None]:
+    """(the internal token, None), or (None, why not) when its variable is unset."""
+    try:
+        return secrets.value(cf, "internal_token_env", run), None
+    except secrets.SecretError as exc:
+        return None, str(exc)
+
+
+def target_for(cf, host: str, service: str, timeout: float = 2.0, proc_root: str = "/proc",
+               run=None) -> Target:
+    """`service` on chat host `host`; raises KeyError (unknown host) or ValueError (unknown service).
+    `run`: the run dir, whose secrets.env (profile local) has the internal token when the
+    environment does not."""
     port = service_port(cf, host, service)
     ups = tuple(upstreams(cf, host, service)) if cf.profile == "local" else None
-    return Target(service, host, cf.address(host), port, source_address(cf), ups, timeout, proc_root)
+    token, no_token = internal_token(cf, run) if service == "clue" else (None, None)
+    return Target(service, host, cf.address(host), port, source_address(cf), ups, timeout, proc_root,
+                  token, no_token)
 
 
 def collect(target: Target, previous: Observation | None = None) -> Observation:
@@ -261,7 +285,9 @@ def collect(target: Target, previous: Observation | None = None) -> Observation:
     if target.service == "clue":
         left = max(0.1, timeout - (time.perf_counter() - started))
         try:
-            keys = parse_keys(fetch(address, port, "/v1/stats/keys", left, src))
+            if target.no_token:
+                raise FetchError(f"GET /v1/stats/keys needs the internal token: {target.no_token}")
+            keys = parse_keys(fetch(address, port, "/v1/stats/keys", left, src, target.token))
         except (OSError, ValueError) as exc:
             errors["keys"] = f"{type(exc).__name__}: {exc}"
     time_wait = None
@@ -284,10 +310,12 @@ if __name__ == "__main__":      # python -m collectors.services --config FILE HO
     import argparse
 
     from cluster.clusterfile import load
+    from cluster.rundir import RunDir
     ap = argparse.ArgumentParser()
     ap.add_argument("--config", required=True)
+    ap.add_argument("--run-dir", help="profile local: its secrets.env has the internal token")
     ap.add_argument("host")
     ap.add_argument("service", choices=SERVICES)
     a = ap.parse_args()
-    obs = collect(target_for(load(a.config).spec, a.host, a.service))
+    obs = collect(target_for(load(a.config).spec, a.host, a.service, run=RunDir.resolve(a.run_dir)))
     print(json.dumps(obs.as_dict(), indent=1, default=str))

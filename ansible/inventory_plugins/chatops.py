@@ -26,6 +26,8 @@ description:
   - "Host variables: C(chatops_address), C(chatops_roles), C(chatops_cluster), C(chatops_services),
     C(chatops_frontend), C(chatops_haproxy) (chat hosts), C(chatops_shards) (Redis hosts),
     C(chatops_controlplane) (the control plane)."
+  - "Group C(all): C(chatops_secrets_env), the names of the variables holding the cluster's secrets
+    (the cluster file's C(secrets) variables and C(controlplane.auth_token_env)); never their values."
   - In profile C(local) every host uses the local connection and the Python running Ansible;
     in profile C(remote) hosts use ssh with C(ansible_host) set to the host's address.
 options:
@@ -89,6 +91,10 @@ class InventoryModule(BaseInventoryPlugin):
         inv.set_variable("all", "chatops_run_dir", str(run_root))
         inv.set_variable("all", "chatops_api_url", cf.public_url())
         inv.set_variable("all", "chatops_bin", str(Path(sys.executable).parent / "chatops"))
+        # Names only: the values stay in the controller's environment (roles/chatops_secrets).
+        from cluster.secrets import SECRETS, variable
+        inv.set_variable("all", "chatops_secrets_env",
+                         [variable(cf, s.field) for s in SECRETS] + [cf.controlplane.auth_token_env])
 
         roles: dict[str, list[str]] = {}
 

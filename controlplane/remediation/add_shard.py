@@ -84,7 +84,7 @@ def resolve(ctx: Context, params: dict) -> tuple[list[dict], list[str]]:
             smap = _grown(ctx, slotmaps.load(ctx.cf, ctx.cluster_path, ctx.run, conns), params["name"])
         except slotmaps.SlotMapError as exc:
             raise Unavailable(str(exc)) from None
-    measured = slot_loads.measure(ctx.cf, smap)
+    measured = slot_loads.measure(ctx.cf, smap, run=ctx.run)
     rates, where = measured.loads, "; ".join(measured.notes)
     new = smap.n_shards - 1
     chosen = planner.plan(rates, smap, fill=new)

@@ -82,7 +82,7 @@ def resolve(ctx: Context, params: dict) -> tuple[list[dict], list[str]]:
     leaving = _check(ctx, params)
     smap = current_map(ctx)
     slots = smap.slots_of(leaving)
-    loads = slot_loads.measure(ctx.cf, smap).loads
+    loads = slot_loads.measure(ctx.cf, smap, run=ctx.run).loads
     chosen = spread(slots, loads, smap, leaving)
     moves = ";".join(f"{smap.names[i]}:{describe_slots(v, limit=len(v))}" for i, v in chosen.items())
     return [{**params, "moves": moves or "none"}], []

@@ -76,7 +76,7 @@ def resolve(ctx: Context, params: dict) -> tuple[list[dict], list[str]]:
         targets = [_index(smap, params["to_shard"], "to_shard")]
         if targets[0] == source:
             raise BadParams("to_shard", "is the shard the slots move away from")
-    measured = slot_loads.measure(ctx.cf, smap)
+    measured = slot_loads.measure(ctx.cf, smap, run=ctx.run)
     rates, where = measured.loads, "; ".join(measured.notes)
     # The detector may suggest fraction 0 (nothing measured to move): then balance by the load.
     chosen = planner.plan(rates, smap, source=source, targets=targets, fraction=params.get("fraction") or None)

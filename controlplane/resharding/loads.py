@@ -3,7 +3,8 @@
 Two sources, each a pure part beside a thin fetch:
 
 - **clue's counters** (`slot_rates`), the primary source. Every clue answers
-  `GET /v1/stats/slots` with `{"epoch": e, "slots": [[slot, ops], ...]}`: Redis commands per slot
+  `GET /v1/stats/slots` (with the internal token, chat/service.py) with
+  `{"epoch": e, "slots": [[slot, ops], ...]}`: Redis commands per slot
   since that clue started, nonzero slots only. Two reads `window_s` apart, differenced and
   divided by the time between them, give ops/s per slot. These are summed over every clue,
   because each clue counts only its own commands. This is exactly what the planner weighs: the
@@ -39,7 +40,7 @@ from collectors.base import source_address
 from collectors.redis import LFU_POLICIES, parse_config, parse_info
 from collectors.redis import rates as info_rates
 from collectors.resp import Conn, RedisError
-from collectors.services import fetch
+from collectors.services import fetch, internal_token
 from controlplane.detectors.hot_shard import COLLECTOR_COMMANDS, lfu_hits
 
 __all__ = ["LfuSample", "Measured", "NoLoadData", "SlotLoads", "clue_targets", "combine", "lfu_samples",
@@ -137,23 +138,28 @@ def clue_targets(cf) -> list[tuple[str, str, int]]:
             for host, cluster in cf.chat_hosts()]
 
 
-def _read(address: str, port: int, timeout: float, src: str | None) -> tuple[float, int, dict[int, int]]:
+def _read(address: str, port: int, timeout: float, src: str | None,
+          token: str) -> tuple[float, int, dict[int, int]]:
     started = time.monotonic()
-    epoch, counts = parse_slot_stats(fetch(address, port, PATH, timeout, src))
+    epoch, counts = parse_slot_stats(fetch(address, port, PATH, timeout, src, token))
     # The counters were read somewhere during the request: take its middle.
     return (started + time.monotonic()) / 2, epoch, counts
 
 
-def slot_rates(cf, window_s: float = 1.0, timeout: float = 2.0) -> SlotLoads:
+def slot_rates(cf, window_s: float = 1.0, timeout: float = 2.0, run=None) -> SlotLoads:
     """Per-slot ops/s over about `window_s`, summed over every clue of the cluster file.
 
     Each clue is read twice, and its rate uses its own two read times, so a slow clue skews only
     itself. A clue that fails either read goes into `failed` with the error, and the rest still
     count. NoLoadData when none answered both reads. Reads are sequential: with the timeout
-    bounding each, a hung clue delays the result but never blocks it.
+    bounding each, a hung clue delays the result but never blocks it. `run`: the run dir, whose
+    secrets.env (profile local) has the internal token when the environment does not.
     """
     if not window_s > 0:
         raise ValueError(f"window_s must be > 0, not {window_s!r}")
+    token, no_token = internal_token(cf, run)
+    if token is None:
+        raise NoLoadData(f"cannot read clue's {PATH} without the internal token: {no_token}")
     src = source_address(cf)
     targets = clue_targets(cf)
     first: dict[str, tuple[float, int, dict[int, int]]] = {}
@@ -161,7 +167,7 @@ def slot_rates(cf, window_s: float = 1.0, timeout: float = 2.0) -> SlotLoads:
     began = time.monotonic()
     for host, address, port in targets:
         try:
-            first[host] = _read(address, port, timeout, src)
+            first[host] = _read(address, port, timeout, src, token)
         except (OSError, ValueError) as exc:       # refused, timed out, FetchError, bad JSON
             failed[host] = f"{type(exc).__name__}: {exc}"
     time.sleep(max(0.0, window_s - (time.monotonic() - began)))
@@ -171,7 +177,7 @@ def slot_rates(cf, window_s: float = 1.0, timeout: float = 2.0) -> SlotLoads:
         if host not in first:
             continue
         try:
-            at, epoch, counts = _read(address, port, timeout, src)
+            at, epoch, counts = _read(address, port, timeout, src, token)
         except (OSError, ValueError) as exc:
             failed[host] = f"{type(exc).__name__}: {exc}"
             continue
@@ -287,7 +293,7 @@ def _shard_info(cf, shard) -> tuple[float, dict]:
     return time.monotonic(), info
 
 
-def measure(cf, smap, window_s: float = 1.0, samples: int = 200) -> Measured:
+def measure(cf, smap, window_s: float = 1.0, samples: int = 200, run=None) -> Measured:
     """What a plan weighs: clue's per-slot rates over `window_s`, completed by each shard's LFU
     samples for the load clue does not see. Never raises for a missing source: the notes say what
     was measured and what was not, and empty loads mean "plan by slot count"."""
@@ -300,7 +306,7 @@ def measure(cf, smap, window_s: float = 1.0, samples: int = 200) -> Measured:
         except (OSError, RedisError) as exc:
             notes.append(f"{shard.name}: no ops/s ({exc})")
     try:
-        clue = slot_rates(cf, window_s)
+        clue = slot_rates(cf, window_s, run=run)
         notes.append(f"clue's per-slot counters on {len(clue.answered)} chat host(s) over {clue.window_s:.1f} s"
                      + (f"; not answering: {', '.join(clue.failed)}" if clue.failed else ""))
         rates = clue.rates

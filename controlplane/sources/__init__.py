@@ -74,7 +74,8 @@ def build(cf, run: RunDir, store: Store) -> list[Source]:
     for host, _cluster in cf.chat_hosts():
         for service in services.SERVICES:
             add("service", f"{service}-{host}", interval,
-                lambda t, h=host, s=service: _service(store, services.target_for(cf, h, s, timeout=t)))
+                lambda t, h=host, s=service: _service(
+                    store, services.target_for(cf, h, s, timeout=t, run=run)))
     return out
 
 

@@ -33,6 +33,7 @@ from tests.conftest import (
     chatops,
     cluster_up,
     free_subnet,
+    run_secrets,
     small_cluster,
     wait_for,
     write_cluster,
@@ -116,6 +117,7 @@ def test_without_the_token_variable_the_route_is_refused_not_open(tmp_path):
     doc["controlplane"]["auth_token_env"] = "CHATOPS_TEST_UNSET_TOKEN"
     config = write_cluster(tmp_path / "cluster.yaml", doc)
     env = {k: v for k, v in os.environ.items() if k != "CHATOPS_TEST_UNSET_TOKEN"}
+    env["CHATOPS_INTERNAL_TOKEN"] = secrets.token_urlsafe(24)       # without it the service would not start
     proc = subprocess.Popen([sys.executable, "-m", "chat.exchange", "--config", str(config), "--host", "chat1"],
                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     base = f"http://{subnet}.1:19100"
@@ -184,7 +186,7 @@ def test_a_swap_lets_requests_in_flight_finish_on_the_old_session():
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
         await web.SockSite(runner, sock).start()
-        pool = Pool(pool_size=2, keepalive=False, local_address=None)
+        pool = Pool(pool_size=2, keepalive=False, local_address=None, token=None)
         slots = pool.slots()
 
         async def request():
@@ -300,9 +302,10 @@ def test_keepalive_switched_on_under_traffic_loses_no_message(live, capsys):
 
     try:
         wait_for(lambda: viewer.seen(" 366 ") and sender.seen(" 366 "), 10, what="both to join")
-        wait_for(lambda: "lobby" in json.loads(urllib.request.urlopen(
-            f"http://{address}:19100/v1/subscriptions", timeout=5).read()).get("chat1", {}).get("rooms", []),
-            10, what="the edge to subscribe")
+        internal = run_secrets(live.rc.run)["CHATOPS_INTERNAL_TOKEN"]
+        wait_for(lambda: "lobby" in call("GET", f"http://{address}:19100/v1/subscriptions",
+                                         token=internal)[1].get("chat1", {}).get("rooms", []),
+                 10, what="the edge to subscribe")
         start = counters()
         pacer = threading.Thread(target=send)
         pacer.start()

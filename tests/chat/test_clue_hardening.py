@@ -23,7 +23,7 @@ from chat.cache import ShardedCache
 from cluster import clusterfile
 from cluster.rundir import RunDir
 from tests.chat.test_edge import Client, tags
-from tests.conftest import cluster_up, free_subnet, small_cluster, write_cluster
+from tests.conftest import cluster_up, free_subnet, run_secrets, small_cluster, write_cluster
 
 PRIVILEGED_RATE = 10     # the test cluster's limit for mods, so the rate test stays small
 
@@ -60,11 +60,14 @@ def add_mod(cf, login: str, room: str = "lobby") -> str:
     return redis_do(cf, lambda cache: users.add_user(cache, login, mod_rooms=(room,)))
 
 
-def privmsg(subnet: str, items: list[dict]) -> tuple[int, dict]:
-    """POST a batch to chat1's clue as an edge does; (HTTP status, JSON body)."""
+def privmsg(rc, subnet: str, items: list[dict]) -> tuple[int, dict]:
+    """POST a batch to chat1's clue as an edge does, with the internal token; (HTTP status, JSON body)."""
+    token = run_secrets(rc.run)["CHATOPS_INTERNAL_TOKEN"]
     req = urllib.request.Request(f"http://{subnet}.1:19000/v1/privmsg",
                                  data=json.dumps({"items": items}).encode(),
-                                 headers={"Content-Type": "application/json"}, method="POST")
+                                 headers={"Content-Type": "application/json",
+                                          "Authorization": f"Bearer {token}"},
+                                 method="POST")
     try:
         with urllib.request.urlopen(req, timeout=30) as resp:
             return resp.status, json.loads(resp.read())
@@ -126,7 +129,7 @@ def test_hostile_moderation_arguments_get_a_notice_and_spare_the_batch(live):
     rc, cf, subnet = live
     add_mod(cf, "hmod1")
     add_mod(cf, "hmod2")
-    status, body = privmsg(subnet, [
+    status, body = privmsg(rc, subnet, [
         msg("hmod1", ".timeout hvictim \u00b2"),
         msg("halice", "hello from alice"),
         msg("hmod1", ".timeout hvictim \u0661\u0660"),
@@ -143,7 +146,7 @@ def test_hostile_moderation_arguments_get_a_notice_and_spare_the_batch(live):
         "bad_timeout_duration", "accepted", "bad_timeout_duration", "invalid_user", "usage_timeout"]
     # None of them timed anyone out.
     assert ban_of(cf, "hvictim") is None
-    status, body = privmsg(subnet, [msg("hvictim", "still here")])
+    status, body = privmsg(rc, subnet, [msg("hvictim", "still here")])
     assert status == 200 and msg_ids(body["results"]) == ["accepted"]
 
 
@@ -171,7 +174,7 @@ def test_one_message_that_raises_fails_alone_and_is_logged_once(live):
     redis_do(cf, lambda cache: cache.client_for(bans).hset(bans, "corrupt", "garbage"))
     log = RunDir(rc.run).log("clue-chat1")
     before = log.read_text(errors="replace").count("could not decide")
-    status, body = privmsg(subnet, [
+    status, body = privmsg(rc, subnet, [
         msg("corrupt", "one"),
         msg("calice", "hello"),
         msg("corrupt", "two"),
@@ -193,11 +196,11 @@ def test_moderation_commands_pass_the_user_rate_limit_before_writing(live):
     add_mod(cf, "ratemod")
     items = [msg("ratemod", ".timeout rfiller 5") for _ in range(PRIVILEGED_RATE)]
     items += [msg("ratemod", ".ban rvictim"), msg("ratemod", ".timeout rvictim2 60")]
-    status, body = privmsg(subnet, items)
+    status, body = privmsg(rc, subnet, items)
     assert status == 200, body
     assert msg_ids(body["results"]) == ["timeout_success"] * PRIVILEGED_RATE + ["msg_ratelimit"] * 2
     # The refused commands wrote nothing: rvictim is not banned and may talk.
     bans = redis_do(cf, lambda cache: cache.client_for(keys.bans("lobby")).hgetall(keys.bans("lobby")))
     assert "rvictim" not in bans and "rvictim2" not in bans and "rfiller" in bans
-    status, body = privmsg(subnet, [msg("rvictim", "free to talk")])
+    status, body = privmsg(rc, subnet, [msg("rvictim", "free to talk")])
     assert status == 200 and msg_ids(body["results"]) == ["accepted"]

@@ -5,6 +5,7 @@ character boundary: a real edge process and the real `websockets` client library
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import subprocess
 import sys
@@ -26,8 +27,10 @@ def edge(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("quit")
     config = write_cluster(tmp / "cluster.yaml", small_cluster(subnet))
     log = (tmp / "edge.log").open("w")
+    # A chat service refuses to start without the internal token; nothing here calls the edge's HTTP.
+    env = {**os.environ, "CHATOPS_INTERNAL_TOKEN": "quit-reason-test-internal-token"}
     proc = subprocess.Popen([sys.executable, "-m", "chat.edge", "--config", str(config), "--host", "chat1"],
-                            cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+                            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     address = f"{subnet}.1"
     try:
         deadline = time.monotonic() + 20

@@ -35,7 +35,7 @@ def test_a_bad_answer_fails_every_caller_of_its_batch_at_once(answer):
             await request.read()
             return answer(request)
         runner, url = await _serve(handler)
-        pool = Pool(pool_size=2, keepalive=True, local_address=None)
+        pool = Pool(pool_size=2, keepalive=True, local_address=None, token=None)
         up = Upstream(pool, url, name="clue", timeout=5.0)
         try:
             futures = [up.call({"n": i}) for i in range(3)]

@@ -25,7 +25,7 @@ from chat.sharding import SlotMap, key_slot
 from cluster import clusterfile
 from controlplane.database import Database
 from controlplane.remediation.base import BadParams
-from tests.conftest import api_json, live_controlplane, start_loadgen, stop_loadgen, wait_for
+from tests.conftest import api_json, live_controlplane, run_secrets, start_loadgen, stop_loadgen, wait_for
 
 TOKEN = "add-shard-test-token"
 SEEDED = 3000
@@ -67,9 +67,10 @@ class Hammer(threading.Thread):
     clue's ten pooled connections to shard0 free for the chat's own messages: the test is about
     the move, not about starving clue."""
 
-    def __init__(self, address: str, port: int):
+    def __init__(self, address: str, port: int, internal_token: str):
         super().__init__(daemon=True)
         self.url = f"http://{address}:{port}/v1/auth"
+        self.headers = {"Content-Type": "application/json", "Authorization": f"Bearer {internal_token}"}
         self.stop = threading.Event()
         self.tokens = tokens_on_shard0(1500)
 
@@ -78,8 +79,7 @@ class Hammer(threading.Thread):
                    for i in range(0, len(self.tokens), 20)]
         n = 0
         while not self.stop.is_set():
-            req = urllib.request.Request(self.url, data=batches[n % len(batches)],
-                                         headers={"Content-Type": "application/json"})
+            req = urllib.request.Request(self.url, data=batches[n % len(batches)], headers=self.headers)
             n += 1
             try:
                 urllib.request.urlopen(req, timeout=10).read()
@@ -148,7 +148,8 @@ def test_add_shard_then_reshard_cools_the_hot_shard_and_loses_nothing(monkeypatc
                                 room="lobby,testroom")
         watch = ListenerWatch(cf)
         watch.start()
-        hammer = Hammer(cf.address("chat1"), cf.clusters["main"].services.clue.port)
+        hammer = Hammer(cf.address("chat1"), cf.clusters["main"].services.clue.port,
+                        run_secrets(c.run)["CHATOPS_INTERNAL_TOKEN"])
         hammer.start()
         stop_mod = threading.Event()
         set_bans: dict = {}

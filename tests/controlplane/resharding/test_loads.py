@@ -80,16 +80,16 @@ def _with_clue_ports(cf_path, tmp_path, **ports):
 
 
 def test_slot_rates_under_traffic_and_a_clue_that_does_not_answer(live_small_cluster, tmp_path):
-    rc, cf, _run = live_small_cluster
+    rc, cf, run = live_small_cluster      # run: its secrets.env has the internal token clue asks for
     subnet = cf.address("chat1").rsplit(".", 1)[0]
     room_slot = key_slot(keys.bans(ROOM))
     assert {key_slot(k) for k in (keys.ratelimits(ROOM), keys.room(ROOM), keys.mods(ROOM))} == {room_slot}
     load = start_loadgen(rc, f"{subnet}.77", clients=10, duration=12, room=ROOM)
     try:
         # Wait until messages flow through clue, then measure a whole window of them.
-        wait_for(lambda: slot_rates(cf, window_s=0.5).rates.get(room_slot, 0) > 0, 20, 0.2,
+        wait_for(lambda: slot_rates(cf, window_s=0.5, run=run).rates.get(room_slot, 0) > 0, 20, 0.2,
                  f"clue to count ops on {ROOM}'s slot {room_slot}")
-        got = slot_rates(cf, window_s=2.0)
+        got = slot_rates(cf, window_s=2.0, run=run)
     finally:
         report = loadgen_report(load)
     assert sorted(got.answered) == ["chat-testing", "chat1"] and got.failed == {} and got.restarted == []
@@ -109,14 +109,15 @@ def test_slot_rates_under_traffic_and_a_clue_that_does_not_answer(live_small_clu
 
     # chat-testing's clue at a port nobody listens on: reported, and the other clue still counts.
     dead = _dead_port(cf.address("chat-testing"))
-    half = slot_rates(_with_clue_ports(rc.config, tmp_path, testing=dead), window_s=0.3, timeout=1.0)
+    half = slot_rates(_with_clue_ports(rc.config, tmp_path, testing=dead), window_s=0.3, timeout=1.0,
+                      run=run)
     assert half.answered == ["chat1"] and list(half.failed) == ["chat-testing"]
     assert "ConnectionRefusedError" in half.failed["chat-testing"]
     # None answers: a clear error naming each clue.
     both = _with_clue_ports(rc.config, tmp_path, main=_dead_port(cf.address("chat1")), testing=dead)
     with pytest.raises(NoLoadData, match=r"no clue answered /v1/stats/slots twice.*chat1: Connection"
                                          r"RefusedError.*chat-testing: ConnectionRefusedError"):
-        slot_rates(both, window_s=0.1, timeout=1.0)
+        slot_rates(both, window_s=0.1, timeout=1.0, run=run)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -572,7 +572,9 @@ class DroppingRelay:
                         keep.append(item)
                 results = []
                 if keep:
-                    async with self.session.post(self.upstream + request.path, json={"items": keep}) as r:
+                    auth = {"Authorization": request.headers.get("Authorization", "")}    # clue's token
+                    async with self.session.post(self.upstream + request.path, json={"items": keep},
+                                                 headers=auth) as r:
                         results = (await r.json())["results"]
                 it = iter(results)
                 merged = [fake[i] if i in fake else next(it) for i in range(len(items))]
@@ -605,10 +607,13 @@ class DroppingRelay:
             self.thread.join(10)
 
 
-def http_json(url: str, body=None):
+def http_json(url: str, body=None, token: str | None = None):
     import urllib.request
     data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    req = urllib.request.Request(url, data=data, headers=headers)
     with urllib.request.urlopen(req, timeout=5) as r:
         return json.load(r)
 
@@ -622,7 +627,7 @@ def test_live_a_path_dropping_every_other_message_is_named():
     import yaml
 
     from cluster.spec import canary_room
-    from tests.conftest import live_controlplane, wait_for, write_cluster
+    from tests.conftest import live_controlplane, run_secrets, wait_for, write_cluster
 
     def patch(doc: dict) -> None:
         two_hosts(doc)                               # every canary default: interval 1 s, window 10
@@ -646,14 +651,16 @@ def test_live_a_path_dropping_every_other_message_is_named():
         os.kill(supervisor, signal.SIGSTOP)
         new = relay = None
         try:
+            internal = run_secrets(run)          # what `chatops up` handed its own exchange
+            token = internal["CHATOPS_INTERNAL_TOKEN"]
             new = subprocess.Popen([sys.executable, "-m", "chat.exchange", "--config", str(config_b),
                                     "--host", "chat1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                   cwd=REPO)
+                                   cwd=REPO, env={**os.environ, **internal})
             moved_url = f"http://{address}:{port + 51}"
             wait_for(lambda: _answers(moved_url + "/healthz"), 15, 0.1, "the moved exchange")
-            for name, sub in http_json(f"http://{address}:{port}/v1/subscriptions").items():
+            for name, sub in http_json(f"http://{address}:{port}/v1/subscriptions", token=token).items():
                 http_json(moved_url + "/v1/subscriptions",
-                          {"edge": name, "url": sub["url"], "rooms": sub["rooms"], "full": True})
+                          {"edge": name, "url": sub["url"], "rooms": sub["rooms"], "full": True}, token=token)
             old = cluster.pid_of("exchange-chat1")
             os.kill(old, signal.SIGTERM)
             wait_for(lambda: port_free(address, port), 10, 0.02, "the old exchange to let go of its port")
