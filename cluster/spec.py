@@ -148,12 +148,13 @@ class EdgeService(_Model):
     max_rooms_per_connection: Annotated[int, Field(ge=1, le=100_000)] = 100
     # Twitch's JOIN limit for a user: 20 per 10 s; each channel of a JOIN line counts.
     join_rate: Rate = Rate(count=20, per="10s")
-    # The edge cannot tell a bot from a viewer (clue reads roles from Redis), so this ceiling sits
-    # above the highest per-user limit clue applies, a bot's 7,500 per 30 s (250/s), and bounds a
-    # burst to one second's worth: one connection never costs clue more than the busiest legitimate
-    # sender. The fastest senders here stay below it: tests/chat/test_admin.py's 150/s pacer, and
-    # bench/ingest.py's senders at <= 100/s each (loadgen warns when --rate/--senders is above it).
-    privmsg_rate: Rate = Rate(count=300, per="1s")
+    # The edge cannot tell a bot from a viewer (clue reads roles from Redis), so this ceiling is the
+    # highest per-user limit clue applies, Twitch's 7,500 per 30 s for bots: the edge never refuses
+    # what clue would take, yet one connection can no longer make clue check messages without end
+    # (20 per 30 s for a viewer, refused by clue, each still costing a Redis round trip). The fast
+    # senders here fit: tests/chat/test_edge.py's slow-consumer flood (1,500 at once from one bot),
+    # the admin test's 150/s pacer, bench/ingest.py's <= 100/s per sender; loadgen warns above it.
+    privmsg_rate: Rate = Rate(count=7500, per="30s")
     # What a connection may send while its login or a JOIN is being done, before it is closed: a
     # client pipelining PASS, NICK and a few JOINs sends a few hundred bytes; one full line with
     # tags is 8,703 bytes, the floor.
