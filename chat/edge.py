@@ -40,6 +40,7 @@ SENT_LOG_EVERY = 5.0            # "Message successfully sent to #room" at most t
 OTHER_ROOMS = ""                # sent_log's one entry for rooms this edge holds no member of
 KERNEL_SNDBUF = 128 * 1024      # per client socket; Linux doubles it for bookkeeping
 CLOSE_REASON_BYTES = 123        # a WebSocket close payload is <= 125 bytes, 2 of them the code
+CLOSE_FLUSH_TIMEOUT = 1.0       # a closing WebSocket client's last lines (an ERROR) get this long
 TAG_CAPS = frozenset({"twitch.tv/tags", "message-tags", "server-time"})
 _ids = itertools.count(1)
 
@@ -226,12 +227,15 @@ class WsClient(Client):
 
     async def _close(self, last: list[str], reason: str) -> None:
         self.wake.set()                   # the writer ends after the batch it is sending
-        if self.writer is not None and last:
-            await asyncio.wait({self.writer}, timeout=1.0)
         try:
-            for text in last:
-                await self.ws.send(text)
-        except websockets.ConnectionClosed:
+            if last:
+                # Bounded: a client that stopped reading must not keep its connection open.
+                async with asyncio.timeout(CLOSE_FLUSH_TIMEOUT):
+                    if self.writer is not None:
+                        await asyncio.wait({self.writer})
+                    for text in last:
+                        await self.ws.send(text)
+        except (websockets.ConnectionClosed, TimeoutError):
             pass
         await self.ws.close(1000, close_reason(reason))
 
