@@ -4,6 +4,8 @@ Every hop between chat services (edge -> clue, clue -> exchange, exchange -> edg
 these. Calls made during one loop turn travel in one POST; while every pooled connection is busy,
 new calls wait and leave together in the next batch. Under light load that is one message per
 request; under heavy load the request rate stays bounded by the pool, not by the message rate.
+At most `max_pending` calls wait: past that a call fails at once with UpstreamFull, so a stalled
+upstream costs its callers a fast error, never memory without limit.
 
 The pool's keepalive switch is the talk's second bug: with it off, every request opens a new TCP
 connection (counted in `connections_opened`), which is what ran the exchange into i/o timeouts.
