@@ -26,7 +26,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from chat import keys, logs, service
 from chat.cache import CacheUnavailable, ShardedCache
-from chat.upstream import Pool, Upstream, UpstreamError
+from chat.upstream import Pool, Upstream, UpstreamError, UpstreamFull
 from cluster.durations import seconds
 from cluster.spec import ClueService
 
@@ -356,6 +356,11 @@ class Clue:
     async def _publish(self, message: dict) -> None:
         try:
             await self.exchange.call(message)
+        except UpstreamFull as exc:
+            self.m_exchange_errors.labels("queue_full").inc()
+            if exc.report:
+                logs.event(self.ctx.log, "exchange", f"publish failed: {exc}", 30, refused=exc.report)
+            raise
         except UpstreamError as exc:
             kind = "timeout" if "timed out" in str(exc) else "error"
             self.m_exchange_errors.labels(kind).inc()
@@ -443,7 +448,9 @@ async def main(ctx: service.Context, stop: asyncio.Event) -> None:
                 token=ctx.internal_token, on_connect=opened.inc)
     ctx.upstreams["exchange"] = pool
     exchange = Upstream(pool, f"http://{ctx.address}:{settings.exchange.port}/v1/publish", name="exchange",
-                        timeout=seconds(settings.exchange.timeout))
+                        timeout=seconds(settings.exchange.timeout), max_pending=settings.exchange.max_pending)
+    Gauge("chat_clue_exchange_queued", "Messages waiting for a connection to the exchange",
+          registry=ctx.registry).set_function(lambda: exchange.pending)
     clue = Clue(ctx, cache, exchange)
     # The last map the shards hold, before the first message: the control plane may be down.
     try:

@@ -29,15 +29,18 @@ from websockets.asyncio.server import ServerConnection as WsConnection
 from websockets.asyncio.server import serve as ws_serve
 
 from chat import irc, logs, service
-from chat.upstream import Pool, Upstream, UpstreamError, UpstreamTimeout
+from chat.limits import TokenBucket, per_second
+from chat.upstream import Pool, Upstream, UpstreamError, UpstreamFull, UpstreamTimeout
 from cluster.durations import seconds
 
 PING_INTERVAL = 60.0            # the edge PINGs every client this often...
 PING_TIMEOUT = 2 * PING_INTERVAL  # ...and drops one silent for this long
 SUBSCRIPTION_REFRESH = 5.0      # full room list to every exchange, so a restarted one relearns it
 SENT_LOG_EVERY = 5.0            # "Message successfully sent to #room" at most this often per room
+OTHER_ROOMS = ""                # sent_log's one entry for rooms this edge holds no member of
 KERNEL_SNDBUF = 128 * 1024      # per client socket; Linux doubles it for bookkeeping
 CLOSE_REASON_BYTES = 123        # a WebSocket close payload is <= 125 bytes, 2 of them the code
+CLOSE_FLUSH_TIMEOUT = 1.0       # a closing WebSocket client's last lines (an ERROR) get this long
 TAG_CAPS = frozenset({"twitch.tv/tags", "message-tags", "server-time"})
 _ids = itertools.count(1)
 
@@ -72,7 +75,11 @@ class Client:
         self.last_heard = time.monotonic()
         self.is_tagged = False            # kept current in data(), the only place caps change
         self.busy = False                 # an async step (auth, join) is running...
-        self.backlog: list = []           # ...and these events wait behind it, in order
+        self.backlog: list = []           # ...and these events wait behind it, in order,
+        self.backlog_bytes = 0            # ...holding about this many bytes of client input
+        self.joins = TokenBucket(edge.join_limit)
+        self.privmsgs = TokenBucket(edge.privmsg_limit)
+        self.registration_timer: asyncio.TimerHandle | None = None
 
     def data(self, data: bytes) -> None:
         self.last_heard = time.monotonic()
@@ -211,9 +218,26 @@ class WsClient(Client):
 
     def close(self, reason: str) -> None:
         if not self.closed:
+            # Lines of this turn (an ERROR saying why) still go out, before the close frame.
+            last = self.sending + [ln.rstrip(b"\r\n").decode("utf-8", "replace") for ln in self.out]
+            self.sending, self.out = [], []
             self.closed = True
             self.edge.disconnected(self, reason)
-            self.closing = asyncio.ensure_future(self.ws.close(1000, close_reason(reason)))
+            self.closing = asyncio.ensure_future(self._close(last, reason))
+
+    async def _close(self, last: list[str], reason: str) -> None:
+        self.wake.set()                   # the writer ends after the batch it is sending
+        try:
+            if last:
+                # Bounded: a client that stopped reading must not keep its connection open.
+                async with asyncio.timeout(CLOSE_FLUSH_TIMEOUT):
+                    if self.writer is not None:
+                        await asyncio.wait({self.writer})
+                    for text in last:
+                        await self.ws.send(text)
+        except (websockets.ConnectionClosed, TimeoutError):
+            pass
+        await self.ws.close(1000, close_reason(reason))
 
     def abort(self) -> None:
         if self.ws.transport:
@@ -231,6 +255,11 @@ class Edge:
         self.welcome = ("Welcome, GLHF!", f"Your host is {cfg.server_name} (edge {ctx.host})",
                         "This server is rather new")
         self.max_output = cfg.max_output_buffer
+        self.max_rooms = cfg.max_rooms_per_connection
+        self.join_limit = per_second(cfg.join_rate)
+        self.privmsg_limit = per_second(cfg.privmsg_rate)
+        self.max_pending_bytes = cfg.max_pending_bytes
+        self.registration_timeout = seconds(cfg.registration_timeout)
         self.http_url = f"http://{ctx.address}:{cfg.http_port}/v1/deliver"
         self.clients: set[Client] = set()
         self.rooms: dict[str, set[Client]] = {}
@@ -256,6 +285,10 @@ class Edge:
         self.m_clue_timeouts = Counter("chat_edge_clue_timeouts", "Requests to clue that timed out", registry=r)
         self.m_slow = Counter("chat_edge_slow_consumer_disconnects", "Clients dropped for not reading", registry=r)
         self.m_rooms = Gauge("chat_edge_rooms", "Rooms with at least one local subscriber", registry=r)
+        self.m_limited = Counter("chat_edge_limited", "Commands refused or connections closed by a "
+                                 "per-connection bound", ["limit"], registry=r)
+        self.m_clue_full = Counter("chat_edge_clue_queue_full", "Calls to clue refused at once: "
+                                   "max_pending calls were already waiting", registry=r)
         r.register(_ProtocolErrors(self))
         clue_cfg = ctx.services.clue
         self.clue_timeout_text = clue_cfg.client.timeout
@@ -267,11 +300,14 @@ class Edge:
                          on_connect=self.m_clue_conns.inc, on_change=lambda p: pool_gauge.set(p.pool_size))
         ctx.upstreams["clue"] = self.pool
         self.clue = Upstream(self.pool, f"http://{ctx.address}:{clue_cfg.port}/v1/privmsg", name="clue",
-                             timeout=seconds(clue_cfg.client.timeout),
+                             timeout=seconds(clue_cfg.client.timeout), max_pending=clue_cfg.client.max_pending,
                              observe=lambda s, n: self.m_clue.observe(s))
         # Logins are rare: two in flight, whatever the pool size.
         self.clue_auth = Upstream(self.pool, f"http://{ctx.address}:{clue_cfg.port}/v1/auth", name="clue",
-                                  timeout=seconds(clue_cfg.client.timeout), concurrency=2)
+                                  timeout=seconds(clue_cfg.client.timeout), concurrency=2,
+                                  max_pending=clue_cfg.client.max_pending)
+        Gauge("chat_edge_clue_queued", "Calls waiting for a connection to clue (messages and logins)",
+              registry=r).set_function(lambda: self.clue.pending + self.clue_auth.pending)
         ex = ctx.services.exchange
         self.exchanges = [f"http://{addr}:{ex.port}/v1/subscriptions" for _, addr in ctx.peers()]
 
@@ -282,12 +318,31 @@ class Edge:
         self.by_id[client.id] = client
         self.m_conns.labels(client.transport_name).inc()
         self.m_conns_total.labels(client.transport_name).inc()
+        client.registration_timer = asyncio.get_running_loop().call_later(
+            self.registration_timeout, self._registration_expired, client)
+
+    def _registration_expired(self, client: Client) -> None:
+        client.registration_timer = None
+        if client.closed or client.proto.state == "registered":
+            return
+        self.m_limited.labels("registration_timeout").inc()
+        logs.event(self.log, "client", "Registration timeout", peer=client.peer)
+        self.close_link(client, "registration timeout")
+
+    def close_link(self, client: Client, reason: str) -> None:
+        """Close a connection for breaking a bound, telling it why as ircds do."""
+        client.deliver(irc.encode("ERROR", f"Closing Link: {client.login or '*'} ({reason})", trailing=True))
+        client.close(reason)
 
     def disconnected(self, client: Client, reason: str) -> None:
         if client not in self.clients:
             return
         self.clients.discard(client)
         self.by_id.pop(client.id, None)
+        if client.registration_timer is not None:
+            client.registration_timer.cancel()
+            client.registration_timer = None
+        client.backlog, client.backlog_bytes = [], 0
         self.m_conns.labels(client.transport_name).dec()
         for kind, n in client.proto.errors.items():
             self.closed_errors[kind] = self.closed_errors.get(kind, 0) + n
@@ -360,16 +415,24 @@ class Edge:
 
     def handle(self, client: Client, events: Iterable) -> None:
         if client.busy:
-            client.backlog.extend(events)
+            self._hold(client, list(events))
             return
         events = list(events)
         for i, ev in enumerate(events):
+            if client.closed:
+                return
             if isinstance(ev, irc.Privmsg):
                 self.privmsg(client, ev)
             elif isinstance(ev, (irc.RegistrationRequest, irc.Join)):
+                if isinstance(ev, irc.Join):
+                    channels = self._admit_joins(client, ev.channels)
+                    if not channels:
+                        continue
+                    ev = irc.Join(channels)
                 client.busy = True
-                client.backlog = events[i + 1:] + client.backlog
-                self._spawn(self._async_step(client, ev))
+                self._hold(client, events[i + 1:], first=True)
+                if not client.closed:
+                    self._spawn(self._async_step(client, ev))
                 return
             elif isinstance(ev, irc.Part):
                 for room in ev.channels:
@@ -393,9 +456,53 @@ class Edge:
         finally:
             client.busy = False
         client.flush_protocol()
-        backlog, client.backlog = client.backlog, []
+        backlog, client.backlog, client.backlog_bytes = client.backlog, [], 0
         if backlog and not client.closed:
             self.handle(client, backlog)
+
+    def _hold(self, client: Client, events: list, first: bool = False) -> None:
+        """Queue events behind the login or JOIN in progress; past max_pending_bytes of them the
+        connection is closed (one client used to park 17 MB here)."""
+        if not events:
+            return
+        client.backlog_bytes += sum(_held_bytes(ev) for ev in events)
+        client.backlog = events + client.backlog if first else client.backlog + events
+        if client.backlog_bytes > self.max_pending_bytes:
+            self.m_limited.labels("pending_bytes").inc()
+            logs.event(self.log, "client", "Too much input while login or JOIN pending", 30,
+                       nick=client.login or "*", peer=client.peer, limit=self.max_pending_bytes)
+            client.backlog, client.backlog_bytes = [], 0
+            self.close_link(client, f"sent over {self.max_pending_bytes} bytes while login or JOIN was pending")
+
+    def _admit_joins(self, client: Client, channels: Iterable[str]) -> tuple[str, ...]:
+        """The channels of a JOIN this connection may join now; each other one is answered here,
+        before any work: another cluster's room (403), over max_rooms_per_connection (405), or
+        over join_rate (a NOTICE; Twitch counts every channel of a JOIN line)."""
+        admitted: list[str] = []
+        held = len(client.rooms)
+        for channel in channels:
+            room = channel[1:]
+            home = self.ctx.cf.cluster_of_room(room)
+            if home != self.ctx.cluster:
+                fe = self.ctx.cf.clusters[home].frontend
+                where = ", ".join(f"{self.ctx.cf.address(h)}:{fe.irc_port}" for h in self.ctx.cf.clusters[home].hosts)
+                client.deliver(client.proto.numeric("403", channel, f"No such channel here: #{room} is served by "
+                                                                    f"cluster {home} ({where})"))
+                continue
+            if room in client.rooms:
+                continue
+            if held >= self.max_rooms:
+                self.m_limited.labels("rooms").inc()
+                client.deliver(client.proto.numeric("405", channel, "You have joined too many channels"))
+                continue
+            if not client.joins.take():
+                self.m_limited.labels("join_rate").inc()
+                self._notice(client, room, "join_ratelimit",
+                             f"You were not joined to #{room}: you are joining rooms too quickly.")
+                continue
+            held += 1
+            admitted.append(channel)
+        return tuple(admitted)
 
     async def register(self, client: Client, ev: irc.RegistrationRequest) -> None:
         password = ev.password or ""
@@ -422,20 +529,17 @@ class Edge:
                 client.proto.accept_registration(result["login"], welcome=self.welcome, motd=self.motd)
             else:
                 client.proto.reject_registration("Login authentication failed")
+        if client.proto.state == "registered" and client.registration_timer is not None:
+            client.registration_timer.cancel()
+            client.registration_timer = None
         client.flush_protocol()
         if client.proto.state == "closed":
             client.close("registration refused")
 
     async def join(self, client: Client, channels: Iterable[str]) -> None:
+        """Join channels _admit_joins let through."""
         for channel in channels:
             room = channel[1:]
-            home = self.ctx.cf.cluster_of_room(room)
-            if home != self.ctx.cluster:
-                fe = self.ctx.cf.clusters[home].frontend
-                where = ", ".join(f"{self.ctx.cf.address(h)}:{fe.irc_port}" for h in self.ctx.cf.clusters[home].hosts)
-                client.deliver(client.proto.numeric("403", channel, f"No such channel here: #{room} is served by "
-                                                                    f"cluster {home} ({where})"))
-                continue
             if room in client.rooms:
                 continue
             members = self.rooms.get(room)
@@ -443,6 +547,12 @@ class Edge:
                 members = self.rooms[room] = set()
                 self.m_rooms.set(len(self.rooms))
                 await self._announce([room], full=False)
+                if client.closed:
+                    # Gone while the exchanges were told: joining now would hold it (and the
+                    # room) forever, since its disconnect has already run.
+                    if not members and self.rooms.get(room) is members:
+                        self._drop_room(room)
+                    return
             members.add(client)
             client.rooms.add(room)
             nick = client.login
@@ -456,8 +566,12 @@ class Edge:
         if members is not None:
             members.discard(client)
             if not members:
-                del self.rooms[room]
-                self.m_rooms.set(len(self.rooms))
+                self._drop_room(room)
+
+    def _drop_room(self, room: str) -> None:
+        del self.rooms[room]
+        self.sent_log.pop(room, None)
+        self.m_rooms.set(len(self.rooms))
 
     def privmsg(self, client: Client, ev: irc.Privmsg) -> None:
         if not ev.target.startswith("#"):
@@ -467,6 +581,12 @@ class Edge:
         if client.anonymous:
             self._notice(client, room, "msg_anonymous", "You must log in to send messages.")
             return
+        if not client.privmsgs.take():
+            # Before clue: a flood from one connection costs clue and Redis nothing.
+            self.m_limited.labels("privmsg_rate").inc()
+            self._notice(client, room, "msg_ratelimit",
+                         "Your message was not sent because you are sending messages too quickly.")
+            return
         self.m_received.inc()
         nonce = ev.tags.get("+client-nonce") or ev.tags.get("client-nonce")
         fut = self.clue.call({"login": client.login, "room": room, "text": ev.text, "edge": self.ctx.host,
@@ -475,7 +595,12 @@ class Edge:
 
     def _verdict(self, client: Client, room: str, fut: asyncio.Future) -> None:
         exc = fut.exception()
-        if isinstance(exc, UpstreamTimeout):
+        if isinstance(exc, UpstreamFull):
+            self.m_clue_full.inc()
+            if exc.report:
+                logs.event(self.log, "clue", f"request refused: {exc}", 30, refused=exc.report)
+            result = {"ok": False, "notice": {"msg_id": "msg_unavailable", "text": "Your message was not sent: chat is temporarily unavailable."}}
+        elif isinstance(exc, UpstreamTimeout):
             self.m_clue_timeouts.inc()
             logs.event(self.log, "clue", f"Timed out (after {self.clue_timeout_text}) while writing request for: privmsg", 30)
             result = {"ok": False, "notice": {"msg_id": "msg_unavailable", "text": "Your message was not sent: chat is temporarily unavailable."}}
@@ -494,14 +619,18 @@ class Edge:
             self._notice(client, room, n.get("msg_id", "msg_rejected"), n.get("text", "Your message was not sent."))
 
     def _log_sent(self, room: str) -> None:
+        # Keyed by the rooms this edge holds (dropped with the room), all others sharing one
+        # entry: a sender may name any room, and one entry per name grew without limit.
+        key = room if room in self.rooms else OTHER_ROOMS
         now = time.monotonic()
-        last, count = self.sent_log.get(room, (0.0, 0))
+        last, count = self.sent_log.get(key, (0.0, 0))
         count += 1
         if now - last >= SENT_LOG_EVERY:
-            logs.event(self.log, "clue", f"Message successfully sent to #{room}", messages=count)
-            self.sent_log[room] = (now, 0)
+            where = f"#{room}" if key else "rooms with no member on this edge"
+            logs.event(self.log, "clue", f"Message successfully sent to {where}", messages=count)
+            self.sent_log[key] = (now, 0)
         else:
-            self.sent_log[room] = (last, count)
+            self.sent_log[key] = (last, count)
 
     def _notice(self, client: Client, room: str, msg_id: str, text: str) -> None:
         tags = {"msg-id": msg_id} if client.is_tagged else None
@@ -641,6 +770,20 @@ class Edge:
         await self.clue.close()
         await self.clue_auth.close()
         await self.pool.close()
+
+
+def _held_bytes(ev) -> int:
+    """About the input bytes one queued event stands for (its line, tags included)."""
+    if isinstance(ev, irc.Privmsg):
+        return (len(ev.target) + len(ev.text.encode()) + 12
+                + sum(len(k) + len(v.encode()) + 2 for k, v in ev.tags.items()))
+    if isinstance(ev, (irc.Join, irc.Part)):
+        return 8 + sum(len(c) + 1 for c in ev.channels)
+    if isinstance(ev, irc.Quit):
+        return 8 + len(ev.reason.encode())
+    if isinstance(ev, irc.Pong):
+        return 8 + len(ev.token.encode())
+    return 64
 
 
 class _ProtocolErrors:

@@ -19,9 +19,10 @@ import time
 
 from aiohttp import web
 from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
 
 from chat import logs, service
-from chat.upstream import Pool, Upstream, UpstreamTimeout
+from chat.upstream import Pool, Upstream, UpstreamFull, UpstreamTimeout
 from cluster.durations import seconds
 
 SUBSCRIPTION_TTL = 15.0       # an edge that stops refreshing is forgotten after this
@@ -64,6 +65,7 @@ class Exchange:
         self.m_keepalive = Gauge("chat_exchange_keepalive", "1 when delivery connections are kept alive", registry=r)
         self.m_pool = Gauge("chat_exchange_pool_size", "Connections allowed per edge", registry=r)
         self.m_edges = Gauge("chat_exchange_edges", "Edges with live subscriptions", registry=r)
+        r.register(_Queued(self))
         # One pool for every edge's sender: one switch turns keepalive on for all of them.
         self.pool = Pool(pool_size=settings.pool_size, keepalive=settings.keepalive,
                          local_address=ctx.address, token=ctx.internal_token,
@@ -78,6 +80,7 @@ class Exchange:
         link = self.edges.get(name)
         if link is None or link.url != url:
             up = Upstream(self.pool, url, name=f"edge {name}", timeout=self.timeout,
+                          max_pending=self.settings.max_pending,
                           observe=lambda secs, n, e=name: (self.m_requests.labels(e).observe(secs),
                                                            self.m_batch.observe(n)))
             link = self.edges[name] = EdgeLink(name, url, up)
@@ -123,6 +126,11 @@ class Exchange:
                 logs.event(self.ctx.log, "exchange", "Exchange success", edge=link.name,
                            messages=link.successes_since_log)
                 link.last_success_log, link.successes_since_log = now, 0
+        elif isinstance(exc, UpstreamFull):
+            self.m_deliveries.labels(link.name, "queue_full").inc()
+            if exc.report:
+                logs.event(self.ctx.log, "exchange", "delivery refused: queue full", 30, edge=link.name,
+                           limit=self.settings.max_pending, refused=exc.report)
         elif isinstance(exc, UpstreamTimeout):
             self.m_deliveries.labels(link.name, "timeout").inc()
             self.m_timeouts.labels(link.name).inc()
@@ -160,6 +168,20 @@ class Exchange:
         for link in self.edges.values():
             await link.upstream.close()
         await self.pool.close()
+
+
+class _Queued:
+    """Messages waiting for a connection to each edge, read at scrape time."""
+
+    def __init__(self, ex: Exchange):
+        self.ex = ex
+
+    def collect(self):
+        fam = GaugeMetricFamily("chat_exchange_queued", "Messages waiting for a connection to an edge",
+                                labels=["edge"])
+        for name, link in sorted(self.ex.edges.items()):
+            fam.add_metric([name], link.upstream.pending)
+        yield fam
 
 
 async def main(ctx: service.Context, stop: asyncio.Event) -> None:

@@ -46,7 +46,8 @@ report printed: a summary on stderr, and with --json one JSON object as the last
 
 Exit status: 0 when the run took place (whatever it measured), 1 when it could not (no sender
 could join, the users could not be created), 2 for a usage error (bad option, a non-loopback
-address, too many clients for the descriptor limit).
+address, too many clients for the descriptor limit, or for one frontend's per-source connection
+limit, `haproxy.edge_maxconn_per_source`: every client connects from the same address).
 
 Senders are bot users it creates (`loadgen_<n>`, Twitch's 7,500 messages per 30 s) through the
 same shard listeners `chatops users add` uses; the tokens it made are deleted at the end.
@@ -454,6 +455,8 @@ class Client:
             if not self.joined.done() and (msg_id is None or m.params[:1] == ("*",)):
                 # `NOTICE * :Login authentication failed` comes before 464.
                 self._fail("registration_failed", m.params[-1] if m.params else "NOTICE")
+            elif msg_id == "join_ratelimit" and not self.joined.done():
+                self._fail("join_failed", f"{msg_id}: {m.params[-1] if m.params else ''}")
             elif msg_id:
                 self.gen.notice(self, msg_id)
         elif cmd == "002":
@@ -1172,6 +1175,15 @@ class Generator:
                 _warn(f"each sender would send {per_sender:.0f} msgs/s, over the bot limit of {clue.bot_rate} per "
                       f"{clue.rate_window}: expect msg_ratelimit (add --senders)")
                 break
+        per_sender = opts.rate / opts.senders
+        for room in rooms:
+            edge = self.cf.clusters[self.cf.cluster_of_room(room)].services.edge
+            burst, per_s = edge.privmsg_rate.count, edge.privmsg_rate.count / durations.seconds(edge.privmsg_rate.per)
+            if per_sender > per_s:
+                _warn(f"each sender would send {per_sender:.0f} msgs/s, over the edge's per-connection limit of "
+                      f"{burst} per {edge.privmsg_rate.per} (services.edge.privmsg_rate): expect msg_ratelimit "
+                      "(add --senders)")
+                break
         senders_in = Counter(p.room for p in self.plans if p.sender)
         for room, n in senders_in.items():
             clue = self.cf.clusters[self.cf.cluster_of_room(room)].services.clue
@@ -1179,6 +1191,20 @@ class Generator:
             if room_rate > clue.room_rate:
                 _warn(f"#{room} would get {room_rate:.0f} msgs/s, over its room limit of {clue.room_rate}/s: "
                       "expect msg_ratelimit")
+
+
+def check_frontends(cf: spec.ClusterFile, plans: list[ClientPlan]) -> None:
+    """Every connection comes from one address, so HAProxy's per-source limit on a public frontend
+    would refuse a plan over it: refuse it first, naming the setting, rather than measure refusals."""
+    limit = cf.haproxy.edge_maxconn_per_source
+    per_frontend = Counter((p.host, p.address, p.port, p.transport) for p in plans)
+    for (host, address, port, transport), n in sorted(per_frontend.items()):
+        if n > limit:
+            raise LoadgenError(
+                f"this run would open {n} connections from one address to {host}'s "
+                f"{'WebSocket' if transport == 'ws' else 'IRC'} frontend ({address}:{port}), over "
+                f"haproxy.edge_maxconn_per_source ({limit}), so HAProxy would refuse the rest: use fewer "
+                f"--clients, more rooms, or raise edge_maxconn_per_source in the cluster file")
 
 
 def _new_future() -> asyncio.Future:
@@ -1236,6 +1262,7 @@ async def run(cf, options: Options) -> dict[str, Any]:
     cf = getattr(cf, "spec", cf)
     options.check()
     gen = Generator(cf, options)      # plans, and refuses non-loopback targets, before any socket
+    check_frontends(cf, gen.plans)
     _fd_check(len(gen.plans))
     return await gen.run()
 

@@ -4,6 +4,8 @@ Every hop between chat services (edge -> clue, clue -> exchange, exchange -> edg
 these. Calls made during one loop turn travel in one POST; while every pooled connection is busy,
 new calls wait and leave together in the next batch. Under light load that is one message per
 request; under heavy load the request rate stays bounded by the pool, not by the message rate.
+At most `max_pending` calls wait: past that a call fails at once with UpstreamFull, so a stalled
+upstream costs its callers a fast error, never memory without limit.
 
 The pool's keepalive switch is the talk's second bug: with it off, every request opens a new TCP
 connection (counted in `connections_opened`), which is what ran the exchange into i/o timeouts.
@@ -33,6 +35,21 @@ class UpstreamTimeout(UpstreamError):
     def __init__(self, name: str, after: float):
         super().__init__(f"{name}: timed out after {after:g}s")
         self.after = after
+
+
+class UpstreamFull(UpstreamError):
+    """Refused at once: `max_pending` calls already wait for a connection to this upstream.
+
+    `report` is how many calls were refused since the last report, on one refusal per
+    FULL_REPORT_EVERY and 0 on the others, so a caller logs a stalled peer once a second rather than
+    once per refused message."""
+
+    def __init__(self, name: str, limit: int, report: int):
+        super().__init__(f"{name}: queue full ({limit} calls already waiting)")
+        self.report = report
+
+
+FULL_REPORT_EVERY = 1.0
 
 
 def make_session(*, pool_size: int, keepalive: bool, local_address: str | None,
@@ -184,28 +201,49 @@ class Pool:
 
 
 class Upstream:
-    def __init__(self, pool: Pool, url: str, *, name: str, timeout: float,
+    def __init__(self, pool: Pool, url: str, *, name: str, timeout: float, max_pending: int,
                  concurrency: int | None = None, max_batch: int = 512,
                  observe: Callable[[float, int], None] | None = None):
-        """`concurrency`: requests in flight at most; None follows the pool's size as it changes."""
+        """`concurrency`: requests in flight at most; None follows the pool's size as it changes.
+        `max_pending`: calls waiting for a connection at most; past it `call` fails at once."""
         self.pool = pool
         self.url = url
         self.name = name
         self.timeout = timeout
         self.max_batch = max_batch
+        self.max_pending = max_pending
         self._slots = pool.slots() if concurrency is None else Slots(concurrency)
         self._pending: list[tuple[Any, asyncio.Future]] = []
         self._flush_scheduled = False
+        self._waiting = False             # a drain task waits for a connection: it will take the queue
         self._tasks: set[asyncio.Task] = set()
         self._observe = observe           # (seconds, batch size) per request, for metrics
         self.requests = 0
         self.timeouts = 0
         self.errors = 0
+        self.refused = 0                  # calls failed at once with UpstreamFull
+        self._refused_reported = 0
+        self._full_reported_at = float("-inf")
+
+    @property
+    def pending(self) -> int:
+        """Calls waiting for a connection (not those in a request already sent)."""
+        return len(self._pending)
 
     def call(self, item: Any) -> asyncio.Future:
-        """Queue one item; the future resolves to the upstream's result for it."""
+        """Queue one item; the future resolves to the upstream's result for it. With `max_pending`
+        calls already waiting it fails at once with UpstreamFull: a stalled upstream costs its
+        callers a fast error, never memory without limit."""
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
+        if len(self._pending) >= self.max_pending:
+            self.refused += 1
+            report, now = 0, time.monotonic()
+            if now - self._full_reported_at >= FULL_REPORT_EVERY:
+                report, self._refused_reported = self.refused - self._refused_reported, self.refused
+                self._full_reported_at = now
+            fut.set_exception(UpstreamFull(self.name, self.max_pending, report))
+            return fut
         self._pending.append((item, fut))
         if not self._flush_scheduled:
             self._flush_scheduled = True
@@ -214,14 +252,21 @@ class Upstream:
 
     def _flush(self) -> None:
         self._flush_scheduled = False
-        if not self._pending:
+        # One task waiting for a connection is enough: it takes the whole queue when one frees.
+        # (A task per loop turn behind a stalled upstream was itself a queue without limit.)
+        if not self._pending or self._waiting:
             return
         task = asyncio.ensure_future(self._drain())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def _drain(self) -> None:
-        async with self._slots:
+        self._waiting = True
+        try:
+            await self._slots.__aenter__()
+        finally:
+            self._waiting = False
+        try:
             # Take the batch only once a connection is free: calls queued meanwhile join it.
             batch, self._pending = self._pending[:self.max_batch], self._pending[self.max_batch:]
             if self._pending and not self._flush_scheduled:
@@ -229,6 +274,8 @@ class Upstream:
                 asyncio.get_running_loop().call_soon(self._flush)
             if batch:
                 await self._send(batch)
+        finally:
+            await self._slots.__aexit__()
 
     async def _send(self, batch: list[tuple[Any, asyncio.Future]]) -> None:
         self.requests += 1

@@ -130,6 +130,12 @@ class Frontend(_Model):
     ws_port: Port = 8080
 
 
+class Rate(_Model):
+    """At most `count` events per `per`, as a token bucket: a burst of `count`, then `count` per `per`."""
+    count: Annotated[int, Field(ge=1, le=1_000_000)]
+    per: Duration
+
+
 class EdgeService(_Model):
     irc_port: Port = 16667
     ws_port: Port = 18080
@@ -137,6 +143,25 @@ class EdgeService(_Model):
     server_name: HostName = "tmi.chatops.local"
     motd: TextLine = "Welcome to the chat room!"
     max_output_buffer: Annotated[int, Field(ge=4096)] = 1_048_576
+    # Per-connection bounds, checked by the edge before any clue or Redis work (docs/security.md).
+    # Loadgen, the canary and the benchmarks hold one room per connection.
+    max_rooms_per_connection: Annotated[int, Field(ge=1, le=100_000)] = 100
+    # Twitch's JOIN limit for a user: 20 per 10 s; each channel of a JOIN line counts.
+    join_rate: Rate = Rate(count=20, per="10s")
+    # The edge cannot tell a bot from a viewer (clue reads roles from Redis), so this ceiling is the
+    # highest per-user limit clue applies, Twitch's 7,500 per 30 s for bots: the edge never refuses
+    # what clue would take, yet one connection can no longer make clue check messages without end
+    # (20 per 30 s for a viewer, refused by clue, each still costing a Redis round trip). The fast
+    # senders here fit: tests/chat/test_edge.py's slow-consumer flood (1,500 at once from one bot),
+    # the admin test's 150/s pacer, bench/ingest.py's <= 100/s per sender; loadgen warns above it.
+    privmsg_rate: Rate = Rate(count=7500, per="30s")
+    # What a connection may send while its login or a JOIN is being done, before it is closed: a
+    # client pipelining PASS, NICK and a few JOINs sends a few hundred bytes; one full line with
+    # tags is 8,703 bytes, the floor.
+    max_pending_bytes: Annotated[int, Field(ge=8703, le=64 * 1024 * 1024)] = 65_536
+    # A connection that has not logged in by then is closed; a login waits at most the clue
+    # timeout (5 s) for its token check.
+    registration_timeout: Duration = "30s"
 
 
 class ClueClientSettings(_Model):
@@ -145,6 +170,9 @@ class ClueClientSettings(_Model):
     # next request. Small pools batch better: 2 measured 6x lower p99 than 16 (bench/ingest.py).
     pool_size: Annotated[int, Field(ge=1, le=1024)] = 2
     timeout: Duration = "5s"
+    # Calls waiting for a free connection; past it a call fails at once (the user gets
+    # msg_unavailable) instead of queueing without limit behind a stalled clue.
+    max_pending: Annotated[int, Field(ge=1, le=1_000_000)] = 10_000
 
 
 class ClueService(_Model):
@@ -166,6 +194,9 @@ class ExchangeService(_Model):
     keepalive: bool = True          # the talk's second bug was this being off
     pool_size: Annotated[int, Field(ge=1, le=1024)] = 2    # per edge; see ClueClientSettings
     timeout: Duration = "2s"
+    # Calls waiting for a free connection, per hop: clue's queue to the exchange, and the
+    # exchange's to each edge. Past it a call fails at once; see ClueClientSettings.max_pending.
+    max_pending: Annotated[int, Field(ge=1, le=1_000_000)] = 10_000
 
 
 class Services(_Model):
@@ -231,6 +262,20 @@ class HAProxyTimeouts(_Model):
 class HAProxy(_Model):
     # HAProxy needs about two descriptors per connection, and this machine's hard limit is 20,000.
     maxconn: Annotated[int, Field(ge=64, le=9000)] = 4000
+    # Each proxy's own share of `maxconn`, so a flood on the public frontends can never take the
+    # connections clue needs to reach Redis (config.render checks the sum fits). Each of the two
+    # public frontends (IRC, WebSocket) of a host:
+    edge_maxconn: Annotated[int, Field(ge=1, le=9000)] = 1000
+    # From any one client address, on each public frontend. The load generator opens all its
+    # connections from one address: the largest documented run (500 receivers + 20 senders,
+    # docs/operations.md) puts at most ~100 on one frontend of the default cluster, the tests at
+    # most 210; loadgen refuses a plan over it, naming this field. The shard listeners have no
+    # per-source limit on purpose: a leak from one host must reach Redis, where it is detected.
+    edge_maxconn_per_source: Annotated[int, Field(ge=1, le=9000)] = 500
+    # Each shard listener; None: `maxconn`, so the tests' and the talk's leak of thousands of idle
+    # connections from one host still reaches Redis whole.
+    listener_maxconn: Annotated[int, Field(ge=1, le=9000)] | None = None
+    stats_maxconn: Annotated[int, Field(ge=1, le=9000)] = 100     # stats page and /metrics
     listener_base_port: Port = 2000           # shard i listens on base + i, the talk's CACHE_PORT
     stats_port: Port = 8404                   # ;csv stats page and /metrics (Prometheus exporter)
     check_interval: Duration = "2s"

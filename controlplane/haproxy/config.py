@@ -75,10 +75,40 @@ _env = jinja2.Environment(
 _env.filters["hquote"] = haproxy_quote
 
 
+# Client addresses each public frontend tracks for its per-source limit (about 50 bytes each, taken
+# as addresses arrive). A full table tracks no new address, so beyond it the limit does not apply.
+SOURCE_TABLE_SIZE = "100k"
+
+
+def check_limits(cf: ClusterFile, cluster: str) -> None:
+    """The per-proxy connection limits must fit the global maxconn, leaving clue its connections to
+    every shard: otherwise a flood on the public frontends could starve chat of Redis."""
+    hp = cf.haproxy
+    problems = []
+    if hp.edge_maxconn_per_source > hp.edge_maxconn:
+        problems.append(f"haproxy.edge_maxconn_per_source ({hp.edge_maxconn_per_source}) is over "
+                        f"haproxy.edge_maxconn ({hp.edge_maxconn}), so it would never apply")
+    for key in ("listener_maxconn", "stats_maxconn"):
+        value = getattr(hp, key)
+        if value is not None and value > hp.maxconn:
+            problems.append(f"haproxy.{key} ({value}) is over haproxy.maxconn ({hp.maxconn})")
+    clue = cf.clusters[cluster].services.clue.cache_max_conns
+    needed = 2 * hp.edge_maxconn + hp.stats_maxconn + len(cf.redis.shards) * clue
+    if needed > hp.maxconn:
+        problems.append(
+            f"haproxy.maxconn ({hp.maxconn}) must hold both public frontends (2 x edge_maxconn "
+            f"{hp.edge_maxconn}), the stats frontend (stats_maxconn {hp.stats_maxconn}) and clue's "
+            f"connections to every shard ({len(cf.redis.shards)} shards x cache_max_conns {clue} of "
+            f"cluster {cluster}): {needed} in all; raise maxconn or lower edge_maxconn")
+    if problems:
+        raise RenderError("; ".join(problems))
+
+
 def render(cf: ClusterFile, host: str, run: RunDir) -> str:
     cluster = cf.cluster_of(host)
     if cluster is None:
         raise RenderError(f"{host!r} is not a chat host of any cluster; only chat hosts run HAProxy")
+    check_limits(cf, cluster)
     c = cf.clusters[cluster]
     listeners = []
     for i, shard in enumerate(cf.redis.shards):
@@ -93,7 +123,8 @@ def render(cf: ClusterFile, host: str, run: RunDir) -> str:
     return _env.get_template("haproxy.cfg.j2").render(
         host=host, cluster=cluster, address=cf.address(host), hp=cf.haproxy,
         admin_socket=str(run.haproxy_socket(host)), listeners=listeners, edges=edges,
-        frontend=c.frontend)
+        frontend=c.frontend, source_table_size=SOURCE_TABLE_SIZE,
+        listener_maxconn=cf.haproxy.listener_maxconn or cf.haproxy.maxconn)
 
 
 def render_all(cf: ClusterFile, run: RunDir) -> dict[str, str]:

@@ -75,6 +75,22 @@ def test_hot_room_puts_everyone_in_one_room():
     assert {p.host for p in plans} == {"chat-event1"}
 
 
+def test_refuses_a_plan_over_a_frontends_per_source_limit(tmp_path, capsys):
+    """Every client connects from one address, so HAProxy would refuse the connections past
+    haproxy.edge_maxconn_per_source on a frontend: refused before any socket, naming the field."""
+    doc = default_shape("127.0.9")
+    doc["haproxy"]["edge_maxconn_per_source"] = 20
+    cf = clusterfile.parse(json.dumps(doc))
+    loadgen.check_frontends(cf, loadgen.plan(cf, Options(clients=26, senders=0, hot_room="twitchplayspokemon")))
+    with pytest.raises(LoadgenError, match=r"would open 21 connections from one address to chat-event1's IRC "
+                                           r"frontend \(127\.0\.9\.5:6667\), over haproxy\.edge_maxconn_per_source \(20\)"):
+        loadgen.check_frontends(cf, loadgen.plan(cf, Options(clients=28, senders=0, hot_room="twitchplayspokemon")))
+    config = write_cluster(tmp_path / "limited.yaml", doc)
+    assert loadgen.main(["--config", str(config), "--clients", "28", "--senders", "0",
+                         "--hot-room", "twitchplayspokemon"]) == 2
+    assert "raise edge_maxconn_per_source in the cluster file" in capsys.readouterr().err
+
+
 def test_refuses_non_loopback_targets_and_sources(tmp_path, capsys):
     doc = default_shape("10.20.30")
     doc["profile"] = "remote"

@@ -108,3 +108,57 @@ def test_a_missing_binary_names_the_install_command():
     with pytest.raises(binaries.MissingBinary, match=r"apt-get install -y no-such-tool-xyz"):
         binaries.require("no-such-tool-xyz")
     assert "apt-get install -y redis-tools" in str(binaries.MissingBinary("redis-cli"))
+
+
+def _block(text: str, header: str) -> str:
+    return text.split(header + "\n", 1)[1].split("\n\n", 1)[0]
+
+
+def test_each_proxy_has_its_own_maxconn_and_the_public_frontends_a_per_source_limit(default_cf, run_dir):
+    text = haproxy_config.render(default_cf, "chat1", RunDir(run_dir))
+    assert "    maxconn 4000\n" in text.split("defaults", 1)[0]          # the process
+    for header in ("frontend fe_edge_main", "frontend fe_edge_ws_main"):
+        block = _block(text, header)
+        assert "maxconn 1000" in block
+        assert "stick-table type ip size 100k expire 60s store conn_cur" in block
+        assert "tcp-request connection track-sc0 src" in block
+        assert "tcp-request connection reject if { sc0_conn_cur gt 500 }" in block
+    # The shard listeners: the whole process's maxconn and no per-source limit, so a leak from one
+    # host still reaches Redis, where the control plane detects it.
+    for shard in default_cf.redis.shards:
+        block = _block(text, f"listen redis-{shard.name}")
+        assert "maxconn 4000" in block and "stick-table" not in block and "sc0" not in block
+    assert "maxconn 100" in _block(text, "frontend stats")
+
+
+def test_limits_come_from_the_cluster_file_and_haproxy_accepts_them(subnet, run_dir):
+    require("haproxy")
+    doc = small_cluster(subnet)
+    doc["haproxy"].update({"maxconn": 3000, "edge_maxconn": 700, "edge_maxconn_per_source": 3,
+                           "listener_maxconn": 2500, "stats_maxconn": 20})
+    cf = clusterfile.parse(yaml.safe_dump(doc))
+    text = haproxy_config.render(cf, "chat1", RunDir(run_dir))
+    assert _block(text, "frontend fe_edge_main").count("maxconn 700") == 1
+    assert "reject if { sc0_conn_cur gt 3 }" in _block(text, "frontend fe_edge_ws_main")
+    assert "maxconn 2500" in _block(text, "listen redis-shard1")
+    assert "maxconn 20" in _block(text, "frontend stats")
+    result = haproxy_config.check(text)
+    assert result.ok, result.output
+
+
+@pytest.mark.parametrize("haproxy, problem", [
+    ({"edge_maxconn": 100, "edge_maxconn_per_source": 101}, "edge_maxconn_per_source (101) is over haproxy.edge_maxconn (100)"),
+    ({"maxconn": 1000, "listener_maxconn": 1001}, "haproxy.listener_maxconn (1001) is over haproxy.maxconn (1000)"),
+    ({"maxconn": 1000, "stats_maxconn": 1001}, "haproxy.stats_maxconn (1001) is over haproxy.maxconn (1000)"),
+    # Two public frontends of 500 and the stats frontend leave clue no room for its 2 x 10 connections.
+    ({"maxconn": 1000, "edge_maxconn": 500, "edge_maxconn_per_source": 10, "stats_maxconn": 1},
+     "haproxy.maxconn (1000) must hold both public frontends (2 x edge_maxconn 500), the stats frontend "
+     "(stats_maxconn 1) and clue's connections to every shard (2 shards x cache_max_conns 10 of cluster main): 1021"),
+])
+def test_render_refuses_limits_that_do_not_fit(subnet, run_dir, haproxy, problem):
+    doc = small_cluster(subnet)
+    doc["haproxy"].update(haproxy)
+    cf = clusterfile.parse(yaml.safe_dump(doc))
+    with pytest.raises(haproxy_config.RenderError) as err:
+        haproxy_config.render(cf, "chat1", RunDir(run_dir))
+    assert problem in str(err.value)
