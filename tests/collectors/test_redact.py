@@ -68,7 +68,8 @@ HOSTILE = [
     # (argv as a server that does not redact would log it, what is shown)
     (["AUTH", TOKEN], "AUTH <redacted>"),
     (["auth", "default", TOKEN], "auth <redacted> <redacted>"),
-    (["HELLO", "3", "AUTH", "default", TOKEN, "SETNAME", "x"], "HELLO 3 AUTH <redacted> <redacted> SETNAME <1 bytes>"),
+    (["HELLO", "3", "AUTH", "default", TOKEN, "SETNAME", "x"],
+     "HELLO 3 AUTH <redacted> <redacted> SETNAME <1 bytes>"),
     (["MIGRATE", "127.0.0.1", "6380", "", "0", "100", "COPY", "AUTH", TOKEN, "KEYS", OLD_KEY],
      'MIGRATE <9 bytes> 6380 "" 0 100 COPY AUTH <redacted> <redacted> <redacted {*}.auth>'),
     (["MIGRATE", "h", "1", "", "0", "5", "AUTH2", "u", TOKEN, "KEYS", OLD_KEY],
@@ -101,7 +102,8 @@ def test_long_commands_are_cut():
 
 @pytest.mark.parametrize("name, shown", [
     ("", ""), ("clue-busy", "clue-busy"), ("chatops-admin", "chatops-admin"), ("slowpoke", "slowpoke"),
-    (TOKEN, redact.HIDDEN), (f"tok-{TOKEN}", redact.HIDDEN), ("abcdefghijklmnopqrstuvwxyzabcd", redact.HIDDEN),
+    (TOKEN, redact.HIDDEN), (f"tok-{TOKEN}", redact.HIDDEN),
+    ("abcdefghijklmnopqrstuvwxyzabcd", redact.HIDDEN),
     ("pw:hunter2hunter2", redact.HIDDEN), ("a" * 60, redact.HIDDEN), ("na\u00efve", redact.HIDDEN),
 ])
 def test_client_names(name, shown):
