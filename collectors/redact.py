@@ -22,7 +22,7 @@ now (chat/keys.py), and this is the second line: what is not known to be harmles
 
 Pure: applied to the redis and clients Observations where they enter the control plane
 (controlplane/sources), so the store, the API and the pages never hold the raw values.
-`chatops inspect` prints the collectors' raw output: whoever runs it holds the shard's password.
+`chatops inspect` prints the collectors' raw output: whoever runs it can already talk to the shard.
 """
 
 from __future__ import annotations
