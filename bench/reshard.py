@@ -2,13 +2,13 @@
 `redis-cli --cluster reshard` moves keys.
 
 On the shipped default cluster (four shards, moved onto a private loopback subnet, `maxmemory`
-raised to 2gb so a million keys are not evicted by its 256mb allkeys-lfu), started with
-`chatops up --detach` and always stopped at the end (unless --keep):
+raised to 2gb so a million keys fit: its volatile-lfu would evict the counters and refuse the rest),
+started with `chatops up --detach` and always stopped at the end (unless --keep):
 
 1. Seed: `--keys` (1,000,000) keys of the chat's own shapes, all in slots shard0 owns, written
    straight to shard0's redis-server, pipelined (5,000 commands a round trip): per 20 users, 20
-   `{login}.user` hashes, 12 `{login}.color` strings, 20 `{token}.auth` strings (the token its own
-   hash tag), and per room a `{room}.bans` hash, a `{room}.mods` set, now and then a
+   `{login}.user` hashes, 12 `{login}.color` strings, 20 `{<sha256 of a token>}.token_sha256` strings
+   (the digest its own hash tag), and per room a `{room}.bans` hash, a `{room}.mods` set, now and then a
    `{room}.ratelimits` hash, two `{room}.rl.u.<window>` hashes and eight `{room}.rl.r.<second>`
    counters, the last two with a TTL (EX 3600). `seed_s` is how long the writes took.
 2. Load, from 3 s before the move until 3 s after it: `python -m chat.loadgen` (measured: its
@@ -174,19 +174,28 @@ def commandstats(r: Raw) -> dict[str, tuple[int, int]]:
 # An item: (key, slot, kind, value, ttl). kind: "s" string, "h" hash (value: tuple of field/value
 # pairs), "z" set (value: tuple of members). Everything bytes, as a reply brings it back.
 
-def _tags(prefix: str, owned: bytearray, rng: random.Random | None = None):
+def _tags(prefix: str, owned: bytearray):
     i = 0
     while True:
         i += 1
-        tag = (f"{rng.getrandbits(120):030x}" if rng else f"{prefix}{i}").encode()
+        tag = f"{prefix}{i}".encode()
         slot = binascii.crc_hqx(tag, 0) & (SLOTS - 1)
         if owned[slot]:
             yield tag.decode(), slot
 
 
+def _tokens(owned: bytearray, rng: random.Random):
+    """Random tokens whose key (named by the token's digest) lands in an owned slot."""
+    while True:
+        tok = f"{rng.getrandbits(120):030x}"
+        slot = key_slot(K.token(tok))
+        if owned[slot]:
+            yield tok, slot
+
+
 def make_items(n: int, owned: bytearray, seed: int = 7) -> list[tuple]:
     rng = random.Random(seed)
-    logins, tokens, rooms = _tags("bu", owned), _tags("", owned, rng), _tags("br", owned)
+    logins, tokens, rooms = _tags("bu", owned), _tokens(owned, rng), _tags("br", owned)
     items: list[tuple] = []
     now = int(time.time())
     while len(items) < n:

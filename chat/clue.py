@@ -185,8 +185,9 @@ class Clue:
         if not token or len(token) > 200:
             self.m_auth.labels("invalid").inc()
             return {"ok": False, "error": "invalid token"}
+        key = keys.token(token)      # the digest's key: the token itself never reaches Redis
         try:
-            login = await self.cache.client_for(keys.token(token)).get(keys.token(token))
+            login = await self.cache.client_for(key).get(key)
             if login is None:
                 self.m_auth.labels("invalid").inc()
                 return {"ok": False, "error": "invalid token"}

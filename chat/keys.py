@@ -4,13 +4,31 @@ Keys follow the talk's patterns: per-user keys carry the login as their hash tag
 (`{ronni}.color`), per-room keys the room name (`{degentp}.bans`). The hash tag decides the slot,
 so all of one room's keys live on one shard and clue's per-message pipeline for a room is a
 single round trip; and a hot room shows up as a hot `{*}.<kind>` prefix on one shard.
+
+No key name holds a secret. A chat token is stored as its SHA-256 digest
+(`{<digest>}.token_sha256` -> login): key names are shown by the control plane's hot-key sampler
+and slow log, and travel in every command, so the token itself must never be one. `PUBLIC` is the
+set of shapes the control plane may show as they are; anything else is redacted
+(collectors/redact.py). A new kind of key goes here and into `PUBLIC` together.
 """
 
 from __future__ import annotations
 
+import hashlib
+import re
 
-def token(tok: str) -> str:          # -> login
-    return f"{{{tok}}}.auth"
+from chat.slotguard import PREFIX as _GUARD_PREFIX
+
+
+def token_digest(tok: str) -> str:
+    """The SHA-256 of a chat token, in hex: what Redis holds in the token's place. Tokens are 120
+    random bits, so a plain digest cannot be reversed by guessing; no salt is needed."""
+    return hashlib.sha256(tok.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def token(tok: str) -> str:          # -> login; named by the token's digest, never the token
+    # The digest is the hash tag: tokens spread over every slot, as the tokens themselves did.
+    return f"{{{token_digest(tok)}}}.token_sha256"
 
 
 def user(login: str) -> str:         # hash: id, login, display_name, bot
@@ -45,3 +63,27 @@ def user_counters(name: str, window: int) -> str:  # hash: login -> messages in 
 
 def room_counter(name: str, second: int) -> str:  # messages in the room during one second
     return f"{{{name}}}.rl.r.{second}"
+
+
+# Every shape above, with a login or room (chat.users.LOGIN_RE) or a digest as the hash tag, and
+# the slot guard's reserved keys. Whole-string, ASCII.
+_TAG = r"\{[a-z0-9_]{1,25}\}"
+PUBLIC = re.compile(
+    rf"{_TAG}\.(?:user|color|room|mods|bans|ratelimits|rl\.u\.[0-9]{{1,12}}|rl\.r\.[0-9]{{1,12}})"
+    r"|\{[0-9a-f]{64}\}\.token_sha256"
+    rf"|{re.escape(_GUARD_PREFIX)}[a-z]{{1,20}}(?::[a-z]{{1,20}})?(?::[0-9]{{1,5}})?", re.ASCII)
+
+# Durable: moderation state and identities, which must never be evicted and carry no TTL (the
+# shards run a volatile-* policy, which evicts only keys with one). Everything else clue writes
+# (the rate-limit counters) carries a TTL.
+DURABLE_KINDS = ("token_sha256", "user", "color", "room", "mods", "bans", "ratelimits")
+
+
+def public(key: str | bytes) -> bool:
+    """Whether `key` has one of the chat's own shapes, none of which holds a secret."""
+    if isinstance(key, bytes):
+        try:
+            key = key.decode("ascii")
+        except UnicodeDecodeError:
+            return False
+    return PUBLIC.fullmatch(key) is not None

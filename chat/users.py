@@ -1,8 +1,9 @@
 """Users, tokens and room roles, as clue reads them from Redis (key names: chat.keys).
 
-A token is what a client sends as `PASS oauth:<token>`; it maps to a login. Roles are per room:
-a room's broadcaster and its mods get the higher rate limit and may `.ban`, `.timeout` and
-`.unban`; bots get Twitch's known-bot limit.
+A token is what a client sends as `PASS oauth:<token>`; it maps to a login. Redis holds only the
+token's SHA-256 (`keys.token`): the token itself is printed once, to whoever created the user.
+Roles are per room: a room's broadcaster and its mods get the higher rate limit and may `.ban`,
+`.timeout` and `.unban`; bots get Twitch's known-bot limit.
 """
 
 from __future__ import annotations

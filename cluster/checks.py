@@ -137,6 +137,35 @@ def run(cf: ClusterFile) -> list[Problem]:
     return [problem for rule in RULES for problem in rule(cf)]
 
 
+# -- warnings: a file that works, but can lose what it must not ---------------------------------
+
+def evicts_moderation(policy: str) -> bool:
+    """Whether a maxmemory-policy may evict keys without a TTL: bans, mods, users and tokens."""
+    return policy.startswith("allkeys-")
+
+
+def eviction_warning(policy: str) -> str:
+    return (f"{policy} may evict any key when the shard reaches maxmemory, bans, mods and tokens "
+            "included; volatile-lfu (the default) evicts only keys with a TTL (docs/security.md, "
+            "Durable moderation state)")
+
+
+def evicting_policy(cf: ClusterFile) -> Iterator[Problem]:
+    if evicts_moderation(cf.redis.maxmemory_policy):
+        yield ("redis.maxmemory_policy", eviction_warning(cf.redis.maxmemory_policy))
+    for i, shard in enumerate(cf.redis.shards):
+        if shard.maxmemory_policy is not None and evicts_moderation(shard.maxmemory_policy):
+            yield (f"redis.shards.{i}.maxmemory_policy", eviction_warning(shard.maxmemory_policy))
+
+
+WARNINGS: tuple[Rule, ...] = (evicting_policy,)
+
+
+def warnings(cf: ClusterFile) -> list[Problem]:
+    """What a valid file may still get wrong; `chatops config check` and `chatops up` print these."""
+    return [problem for rule in WARNINGS for problem in rule(cf)]
+
+
 # -- what the rules walk -------------------------------------------------------------------------
 
 def _addresses(cf: ClusterFile) -> set[str]:

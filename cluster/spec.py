@@ -240,7 +240,9 @@ class Redis(_Model):
     # 0 keeps idle clients forever, as in the talk; the leaked-clients detector flags it.
     timeout: IdleTimeout = 0
     maxmemory: Annotated[str, AfterValidator(_maxmemory)] = "256mb"  # Redis's own units
-    maxmemory_policy: EvictionPolicy = "allkeys-lfu"
+    # volatile-lfu evicts only keys with a TTL (clue's rate-limit counters), never bans, mods,
+    # users or tokens (chat.keys.DURABLE_KINDS), and keeps the LFU counters the hot-key sampler reads.
+    maxmemory_policy: EvictionPolicy = "volatile-lfu"
     shards: Annotated[list[Shard], Field(min_length=1, max_length=256)]
 
     def setting(self, shard: Shard, key: str):

@@ -226,8 +226,11 @@ def parse_slowlog(reply: Any) -> list[dict[str, Any]]:
         if not isinstance(e, list) or len(e) < 4 or not all(isinstance(x, int) for x in e[:3]):
             continue  # a malformed entry is skipped, the rest kept
         args = e[3] if isinstance(e[3], list) else []
+        # `args` (and `command`) carry the raw arguments, values and keys included: the control
+        # plane keeps only the redacted `command` (collectors/redact.py).
         out.append({"id": e[0], "at": e[1], "usec": e[2],
                     "command": " ".join(decode(a) for a in args)[:200],
+                    "args": [decode(a) for a in args[:32]],
                     "client": decode(e[4]) if len(e) > 4 and e[4] is not None else "",
                     "name": decode(e[5]) if len(e) > 5 and e[5] is not None else ""})
     return out

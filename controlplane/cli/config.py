@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from cluster import checks
 from controlplane.cli.common import load
 
 
@@ -20,3 +21,5 @@ def config_check(file: str | None) -> None:
     cf = loaded.spec
     click.echo(f"{loaded.path}: OK ({len(cf.hosts)} hosts, {len(cf.clusters)} clusters, "
                f"{len(cf.redis.shards)} shards, profile {cf.profile})")
+    for path, message in checks.warnings(cf):
+        click.echo(f"warning: {path}: {message}", err=True)

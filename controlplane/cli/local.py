@@ -14,7 +14,7 @@ import time
 import click
 
 from chat import logs
-from cluster import binaries, clusterfile, secrets, spec
+from cluster import binaries, checks, clusterfile, secrets, spec
 from cluster.rundir import RunDir, RunDirError
 from cluster.state import read_state
 from controlplane.cli.common import config_option, fail, load, run_dir_option
@@ -127,6 +127,8 @@ def up(config: str | None, run_dir: str | None, detach: bool, start_timeout: flo
             logs.event(log, None, "generated local secrets", file=run.secrets_file,
                        variables=",".join(generated))
         logs.event(log, None, "starting cluster", config=loaded.path, run_dir=run.root)
+        for path, message in checks.warnings(loaded.spec):
+            logs.event(log, None, f"cluster file: {path}: {message}", logging.WARNING)
         sup.start_all()
         if not sup.stopping.is_set():
             sup.write_state()

@@ -210,11 +210,15 @@ def key_load(window: Window, cf, shard: str, ops_mean: float | None, held_s: flo
     th = cf.controlplane.thresholds
     out: dict[str, Any] = {"source": None, "concentrated": False, "relaxed": False}
     hk = redis_data(window, shard).get("hotkeys")
-    samples = []
+    samples = []        # (key as shown, freq, slot, kind)
     if isinstance(hk, dict) and not hk.get("skipped"):
         for k in hk.get("keys") or []:
             if isinstance(k, dict) and isinstance(k.get("key"), str) and num(k.get("freq")) is not None:
-                samples.append((k["key"], int(k["freq"])))
+                # A redacted key (collectors/redact.py) carries the slot and kind of its real name.
+                if isinstance(k.get("slot"), int):
+                    samples.append((k["key"], int(k["freq"]), k["slot"], k.get("prefix")))
+                else:
+                    samples.append((k["key"], int(k["freq"]), key_slot(k["key"]), key_prefix(k["key"])))
     elif isinstance(hk, dict):
         out["unavailable"] = str(hk.get("skipped"))
     else:
@@ -234,27 +238,27 @@ def key_load(window: Window, cf, shard: str, ops_mean: float | None, held_s: flo
         return out
     out["source"] = "lfu"
     out["sampled"] = hk.get("sampled")
-    weights = [(key, freq, lfu_hits(freq) + 1.0) for key, freq in samples]
-    total = sum(w for _, _, w in weights)
+    weights = [(key, freq, lfu_hits(freq) + 1.0, slot, prefix) for key, freq, slot, prefix in samples]
+    total = sum(w[2] for w in weights)
     slots: dict[int, list] = {}
-    for key, freq, w in weights:
-        slots.setdefault(key_slot(key), []).append((key, freq, w))
+    for w in weights:
+        slots.setdefault(w[3], []).append(w)
     top_keys = sorted(weights, key=lambda x: -x[2])
-    out["top_keys"] = [{"key": k, "freq": f, "prefix": key_prefix(k), "slot": key_slot(k),
-                        "est_accesses": round(w - 1.0), "share": _r(w / total, 3)} for k, f, w in top_keys[:5]]
-    slot, members = max(slots.items(), key=lambda kv: sum(w for _, _, w in kv[1]))
-    slot_w = sum(w for _, _, w in members)
+    out["top_keys"] = [{"key": k, "freq": f, "prefix": p, "slot": s, "est_accesses": round(w - 1.0),
+                        "share": _r(w / total, 3)} for k, f, w, s, p in top_keys[:5]]
+    top_slot, members = max(slots.items(), key=lambda kv: sum(m[2] for m in kv[1]))
+    slot_w = sum(m[2] for m in members)
     members.sort(key=lambda x: -x[2])
-    key, freq, key_w = members[0]
+    key, freq, key_w, _, key_kind = members[0]
     share = slot_w / total
-    saturated = any(f >= LFU_MAX for _, f, _ in members)
+    saturated = any(m[1] >= LFU_MAX for m in members)
     # What the slot must have absorbed to carry `share` of the shard's ops since the shard got hot.
     span = max(held_s, window.interval_s)
     needed = th.hot_key_share * (ops_mean or 0.0) * span
     carried = slot_w - len(members)
-    out.update(slot=slot, key=key, freq=freq, prefix=key_prefix(key), share=_r(share, 3),
+    out.update(slot=top_slot, key=key, freq=freq, prefix=key_kind, share=_r(share, 3),
                key_share=_r(key_w / total, 3), slot_keys=[m[0] for m in members[:5]],
-               slot_prefixes=sorted({key_prefix(m[0]) for m in members}),
+               slot_prefixes=sorted({m[4] or "<redacted>" for m in members}),
                est_accesses=round(carried), needed_accesses=round(needed), saturated=saturated,
                distinct_slots=len(slots))
 

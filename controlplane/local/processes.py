@@ -107,7 +107,11 @@ def _redis_spec(cf: ClusterFile, run: RunDir, name: str, shard_name: str, host: 
         # Each simulated host has its own loopback address, which protected mode would refuse.
         "--protected-mode", "no",
         "--daemonize", "no", "--dir", str(workdir), "--logfile", "",
-        "--save", "", "--appendonly", "no",
+        # Bans, mods, users and tokens must survive a restart: an append-only file, fsynced every
+        # second, in a directory named by address and port, so that two processes of one shard
+        # name (relocate_shard starts the new one before stopping the old) never share one.
+        "--save", "", "--appendonly", "yes", "--appendfsync", "everysec",
+        "--appenddirname", f"appendonly-{address}-{port}",
         "--maxclients", str(r.setting(shard, "maxclients")), "--timeout", str(r.setting(shard, "timeout")),
         "--maxmemory", r.maxmemory, "--maxmemory-policy", r.setting(shard, "maxmemory_policy"),
     ]

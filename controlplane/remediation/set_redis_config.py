@@ -10,7 +10,7 @@ value is not a change, so applying twice changes nothing the second time.
 
 from __future__ import annotations
 
-from cluster import writeback
+from cluster import checks, writeback
 from collectors.resp import RedisError
 from controlplane.remediation.base import BadParams, Context, Draft, Outcome, Param, Unavailable
 
@@ -91,7 +91,10 @@ def plan(ctx: Context, params: dict) -> Draft:
     state["cluster_file"] = writeback.current(edit)
     what = ", ".join(f"{k}={v}" for k, v in wanted.items())
     where = "every shard" if params["shard"] == "all" else params["shard"]
-    return Draft(summary=f"set {what} on {where}, live and in {ctx.cluster_path.name}", diff=diff,
+    policy = wanted.get("maxmemory_policy")
+    evicts = policy is not None and checks.evicts_moderation(policy)
+    warning = f" (warning: {checks.eviction_warning(policy)})" if evicts else ""
+    return Draft(summary=f"set {what} on {where}, live and in {ctx.cluster_path.name}{warning}", diff=diff,
                  preconditions=[f"{where} answers CONFIG GET on the admin connection",
                                 f"{ctx.cluster_path} still says what it says now at the keys changed"],
                  state=state, details={"edit": edit}, changes=live_changes or edit.changed)

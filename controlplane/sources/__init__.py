@@ -5,6 +5,7 @@ when. Sources:
 
 - `haproxy:<chat host>`  admin + master socket of that host's HAProxy      (scrape.interval)
 - `redis:<shard>`        INFO, CONFIG, SLOWLOG, LATENCY, LFU hot keys      (scrape.interval)
+                         (slow-log arguments, key and client names redacted: collectors/redact.py)
 - `clients:<shard>`      CLIENT LIST, per source host                       (scrape.client_list_interval)
 - `process:local`        psutil + /proc/net/tcp for every supervised process (scrape.interval)
 - `logs:local`           new lines of every file in the run dir's logs/     (scrape.interval)
@@ -27,7 +28,7 @@ from typing import Any, Callable
 
 from cluster.durations import seconds
 from cluster.rundir import RunDir
-from collectors import clients, haproxy, logs, process, redis, services
+from collectors import clients, haproxy, logs, process, redact, redis, services
 from collectors.base import Observation
 from controlplane.sources import figures, names, service_figures
 from controlplane.store import Store
@@ -98,7 +99,8 @@ def _haproxy(store: Store, target: haproxy.Target) -> Observation:
 
 
 def _redis(store: Store, target: redis.Target) -> Observation:
-    obs = redis.collect(target)
+    # Redacted before anything keeps it: slow-log arguments and key names may hold secrets.
+    obs = redact.observation(redis.collect(target))
     before = _previous(store, "redis", target.shard)
     store.put(obs, figures.redis_figures(obs, before),
               {"calls_per_s": figures.redis_calls_per_s(obs, before)})
@@ -106,7 +108,7 @@ def _redis(store: Store, target: redis.Target) -> Observation:
 
 
 def _clients(store: Store, target: clients.Target) -> Observation:
-    obs = clients.collect(target)
+    obs = redact.observation(clients.collect(target))
     store.put(obs, figures.clients_figures(obs))
     return obs
 

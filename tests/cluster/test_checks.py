@@ -87,3 +87,36 @@ def test_a_typo_is_one_problem_not_three():
     doc["redis"]["shards"][0]["host"] = "nowhere"
     problems = checks.run(ClusterFile.model_validate(doc))
     assert [p for p, _ in problems] == ["redis.shards.0.host"], problems
+
+
+# -- warnings --
+
+def test_an_allkeys_policy_is_a_warning_not_an_error():
+    """allkeys-* can evict bans, mods and tokens (issue 16): the file still loads, with a warning
+    naming the key that sets it; the default (volatile-lfu) and noeviction warn of nothing."""
+    assert spec().redis.maxmemory_policy == "volatile-lfu" and checks.warnings(spec()) == []
+    assert checks.warnings(ClusterFile.model_validate(
+        {**BASE, "redis": {**BASE["redis"], "maxmemory_policy": "noeviction"}})) == []
+    cf = ClusterFile.model_validate({**BASE, "redis": {**BASE["redis"], "maxmemory_policy": "allkeys-lfu"}})
+    assert checks.run(cf) == []
+    [(path, message)] = checks.warnings(cf)
+    assert path == "redis.maxmemory_policy"
+    assert "allkeys-lfu may evict any key" in message and "bans" in message and "volatile-lfu" in message
+    shards = copy.deepcopy(BASE["redis"]["shards"])
+    shards[1]["maxmemory_policy"] = "allkeys-random"
+    cf = ClusterFile.model_validate({**BASE, "redis": {"shards": shards}})
+    assert [p for p, _ in checks.warnings(cf)] == ["redis.shards.1.maxmemory_policy"]
+
+
+def test_the_shipped_default_warns_of_nothing():
+    from cluster import clusterfile
+    assert checks.warnings(clusterfile.load().spec) == []
+
+
+def test_config_check_prints_the_warning(tmp_path):
+    from tests.conftest import chatops, write_cluster
+    doc = copy.deepcopy(BASE)
+    doc["redis"]["maxmemory_policy"] = "allkeys-lru"
+    result = chatops("config", "check", str(write_cluster(tmp_path / "c.yaml", doc)))
+    assert result.returncode == 0, result.stderr
+    assert "warning: redis.maxmemory_policy: allkeys-lru may evict any key" in result.stderr

@@ -104,7 +104,8 @@ def test_resp_evil():
     with pytest.raises(RedisError, match="unknown command"):
         rc.parse_latency(err)
     assert rc.parse_slowlog(parse_resp(fixture("slowlog_evil.resp"))) == [
-        {"id": 7, "at": 1795786974, "usec": 20000, "command": "GET k", "client": "", "name": ""}]
+        {"id": 7, "at": 1795786974, "usec": 20000, "command": "GET k", "args": ["GET", "k"], "client": "",
+         "name": ""}]
     assert rc.parse_latency(parse_resp(b"*0\r\n")) == []
     assert rc.parse_config(parse_resp(b"*3\r\n$7\r\ntimeout\r\n$1\r\n0\r\n$10\r\nmaxclients\r\n")) == {"timeout": 0}
 
