@@ -276,7 +276,7 @@ def parse_servers_state(text: str) -> ServersState:
         if line.startswith("#"):
             columns = line.lstrip("#").split()
             continue
-        if version is None and not columns and line.isdigit():
+        if version is None and not columns and line.isdigit() and line.isascii() and len(line) <= 20:
             version = int(line)
             continue
         parts = line.split()

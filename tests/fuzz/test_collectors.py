@@ -49,6 +49,8 @@ def test_haproxy_show_info(data):
 
 @given(mutated_doc("haproxy/show_servers_state.txt") | st.binary(max_size=200))
 @example(b"1\n# be_id srv_name\n" + HUGE + b" s1")
+@example(HUGE + b"\n# be_id srv_name\n")
+@example("\xb2\n".encode())
 @counted
 def test_haproxy_servers_state(data):
     state = haproxy.parse_servers_state(text(data))
