@@ -2,7 +2,7 @@
 
 The default budget keeps the whole directory to about a minute on a loaded 2-core machine. For a
 longer local hunt raise it: `CHATOPS_FUZZ_EXAMPLES=5000 .venv/bin/python -m pytest tests/fuzz`
-(examples per property; the API test scales its cases per operation from it too)."""
+(examples per property), and `CHATOPS_FUZZ_API_EXAMPLES=50` for the API test's cases per operation."""
 
 from __future__ import annotations
 
