@@ -15,8 +15,8 @@ from tests.fuzz.cases import CASES
 EXAMPLES = int(os.environ.get("CHATOPS_FUZZ_EXAMPLES", "150"))
 
 # deadline=None: a loaded CI machine makes single examples slow now and then, which is not a bug.
-# No example database: a run leaves nothing in the checkout; a failure prints the seed
-# (print_blob) to replay it with @reproduce_failure.
+# No example database: every run explores afresh instead of replaying old failures from a
+# directory CI never keeps; a failure prints a blob (print_blob) to replay it with @reproduce_failure.
 settings.register_profile(
     "chatops-fuzz", max_examples=EXAMPLES, deadline=None, database=None, print_blob=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

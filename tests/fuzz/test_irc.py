@@ -62,6 +62,16 @@ def test_parse_raises_only_parse_error(line):
     assert all(isinstance(k, str) and isinstance(v, str) for k, v in msg.tags.items())
 
 
+@given(IRCISH | st.binary(max_size=120))
+@counted
+def test_what_parses_encodes_back_to_itself(line):
+    try:
+        msg = parse(line)
+    except ParseError:
+        return
+    assert parse(msg.to_bytes()) == msg
+
+
 @given(messages(), st.booleans())
 @counted
 def test_encode_then_parse_gives_the_message_back(msg, trailing):
