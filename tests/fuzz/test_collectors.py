@@ -131,8 +131,8 @@ def test_resp_framer_over_any_chunking(data, cuts):
 # reply rather than bytes.
 replies = st.recursive(
     st.none() | st.integers() | st.binary(max_size=20) | st.text(max_size=20)
-    | st.builds(RedisError, st.text(max_size=10)),
-    lambda inner: st.lists(inner, max_size=7), max_leaves=30)
+    | st.builds(RedisError, st.text(max_size=10)) | st.just([]),
+    lambda inner: st.lists(inner, min_size=1, max_size=7), max_leaves=30)
 
 
 @given(replies | resp_input().map(lambda d: _or_none(resp.parse_resp, d)))
