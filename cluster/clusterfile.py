@@ -69,6 +69,15 @@ class _StrictLoader(yaml.SafeLoader):
             self._depth = depth
 
 
+def _construct_int(loader: _StrictLoader, node: yaml.ScalarNode) -> int:
+    # int() refuses more than 4,300 digits with a ValueError, which is no YAMLError.
+    try:
+        return loader.construct_yaml_int(node)
+    except ValueError:
+        raise yaml.constructor.ConstructorError(
+            None, None, f"integer of {len(node.value)} characters is too long", node.start_mark) from None
+
+
 def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False):
     seen: dict[Any, yaml.Node] = {}
     for key_node, _ in node.value:
@@ -87,6 +96,7 @@ def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool
 
 
 _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+_StrictLoader.add_constructor("tag:yaml.org,2002:int", _construct_int)
 
 
 def _loc(loc: tuple) -> str:
@@ -120,7 +130,9 @@ def parse(text: str, source: str = "<cluster file>") -> ClusterFile:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
+        # A ReaderError (a NUL, a control character) has no `problem`, and its str() spans lines:
+        # folded, so each problem stays on one line of the message.
+        problem = " ".join((getattr(exc, "problem", None) or str(exc)).split())
         raise ClusterFileError(source, [(where, f"not valid YAML: {problem}")]) from None
     except RecursionError:
         # Not expected below MAX_DEPTH; kept so no shape of file can end in a traceback.

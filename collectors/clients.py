@@ -86,12 +86,20 @@ def target_for(cf, shard_name: str, timeout: float = TIMEOUT_S, top_n: int = 20,
 # runs over distinct tuples (a few dozen for 10,000 burst-opened clients; at worst one per
 # client, as before). The full detail (laddr, name, flags, omem...) is read only for the
 # bounded top-N lines, found by searching the reply for their idle value.
+# age and idle take at most 18 digits (an int64 has 19): int() refuses more than 4,300, and a line
+# with a longer one goes the per-line way, which skips it.
 _CLIENT_RE = re.compile(
-    rb" addr=([\d.]*):\d+ laddr=\S* fd=\d+ name=\S* age=(\d+) idle=(\d+) .* cmd=(\S*)")
+    rb" addr=([\d.]*):\d+ laddr=\S* fd=\d+ name=\S* age=(\d{1,18}) idle=(\d{1,18}) .* cmd=(\S*)")
 # The same, with the port: the per-client columns, built only when asked for (clients(), tests).
 _CLIENT_COLS_RE = re.compile(
-    rb" addr=([\d.]*):(\d+) laddr=\S* fd=\d+ name=\S* age=(\d+) idle=(\d+) .* cmd=(\S*)")
+    rb" addr=([\d.]*):(\d+) laddr=\S* fd=\d+ name=\S* age=(\d{1,18}) idle=(\d{1,18}) .* cmd=(\S*)")
 _DETAIL = (b"addr", b"laddr", b"name", b"age", b"idle", b"flags", b"omem", b"cmd")
+
+
+def _count(value: str | bytes) -> int | None:
+    """A field of ASCII digits that fits an int64, else None: '²'.isdigit() is true and int()
+    refuses it, as it refuses more than 4,300 digits."""
+    return int(value) if value.isdigit() and value.isascii() and len(value) <= 18 else None
 
 
 def _line_detail(line: bytes, ip: bytes) -> dict[str, Any]:
@@ -99,7 +107,7 @@ def _line_detail(line: bytes, ip: bytes) -> dict[str, Any]:
     d = _fields(line)
     out: dict[str, Any] = {f.decode(): decode(d.get(f, b"")) for f in _DETAIL}
     for f in ("age", "idle", "omem"):
-        out[f] = int(out[f]) if out[f].isdigit() else None
+        out[f] = _count(out[f])
     out["ip"] = decode(ip).strip("[]")
     return out
 
@@ -228,13 +236,14 @@ def parse_client_list(data: bytes) -> ClientList:
         d = _fields(line)
         ip, sep, port = d.get(b"addr", b"").rpartition(b":")
         age, idle = d.get(b"age", b""), d.get(b"idle", b"")
-        if not sep or not ip or not port.isdigit() or not age.isdigit() or not idle.isdigit():
+        age, idle = _count(age), _count(idle)
+        if not sep or not ip or not port.isdigit() or age is None or idle is None:
             skipped += 1
             continue
         ips.append(ip)
         ports.append(port)
-        ages.append(int(age))
-        idles.append(int(idle))
+        ages.append(age)
+        idles.append(idle)
         cmds.append(d.get(b"cmd", b""))
         raw_lines.append(line)
     return ClientList(raw=data, lines=n, skipped=skipped, slow_path=bool(data),  # empty is no problem

@@ -260,6 +260,10 @@ class ServersState:
     unparsed: list[str] = field(default_factory=list)
 
 
+# A longer digit run stays text: int() refuses more than 4,300 digits.
+_NUMBER = re.compile(r"-?\d{1,20}")
+
+
 def parse_servers_state(text: str) -> ServersState:
     version: int | None = None
     columns: list[str] = []
@@ -272,7 +276,7 @@ def parse_servers_state(text: str) -> ServersState:
         if line.startswith("#"):
             columns = line.lstrip("#").split()
             continue
-        if version is None and not columns and line.isdigit():
+        if version is None and not columns and line.isdigit() and line.isascii() and len(line) <= 20:
             version = int(line)
             continue
         parts = line.split()
@@ -281,7 +285,7 @@ def parse_servers_state(text: str) -> ServersState:
             continue
         row: dict[str, Any] = {}
         for c, v in zip(columns, parts):
-            row[c] = None if v == "-" else (int(v) if re.fullmatch(r"-?\d+", v) and c != "srv_addr" else v)
+            row[c] = None if v == "-" else (int(v) if _NUMBER.fullmatch(v) and c != "srv_addr" else v)
         servers.append(row)
     return ServersState(version=version, servers=servers, unparsed=unparsed)
 
@@ -317,7 +321,8 @@ def fetch_stat_http(address: str, port: int, timeout: float = 5.0) -> StatTable:
 
 # The master logs a finished worker on stderr, which the supervisor appends to haproxy-<host>.log:
 #   [WARNING]  (8266) : Former worker (8270) exited with code 0 (Exit)
-_EXITED = re.compile(r"\((\d+)\) exited with code (-?\d+)")
+# Bounded digit runs: int() refuses more than 4,300 digits, and no pid or exit code is that long.
+_EXITED = re.compile(r"\((\d{1,10})\) exited with code (-?\d{1,10})(?!\d)")
 
 
 def parse_worker_exits(text: str) -> dict[int, int]:

@@ -248,8 +248,7 @@ def _body(line: str, body: str, month: int | None, day: int | None, clock: str |
         if br > 0 and tag.endswith("]"):
             p = tag[br + 1:-1]
             tag = tag[:br]
-            if p.isdigit() and p.isascii():
-                pid = int(p)
+            pid = _number(p, 10)
         service, shape = tag, "syslog"
         if not sep2:
             rest = ""
@@ -296,6 +295,12 @@ def parse_line(line: str) -> LogEvent | None:
     return None
 
 
+def _number(text: str, digits: int) -> int | None:
+    """1 to `digits` ASCII digits as an int, else None. isdigit() alone is not enough: it is true
+    for '²', which int() refuses, and int() refuses more than 4,300 digits."""
+    return int(text) if 0 < len(text) <= digits and text.isdigit() and text.isascii() else None
+
+
 def _haproxy_bare(line: str) -> LogEvent | None:
     # [WARNING]  (1518) : Server be_edge_ws_main/chat2 is DOWN, ...
     close = line.find("]")
@@ -308,10 +313,9 @@ def _haproxy_bare(line: str) -> LogEvent | None:
     pid = None
     if rest.startswith("("):
         pc = rest.find(")")
-        p = rest[1:pc] if pc > 0 else ""
-        if not (p.isdigit() and p.isascii()):
+        pid = _number(rest[1:pc] if pc > 0 else "", 10)
+        if pid is None:
             return None
-        pid = int(p)
         rest = rest[pc + 1:].lstrip(" ")
     if rest.startswith(":"):
         rest = rest[1:].lstrip(" ")
@@ -324,19 +328,20 @@ def _haproxy_bare(line: str) -> LogEvent | None:
 def _redis(line: str) -> LogEvent | None:
     # 8312:M 27 Nov 2026 13:41:26.421 * Ready to accept connections
     head, sep, rest = line.partition(":")
-    if not sep or not head.isdigit() or not head.isascii() or len(rest) < 2:
+    pid = _number(head, 10)
+    if not sep or pid is None or len(rest) < 2:
         return None
     role, _, rest = rest.partition(" ")
     parts = rest.split(" ", 5)
     if len(parts) < 6:
         return None
     d, mon, year, clock, lvl, message = parts
-    month = MONTHS.get(mon)
-    if (month is None or not d.isdigit() or not year.isdigit() or len(clock) < 8
-            or clock[2] != ":" or clock[5] != ":" or not (clock[:2] + clock[3:5] + clock[6:8]).isdigit()):
+    month, day, year_ = MONTHS.get(mon), _number(d, 2), _number(year, 4)
+    if (month is None or day is None or year_ is None or len(clock) < 8
+            or clock[2] != ":" or clock[5] != ":" or _number(clock[:2] + clock[3:5] + clock[6:8], 6) is None):
         return None
-    return LogEvent(month, int(d), clock[:8], "redis", None, classify(message), message, {}, None,
-                    int(head), _REDIS_LEVELS.get(lvl, lvl), int(year), "redis", line)
+    return LogEvent(month, day, clock[:8], "redis", None, classify(message), message, {}, None,
+                    pid, _REDIS_LEVELS.get(lvl, lvl), year_, "redis", line)
 
 
 # -- reading files --------------------------------------------------------------------------------

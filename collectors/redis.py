@@ -94,7 +94,8 @@ def connect(target) -> Conn:
 #   role:master
 #   (a replica's master lists it as slave0:ip=127.0.0.1,port=6380,state=online,offset=42,lag=0)
 
-_NUM_RE = re.compile(r"^-?\d+$")
+# At most 20 digits (a uint64): a longer run is read as a float, since int() refuses more than 4,300.
+_NUM_RE = re.compile(r"^-?\d{1,20}$")
 _FLOAT_RE = re.compile(r"^-?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?$")
 _KV_RE = re.compile(r"^[A-Za-z0-9_\-|.:]+=[^,]*(?:,[A-Za-z0-9_\-|.:]+=[^,]*)*$")
 

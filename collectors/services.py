@@ -96,7 +96,7 @@ def parse_metrics(text: str) -> ParsedMetrics:
     text = text.replace("\x00", "\ufffd")
     try:
         return ParsedMetrics(_samples(text if text.endswith("\n") else text + "\n"))
-    except (ValueError, TypeError, IndexError):
+    except (ValueError, TypeError, IndexError, OverflowError):
         pass
     samples: list[Sample] = []
     bad: list[str] = []
@@ -107,7 +107,7 @@ def parse_metrics(text: str) -> ParsedMetrics:
             continue
         try:
             samples.extend(_samples(stripped + "\n"))
-        except (ValueError, TypeError, IndexError):
+        except (ValueError, TypeError, IndexError, OverflowError):
             count += 1
             if len(bad) < MAX_UNPARSED:
                 bad.append(line[:200])
@@ -146,6 +146,22 @@ def by_label(samples, name: str, label: str, **labels: str) -> dict[str, float]:
     return out
 
 
+def _finite(n: Any) -> bool:
+    """A JSON number float() takes and that is not inf or NaN: int(inf) raises OverflowError, and
+    so does float() of an integer of more than 308 digits."""
+    if isinstance(n, bool) or not isinstance(n, (int, float)):
+        return False
+    try:
+        return math.isfinite(n)
+    except OverflowError:
+        return False
+
+
+def _slot_key(key: str) -> bool:
+    # ASCII digits only: '²'.isdigit() is true and int('²') raises, losing the whole section.
+    return key.isdigit() and key.isascii() and len(key) <= 5 and int(key) < 16384
+
+
 def parse_keys(text: str) -> dict[str, Any]:
     """Clue's /v1/stats/keys JSON; keeps only the known, well-typed parts.
 
@@ -153,26 +169,26 @@ def parse_keys(text: str) -> dict[str, Any]:
          "ops_by_prefix": {"{*}.rl.u.#": 126, ...}, "top_slots": [[10294, 504], [6376, 43], ...],
          "top_slot_shards": {"10294": "shard1", "6376": "shard0", ...}}
     """
-    doc = json.loads(text)
+    try:
+        doc = json.loads(text)
+    except RecursionError:     # "[[[[..." deeper than the stack: not ValueError, which collect expects
+        raise ValueError("stats/keys is nested too deeply") from None
     if not isinstance(doc, dict):
         raise ValueError("stats/keys is not a JSON object")
     out: dict[str, Any] = {}
     for key in ("ops_by_shard", "errors_by_shard", "ops_by_prefix"):
         v = doc.get(key)
         if isinstance(v, dict):
-            out[key] = {str(k): float(n) for k, n in v.items()
-                        if isinstance(n, (int, float)) and not isinstance(n, bool)}
+            out[key] = {str(k): float(n) for k, n in v.items() if _finite(n)}
     slots = doc.get("top_slots")
     if isinstance(slots, list):
         out["top_slots"] = [[int(p[0]), float(p[1])] for p in slots
-                            if isinstance(p, list) and len(p) == 2
-                            and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in p)]
+                            if isinstance(p, list) and len(p) == 2 and _finite(p[0]) and _finite(p[1])]
     owners = doc.get("top_slot_shards")
     if isinstance(owners, dict):
         # Which shard each top slot lives on by the clue's live slot map (slots move).
         out["top_slot_shards"] = {str(int(k)): v for k, v in owners.items()
-                                  if str(k).isdigit() and int(k) < 16384 and isinstance(v, str)
-                                  and 0 < len(v) <= 64 and v.isprintable()}
+                                  if _slot_key(k) and isinstance(v, str) and 0 < len(v) <= 64 and v.isprintable()}
     return out
 
 
