@@ -34,7 +34,7 @@ from cluster.durations import seconds
 
 PING_INTERVAL = 60.0            # the edge PINGs every client this often...
 PING_TIMEOUT = 2 * PING_INTERVAL  # ...and drops one silent for this long
-SUBSCRIPTION_REFRESH = 5.0      # full room list to every exchange (a restarted one also asks: GET /v1/subscriptions)
+SUBSCRIPTION_REFRESH = 5.0      # full room list to every exchange (a starting one also asks: see app())
 SENT_LOG_EVERY = 5.0            # "Message successfully sent to #room" at most this often per room
 KERNEL_SNDBUF = 128 * 1024      # per client socket; Linux doubles it for bookkeeping
 CLOSE_REASON_BYTES = 123        # a WebSocket close payload is <= 125 bytes, 2 of them the code

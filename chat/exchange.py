@@ -193,8 +193,8 @@ async def main(ctx: service.Context, stop: asyncio.Event) -> None:
     port = ctx.services.exchange.port
     learned = await ex.relearn()      # before the first message, so none goes only to some edges
     runner = await service.serve_http(ex.app(), ctx.address, port)
-    logs.event(ctx.log, None, "listening", address=f"{ctx.address}:{port}", keepalive=ctx.services.exchange.keepalive,
-               edges_asked=len(ctx.peers()), edges_answered=learned)
+    logs.event(ctx.log, None, "listening", address=f"{ctx.address}:{port}",
+               keepalive=ctx.services.exchange.keepalive, edges_asked=len(ctx.peers()), edges_answered=learned)
     try:
         await stop.wait()
     finally:

@@ -232,7 +232,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[Options, str | None]:
     opts = Options(clients=args.clients, senders=args.senders, rate=args.rate, duration=args.duration,
                    rooms=rooms, hot_room=args.hot_room.lstrip("#").lower() if args.hot_room else None,
                    tpp=args.tpp, ramp=args.ramp, ws_fraction=args.ws_fraction, source_address=args.source_address,
-                   reconnect=args.reconnect, series=args.series, json=args.json, quiet=args.quiet, report_every=args.report_every,
+                   reconnect=args.reconnect, series=args.series, json=args.json, quiet=args.quiet,
+                   report_every=args.report_every,
                    sender_prefix=args.sender_prefix, seed=args.seed)
     return opts, args.config
 
@@ -394,7 +395,8 @@ class Tally:
         while q and q[0][0] <= now - after:
             echoed, msg_id, receivers = q.popleft()
             span = self.echo_span
-            self.echo_span = [echoed, echoed] if span is None else [min(span[0], echoed), max(span[1], echoed)]
+            self.echo_span = [echoed, echoed] if span is None else [min(span[0], echoed),
+                                                                    max(span[1], echoed)]
             self.expected += receivers
             self.delivered += self._deliv.pop(msg_id, 0)
             self._deliv_first.pop(msg_id, None)

@@ -146,9 +146,11 @@ def detect(window: Window, cf) -> list[Finding]:
     out = [f for host, cluster in cf.chat_hosts() for svc in SERVICES
            if (f := _judge(window, cf, svc, host, cluster)) is not None]
     for shard in cf.redis.shards:
-        for target, host in ((f"redis-{shard.name}", shard.host),
-                             *(((f"redis-{shard.name}-replica", shard.replica.host),) if shard.replica else ())):
-            f = _restarted_shard(window, cf, target, shard.name, host, replica=target.endswith("-replica"))
+        procs = [(f"redis-{shard.name}", shard.host, False)]
+        if shard.replica:
+            procs.append((f"redis-{shard.name}-replica", shard.replica.host, True))
+        for target, host, replica in procs:
+            f = _restarted_shard(window, cf, target, shard.name, host, replica)
             if f is not None:
                 out.append(f)
     return out
@@ -221,7 +223,8 @@ def _judge(window: Window, cf, svc: str, host: str, cluster: str | None) -> Find
         summary = (f"restart {target} (a stopped process acts on SIGTERM only once continued: "
                    f"`kill -CONT {stats.get('pid')}` first, or `kill -KILL` it)" if stopped
                    else f"restart {target} and wait until it answers")
-        remediation = {"action": "restart_service", "summary": summary, "params": {"service": svc, "host": host}}
+        remediation = {"action": "restart_service", "summary": summary,
+                       "params": {"service": svc, "host": host}}
     else:
         # The supervisor saw it die and started it again: an event, so it opens at once, and the
         # supervisor has done the restart a person would.
