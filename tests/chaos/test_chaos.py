@@ -258,8 +258,8 @@ def test_chaos_under_load():
                         f"{[e for e in report['error_examples'] if e.startswith('duplicate')]}")
     rc = report["reconnections"]
     if rc["still_lost"]:
-        problems.append(f"{rc['still_lost']} of {rc['lost']} lost connections never came back (a sender whose "
-                        f"login no longer works, or an edge that never took its clients back): "
+        problems.append(f"{rc['still_lost']} of {rc['lost']} lost connections never came back (a sender "
+                        f"whose login no longer works, or an edge that never took its clients back): "
                         f"{[e for e in report['error_examples'] if not e.startswith('disconnected')]}")
     print(f"loadgen: sent {report['sent']}, accepted {report['accepted']}, rejected {report['rejected']}, "
           f"completeness {report['completeness']} (with the reconnect gaps counted as missed: "
