@@ -233,7 +233,8 @@ def test_chaos_under_load():
         k["worst"] = min((p["completeness"] for p in points), default=None)
         if took is None and not points:
             problems.append(f"{when}: no message was accepted and judged until the next kill, so "
-                            f"completeness cannot have come back (the run's rejections: {report['rejected']})")
+                            f"completeness cannot have come back (rejected in the run: "
+                            f"{report['rejected']})")
         elif took is None:
             problems.append(f"{when}: completeness not back to {MIN_COMPLETENESS} before the next kill: "
                             + ", ".join(f"{p['echoed_to'] - k['at']:+.1f}s {p['completeness']}"
