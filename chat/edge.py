@@ -35,7 +35,7 @@ from cluster.durations import seconds
 
 PING_INTERVAL = 60.0            # the edge PINGs every client this often...
 PING_TIMEOUT = 2 * PING_INTERVAL  # ...and drops one silent for this long
-SUBSCRIPTION_REFRESH = 5.0      # full room list to every exchange, so a restarted one relearns it
+SUBSCRIPTION_REFRESH = 5.0      # full room list to every exchange (a starting one also asks: see app())
 SENT_LOG_EVERY = 5.0            # "Message successfully sent to #room" at most this often per room
 OTHER_ROOMS = ""                # sent_log's one entry for rooms this edge holds no member of
 KERNEL_SNDBUF = 128 * 1024      # per client socket; Linux doubles it for bookkeeping
@@ -730,7 +730,12 @@ class Edge:
                 return web.json_response({"error": f"bad request: {exc!r}"}, status=400)
             return web.json_response({"results": results})
 
+        async def subscriptions(_request: web.Request) -> web.Response:
+            # What the refresh tells every exchange, for an exchange that has just started.
+            return web.json_response({"edge": self.ctx.host, "url": self.http_url, "rooms": sorted(self.rooms)})
+
         app.router.add_post("/v1/deliver", deliver)
+        app.router.add_get("/v1/subscriptions", subscriptions)
         return app
 
     async def websocket(self, ws: WsConnection) -> None:

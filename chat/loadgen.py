@@ -7,6 +7,10 @@ evenly paced total rate, and measures what came back:
   msg_ratelimit, msg_unavailable, msg_banned...);
 - delivered: receivers that got a PRIVMSG whose `id` is one of the accepted messages, and the
   delivery completeness, delivered / (accepted x receivers in that message's room);
+- duplicates: a receiver that got the same message `id` twice (a retry that delivered again).
+  The second copy is not counted as delivered, so completeness never passes 1. Each receiver
+  remembers its last DEDUP_WINDOW ids (25 s at 10 messages/s in its room), which bounds the
+  memory and is far longer than any retry's timeout;
 - end-to-end latency, receive time minus the message's `tmi-sent-ts` (stamped by clue once it
   decided), as p50/p99/max; plus send -> echo (`ack_ms`) and send -> receive (`client_to_client_ms`),
   which also cover the edge -> clue -> Redis leg;
@@ -35,7 +39,13 @@ came, or one that got neither an echo nor a NOTICE, is counted as lost, separate
 
     python -m chat.loadgen [--config FILE] [--clients 200] [--senders 10] [--rate 50]
         [--duration 30] [--rooms a,b] [--hot-room ROOM] [--tpp [--ramp 30]] [--ws-fraction 0.25]
-        [--source-address 127.0.3.1] [--reconnect] [--json] [--quiet] [--report-every 10]
+        [--source-address 127.0.3.1] [--reconnect] [--series] [--json] [--quiet] [--report-every 10]
+
+Per second (--series, always with --tpp): the report's `series` has one point a second of what
+settled in it: sent, accepted, rejected, delivered, expected, completeness, duplicates, p99, and
+`echoed_from`/`echoed_to`, the wall-clock span of the echoes of the messages it judged (a message
+is judged SETTLE_AFTER after its echo), so a fault at a known time can be matched to the
+messages sent around it (the chaos test does).
 
 Progress: one line a second on stderr, rewritten in place on a terminal, else a plain line every
 --report-every seconds; --quiet drops it. With --duration 0 (background traffic, as the
@@ -96,6 +106,7 @@ DRAIN_MAX = 3.0                 # after sending stops, wait at most this long fo
 DRAIN_QUIET = 0.5               # ...and stop as soon as nothing has arrived for this long
 SETTLE_AFTER = 1.0              # a message counts towards "completeness so far" this long after its echo
 FORGET_AFTER = 60.0             # unbounded runs forget settled ids after this long
+DEDUP_WINDOW = 256              # ids each receiver remembers to spot one delivered twice
 MAX_TICK = 0.005                # the sender pacer's tick at high rates (evenly paced, not bursty)
 MAX_CATCH_UP = 0.1              # a late tick sends at most this many seconds' worth of messages
 FD_RESERVE = 64
@@ -135,6 +146,7 @@ class Options:
     ws_fraction: float = 0.25           # share of clients (receivers and senders) on WebSocket
     source_address: str | None = None   # bind every client socket to this loopback address
     reconnect: bool = False             # a timed run reconnects lost clients too (unbounded runs always do)
+    series: bool = False                # one report point a second (always with tpp)
     json: bool = False
     quiet: bool = False
     report_every: float = 10.0
@@ -207,6 +219,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[Options, str | None]:
     ap.add_argument("--reconnect", action="store_true",
                     help="reconnect lost clients in a timed run too, as unbounded runs always do; the "
                          "report lists every connection lost and re-established")
+    ap.add_argument("--series", action="store_true",
+                    help="a per-second series in the report (completeness, duplicates, p99), as --tpp has")
     ap.add_argument("--sender-prefix", default="loadgen", metavar="NAME",
                     help="senders are NAME_0, NAME_1, ... (default loadgen)")
     ap.add_argument("--json", action="store_true", help="print the report as one JSON object, last on stdout")
@@ -219,7 +233,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[Options, str | None]:
     opts = Options(clients=args.clients, senders=args.senders, rate=args.rate, duration=args.duration,
                    rooms=rooms, hot_room=args.hot_room.lstrip("#").lower() if args.hot_room else None,
                    tpp=args.tpp, ramp=args.ramp, ws_fraction=args.ws_fraction, source_address=args.source_address,
-                   reconnect=args.reconnect, json=args.json, quiet=args.quiet, report_every=args.report_every,
+                   reconnect=args.reconnect, series=args.series, json=args.json, quiet=args.quiet,
+                   report_every=args.report_every,
                    sender_prefix=args.sender_prefix, seed=args.seed)
     return opts, args.config
 
@@ -335,6 +350,8 @@ class Tally:
         self.skipped = 0                  # due, but not sent: the generator itself fell behind
         self.lost_delivered = 0           # delivered, but the sender never saw its echo
         self.excluded = 0                 # (receiver, message) pairs left out: the receiver was reconnecting
+        self.duplicates = 0               # a receiver got a message id it had got already
+        self.echo_span: list[float] | None = None   # monotonic echo times settled since the last point
         self.latency = Histogram()        # receive - tmi-sent-ts, at receivers
         self.ack = Histogram()            # send -> echo, at senders
         self.c2c = Histogram()            # send -> receive, at receivers
@@ -377,7 +394,10 @@ class Tally:
         `forget`, drop what is older than that, so an unbounded run keeps bounded state."""
         q = self._pending_settle
         while q and q[0][0] <= now - after:
-            _, msg_id, receivers = q.popleft()
+            echoed, msg_id, receivers = q.popleft()
+            span = self.echo_span
+            self.echo_span = [echoed, echoed] if span is None else [min(span[0], echoed),
+                                                                    max(span[1], echoed)]
             self.expected += receivers
             self.delivered += self._deliv.pop(msg_id, 0)
             self._deliv_first.pop(msg_id, None)
@@ -646,9 +666,10 @@ class Generator:
         self.jitter = random.Random()
         self.slots = asyncio.Semaphore(CONNECT_CONCURRENCY)
         # --tpp: one point a second, so a report can draw completeness and p99 over time.
-        self.series: list[dict[str, Any]] | None = [] if options.tpp else None
+        self.series: list[dict[str, Any]] | None = [] if options.tpp or options.series else None
         self.window_latency = Histogram()
-        self._last_point = (0, 0, 0, 0, 0)
+        self._last_point = (0, 0, 0, 0, 0, 0)
+        self.recent_ids: dict[str, tuple[set, deque]] = {}   # receiver nick -> its last DEDUP_WINDOW ids
 
     # -- events from clients --
 
@@ -668,6 +689,10 @@ class Generator:
                 self.tally.ack.add((now - sent_at) * 1000)
                 self.tally.echo(msg_id, client.plan.room, now)
             return       # another sender's message: senders are not counted as receivers
+        if self.seen_before(client.plan.nick, msg_id):
+            self.tally.duplicates += 1
+            self.tally.error("duplicate", f"{client.plan.nick} got message {msg_id} twice")
+            return
         wall_ms = time.time() * 1000
         self.tally.delivery(msg_id, now)
         ts = tags.get("tmi-sent-ts", "")
@@ -678,6 +703,18 @@ class Generator:
         sent_us = nonce.rpartition("-")[2]
         if sent_us.isdigit():
             self.tally.c2c.add(max(0.0, wall_ms - int(sent_us) / 1000))
+
+    def seen_before(self, nick: str, msg_id: str) -> bool:
+        """Whether this receiver got `msg_id` already; remembers it if not. Keyed by nick, so a
+        receiver that reconnected is still the same receiver."""
+        ids, order = self.recent_ids.get(nick) or self.recent_ids.setdefault(nick, (set(), deque()))
+        if msg_id in ids:
+            return True
+        ids.add(msg_id)
+        order.append(msg_id)
+        if len(order) > DEDUP_WINDOW:
+            ids.discard(order.popleft())
+        return False
 
     def notice(self, client: Client, msg_id: str) -> None:
         if not client.plan.sender:
@@ -1046,19 +1083,25 @@ class Generator:
             raise
 
     def add_point(self, now: float) -> None:
-        """One point of the --tpp series: what settled in the last second (messages echoed about
-        SETTLE_AFTER earlier), and the p99 of the deliveries received in it."""
+        """One point of the per-second series: what settled in the last second (messages echoed
+        about SETTLE_AFTER earlier, their echoes' span), and the p99 of the deliveries received in it."""
         t = self.tally
-        totals = (t.sent, t.accepted, sum(t.rejected.values()), t.delivered, t.expected)
+        totals = (t.sent, t.accepted, sum(t.rejected.values()), t.delivered, t.expected, t.duplicates)
         d = [a - b for a, b in zip(totals, self._last_point)]
         self._last_point = totals
         p99 = self.window_latency.percentile(99)
         self.window_latency = Histogram()
+        span, t.echo_span = t.echo_span, None
+        offset = time.time() - now
+
+        def wall(mono: float) -> float:
+            return round(mono + offset, 3)
         self.series.append({"t": round(time.time(), 3),
                             "rate": round(self.rate_at(now - (self.send_started or now)), 1),
                             "sent": d[0], "accepted": d[1], "rejected": d[2], "delivered": d[3], "expected": d[4],
                             "completeness": round(d[3] / d[4], 6) if d[4] else None,
-                            "p99_ms": _round(p99)})
+                            "duplicates": d[5], "echoed_from": wall(span[0]) if span else None,
+                            "echoed_to": wall(span[1]) if span else None, "p99_ms": _round(p99)})
 
     def report(self) -> dict[str, Any]:
         t = self.tally
@@ -1080,7 +1123,7 @@ class Generator:
             "sent_per_s": round(t.sent / duration, 1) if duration else 0.0,
             "accepted_per_s": round(t.accepted / duration, 1) if duration else 0.0,
             "delivered": t.delivered, "expected": t.expected,
-            "completeness": None if comp is None else round(comp, 6),
+            "completeness": None if comp is None else round(comp, 6), "duplicates": t.duplicates,
             "excluded_while_disconnected": t.excluded,
             "completeness_with_gaps": None if gaps is None else round(gaps, 6),
             "latency_ms": _lat(t.latency), "ack_ms": _lat(t.ack), "client_to_client_ms": _lat(t.c2c),
@@ -1278,7 +1321,7 @@ def format_report(r: dict[str, Any]) -> str:
         f"  sent {r['sent']} in {r['duration_s']}s ({r['sent_per_s']}/s of {r['rate']:g}/s offered), "
         f"accepted {r['accepted']} ({r['accepted_per_s']}/s), rejected: {rejected}",
         f"  delivered {r['delivered']} of {r['expected']} expected: completeness "
-        f"{'-' if comp is None else f'{comp * 100:.3f}%'}",
+        f"{'-' if comp is None else f'{comp * 100:.3f}%'}, duplicates {r.get('duplicates', 0)}",
         f"  latency (receive - tmi-sent-ts): p50 {_fmt(lat['p50'])} ms, p99 {_fmt(lat['p99'])} ms, max {_fmt(lat['max'])} ms",
         f"  send -> echo: p50 {_fmt(ack['p50'])} ms, p99 {_fmt(ack['p99'])} ms; send -> receive: p50 "
         f"{_fmt(c2c['p50'])} ms, p99 {_fmt(c2c['p99'])} ms",

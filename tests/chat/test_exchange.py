@@ -54,3 +54,36 @@ def test_keepalive_switch(tmp_path, subnet, run_dir, keepalive):
             assert opened <= 2        # the pool, reused
         else:
             assert opened >= requests  # a new connection per request, as in 2014
+
+
+def test_a_restarted_exchange_knows_every_edges_rooms_before_its_first_message(tmp_path, subnet, run_dir):
+    """SIGKILLed, the exchange is restarted by the supervisor and asks the edges for their rooms
+    before it listens: its very first answer already names #lobby at the edge. Before, it learned
+    them only from the edges' next refresh (up to 5 s), delivering meanwhile to no edge at all."""
+    import json
+    import os
+    import signal
+    import time
+
+    config = write_cluster(tmp_path / "cluster.yaml", small_cluster(subnet))
+    with cluster_up(config, run_dir) as c:
+        with socket.create_connection((f"{subnet}.1", 6667), timeout=10) as s:
+            s.sendall(b"NICK justinfan4242\r\nJOIN #lobby\r\n")
+            buf = b""
+            while b" 366 " not in buf:
+                chunk = s.recv(4096)
+                assert chunk, buf
+                buf += chunk
+            url = f"http://{subnet}.1:19100/v1/subscriptions"
+            old = c.pid_of("exchange-chat1")
+            os.kill(old, signal.SIGKILL)
+            deadline = time.monotonic() + 20
+            while True:
+                assert time.monotonic() < deadline, "the exchange did not come back"
+                try:
+                    first = json.loads(urllib.request.urlopen(url, timeout=1).read())
+                    break
+                except OSError:
+                    time.sleep(0.01)
+            assert c.pid_of("exchange-chat1") != old
+            assert first.get("chat1", {}).get("rooms") == ["lobby"], first

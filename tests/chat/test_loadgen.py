@@ -175,6 +175,64 @@ def test_tally_excludes_receivers_away_reconnecting_and_says_how_many():
     assert t.completeness == 1.0 and t.completeness_with_gaps == 8 / 9
 
 
+def _generator(tmp_path) -> loadgen.Generator:
+    """A generator planned against a cluster file, never run: its bookkeeping on its own."""
+    cf = clusterfile.load(write_cluster(tmp_path / "c.yaml", default_shape(free_subnet()))).spec
+    return loadgen.Generator(cf, Options(clients=4, senders=1, rooms=("degentp",), series=True))
+
+
+def _privmsg(gen: loadgen.Generator, msg_id: str) -> irc.Message:
+    line = irc.encode("PRIVMSG", "#degentp", "hi", tags={"id": msg_id, "client-nonce": gen.nonce_prefix + "1-1"},
+                      source="loadgen_0!loadgen_0@x", trailing=True)
+    return next(iter(irc.Framer().feed(line)))
+
+
+def test_a_message_delivered_twice_to_one_receiver_is_a_duplicate_and_counts_once(tmp_path):
+    """A retry that delivers again must show: the second copy is counted as a duplicate (per
+    receiver, across its reconnections: keyed by nick) and not as a delivery, so completeness
+    cannot hide it by passing 1. The same id at two receivers is two deliveries."""
+    asyncio.run(_duplicates(_generator(tmp_path)))
+
+
+async def _duplicates(gen: loadgen.Generator) -> None:        # clients need a running loop
+    a, b = (loadgen.TcpClient(gen, p, None) for p in gen.plans[:2])
+    gen.tally.echo("m1", "degentp", 0.0)
+    gen.privmsg(a, _privmsg(gen, "m1"))
+    gen.privmsg(b, _privmsg(gen, "m1"))
+    gen.privmsg(a, _privmsg(gen, "m1"))
+    again = loadgen.TcpClient(gen, a.plan, None)         # a reconnected: a new connection, same receiver
+    gen.privmsg(again, _privmsg(gen, "m1"))
+    gen.tally.settle(5.0)
+    assert (gen.tally.delivered, gen.tally.duplicates) == (2, 2)
+    assert gen.tally.errors["duplicate"] == 2
+    for i in range(loadgen.DEDUP_WINDOW):              # bounded memory: the oldest ids are forgotten
+        gen.privmsg(b, _privmsg(gen, f"x{i}"))
+    assert len(gen.recent_ids[b.plan.nick][0]) == loadgen.DEDUP_WINDOW
+
+
+def test_series_points_say_which_echoes_they_judged(tmp_path):
+    """--series: each point carries its completeness, duplicates and the wall-clock span of the
+    echoes it settled, so a fault at a known time can be matched to its messages."""
+    gen = _generator(tmp_path)
+    gen.tally = Tally({"degentp": 2})
+    now = time.monotonic()
+    gen.tally.echo("m1", "degentp", now - 3.0)
+    gen.tally.delivery("m1", now - 3.0)
+    gen.tally.echo("m2", "degentp", now - 2.0)
+    gen.tally.delivery("m2", now - 2.0)
+    gen.tally.delivery("m2", now - 2.0)
+    gen.tally.settle(now)
+    gen.add_point(now)
+    p = gen.series[-1]
+    assert (p["accepted"], p["delivered"], p["expected"], p["duplicates"]) == (2, 3, 4, 0)
+    assert p["completeness"] == 0.75
+    wall = time.time()
+    assert abs(p["echoed_from"] - (wall - 3.0)) < 0.5 and abs(p["echoed_to"] - (wall - 2.0)) < 0.5
+    gen.add_point(now + 1)
+    assert gen.series[-1]["echoed_from"] is None and gen.series[-1]["completeness"] is None
+    assert loadgen.parse_args(["--series"])[0].series is True
+
+
 def test_edge_is_read_from_the_welcome_line():
     assert loadgen.EDGE_IN_WELCOME.search("Your host is tmi.chatops.local (edge chat-event1)").group(1) == "chat-event1"
     assert loadgen.EDGE_IN_WELCOME.search("Your host is tmi.chatops.local") is None

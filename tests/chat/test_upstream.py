@@ -97,3 +97,37 @@ def test_a_stalled_upstream_fails_calls_at_once_past_max_pending():
     pending, tasks, queued_done, first_done = after
     assert pending == bound and queued_done == 0 and not first_done
     assert tasks <= 2                      # one request in flight, one task waiting for the connection
+
+
+def test_a_batch_whose_connection_dies_is_failed_not_sent_again():
+    """At most once: an upstream killed after it read a batch (clue or the exchange SIGKILLed mid-
+    request) fails that batch's callers; nothing sends it again, not even on a reused keepalive
+    connection, where aiohttp retries idempotent methods by itself. A resent publish would reach
+    every edge twice (the chaos test counts duplicates per receiver)."""
+    async def go():
+        seen = []
+
+        async def handler(request):
+            body = await request.json()
+            seen.append(body["items"])
+            if len(seen) == 1:
+                return web.json_response({"results": [{"ok": True}]})
+            request.transport.abort()              # read, then gone without an answer
+            await asyncio.sleep(1)
+            return web.Response()                  # never reaches the client
+        runner, url = await _serve(handler)
+        pool = Pool(pool_size=1, keepalive=True, local_address=None, token=None)
+        up = Upstream(pool, url, name="exchange", timeout=5.0, max_pending=100)
+        try:
+            first = await asyncio.wait_for(up.call({"n": 1}), 3.0)
+            second = await asyncio.wait_for(asyncio.gather(up.call({"n": 2}), return_exceptions=True), 3.0)
+        finally:
+            await up.close()
+            await pool.close()
+            await runner.cleanup()
+        return first, second[0], seen
+
+    first, second, seen = asyncio.run(go())
+    assert first == {"ok": True}
+    assert isinstance(second, UpstreamError), second
+    assert seen == [[{"n": 1}], [{"n": 2}]]              # the second batch reached the server once

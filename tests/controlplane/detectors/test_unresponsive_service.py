@@ -21,7 +21,7 @@ from cluster.spec import ClusterFile
 from controlplane import incidents
 from controlplane.database import Database
 from controlplane.detectors import unresponsive_service as us
-from controlplane.detectors.base import Window
+from controlplane.detectors.base import SHARD, Window
 from tests.conftest import crash_loop, live_controlplane, small_cluster, wait_for
 
 HOLD_S = 3.0
@@ -104,8 +104,44 @@ def test_a_crash_loop_that_answers_between_crashes_is_named_from_the_restart_cou
     assert f.evidence["state"] == "crash-looping" and f.evidence["restarts_recent"] == 3.0
     assert f.evidence["restarts"] == 8.0
     assert f.title == "clue@chat1 crash-looping (3 restarts in 60 s)"
-    # One restart is a crash the supervisor handled, not a loop.
+    # One restart is a crash the supervisor handled, not a loop: once it has answered for `hold`
+    # since, nothing is left to report.
     assert found(window([1.0] * 7, restarts=[5, 5, 5, 6, 6, 6, 6])) == {}
+
+
+def test_a_single_restart_too_quick_for_any_scrape_is_found_at_once_and_clears_after_hold():
+    """The supervisor restarts within 0-0.5 s, often before one scrape fails: a single SIGKILL was
+    never seen (the chaos test's blind spot). The restart count's rise is itself the finding,
+    firing at once, until the service has answered for `hold` after it."""
+    w = window([1.0] * 7, restarts=[5, 5, 5, 5, 5, 6, 6], status="running")     # rose 1 s ago
+    f = found(w)["clue@chat1"]
+    assert f.firing and f.severity == "warning" and f.remediation is None
+    assert f.title == "clue@chat1 restarted by the supervisor"
+    assert f.evidence["state"] == "restarted (answering again)" and f.evidence["restarted_s_ago"] == 1.0
+    # Answered for hold (3 s) since: resolved. A supervisor restarted from 0 is no restart.
+    assert found(window([1.0] * 7, restarts=[5, 5, 5, 6, 6, 6, 6])) == {}
+    assert found(window([1.0] * 7, restarts=[5, 5, 5, 5, 5, 0, 0])) == {}
+    # Back but not answering yet: critical, and once silent for hold it is "not answering" again.
+    f = found(window([1.0] * 5 + [0.0, 0.0], restarts=[5, 5, 5, 5, 5, 6, 6], status="gone"))["clue@chat1"]
+    assert f.firing and f.severity == "critical" and "not answering yet" in f.title
+    f = found(window([1.0] * 3 + [0.0] * 4, restarts=[5, 5, 5, 5, 5, 6, 6], status="gone"))["clue@chat1"]
+    assert f.title == "clue@chat1 not answering: down (process gone)" and f.remediation
+
+
+def test_a_restarted_shard_is_found_until_it_has_answered_for_hold():
+    w = window([1.0] * 7)
+    counts = [0, 0, 0, 0, 0, 1, 1]                     # rose 1 s ago
+    w.series["process:local"] = {"redis-shard1:restarts": [(NOW - 6 + i, v) for i, v in enumerate(counts)]}
+    w.series["redis:shard1"] = {"up": [(NOW - 6 + i, 1.0) for i in range(7)],
+                                "keys": [(NOW, 3.0)]}
+    f = found(w)["redis-shard1"]
+    assert f.firing and f.about == {"service": "redis", "host": "redis2", "shard": "shard1"}
+    assert f.title == "redis-shard1 (shard1) restarted by the supervisor" and f.evidence["keys_now"] == 3.0
+    row_ = row(1, us.KIND, f.subject, f.about, f.evidence)
+    assert us.layer(row_) == SHARD and us.serves(row_) is None
+    assert "shard1 ops/s" in [c.caption for c in us.charts(row_)]
+    w.now += 3.0                                       # answered 4 s (> hold) since
+    assert found(w) == {}
 
 
 def test_restarts_are_counted_over_the_span_and_a_reset_counts_nothing():
