@@ -4,11 +4,12 @@ request opens a new TCP connection to the edge; with it on, connections are reus
 from __future__ import annotations
 
 import socket
+import urllib.error
 import urllib.request
 
 import pytest
 
-from tests.conftest import chatops, cluster_up, small_cluster, wait_for, write_cluster
+from tests.conftest import chatops, cluster_up, run_secrets, small_cluster, wait_for, write_cluster
 
 
 def _metric(url: str, name: str) -> float:
@@ -74,15 +75,19 @@ def test_a_restarted_exchange_knows_every_edges_rooms_before_its_first_message(t
                 chunk = s.recv(4096)
                 assert chunk, buf
                 buf += chunk
-            url = f"http://{subnet}.1:19100/v1/subscriptions"
+            token = run_secrets(run_dir)["CHATOPS_INTERNAL_TOKEN"]
+            asked = urllib.request.Request(f"http://{subnet}.1:19100/v1/subscriptions",
+                                           headers={"Authorization": f"Bearer {token}"})
             old = c.pid_of("exchange-chat1")
             os.kill(old, signal.SIGKILL)
             deadline = time.monotonic() + 20
             while True:
                 assert time.monotonic() < deadline, "the exchange did not come back"
                 try:
-                    first = json.loads(urllib.request.urlopen(url, timeout=1).read())
+                    first = json.loads(urllib.request.urlopen(asked, timeout=1).read())
                     break
+                except urllib.error.HTTPError:
+                    raise
                 except OSError:
                     time.sleep(0.01)
             assert c.pid_of("exchange-chat1") != old
