@@ -16,10 +16,12 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from cluster import redis_acl
+from cluster.redis_acl import Credentials
 from collectors.base import Observation, source_address
 from collectors.resp import TIMEOUT_S, Conn, ProtocolError, RedisError, decode, encode_command, parse_resp
 
-__all__ = ["Target", "target_for", "collect", "connect", "find_shard", "UnknownShard", "parse_info",
+__all__ = ["Target", "target_for", "collect", "connect", "admin_auth", "redact_args", "find_shard", "UnknownShard", "parse_info",
            "fetch_info", "rates", "parse_config", "fetch_config", "parse_slowlog", "fetch_slowlog",
            "parse_latency", "fetch_latency", "fetch_hotkeys", "source_address",
            # the RESP layer, for callers that talk to a shard directly
@@ -43,6 +45,7 @@ class Target:
     source: str | None = None    # local address our connection comes from (see source_address)
     timeout: float = TIMEOUT_S
     hotkeys_max: int = 1000      # keys SCANned for OBJECT FREQ, at most
+    auth: Credentials | None = None   # the control plane's ACL user (its repr hides the password)
 
 
 class UnknownShard(KeyError):
@@ -64,12 +67,19 @@ def find_shard(cf, shard_name: str):
 def target_for(cf, shard_name: str, timeout: float = TIMEOUT_S, hotkeys_max: int = 1000) -> Target:
     """The shard named in the cluster file; raises UnknownShard."""
     shard = find_shard(cf, shard_name)
-    return Target(shard_name, cf.address(shard.host), shard.port, source_address(cf), timeout, hotkeys_max)
+    return Target(shard_name, cf.address(shard.host), shard.port, source_address(cf), timeout, hotkeys_max,
+                  admin_auth(cf))
+
+
+def admin_auth(cf) -> Credentials:
+    """The control plane's credentials (ACL user `chatops`): every connection it opens to a shard
+    authenticates with them (cluster/redis_acl.py)."""
+    return redis_acl.credentials(cf, redis_acl.CHATOPS)
 
 
 def connect(target) -> Conn:
     """A connection to the target's shard (a redis or a clients Target: both name one)."""
-    return Conn(target.address, target.port, target.timeout, target.source)
+    return Conn(target.address, target.port, target.timeout, target.source, target.auth)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -216,6 +226,27 @@ def fetch_config(conn: Conn) -> dict[str, Any]:
 #   [0, 1795786974, 12106, [b'DEBUG', b'SLEEP', b'0.012'], b'127.213.134.9:52483', b'slowpoke']
 #   id, unix time, microseconds, argv (Redis truncates it to 32 args / 128 bytes), addr, name
 
+# Arguments that are credentials: what follows AUTH (a password) or AUTH2 (a user and a password)
+# in MIGRATE and in the slot guard's MIGRATE_SLOTS script. Redis redacts a MIGRATE's own, but not
+# a script's: SLOWLOG shows an EVALSHA's arguments as sent.
+_CREDENTIAL_ARGS = {b"auth": 1, b"auth2": 2}
+
+
+def redact_args(args: list) -> list:
+    """`args` with every credential replaced by `(redacted)`, as Redis itself shows them."""
+    out = list(args)
+    i = 0
+    while i < len(out):
+        a = out[i]
+        n = _CREDENTIAL_ARGS.get(a.lower() if isinstance(a, bytes) else str(a).lower().encode())
+        if n:
+            for j in range(i + 1, min(i + 1 + n, len(out))):
+                out[j] = b"(redacted)"
+            i += n
+        i += 1
+    return out
+
+
 def parse_slowlog(reply: Any) -> list[dict[str, Any]]:
     if isinstance(reply, RedisError):
         raise reply
@@ -225,7 +256,7 @@ def parse_slowlog(reply: Any) -> list[dict[str, Any]]:
     for e in reply:
         if not isinstance(e, list) or len(e) < 4 or not all(isinstance(x, int) for x in e[:3]):
             continue  # a malformed entry is skipped, the rest kept
-        args = e[3] if isinstance(e[3], list) else []
+        args = redact_args(e[3]) if isinstance(e[3], list) else []
         out.append({"id": e[0], "at": e[1], "usec": e[2],
                     "command": " ".join(decode(a) for a in args)[:200],
                     "client": decode(e[4]) if len(e) > 4 and e[4] is not None else "",

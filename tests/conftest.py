@@ -293,7 +293,9 @@ def start_loadgen(c: RunningCluster, source: str, *, clients: int, duration: flo
         [sys.executable, "-m", "controlplane.cli", "loadgen", "--config", str(c.config), "--clients", str(clients),
          "--senders", "2", "--rate", "10", "--duration", f"{duration:g}", "--rooms", room,
          "--source-address", source, "--json", "--quiet"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+        # The run dir, for its generated secrets: the loadgen creates its senders as Redis user clue.
+        env={**os.environ, "CHATOPS_RUN_DIR": str(c.run)})
 
 
 def stop_loadgen(proc: subprocess.Popen, timeout: float = 60) -> dict:
@@ -358,3 +360,20 @@ def run_secrets(run: Path) -> dict[str, str]:
     by variable name: what a test needs to talk to clue, the exchange or Redis directly."""
     from cluster import secrets
     return secrets.read_file(RunDir(run))
+
+
+def redis_auth(run: Path, user: str = "chatops") -> dict[str, str]:
+    """redis.Redis(**redis_auth(run)): log in as the Redis ACL user `user` (chatops, clue or
+    replication) of the cluster in `run`, with the password `chatops up` generated for it."""
+    from cluster import redis_acl, secrets
+    from cluster.spec import Secrets
+    name = getattr(Secrets(), redis_acl.PASSWORD_FIELDS[user])
+    return {"username": user, "password": secrets.read_file(RunDir(run))[name]}
+
+
+def redis_creds(run: Path, user: str = "chatops"):
+    """The same as a cluster.redis_acl.Credentials, for collectors.resp.Conn(..., auth=) and
+    ShardedCache(auth=)."""
+    from cluster.redis_acl import Credentials
+    a = redis_auth(run, user)
+    return Credentials(a["username"], a["password"])

@@ -50,7 +50,7 @@ class AdminPool:
 
     def _open(self, shard: str) -> Conn:
         s = rc.find_shard(self.cf, shard)
-        conn = Conn(self.cf.address(s.host), s.port, TIMEOUT_S, source_address(self.cf))
+        conn = Conn(self.cf.address(s.host), s.port, TIMEOUT_S, source_address(self.cf), rc.admin_auth(self.cf))
         try:
             conn.call("CLIENT", "SETNAME", "chatops-admin")
         except (OSError, RedisError):
