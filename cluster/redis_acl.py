@@ -42,12 +42,12 @@ DEFAULT_RULES = "on nopass resetkeys resetchannels -@all +ping +info|replication
 # Rules after the password. `-@dangerous` drops FLUSHALL, KEYS, CONFIG, DEBUG, MIGRATE, SORT...
 _RULES = {
     CLUE: ("resetkeys resetchannels ~{* %R~chatops:* %RW~chatops:touched:* "
-           "-@all +@read +@write -@dangerous +ping +eval +evalsha "
-           "+client|setname +client|getname +client|id"),
+           "-@all +@read +@write +@transaction -@dangerous +ping +eval +evalsha "
+           "+client|setname +client|getname +client|id +client|info"),
     CHATOPS: ("resetkeys resetchannels %R~* ~chatops:* "
               "-@all +@read -keys +ping +info +dbsize +scan +randomkey +object|freq +memory|usage "
               "+config|get +config|set +slowlog|get +slowlog|reset +latency|latest "
-              "+client|list +client|kill +client|setname +client|getname +client|id "
+              "+client|list +client|kill +client|setname +client|getname +client|id +client|info "
               "+client|pause +client|unpause +replicaof "
               "+script|load +eval +evalsha +set +setbit +hset +hdel +sadd +srem +del +unlink +select|0 "
               # Moving keys between shards touches chat keys; nothing else may write them.

@@ -251,6 +251,7 @@ class Conn:
         self._buf = bytearray(RECV_BYTES)
         self._view = memoryview(self._buf)
         self._broken: ProtocolError | None = None
+        self.auth = auth        # for a helper that opens a socket of its own beside this one
         if auth is not None:
             try:
                 self.call("AUTH", auth.user, auth.password)

@@ -32,11 +32,11 @@ def load(path: str | None, run: RunDir | None = None) -> clusterfile.LoadedClust
     except clusterfile.ClusterFileError as exc:
         fail(str(exc), 2)
     if run is not None and loaded.spec.profile == "local":
-        _use_local_secrets(loaded.spec, run)
+        use_local_secrets(loaded.spec, run)
     return loaded
 
 
-def _use_local_secrets(cf, run: RunDir) -> None:
+def use_local_secrets(cf, run: RunDir) -> None:
     """The secrets `chatops up` generated for this run dir, for every unset variable, so that a
     command talking to the cluster (a Redis ACL user's password...) finds what the processes that
     `up` started were handed; a variable already set wins, as it does for `up`."""

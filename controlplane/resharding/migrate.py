@@ -108,7 +108,20 @@ def scan_slots(conn: Conn, slots: set[int] | None = None, count: int = SCAN_COUN
     with socket.create_connection((host, int(port)), timeout=conn.sock.gettimeout(),
                                   source_address=(source, 0)) as sock:
         reader = hiredis.Reader()
-        sock.sendall(encode_command("SCAN", b"0", "COUNT", count))
+        # Logged in as the connection it stands in for; its reply is read before the first SCAN's.
+        auth = [encode_command("AUTH", conn.auth.user, conn.auth.password)] if conn.auth is not None else []
+        sock.sendall(b"".join([*auth, encode_command("SCAN", b"0", "COUNT", count)]))
+        while auth:
+            reply = reader.gets()
+            if reply is False:
+                data = sock.recv(1 << 16)
+                if not data:
+                    raise RedisError("the shard closed the connection during AUTH")
+                reader.feed(data)
+                continue
+            if reply != b"OK":
+                raise RedisError(f"AUTH answered {str(reply)[:200]}")
+            auth = []
         while True:
             reply = reader.gets()
             while reply is False:

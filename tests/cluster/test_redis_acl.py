@@ -15,17 +15,17 @@ import pytest
 
 from chat import slotguard
 from chat.sharding import key_slot
-from cluster import clusterfile
+from cluster import clusterfile, secrets
 from cluster.redis_acl import Credentials
 from cluster.rundir import RunDir
 from collectors import redis as rc
 from collectors.resp import Conn, RedisError
 from controlplane.remediation import set_redis_config
-from controlplane.remediation.base import BadParams, validate
+from controlplane.remediation.admin import AdminPool
+from controlplane.remediation.base import BadParams, Unavailable, validate
 from tests.conftest import (
     cluster_up,
     descendants,
-    env_var,
     free_subnet,
     loadgen_report,
     redis_creds,
@@ -45,8 +45,7 @@ def acl_cluster():
     subnet = free_subnet()
     config = write_cluster(run.parent / f"{run.name}.yaml", small_cluster(subnet, replica=True))
     try:
-        # In-process clients (the collectors) find the generated passwords as a chatops command does.
-        with cluster_up(config, run) as c, env_var("CHATOPS_RUN_DIR", str(run)):
+        with cluster_up(config, run) as c:
             yield c, clusterfile.load(config).spec, subnet
     finally:
         shutil.rmtree(run, ignore_errors=True)
@@ -98,7 +97,7 @@ def test_wrong_password_is_refused(acl_cluster):
 
 def test_clue_has_its_keys_and_nothing_else(acl_cluster):
     c, cf, _ = acl_cluster
-    clue = redis_creds(c.run, "clue")
+    clue = redis_creds(user="clue")
     # Through a chat host's listener, as clue connects.
     with Conn(cf.address("chat1"), cf.listener_port(0), timeout=5, auth=clue) as conn:
         assert conn.call("SET", "{acltest}.color", "#123456") == "OK"
@@ -146,28 +145,40 @@ def test_set_redis_config_cannot_touch_auth_settings(acl_cluster):
         with pytest.raises(BadParams):
             validate({"shard": "shard0", key: "x"}, set_redis_config.PARAMS, cf)
     assert set(set_redis_config.KEYS) == {"timeout", "maxclients", "maxmemory_policy"}
+    # The admin connection refuses them too, before sending: the ACL cannot.
+    pool = AdminPool(cf)
+    try:
+        for key in ("requirepass", "masterauth", "masteruser"):
+            with pytest.raises(Unavailable, match="only sets"):
+                pool.call("shard0", "CONFIG", "SET", key, "x")
+            with pytest.raises(Unavailable, match="only sets"):
+                pool.call("shard0", "CONFIG", "SET", "timeout", "0", key, "x")
+        assert pool.call("shard0", "CONFIG", "SET", "timeout", "0") == "OK"
+        assert pool.call("shard0", "PING") == "PONG"
+    finally:
+        pool.close()
 
 
 def test_the_replica_follows_its_primary_as_replication(acl_cluster):
     c, cf, _ = acl_cluster
     replica = next((a, p) for n, a, p in _redis_places(c) if n.endswith("-replica"))
-    with Conn(cf.address("redis1"), 6379, timeout=5, auth=redis_creds(c.run, "clue")) as conn:
+    with Conn(cf.address("redis1"), 6379, timeout=5, auth=redis_creds(user="clue")) as conn:
         conn.call("SET", "{acltest}.replicated", "yes")
-    with Conn(*replica, timeout=5, auth=redis_creds(c.run, "chatops")) as r:
+    with Conn(*replica, timeout=5, auth=redis_creds(user="chatops")) as r:
         wait_for(lambda: rc.parse_info(r.call("INFO", "replication"))["replication"].get("master_link_status")
                  == "up", 10, what="the replica's link to its primary")
         wait_for(lambda: r.call("GET", "{acltest}.replicated") == b"yes", 10, what="the key on the replica")
     # The replication user can follow a primary, and nothing else.
-    with Conn(cf.address("redis1"), 6379, timeout=5, auth=redis_creds(c.run, "replication")) as conn:
+    with Conn(cf.address("redis1"), 6379, timeout=5, auth=redis_creds(user="replication")) as conn:
         assert conn.call("PING") == "PONG"
         _refused(conn, "GET", "{acltest}.replicated")
         _refused(conn, "CONFIG", "GET", "masterauth")
 
 
 def test_no_password_on_a_command_line_or_in_a_log(acl_cluster):
-    c, _, _ = acl_cluster
-    values = [v for v in run_secrets(c.run).values()]
-    assert len(values) >= 4
+    c, cf, _ = acl_cluster
+    values = [os.environ[getattr(cf.secrets, s.field)] for s in secrets.SECRETS]
+    assert len(values) == 4
     pids = {c.proc.pid} | descendants(c.proc.pid)
     assert len(pids) >= 6
     for pid in pids:
@@ -199,11 +210,11 @@ def test_chat_works_end_to_end(acl_cluster):
 def test_migrate_logs_in_on_the_target_and_slowlog_shows_no_password(acl_cluster):
     """Last: it moves a slot, so shard0 owns a bitmap of slots from here on."""
     c, cf, _ = acl_cluster
-    auth = redis_creds(c.run, "chatops")
+    auth = redis_creds(user="chatops")
     key = "{aclmove}.bans"
     slot = key_slot(key)
     s0, s1 = cf.redis.shards
-    with Conn(cf.address(s0.host), s0.port, timeout=5, auth=redis_creds(c.run, "clue")) as conn:
+    with Conn(cf.address(s0.host), s0.port, timeout=5, auth=redis_creds(user="clue")) as conn:
         conn.call("HSET", key, "someone", "0")
     with Conn(cf.address(s0.host), s0.port, timeout=5, auth=auth) as src, \
             Conn(cf.address(s1.host), s1.port, timeout=5, auth=auth) as dst:
@@ -243,6 +254,6 @@ def test_credentials_come_from_the_run_dir_when_the_variable_is_unset(acl_cluste
     for name in run_secrets(c.run):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("CHATOPS_RUN_DIR", str(c.run))
-    assert redis_acl.credentials(cf, "clue") == redis_creds(c.run, "clue")
-    assert redis_acl.credentials(cf, "chatops", RunDir(c.run)).password == redis_creds(c.run).password
+    assert redis_acl.credentials(cf, "clue") == redis_creds(user="clue")
+    assert redis_acl.credentials(cf, "chatops", RunDir(c.run)).password == redis_creds().password
     assert os.environ.get("CHATOPS_REDIS_CLUE_PASSWORD") is None
