@@ -13,11 +13,12 @@ import heapq
 import logging
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from cluster import redis_acl
 from cluster.redis_acl import Credentials
+from cluster.secrets import SecretError
 from collectors.base import Observation, source_address
 from collectors.resp import TIMEOUT_S, Conn, ProtocolError, RedisError, decode, encode_command, parse_resp
 
@@ -45,7 +46,7 @@ class Target:
     source: str | None = None    # local address our connection comes from (see source_address)
     timeout: float = TIMEOUT_S
     hotkeys_max: int = 1000      # keys SCANned for OBJECT FREQ, at most
-    auth: Credentials | None = None   # the control plane's ACL user (its repr hides the password)
+    auth: AdminAuth | Credentials | None = field(default=None, compare=False)  # repr shows no password
 
 
 class UnknownShard(KeyError):
@@ -71,10 +72,34 @@ def target_for(cf, shard_name: str, timeout: float = TIMEOUT_S, hotkeys_max: int
                   admin_auth(cf))
 
 
-def admin_auth(cf) -> Credentials:
-    """The control plane's credentials (ACL user `chatops`): every connection it opens to a shard
-    authenticates with them (cluster/redis_acl.py)."""
-    return redis_acl.credentials(cf, redis_acl.CHATOPS)
+class AdminAuth:
+    """The control plane's credentials (ACL user `chatops`, cluster/redis_acl.py), the password
+    looked up when a connection first sends AUTH, after it has connected: an unreachable shard
+    still reads as refused, and a password nobody set fails that shard's connection with a
+    RedisError naming the variable, like any other refusal, instead of failing before it."""
+
+    user = redis_acl.CHATOPS
+
+    def __init__(self, cf):
+        self._cf = cf
+        self._password: str | None = None
+
+    @property
+    def password(self) -> str:
+        if self._password is None:
+            try:
+                self._password = redis_acl.password(self._cf, self.user)
+            except SecretError as exc:
+                raise RedisError(f"cannot log in as {self.user}: {exc}") from None
+        return self._password
+
+    def __repr__(self) -> str:
+        return f"AdminAuth(user={self.user!r})"
+
+
+def admin_auth(cf) -> AdminAuth:
+    """What every connection the control plane opens to a shard logs in with."""
+    return AdminAuth(cf)
 
 
 def connect(target) -> Conn:
@@ -334,7 +359,7 @@ def collect(target: Target, previous: Observation | None = None) -> Observation:
     at, t0 = time.time(), time.perf_counter()
     try:
         conn = connect(target)
-    except OSError as exc:
+    except (OSError, RedisError) as exc:       # RedisError: AUTH refused (WRONGPASS)
         return Observation("redis", target.shard, at, False, time.perf_counter() - t0, None,
                            f"{type(exc).__name__}: {exc}")
     data: dict[str, Any] = {"shard": target.shard, "address": conn.address}

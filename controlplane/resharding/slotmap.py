@@ -101,7 +101,7 @@ def connections(cf, timeout: float = TIMEOUT_S) -> Iterator[dict[str, Conn | Exc
         for name in shard_names(cf):
             try:
                 out[name] = connect(cf, name, timeout)
-            except OSError as exc:
+            except (OSError, RedisError) as exc:      # RedisError: AUTH refused
                 out[name] = exc
         yield out
     finally:

@@ -251,9 +251,15 @@ def test_redact_args():
 def test_credentials_come_from_the_run_dir_when_the_variable_is_unset(acl_cluster, monkeypatch):
     c, cf, _ = acl_cluster
     from cluster import redis_acl
+    clue, chatops = redis_creds(user="clue"), redis_creds()
     for name in run_secrets(c.run):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("CHATOPS_RUN_DIR", str(c.run))
-    assert redis_acl.credentials(cf, "clue") == redis_creds(user="clue")
-    assert redis_acl.credentials(cf, "chatops", RunDir(c.run)).password == redis_creds().password
+    assert redis_acl.credentials(cf, "clue") == clue
+    assert redis_acl.credentials(cf, "chatops", RunDir(c.run)).password == chatops.password
     assert os.environ.get("CHATOPS_REDIS_CLUE_PASSWORD") is None
+    # Nothing found anywhere: the connection fails naming the variable, never a password.
+    monkeypatch.setenv("CHATOPS_RUN_DIR", "/nonexistent")
+    with pytest.raises(RedisError, match="CHATOPS_REDIS_CONTROLPLANE_PASSWORD is not set"):
+        rc.connect(rc.target_for(cf, "shard0"))
+    assert not rc.collect(rc.target_for(cf, "shard0")).up
