@@ -20,6 +20,7 @@ from cluster.redis_acl import Credentials
 from cluster.rundir import RunDir
 from collectors import redis as rc
 from collectors.resp import Conn, RedisError
+from controlplane.local import redis_config
 from controlplane.remediation import set_redis_config
 from controlplane.remediation.admin import AdminPool
 from controlplane.remediation.base import BadParams, Unavailable, validate
@@ -199,6 +200,19 @@ def test_no_password_on_a_command_line_or_in_a_log(acl_cluster):
             assert stat.S_IMODE((d / name).stat().st_mode) == 0o600, d / name
         acl = (d / "users.acl").read_text()
         assert acl.startswith("user default on nopass") and acl.count(" on #") == 3
+
+
+def test_redis_conf_for_ansible_names_the_same_files_and_holds_no_password(acl_cluster):
+    c, cf, _ = acl_cluster
+    values = [os.environ[getattr(cf.secrets, s.field)] for s in secrets.SECRETS]
+    servers = redis_config.render_all(cf, RunDir(c.run))
+    assert len(servers) == 3
+    for s in servers:
+        text = s.text()
+        lines = text.splitlines()
+        assert lines[2] == f"include {s.auth_conf}" and lines[3] == f"aclfile {s.acl_file}"
+        assert Path(s.acl_file).is_file() and Path(s.auth_conf).is_file()     # what the supervisor wrote
+        assert not any(v in text for v in values)
 
 
 def test_chat_works_end_to_end(acl_cluster):

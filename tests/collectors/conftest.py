@@ -56,8 +56,8 @@ def stop(proc: subprocess.Popen) -> None:
 # test bench, not the cluster's (whose users tests/cluster/test_redis_acl.py checks): their
 # `chatops` user may do anything, and only its hash is on the command line.
 ADMIN_PASSWORD = "collectors-test-admin-password"
-ADMIN_USER = ["--user", "chatops", "on", f"#{hashlib.sha256(ADMIN_PASSWORD.encode()).hexdigest()}", "~*", "&*",
-              "+@all"]
+ADMIN_USER = ["--user", "chatops", "on", "#" + hashlib.sha256(ADMIN_PASSWORD.encode()).hexdigest(),
+              "~*", "&*", "+@all"]
 
 
 @pytest.fixture
@@ -69,7 +69,8 @@ def shards(subnet, run_dir, monkeypatch):
     try:
         procs.append(start_redis(f"{subnet}.21", 6379, run_dir, "--maxmemory-policy", "allkeys-lfu",
                                   "--enable-debug-command", "yes", *ADMIN_USER))
-        procs.append(start_redis(f"{subnet}.22", 6379, run_dir, "--maxmemory-policy", "noeviction", *ADMIN_USER))
+        procs.append(start_redis(f"{subnet}.22", 6379, run_dir, "--maxmemory-policy", "noeviction",
+                                  *ADMIN_USER))
         yield cfg, clusterfile.load(cfg).spec, procs
     finally:
         for p in procs:

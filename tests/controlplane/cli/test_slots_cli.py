@@ -179,7 +179,7 @@ def seed_slots(cf) -> list[int]:
             slots.add(slot)
         i += 1
     shard = cf.redis.shards[0]
-    r = redis.Redis(**redis_auth(), host=cf.address(shard.host), port=shard.port, socket_timeout=10)
+    r = redis.Redis(**redis_auth(user="clue"), host=cf.address(shard.host), port=shard.port, socket_timeout=10)
     try:
         for tag in tags:
             pipe = r.pipeline(transaction=False)

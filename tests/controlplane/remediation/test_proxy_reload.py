@@ -40,8 +40,8 @@ class ClientLoop(threading.Thread):
 
     def client(self):
         # No retries: a dropped or refused connection must show up as an error.
-        return redis.Redis(**redis_auth(), host=self.address, port=self.port, socket_timeout=3, socket_connect_timeout=3,
-                           retry=Retry(NoBackoff(), 0))
+        return redis.Redis(**redis_auth(user="clue"), host=self.address, port=self.port, socket_timeout=3,
+                           socket_connect_timeout=3, retry=Retry(NoBackoff(), 0))
 
     def run(self):
         r = self.client()
@@ -51,7 +51,7 @@ class ClientLoop(threading.Thread):
                 if self.reconnect:
                     r.close()
                     r = self.client()
-                key = f"reload-test:{self.reconnect}:{i % 50}"
+                key = f"{{reload-test}}:{self.reconnect}:{i % 50}"
                 r.set(key, i)
                 if int(r.get(key)) != i:
                     self.errors.append(f"wrong value for {key}")
