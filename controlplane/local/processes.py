@@ -120,7 +120,7 @@ def _redis_spec(cf: ClusterFile, run: RunDir, name: str, shard_name: str, host: 
     role = f"replica of {shard_name}" if primary else f"shard {shard_name}"
 
     def prepare(restart: bool) -> None:
-        # Written before every start, so a restart picks up changed passwords (rotation).
+        # Written before every start: the files always match the passwords this supervisor hands out.
         workdir.mkdir(parents=True, exist_ok=True)
         redis_acl.write_private(acl_file, redis_acl.acl_text(cf, run))
         redis_acl.write_private(auth_conf, redis_acl.auth_conf_text(cf, run))
