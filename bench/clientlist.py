@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import shutil
 import socket
@@ -113,6 +114,9 @@ def main(argv: list[str] | None = None) -> None:
         conn = rc.Conn(addr, port, timeout=10)
         rp = redispy.Redis(host=addr, port=port, socket_timeout=10)
         hosts = cf.host_by_address()
+        # A bare redis-server, no ACL: the snapshot uses `conn`, so the control plane's password is
+        # never sent, but target_for resolves it.
+        os.environ.setdefault(cf.secrets.redis_controlplane_password_env, "unused-on-a-bare-server")
         target = clients.target_for(cf, "shard0", measure_cost=False)
 
         parts: dict[str, list[float]] = {"fetch_ms": [], "parse_ms": []}

@@ -48,9 +48,10 @@ if str(ROOT) not in sys.path:
 
 import yaml  # noqa: E402
 
-from cluster import binaries, clusterfile, durations, loopback  # noqa: E402
+from cluster import binaries, clusterfile, durations, loopback, redis_acl  # noqa: E402
 from cluster.rundir import RunDir  # noqa: E402
 from cluster.state import read_state  # noqa: E402
+from controlplane.cli.common import use_local_secrets  # noqa: E402
 
 PROM_SCRAPE_S = 15.0          # Prometheus' default scrape_interval
 PROM_GROUP_WAIT_S = 30.0      # Alertmanager's default group_wait
@@ -82,6 +83,13 @@ class Cluster:
         if out.returncode != 0:
             chatops("down", "--run-dir", str(self.run))
             sys.exit(f"detect: chatops up failed:\n{out.stdout}{out.stderr}")
+        use_local_secrets(self.cf, RunDir(self.run))   # the Redis ACL passwords, for our own clients
+
+    def admin_redis(self, host: str, port: int, **kw):
+        """A redis-py client of a shard, logged in as the control plane's ACL user."""
+        import redis
+        auth = redis_acl.credentials(self.cf, redis_acl.CHATOPS)
+        return redis.Redis(host=host, port=port, username=auth.user, password=auth.password, **kw)
 
     def down(self) -> None:
         out = chatops("down", "--run-dir", str(self.run))

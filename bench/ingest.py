@@ -46,9 +46,10 @@ if str(ROOT) not in sys.path:
 
 from chat import loadgen  # noqa: E402
 from chat.sharding import SlotMap  # noqa: E402
-from cluster import clusterfile, loopback, spec  # noqa: E402
+from cluster import clusterfile, loopback, redis_acl, spec  # noqa: E402
 from cluster.rundir import RunDir  # noqa: E402
 from cluster.state import read_state  # noqa: E402
+from controlplane.cli.common import use_local_secrets  # noqa: E402
 
 TARGET_RATE = 2000          # msgs/s accepted with 100% delivery (not asserted)
 TARGET_P99_MS = 50          # at half that load
@@ -356,7 +357,9 @@ def redis_baseline(cf, seconds: float) -> dict:
     host = cf.clusters["main"].hosts[0] if "main" in cf.clusters else cf.chat_hosts()[0][0]
     address = cf.address(host)
     slots = SlotMap.even(len(cf.redis.shards))
-    clients = [redis.Redis(host=address, port=cf.listener_port(i), socket_timeout=2)
+    auth = redis_acl.credentials(cf, redis_acl.CLUE)
+    clients = [redis.Redis(host=address, port=cf.listener_port(i), socket_timeout=2,
+                           username=auth.user, password=auth.password)
                for i in range(len(cf.redis.shards))]
     rooms = loadgen.rooms_of(cf, loadgen.Options())
     logins = [f"ingestbase_{i}" for i in range(10)]
@@ -412,6 +415,7 @@ def main() -> None:
     if up.returncode != 0:
         chatops("down", "--run-dir", str(run))
         sys.exit(f"ingest: chatops up failed:\n{up.stdout}{up.stderr}")
+    use_local_secrets(cf, RunDir(run))   # the Redis ACL passwords `up` generated, for our own clients
     result: dict = {"bench": "ingest"}
     try:
         time.sleep(1.5)   # HAProxy's health checks (rise 2 x 500 ms) before the frontends route

@@ -32,7 +32,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import redis
 import yaml
 
 from bench.detect import SHARD, Cluster, open_leak, wait
@@ -48,7 +47,7 @@ def say(text: str) -> None:
 
 def from_testing(c: Cluster, idle_over: float | None = None) -> list[int]:
     host, port = c.shard_address(SHARD)
-    r = redis.Redis(host=host, port=port, socket_timeout=10)
+    r = c.admin_redis(host, port, socket_timeout=10)
     try:
         testing = c.cf.address("chat-testing")
         return [int(cl["id"]) for cl in r.client_list() if cl["addr"].rsplit(":", 1)[0] == testing
@@ -60,7 +59,7 @@ def from_testing(c: Cluster, idle_over: float | None = None) -> list[int]:
 def baseline_kill(c: Cluster) -> tuple[float, int]:
     """The script an engineer would write: list, then kill one id at a time."""
     host, port = c.shard_address(SHARD)
-    r = redis.Redis(host=host, port=port, socket_timeout=10)
+    r = c.admin_redis(host, port, socket_timeout=10)
     try:
         started = time.perf_counter()
         testing = c.cf.address("chat-testing")

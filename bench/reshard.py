@@ -90,7 +90,9 @@ if str(ROOT) not in sys.path:
 from chat import keys as K
 from chat import slotguard
 from chat.sharding import SLOTS, key_slot
-from cluster import binaries, clusterfile, loopback
+from cluster import binaries, clusterfile, loopback, redis_acl
+from cluster.rundir import RunDir
+from controlplane.cli.common import use_local_secrets
 from controlplane.resharding import migrate
 from controlplane.resharding import slotmap as slotmaps
 
@@ -124,10 +126,12 @@ def enc(*args) -> bytes:
 
 
 class Raw:
-    def __init__(self, host: str, port: int, timeout: float = 60.0):
+    def __init__(self, host: str, port: int, timeout: float = 60.0, auth=None):
         self.sock = socket.create_connection((host, port), timeout)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.reader = hiredis.Reader()
+        if auth is not None:      # a cluster's shard: its ACL user (cluster/redis_acl.py)
+            self.call("AUTH", auth.user, auth.password)
 
     def send(self, payload: bytes, n: int) -> list:
         """Send `payload` (n commands) and read the n replies; error replies come back in place
@@ -509,6 +513,7 @@ def main() -> None:
         out = chatops("up", "--detach", "--config", str(cfg), "--run-dir", str(run_path))
         if out.returncode != 0:
             raise SystemExit(f"reshard: chatops up failed:\n{out.stdout}{out.stderr}")
+        use_local_secrets(cf, RunDir(run_path))     # the Redis ACL passwords `up` generated, for our own clients
         say(f"cluster up in {time.monotonic() - t:.1f}s")
         time.sleep(2)
 
@@ -526,10 +531,13 @@ def main() -> None:
         t = time.perf_counter()
         items = make_items(args.keys, owned)
         gen_s = time.perf_counter() - t
-        src, dst = Raw(*shard[SOURCE]), Raw(*shard[TARGET])
-        raws += [src, dst]
+        # The control plane's user reads and administers; only clue's may write the chat's keys.
+        admin = redis_acl.credentials(cf, redis_acl.CHATOPS)
+        src, dst = Raw(*shard[SOURCE], auth=admin), Raw(*shard[TARGET], auth=admin)
+        seeder = Raw(*shard[SOURCE], auth=redis_acl.credentials(cf, redis_acl.CLUE))
+        raws += [src, dst, seeder]
         t = time.perf_counter()
-        seed(src, items)
+        seed(seeder, items)
         seed_s = time.perf_counter() - t
         kinds = {}
         for it in items:
@@ -650,7 +658,7 @@ def main() -> None:
         names = newmap.names
         for owner, its in by_owner.items():
             if names[owner] not in (SOURCE, TARGET):
-                raws.append(Raw(*shard[names[owner]]))
+                raws.append(Raw(*shard[names[owner]], auth=admin))
             r = src if names[owner] == SOURCE else dst if names[owner] == TARGET else raws[-1]
             for k, v in check_items(r, its).items():
                 checks[k] += v

@@ -39,7 +39,9 @@ from redis.backoff import NoBackoff
 
 from chat import logs, slotguard
 from chat.sharding import SLOTS, SlotMap, key_prefix, key_slot
-from cluster import durations, spec
+from cluster import durations, redis_acl, spec
+from cluster.redis_acl import Credentials
+from cluster.rundir import RunDir
 
 __all__ = ["CacheUnavailable", "CrossShardError", "RoutedPipeline", "ShardEndpoint", "ShardedCache"]
 
@@ -169,7 +171,8 @@ class ShardedCache:
 
     def __init__(self, endpoints: Sequence[ShardEndpoint], slot_map: SlotMap | None = None, *,
                  max_conns: int = 10, timeout: float | str = 0.1, logger: logging.Logger | None = None,
-                 client_name: str | None = None, decode_responses: bool = True, read_map: bool = True):
+                 client_name: str | None = None, decode_responses: bool = True, read_map: bool = True,
+                 auth: Credentials | None = None):
         if not endpoints:
             raise ValueError("a sharded cache needs at least one shard")
         if [e.index for e in endpoints] != list(range(len(endpoints))):
@@ -189,6 +192,7 @@ class ShardedCache:
         self._map = slot_map
         self._log = logger or logging.getLogger("chatops.cache")
         self._closed = False
+        self._auth = auth
         self._pools = [self._pool(e, client_name, decode_responses) for e in endpoints]
         self._client_name = client_name
         self._decode = decode_responses
@@ -221,15 +225,20 @@ class ShardedCache:
             # RESP2: the guard script's replies have RESP2 shapes (Lua converts them so), and
             # the commands' response callbacks must be the ones for those shapes.
             protocol=2,
+            # AUTH once per new connection (the pool keeps them), as ACL user `clue`.
+            username=self._auth.user if self._auth else None,
+            password=self._auth.password if self._auth else None,
             client_name=client_name, decode_responses=decode)
 
     @classmethod
     def for_host(cls, cf: spec.ClusterFile, host: str, *, slot_map: SlotMap | None = None,
                  max_conns: int | None = None, timeout: float | str | None = None,
                  logger: logging.Logger | None = None, client_name: str | None = None,
-                 decode_responses: bool = True, read_map: bool = True) -> ShardedCache:
+                 decode_responses: bool = True, read_map: bool = True,
+                 run: RunDir | None = None) -> ShardedCache:
         """The cache as chat host `host` sees it: shard i at `<host address>:<listener port i>`,
-        pool size and timeout from its cluster's clue settings unless given."""
+        pool size and timeout from its cluster's clue settings unless given, logged in as ACL user
+        `clue` (its password from its variable, else the local run dir's secrets: cluster.redis_acl)."""
         if host not in cf.hosts:
             raise ValueError(f"unknown host {host!r} (not under hosts: in the cluster file)")
         cluster = cf.cluster_of(host)
@@ -243,7 +252,8 @@ class ShardedCache:
         return cls(endpoints, slot_map,
                    max_conns=clue.cache_max_conns if max_conns is None else max_conns,
                    timeout=clue.cache_timeout if timeout is None else timeout,
-                   logger=logger, client_name=client_name, decode_responses=decode_responses, read_map=read_map)
+                   logger=logger, client_name=client_name, decode_responses=decode_responses, read_map=read_map,
+                   auth=redis_acl.credentials(cf, redis_acl.CLUE, run))
 
     @staticmethod
     def _check_map(slot_map: SlotMap, n_shards: int) -> None:

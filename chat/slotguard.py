@@ -86,8 +86,10 @@ end
 return out
 """
 
-# ARGV: host, port, timeout_ms, target index, nslots, the slots, then every key found in them by
-# the scan. Returns the number of keys moved. COPY first and delete after: a MIGRATE that fails
+# ARGV: host, port, timeout_ms, target index, 'AUTH2', user, password (the target's ACL user),
+# nslots, the slots, then every key found in them by the scan. The credentials follow the literal
+# AUTH2 so that whoever prints this command (SLOWLOG shows a script's arguments; Redis redacts
+# only a MIGRATE's own) can redact them the way Redis does: collectors.redis.redact_args. Returns the number of keys moved. COPY first and delete after: a MIGRATE that fails
 # half way (the target went down) leaves every key here and the slots still owned here, so
 # nothing is lost and a retry starts over; REPLACE makes the retry overwrite a partial copy.
 # The keys are handed to MIGRATE and UNLINK straight from ARGV, 5,000 at a time (Lua's stack):
@@ -95,16 +97,17 @@ return out
 # listed twice (scanned and recorded) is copied twice and counted once by UNLINK.
 MIGRATE_SLOTS = """
 local host, port, timeout, target = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local last_slot = 5 + tonumber(ARGV[5])
+local auth, user, pass = ARGV[5], ARGV[6], ARGV[7]
+local last_slot = 8 + tonumber(ARGV[8])
 local touched = {}
-for i = 6, last_slot do
+for i = 9, last_slot do
   for _, k in ipairs(redis.call('SMEMBERS', 'chatops:touched:' .. ARGV[i])) do touched[#touched + 1] = k end
 end
 local function each(list, from, to, fn)
   for s = from, to, 5000 do fn(unpack(list, s, math.min(s + 4999, to))) end
 end
 local function copy(...)
-  redis.call('MIGRATE', host, port, '', 0, timeout, 'COPY', 'REPLACE', 'KEYS', ...)
+  redis.call('MIGRATE', host, port, '', 0, timeout, 'COPY', 'REPLACE', auth, user, pass, 'KEYS', ...)
 end
 local moved = 0
 local function drop(...)
@@ -114,7 +117,7 @@ each(ARGV, last_slot + 1, #ARGV, copy)
 each(touched, 1, #touched, copy)
 each(ARGV, last_slot + 1, #ARGV, drop)
 each(touched, 1, #touched, drop)
-for i = 6, last_slot do
+for i = 9, last_slot do
   local slot = ARGV[i]
   redis.call('SETBIT', 'chatops:owned', slot, 0)
   redis.call('SETBIT', 'chatops:tracked', slot, 0)
@@ -126,9 +129,10 @@ return moved
 
 
 def migrate_args(host: str, port: int, timeout_ms: int, target: int, slots: Sequence[int],
-                 keys: Iterable[Any]) -> list[Any]:
-    """MIGRATE_SLOTS's ARGV: moving `slots` (and `keys`, the keys a scan found in them) to `target`."""
-    return [host, port, timeout_ms, target, len(slots), *slots, *keys]
+                 keys: Iterable[Any], user: str, password: str) -> list[Any]:
+    """MIGRATE_SLOTS's ARGV: moving `slots` (and `keys`, the keys a scan found in them) to `target`,
+    authenticating there as `user`."""
+    return [host, port, timeout_ms, target, "AUTH2", user, password, len(slots), *slots, *keys]
 
 
 def sha1(script: str) -> str:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from collectors.base import Observation, source_address
-from collectors.redis import connect, fetch_info, find_shard
+from collectors.redis import admin_auth, connect, fetch_info, find_shard
 from collectors.resp import TIMEOUT_S, Conn, RedisError, decode
 
 LONG_IDLE_S = 600.0      # the second idle column; at least idle_after
@@ -44,6 +44,7 @@ class Target:
     top_n: int = 20               # most idle clients listed with their detail
     measure_cost: bool = True     # read INFO commandstats around the call: what it cost Redis
     timeout: float = TIMEOUT_S
+    auth: Any = field(default=None, hash=False)    # the control plane's ACL user (redis.admin_auth)
 
 
 def target_for(cf, shard_name: str, timeout: float = TIMEOUT_S, top_n: int = 20,
@@ -59,7 +60,7 @@ def target_for(cf, shard_name: str, timeout: float = TIMEOUT_S, top_n: int = 20,
         clusters.setdefault(host, cluster)      # as cf.cluster_of: the first cluster listing it
     return Target(shard_name, cf.address(shard.host), shard.port, source_address(cf),
                   cf.host_by_address(), clusters, idle_after,
-                  max(LONG_IDLE_S, idle_after), top_n, measure_cost, timeout)
+                  max(LONG_IDLE_S, idle_after), top_n, measure_cost, timeout, admin_auth(cf))
 
 
 # ---------------------------------------------------------------------------------------------

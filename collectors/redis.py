@@ -13,13 +13,16 @@ import heapq
 import logging
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from cluster import redis_acl
+from cluster.redis_acl import Credentials
+from cluster.secrets import SecretError
 from collectors.base import Observation, source_address
 from collectors.resp import TIMEOUT_S, Conn, ProtocolError, RedisError, decode, encode_command, parse_resp
 
-__all__ = ["Target", "target_for", "collect", "connect", "find_shard", "UnknownShard", "parse_info",
+__all__ = ["Target", "target_for", "collect", "connect", "admin_auth", "redact_args", "find_shard", "UnknownShard", "parse_info",
            "fetch_info", "rates", "parse_config", "fetch_config", "parse_slowlog", "fetch_slowlog",
            "parse_latency", "fetch_latency", "fetch_hotkeys", "source_address",
            # the RESP layer, for callers that talk to a shard directly
@@ -43,6 +46,7 @@ class Target:
     source: str | None = None    # local address our connection comes from (see source_address)
     timeout: float = TIMEOUT_S
     hotkeys_max: int = 1000      # keys SCANned for OBJECT FREQ, at most
+    auth: AdminAuth | Credentials | None = field(default=None, compare=False)  # repr shows no password
 
 
 class UnknownShard(KeyError):
@@ -64,12 +68,43 @@ def find_shard(cf, shard_name: str):
 def target_for(cf, shard_name: str, timeout: float = TIMEOUT_S, hotkeys_max: int = 1000) -> Target:
     """The shard named in the cluster file; raises UnknownShard."""
     shard = find_shard(cf, shard_name)
-    return Target(shard_name, cf.address(shard.host), shard.port, source_address(cf), timeout, hotkeys_max)
+    return Target(shard_name, cf.address(shard.host), shard.port, source_address(cf), timeout, hotkeys_max,
+                  admin_auth(cf))
+
+
+class AdminAuth:
+    """The control plane's credentials (ACL user `chatops`, cluster/redis_acl.py), the password
+    looked up when a connection first sends AUTH, after it has connected: an unreachable shard
+    still reads as refused, and a password nobody set fails that shard's connection with a
+    RedisError naming the variable, like any other refusal, instead of failing before it."""
+
+    user = redis_acl.CHATOPS
+
+    def __init__(self, cf):
+        self._cf = cf
+        self._password: str | None = None
+
+    @property
+    def password(self) -> str:
+        if self._password is None:
+            try:
+                self._password = redis_acl.password(self._cf, self.user)
+            except SecretError as exc:
+                raise RedisError(f"cannot log in as {self.user}: {exc}") from None
+        return self._password
+
+    def __repr__(self) -> str:
+        return f"AdminAuth(user={self.user!r})"
+
+
+def admin_auth(cf) -> AdminAuth:
+    """What every connection the control plane opens to a shard logs in with."""
+    return AdminAuth(cf)
 
 
 def connect(target) -> Conn:
     """A connection to the target's shard (a redis or a clients Target: both name one)."""
-    return Conn(target.address, target.port, target.timeout, target.source)
+    return Conn(target.address, target.port, target.timeout, target.source, target.auth)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -217,6 +252,27 @@ def fetch_config(conn: Conn) -> dict[str, Any]:
 #   [0, 1795786974, 12106, [b'DEBUG', b'SLEEP', b'0.012'], b'127.213.134.9:52483', b'slowpoke']
 #   id, unix time, microseconds, argv (Redis truncates it to 32 args / 128 bytes), addr, name
 
+# Arguments that are credentials: what follows AUTH (a password) or AUTH2 (a user and a password)
+# in MIGRATE and in the slot guard's MIGRATE_SLOTS script. Redis redacts a MIGRATE's own, but not
+# a script's: SLOWLOG shows an EVALSHA's arguments as sent.
+_CREDENTIAL_ARGS = {b"auth": 1, b"auth2": 2}
+
+
+def redact_args(args: list) -> list:
+    """`args` with every credential replaced by `(redacted)`, as Redis itself shows them."""
+    out = list(args)
+    i = 0
+    while i < len(out):
+        a = out[i]
+        n = _CREDENTIAL_ARGS.get(a.lower() if isinstance(a, bytes) else str(a).lower().encode())
+        if n:
+            for j in range(i + 1, min(i + 1 + n, len(out))):
+                out[j] = b"(redacted)"
+            i += n
+        i += 1
+    return out
+
+
 def parse_slowlog(reply: Any) -> list[dict[str, Any]]:
     if isinstance(reply, RedisError):
         raise reply
@@ -226,9 +282,10 @@ def parse_slowlog(reply: Any) -> list[dict[str, Any]]:
     for e in reply:
         if not isinstance(e, list) or len(e) < 4 or not all(isinstance(x, int) for x in e[:3]):
             continue  # a malformed entry is skipped, the rest kept
-        args = e[3] if isinstance(e[3], list) else []
-        # `args` (and `command`) carry the raw arguments, values and keys included: the control
-        # plane keeps only the redacted `command` (collectors/redact.py).
+        # Credentials go at once (redact_args); `args` (and `command`) still carry the other raw
+        # arguments, values and keys included: the control plane keeps only the redacted `command`
+        # (collectors/redact.py).
+        args = redact_args(e[3]) if isinstance(e[3], list) else []
         out.append({"id": e[0], "at": e[1], "usec": e[2],
                     "command": " ".join(decode(a) for a in args)[:200],
                     "args": [decode(a) for a in args[:32]],
@@ -307,7 +364,7 @@ def collect(target: Target, previous: Observation | None = None) -> Observation:
     at, t0 = time.time(), time.perf_counter()
     try:
         conn = connect(target)
-    except OSError as exc:
+    except (OSError, RedisError) as exc:       # RedisError: AUTH refused (WRONGPASS)
         return Observation("redis", target.shard, at, False, time.perf_counter() - t0, None,
                            f"{type(exc).__name__}: {exc}")
     data: dict[str, Any] = {"shard": target.shard, "address": conn.address}

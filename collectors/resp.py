@@ -234,11 +234,14 @@ class Conn:
     """One plain RESP2 connection: `call` for a command, `pipeline` for several in one trip.
 
     `source` binds the local end to that address first (the control plane's own address on a
-    local cluster, so CLIENT LIST names its connections). Every socket operation is bounded by
-    `timeout` (TimeoutError). After a protocol error the connection is out of step with the
-    server and refuses further use."""
+    local cluster, so CLIENT LIST names its connections). `auth` (anything with `user` and
+    `password`, such as cluster.redis_acl.Credentials) is sent as AUTH before anything else; a
+    refused one closes the connection and raises RedisError (WRONGPASS). Every socket operation is
+    bounded by `timeout` (TimeoutError). After a protocol error the connection is out of step with
+    the server and refuses further use."""
 
-    def __init__(self, host: str, port: int, timeout: float = TIMEOUT_S, source: str | None = None):
+    def __init__(self, host: str, port: int, timeout: float = TIMEOUT_S, source: str | None = None,
+                 auth: Any = None):
         self.address = f"{host}:{port}"
         self.sock = socket.create_connection((host, port), timeout=timeout,
                                              source_address=(source, 0) if source else None)
@@ -248,6 +251,13 @@ class Conn:
         self._buf = bytearray(RECV_BYTES)
         self._view = memoryview(self._buf)
         self._broken: ProtocolError | None = None
+        self.auth = auth        # for a helper that opens a socket of its own beside this one
+        if auth is not None:
+            try:
+                self.call("AUTH", auth.user, auth.password)
+            except BaseException:
+                self.close()
+                raise
 
     def _reply(self) -> Any:
         if self._broken is not None:

@@ -169,7 +169,8 @@ def cluster_up(config: Path, run: Path, timeout: float = 30.0, *, controlplane: 
             state = read_state(run)
             return state and state.get("ready")
         wait_for(ready, timeout, what="the cluster to come up")
-        yield rc
+        with secrets_in_env(run):
+            yield rc
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGINT)
@@ -181,6 +182,20 @@ def cluster_up(config: Path, run: Path, timeout: float = 30.0, *, controlplane: 
         for pid in leftovers(run, config):
             os.kill(pid, signal.SIGKILL)
         log.unlink(missing_ok=True)
+
+
+@contextmanager
+def secrets_in_env(run: Path):
+    """The secrets `chatops up` generated, in this process's environment while the cluster runs,
+    as `up` hands them to what it starts: in-process clients of the cluster (ShardedCache.for_host,
+    the collectors, the control plane's actions) then log in as they would there."""
+    added = {k: v for k, v in run_secrets(run).items() if not os.environ.get(k)}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for k in added:
+            os.environ.pop(k, None)
 
 
 @contextmanager
@@ -293,7 +308,9 @@ def start_loadgen(c: RunningCluster, source: str, *, clients: int, duration: flo
         [sys.executable, "-m", "controlplane.cli", "loadgen", "--config", str(c.config), "--clients", str(clients),
          "--senders", "2", "--rate", "10", "--duration", f"{duration:g}", "--rooms", room,
          "--source-address", source, "--json", "--quiet"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+        # The run dir, for its generated secrets: the loadgen creates its senders as Redis user clue.
+        env={**os.environ, "CHATOPS_RUN_DIR": str(c.run)})
 
 
 def stop_loadgen(proc: subprocess.Popen, timeout: float = 60) -> dict:
@@ -358,3 +375,23 @@ def run_secrets(run: Path) -> dict[str, str]:
     by variable name: what a test needs to talk to clue, the exchange or Redis directly."""
     from cluster import secrets
     return secrets.read_file(RunDir(run))
+
+
+def redis_auth(run: Path | None = None, user: str = "chatops") -> dict[str, str]:
+    """redis.Redis(**redis_auth()): log in as the Redis ACL user `user` (chatops, clue or
+    replication), with the password `chatops up` generated for the cluster in `run`; without `run`,
+    the running cluster's (cluster_up puts them in the environment)."""
+    from cluster import redis_acl, secrets
+    from cluster.spec import Secrets
+    name = getattr(Secrets(), redis_acl.PASSWORD_FIELDS[user])
+    found = secrets.read_file(RunDir(run)).get(name) if run is not None else os.environ.get(name)
+    assert found, f"no {name}: is a cluster up (cluster_up)?"
+    return {"username": user, "password": found}
+
+
+def redis_creds(run: Path | None = None, user: str = "chatops"):
+    """The same as a cluster.redis_acl.Credentials, for collectors.resp.Conn(..., auth=) and
+    ShardedCache(auth=)."""
+    from cluster.redis_acl import Credentials
+    a = redis_auth(run, user)
+    return Credentials(a["username"], a["password"])

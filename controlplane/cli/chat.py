@@ -75,7 +75,7 @@ def users_add(name: str, config: str | None, run_dir: str | None, mod_rooms: tup
     host = cf.chat_hosts()[0][0]
 
     async def go() -> str:
-        cache = ShardedCache.for_host(cf, host, timeout=2.0)
+        cache = ShardedCache.for_host(cf, host, timeout=2.0, run=run)
         deadline = time.monotonic() + 10
         try:
             while True:

@@ -4,11 +4,12 @@ Each subcommand module imports these; controlplane/cli/__init__.py imports the s
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
 
-from cluster import clusterfile
+from cluster import clusterfile, secrets
 from cluster.rundir import RunDir
 from cluster.state import running_config
 
@@ -27,9 +28,23 @@ def load(path: str | None, run: RunDir | None = None) -> clusterfile.LoadedClust
     if not path and run is not None:
         path = running_config(run)
     try:
-        return clusterfile.load(path)
+        loaded = clusterfile.load(path)
     except clusterfile.ClusterFileError as exc:
         fail(str(exc), 2)
+    if run is not None and loaded.spec.profile == "local":
+        use_local_secrets(loaded.spec, run)
+    return loaded
+
+
+def use_local_secrets(cf, run: RunDir) -> None:
+    """The secrets `chatops up` generated for this run dir, for every unset variable, so that a
+    command talking to the cluster (a Redis ACL user's password...) finds what the processes that
+    `up` started were handed; a variable already set wins, as it does for `up`."""
+    stored = secrets.read_file(run)
+    for s in secrets.SECRETS:
+        name = secrets.variable(cf, s.field)
+        if not os.environ.get(name) and stored.get(name):
+            os.environ[name] = stored[name]
 
 
 config_option = click.option("--config", "config", metavar="FILE", envvar="CHATOPS_CONFIG",

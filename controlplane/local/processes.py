@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from cluster import binaries
+from cluster import binaries, redis_acl
 from cluster.rundir import RunDir
 from cluster.spec import ClusterFile
 from collectors import haproxy_runtime
@@ -101,8 +101,12 @@ def _redis_spec(cf: ClusterFile, run: RunDir, name: str, shard_name: str, host: 
     workdir = run.redis_dir(name)
     r = cf.redis
     shard = next(s for s in r.shards if s.name == shard_name)
+    acl_file, auth_conf = workdir / redis_acl.ACL_FILE, workdir / redis_acl.AUTH_CONF
     argv = [
         binaries.require("redis-server"),
+        # Passwords never go on the command line (ps shows it to everyone): the ACL file holds
+        # hashes, and this small config file, mode 600 like it, the replicas' masterauth.
+        str(auth_conf), "--aclfile", str(acl_file),
         "--bind", address, "--port", str(port),
         # Each simulated host has its own loopback address, which protected mode would refuse.
         "--protected-mode", "no",
@@ -118,11 +122,19 @@ def _redis_spec(cf: ClusterFile, run: RunDir, name: str, shard_name: str, host: 
     if primary:
         argv += ["--replicaof", primary[0], str(primary[1])]
     role = f"replica of {shard_name}" if primary else f"shard {shard_name}"
+
+    def prepare(restart: bool) -> None:
+        # Written before every start: the files always match the passwords this supervisor hands out.
+        workdir.mkdir(parents=True, exist_ok=True)
+        redis_acl.write_private(acl_file, redis_acl.acl_text(cf, run))
+        redis_acl.write_private(auth_conf, redis_acl.auth_conf_text(cf, run))
+
     return ProcessSpec(
         name=name, kind="redis", host=host, address=address, port=port, argv=argv,
         describe=f"redis-server ({role})",
+        # PING needs no password: the `default` user may run it and nothing else of use.
         ready=lambda: redis_ping(address, port), stage="redis",
-        prepare=lambda restart: workdir.mkdir(parents=True, exist_ok=True))
+        prepare=prepare)
 
 
 def _haproxy_spec(cf: ClusterFile, run: RunDir, host: str) -> ProcessSpec:

@@ -26,6 +26,21 @@ KEEP_EVERY_S = 3.0
 TIMEOUT_S = 5.0
 
 
+# What the control plane may CONFIG SET (set_redis_config's keys, as Redis names them). An ACL
+# cannot limit CONFIG SET's parameters, and `requirepass` or `masterauth` there would change who
+# may log in (docs/security.md, Redis ACL users): refused here, before anything is sent.
+CONFIG_SET_ALLOWED = frozenset({"timeout", "maxclients", "maxmemory-policy"})
+
+
+def _check_config_set(args: tuple) -> None:
+    if len(args) >= 2 and str(args[0]).upper() == "CONFIG" and str(args[1]).upper() == "SET":
+        names = [str(a).lower() for a in args[2::2]]
+        refused = [n for n in names if n not in CONFIG_SET_ALLOWED]
+        if refused or not names:
+            raise Unavailable(f"CONFIG SET {', '.join(refused) or '(nothing)'}: the control plane only sets "
+                              f"{', '.join(sorted(CONFIG_SET_ALLOWED))}")
+
+
 class AdminPool:
     def __init__(self, cf):
         self.cf = cf
@@ -50,7 +65,7 @@ class AdminPool:
 
     def _open(self, shard: str) -> Conn:
         s = rc.find_shard(self.cf, shard)
-        conn = Conn(self.cf.address(s.host), s.port, TIMEOUT_S, source_address(self.cf))
+        conn = Conn(self.cf.address(s.host), s.port, TIMEOUT_S, source_address(self.cf), rc.admin_auth(self.cf))
         try:
             conn.call("CLIENT", "SETNAME", "chatops-admin")
         except (OSError, RedisError):
@@ -80,6 +95,7 @@ class AdminPool:
                 raise
 
     def call(self, shard: str, *args: Any) -> Any:
+        _check_config_set(args)
         with self.connection(shard) as conn:
             return conn.call(*args)
 

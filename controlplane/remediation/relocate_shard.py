@@ -53,7 +53,7 @@ from cluster.loopback import port_free
 from collectors import haproxy as haproxy_stats
 from collectors.base import source_address
 from collectors.haproxy_runtime import RuntimeAPIError, command
-from collectors.redis import parse_info
+from collectors.redis import admin_auth, parse_info
 from collectors.resp import Conn, RedisError
 from controlplane.haproxy import config as haproxy_config
 from controlplane.remediation import proxy_reload
@@ -259,7 +259,7 @@ def _runtime(ctx: Context, cf, shard: str) -> dict[str, tuple[str, int]]:
 # -- Redis -----------------------------------------------------------------------------------------
 
 def _conn(cf, place: Place, timeout: float = CONN_TIMEOUT_S) -> Conn:
-    return Conn(place.address, place.port, timeout, source_address(cf))
+    return Conn(place.address, place.port, timeout, source_address(cf), admin_auth(cf))
 
 
 def _replication(conn: Conn) -> dict:

@@ -37,7 +37,7 @@ from typing import Any
 
 from chat.sharding import SLOTS, key_slot
 from collectors.base import source_address
-from collectors.redis import LFU_POLICIES, parse_config, parse_info
+from collectors.redis import LFU_POLICIES, admin_auth, parse_config, parse_info
 from collectors.redis import rates as info_rates
 from collectors.resp import Conn, RedisError
 from collectors.services import fetch, internal_token
@@ -288,7 +288,7 @@ def workload_between(prev: Mapping, cur: Mapping, dt: float) -> float | None:
 
 
 def _shard_info(cf, shard) -> tuple[float, dict]:
-    with Conn(cf.address(shard.host), shard.port, 2.0, source_address(cf)) as conn:
+    with Conn(cf.address(shard.host), shard.port, 2.0, source_address(cf), admin_auth(cf)) as conn:
         info = parse_info(conn.call("INFO", "stats", "commandstats"))
     return time.monotonic(), info
 
@@ -323,7 +323,7 @@ def measure(cf, smap, window_s: float = 1.0, samples: int = 200, run=None) -> Me
             ops = workload_between(before[index][1], info, at - before[index][0])
             if ops is not None:
                 shard_ops[index] = ops
-            with Conn(cf.address(shard.host), shard.port, 2.0, source_address(cf)) as conn:
+            with Conn(cf.address(shard.host), shard.port, 2.0, source_address(cf), admin_auth(cf)) as conn:
                 sample = lfu_samples(conn, samples)
         except (OSError, RedisError) as exc:
             notes.append(f"{shard.name}: no LFU sample ({exc})")

@@ -35,7 +35,7 @@ import hiredis
 
 from chat import slotguard
 from chat.sharding import SlotMap, describe_slots
-from collectors.redis import find_shard
+from collectors.redis import admin_auth, find_shard
 from collectors.resp import Conn, RedisError, encode_command
 from controlplane.resharding import slotmap as slotmaps
 
@@ -108,7 +108,20 @@ def scan_slots(conn: Conn, slots: set[int] | None = None, count: int = SCAN_COUN
     with socket.create_connection((host, int(port)), timeout=conn.sock.gettimeout(),
                                   source_address=(source, 0)) as sock:
         reader = hiredis.Reader()
-        sock.sendall(encode_command("SCAN", b"0", "COUNT", count))
+        # Logged in as the connection it stands in for; its reply is read before the first SCAN's.
+        auth = [encode_command("AUTH", conn.auth.user, conn.auth.password)] if conn.auth is not None else []
+        sock.sendall(b"".join([*auth, encode_command("SCAN", b"0", "COUNT", count)]))
+        while auth:
+            reply = reader.gets()
+            if reply is False:
+                data = sock.recv(1 << 16)
+                if not data:
+                    raise RedisError("the shard closed the connection during AUTH")
+                reader.feed(data)
+                continue
+            if reply != b"OK":
+                raise RedisError(f"AUTH answered {str(reply)[:200]}")
+            auth = []
         while True:
             reply = reader.gets()
             while reply is False:
@@ -297,6 +310,7 @@ def _move(src_conn, dst_conn, cf, target, src, dst, todo, retried, progress, not
     host, port = cf.address(s.host), s.port
     # Loaded once, so every group is an EVALSHA that can be sent before the previous one answers.
     sha = src_conn.call("SCRIPT", "LOAD", slotguard.MIGRATE_SLOTS)
+    auth = admin_auth(cf)      # the target's MIGRATE connection logs in as the control plane too
     run = _Groups(src_conn, dst_conn, finished, progress, note, group_keys)
     start, n = 0, 0
     try:
@@ -318,7 +332,7 @@ def _move(src_conn, dst_conn, cf, target, src, dst, todo, retried, progress, not
                            "clearing stale copies on the target")
             group_keys_list = [k for x in group for k in keys.get(x, ())]
             run.send(group, len(group_keys_list), ("EVALSHA", sha, 0, *slotguard.migrate_args(
-                host, port, MIGRATE_TIMEOUT_MS, dst, group, group_keys_list)))
+                host, port, MIGRATE_TIMEOUT_MS, dst, group, group_keys_list, auth.user, auth.password)))
             start += len(group)
             n += 1
         run.drain()

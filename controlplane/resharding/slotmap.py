@@ -24,7 +24,7 @@ from pathlib import Path
 from chat import slotguard
 from chat.sharding import SlotMap
 from collectors.base import source_address
-from collectors.redis import UnknownShard, find_shard
+from collectors.redis import UnknownShard, admin_auth, find_shard
 from collectors.resp import Conn, RedisError
 
 TIMEOUT_S = 5.0
@@ -90,7 +90,7 @@ def connect(cf, shard: str, timeout: float = TIMEOUT_S) -> Conn:
         s = find_shard(cf, shard)
     except UnknownShard as exc:
         raise SlotMapError(str(exc)) from None
-    return Conn(cf.address(s.host), s.port, timeout, source_address(cf))
+    return Conn(cf.address(s.host), s.port, timeout, source_address(cf), admin_auth(cf))
 
 
 @contextmanager
@@ -101,7 +101,7 @@ def connections(cf, timeout: float = TIMEOUT_S) -> Iterator[dict[str, Conn | Exc
         for name in shard_names(cf):
             try:
                 out[name] = connect(cf, name, timeout)
-            except OSError as exc:
+            except (OSError, RedisError) as exc:      # RedisError: AUTH refused
                 out[name] = exc
         yield out
     finally:

@@ -16,6 +16,7 @@ import time
 
 import redis
 
+from collectors.redis import admin_auth
 from controlplane.scenarios.base import Env, Expect, Fault, ScenarioError, shard_of_room, testing_host
 
 LEAK = 1500           # idle connections (leaked_idle_clients is 500 by default)
@@ -78,7 +79,9 @@ class Leak(Fault):
         n = self.n or env.opt("leak", LEAK)
         spec = next(s for s in env.cf.redis.shards if s.name == shard)
         # Our own connection, straight to the shard, opened before it is full: the undo must get in.
-        self.admin = redis.Redis(host=env.cf.address(spec.host), port=spec.port, socket_timeout=5)
+        auth = admin_auth(env.cf)
+        self.admin = redis.Redis(host=env.cf.address(spec.host), port=spec.port, socket_timeout=5,
+                                 username=auth.user, password=auth.password)
         try:
             self.old_maxclients = int(self.admin.config_get("maxclients")["maxclients"])
             connected = int(self.admin.info("clients")["connected_clients"])

@@ -15,7 +15,7 @@ import socket
 from collectors import redis as rc
 from controlplane.remediation.kill_clients import parse_clients
 from tests.ansible.conftest import api_get, recap
-from tests.conftest import open_idle
+from tests.conftest import open_idle, redis_creds
 
 LEAK = 1000
 ACTOR = "ansible:kill-leaked.yml"
@@ -38,7 +38,7 @@ def test_kill_leaked_closes_1000_idle_connections_and_the_audit_names_the_playbo
     names = [s.name for s in spec.redis.shards]
     shard1 = spec.redis.shards[names.index("shard1")]
     testing = spec.address("chat-testing")
-    admin = rc.Conn(spec.address(shard1.host), shard1.port)
+    admin = rc.Conn(spec.address(shard1.host), shard1.port, auth=redis_creds(live_default.run))
     socks: list[socket.socket] = []
     try:
         before = len(_from(admin, testing))

@@ -18,6 +18,7 @@ from chat.sharding import describe_slots, key_slot
 from collectors import redis as rc
 from controlplane.resharding import slotmap as slotmaps
 from tests.ansible.conftest import api_get, recap
+from tests.conftest import redis_creds, secrets_in_env
 
 SEEDED = 4000
 PREFIX = "ansible-reshard"
@@ -26,13 +27,15 @@ MOVED = 600          # slots of shard0 the reshard names
 
 def _slot_map(live):
     cf = live.spec
-    with slotmaps.connections(cf) as conns:
+    with secrets_in_env(live.run), slotmaps.connections(cf) as conns:
         return slotmaps.load(cf, live.config, live.run, conns)
 
 
-def _conn(cf, shard: str) -> rc.Conn:
+def _conn(live, shard: str, user: str = "chatops") -> rc.Conn:
+    """Straight to a shard, as Redis ACL user `user` (chatops reads; clue writes chat keys)."""
+    cf = live.spec
     s = next(s for s in cf.redis.shards if s.name == shard)
-    return rc.Conn(cf.address(s.host), s.port)
+    return rc.Conn(cf.address(s.host), s.port, auth=redis_creds(live.run, user))
 
 
 def _free_port(address: str) -> int:
@@ -52,7 +55,7 @@ def _seed(live) -> dict[str, str]:
         if key_slot(key) in mine:
             seeded[key] = f"v{i}"
         i += 1
-    conn = _conn(live.spec, "shard0")
+    conn = _conn(live, "shard0", "clue")
     try:
         assert all(r == "OK" or r == b"OK" for r in conn.pipeline([("SET", k, v) for k, v in seeded.items()]))
     finally:
@@ -63,13 +66,13 @@ def _seed(live) -> dict[str, str]:
 def _where(live, seeded: dict[str, str]) -> dict[str, int]:
     """Read every seeded key on the shard the current slot map names: keys found per shard;
     fails on any key missing or changed."""
-    cf, smap = live.spec, _slot_map(live)
+    smap = _slot_map(live)
     by_shard: dict[str, list[str]] = {}
     for key in seeded:
         by_shard.setdefault(smap.names[smap.shard_of_slot(key_slot(key))], []).append(key)
     found = {}
     for shard, ks in by_shard.items():
-        conn = _conn(cf, shard)
+        conn = _conn(live, shard)
         try:
             values = conn.pipeline([("GET", k) for k in ks])
         finally:
@@ -135,7 +138,7 @@ def test_add_shard_then_reshard_to_it_loses_no_key(live_default):
     found = _where(live_default, seeded)                             # 0 keys lost
     assert sum(found.values()) == SEEDED and found.get("shard4", 0) > 0, found
     # The moved keys are gone from shard0.
-    conn = _conn(live_default.spec, "shard0")
+    conn = _conn(live_default, "shard0")
     try:
         moved = [k for k in seeded if final.shard_of_slot(key_slot(k)) == 4]
         assert conn.call("EXISTS", *moved[:500]) == 0

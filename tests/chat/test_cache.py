@@ -24,7 +24,7 @@ from chat.cache import (
 )
 from chat.sharding import SlotMap, key_slot
 from cluster import clusterfile
-from tests.conftest import cluster_up, small_cluster, wait_for, write_cluster
+from tests.conftest import cluster_up, redis_auth, small_cluster, wait_for, write_cluster
 
 TALK = re.compile(r"^[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d clue: \[redis\] (?P<event>.*)$")
 NAME = "cache-test"     # CLIENT SETNAME, to tell our connections from the running clue's
@@ -40,7 +40,8 @@ def cluster(tmp_path, subnet, run_dir):
 def direct(cf, index: int) -> redis.Redis:
     """A client of shard `index` itself, bypassing the cache and HAProxy."""
     shard = cf.redis.shards[index]
-    return redis.Redis(host=cf.address(shard.host), port=shard.port, socket_timeout=5, decode_responses=True)
+    return redis.Redis(host=cf.address(shard.host), port=shard.port, socket_timeout=5, decode_responses=True,
+                       **redis_auth())
 
 
 def keys_on(cache: ShardedCache, shard: int, n: int, pattern: str = "{{u{}}}.color") -> list[str]:
@@ -153,7 +154,10 @@ def test_pipelines_stay_on_one_shard_and_everything_is_counted(cluster):
             for _ in range(5):
                 await cache.client_for("{ronni}.color").set("{ronni}.color", "#1E90FF")
             assert await cache.client_for("{ronni}.color").get("{ronni}.color") == "#1E90FF"
-            assert await cache.client_for("12345color").incr("12345color") >= 1
+            # An untagged key is counted under its masked prefix, and refused by the shard: ACL user
+            # clue may only touch the chat's tagged keys (cluster/redis_acl.py).
+            with pytest.raises(redis.exceptions.ResponseError, match="can't access"):
+                await cache.client_for("12345color").incr("12345color")
             return before, cache.stats(), (here, there), dict(cache.slot_ops())
 
     before, after, (here, there), slot_ops = asyncio.run(go())
@@ -316,7 +320,8 @@ def test_a_closed_cache_fails_closed(subnet):
     asyncio.run(go())
 
 
-def test_for_host_reads_the_cluster_file(subnet):
+def test_for_host_reads_the_cluster_file(subnet, monkeypatch):
+    monkeypatch.setenv("CHATOPS_REDIS_CLUE_PASSWORD", "a-password-for-clue-0123")
     doc = small_cluster(subnet)
     doc["clusters"]["testing"]["services"] = {"clue": {"cache_max_conns": 3, "cache_timeout": "250ms"}}
     doc["haproxy"]["listener_base_port"] = 3000

@@ -37,6 +37,9 @@ def test_the_ownership_bitmap_round_trips_in_setbit_order():
 
 # -- on a real redis-server --
 
+# A bare redis-server has no ACL file: its `default` user takes any password.
+BARE = ("default", "no-password-needed")
+
 @contextmanager
 def redis_server(address: str, port: int = 6379):
     """A bare redis-server on `address`, and a client of it; killed afterwards."""
@@ -117,7 +120,7 @@ def test_migrate_slots_copies_keeps_ttls_deletes_and_hands_over(r, subnet):
         r.hset("{a}.h", "f", "v")
         r.sadd(f"{slotguard.TOUCHED}{slot}", "{a}.h", "{a}.gone")       # recorded; one deleted since
         moved = r.execute_command("EVAL", slotguard.MIGRATE_SLOTS, 0,
-                                  *slotguard.migrate_args(address, port, 5000, 3, [slot], ["{a}.x"]))
+                                  *slotguard.migrate_args(address, port, 5000, 3, [slot], ["{a}.x"], *BARE))
         assert moved == 2
         assert r.exists("{a}.x", "{a}.h") == 0 and target.get("{a}.x") == b"1" and target.ttl("{a}.x") > 400
         assert target.hget("{a}.h", "f") == b"v"
@@ -130,5 +133,5 @@ def test_migrate_slots_copies_keeps_ttls_deletes_and_hands_over(r, subnet):
         target.shutdown(nosave=True)
         with pytest.raises(redis.ResponseError):
             r.execute_command("EVAL", slotguard.MIGRATE_SLOTS, 0,
-                              *slotguard.migrate_args(address, port, 500, 3, [other], ["{q}.k"]))
+                              *slotguard.migrate_args(address, port, 500, 3, [other], ["{q}.k"], *BARE))
         assert r.get("{q}.k") == b"v" and other in slotguard.owned_slots(r.get(slotguard.OWNED))

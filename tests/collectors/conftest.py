@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import resource
 import signal
@@ -51,15 +52,25 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
+# The collectors log in as the control plane's ACL user. These bare shards are the collectors'
+# test bench, not the cluster's (whose users tests/cluster/test_redis_acl.py checks): their
+# `chatops` user may do anything, and only its hash is on the command line.
+ADMIN_PASSWORD = "collectors-test-admin-password"
+ADMIN_USER = ["--user", "chatops", "on", "#" + hashlib.sha256(ADMIN_PASSWORD.encode()).hexdigest(),
+              "~*", "&*", "+@all"]
+
+
 @pytest.fixture
-def shards(subnet, run_dir):
+def shards(subnet, run_dir, monkeypatch):
     """Two standalone shards (redis1, redis2 of `small_cluster`), LFU on shard0, always stopped."""
     cfg = write_cluster(run_dir / "cluster.yaml", small_cluster(subnet))
+    monkeypatch.setenv("CHATOPS_REDIS_CONTROLPLANE_PASSWORD", ADMIN_PASSWORD)   # chatops inspect's too
     procs = []
     try:
         procs.append(start_redis(f"{subnet}.21", 6379, run_dir, "--maxmemory-policy", "allkeys-lfu",
-                                  "--enable-debug-command", "yes"))
-        procs.append(start_redis(f"{subnet}.22", 6379, run_dir, "--maxmemory-policy", "noeviction"))
+                                  "--enable-debug-command", "yes", *ADMIN_USER))
+        procs.append(start_redis(f"{subnet}.22", 6379, run_dir, "--maxmemory-policy", "noeviction",
+                                  *ADMIN_USER))
         yield cfg, clusterfile.load(cfg).spec, procs
     finally:
         for p in procs:

@@ -22,7 +22,7 @@ from chat.sharding import key_slot
 from cluster import clusterfile
 from controlplane.cli.remediate import MigrationProgress, progress_fraction, progress_line
 from controlplane.resharding import slotmap as slotmaps
-from tests.conftest import api_token, chatops, crash_loop, live_controlplane, wait_for
+from tests.conftest import api_token, chatops, crash_loop, live_controlplane, redis_auth, wait_for
 
 
 def slots_cli(c, *args: str):
@@ -179,7 +179,7 @@ def seed_slots(cf) -> list[int]:
             slots.add(slot)
         i += 1
     shard = cf.redis.shards[0]
-    r = redis.Redis(host=cf.address(shard.host), port=shard.port, socket_timeout=10)
+    r = redis.Redis(**redis_auth(user="clue"), host=cf.address(shard.host), port=shard.port, socket_timeout=10)
     try:
         for tag in tags:
             pipe = r.pipeline(transaction=False)

@@ -18,7 +18,7 @@ from chat import keys
 from chat.sharding import SlotMap
 from collectors import redis as rc
 from controlplane.database import Database
-from tests.conftest import live_controlplane, open_idle, wait_for
+from tests.conftest import live_controlplane, open_idle, redis_creds, wait_for
 
 LEAK = 2000
 ROOM = "lobby"                                  # small_cluster's main room
@@ -44,7 +44,7 @@ def test_leaked_clients_plus_refused_clue_make_one_incident_with_the_chain():
         port = 2000 + int(SHARD.removeprefix("shard"))
         socks = []
         db = Database(c.run / "controlplane.sqlite3")
-        admin = rc.Conn(shard["address"], shard["port"])
+        admin = rc.Conn(shard["address"], shard["port"], auth=redis_creds())
         try:
             wait_for(lambda: json.loads(_get(f"{base}/api/v1/jobs")[1])["jobs"][0]["runs"] >= 2, 30, 0.5,
                      "the first scrapes")

@@ -20,6 +20,7 @@ from tests.conftest import (
     descendants,
     leftovers,
     read_state,
+    redis_auth,
     require,
     small_cluster,
     wait_for,
@@ -33,7 +34,7 @@ def config(tmp_path, subnet):
 
 
 def client_info(address: str, port: int) -> dict:
-    r = redis.Redis(host=address, port=port, socket_timeout=2)
+    r = redis.Redis(**redis_auth(), host=address, port=port, socket_timeout=2)
     try:
         return r.client_info()
     finally:
@@ -62,7 +63,7 @@ def test_each_listener_reaches_its_shard_from_its_own_host(config, run_dir, subn
                 return 'haproxy_backend_active_servers{proxy="redis-shard1"} 1' in resp.read().decode()
         wait_for(exporter_sees_shard1_up, what="the Prometheus exporter to report shard1's server")
         # The replica follows its primary.
-        r = redis.Redis(host=f"{subnet}.22", port=6380, socket_timeout=2)
+        r = redis.Redis(**redis_auth(), host=f"{subnet}.22", port=6380, socket_timeout=2)
         assert wait_for(lambda: r.info("replication")["master_link_status"] == "up", what="replication")
         r.close()
 
@@ -103,7 +104,7 @@ def test_dead_process_is_restarted_and_logged(config, run_dir, subnet):
         out = c.output()
         assert "[redis-shard1] killed by SIGKILL" in out and "restarting in" in out
         assert "[redis-shard1] restarted" in out
-        assert redis.Redis(host=f"{subnet}.22", port=6379).ping()
+        assert redis.Redis(**redis_auth(), host=f"{subnet}.22", port=6379).ping()
         # An HAProxy master that dies comes back too, with its config re-rendered.
         old = c.pid_of("haproxy-chat1")
         os.kill(old, signal.SIGKILL)

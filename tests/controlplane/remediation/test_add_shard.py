@@ -25,7 +25,8 @@ from chat.sharding import SlotMap, key_slot
 from cluster import clusterfile
 from controlplane.database import Database
 from controlplane.remediation.base import BadParams
-from tests.conftest import api_json, live_controlplane, run_secrets, start_loadgen, stop_loadgen, wait_for
+from tests.conftest import (api_json, live_controlplane, redis_auth, run_secrets, start_loadgen, stop_loadgen,
+                            wait_for)
 
 TOKEN = "add-shard-test-token"
 SEEDED = 3000
@@ -101,12 +102,12 @@ class ListenerWatch(threading.Thread):
         self.pings = 0
 
     def run(self) -> None:
-        kept = {t: redis.Redis(host=t[0], port=t[1], socket_timeout=2) for t in self.targets}
+        kept = {t: redis.Redis(**redis_auth(), host=t[0], port=t[1], socket_timeout=2) for t in self.targets}
         while not self.stop.is_set():
             for t in self.targets:
                 try:
                     assert kept[t].ping()
-                    fresh = redis.Redis(host=t[0], port=t[1], socket_timeout=2)
+                    fresh = redis.Redis(**redis_auth(), host=t[0], port=t[1], socket_timeout=2)
                     assert fresh.ping()
                     fresh.close()
                     self.pings += 2

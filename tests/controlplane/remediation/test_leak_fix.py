@@ -21,7 +21,7 @@ from chat.sharding import SlotMap
 from collectors import redis as rc
 from controlplane.database import Database
 from controlplane.remediation.kill_clients import parse_clients
-from tests.conftest import REPO, live_controlplane, open_idle, wait_for
+from tests.conftest import REPO, live_controlplane, open_idle, redis_creds, wait_for
 
 TOKEN = "leak-fix-test-token"
 LEAK = 2000
@@ -67,13 +67,13 @@ def test_fix_and_apply_clean_the_talks_leak(monkeypatch):
     with live_controlplane(traffic=True, patch=_patch) as (c, base):
         db = Database(c.run / "controlplane.sqlite3")
         shard = {p["name"]: p for p in c.state["processes"]}[f"redis-{SHARD}"]
-        admin = rc.Conn(shard["address"], shard["port"])
+        admin = rc.Conn(shard["address"], shard["port"], auth=redis_creds())
         socks: list[socket.socket] = []
         try:
             socks, testing = leak_to_maxclients(c, admin, db)
             # Nobody new gets in: the talk's state.
             try:
-                probe = rc.Conn(shard["address"], shard["port"])
+                probe = rc.Conn(shard["address"], shard["port"])      # PING needs no login
                 refused = probe.call("PING") != "PONG"
                 probe.close()
             except (rc.RedisError, OSError):

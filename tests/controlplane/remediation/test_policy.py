@@ -13,7 +13,7 @@ from controlplane.database import Database
 from controlplane.remediation import policy
 from controlplane.remediation.base import Context
 from controlplane.remediation.kill_clients import parse_clients
-from tests.conftest import live_controlplane, open_idle, small_cluster, wait_for
+from tests.conftest import live_controlplane, open_idle, redis_creds, small_cluster, wait_for
 
 LEAK = 300
 
@@ -81,7 +81,7 @@ def test_the_leak_is_cleaned_once_and_a_second_one_within_the_cooldown_is_only_p
         procs = {p["name"]: p for p in c.state["processes"]}
         testing, shard = procs["haproxy-chat-testing"]["address"], procs["redis-shard0"]
         db = Database(c.run / "controlplane.sqlite3")
-        admin = rc.Conn(shard["address"], shard["port"])
+        admin = rc.Conn(shard["address"], shard["port"], auth=redis_creds())
         socks: list[socket.socket] = []
 
         def idle_from_testing() -> int:

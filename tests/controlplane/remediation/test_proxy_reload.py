@@ -20,7 +20,7 @@ from controlplane import audit
 from controlplane.haproxy import config as haproxy_config
 from controlplane.local.processes import haproxy_ready
 from controlplane.remediation import proxy_reload
-from tests.conftest import chatops, cluster_up, small_cluster, wait_for, write_cluster
+from tests.conftest import chatops, cluster_up, redis_auth, small_cluster, wait_for, write_cluster
 
 
 @pytest.fixture
@@ -40,8 +40,8 @@ class ClientLoop(threading.Thread):
 
     def client(self):
         # No retries: a dropped or refused connection must show up as an error.
-        return redis.Redis(host=self.address, port=self.port, socket_timeout=3, socket_connect_timeout=3,
-                           retry=Retry(NoBackoff(), 0))
+        return redis.Redis(**redis_auth(user="clue"), host=self.address, port=self.port, socket_timeout=3,
+                           socket_connect_timeout=3, retry=Retry(NoBackoff(), 0))
 
     def run(self):
         r = self.client()
@@ -51,7 +51,7 @@ class ClientLoop(threading.Thread):
                 if self.reconnect:
                     r.close()
                     r = self.client()
-                key = f"reload-test:{self.reconnect}:{i % 50}"
+                key = f"{{reload-test}}:{self.reconnect}:{i % 50}"
                 r.set(key, i)
                 if int(r.get(key)) != i:
                     self.errors.append(f"wrong value for {key}")
@@ -65,7 +65,7 @@ class ClientLoop(threading.Thread):
 def _wait_listener(address, port):
     def ok():
         try:
-            return redis.Redis(host=address, port=port, socket_timeout=1).ping()
+            return redis.Redis(**redis_auth(), host=address, port=port, socket_timeout=1).ping()
         except redis.RedisError:
             return False
     wait_for(ok, what="the shard listener to pass its health check")

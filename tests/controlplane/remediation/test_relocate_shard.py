@@ -29,6 +29,7 @@ from controlplane.remediation import plans, relocate_shard
 from controlplane.remediation.base import BadParams, Busy, Context
 from tests.conftest import (
     cluster_up,
+    redis_auth,
     require,
     small_cluster,
     start_loadgen,
@@ -85,11 +86,12 @@ class Writer(threading.Thread):
         self.errors: list[str] = []
 
     def run(self) -> None:
-        r = redis.Redis(host=self.address, port=self.port, socket_timeout=3, retry=Retry(NoBackoff(), 0))
+        r = redis.Redis(**redis_auth(user="clue"), host=self.address, port=self.port, socket_timeout=3,
+                        retry=Retry(NoBackoff(), 0))
         n = 0
         while not self.stop.is_set():
             try:
-                r.set(f"w:{n}", n)
+                r.set(f"{{w:{n}}}", n)
                 self.acked.append(n)
             except redis.RedisError as exc:
                 self.errors.append(f"{time.monotonic():.3f} {exc!r}")
@@ -112,10 +114,10 @@ def test_relocate_shard0_live_to_redis2_6390(run_dir, subnet, tmp_path):
             old_address, new_address = cf.address("redis1"), cf.address("redis2")
             old_pid = c.pid_of("redis-shard0")
 
-            old = redis.Redis(host=old_address, port=6379)
+            old = redis.Redis(**redis_auth(user="clue"), host=old_address, port=6379)
             pipe = old.pipeline(transaction=False)
             for i in range(SEEDED):
-                pipe.set(f"seed:{i}", f"v{i}", ex=3600 if i % 2 else None)
+                pipe.set(f"{{seed:{i}}}", f"v{i}", ex=3600 if i % 2 else None)
             pipe.execute()
             assert old.dbsize() >= SEEDED
 
@@ -132,7 +134,7 @@ def test_relocate_shard0_live_to_redis2_6390(run_dir, subnet, tmp_path):
             # Planning changed nothing.
             assert clusterfile.load(config).spec.redis.shards[0].host == "redis1"
             with pytest.raises(redis.ConnectionError):
-                redis.Redis(host=new_address, port=6390, socket_connect_timeout=0.5).ping()
+                redis.Redis(**redis_auth(), host=new_address, port=6390, socket_connect_timeout=0.5).ping()
 
             loadgen = start_loadgen(c, f"{subnet}.77", clients=20, duration=90, room="lobby")
             time.sleep(3)
@@ -150,25 +152,26 @@ def test_relocate_shard0_live_to_redis2_6390(run_dir, subnet, tmp_path):
             assert done["state"] == "applied", done["result"]
             result = done["result"]["steps"][0]
 
-            new = redis.Redis(host=new_address, port=6390, decode_responses=True)
+            new = redis.Redis(**redis_auth(), host=new_address, port=6390, decode_responses=True)
             assert new.info("replication")["role"] == "master"
             # Every seeded key, with its value and TTL kind.
-            values = new.mget([f"seed:{i}" for i in range(SEEDED)])
+            values = new.mget([f"{{seed:{i}}}" for i in range(SEEDED)])
             assert values == [f"v{i}" for i in range(SEEDED)]
             ttls = new.pipeline(transaction=False)
             for i in range(SEEDED):
-                ttls.ttl(f"seed:{i}")
+                ttls.ttl(f"{{seed:{i}}}")
             got = ttls.execute()
             assert all((t > 0) if i % 2 else (t == -1) for i, t in enumerate(got))
             # Every acknowledged write of the writer is on the new process.
             assert len(writer.acked) > 100
-            present = new.mget([f"w:{n}" for n in writer.acked])
+            present = new.mget([f"{{w:{n}}}" for n in writer.acked])
             missing = [n for n, v in zip(writer.acked, present) if v != str(n)]
             assert missing == [], missing[:20]
             # A write through chat1's listener now lands on the new process.
-            via_chat1 = redis.Redis(host=cf.address("chat1"), port=cf.listener_port(0), decode_responses=True)
-            via_chat1.set("after-the-move", "here")
-            assert new.get("after-the-move") == "here"
+            via_chat1 = redis.Redis(**redis_auth(user="clue"), host=cf.address("chat1"), port=cf.listener_port(0),
+                                    decode_responses=True)
+            via_chat1.set("{after}.the-move", "here")
+            assert new.get("{after}.the-move") == "here"
             # The old process and the via process are gone: the supervisor stopped them.
             wait_for(lambda: all(p["name"] != "redis-shard0-replica" for p in c.state["processes"]), 20,
                      what="the via replica to leave state.json")
@@ -177,7 +180,7 @@ def test_relocate_shard0_live_to_redis2_6390(run_dir, subnet, tmp_path):
             assert procs["redis-shard0"]["pid"] != old_pid
             for address, port in ((old_address, 6379), (new_address, via)):
                 with pytest.raises(redis.ConnectionError):
-                    redis.Redis(host=address, port=port, socket_connect_timeout=0.5).ping()
+                    redis.Redis(**redis_auth(), host=address, port=port, socket_connect_timeout=0.5).ping()
             # The cluster file says redis2:6390, with no replica.
             shard0 = clusterfile.load(config).spec.redis.shards[0]
             assert (shard0.host, shard0.port, shard0.replica) == ("redis2", 6390, None)
@@ -225,10 +228,10 @@ def test_an_existing_replica_carries_the_data_and_a_switch_already_made_is_finis
             cf = clusterfile.load(config).spec
             db = Database(tmp_path / "db.sqlite3")
             ctx = Context(cf=cf, cluster_path=config, run=RunDir(run_dir), db=db)
-            primary = redis.Redis(host=cf.address("redis1"), port=6379)
+            primary = redis.Redis(**redis_auth(user="clue"), host=cf.address("redis1"), port=6379)
             pipe = primary.pipeline(transaction=False)
             for i in range(SEEDED):
-                pipe.set(f"seed:{i}", f"v{i}")
+                pipe.set(f"{{seed:{i}}}", f"v{i}")
             pipe.execute()
             params = {"name": "shard0", "host": "redis2", "port": 6390, "via_port": 6380}
             plan = plans.make_plan(ctx, [("relocate_shard", params)], "tester")
@@ -239,10 +242,10 @@ def test_an_existing_replica_carries_the_data_and_a_switch_already_made_is_finis
             src = relocate_shard.Place("redis1", cf.address("redis1"), 6379)
             via = relocate_shard.Place("redis2", cf.address("redis2"), 6380)
             progress = relocate_shard.Progress()
-            wait_for(lambda: redis.Redis(host=via.address, port=6380).info("replication")["master_link_status"]
+            wait_for(lambda: redis.Redis(**redis_auth(), host=via.address, port=6380).info("replication")["master_link_status"]
                      == "up", 30, 0.2, "the replica to sync")
             relocate_shard._hop(ctx, cf, "shard0", src, via, progress)
-            assert redis.Redis(host=via.address, port=6380).info("replication")["role"] == "master"
+            assert redis.Redis(**redis_auth(), host=via.address, port=6380).info("replication")["role"] == "master"
             replanned = plans.draft_step(ctx, "relocate_shard", step["params"])
             assert replanned["fingerprint"] == step["fingerprint"]
             assert replanned["diff"][3].endswith("(made by an earlier apply; finished, not repeated)"), replanned["diff"]
@@ -258,8 +261,8 @@ def test_an_existing_replica_carries_the_data_and_a_switch_already_made_is_finis
             assert done["state"] == "applied", done["result"]
             detail = done["result"]["steps"][0]["detail"]
             assert "the switch to redis2:6380 was already made" in detail and "from redis1:6379 to" not in detail
-            new = redis.Redis(host=cf.address("redis2"), port=6390, decode_responses=True)
-            assert new.mget([f"seed:{i}" for i in range(SEEDED)]) == [f"v{i}" for i in range(SEEDED)]
+            new = redis.Redis(**redis_auth(), host=cf.address("redis2"), port=6390, decode_responses=True)
+            assert new.mget([f"{{seed:{i}}}" for i in range(SEEDED)]) == [f"v{i}" for i in range(SEEDED)]
             shard0 = clusterfile.load(config).spec.redis.shards[0]
             assert (shard0.host, shard0.port, shard0.replica) == ("redis2", 6390, None)
             wait_for(lambda: {p["name"] for p in c.state["processes"]} >= {"redis-shard0"} and
@@ -268,7 +271,7 @@ def test_an_existing_replica_carries_the_data_and_a_switch_already_made_is_finis
             for port in (6379, 6380):
                 address = cf.address("redis1" if port == 6379 else "redis2")
                 with pytest.raises(redis.ConnectionError):
-                    redis.Redis(host=address, port=port, socket_connect_timeout=0.5).ping()
+                    redis.Redis(**redis_auth(), host=address, port=port, socket_connect_timeout=0.5).ping()
             db.close()
     finally:
         config.unlink(missing_ok=True)

@@ -15,7 +15,7 @@ from chat.sharding import SlotMap, describe_slots, key_slot
 from cluster import clusterfile
 from cluster.rundir import RunDir
 from controlplane.resharding import progress
-from tests.conftest import api_json, live_controlplane, wait_for
+from tests.conftest import api_json, live_controlplane, redis_auth, wait_for
 
 TOKEN = "reshard-recovery-token"
 KEYS = 300_000
@@ -29,7 +29,9 @@ def test_a_reshard_cut_short_by_a_killed_control_plane_is_finished_by_the_same_p
     monkeypatch.setenv("CHATOPS_API_TOKEN", TOKEN)
     with live_controlplane(traffic=False) as (c, base):
         cf = clusterfile.load(c.config).spec
-        s0, s1 = (redis.Redis(host=cf.address(s.host), port=s.port, socket_timeout=30) for s in cf.redis.shards)
+        # Seeded as clue, the one user that may write the chat's keys; read back as the control plane.
+        s0, s1 = (redis.Redis(**redis_auth(user="clue"), host=cf.address(s.host), port=s.port, socket_timeout=30)
+                  for s in cf.redis.shards)
         even = SlotMap.even(2)
         keys = []
         pipe = s0.pipeline(transaction=False)

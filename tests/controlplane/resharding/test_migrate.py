@@ -15,7 +15,7 @@ from chat.sharding import SlotMap, key_slot
 from cluster import clusterfile
 from controlplane.resharding import migrate
 from controlplane.resharding import slotmap as slotmaps
-from tests.conftest import cluster_up, small_cluster, wait_for, write_cluster
+from tests.conftest import cluster_up, redis_auth, small_cluster, wait_for, write_cluster
 
 
 @pytest.fixture
@@ -27,7 +27,7 @@ def cluster(tmp_path, subnet, run_dir):
 
 def direct(cf, index: int) -> redis.Redis:
     shard = cf.redis.shards[index]
-    return redis.Redis(host=cf.address(shard.host), port=shard.port, socket_timeout=5)
+    return redis.Redis(host=cf.address(shard.host), port=shard.port, socket_timeout=5, **redis_auth())
 
 
 def half_of_shard0() -> list[int]:
@@ -165,7 +165,8 @@ def test_a_migration_cut_short_is_finished_by_running_it_again(cluster, run_dir)
     keys = migrate.scan_slots(s0_conn := slotmaps.connect(cf, "shard0"), {half}).get(half, [])
     shard1 = cf.redis.shards[1]
     s0_conn.call("EVAL", slotguard.MIGRATE_SLOTS, 0,
-                 *slotguard.migrate_args(cf.address(shard1.host), shard1.port, 5000, 1, [half], keys))
+                 *slotguard.migrate_args(cf.address(shard1.host), shard1.port, 5000, 1, [half], keys,
+                                         *redis_auth().values()))
     s0_conn.close()
     assert half not in set(slotguard.owned_slots(s0.get(slotguard.OWNED)))
     assert half not in set(slotguard.owned_slots(s1.get(slotguard.OWNED)))
@@ -224,7 +225,7 @@ def test_a_migration_whose_target_stops_answering_loses_nothing_and_is_finished_
         os.kill(target, signal.SIGCONT)
 
     # HAProxy marked the stopped shard down; it takes a few health checks to bring it back.
-    listener = redis.Redis(host=cf.address("chat1"), port=cf.listener_port(1), socket_timeout=1)
+    listener = redis.Redis(host=cf.address("chat1"), port=cf.listener_port(1), socket_timeout=1, **redis_auth())
 
     def answers():
         try:

@@ -18,7 +18,7 @@ from controlplane.scenarios.api import Api
 from controlplane.scenarios.base import Env, shard_of_room
 from controlplane.scenarios.leak import Leak
 from controlplane.scenarios.no_keepalive import NoKeepalive
-from tests.conftest import api_token, chatops, live_controlplane
+from tests.conftest import api_token, chatops, live_controlplane, redis_auth
 
 ROOM = "twitchplayspokemon"      # not placed by the small cluster: it lives on the first cluster, main
 
@@ -39,7 +39,7 @@ def _snapshot(env: Env) -> dict:
     out = {}
     testing = env.cf.address("chat-testing")
     for s in env.cf.redis.shards:
-        r = redis.Redis(host=env.cf.address(s.host), port=s.port, socket_timeout=5)
+        r = redis.Redis(**redis_auth(), host=env.cf.address(s.host), port=s.port, socket_timeout=5)
         try:
             # The leak's connections ran one PING; chat-testing's own clue may open another pooled
             # connection meanwhile, which is the cluster working, not the leak left behind.

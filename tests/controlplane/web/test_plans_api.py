@@ -25,7 +25,7 @@ import yaml
 
 from collectors import redis as rc
 from controlplane.remediation.kill_clients import parse_clients
-from tests.conftest import live_controlplane, open_idle, wait_for
+from tests.conftest import live_controlplane, open_idle, redis_creds, wait_for
 from tests.controlplane.web.test_api import ERROR, Reply, response_validator, schema_errors
 
 PREFIX = "/api/v1"
@@ -122,7 +122,7 @@ def shard0(live):
     """A direct connection to shard0 (not through HAProxy, not the control plane's)."""
     c, _ = live
     p = next(p for p in c.state["processes"] if p["name"] == "redis-shard0")
-    conn = rc.Conn(p["address"], p["port"])
+    conn = rc.Conn(p["address"], p["port"], auth=redis_creds())
     yield conn
     conn.close()
 
@@ -315,7 +315,7 @@ def test_two_applies_on_one_subject_one_runs_the_other_gets_409(live):
     c, base = live
     procs = {p["name"]: p for p in c.state["processes"]}
     testing = procs["haproxy-chat-testing"]["address"]
-    direct = rc.Conn(procs["redis-shard1"]["address"], procs["redis-shard1"]["port"])
+    direct = rc.Conn(procs["redis-shard1"]["address"], procs["redis-shard1"]["port"], auth=redis_creds())
     socks = idle_connections(c, "shard1", IDLE)
     try:
         # The plans kill what is idle over 1 s: ours, and whatever chat-testing's services hold. One
