@@ -25,8 +25,15 @@ from chat.sharding import SlotMap, key_slot
 from cluster import clusterfile
 from controlplane.database import Database
 from controlplane.remediation.base import BadParams
-from tests.conftest import (api_json, live_controlplane, redis_auth, run_secrets, start_loadgen, stop_loadgen,
-                            wait_for)
+from tests.conftest import (
+    api_json,
+    live_controlplane,
+    redis_auth,
+    run_secrets,
+    start_loadgen,
+    stop_loadgen,
+    wait_for,
+)
 
 TOKEN = "add-shard-test-token"
 SEEDED = 3000
