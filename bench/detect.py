@@ -48,7 +48,8 @@ if str(ROOT) not in sys.path:
 
 import yaml  # noqa: E402
 
-from cluster import binaries, clusterfile, durations, loopback, redis_acl  # noqa: E402
+from bench import redis_benchmark  # noqa: E402
+from cluster import clusterfile, durations, loopback, redis_acl  # noqa: E402
 from cluster.rundir import RunDir  # noqa: E402
 from cluster.state import read_state  # noqa: E402
 from controlplane.cli.common import use_local_secrets  # noqa: E402
@@ -148,11 +149,10 @@ def prometheus_default_s(t_inject: float, t_grid0: float, hold: float) -> float:
 
 def fault_hot_shard(c: Cluster, timeout: float) -> tuple[float, dict]:
     host, port = c.shard_address(SHARD)
-    bench = binaries.require("redis-benchmark")
+    argv = redis_benchmark.argv(c.cf, RunDir(c.run), host, port, "SET", "-n", "100000000", "-c", "50", "-P", "16",
+                                "-r", "100000", "-q")
     t0 = time.time()
-    proc = subprocess.Popen([bench, "-h", host, "-p", str(port), "-n", "100000000", "-c", "50", "-P", "16",
-                             "-r", "100000", "-t", "set,get", "-q"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         f = wait_finding(c, "hot_shard", lambda f: f["subject"] == SHARD, t0, timeout)
     finally:
