@@ -20,9 +20,9 @@ from chat import keys
 from chat.sharding import SlotMap
 from cluster import clusterfile
 from collectors.redis import find_shard
-from collectors.resp import Conn, RedisError
+from collectors.resp import Conn
 from tests.chat.test_edge import TAGS, Client, tags
-from tests.conftest import chatops, live_controlplane, run_secrets, wait_for
+from tests.conftest import chatops, live_controlplane, redis_creds, wait_for
 
 ROOM = "lobby"
 
@@ -40,16 +40,20 @@ def add_user(c, name: str, *args: str) -> str:
     return result.stdout.strip().removeprefix("oauth:")
 
 
-def shard_conn(c, cf, name: str) -> Conn:
+def shard_conn(c, cf, name: str, user: str = "chatops") -> Conn:
+    """A connection to shard `name` logged in as Redis ACL user `user`: `chatops` reads every key
+    and runs the admin commands, only `clue` writes chat-shaped keys ({...})."""
     shard = find_shard(cf, name)
-    conn = Conn(cf.address(shard.host), shard.port, 10.0)
-    password = run_secrets(c.run).get(cf.secrets.redis_controlplane_password_env)
-    if password:
-        try:
-            conn.call("AUTH", "chatops", password)
-        except RedisError:
-            pass            # a cluster without ACL users: the default user needs no AUTH
-    return conn
+    return Conn(cf.address(shard.host), shard.port, 10.0, auth=redis_creds(c.run, user))
+
+
+def pressure_keys(conn: Conn) -> list[bytes]:
+    found, cursor = [], b"0"
+    while True:
+        cursor, batch = conn.call("SCAN", cursor, "MATCH", "{pressure}:*", "COUNT", 1000)
+        found += batch
+        if cursor in (b"0", 0):
+            return found
 
 
 def shard_of(cf, key: str) -> str:
@@ -142,14 +146,18 @@ def test_tokens_never_reach_a_key_name_a_page_or_the_api(live):
     probe.close()
 
     old_key = f"{{{token}}}.auth"                    # the key of before issue 16, as a leftover
-    with shard_conn(c, cf, shard) as conn, shard_conn(c, cf, shard) as named:
+    probe = f"<{len(token)} bytes>"
+    with shard_conn(c, cf, shard) as conn, shard_conn(c, cf, shard) as named, \
+            shard_conn(c, cf, shard, "clue") as as_clue:
         named.call("CLIENT", "SETNAME", f"tok-{token}")
         slower = conn.call("CONFIG", "GET", "slowlog-log-slower-than")[1]
         conn.pipeline([("GET", digest_key)] * 400)  # the token's key is hot
         try:
-            # One pipeline, so no scrape slips in: every command with the token is in the slow log.
-            conn.pipeline([("CONFIG", "SET", "slowlog-log-slower-than", "0"), ("SET", old_key, "alice"),
-                           *[("GET", old_key)] * 300, ("ECHO", token),
+            # Every command after the first is in the slow log, a scrape's own included; the last
+            # 128 (slowlog-max-len) keep the old key's GETs and the token as a value.
+            conn.call("CONFIG", "SET", "slowlog-log-slower-than", "0")
+            as_clue.pipeline([("SET", old_key, "alice"), *[("GET", old_key)] * 300])
+            conn.pipeline([("SET", "chatops:probe", token),
                            ("CONFIG", "SET", "slowlog-log-slower-than", slower)])
 
             def scraped() -> dict | None:
@@ -157,7 +165,7 @@ def test_tokens_never_reach_a_key_name_a_page_or_the_api(live):
                 hot = [k["key"] for k in d["hotkeys"]["keys"]]
                 commands = [e["command"] for e in d["slowlog"]]
                 return d if digest_key in hot and "<redacted {*}.auth>" in hot and \
-                    "ECHO <30 bytes>" in commands else None
+                    f"SET chatops:probe {probe}" in commands else None
             seen = wait_for(scraped, 30, 0.5, what="a scrape with the hot keys and the slow log")
             assert "GET <redacted {*}.auth>" in [e["command"] for e in seen["slowlog"]]
 
@@ -175,7 +183,7 @@ def test_tokens_never_reach_a_key_name_a_page_or_the_api(live):
                 db = c.run / name
                 assert not db.exists() or token.encode() not in db.read_bytes(), name
         finally:
-            conn.call("UNLINK", old_key)
+            conn.call("UNLINK", old_key, "chatops:probe")
 
 
 # -- (b), (c): durable moderation state --
@@ -243,7 +251,7 @@ def test_memory_pressure_evicts_counters_never_bans_mods_or_tokens(live):
     mod_token, victim_token = add_user(c, "modmia", "--mod", ROOM), add_user(c, "victim")
     ban(cf, mod_token, "modmia", "victim")
     shard = shard_of(cf, keys.bans(ROOM))
-    with shard_conn(c, cf, shard) as conn:
+    with shard_conn(c, cf, shard) as conn, shard_conn(c, cf, shard, "clue") as as_clue:
         found, cursor = [], b"0"
         while True:
             cursor, batch = conn.call("SCAN", cursor, "COUNT", 1000)
@@ -264,18 +272,20 @@ def test_memory_pressure_evicts_counters_never_bans_mods_or_tokens(live):
                 for i in range(batch * 1000, (batch + 1) * 1000):
                     # Eviction runs before EXEC, never between the SET and its GETs: each key
                     # reaches the LFU counter of a key read a few times before anything is evicted.
-                    cmds += [("MULTI",), ("SET", f"pressure:{i}", value, "EX", 600),
-                             ("GET", f"pressure:{i}"), ("GET", f"pressure:{i}"), ("EXEC",)]
-                written += sum(1 for r in conn.pipeline(cmds) if isinstance(r, list))
+                    key = f"{{pressure}}:{i}"       # chat-shaped, so clue may write it
+                    cmds += [("MULTI",), ("SET", key, value, "EX", 600), ("GET", key), ("GET", key),
+                             ("EXEC",)]
+                written += sum(1 for r in as_clue.pipeline(cmds) if isinstance(r, list))
             after = int(conn.call("INFO", "stats").split(b"evicted_keys:")[1].split(b"\r\n")[0])
-            left = conn.call("EVAL", "return #redis.call('KEYS', 'pressure:*')", 0)
+            left = len(pressure_keys(conn))
             assert after - evicted > 1000 and left < written, (after - evicted, left, written)
             gone = [k for k, n in zip(durable, conn.pipeline([("EXISTS", k) for k in durable])) if n != 1]
             assert gone == [], gone
         finally:
             conn.call("CONFIG", "SET", "maxmemory", maxmemory)
-            conn.call("EVAL", "for _, k in ipairs(redis.call('KEYS', 'pressure:*')) do "
-                              "redis.call('UNLINK', k) end", 0)
+            stale = pressure_keys(conn)
+            for i in range(0, len(stale), 1000):
+                conn.call("UNLINK", *stale[i:i + 1000])
     victim = irc_when_up(cf, "victim", victim_token)
     try:
         victim.join(f"#{ROOM}")
