@@ -95,6 +95,8 @@ class InventoryModule(BaseInventoryPlugin):
         from cluster.secrets import SECRETS, variable
         inv.set_variable("all", "chatops_secrets_env",
                          [variable(cf, s.field) for s in SECRETS] + [cf.controlplane.auth_token_env])
+        # The one the read-only playbooks (check.yml) log in to Redis with.
+        inv.set_variable("all", "chatops_redis_controlplane_password_env", cf.secrets.redis_controlplane_password_env)
 
         roles: dict[str, list[str]] = {}
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import subprocess
 import sys
 import time
@@ -53,7 +54,8 @@ def _loadgen(live, source: str) -> subprocess.Popen:
         [sys.executable, "-m", "controlplane.cli", "loadgen", "--config", str(live.config), "--clients", str(CLIENTS),
          "--senders", "2", "--rate", "10", "--duration", str(DURATION), "--rooms", ROOMS,
          "--source-address", source, "--reconnect", "--json", "--quiet"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+        env={**os.environ, "CHATOPS_RUN_DIR": str(live.run)})     # the Redis passwords `up` generated
 
 
 def _windows(live, since: float) -> dict[str, tuple[float, float]]:

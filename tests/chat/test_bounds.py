@@ -201,6 +201,25 @@ def test_a_privmsg_flood_is_refused_by_the_edge_and_never_reaches_clue(live):
     assert metric(live, 17080, "chat_edge_limited_total", 'limit="privmsg_rate"') >= 5
 
 
+def test_messages_to_rooms_nobody_holds_here_share_one_sent_log_entry(live):
+    """The edge's "Message successfully sent" log kept one entry per room name a sender gave, joined
+    or not, so naming ever new rooms grew it without limit; rooms the edge holds no member of now
+    share one entry, logged as one line."""
+    token = add_user(live, "wanderer")
+    rooms = [f"nowhere{i}" for i in range(8)]
+    with connected(live, "57", "wanderer", token) as conn:
+        conn.send("CAP REQ :echo-message\r\n")
+        for room in rooms:
+            conn.send(f"PRIVMSG #{room} :anyone here?\r\n")
+            time.sleep(0.02)
+        conn.until(rf"PRIVMSG #{rooms[-1]} :anyone here\?$")     # echoed: clue took the last one
+    log = live.run / "logs" / "edge-chat1.log"
+    text = wait_for(lambda: (t := log.read_text(errors="replace")) and
+                    "Message successfully sent to rooms with no member on this edge" in t and t,
+                    10, what="the edge's sent log line")
+    assert not [r for r in rooms if f"Message successfully sent to #{r}" in text]
+
+
 def test_input_held_behind_a_pending_join_is_bounded(live):
     with connected(live, "54", "justinfan5404") as conn:
         # A JOIN of a new room waits for the exchange to hear of it; frozen, it does not answer.
