@@ -160,7 +160,10 @@ def cluster_up(config: Path, run: Path, timeout: float = 30.0, *, controlplane: 
         proc = subprocess.Popen(
             [sys.executable, "-m", "controlplane.cli", "up", "--config", str(config), "--run-dir", str(run),
              *flags],
-            stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
+            stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
+            # Without another cluster's secrets (secrets_in_env of an enclosing one): each cluster
+            # generates its own into its run dir, so run_secrets(run) is always what it runs with.
+            env={k: v for k, v in os.environ.items() if k not in secret_variables()})
     rc = RunningCluster(proc, run, config, log)
     try:
         def ready():
@@ -188,14 +191,26 @@ def cluster_up(config: Path, run: Path, timeout: float = 30.0, *, controlplane: 
 def secrets_in_env(run: Path):
     """The secrets `chatops up` generated, in this process's environment while the cluster runs,
     as `up` hands them to what it starts: in-process clients of the cluster (ShardedCache.for_host,
-    the collectors, the control plane's actions) then log in as they would there."""
-    added = {k: v for k, v in run_secrets(run).items() if not os.environ.get(k)}
-    os.environ.update(added)
+    the collectors, the control plane's actions) then log in as they would there. An enclosing
+    cluster's values come back afterwards."""
+    mine = run_secrets(run)
+    before = {k: os.environ.get(k) for k in mine}
+    os.environ.update(mine)
     try:
         yield
     finally:
-        for k in added:
-            os.environ.pop(k, None)
+        for k, old in before.items():
+            if old is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = old
+
+
+def secret_variables() -> set[str]:
+    """The default names of the secrets: variables, which every test cluster file keeps."""
+    from cluster import secrets
+    from cluster.spec import Secrets
+    return {getattr(Secrets(), s.field) for s in secrets.SECRETS}
 
 
 @contextmanager
