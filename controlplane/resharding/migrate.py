@@ -111,25 +111,12 @@ def scan_slots(conn: Conn, slots: set[int] | None = None, count: int = SCAN_COUN
         # Logged in as the connection it stands in for; its reply is read before the first SCAN's.
         auth = [encode_command("AUTH", conn.auth.user, conn.auth.password)] if conn.auth is not None else []
         sock.sendall(b"".join([*auth, encode_command("SCAN", b"0", "COUNT", count)]))
-        while auth:
-            reply = reader.gets()
-            if reply is False:
-                data = sock.recv(1 << 16)
-                if not data:
-                    raise RedisError("the shard closed the connection during AUTH")
-                reader.feed(data)
-                continue
+        if auth:
+            reply = _reply(reader, sock, "AUTH")
             if reply != b"OK":
                 raise RedisError(f"AUTH answered {str(reply)[:200]}")
-            auth = []
         while True:
-            reply = reader.gets()
-            while reply is False:
-                data = sock.recv(1 << 20)
-                if not data:
-                    raise RedisError("the shard closed the connection during SCAN")
-                reader.feed(data)
-                reply = reader.gets()
+            reply = _reply(reader, sock, "SCAN")
             if isinstance(reply, Exception) or not isinstance(reply, list) or len(reply) != 2:
                 raise RedisError(f"SCAN answered {str(reply)[:200]}")
             cursor, batch = reply
@@ -153,6 +140,18 @@ def scan_slots(conn: Conn, slots: set[int] | None = None, count: int = SCAN_COUN
                         bucket.append(key)
             if cursor == b"0":
                 return out
+
+
+def _reply(reader, sock: socket.socket, what: str):
+    """The next whole reply on `sock`, reading as much as it takes."""
+    reply = reader.gets()
+    while reply is False:
+        data = sock.recv(1 << 20)
+        if not data:
+            raise RedisError(f"the shard closed the connection during {what}")
+        reader.feed(data)
+        reply = reader.gets()
+    return reply
 
 
 def _hash_fields(conn: Conn, key: str) -> dict[int, int]:
