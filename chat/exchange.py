@@ -120,6 +120,10 @@ class Exchange:
                             raise ValueError(f"HTTP {resp.status}")
                         self.subscribe({**await resp.json(), "full": True})
                 learned += 1
+            except aiohttp.ClientConnectorError:
+                # Nothing listens yet: a cluster's first start runs the exchange before its edges,
+                # and an edge that comes up later subscribes by itself.
+                logs.event(self.ctx.log, "edge", "not up yet; it will subscribe when it starts", edge=host)
             except (aiohttp.ClientError, OSError, asyncio.TimeoutError, ValueError, KeyError, TypeError) as exc:
                 logs.event(self.ctx.log, "edge", f"could not ask for its rooms: {exc!r}", 30, edge=host)
         await asyncio.gather(*(one(h, a) for h, a in self.ctx.peers()))
