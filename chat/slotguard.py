@@ -89,7 +89,7 @@ return out
 # ARGV: host, port, timeout_ms, target index, 'AUTH2', user, password (the target's ACL user),
 # nslots, the slots, then every key found in them by the scan. The credentials follow the literal
 # AUTH2 so that whoever prints this command (SLOWLOG shows a script's arguments; Redis redacts
-# only a MIGRATE's own) can redact them the way Redis does: collectors.redis.redact_args. Returns the number of keys moved. COPY first and delete after: a MIGRATE that fails
+# only a MIGRATE's own) can redact them the way Redis does: collectors/redact.py. Returns the number of keys moved. COPY first and delete after: a MIGRATE that fails
 # half way (the target went down) leaves every key here and the slots still owned here, so
 # nothing is lost and a retry starts over; REPLACE makes the retry overwrite a partial copy.
 # The keys are handed to MIGRATE and UNLINK straight from ARGV, 5,000 at a time (Lua's stack):

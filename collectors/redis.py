@@ -22,7 +22,7 @@ from cluster.secrets import SecretError
 from collectors.base import Observation, source_address
 from collectors.resp import TIMEOUT_S, Conn, ProtocolError, RedisError, decode, encode_command, parse_resp
 
-__all__ = ["Target", "target_for", "collect", "connect", "admin_auth", "redact_args", "find_shard", "UnknownShard", "parse_info",
+__all__ = ["Target", "target_for", "collect", "connect", "admin_auth", "find_shard", "UnknownShard", "parse_info",
            "fetch_info", "rates", "parse_config", "fetch_config", "parse_slowlog", "fetch_slowlog",
            "parse_latency", "fetch_latency", "fetch_hotkeys", "source_address",
            # the RESP layer, for callers that talk to a shard directly
@@ -252,27 +252,6 @@ def fetch_config(conn: Conn) -> dict[str, Any]:
 #   [0, 1795786974, 12106, [b'DEBUG', b'SLEEP', b'0.012'], b'127.213.134.9:52483', b'slowpoke']
 #   id, unix time, microseconds, argv (Redis truncates it to 32 args / 128 bytes), addr, name
 
-# Arguments that are credentials: what follows AUTH (a password) or AUTH2 (a user and a password)
-# in MIGRATE and in the slot guard's MIGRATE_SLOTS script. Redis redacts a MIGRATE's own, but not
-# a script's: SLOWLOG shows an EVALSHA's arguments as sent.
-_CREDENTIAL_ARGS = {b"auth": 1, b"auth2": 2}
-
-
-def redact_args(args: list) -> list:
-    """`args` with every credential replaced by `(redacted)`, as Redis itself shows them."""
-    out = list(args)
-    i = 0
-    while i < len(out):
-        a = out[i]
-        n = _CREDENTIAL_ARGS.get(a.lower() if isinstance(a, bytes) else str(a).lower().encode())
-        if n:
-            for j in range(i + 1, min(i + 1 + n, len(out))):
-                out[j] = b"(redacted)"
-            i += n
-        i += 1
-    return out
-
-
 def parse_slowlog(reply: Any) -> list[dict[str, Any]]:
     if isinstance(reply, RedisError):
         raise reply
@@ -282,10 +261,9 @@ def parse_slowlog(reply: Any) -> list[dict[str, Any]]:
     for e in reply:
         if not isinstance(e, list) or len(e) < 4 or not all(isinstance(x, int) for x in e[:3]):
             continue  # a malformed entry is skipped, the rest kept
-        # Credentials go at once (redact_args); `args` (and `command`) still carry the other raw
-        # arguments, values and keys included: the control plane keeps only the redacted `command`
-        # (collectors/redact.py).
-        args = redact_args(e[3]) if isinstance(e[3], list) else []
+        # `args` (and `command`) carry the raw arguments, credentials, values and keys included:
+        # the control plane keeps only what collectors/redact.py makes of them.
+        args = e[3] if isinstance(e[3], list) else []
         out.append({"id": e[0], "at": e[1], "usec": e[2],
                     "command": " ".join(decode(a) for a in args)[:200],
                     "args": [decode(a) for a in args[:32]],
