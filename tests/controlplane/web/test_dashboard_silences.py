@@ -10,6 +10,7 @@ import threading
 import time
 
 import pytest
+from selenium.common.exceptions import StaleElementReferenceException
 
 from controlplane import incidents
 from tests.conftest import free_subnet, small_cluster, wait_for, write_cluster
@@ -115,7 +116,16 @@ def test_in_chromium_add_a_silence_from_the_nav_see_the_incident_muted_then_expi
         driver.find_element("css selector", "section.login form button[type=submit]").click()
         wait_for(lambda: driver.current_url.endswith(f"/incidents/{iid}"), 10, what="the incident page")
         assert not driver.find_elements("id", "muted")
-        driver.find_element("link text", "Silences").click()
+
+        def open_silences() -> bool:
+            # The incident page may still be replacing its document right after the redirect: a
+            # link found in the old one is stale by the time it is clicked. Find it again then.
+            try:
+                driver.find_element("link text", "Silences").click()
+                return True
+            except StaleElementReferenceException:
+                return False
+        wait_for(open_silences, 10, what="a click on Silences")
         wait_for(lambda: driver.find_elements("id", "silence-matchers"), 10, what="the Silences page")
         box = driver.find_element("id", "silence-matchers")
         box.send_keys("cluster=testing\nshard=shard0")
