@@ -46,6 +46,26 @@ def _connect(address: str, n: int) -> None:
             s.recv(64)
 
 
+def _connect_held_until_chat2(address: str, c, before: dict[str, int], most: int = 60) -> dict[str, int]:
+    """Open connections and keep them open until one lands on chat2. The balance is leastconn, so
+    while chat2 still holds more of the background traffic's clients (kept through the drain), new
+    connections rightly go to chat1; held ones raise chat1's count until chat2 is the least."""
+    held: list[socket.socket] = []
+    try:
+        for _ in range(most):
+            s = socket.create_connection((address, 6667), timeout=5)
+            held.append(s)
+            s.sendall(b"NICK justinfan4242\r\nUSER x 0 * :x\r\n")
+            s.recv(64)
+            now = _sessions(c, "chat1")
+            if now["chat2"] > before["chat2"]:
+                return now
+        return _sessions(c, "chat1")
+    finally:
+        for s in held:
+            s.close()
+
+
 def _reloads(c) -> dict[str, int]:
     return {h: _show_proc(RunDir(c.run), h).master.reloads for h in ("chat1", "chat2")}
 
@@ -79,8 +99,7 @@ def test_drain_then_ready_under_traffic(monkeypatch):
         restored = _set(c, "ready")
         assert restored["state"] == "applied", restored
         before = _sessions(c, "chat1")
-        _connect(front, 12)
-        after = _sessions(c, "chat1")
+        after = _connect_held_until_chat2(front, c, before)
         assert after["chat2"] > before["chat2"], (before, after)
 
         assert _reloads(c) == reloads             # the runtime API, never a reload
