@@ -26,6 +26,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from chat import keys, logs, service
 from chat.cache import CacheUnavailable, ShardedCache
+from chat.nicks import NickClaims
 from chat.upstream import Pool, Upstream, UpstreamError, UpstreamFull
 from cluster.durations import seconds
 from cluster.spec import ClueService
@@ -297,6 +298,9 @@ class Clue:
             if expiry == 0 or expiry > now:
                 return ban_notice(expiry, now)
         role = Role(broadcaster=_s(broadcaster) == login, mod=bool(is_mod), bot=_s(bot) == "1")
+        if item.get("auth") == "open":
+            # A nick logged in without a token (auth: open) is nobody's mod, whatever the sets say.
+            role = Role(broadcaster=False, mod=False, bot=False)
         room_id = _s(room_id) or user_id(room)
         uid = _s(uid) or user_id(login)
 
@@ -388,6 +392,8 @@ class Clue:
 
         app.router.add_post("/v1/auth", batch(auth_batch))
         app.router.add_post("/v1/privmsg", batch(self.privmsg_batch))
+        if self.ctx.cf.clusters[self.ctx.cluster].auth == "open":
+            app.router.add_post("/v1/nicks", batch(NickClaims(self.cache).batch))
 
         async def key_stats(_request):
             return web.json_response(self.cache.stats())

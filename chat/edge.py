@@ -28,8 +28,9 @@ from prometheus_client.core import CounterMetricFamily
 from websockets.asyncio.server import ServerConnection as WsConnection
 from websockets.asyncio.server import serve as ws_serve
 
-from chat import irc, logs, service
+from chat import irc, logs, membership, service
 from chat.limits import TokenBucket, per_second
+from chat.nicks import NickClient
 from chat.upstream import Pool, Upstream, UpstreamError, UpstreamFull, UpstreamTimeout
 from cluster.durations import seconds
 
@@ -69,6 +70,7 @@ class Client:
         self.login: str | None = None
         self.user_id = ""
         self.anonymous = False
+        self.open_login = False           # logged in without a token (auth: open)
         self.rooms: set[str] = set()
         self.out: list[bytes] = []       # lines of this loop turn, written together by Edge.flush
         self.closed = False
@@ -310,6 +312,13 @@ class Edge:
               registry=r).set_function(lambda: self.clue.pending + self.clue_auth.pending)
         ex = ctx.services.exchange
         self.exchanges = [f"http://{addr}:{ex.port}/v1/subscriptions" for _, addr in ctx.peers()]
+        self.membership = membership.Membership(self)
+        self.nicks: NickClient | None = None      # auth: open only
+        if ctx.cf.clusters[ctx.cluster].auth == "open":
+            self.nicks = NickClient(Upstream(self.pool, f"http://{ctx.address}:{clue_cfg.port}/v1/nicks",
+                                             name="clue", timeout=seconds(clue_cfg.client.timeout),
+                                             concurrency=2, max_pending=clue_cfg.client.max_pending),
+                                    ctx.host, self.log)
 
     # -- connections --
 
@@ -346,8 +355,11 @@ class Edge:
         self.m_conns.labels(client.transport_name).dec()
         for kind, n in client.proto.errors.items():
             self.closed_errors[kind] = self.closed_errors.get(kind, 0) + n
+        self.membership.quit(client, client.rooms, _quit_reason(reason))
         for room in list(client.rooms):
             self._leave(client, room)
+        if self.nicks is not None:
+            self.nicks.release(client.id)
         if client.anonymous and client.login:
             self.anonymous_nicks.discard(client.login)
 
@@ -438,6 +450,7 @@ class Edge:
                 for room in ev.channels:
                     if room[1:] in client.rooms:
                         self._leave(client, room[1:])
+                        self.membership.parted(client, room[1:], getattr(ev, "reason", ""))
                         client.deliver(irc.encode("PART", room, source=self._source(client)))
             elif isinstance(ev, irc.Quit):
                 client.close(f"quit: {ev.reason}")
@@ -509,7 +522,9 @@ class Edge:
         if password.startswith("oauth:"):
             password = password[len("oauth:"):]
         if not password:
-            if not ev.nick.startswith("justinfan"):
+            if self.nicks is not None and not ev.nick.startswith("justinfan"):
+                await self._claim_nick(client, ev.nick)
+            elif not ev.nick.startswith("justinfan"):
                 client.proto.reject_registration("Login authentication failed")
             elif ev.nick in self.anonymous_nicks:
                 client.deliver(client.proto.numeric("433", ev.nick, "Nickname is already in use"))
@@ -527,6 +542,8 @@ class Edge:
             if result.get("ok"):
                 client.login, client.user_id = result["login"], result["user_id"]
                 client.proto.accept_registration(result["login"], welcome=self.welcome, motd=self.motd)
+            elif self.nicks is not None and result.get("error") == "invalid token":
+                await self._claim_nick(client, ev.nick)   # open mode: a PASS that is no token is ignored
             else:
                 client.proto.reject_registration("Login authentication failed")
         if client.proto.state == "registered" and client.registration_timer is not None:
@@ -535,6 +552,24 @@ class Edge:
         client.flush_protocol()
         if client.proto.state == "closed":
             client.close("registration refused")
+
+    async def _claim_nick(self, client: Client, nick: str) -> None:
+        """auth: open: log in as `nick` if no connection of the cluster holds it (chat.nicks)."""
+        verdict = await self.nicks.claim(nick, client.id)
+        if client.closed:
+            self.nicks.release(client.id)
+        elif verdict == "ok":
+            client.login, client.user_id, client.open_login = nick, "", True
+            client.proto.accept_registration(nick, welcome=self.welcome, motd=self.motd)
+        elif verdict in ("in_use", "registered"):
+            client.proto.refuse_nick(nick, "Nickname is already in use" if verdict == "in_use" else
+                                     "Nickname is registered: log in with its token (PASS oauth:<token>)")
+            # What the client sent after NICK waited for a login that did not happen.
+            for _ in client.backlog:
+                client.deliver(client.proto.numeric("451", "You have not registered"))
+            client.backlog, client.backlog_bytes = [], 0
+        else:
+            client.proto.reject_registration("Login unavailable: chat is temporarily unavailable")
 
     async def join(self, client: Client, channels: Iterable[str]) -> None:
         """Join channels _admit_joins let through."""
@@ -559,6 +594,7 @@ class Edge:
             client.deliver(irc.encode("JOIN", channel, source=self._source(client)))
             client.deliver(client.proto.numeric("353", "=", channel, nick))
             client.deliver(client.proto.numeric("366", channel, "End of /NAMES list"))
+            self.membership.joined(client, room)
 
     def _leave(self, client: Client, room: str) -> None:
         client.rooms.discard(room)
@@ -589,8 +625,11 @@ class Edge:
             return
         self.m_received.inc()
         nonce = ev.tags.get("+client-nonce") or ev.tags.get("client-nonce")
-        fut = self.clue.call({"login": client.login, "room": room, "text": ev.text, "edge": self.ctx.host,
-                              "conn": client.id, "tags": {"client-nonce": nonce} if nonce else {}})
+        item = {"login": client.login, "room": room, "text": ev.text, "edge": self.ctx.host,
+                "conn": client.id, "tags": {"client-nonce": nonce} if nonce else {}}
+        if client.open_login:
+            item["auth"] = "open"        # clue gives a nick without a token no badges
+        fut = self.clue.call(item)
         fut.add_done_callback(lambda f: self._verdict(client, room, f))
 
     def _verdict(self, client: Client, room: str, fut: asyncio.Future) -> None:
@@ -648,6 +687,8 @@ class Edge:
         if not members:
             return True
         command = message["command"]
+        if command == membership.COMMAND:
+            return self.membership.deliver(message)
         if command not in ("PRIVMSG", "CLEARCHAT"):
             return False
         tags = dict(message.get("tags") or {})
@@ -698,6 +739,8 @@ class Edge:
         while not stop.is_set():
             await self._announce(sorted(self.rooms), full=True)
             self.ping_idle()
+            if self.nicks is not None:
+                self._spawn(self.nicks.refresh_if_due())
             try:
                 await asyncio.wait_for(stop.wait(), SUBSCRIPTION_REFRESH)
             except asyncio.TimeoutError:
@@ -770,11 +813,22 @@ class Edge:
     async def close(self) -> None:
         for client in list(self.clients):
             client.close("server shutting down")
+        if self.nicks is not None:
+            await self.nicks.close()
+        await self.membership.close()
         for task in list(self.tasks):
             task.cancel()
         await self.clue.close()
         await self.clue_auth.close()
         await self.pool.close()
+
+
+def _quit_reason(reason: str) -> str:
+    """What other members see as a leaving client's QUIT reason: its own words after a QUIT, else
+    the edge's short reason (ping timeout, connection lost...), never an internal error's text."""
+    if reason.startswith("quit: "):
+        return reason[len("quit: "):]
+    return "Connection closed" if reason.startswith("internal error") else reason
 
 
 def _held_bytes(ev) -> int:

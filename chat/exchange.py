@@ -25,7 +25,7 @@ from aiohttp import web
 from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 
-from chat import logs, service
+from chat import logs, membership, service
 from chat.upstream import Pool, Upstream, UpstreamFull, UpstreamTimeout
 from cluster.durations import seconds
 
@@ -56,6 +56,8 @@ class Exchange:
         self.edges: dict[str, EdgeLink] = {}
         r = ctx.registry
         self.m_received = Counter("chat_exchange_messages", "Messages received from clue", registry=r)
+        self.m_membership = Counter("chat_exchange_membership_batches", "Batches of JOIN/PART/QUIT received "
+                                    "from edges (chat.membership), counted apart from messages", registry=r)
         self.m_deliveries = Counter("chat_exchange_deliveries", "Messages handed to edges, by result",
                                     ["edge", "result"], registry=r)
         self.m_requests = Histogram("chat_exchange_request_seconds", "Duration of one delivery request to an edge",
@@ -130,7 +132,10 @@ class Exchange:
         return learned
 
     def publish(self, message: dict) -> dict:
-        self.m_received.inc()
+        if message.get("command") == membership.COMMAND:
+            self.m_membership.inc()
+        else:
+            self.m_received.inc()
         room = message["room"]
         now = time.monotonic()
         targets = 0

@@ -526,6 +526,16 @@ class ServerConnection:
         self._reply("464", "Password incorrect")
         self.state = "closed"
 
+    def refuse_nick(self, nick: str, text: str = "Nickname is already in use") -> None:
+        """Answer the registration with 433 and wait for another NICK, as ircds let a client pick
+        another nick (`auth: open`). A no-op if the client already left."""
+        if self.state == "closed":
+            return
+        if self.state != "registering":
+            raise RuntimeError(f"refuse_nick in state {self.state!r}")
+        self._reply("433", nick, text)
+        self.state, self._requested_nick = "new", None
+
     def numeric(self, code: str, *params: str) -> bytes:
         """`:<server> <code> <nick or *> <params...>`, not queued. The last param always takes the
         ':' form, as Twitch writes numerics (`353 ronni = #dallas :ronni`)."""

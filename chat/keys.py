@@ -65,11 +65,17 @@ def room_counter(name: str, second: int) -> str:  # messages in the room during 
     return f"{{{name}}}.rl.r.{second}"
 
 
+def nick_claim(nick: str) -> str:   # string: the connection holding an open-mode nick (TTL)
+    # Only clusters with `auth: open` write it: the nick is free again when the connection quits,
+    # or when its edge stops refreshing (a crashed edge), so collisions hold across every edge.
+    return f"{{{nick}}}.nick_claim"
+
+
 # Every shape above, with a login or room (chat.users.LOGIN_RE) or a digest as the hash tag, and
 # the slot guard's reserved keys. Whole-string, ASCII.
 _TAG = r"\{[a-z0-9_]{1,25}\}"
 PUBLIC = re.compile(
-    rf"{_TAG}\.(?:user|color|room|mods|bans|ratelimits|rl\.u\.[0-9]{{1,12}}|rl\.r\.[0-9]{{1,12}})"
+    rf"{_TAG}\.(?:user|color|room|mods|bans|ratelimits|nick_claim|rl\.u\.[0-9]{{1,12}}|rl\.r\.[0-9]{{1,12}})"
     r"|\{[0-9a-f]{64}\}\.token_sha256"
     rf"|{re.escape(_GUARD_PREFIX)}[a-z]{{1,20}}(?::[a-z]{{1,20}})?(?::[0-9]{{1,5}})?", re.ASCII)
 

@@ -126,10 +126,23 @@ def alert_routes(cf: ClusterFile) -> Iterator[Problem]:
                                              f"{dest.type} does not use secret_env")
 
 
+def open_auth_local_only(cf: ClusterFile) -> Iterator[Problem]:
+    """`auth: open` lets anyone speak as any free nick: only where every address is loopback. Every
+    cluster of profile remote counts as production, as its addresses are reachable by others."""
+    if cf.profile == "local":
+        return
+    for name, cluster in cf.clusters.items():
+        if cluster.auth == "open":
+            yield (f"clusters.{name}.auth",
+                   "'open' is refused with profile remote: it lets anyone log in as any free nick "
+                   "without a token, so it is only for local development and tests (docs/security.md, "
+                   "Open login); use 'token'")
+
+
 RULES: tuple[Rule, ...] = (
     loopback_only, unique_addresses, local_connections, known_hosts, one_cluster_per_host,
     shards_off_chat_hosts, unique_ports, listener_range, rooms_placed_once, unique_shard_names,
-    unique_alert_names, alert_routes,
+    unique_alert_names, alert_routes, open_auth_local_only,
 )
 
 

@@ -210,6 +210,9 @@ class Cluster(_Model):
     frontend: Frontend = Frontend()
     services: Services = Services()
     rooms: list[Room] = []
+    # token: Twitch's login (PASS oauth:<token>). open: any free nick logs in without a token, for
+    # standard IRC clients and conformance suites; refused on profile remote (cluster.checks).
+    auth: Literal["token", "open"] = "token"
 
 
 class Replica(_Model):
