@@ -11,8 +11,9 @@ CC ?= cc
 APT_PACKAGES := haproxy redis-server redis-tools gcc libc6-dev
 FASTLOG := collectors/_fastlog.so
 # Only the tests need a browser (the dashboard tests drive headless Chromium through chromedriver),
-# and a real Prometheus and Alertmanager (the shipped rules are checked, unit-tested and run live).
-TEST_APT_PACKAGES := chromium chromium-driver prometheus prometheus-alertmanager
+# and a real Prometheus and Alertmanager (the shipped rules are checked, unit-tested and run live), and
+# two standard IRC clients (ii, WeeChat) that the chat must serve as they are.
+TEST_APT_PACKAGES := chromium chromium-driver prometheus prometheus-alertmanager ii weechat-headless
 # Debian starts these as services on install; the tests run their own, on loopback ports of their choosing.
 TEST_SERVICES := prometheus prometheus-alertmanager prometheus-node-exporter
 
@@ -53,8 +54,9 @@ system-packages:
 
 test-packages:
 	@command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 && \
-	command -v promtool >/dev/null 2>&1 && command -v prometheus-alertmanager >/dev/null 2>&1 || { \
-	  echo "make: installing $(TEST_APT_PACKAGES) with apt-get (for the dashboard and alerting tests)"; \
+	command -v promtool >/dev/null 2>&1 && command -v prometheus-alertmanager >/dev/null 2>&1 && \
+	command -v ii >/dev/null 2>&1 && command -v weechat-headless >/dev/null 2>&1 || { \
+	  echo "make: installing $(TEST_APT_PACKAGES) with apt-get (for the dashboard, alerting and IRC client tests)"; \
 	  if [ "$$(id -u)" = 0 ]; then sudo=""; \
 	  elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then sudo="sudo"; \
 	  else echo "make: cannot install packages: not root and no passwordless sudo. Run:" >&2; \

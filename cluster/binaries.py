@@ -14,8 +14,11 @@ PACKAGES = {
     "promtool": "prometheus",
     "prometheus-alertmanager": "prometheus-alertmanager",
     "amtool": "prometheus-alertmanager",
+    # Standard IRC clients, for tests/chat/test_real_clients.py.
+    "ii": "ii",
+    "weechat-headless": "weechat-headless",
 }
-TEST_ONLY = {"prometheus", "promtool", "prometheus-alertmanager", "amtool"}
+TEST_ONLY = {"prometheus", "promtool", "prometheus-alertmanager", "amtool", "ii", "weechat-headless"}
 
 
 class MissingBinary(Exception):
