@@ -130,7 +130,8 @@ def test_open_login_433_across_edges_and_membership(open_cluster):
         impostor = connect(front, "marie", welcome=False)
         assert "registered" in impostor.wait("nicknameinuse").arguments[1]
         token = added.stdout.strip().splitlines()[-1]
-        marie = connect(front, "marie", password=token if token.startswith("oauth:") else f"oauth:{token}")
+        marie = connect(front, "marie", password=token if token.startswith("oauth:") else f"oauth:{token}",
+                        caps=("twitch.tv/tags", "twitch.tv/commands"))
         marie.join("#lobby")
         for client in (alice, tw):
             client.wait("join", _from("marie", "#lobby"))
@@ -165,11 +166,22 @@ def test_open_login_433_across_edges_and_membership(open_cluster):
         # Same-edge membership, and none for a client without the cap (again, as bob has none).
         again.join("#lobby")
         alice.wait("join", _from("bob", "#lobby"))
-        carol = connect(edge1, "carol")
+        carol = connect(edge1, "carol", caps=("twitch.tv/tags",))
         carol.join("#lobby")
         alice.wait("join", _from("carol", "#lobby"))
         again.pump(1.0)
         assert not again.seen("join", "carol")
+
+        # An open nick moderates nobody; a mod (by token) bans it like anyone.
+        def notice_id(client: Irc) -> str:
+            got = client.wait("pubnotice")
+            return {t["key"]: t["value"] for t in got.tags}["msg-id"]
+        carol.conn.privmsg("#lobby", ".ban alice")
+        assert notice_id(carol) == "no_permission"
+        marie.conn.privmsg("#lobby", ".ban carol")
+        assert notice_id(marie) == "ban_success"
+        carol.conn.privmsg("#lobby", "still here?")
+        assert notice_id(carol) == "msg_banned"
     finally:
         for client in clients:
             client.close()
