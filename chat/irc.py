@@ -848,7 +848,7 @@ class ServerConnection:
         if target is None:
             return
         mask = _ascii_lower(target)
-        if _valid_channel(mask) or _valid_nick(mask):
+        if _valid_channel(mask) or (_valid_nick(mask) and mask != "0"):   # `WHO 0`: RFC 2812's everyone
             events.append(Who(mask))
         else:
             # Masks (`*`, `0`, `*.host`) search everyone; this server searches no one.
@@ -978,9 +978,9 @@ class ServerConnection:
                 self._reply("401", query.nick, "No such nick/channel")
             self._reply("318", query.nick, "End of /WHOIS list")
         elif isinstance(query, Ison):
-            self._reply("303", " ".join(n for n in query.nicks if n in found.online))
+            self._one_line("303", [n for n in query.nicks if n in found.online])
         elif isinstance(query, Userhost):
-            self._reply("302", " ".join(f"{n}=+{n}@{self.host_of(n)}" for n in query.nicks if n in found.online))
+            self._one_line("302", [f"{n}=+{n}@{self.host_of(n)}" for n in query.nicks if n in found.online])
         elif isinstance(query, Lusers):
             self._reply("251", f"There are {found.users} users and 0 invisible on {found.servers} servers")
             self._reply("252", "0", "operator(s) online")
@@ -1011,6 +1011,12 @@ class ServerConnection:
         else:
             self._reply("482", channel, "You're not channel operator")
         return True
+
+    def _one_line(self, code: str, words: Sequence[str]) -> None:
+        """A reply clients expect as one line (303, 302): the words that fit it. Only an ISON of
+        a whole line's worth of short nicks, all online, can overflow; the rest read as offline."""
+        head = len(f":{self.server_name} {code} {self.nick or '*'} :\r\n".encode())
+        self._reply(code, " ".join(_split_words(words, MAX_LINE - head)[0]))
 
     def _names_reply(self, channel: str, members: Sequence[str]) -> None:
         nick = self.nick or "*"
