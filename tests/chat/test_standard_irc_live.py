@@ -1,10 +1,12 @@
 """Standard IRC against a live cluster with two edges: a plain RFC client (jaraco's `irc` package,
 no Twitch capabilities) on each edge sees the other in NAMES and WHO, reads TOPIC and MODE, PARTs
 with a reason, gets 442/403, LUSERS and ISON counting both edges, and a PRIVMSG to two rooms
-reaches both."""
+reaches both; an edge that does not answer is left out, not waited for."""
 
 from __future__ import annotations
 
+import os
+import signal
 import tempfile
 import time
 from pathlib import Path
@@ -12,7 +14,8 @@ from pathlib import Path
 import irc.client
 import pytest
 
-from tests.conftest import chatops, cluster_up, free_subnet, write_cluster
+from chat import members
+from tests.conftest import chatops, cluster_up, free_subnet, wait_for, write_cluster
 
 EDGE_PORT = 16667     # services.edge.irc_port: straight to each edge, so the two clients surely differ
 
@@ -131,6 +134,19 @@ def test_standard_irc_across_two_edges(two_edges):
         alice.conn.names(["#lobby"])
         names = alice.until("endofnames", "namreply")
         assert [e.arguments[2] for e in names[:-1]] == ["alice"]
+
+        # An edge that does not answer is left out after LOOKUP_TIMEOUT, and logged.
+        frozen = c.pid_of("edge-chat2")
+        os.kill(frozen, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            alice.conn.lusers()
+            assert alice.wait("luserclient").arguments[0] == "There are 1 users and 0 invisible on 1 servers"
+            assert time.monotonic() - started < members.LOOKUP_TIMEOUT + 1.0
+        finally:
+            os.kill(frozen, signal.SIGCONT)
+        log = c.run / "logs" / "edge-chat1.log"
+        wait_for(lambda: "members lookup left this edge out" in log.read_text(), 5, what="the lookup's log line")
     finally:
         alice.conn.disconnect()
         reader.conn.disconnect()
