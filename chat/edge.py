@@ -436,7 +436,7 @@ class Edge:
                     self._spawn(self._async_step(client, ev))
                 return
             elif isinstance(ev, irc.QUERIES):
-                if not client.proto.answer(ev):
+                if not client.proto.answer(ev) and self.directory.admit(client, ev):
                     # Needs the other edges' members: in order, like a JOIN, at most LOOKUP_TIMEOUT.
                     client.busy = True
                     self._hold(client, events[i + 1:], first=True)

@@ -13,12 +13,15 @@ time is left out of the answer, and logged, but never holds the client longer th
 Every answer also carries the edge's counts for LUSERS (`users`, `unregistered`, `rooms`).
 A room's member list is capped at NAMES_CAP logins (Twitch lists only mods past 1,000 members;
 this server knows no roles without Redis, so it lists the first 1,000 it has, this edge's first).
+A connection may start LOOKUP_RATE lookups (a burst, then a steady rate); past it a query gets
+`263 <command> :Please wait a while and try again.` and costs the other edges nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+import weakref
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +29,7 @@ import aiohttp
 from aiohttp import web
 
 from chat import irc, logs
+from chat.limits import TokenBucket
 from chat.upstream import make_session
 
 if TYPE_CHECKING:
@@ -36,6 +40,9 @@ NAMES_CAP = 1000            # logins one NAMES/WHO lists
 LOOKUP_TIMEOUT = 0.5        # per query, all edges asked at once
 LOOKUP_POOL = 4             # connections to each other edge
 FAILURE_LOG_EVERY = 5.0     # per edge: a down edge and a busy room must not flood the log
+# Lookups one connection may start: a client joining many rooms sends a WHO for each, which the
+# burst absorbs; a loop of NAMES is held to two a second.
+LOOKUP_RATE = (20, 2.0)
 
 
 def query_params(query: irc.Query) -> dict[str, str]:
@@ -110,6 +117,20 @@ class Directory:
         self.peers = {host: f"http://{address}:{port}{PATH}" for host, address in ctx.peers() if host != ctx.host}
         self._session: aiohttp.ClientSession | None = None
         self._logged: dict[str, float] = {}
+        # Per connection, gone with it.
+        self._buckets: weakref.WeakKeyDictionary[Any, TokenBucket] = weakref.WeakKeyDictionary()
+
+    def admit(self, client: Any, query: irc.Query) -> bool:
+        """May this connection start a lookup now? If not, it is told to try again later (263)."""
+        bucket = self._buckets.get(client)
+        if bucket is None:
+            bucket = self._buckets[client] = TokenBucket(LOOKUP_RATE)
+        if bucket.take():
+            return True
+        self.edge.m_limited.labels("lookup_rate").inc()
+        client.deliver(client.proto.numeric("263", type(query).__name__.upper(),
+                                            "Please wait a while and try again."))
+        return False
 
     def local(self, params: dict[str, str]) -> dict[str, Any]:
         edge = self.edge

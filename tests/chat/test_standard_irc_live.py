@@ -147,6 +147,11 @@ def test_standard_irc_across_two_edges(two_edges):
             os.kill(frozen, signal.SIGCONT)
         log = c.run / "logs" / "edge-chat1.log"
         wait_for(lambda: "members lookup left this edge out" in log.read_text(), 5, what="the lookup's log line")
+
+        # A loop of lookups is held to LOOKUP_RATE: the rest are told to try again.
+        for _ in range(members.LOOKUP_RATE[0] + 5):
+            alice.send("LUSERS")
+        assert alice.wait("tryagain").arguments == ["LUSERS", "Please wait a while and try again."]
     finally:
         alice.conn.disconnect()
         reader.conn.disconnect()
