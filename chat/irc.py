@@ -1033,5 +1033,6 @@ _HANDLERS = {
     "QUIT": ServerConnection._quit, "JOIN": ServerConnection._join, "PART": ServerConnection._part,
     "PRIVMSG": ServerConnection._privmsg, "NAMES": ServerConnection._names, "WHO": ServerConnection._who,
     "WHOIS": ServerConnection._whois, "TOPIC": ServerConnection._topic, "MODE": ServerConnection._mode,
-    "LUSERS": ServerConnection._lusers, "ISON": ServerConnection._ison, "USERHOST": ServerConnection._userhost,
+    "LUSERS": ServerConnection._lusers, "ISON": ServerConnection._ison,
+    "USERHOST": ServerConnection._userhost,
 }

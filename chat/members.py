@@ -114,7 +114,8 @@ class Directory:
         self.edge = edge
         ctx = edge.ctx
         port = ctx.services.edge.http_port
-        self.peers = {host: f"http://{address}:{port}{PATH}" for host, address in ctx.peers() if host != ctx.host}
+        self.peers = {host: f"http://{address}:{port}{PATH}"
+                      for host, address in ctx.peers() if host != ctx.host}
         self._session: aiohttp.ClientSession | None = None
         self._logged: dict[str, float] = {}
         # Per connection, gone with it.
@@ -136,9 +137,10 @@ class Directory:
         edge = self.edge
         room = params.get("room", "")
         registered = [c for c in edge.clients if c.proto.state == "registered" and c.login]
-        return edge_view(edge.ctx.host, params, room_members=(c.login for c in edge.rooms.get(room, ()) if c.login),
-                         logins=(c.login for c in registered), unregistered=len(edge.clients) - len(registered),
-                         rooms=len(edge.rooms))
+        return edge_view(edge.ctx.host, params,
+                         room_members=(c.login for c in edge.rooms.get(room, ()) if c.login),
+                         logins=(c.login for c in registered),
+                         unregistered=len(edge.clients) - len(registered), rooms=len(edge.rooms))
 
     async def lookup(self, query: irc.Query) -> irc.Found:
         params = query_params(query)
@@ -166,7 +168,8 @@ class Directory:
             now = time.monotonic()
             if now - self._logged.get(host, 0.0) >= FAILURE_LOG_EVERY:
                 self._logged[host] = now
-                logs.event(self.edge.log, "edge", f"members lookup left this edge out: {exc!r}", 30, edge=host)
+                logs.event(self.edge.log, "edge", f"members lookup left this edge out: {exc!r}", 30,
+                           edge=host)
             return None
 
     async def serve(self, request: web.Request) -> web.Response:

@@ -80,7 +80,8 @@ def test_names_splits_353_to_fit_512_bytes():
 
 def test_names_of_a_room_not_joined_or_invalid_or_nothing_is_an_empty_list():
     conn = registered()
-    assert ask(conn, b"NAMES #elsewhere\r\n") == [b":tmi.chatops 366 ronni #elsewhere :End of /NAMES list\r\n"]
+    assert ask(conn, b"NAMES #elsewhere\r\n") == [
+        b":tmi.chatops 366 ronni #elsewhere :End of /NAMES list\r\n"]
     assert ask(conn, b"NAMES\r\n") == [b":tmi.chatops 366 ronni * :End of /NAMES list\r\n"]
     assert ask(conn, b"NAMES nochannel\r\n") == [b":tmi.chatops 366 ronni nochannel :End of /NAMES list\r\n"]
     assert ask(conn, b"NAMES #" + b"x" * 80 + b"\r\n")[0].startswith(b":tmi.chatops 366 ronni #xxx")
@@ -177,7 +178,8 @@ def test_channel_mode_query_change_and_lists():
 
 def test_user_mode():
     conn = registered()
-    assert conn.receive_data(b"MODE Ronni\r\nMODE ronni +i\r\nMODE ronni +\r\nMODE bob\r\nMODE bob -i\r\n") == []
+    assert conn.receive_data(b"MODE Ronni\r\nMODE ronni +i\r\nMODE ronni +\r\n"
+                             b"MODE bob\r\nMODE bob -i\r\n") == []
     assert lines(conn) == [b":tmi.chatops 221 ronni :+\r\n",
                            b":tmi.chatops 501 ronni :Unknown MODE flag\r\n",
                            b":tmi.chatops 221 ronni :+\r\n",
@@ -235,7 +237,8 @@ def test_absurd_arguments_stay_within_one_line_each():
     # One 303, as full as fits; the nicks past it read as offline.
     assert len(out) == 1 and len(out[0]) > MAX_LINE - 6 and parse(out[0]).params[-1].startswith("n0 n1 n2 ")
     assert ask(conn, b"WHO " + b"*" * 490 + b"\r\n")[0].count(b"*") <= 65
-    assert ask(conn, b"NAMES " + b"," * 400 + b"\r\n") == [b":tmi.chatops 366 ronni * :End of /NAMES list\r\n"]
+    assert ask(conn, b"NAMES " + b"," * 400 + b"\r\n") == [
+        b":tmi.chatops 366 ronni * :End of /NAMES list\r\n"]
     assert ask(conn, b"MODE #lobby " + b"+" * 400 + b"\r\n") == [
         b":tmi.chatops 482 ronni #lobby :You're not channel operator\r\n"]
 
@@ -367,8 +370,8 @@ def test_edge_view():
 
 
 def test_merge_puts_this_edge_first_dedupes_and_caps():
-    local = {"edge": "chat1", "members": ["zed", "amy"], "count": 2, "users": 2, "unregistered": 1, "rooms": 3,
-             "online": ["zed"]}
+    local = {"edge": "chat1", "members": ["zed", "amy"], "count": 2, "users": 2, "unregistered": 1,
+             "rooms": 3, "online": ["zed"]}
     other = {"edge": "chat2", "members": ["amy", "bob"], "count": 2, "users": 4, "online": ["bob"]}
     found = members.merge(local, [other])
     assert found == Found(members=("zed", "amy", "bob"), member_count=3, online=frozenset({"zed", "bob"}),
@@ -384,7 +387,8 @@ def test_merge_ignores_garbage_from_a_peer():
     local = {"members": ["a"], "count": 1, "users": 1}
     junk = {"members": "nope", "count": -3, "users": True, "online": [1, None, "x"]}
     found = members.merge(local, [junk, {}])
-    assert found.members == ("a",) and found.users == 1 and found.online == frozenset({"x"}) and found.servers == 3
+    assert found.members == ("a",) and found.users == 1
+    assert found.online == frozenset({"x"}) and found.servers == 3
 
 
 @pytest.mark.parametrize("names", [0, 1, 37, 1000])

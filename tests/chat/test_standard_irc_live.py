@@ -56,7 +56,8 @@ class Client:
                     self.events.remove(ev)
                     return ev
             self.reactor.process_once(0.02)
-        raise AssertionError(f"no {type_!r} within {timeout}s; got {[(e.type, e.arguments) for e in self.events][-12:]}")
+        got = [(e.type, e.arguments) for e in self.events][-12:]
+        raise AssertionError(f"no {type_!r} within {timeout}s; got {got}")
 
     def until(self, end: str, *kinds: str) -> list:
         """Events of `kinds` received up to the `end` one (that one last)."""
@@ -146,7 +147,8 @@ def test_standard_irc_across_two_edges(two_edges):
         finally:
             os.kill(frozen, signal.SIGCONT)
         log = c.run / "logs" / "edge-chat1.log"
-        wait_for(lambda: "members lookup left this edge out" in log.read_text(), 5, what="the lookup's log line")
+        wait_for(lambda: "members lookup left this edge out" in log.read_text(), 5,
+                 what="the lookup's log line")
 
         # A loop of lookups is held to LOOKUP_RATE: the rest are told to try again.
         for _ in range(members.LOOKUP_RATE[0] + 5):
