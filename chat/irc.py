@@ -30,8 +30,8 @@ from typing import Literal, TypeAlias
 __all__ = [
     "MAX_LINE", "MAX_TAGS", "ParseError", "Message", "parse", "encode", "escape_tag_value",
     "unescape_tag_value", "LineError", "Framer", "SUPPORTED_CAPS", "ISUPPORT", "RegistrationRequest",
-    "Join", "Part", "Privmsg", "Quit", "Pong", "Names", "Who", "Whois", "Topic", "ChannelMode", "Lusers",
-    "Ison", "Userhost", "QUERIES", "Query", "Found", "Event", "ServerConnection", "MAX_TARGETS",
+    "Join", "Part", "Privmsg", "Quit", "Pong", "Names", "Who", "Whois", "Topic", "ChannelMode", "UserMode",
+    "Lusers", "Ison", "Userhost", "QUERIES", "Query", "Found", "Event", "ServerConnection", "MAX_TARGETS",
 ]
 
 MAX_LINE = 512   # bytes of one line without its tag section, CRLF included: 510 bytes of content
@@ -455,6 +455,12 @@ class ChannelMode:
 
 
 @dataclass(frozen=True, slots=True)
+class UserMode:
+    nick: str
+    args: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Lusers:
     pass
 
@@ -469,8 +475,8 @@ class Userhost:
     nicks: tuple[str, ...]
 
 
-Query: TypeAlias = Names | Who | Whois | Topic | ChannelMode | Lusers | Ison | Userhost
-QUERIES = (Names, Who, Whois, Topic, ChannelMode, Lusers, Ison, Userhost)
+Query: TypeAlias = Names | Who | Whois | Topic | ChannelMode | UserMode | Lusers | Ison | Userhost
+QUERIES = (Names, Who, Whois, Topic, ChannelMode, UserMode, Lusers, Ison, Userhost)
 
 
 @dataclass(frozen=True, slots=True)
@@ -690,9 +696,8 @@ class ServerConnection:
                 # Implicit for 302 clients (IRCv3 cap-notify), and it cannot be turned off.
                 if "cap-notify" in self._cap_names:
                     self.caps = self.caps | {"cap-notify"}
-            shown = self.supported_caps if self._cap_version >= 302 else \
-                [c.partition("=")[0] for c in self.supported_caps]
-            self._cap_reply("LS", shown)
+            self._cap_reply("LS", self.supported_caps if self._cap_version >= 302
+                            else self._cap_names_in_order())
         elif sub == "LIST":
             self._cap_reply("LIST", [c for c in self._cap_names_in_order() if c in self.caps])
         elif sub == "REQ":
@@ -889,16 +894,9 @@ class ServerConnection:
         elif msg.params[0][:1] == "#":
             if (channel := self._channel_param("MODE", msg)) is not None:
                 events.append(ChannelMode(channel, tuple(msg.params[1:])))
-        elif _ascii_lower(msg.params[0]) != self.nick:
-            self._reply("502", "Can't change mode for other users")
-        elif len(msg.params) == 1:
-            self._reply("221", "+")
-        elif msg.params[1].strip("+-"):
-            # `MODE nick +i` at connect: this server has no user modes; 501 is what RFC 2812 answers
-            # and clients print it and go on.
-            self._reply("501", "Unknown MODE flag")
         else:
-            self._reply("221", "+")
+            # An event, not a reply now: `NICK a, USER.., MODE a +i` in one write must see 001 first.
+            events.append(UserMode(_ascii_lower(msg.params[0]), tuple(msg.params[1:])))
 
     def _lusers(self, msg: Message, events: list[Event]) -> None:
         events.append(Lusers())
@@ -948,6 +946,16 @@ class ServerConnection:
             return True
         if isinstance(query, ChannelMode):
             return self._answer_mode(query)
+        if isinstance(query, UserMode):
+            if query.nick != self.nick:
+                self._reply("502", "Can't change mode for other users")
+            elif query.args and query.args[0].strip("+-"):
+                # `MODE nick +i` at connect: there are no user modes; 501 is RFC 2812's answer,
+                # which clients print and go on.
+                self._reply("501", "Unknown MODE flag")
+            else:
+                self._reply("221", "+")
+            return True
         in_room = isinstance(query, Who) and query.mask[:1] == "#"
         # A room not joined lists no one (RFC 2812 lists the visible ones; here that is none:
         # who is in a room is for those in it, and an outsider's NAMES costs no cluster lookup).
@@ -963,7 +971,7 @@ class ServerConnection:
         if found is None:
             return False
         if isinstance(query, Names):
-            self._names_reply(query.channel, found.members)
+            self._names_reply(query.channel, found.members, found.member_count)
         elif isinstance(query, Who):
             nicks = found.members if in_room else [query.mask] if query.mask in found.online else []
             for nick in nicks:
@@ -1018,12 +1026,16 @@ class ServerConnection:
         head = len(f":{self.server_name} {code} {self.nick or '*'} :\r\n".encode())
         self._reply(code, " ".join(_split_words(words, MAX_LINE - head)[0]))
 
-    def _names_reply(self, channel: str, members: Sequence[str]) -> None:
+    def _names_reply(self, channel: str, members: Sequence[str], count: int) -> None:
         nick = self.nick or "*"
         head = len(f":{self.server_name} 353 {nick} = {channel} :\r\n".encode())
         for group in _split_words(members, MAX_LINE - head):
             if group:
                 self._reply("353", "=", channel, " ".join(group))
+        if count > len(members):
+            # No numeric says "and more"; a NOTICE keeps the list itself standard.
+            self._out.append(encode("NOTICE", nick, f"{channel} has {count} members; NAMES lists "
+                                    f"{len(members)}", source=self.server_name, trailing=True))
         self._reply("366", channel, "End of /NAMES list")
 
 

@@ -78,6 +78,23 @@ def test_names_splits_353_to_fit_512_bytes():
     assert all(len(x) + 26 > MAX_LINE for x in out[:-2])
 
 
+def test_names_past_the_cap_says_how_many_were_left_out():
+    conn = registered(rooms={"big"})
+    out = ask(conn, b"NAMES #big\r\n", Found(members=("a", "b"), member_count=5000))
+    assert out == [b":tmi.chatops 353 ronni = #big :a b\r\n",
+                   b":tmi.chatops NOTICE ronni :#big has 5000 members; NAMES lists 2\r\n",
+                   b":tmi.chatops 366 ronni #big :End of /NAMES list\r\n"]
+
+
+def test_user_mode_pipelined_right_after_nick_is_the_clients_own():
+    conn = ServerConnection(SERVER)
+    [req, mode] = conn.receive_data(b"NICK ronni\r\nUSER r 0 * :R\r\nMODE ronni +i\r\n")
+    assert lines(conn) == [] and mode == irc.UserMode("ronni", ("+i",))
+    conn.accept_registration(req.nick)
+    assert conn.answer(mode)
+    assert [parse(x).command for x in lines(conn)][-1] == "501"
+
+
 def test_names_of_a_room_not_joined_or_invalid_or_nothing_is_an_empty_list():
     conn = registered()
     assert ask(conn, b"NAMES #elsewhere\r\n") == [
@@ -178,9 +195,8 @@ def test_channel_mode_query_change_and_lists():
 
 def test_user_mode():
     conn = registered()
-    assert conn.receive_data(b"MODE Ronni\r\nMODE ronni +i\r\nMODE ronni +\r\n"
-                             b"MODE bob\r\nMODE bob -i\r\n") == []
-    assert lines(conn) == [b":tmi.chatops 221 ronni :+\r\n",
+    assert ask(conn, b"MODE Ronni\r\nMODE ronni +i\r\nMODE ronni +\r\n"
+                     b"MODE bob\r\nMODE bob -i\r\n") == [b":tmi.chatops 221 ronni :+\r\n",
                            b":tmi.chatops 501 ronni :Unknown MODE flag\r\n",
                            b":tmi.chatops 221 ronni :+\r\n",
                            b":tmi.chatops 502 ronni :Can't change mode for other users\r\n",
