@@ -28,7 +28,7 @@ from prometheus_client.core import CounterMetricFamily
 from websockets.asyncio.server import ServerConnection as WsConnection
 from websockets.asyncio.server import serve as ws_serve
 
-from chat import irc, logs, membership, service
+from chat import irc, logs, members, membership, service
 from chat.limits import TokenBucket, per_second
 from chat.nicks import NickClient
 from chat.upstream import Pool, Upstream, UpstreamError, UpstreamFull, UpstreamTimeout
@@ -66,12 +66,12 @@ class Client:
         self.edge = edge
         self.id = next(_ids)
         self.peer = peer
-        self.proto = irc.ServerConnection(edge.server_name)
+        self.proto = irc.ServerConnection(edge.server_name, max_rooms=edge.max_rooms)
         self.login: str | None = None
         self.user_id = ""
         self.anonymous = False
         self.open_login = False           # logged in without a token (auth: open)
-        self.rooms: set[str] = set()
+        self.rooms: set[str] = self.proto.joined   # one set: the protocol answers 442 from it
         self.out: list[bytes] = []       # lines of this loop turn, written together by Edge.flush
         self.closed = False
         self.last_heard = time.monotonic()
@@ -319,6 +319,7 @@ class Edge:
                                              name="clue", timeout=seconds(clue_cfg.client.timeout),
                                              concurrency=2, max_pending=clue_cfg.client.max_pending),
                                     ctx.host, self.log)
+        self.directory = members.Directory(self)
 
     # -- connections --
 
@@ -446,12 +447,25 @@ class Edge:
                 if not client.closed:
                     self._spawn(self._async_step(client, ev))
                 return
+            elif isinstance(ev, irc.QUERIES):
+                if not client.proto.answer(ev) and self.directory.admit(client, ev):
+                    # Needs the other edges' members: in order, like a JOIN, at most LOOKUP_TIMEOUT.
+                    client.busy = True
+                    self._hold(client, events[i + 1:], first=True)
+                    if not client.closed:
+                        self._spawn(self._async_step(client, ev))
+                    return
+                client.flush_protocol()
             elif isinstance(ev, irc.Part):
                 for room in ev.channels:
                     if room[1:] in client.rooms:
                         self._leave(client, room[1:])
-                        self.membership.parted(client, room[1:], getattr(ev, "reason", ""))
-                        client.deliver(irc.encode("PART", room, source=self._source(client)))
+                        self.membership.parted(client, room[1:], ev.reason)
+                        reason = (ev.reason,) if ev.reason else ()
+                        client.deliver(irc.encode("PART", room, *reason, source=self._source(client),
+                                                  trailing=bool(reason)))
+                    else:
+                        client.deliver(client.proto.numeric("442", room, "You're not on that channel"))
             elif isinstance(ev, irc.Quit):
                 client.close(f"quit: {ev.reason}")
                 return
@@ -460,6 +474,8 @@ class Edge:
         try:
             if isinstance(ev, irc.RegistrationRequest):
                 await self.register(client, ev)
+            elif isinstance(ev, irc.QUERIES):
+                client.proto.answer(ev, await self.directory.lookup(ev))
             else:
                 await self.join(client, ev.channels)
         except Exception as exc:
@@ -779,6 +795,7 @@ class Edge:
 
         app.router.add_post("/v1/deliver", deliver)
         app.router.add_get("/v1/subscriptions", subscriptions)
+        app.router.add_get(members.PATH, self.directory.serve)
         return app
 
     async def websocket(self, ws: WsConnection) -> None:
@@ -821,6 +838,7 @@ class Edge:
         await self.clue.close()
         await self.clue_auth.close()
         await self.pool.close()
+        await self.directory.close()
 
 
 def _quit_reason(reason: str) -> str:

@@ -13,7 +13,10 @@ feeding bytes and reading bytes (python-websockets' habit). Three layers, each u
 - `ServerConnection`: the server side of one client connection: CAP negotiation, PASS/NICK/USER
   registration, PING/PONG, the error numerics. Business decisions (is this token valid, may this
   user join) are left to the edge, which sees them as events and answers through
-  `accept_registration` / `reject_registration` / `encode`.
+  `accept_registration` / `reject_registration` / `encode`. The standard queries (NAMES, WHO,
+  WHOIS, TOPIC, MODE, LUSERS, ISON, USERHOST) come out as events too, so they are answered in
+  order with the JOINs and PARTs around them: the edge hands each to `answer`, which replies from
+  the connection's own state, or asks for the cluster's members (`Found`, chat.members) first.
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ from typing import Literal, TypeAlias
 __all__ = [
     "MAX_LINE", "MAX_TAGS", "ParseError", "Message", "parse", "encode", "escape_tag_value",
     "unescape_tag_value", "LineError", "Framer", "SUPPORTED_CAPS", "ISUPPORT", "RegistrationRequest",
-    "Join", "Part", "Privmsg", "Quit", "Pong", "Event", "ServerConnection",
+    "Join", "Part", "Privmsg", "Quit", "Pong", "Names", "Who", "Whois", "Topic", "ChannelMode", "UserMode",
+    "Lusers", "Ison", "Userhost", "QUERIES", "Query", "Found", "Event", "ServerConnection", "MAX_TARGETS",
 ]
 
 MAX_LINE = 512   # bytes of one line without its tag section, CRLF included: 510 bytes of content
@@ -357,12 +361,32 @@ class Framer:
 # Server side of one connection
 # ---------------------------------------------------------------------------------------------
 
+# A cap with a value is written "name=value"; the value shows only to `CAP LS 302` clients.
 SUPPORTED_CAPS = ("twitch.tv/tags", "twitch.tv/commands", "twitch.tv/membership", "message-tags",
-                  "server-time", "echo-message")
+                  "server-time", "echo-message", "cap-notify")
 NICKLEN = 25
 CHANNELLEN = 50
+# Targets of one PRIVMSG; each is a separate decision by clue and takes its own token of the
+# connection's privmsg_rate, so the cap only keeps one line from fanning out widely.
+MAX_TARGETS = 4
+USERHOST_MAX = 5                 # nicks one USERHOST answers, as RFC 2812 says
+# The only mode a room truthfully has: nobody sets its topic over IRC. Not +n: as on Twitch, a
+# PRIVMSG to a room the sender has not joined is accepted. `b`, `e` and `I` are list modes only
+# in that their queries are answered (empty; bans live in clue, managed with .ban / .unban).
+CHANNEL_MODES = "+t"
+_LIST_MODES = {"b": ("368", "End of channel ban list"), "e": ("349", "End of channel exception list"),
+               "I": ("347", "End of channel invite list")}
+_KNOWN_CHANNEL_MODES = frozenset("OovaimnqpsrtklbeI")
 ISUPPORT = ("CHANTYPES=#", "NETWORK=chatops", "CASEMAPPING=ascii", f"CHANNELLEN={CHANNELLEN}",
             f"NICKLEN={NICKLEN}")
+_ISUPPORT_PER_LINE = 13          # tokens per 005, as ircds send them (RFC 2812's 15 params)
+
+
+def isupport(max_rooms: int) -> tuple[str, ...]:
+    """The 005 tokens: ISUPPORT plus the ones that follow the edge's settings and limits."""
+    return (*ISUPPORT, f"CHANLIMIT=#:{max_rooms}", f"MAXTARGETS={MAX_TARGETS}",
+            f"TARGMAX=PRIVMSG:{MAX_TARGETS},JOIN:,PART:,NAMES:1,WHO:1,WHOIS:1,ISON:,USERHOST:{USERHOST_MAX}",
+            f"LINELEN={MAX_LINE}", "CHANMODES=beI,,,t")
 
 
 @dataclass(frozen=True, slots=True)
@@ -380,6 +404,7 @@ class Join:
 @dataclass(frozen=True, slots=True)
 class Part:
     channels: tuple[str, ...]
+    reason: str = ""            # echoed in the PART to the client (and, for H4, to the others)
 
 
 @dataclass(frozen=True, slots=True)
@@ -399,7 +424,75 @@ class Pong:
     token: str   # a client's reply to our PING
 
 
-Event: TypeAlias = RegistrationRequest | Join | Part | Privmsg | Quit | Pong
+# Queries: each goes back to `ServerConnection.answer` when the edge reaches it.
+
+
+@dataclass(frozen=True, slots=True)
+class Names:
+    channel: str
+
+
+@dataclass(frozen=True, slots=True)
+class Who:
+    mask: str                   # a channel (lower-cased, valid) or a nick (lower-cased, valid)
+
+
+@dataclass(frozen=True, slots=True)
+class Whois:
+    nick: str
+
+
+@dataclass(frozen=True, slots=True)
+class Topic:
+    channel: str
+    text: str | None = None     # None reads the topic; a string tries to set it
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelMode:
+    channel: str
+    args: tuple[str, ...] = ()  # () asks for the modes; else a change or a list query
+
+
+@dataclass(frozen=True, slots=True)
+class UserMode:
+    nick: str
+    args: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Lusers:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Ison:
+    nicks: tuple[str, ...]      # lower-cased, valid, no duplicates
+
+
+@dataclass(frozen=True, slots=True)
+class Userhost:
+    nicks: tuple[str, ...]
+
+
+Query: TypeAlias = Names | Who | Whois | Topic | ChannelMode | UserMode | Lusers | Ison | Userhost
+QUERIES = (Names, Who, Whois, Topic, ChannelMode, UserMode, Lusers, Ison, Userhost)
+
+
+@dataclass(frozen=True, slots=True)
+class Found:
+    """What the edges of the cluster said, for the query that asked (chat.members fills it)."""
+    members: tuple[str, ...] = ()            # the room's logins, this edge's first, capped
+    member_count: int = 0                    # all of them, past the cap too
+    online: frozenset[str] = frozenset()     # of the nicks asked about, those connected
+    users: int = 0                           # registered connections, every edge that answered
+    local_users: int = 0                     # ... on this edge
+    unregistered: int = 0                    # connections not logged in yet, this edge
+    rooms: int = 0                           # rooms with a member on this edge
+    servers: int = 1                         # edges that answered, this one included
+
+
+Event: TypeAlias = RegistrationRequest | Join | Part | Privmsg | Quit | Pong | Query
 State: TypeAlias = Literal["new", "registering", "registered", "closed"]
 
 _PRE_REGISTRATION = frozenset({"CAP", "PASS", "NICK", "USER", "PING", "PONG", "QUIT"})
@@ -424,6 +517,20 @@ def _echo(s: str) -> str:
     return s.replace(" ", "_").lstrip(":")[:64] or "*"
 
 
+def _split_words(words: Sequence[str], room: int) -> list[list[str]]:
+    """Words grouped so that each group, joined by spaces, takes at most `room` bytes."""
+    groups: list[list[str]] = [[]]
+    used = 0
+    for word in words:
+        size = len(word.encode("utf-8"))
+        if groups[-1] and used + 1 + size > room:
+            groups.append([])
+            used = 0
+        used += size + (1 if len(groups[-1]) else 0)
+        groups[-1].append(word)
+    return groups
+
+
 class ServerConnection:
     """The server side of one client connection, as a state machine over bytes.
 
@@ -443,12 +550,18 @@ class ServerConnection:
     land in the one request, in any order. USER is optional (Twitch's clients never send it).
     """
 
-    def __init__(self, server_name: str, *, caps: Iterable[str] = SUPPORTED_CAPS):
+    def __init__(self, server_name: str, *, caps: Iterable[str] = SUPPORTED_CAPS, max_rooms: int = 100):
         self.server_name = server_name
         self.supported_caps: tuple[str, ...] = tuple(caps)
+        self._cap_names = {c.partition("=")[0] for c in self.supported_caps}
+        self._cap_version = 0                 # 302 once the client sent `CAP LS 302`
+        self.isupport = isupport(max_rooms)
         self.state: State = "new"
         self.nick: str | None = None          # set once registered; replies say '*' before
         self.caps: frozenset[str] = frozenset()
+        # Rooms this client is in, names without '#'. The edge keeps it (it is the edge's
+        # Client.rooms); `answer` reads it for 442 and the like.
+        self.joined: set[str] = set()
         self.user: str | None = None
         self.errors: Counter[str] = Counter()  # too_long, bad_utf8, malformed, unknown_command
         self._framer = Framer()
@@ -507,7 +620,8 @@ class ServerConnection:
         for code, text in zip(("001", "002", "003"), texts):
             self._reply(code, text)
         self._reply("004", server, "chatops", "-", "-")
-        self._reply("005", *ISUPPORT, "are supported by this server")
+        for i in range(0, len(self.isupport), _ISUPPORT_PER_LINE):
+            self._reply("005", *self.isupport[i:i + _ISUPPORT_PER_LINE], "are supported by this server")
         if motd:
             self._reply("375", f"- {server} Message of the day - ")
             for text in motd:
@@ -586,16 +700,24 @@ class ServerConnection:
             # CAP REQ, PASS, NICK and never CAP END, and Twitch registers them all the same.
             if self.state == "new":
                 self._cap_negotiating = True
-            self._cap_reply("LS", " ".join(self.supported_caps))
+            version = msg.params[1] if len(msg.params) > 1 else ""
+            if version.isdigit() and int(version) >= 302:
+                self._cap_version = 302
+                # Implicit for 302 clients (IRCv3 cap-notify), and it cannot be turned off.
+                if "cap-notify" in self._cap_names:
+                    self.caps = self.caps | {"cap-notify"}
+            self._cap_reply("LS", self.supported_caps if self._cap_version >= 302
+                            else self._cap_names_in_order())
         elif sub == "LIST":
-            self._cap_reply("LIST", " ".join(c for c in self.supported_caps if c in self.caps))
+            self._cap_reply("LIST", [c for c in self._cap_names_in_order() if c in self.caps])
         elif sub == "REQ":
             if len(msg.params) < 2:
                 self._reply("461", "CAP", "Not enough parameters")
                 return
             wanted = [c for c in msg.params[1].split(" ") if c]
+            sticky = "-cap-notify" in wanted and self._cap_version >= 302
             # All or nothing, as the spec says: one unknown capability NAKs the whole request.
-            if wanted and all(c.removeprefix("-") in self.supported_caps for c in wanted):
+            if wanted and not sticky and all(c.removeprefix("-") in self._cap_names for c in wanted):
                 caps = set(self.caps)
                 for c in wanted:
                     if c[0] == "-":
@@ -603,16 +725,27 @@ class ServerConnection:
                     else:
                         caps.add(c)
                 self.caps = frozenset(caps)
-                self._cap_reply("ACK", " ".join(wanted))
+                self._cap_reply("ACK", wanted)
             else:
-                self._cap_reply("NAK", " ".join(wanted))
+                self._cap_reply("NAK", wanted)
         elif sub == "END":
             self._cap_negotiating = False
         else:
             self._reply("410", _echo(msg.params[0]), "Invalid CAP command")
 
-    def _cap_reply(self, sub: str, text: str) -> None:
-        self._out.append(encode("CAP", self.nick or "*", sub, text, source=self.server_name, trailing=True))
+    def _cap_names_in_order(self) -> list[str]:
+        return [c.partition("=")[0] for c in self.supported_caps]
+
+    def _cap_reply(self, sub: str, caps: Sequence[str]) -> None:
+        """One CAP line, or for LS and LIST as many as the caps need, each but the last marked
+        with '*' (IRCv3 CAP 302's continuation). ACK and NAK echo a request, which fit its line."""
+        nick = self.nick or "*"
+        head = len(f":{self.server_name} CAP {nick} {sub} * :\r\n".encode())
+        groups = _split_words(caps, MAX_LINE - head) if sub in ("LS", "LIST") else [list(caps)]
+        for i, group in enumerate(groups):
+            more = ("*",) if i < len(groups) - 1 else ()
+            self._out.append(encode("CAP", nick, sub, *more, " ".join(group), source=self.server_name,
+                                    trailing=True))
 
     def _pass(self, msg: Message, events: list[Event]) -> None:
         if self.state != "new":
@@ -678,7 +811,7 @@ class ServerConnection:
         if not msg.params or not msg.params[0]:
             self._reply("461", "PART", "Not enough parameters")
         elif channels := self._channels(msg.params[0]):
-            events.append(Part(channels))
+            events.append(Part(channels, msg.params[1] if len(msg.params) > 1 else ""))
 
     def _privmsg(self, msg: Message, events: list[Event]) -> None:
         if not msg.params or not msg.params[0]:
@@ -686,12 +819,242 @@ class ServerConnection:
         elif len(msg.params) < 2 or not msg.params[1]:
             self._reply("412", "No text to send")
         else:
-            events.append(Privmsg(_ascii_lower(msg.params[0]), msg.params[1], dict(msg.tags)))
+            targets: list[str] = []
+            for item in msg.params[0].split(","):
+                target = _ascii_lower(item)
+                if item and target not in targets:
+                    targets.append(target)
+            if not targets:
+                self._reply("411", "No recipient given (PRIVMSG)")
+                return
+            if len(targets) > MAX_TARGETS:
+                self._reply("407", _echo(msg.params[0]),
+                            f"Too many recipients (at most {MAX_TARGETS}); no message was sent")
+                return
+            for target in targets:
+                if target[:1] == "#" and not _valid_channel(target):
+                    self._reply("403", _echo(target), "No such channel")
+                else:
+                    events.append(Privmsg(target, msg.params[1], dict(msg.tags)))
+
+    # -- the standard queries: parsed here, answered by `answer` when the edge reaches them --
+
+    def _one_target(self, command: str, raw: str) -> str | None:
+        """The single target a NAMES/WHO/WHOIS takes (TARGMAX 1), or None after a 407."""
+        items = [t for t in raw.split(",") if t]
+        if len(items) > 1:
+            self._reply("407", _echo(raw), f"Too many targets: {command} takes one")
+            return None
+        return items[0] if items else ""
+
+    def _names(self, msg: Message, events: list[Event]) -> None:
+        target = self._one_target("NAMES", msg.params[0]) if msg.params else ""
+        if target is None:
+            return
+        channel = _ascii_lower(target)
+        if _valid_channel(channel):
+            events.append(Names(channel))
+        else:
+            # Modern IRC: NAMES of nothing, or of no such channel, is an empty list, not an error.
+            self._reply("366", _echo(target) if target else "*", "End of /NAMES list")
+
+    def _who(self, msg: Message, events: list[Event]) -> None:
+        target = self._one_target("WHO", msg.params[0]) if msg.params else ""
+        if target is None:
+            return
+        mask = _ascii_lower(target)
+        if _valid_channel(mask) or (_valid_nick(mask) and mask != "0"):   # `WHO 0`: RFC 2812's everyone
+            events.append(Who(mask))
+        else:
+            # Masks (`*`, `0`, `*.host`) search everyone; this server searches no one.
+            self._reply("315", _echo(target) if target else "*", "End of /WHO list")
+
+    def _whois(self, msg: Message, events: list[Event]) -> None:
+        if not msg.params or not msg.params[-1]:
+            self._reply("431", "No nickname given")
+            return
+        # `WHOIS nick` or `WHOIS server nick` (or `WHOIS nick nick`, which asks the user's own server)
+        target = self._one_target("WHOIS", msg.params[-1])
+        if target is None:
+            return
+        nick = _ascii_lower(target)
+        if _valid_nick(nick):
+            events.append(Whois(nick))
+        else:
+            self._reply("401", _echo(target), "No such nick/channel")
+            self._reply("318", _echo(target), "End of /WHOIS list")
+
+    def _channel_param(self, command: str, msg: Message) -> str | None:
+        if not msg.params or not msg.params[0]:
+            self._reply("461", command, "Not enough parameters")
+            return None
+        channel = _ascii_lower(msg.params[0])
+        if not _valid_channel(channel):
+            self._reply("403", _echo(msg.params[0]), "No such channel")
+            return None
+        return channel
+
+    def _topic(self, msg: Message, events: list[Event]) -> None:
+        if (channel := self._channel_param("TOPIC", msg)) is not None:
+            events.append(Topic(channel, msg.params[1] if len(msg.params) > 1 else None))
+
+    def _mode(self, msg: Message, events: list[Event]) -> None:
+        if not msg.params or not msg.params[0]:
+            self._reply("461", "MODE", "Not enough parameters")
+        elif msg.params[0][:1] == "#":
+            if (channel := self._channel_param("MODE", msg)) is not None:
+                events.append(ChannelMode(channel, tuple(msg.params[1:])))
+        else:
+            # An event, not a reply now: `NICK a, USER.., MODE a +i` in one write must see 001 first.
+            events.append(UserMode(_ascii_lower(msg.params[0]), tuple(msg.params[1:])))
+
+    def _lusers(self, msg: Message, events: list[Event]) -> None:
+        events.append(Lusers())
+
+    def _nick_list(self, words: Iterable[str]) -> tuple[str, ...]:
+        out: list[str] = []
+        for word in words:
+            nick = _ascii_lower(word)
+            if _valid_nick(nick) and nick not in out:
+                out.append(nick)
+        return tuple(out)
+
+    def _ison(self, msg: Message, events: list[Event]) -> None:
+        if not msg.params:
+            self._reply("461", "ISON", "Not enough parameters")
+            return
+        # `ISON a b c` and `ISON :a b c` both occur; the 510-byte line bounds how many.
+        events.append(Ison(self._nick_list(w for p in msg.params for w in p.split(" ") if w)))
+
+    def _userhost(self, msg: Message, events: list[Event]) -> None:
+        if not msg.params:
+            self._reply("461", "USERHOST", "Not enough parameters")
+            return
+        words = [w for p in msg.params for w in p.split(" ") if w]
+        events.append(Userhost(self._nick_list(words[:USERHOST_MAX])))
+
+    # -- answering queries --
+
+    def host_of(self, nick: str) -> str:
+        """The host part of a user's source, as the edge writes it (`nick!nick@nick.<server>`)."""
+        return f"{nick}.{self.server_name}"
+
+    def answer(self, query: Query, found: Found | None = None) -> bool:
+        """Queue the replies to `query` as things stand now (the rooms in `joined`). Returns False
+        and queues nothing when the answer needs the cluster's members and `found` is None: look
+        them up (chat.members) and call again with them."""
+        if self.state == "closed":
+            return True
+        if isinstance(query, Topic):
+            if query.channel[1:] not in self.joined:
+                self._reply("442", query.channel, "You're not on that channel")
+            elif query.text is not None:
+                self._reply("482", query.channel, "You're not channel operator")
+            else:
+                # Rooms have no title here; a room with one would answer 332 (and 333).
+                self._reply("331", query.channel, "No topic is set")
+            return True
+        if isinstance(query, ChannelMode):
+            return self._answer_mode(query)
+        if isinstance(query, UserMode):
+            if query.nick != self.nick:
+                self._reply("502", "Can't change mode for other users")
+            elif query.args and query.args[0].strip("+-"):
+                # `MODE nick +i` at connect: there are no user modes; 501 is RFC 2812's answer,
+                # which clients print and go on.
+                self._reply("501", "Unknown MODE flag")
+            else:
+                self._reply("221", "+")
+            return True
+        in_room = isinstance(query, Who) and query.mask[:1] == "#"
+        # A room not joined lists no one (RFC 2812 lists the visible ones; here that is none:
+        # who is in a room is for those in it, and an outsider's NAMES costs no cluster lookup).
+        if isinstance(query, Names) and query.channel[1:] not in self.joined:
+            self._reply("366", query.channel, "End of /NAMES list")
+            return True
+        if in_room and query.mask[1:] not in self.joined:
+            self._reply("315", query.mask, "End of /WHO list")
+            return True
+        if isinstance(query, (Ison, Userhost)) and not query.nicks:
+            self._reply("303" if isinstance(query, Ison) else "302", "")
+            return True
+        if found is None:
+            return False
+        if isinstance(query, Names):
+            self._names_reply(query.channel, found.members, found.member_count)
+        elif isinstance(query, Who):
+            nicks = found.members if in_room else [query.mask] if query.mask in found.online else []
+            for nick in nicks:
+                self._reply("352", query.mask if in_room else "*", nick, self.host_of(nick), self.server_name,
+                            nick, "H", f"0 {nick}")
+            self._reply("315", query.mask, "End of /WHO list")
+        elif isinstance(query, Whois):
+            if query.nick in found.online:
+                self._reply("311", query.nick, query.nick, self.host_of(query.nick), "*", query.nick)
+                self._reply("312", query.nick, self.server_name, "chatops")
+            else:
+                self._reply("401", query.nick, "No such nick/channel")
+            self._reply("318", query.nick, "End of /WHOIS list")
+        elif isinstance(query, Ison):
+            self._one_line("303", [n for n in query.nicks if n in found.online])
+        elif isinstance(query, Userhost):
+            self._one_line("302", [f"{n}=+{n}@{self.host_of(n)}" for n in query.nicks if n in found.online])
+        elif isinstance(query, Lusers):
+            self._reply("251", f"There are {found.users} users and 0 invisible on {found.servers} servers")
+            self._reply("252", "0", "operator(s) online")
+            self._reply("253", str(found.unregistered), "unknown connection(s)")
+            self._reply("254", str(found.rooms), "channels formed")
+            self._reply("255", f"I have {found.local_users} clients and 1 servers")
+            self._reply("265", str(found.local_users), str(found.local_users),
+                        f"Current local users {found.local_users}, max {found.local_users}")
+            self._reply("266", str(found.users), str(found.users),
+                        f"Current global users {found.users}, max {found.users}")
+        return True
+
+    def _answer_mode(self, query: ChannelMode) -> bool:
+        channel, args = query.channel, query.args
+        if not args:
+            self._reply("324", channel, CHANNEL_MODES)
+            return True
+        letters = args[0].replace("+", "").replace("-", "")
+        if len(args) == 1 and args[0][:1] != "-" and len(letters) == 1 and letters in _LIST_MODES:
+            code, text = _LIST_MODES[letters]
+            self._reply(code, channel, text)
+            return True
+        unknown = next((c for c in letters if c not in _KNOWN_CHANNEL_MODES), None)
+        if unknown is not None:
+            self._reply("472", _echo(unknown), "is unknown mode char to me")
+        elif channel[1:] not in self.joined:
+            self._reply("442", channel, "You're not on that channel")
+        else:
+            self._reply("482", channel, "You're not channel operator")
+        return True
+
+    def _one_line(self, code: str, words: Sequence[str]) -> None:
+        """A reply clients expect as one line (303, 302): the words that fit it. Only an ISON of
+        a whole line's worth of short nicks, all online, can overflow; the rest read as offline."""
+        head = len(f":{self.server_name} {code} {self.nick or '*'} :\r\n".encode())
+        self._reply(code, " ".join(_split_words(words, MAX_LINE - head)[0]))
+
+    def _names_reply(self, channel: str, members: Sequence[str], count: int) -> None:
+        nick = self.nick or "*"
+        head = len(f":{self.server_name} 353 {nick} = {channel} :\r\n".encode())
+        for group in _split_words(members, MAX_LINE - head):
+            if group:
+                self._reply("353", "=", channel, " ".join(group))
+        if count > len(members):
+            # No numeric says "and more"; a NOTICE keeps the list itself standard.
+            self._out.append(encode("NOTICE", nick, f"{channel} has {count} members; NAMES lists "
+                                    f"{len(members)}", source=self.server_name, trailing=True))
+        self._reply("366", channel, "End of /NAMES list")
 
 
 _HANDLERS = {
     "CAP": ServerConnection._cap, "PASS": ServerConnection._pass, "NICK": ServerConnection._nick,
     "USER": ServerConnection._user, "PING": ServerConnection._ping, "PONG": ServerConnection._pong,
     "QUIT": ServerConnection._quit, "JOIN": ServerConnection._join, "PART": ServerConnection._part,
-    "PRIVMSG": ServerConnection._privmsg,
+    "PRIVMSG": ServerConnection._privmsg, "NAMES": ServerConnection._names, "WHO": ServerConnection._who,
+    "WHOIS": ServerConnection._whois, "TOPIC": ServerConnection._topic, "MODE": ServerConnection._mode,
+    "LUSERS": ServerConnection._lusers, "ISON": ServerConnection._ison,
+    "USERHOST": ServerConnection._userhost,
 }

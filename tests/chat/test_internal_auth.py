@@ -34,6 +34,7 @@ ROUTES = [
     (EXCHANGE, "GET", "/v1/subscriptions", None),
     (EDGE, "POST", "/v1/deliver", {"items": []}),
     (EDGE, "GET", "//v1/deliver", None),
+    (EDGE, "GET", "/v1/members?room=lobby&nicks=alice", None),
 ]
 
 

@@ -421,7 +421,7 @@ def test_ircv3_registration_flow():
     assert conn.state == "new"
     assert conn.receive_data(b"CAP LS 302\r\n") == []
     assert lines(conn) == [b":tmi.chatops CAP * LS :twitch.tv/tags twitch.tv/commands twitch.tv/membership "
-                           b"message-tags server-time echo-message\r\n"]
+                           b"message-tags server-time echo-message cap-notify\r\n"]
     assert conn.receive_data(b"CAP REQ :twitch.tv/tags twitch.tv/commands\r\n") == []
     assert lines(conn) == [b":tmi.chatops CAP * ACK :twitch.tv/tags twitch.tv/commands\r\n"]
     # Negotiation is open: NICK/PASS/USER do not register yet.
@@ -430,7 +430,8 @@ def test_ircv3_registration_flow():
     events = conn.receive_data(b"CAP END\r\n")
     assert events == [RegistrationRequest("ronni", "oauth:abc123", "ronni")]
     assert conn.state == "registering" and conn.nick is None
-    assert conn.caps == frozenset({"twitch.tv/tags", "twitch.tv/commands"})
+    # cap-notify comes with CAP LS 302 (IRCv3).
+    assert conn.caps == frozenset({"twitch.tv/tags", "twitch.tv/commands", "cap-notify"})
     conn.accept_registration("ronni", motd=["Welcome to chatops.", "Be kind."])
     assert conn.state == "registered" and conn.nick == "ronni"
     out = [parse(line) for line in lines(conn)]
@@ -440,7 +441,7 @@ def test_ircv3_registration_flow():
     isupport = out[4].params[1:-1]
     assert {"CHANTYPES=#", "NETWORK=chatops", "CASEMAPPING=ascii"} <= set(isupport)
     assert conn.receive_data(b"CAP LIST\r\n") == []
-    assert lines(conn) == [b":tmi.chatops CAP ronni LIST :twitch.tv/tags twitch.tv/commands\r\n"]
+    assert lines(conn) == [b":tmi.chatops CAP ronni LIST :twitch.tv/tags twitch.tv/commands cap-notify\r\n"]
 
 
 def test_twitch_client_pipelines_cap_req_pass_nick_join_without_cap_end():
@@ -504,8 +505,8 @@ def test_verdict_after_the_client_left_is_a_no_op_and_bad_states_raise():
 
 def test_commands_before_registration_get_451():
     conn = ServerConnection(SERVER)
-    assert conn.receive_data(b"JOIN #a\r\nPRIVMSG #a :hi\r\nWHO #a\r\n") == []
-    assert replies(conn) == ["451", "451", "451"]
+    assert conn.receive_data(b"JOIN #a\r\nPRIVMSG #a :hi\r\nWHO #a\r\nFOO #a\r\n") == []
+    assert replies(conn) == ["451", "451", "451", "451"]
     assert conn.errors["unknown_command"] == 1
     # During an open CAP LS negotiation a NICK is known but the client is still not registered.
     conn.receive_data(b"CAP LS\r\nNICK ronni\r\nJOIN #a\r\n")
@@ -514,9 +515,9 @@ def test_commands_before_registration_get_451():
 
 def test_unknown_command_after_registration_gets_421():
     conn = registered()
-    assert conn.receive_data(b"WHO #dallas\r\nmode ronni +i\r\n") == []
-    assert lines(conn) == [b":tmi.chatops 421 ronni WHO :Unknown command\r\n",
-                           b":tmi.chatops 421 ronni MODE :Unknown command\r\n"]
+    assert conn.receive_data(b"KNOCK #dallas\r\nsetname :Ronni\r\n") == []
+    assert lines(conn) == [b":tmi.chatops 421 ronni KNOCK :Unknown command\r\n",
+                           b":tmi.chatops 421 ronni SETNAME :Unknown command\r\n"]
     assert conn.errors["unknown_command"] == 2
 
 
@@ -607,7 +608,7 @@ def test_quit_closes_and_ignores_the_rest():
 def test_join_part_channel_lists():
     conn = registered()
     events = conn.receive_data(b"JOIN #Dallas,,#xqcow,bogus,#dallas,#\r\nJOIN 0\r\nPART #xqcow,#Dallas :bye\r\n")
-    assert events == [Join(("#dallas", "#xqcow")), Part(("#xqcow", "#dallas"))]
+    assert events == [Join(("#dallas", "#xqcow")), Part(("#xqcow", "#dallas"), "bye")]
     assert lines(conn) == [b":tmi.chatops 403 ronni bogus :No such channel\r\n",
                            b":tmi.chatops 403 ronni # :No such channel\r\n",
                            b":tmi.chatops 403 ronni 0 :No such channel\r\n"]
