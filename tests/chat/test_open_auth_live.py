@@ -116,10 +116,10 @@ def test_open_login_433_across_edges_and_membership(open_cluster):
         assert tags["badges"] == "" and tags["mod"] == "0" and tags["display-name"] == "bob"
 
         # A used nick gets 433, through the frontend and on the other edge; another nick then works.
-        for where in (front, edge2):
+        for i, where in enumerate((front, edge2)):
             taker = connect(where, "alice", welcome=False)
             taker.wait("nicknameinuse", lambda ev: ev.arguments[0] == "alice")
-            taker.conn.nick("alice2")
+            taker.conn.nick(f"alice{i + 2}")     # not the same: a released claim goes asynchronously
             taker.wait("welcome")
             taker.close()
             clients.remove(taker)
@@ -204,3 +204,40 @@ def test_open_auth_refused_on_profile_remote(tmp_path, run_dir):
         assert "clusters.testing.auth" in result.stderr and "profile remote" in result.stderr, result.stderr
     doc["clusters"]["testing"]["auth"] = "token"
     assert chatops("config", "check", str(write_cluster(tmp_path / "ok.yaml", doc))).returncode == 0
+
+
+def test_open_logins_get_standard_irc_answers_across_edges(open_cluster):
+    """What docs/chat.md promises a standard client under `auth: open`: NAMES and WHO list both
+    edges' members, TOPIC reads 331, PART carries its reason to the parting client and to members
+    with the cap, and QUIT reaches them once with its reason."""
+    c = open_cluster
+    dana = Irc(f"{c.subnet}.1", EDGE_PORT, "dana", caps=(MEMBERSHIP,))
+    erin = Irc(f"{c.subnet}.2", EDGE_PORT, "erin")
+    try:
+        dana.join("#lounge")
+        erin.join("#lounge")
+        dana.wait("join", _from("erin", "#lounge"))
+
+        dana.conn.names(["#lounge"])
+        dana.wait("endofnames", lambda ev: ev.arguments[0] == "#lounge")
+        names = {n for e in dana.events if e.type == "namreply" for n in e.arguments[2].split()}
+        assert {"dana", "erin"} <= names, names
+
+        dana.conn.who("#lounge")
+        who = {dana.wait("whoreply").arguments[4] for _ in range(2)}
+        dana.wait("endofwho")
+        assert who == {"dana", "erin"}, who
+
+        erin.conn.send_raw("TOPIC #lounge")
+        assert erin.wait("notopic").arguments[0] == "#lounge"
+
+        erin.conn.send_raw("PART #lounge :off to lunch")
+        assert erin.wait("part", _from("erin", "#lounge")).arguments == ["off to lunch"]
+        assert dana.wait("part", _from("erin", "#lounge")).arguments == ["off to lunch"]
+        erin.join("#lounge")
+        dana.wait("join", _from("erin", "#lounge"))
+        erin.conn.quit("good night")
+        assert dana.wait("quit", _from("erin")).arguments == ["good night"]
+    finally:
+        dana.close()
+        erin.close()
