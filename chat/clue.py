@@ -372,7 +372,9 @@ class Clue:
         if not isinstance(found, dict) or found.get("id") != cmd.msg_id:
             return notice(roommodes.DELETE_UNKNOWN.msg_id, roommodes.DELETE_UNKNOWN.text)
         login, text = str(found.get("login", "")), str(found.get("text", ""))
-        if refusal := roommodes.delete_refusal(str(found.get("badges", ""))):
+        refusal = roommodes.delete_refusal(str(found.get("badges", "")), own=login == item["login"],
+                                           by_broadcaster=role.broadcaster)
+        if refusal:
             return notice(refusal.msg_id, refusal.text)
         await self._publish(twitch.as_published(room, twitch.clearmsg(
             room, login=login, room_id=room_id, target_msg_id=cmd.msg_id, ts_ms=ts, text=text, source=source)))

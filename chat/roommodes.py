@@ -187,12 +187,15 @@ def change_notice(modes: Modes, change: ModeChange) -> tuple[bool, Refusal]:
                           f"This room is already in {words} mode." if on else f"This room is not in {words} mode.")
 
 
-def delete_refusal(badges: str) -> Refusal | None:
-    """Twitch refuses deleting the broadcaster's messages and another mod's."""
+def delete_refusal(badges: str, *, own: bool = False, by_broadcaster: bool = False) -> Refusal | None:
+    """Twitch refuses deleting the broadcaster's messages and, to a mod, another mod's; anyone who
+    may delete may delete their own."""
+    if own:
+        return None
     roles = {b.partition("/")[0] for b in badges.split(",")}
     if "broadcaster" in roles:
         return Refusal("bad_delete_message_broadcaster", "You cannot delete the broadcaster's messages.")
-    if "moderator" in roles:
+    if "moderator" in roles and not by_broadcaster:
         return Refusal("bad_delete_message_mod", "You cannot delete messages from another moderator.")
     return None
 
