@@ -71,13 +71,14 @@ def chat(live_small_cluster):
         async with ShardedCache.for_host(cf, "chat1", timeout="2s", run=run) as cache:
             return (await users.add_user(cache, "modmarie", mod_rooms=(ROOM,), color="#1E90FF"),
                     await users.add_user(cache, "streamer", broadcaster_rooms=(ROOM,)),
-                    await users.add_user(cache, "viewer", color="#0D4200", display_name="Viewer"))
-    mod, streamer, viewer = asyncio.run(add())
-    return cf.address("chat1"), cf.clusters["main"].frontend.irc_port, mod, streamer, viewer
+                    await users.add_user(cache, "viewer", color="#0D4200", display_name="Viewer"),
+                    await users.add_user(cache, "fan", sub_rooms=(ROOM,), follow_rooms=(ROOM,)))
+    mod, streamer, viewer, fan = asyncio.run(add())
+    return cf.address("chat1"), cf.clusters["main"].frontend.irc_port, mod, streamer, viewer, fan
 
 
 def test_twitch_client_sees_state_messages_and_room_modes(chat):
-    address, port, mod_token, streamer_token, viewer_token = chat
+    address, port, mod_token, streamer_token, viewer_token, _ = chat
     viewer = TwitchClient(address, port, "viewer", viewer_token)
     mod = TwitchClient(address, port, "modmarie", mod_token)
     streamer = TwitchClient(address, port, "streamer", streamer_token)
@@ -171,3 +172,60 @@ def test_anonymous_join_on_the_wire(chat):
     assert after[4].startswith(b"@emote-only=0;followers-only=-1;r9k=0;room-id=")
     assert after[4].endswith(b";slow=0;subs-only=0 :tmi.chatops.local ROOMSTATE #lobby")
     assert not any(b"GLOBALUSERSTATE" in ln for ln in lines)
+
+
+def test_subscribers_followers_emote_only_and_unique_chat(chat):
+    """Each mode refuses whom Twitch refuses, with Twitch's msg-id, and lets the rest through; a
+    subscriber who followed a minute ago is a follower, but not of ten minutes' standing."""
+    address, port, mod_token, _, viewer_token, fan_token = chat
+    mod = TwitchClient(address, port, "modmarie", mod_token)
+    viewer = TwitchClient(address, port, "viewer", viewer_token)
+    fan = TwitchClient(address, port, "fan", fan_token)
+
+    def accepted(client: TwitchClient, text: str) -> None:
+        client.say(text)
+        client.wait("userstate", lambda ev: "id" in tags(ev))
+
+    def mode(command: str, msg_id: str) -> None:
+        mod.say(command)
+        viewer.notice(msg_id)
+        fan.wait("roomstate")
+
+    try:
+        for client in (mod, viewer, fan):
+            client.conn.join(f"#{ROOM}")
+            client.wait("roomstate")
+        mode(".subscribers", "subs_on")
+        mod.say(".subscribers")
+        mod.notice("already_subs_on")
+        viewer.say("let me in")
+        viewer.notice("msg_subsonly")
+        accepted(fan, "hi from a subscriber")
+        mode(".subscribersoff", "subs_off")
+
+        mode(".followers 10m", "followers_on")
+        viewer.say("hello?")
+        viewer.notice("msg_followersonly")
+        fan.say("I just followed")
+        fan.notice("msg_followersonly_followed")
+        mode("/followers", "followers_on_zero")
+        accepted(fan, "any follower may talk now")
+        mode(".followersoff", "followers_off")
+
+        mode(".emoteonly", "emote_only_on")
+        accepted(viewer, "Kappa Kappa <3")
+        viewer.say("words are not emotes")
+        viewer.notice("msg_emoteonly")
+        mode(".emoteonlyoff", "emote_only_off")
+
+        mode(".r9kbeta", "r9k_on")
+        accepted(viewer, "an original thought")
+        fan.say("An  ORIGINAL thought")
+        fan.notice("msg_r9k")
+        mode(".r9kbetaoff", "r9k_off")
+
+        viewer.say(".slow 1")
+        viewer.notice("no_permission")
+    finally:
+        for client in (mod, viewer, fan):
+            client.close()
