@@ -3,7 +3,8 @@ reached through the host's own shard listeners, whether it may be sent: who the 
 they are banned or timed out, whether they are over their rate limit or the room is over its,
 and what colour and badges they wear. Accepted messages go to the exchange; rejected ones return
 the Twitch NOTICE msg-id the edge shows the user. Mods and the broadcaster run `.ban`, `.timeout`
-and `.unban` here too, which the exchange turns into CLEARCHAT for everyone in the room.
+and `.unban` here too, which the exchange turns into CLEARCHAT for everyone in the room, and the
+room modes, `.delete` and `.clear`, whose rules are chat.roommodes' (Twitch's lines: chat.twitch).
 
 When Redis cannot be reached the message is refused (`msg_unavailable`): a ban must never be
 skipped because the ban list could not be read.
@@ -344,8 +345,8 @@ class Clue:
             })
         except (CacheUnavailable, UpstreamError):  # Redis or the exchange: never send unchecked
             return notice("msg_unavailable", "Your message was not sent: chat is temporarily unavailable.")
-        userstate = twitch.user_tags(badges=tags["badges"], color=tags["color"], display_name=tags["display-name"],
-                                     mod=role.mod)
+        userstate = twitch.user_tags(badges=tags["badges"], color=tags["color"],
+                                     display_name=tags["display-name"], mod=role.mod)
         return {"ok": True, "id": msg_id, "tmi_sent_ts": tags["tmi-sent-ts"], "userstate": userstate}
 
     async def _room_command(self, cmd: roommodes.RoomCommand, role: Role, room: str, room_id: str,
@@ -359,13 +360,15 @@ class Clue:
             if not changed:
                 return notice(said.msg_id, said.text)
             await self.cache.client_for(keys.modes(room)).hset(keys.modes(room), cmd.field, cmd.value)
-            state = twitch.roomstate(room, room_id, {roommodes.TAGS[cmd.field]: str(cmd.value)}, source=source)
+            tag = {roommodes.TAGS[cmd.field]: str(cmd.value)}
+            state = twitch.roomstate(room, room_id, tag, source=source)
             await self._publish(twitch.as_published(room, state))
             await self._publish(twitch.as_published(room, twitch.room_notice(room, said.msg_id, said.text,
                                                                              source=source)))
             return {"ok": True}
         if isinstance(cmd, roommodes.Clear):
-            await self._publish(twitch.as_published(room, twitch.clearchat_room(room, room_id, ts, source=source)))
+            clear = twitch.clearchat_room(room, room_id, ts, source=source)
+            await self._publish(twitch.as_published(room, clear))
             return {"ok": True}
         # Delete: the sender's edge found the message in its recent index, or it is unknown.
         found = item.get("delete")
@@ -376,8 +379,9 @@ class Clue:
                                            by_broadcaster=role.broadcaster)
         if refusal:
             return notice(refusal.msg_id, refusal.text)
-        await self._publish(twitch.as_published(room, twitch.clearmsg(
-            room, login=login, room_id=room_id, target_msg_id=cmd.msg_id, ts_ms=ts, text=text, source=source)))
+        deleted = twitch.clearmsg(room, login=login, room_id=room_id, target_msg_id=cmd.msg_id, ts_ms=ts,
+                                  text=text, source=source)
+        await self._publish(twitch.as_published(room, deleted))
         return notice("delete_message_success", f"The message from {login} is now deleted.")
 
     async def roomstate(self, item: dict) -> dict:

@@ -311,11 +311,13 @@ class Edge:
         self.clue_auth = Upstream(self.pool, f"http://{ctx.address}:{clue_cfg.port}/v1/auth", name="clue",
                                   timeout=seconds(clue_cfg.client.timeout), concurrency=2,
                                   max_pending=clue_cfg.client.max_pending)
-        self.clue_state = Upstream(self.pool, f"http://{ctx.address}:{clue_cfg.port}/v1/roomstate", name="clue",
-                                   timeout=seconds(clue_cfg.client.timeout), concurrency=2,
+        # A JOIN's USERSTATE and ROOMSTATE (chat.twitch): rare too, like logins.
+        self.clue_state = Upstream(self.pool, f"http://{ctx.address}:{clue_cfg.port}/v1/roomstate",
+                                   name="clue", timeout=seconds(clue_cfg.client.timeout), concurrency=2,
                                    max_pending=clue_cfg.client.max_pending)
-        Gauge("chat_edge_clue_queued", "Calls waiting for a connection to clue (messages, logins, JOIN states)",
-              registry=r).set_function(lambda: self.clue.pending + self.clue_auth.pending + self.clue_state.pending)
+        Gauge("chat_edge_clue_queued", "Calls waiting for a connection to clue (messages, logins, JOINs)",
+              registry=r).set_function(lambda: self.clue.pending + self.clue_auth.pending
+                                       + self.clue_state.pending)
         ex = ctx.services.exchange
         self.exchanges = [f"http://{addr}:{ex.port}/v1/subscriptions" for _, addr in ctx.peers()]
 
@@ -588,7 +590,8 @@ class Edge:
                 logs.event(self.log, "clue", f"no room state for JOIN: {outcome!r}", 30, room=room)
                 continue
             self._send(client, twitch.userstate(room, outcome["userstate"], source=self.server_name))
-            self._send(client, twitch.roomstate(room, outcome["room_id"], outcome["modes"], source=self.server_name))
+            self._send(client, twitch.roomstate(room, outcome["room_id"], outcome["modes"],
+                                                source=self.server_name))
 
     def _send(self, client: Client, message: irc.Message) -> None:
         """One line to one client, with its tags only if the client asked for tags."""

@@ -55,7 +55,7 @@ def ratelimits(name: str) -> str:    # hash of per-room overrides: room_rate, us
     return f"{{{name}}}.ratelimits"
 
 
-def modes(name: str) -> str:         # hash of the room's chat modes: slow, followers, subs_only, emote_only, r9k
+def modes(name: str) -> str:         # hash: slow, followers, subs_only, emote_only, r9k
     return f"{{{name}}}.modes"
 
 

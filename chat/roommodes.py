@@ -166,7 +166,8 @@ def change_notice(modes: Modes, change: ModeChange) -> tuple[bool, Refusal]:
                                     f"This room is now in slow mode. You may send messages every {v} seconds."
                                     if changed else f"This room is already in {v}-second slow mode.")
         return changed, Refusal("slow_off" if changed else "already_slow_off",
-                                "This room is no longer in slow mode." if changed else "This room is not in slow mode.")
+                                "This room is no longer in slow mode." if changed
+                                else "This room is not in slow mode.")
     if f == "followers":
         if on:
             if not changed:
@@ -174,17 +175,19 @@ def change_notice(modes: Modes, change: ModeChange) -> tuple[bool, Refusal]:
                                       f"This room is already in {minutes_text(v)} followers-only mode.")
             if v == 0:
                 return True, Refusal("followers_on_zero", "This room is now in followers-only mode.")
-            return True, Refusal("followers_on", f"This room is now in {minutes_text(v)} followers-only mode.")
+            return True, Refusal("followers_on",
+                                 f"This room is now in {minutes_text(v)} followers-only mode.")
         return changed, Refusal("followers_off" if changed else "already_followers_off",
                                 "This room is no longer in followers-only mode." if changed
                                 else "This room is not in followers-only mode.")
     name, words = {"subs_only": ("subs", "subscribers-only"), "emote_only": ("emote_only", "emote-only"),
                    "r9k": ("r9k", "unique-chat")}[f]
+    state = "on" if on else "off"
     if changed:
-        return True, Refusal(f"{name}_{'on' if on else 'off'}",
-                             f"This room is now in {words} mode." if on else f"This room is no longer in {words} mode.")
-    return False, Refusal(f"already_{name}_{'on' if on else 'off'}",
-                          f"This room is already in {words} mode." if on else f"This room is not in {words} mode.")
+        return True, Refusal(f"{name}_{state}", f"This room is now in {words} mode." if on
+                             else f"This room is no longer in {words} mode.")
+    return False, Refusal(f"already_{name}_{state}", f"This room is already in {words} mode." if on
+                          else f"This room is not in {words} mode.")
 
 
 def delete_refusal(badges: str, *, own: bool = False, by_broadcaster: bool = False) -> Refusal | None:
@@ -249,20 +252,21 @@ def lookups(modes: Modes, privileged: bool) -> Lookups | None:
 
 def reads_refusal(modes: Modes, room: str, need: Lookups, is_sub, followed_at, now: float) -> Refusal | None:
     if need.subs and not is_sub:
-        return Refusal("msg_subsonly", f"This room is in subscribers only mode. To talk, subscribe to #{room}.")
+        return Refusal("msg_subsonly",
+                       f"This room is in subscribers only mode. To talk, subscribe to #{room}.")
     if need.follows:
         since = _bounded(_text(followed_at), 0, 2**40, -1)
         if since < 0:
             if modes.followers == 0:
                 return Refusal("msg_followersonly_zero",
                                f"This room is in followers-only mode. Follow {room} to join the community!")
-            return Refusal("msg_followersonly", f"This room is in {minutes_text(modes.followers)} followers-only "
-                                                f"mode. Follow {room} to join the community!")
+            return Refusal("msg_followersonly", f"This room is in {minutes_text(modes.followers)} "
+                                                f"followers-only mode. Follow {room} to join the community!")
         followed_min = int(now - since) // 60
         if followed_min < modes.followers:
             return Refusal("msg_followersonly_followed",
-                           f"This room is in {minutes_text(modes.followers)} followers-only mode. You have been "
-                           f"following for {minutes_text(followed_min)}. Continue following to chat!")
+                           f"This room is in {minutes_text(modes.followers)} followers-only mode. You have "
+                           f"been following for {minutes_text(followed_min)}. Continue following to chat!")
     return None
 
 

@@ -39,7 +39,8 @@ def _msg(command: str, room: str, *rest: str, tags: Mapping[str, str] | None, so
 
 # -- the user's own state --
 
-def user_tags(*, badges: str, color: str, display_name: str, mod: bool, subscriber: bool = False) -> dict[str, str]:
+def user_tags(*, badges: str, color: str, display_name: str, mod: bool,
+              subscriber: bool = False) -> dict[str, str]:
     """The tags USERSTATE and GLOBALUSERSTATE share, in Twitch's order."""
     return {"badge-info": "", "badges": badges, "color": color, "display-name": display_name,
             "emote-sets": "0", "mod": "1" if mod else "0", "subscriber": "1" if subscriber else "0",

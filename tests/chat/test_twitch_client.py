@@ -85,8 +85,8 @@ def test_twitch_client_sees_state_messages_and_room_modes(chat):
     try:
         glob = tags(viewer.wait("globaluserstate"))
         assert glob["display-name"] == "Viewer" and glob["color"] == "#0D4200" and glob["user-id"]
-        assert set(glob) == {"badge-info", "badges", "color", "display-name", "emote-sets", "turbo", "user-id",
-                             "user-type"}
+        assert set(glob) == {"badge-info", "badges", "color", "display-name", "emote-sets", "turbo",
+                             "user-id", "user-type"}
 
         for client in (viewer, mod, streamer):
             client.conn.join(f"#{ROOM}")
@@ -167,8 +167,8 @@ def test_anonymous_join_on_the_wire(chat):
     after = lines[next(i for i, ln in enumerate(lines) if b" JOIN #lobby" in ln):]
     assert after[0] == b":justinfan4242!justinfan4242@justinfan4242.tmi.chatops.local JOIN #lobby"
     assert b" 366 justinfan4242 #lobby :" in after[2]
-    assert after[3] == (b"@badge-info=;badges=;color=;display-name=justinfan4242;emote-sets=0;mod=0;subscriber=0;"
-                        b"turbo=0;user-type= :tmi.chatops.local USERSTATE #lobby")
+    assert after[3] == (b"@badge-info=;badges=;color=;display-name=justinfan4242;emote-sets=0;mod=0;"
+                        b"subscriber=0;turbo=0;user-type= :tmi.chatops.local USERSTATE #lobby")
     assert after[4].startswith(b"@emote-only=0;followers-only=-1;r9k=0;room-id=")
     assert after[4].endswith(b";slow=0;subs-only=0 :tmi.chatops.local ROOMSTATE #lobby")
     assert not any(b"GLOBALUSERSTATE" in ln for ln in lines)

@@ -83,8 +83,8 @@ def test_me_becomes_a_ctcp_action():
     assert twitch.me_action(".me") is None and twitch.me_action("/me   ") is None
     for text in ("/mercy", "hello /me", "\x01ACTION already\x01", "me too"):
         assert twitch.me_action(text) == text
-    action = irc.encode("PRIVMSG", "#degentp", twitch.me_action("/me waves"), source="bob!bob@bob.tmi.twitch.tv",
-                        trailing=True)
+    action = irc.encode("PRIVMSG", "#degentp", twitch.me_action("/me waves"),
+                        source="bob!bob@bob.tmi.twitch.tv", trailing=True)
     assert action == b":bob!bob@bob.tmi.twitch.tv PRIVMSG #degentp :\x01ACTION waves\x01\r\n"
     assert irc.parse(action).params[1] == "\x01ACTION waves\x01"
     assert twitch.action_body("\x01ACTION Kappa\x01") == "Kappa"
@@ -143,7 +143,8 @@ def test_parse_room_command_refusals(text, msg_id):
 
 def test_change_notices_name_what_twitch_names():
     off = Modes()
-    cases = [(ModeChange("slow", 5), "slow_on", "every 5 seconds"), (ModeChange("emote_only", 1), "emote_only_on", ""),
+    cases = [(ModeChange("slow", 5), "slow_on", "every 5 seconds"),
+             (ModeChange("emote_only", 1), "emote_only_on", ""),
              (ModeChange("followers", 0), "followers_on_zero", ""),
              (ModeChange("followers", 10), "followers_on", "10 minutes followers-only"),
              (ModeChange("subs_only", 1), "subs_on", ""), (ModeChange("r9k", 1), "r9k_on", "unique-chat")]
@@ -164,7 +165,8 @@ def test_change_notices_name_what_twitch_names():
 
 def test_modes_from_redis_reads_only_what_clue_writes():
     assert Modes.from_redis([None] * 5) == Modes() and not Modes().any_on
-    assert Modes.from_redis([b"5", b"0", b"1", b"0", b"1"]) == Modes(slow=5, followers=0, subs_only=True, r9k=True)
+    assert Modes.from_redis([b"5", b"0", b"1", b"0", b"1"]) == Modes(slow=5, followers=0, subs_only=True,
+                                                                    r9k=True)
     assert Modes.from_redis(["-1", "-1", "0", "0", "0"]) == Modes()
     assert Modes.from_redis(["999", "x", "yes", "", "1"]) == Modes(r9k=True)     # garbage is off
 
@@ -173,7 +175,7 @@ def test_emote_only():
     assert roommodes.emote_only_refusal("Kappa Kappa <3") is None
     assert roommodes.emote_only_refusal("\x01ACTION Kappa\x01") is None
     assert roommodes.emote_only_refusal("Kappa lol").msg_id == "msg_emoteonly"
-    assert roommodes.emote_only_refusal("kappa").msg_id == "msg_emoteonly"     # emote names are case-sensitive
+    assert roommodes.emote_only_refusal("kappa").msg_id == "msg_emoteonly"     # names are case-sensitive
 
 
 def test_who_the_modes_ask_redis_about():
@@ -214,7 +216,8 @@ def test_delete_refusals():
     assert roommodes.delete_refusal("") is None and roommodes.delete_refusal("subscriber/0") is None
     assert roommodes.delete_refusal("moderator/1", own=True) is None
     assert roommodes.delete_refusal("moderator/1", by_broadcaster=True) is None
-    assert roommodes.delete_refusal("broadcaster/1", by_broadcaster=True).msg_id == "bad_delete_message_broadcaster"
+    refused = roommodes.delete_refusal("broadcaster/1", by_broadcaster=True)
+    assert refused.msg_id == "bad_delete_message_broadcaster"
 
 
 def test_minutes_text():
