@@ -43,6 +43,7 @@ CLOSE_REASON_BYTES = 123        # a WebSocket close payload is <= 125 bytes, 2 o
 CLOSE_FLUSH_TIMEOUT = 1.0       # a closing WebSocket client's last lines (an ERROR) get this long
 TAG_CAPS = frozenset({"twitch.tv/tags", "message-tags", "server-time"})
 COMMANDS_CAP = "twitch.tv/commands"
+JOIN_STATE_WAIT = 1.0           # seconds a JOIN waits for clue's USERSTATE/ROOMSTATE values
 # Delivered only to clients that asked for twitch.tv/commands, as Twitch does.
 COMMANDS_ONLY = frozenset({"CLEARCHAT", "CLEARMSG", "ROOMSTATE"})
 DELIVERED = frozenset({"PRIVMSG", "NOTICE"}) | COMMANDS_ONLY
@@ -553,7 +554,13 @@ class Edge:
 
     async def join(self, client: Client, channels: Iterable[str]) -> None:
         """Join channels _admit_joins let through."""
-        joined: list[str] = []
+        channels = [c for c in channels if c[1:] not in client.rooms]
+        states: dict[str, dict] = {}
+        if channels and COMMANDS_CAP in client.proto.caps:
+            # Before the JOIN lines, so 366 still ends the JOIN as clients (and tests) expect.
+            states = await self._room_states(client, [c[1:] for c in channels])
+            if client.closed:
+                return
         for channel in channels:
             room = channel[1:]
             if room in client.rooms:
@@ -575,23 +582,32 @@ class Edge:
             client.deliver(irc.encode("JOIN", channel, source=self._source(client)))
             client.deliver(client.proto.numeric("353", "=", channel, nick))
             client.deliver(client.proto.numeric("366", channel, "End of /NAMES list"))
-            joined.append(channel[1:])
-        if joined and COMMANDS_CAP in client.proto.caps:
-            await self._room_states(client, joined)
+            if (state := states.get(room)) is not None:
+                self._send(client, twitch.userstate(room, state["userstate"], source=self.server_name))
+                self._send(client, twitch.roomstate(room, state["room_id"], state["modes"],
+                                                    source=self.server_name))
 
-    async def _room_states(self, client: Client, rooms: list[str]) -> None:
-        """USERSTATE and ROOMSTATE for each room just joined, from clue; a room clue cannot answer
-        for is joined all the same, without them."""
-        client.flush_protocol()
-        futures = [self.clue_state.call({"login": client.login, "room": r, "anonymous": client.anonymous})
-                   for r in rooms]
-        for room, outcome in zip(rooms, await asyncio.gather(*futures, return_exceptions=True)):
-            if isinstance(outcome, BaseException) or not outcome.get("ok"):
-                logs.event(self.log, "clue", f"no room state for JOIN: {outcome!r}", 30, room=room)
-                continue
-            self._send(client, twitch.userstate(room, outcome["userstate"], source=self.server_name))
-            self._send(client, twitch.roomstate(room, outcome["room_id"], outcome["modes"],
-                                                source=self.server_name))
+    async def _room_states(self, client: Client, rooms: list[str]) -> dict[str, dict]:
+        """Clue's USERSTATE and ROOMSTATE values for each room, by room. A room clue does not answer
+        for within JOIN_STATE_WAIT is joined all the same, without them: a slow clue must not
+        hold JOINs, which never needed it before."""
+        futures = {r: self.clue_state.call({"login": client.login, "room": r, "anonymous": client.anonymous})
+                   for r in rooms}
+        done, late = await asyncio.wait(futures.values(), timeout=JOIN_STATE_WAIT)
+        for fut in late:
+            fut.add_done_callback(lambda f: f.cancelled() or f.exception())   # retrieved: no warning
+        states, missing = {}, []
+        for room, fut in futures.items():
+            if fut in done and fut.exception() is None and fut.result().get("ok"):
+                states[room] = fut.result()
+            else:
+                missing.append(room)
+        if missing:
+            outcome = "late" if late else next((repr(f.exception() or f.result()) for f in done
+                                                if f.exception() or not f.result().get("ok")), "")
+            logs.event(self.log, "clue", "no room state for JOIN", 30, rooms=len(missing),
+                       outcome=outcome[:200])
+        return states
 
     def _send(self, client: Client, message: irc.Message) -> None:
         """One line to one client, with its tags only if the client asked for tags."""
