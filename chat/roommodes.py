@@ -40,6 +40,8 @@ class Modes:
     @classmethod
     def from_redis(cls, values) -> Modes:
         """From HMGET `{room}.modes` FIELDS. Values only clue writes; anything unreadable is off."""
+        if not any(values):
+            return ALL_OFF          # most rooms, for every message: no parsing
         slow, followers, subs_only, emote_only, r9k = (_text(v) for v in values)
         return cls(slow=_bounded(slow, 0, SLOW_MAX, 0), followers=_bounded(followers, -1, FOLLOWERS_MAX, -1),
                    subs_only=subs_only == "1", emote_only=emote_only == "1", r9k=r9k == "1")
@@ -53,7 +55,10 @@ class Modes:
 
     @property
     def any_on(self) -> bool:
-        return self != Modes()
+        return self != ALL_OFF
+
+
+ALL_OFF = Modes()
 
 
 @dataclass(frozen=True)
