@@ -330,7 +330,7 @@ class Clue:
             msg_id = str(uuid.uuid4())
             tags = {
                 "badge-info": "", "badges": badges(role), "color": _s(color), "display-name": _s(display) or login,
-                "emotes": "", "first-msg": "0", "flags": "", "id": msg_id, "mod": "1" if role.mod else "0",
+                "emotes": twitch.emotes_tag(text), "first-msg": "0", "flags": "", "id": msg_id, "mod": "1" if role.mod else "0",
                 "room-id": room_id, "subscriber": "0", "tmi-sent-ts": str(int(now * 1000)), "turbo": "0",
                 "user-id": uid, "user-type": "mod" if role.mod else "",
             }

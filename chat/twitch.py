@@ -111,6 +111,21 @@ def action_body(text: str) -> str:
     return text
 
 
+def emotes_tag(text: str) -> str:
+    """PRIVMSG's `emotes` tag for the emotes of EMOTES in `text`: `25:0-4,12-16/1902:6-10`, each
+    emote's id and the code-point ranges of its uses, counted after a CTCP ACTION's prefix, as
+    Twitch counts them. Emotes are whole words, split on spaces."""
+    body = action_body(text)
+    found: dict[str, list[str]] = {}
+    at = 0
+    for word in body.split(" "):
+        emote = EMOTES.get(word)
+        if emote is not None:
+            found.setdefault(emote, []).append(f"{at}-{at + len(word) - 1}")
+        at += len(word) + 1
+    return "/".join(f"{emote}:{','.join(spans)}" for emote, spans in found.items())
+
+
 def delete_target(text: str) -> str | None:
     """The message id of a `.delete <id>` / `/delete <id>`, '' for one without an id, else None."""
     word, _, rest = text.partition(" ")

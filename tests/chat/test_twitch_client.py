@@ -214,6 +214,8 @@ def test_subscribers_followers_emote_only_and_unique_chat(chat):
 
         mode(".emoteonly", "emote_only_on")
         accepted(viewer, "Kappa Kappa <3")
+        emoted = fan.wait("pubmsg", lambda ev: ev.arguments == ["Kappa Kappa <3"])
+        assert tags(emoted)["emotes"] == "25:0-4,6-10/9:12-13"
         viewer.say("words are not emotes")
         viewer.notice("msg_emoteonly")
         mode(".emoteonlyoff", "emote_only_off")

@@ -90,6 +90,13 @@ def test_me_becomes_a_ctcp_action():
     assert twitch.action_body("\x01ACTION Kappa\x01") == "Kappa"
 
 
+def test_emotes_tag_as_twitch_writes_it():
+    assert twitch.emotes_tag("Kappa hello Kappa <3") == "25:0-4,12-16/9:18-19"
+    assert twitch.emotes_tag("\x01ACTION Kappa\x01") == "25:0-4"        # counted after the ACTION prefix
+    assert twitch.emotes_tag("Ünïcödé Kappa") == "25:8-12"              # code points, not bytes
+    assert twitch.emotes_tag("kappa Kappa, no") == "" and twitch.emotes_tag("") == ""
+
+
 def test_delete_target_and_recent_index_is_bounded():
     assert twitch.delete_target(".delete abc-1") == "abc-1"
     assert twitch.delete_target("/DELETE  abc-1 extra") == "abc-1"
