@@ -16,6 +16,7 @@ import pytest
 
 from chat import users
 from chat.cache import ShardedCache
+from tests.conftest import chatops
 
 ROOM = "lobby"
 CAPS = b"CAP REQ :twitch.tv/tags twitch.tv/commands\r\n"
@@ -65,15 +66,19 @@ class TwitchClient:
 @pytest.fixture(scope="module")
 def chat(live_small_cluster):
     """The live cluster's frontend address and port, and tokens for a mod and a viewer of #lobby."""
-    _rc, cf, run = live_small_cluster
+    rc, cf, run = live_small_cluster
 
     async def add():
         async with ShardedCache.for_host(cf, "chat1", timeout="2s", run=run) as cache:
             return (await users.add_user(cache, "modmarie", mod_rooms=(ROOM,), color="#1E90FF"),
                     await users.add_user(cache, "streamer", broadcaster_rooms=(ROOM,)),
-                    await users.add_user(cache, "viewer", color="#0D4200", display_name="Viewer"),
-                    await users.add_user(cache, "fan", sub_rooms=(ROOM,), follow_rooms=(ROOM,)))
-    mod, streamer, viewer, fan = asyncio.run(add())
+                    await users.add_user(cache, "viewer", color="#0D4200", display_name="Viewer"))
+    mod, streamer, viewer = asyncio.run(add())
+    # The operator's way, for the options this part adds.
+    added = chatops("users", "add", "fan", "--sub", ROOM, "--follows", f"#{ROOM}", "--config", str(rc.config),
+                    "--run-dir", str(rc.run))
+    assert added.returncode == 0 and "subscriber of #lobby, follows #lobby" in added.stderr, added.stderr
+    fan = added.stdout.strip().removeprefix("oauth:")
     return cf.address("chat1"), cf.clusters["main"].frontend.irc_port, mod, streamer, viewer, fan
 
 
