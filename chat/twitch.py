@@ -128,6 +128,8 @@ def emotes_tag(text: str) -> str:
 
 def delete_target(text: str) -> str | None:
     """The message id of a `.delete <id>` / `/delete <id>`, '' for one without an id, else None."""
+    if text[:1] not in (".", "/"):
+        return None             # every message passes here at the edge: most stop at this line
     word, _, rest = text.partition(" ")
     if word.lower() not in (".delete", "/delete"):
         return None
