@@ -3,7 +3,8 @@ reached through the host's own shard listeners, whether it may be sent: who the 
 they are banned or timed out, whether they are over their rate limit or the room is over its,
 and what colour and badges they wear. Accepted messages go to the exchange; rejected ones return
 the Twitch NOTICE msg-id the edge shows the user. Mods and the broadcaster run `.ban`, `.timeout`
-and `.unban` here too, which the exchange turns into CLEARCHAT for everyone in the room.
+and `.unban` here too, which the exchange turns into CLEARCHAT for everyone in the room, and the
+room modes, `.delete` and `.clear`, whose rules are chat.roommodes' (Twitch's lines: chat.twitch).
 
 When Redis cannot be reached the message is refused (`msg_unavailable`): a ban must never be
 skipped because the ban list could not be read.
@@ -24,7 +25,7 @@ from aiohttp import web
 from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from chat import keys, logs, service
+from chat import keys, logs, roommodes, service, twitch
 from chat.cache import CacheUnavailable, ShardedCache
 from chat.nicks import NickClaims
 from chat.upstream import Pool, Upstream, UpstreamError, UpstreamFull
@@ -195,18 +196,19 @@ class Clue:
             login = login.decode() if isinstance(login, bytes) else login
             pipe = self.cache.pipeline_for(keys.user(login))
             pipe.hmget(keys.user(login), "id", "display_name")
-            (uid, display), = await pipe.execute()
+            pipe.get(keys.color(login))
+            (uid, display), color = await pipe.execute()
         except CacheUnavailable:
             self.m_auth.labels("unavailable").inc()
             return {"ok": False, "error": "unavailable"}
         self.m_auth.labels("ok").inc()
         return {"ok": True, "login": login, "user_id": _s(uid) or user_id(login),
-                "display_name": _s(display) or login}
+                "display_name": _s(display) or login, "color": _s(color)}
 
     async def privmsg_batch(self, items: list[dict]) -> list[dict]:
         """Decide a batch of PRIVMSGs with one pipeline per shard, whatever the batch size.
 
-        Each message needs eight commands on its room's shard and two on its user's; grouping
+        Each message needs nine commands on its room's shard and two on its user's; grouping
         them by shard makes a burst of N messages a handful of round trips instead of 2N, which
         keeps a burst inside the talk's ten-connection, 100 ms cache budget."""
         started = time.perf_counter()
@@ -238,7 +240,8 @@ class Clue:
             rp.expire(ucount, self.window + 1, nx=True)
             rp.incr(rcount)
             rp.expire(rcount, 2, nx=True)
-            sizes[rshard] += 8
+            rp.hmget(keys.modes(room), *roommodes.FIELDS)
+            sizes[rshard] += 9
             up, ushard, ustart = queue(keys.user(login))
             up.hmget(keys.user(login), "id", "display_name", "bot")
             up.get(keys.color(login))
@@ -289,7 +292,8 @@ class Clue:
         room_reply, user_reply = by_shard[rshard], by_shard[ushard]
         if isinstance(room_reply, BaseException) or isinstance(user_reply, BaseException):
             return notice("msg_unavailable", "Your message was not sent: chat is temporarily unavailable.")
-        ban, is_mod, (room_id, broadcaster), (room_rate, user_rate), used, _, room_used, _ = room_reply[rstart:rstart + 8]
+        (ban, is_mod, (room_id, broadcaster), (room_rate, user_rate), used, _, room_used, _,
+         modes) = room_reply[rstart:rstart + 9]
         (uid, display, bot), color = user_reply[ustart:ustart + 2]
         login, room, text = item["login"], item["room"], item["text"]
 
@@ -307,20 +311,30 @@ class Clue:
         # The user's own limit comes first, for moderation commands too: they write to Redis.
         if used > user_limit(role, self.settings, _s(user_rate)):
             return notice("msg_ratelimit", "Your message was not sent because you are sending messages too quickly.")
-        command = parse_mod_command(text)
-        if isinstance(command, ModRefusal):
+        text = twitch.me_action(text)
+        if text is None:
+            return notice("usage_me", "Usage: \"/me <message>\" - Express an action in the third-person.")
+        room_command = roommodes.parse_room_command(text)
+        command = parse_mod_command(text) if room_command is None else room_command
+        if isinstance(command, (ModRefusal, roommodes.Refusal)):
             return notice(command.msg_id, command.text)
+        modes = roommodes.Modes.from_redis(modes)
         try:
+            if room_command is not None:
+                return await self._room_command(room_command, role, room, room_id, modes, item, now)
             if command is not None:
                 return await self._moderate(command, role, room, room_id, now)
 
             if room_used > _count(_s(room_rate), self.settings.room_rate):
                 return notice("msg_ratelimit", "Your message was not sent because this room is too busy right now.")
+            refusal = await roommodes.enforce(self.cache, modes, room, login, uid, text, role.privileged, now)
+            if refusal is not None:
+                return notice(refusal.msg_id, refusal.text)
 
             msg_id = str(uuid.uuid4())
             tags = {
                 "badge-info": "", "badges": badges(role), "color": _s(color), "display-name": _s(display) or login,
-                "emotes": "", "first-msg": "0", "flags": "", "id": msg_id, "mod": "1" if role.mod else "0",
+                "emotes": twitch.emotes_tag(text), "first-msg": "0", "flags": "", "id": msg_id, "mod": "1" if role.mod else "0",
                 "room-id": room_id, "subscriber": "0", "tmi-sent-ts": str(int(now * 1000)), "turbo": "0",
                 "user-id": uid, "user-type": "mod" if role.mod else "",
             }
@@ -335,7 +349,69 @@ class Clue:
             })
         except (CacheUnavailable, UpstreamError):  # Redis or the exchange: never send unchecked
             return notice("msg_unavailable", "Your message was not sent: chat is temporarily unavailable.")
-        return {"ok": True, "id": msg_id, "tmi_sent_ts": tags["tmi-sent-ts"]}
+        userstate = twitch.user_tags(badges=tags["badges"], color=tags["color"],
+                                     display_name=tags["display-name"], mod=role.mod)
+        return {"ok": True, "id": msg_id, "tmi_sent_ts": tags["tmi-sent-ts"], "userstate": userstate}
+
+    async def _room_command(self, cmd: roommodes.RoomCommand, role: Role, room: str, room_id: str,
+                            modes: roommodes.Modes, item: dict, now: float) -> dict:
+        """A mode change, `.delete` or `.clear`, published to the room through the exchange."""
+        if not role.privileged:
+            return notice("no_permission", "You don't have permission to perform that action.")
+        ts, source = int(now * 1000), self.server_name
+        if isinstance(cmd, roommodes.ModeChange):
+            changed, said = roommodes.change_notice(modes, cmd)
+            if not changed:
+                return notice(said.msg_id, said.text)
+            await self.cache.client_for(keys.modes(room)).hset(keys.modes(room), cmd.field, cmd.value)
+            tag = {roommodes.TAGS[cmd.field]: str(cmd.value)}
+            state = twitch.roomstate(room, room_id, tag, source=source)
+            await self._publish(twitch.as_published(room, state))
+            await self._publish(twitch.as_published(room, twitch.room_notice(room, said.msg_id, said.text,
+                                                                             source=source)))
+            return {"ok": True}
+        if isinstance(cmd, roommodes.Clear):
+            clear = twitch.clearchat_room(room, room_id, ts, source=source)
+            await self._publish(twitch.as_published(room, clear))
+            return {"ok": True}
+        # Delete: the sender's edge found the message in its recent index, or it is unknown.
+        found = item.get("delete")
+        if not isinstance(found, dict) or found.get("id") != cmd.msg_id:
+            return notice(roommodes.DELETE_UNKNOWN.msg_id, roommodes.DELETE_UNKNOWN.text)
+        login, text = str(found.get("login", "")), str(found.get("text", ""))
+        refusal = roommodes.delete_refusal(str(found.get("badges", "")), own=login == item["login"],
+                                           by_broadcaster=role.broadcaster)
+        if refusal:
+            return notice(refusal.msg_id, refusal.text)
+        deleted = twitch.clearmsg(room, login=login, room_id=room_id, target_msg_id=cmd.msg_id, ts_ms=ts,
+                                  text=text, source=source)
+        await self._publish(twitch.as_published(room, deleted))
+        return notice("delete_message_success", f"The message from {login} is now deleted.")
+
+    async def roomstate(self, item: dict) -> dict:
+        """What a client joining `room` is told: ROOMSTATE's modes and its own USERSTATE there."""
+        login, room = item.get("login"), item.get("room")
+        if not all(isinstance(v, str) and v for v in (login, room)):
+            return {"ok": False, "error": "login and room are required"}
+        try:
+            pipe = self.cache.pipeline_for(keys.room(room))
+            pipe.hmget(keys.room(room), "id", "broadcaster")
+            pipe.sismember(keys.mods(room), login)
+            pipe.hmget(keys.modes(room), *roommodes.FIELDS)
+            (room_id, broadcaster), is_mod, modes = await pipe.execute()
+            display, color = login, ""
+            if not item.get("anonymous"):
+                upipe = self.cache.pipeline_for(keys.user(login))
+                upipe.hget(keys.user(login), "display_name")
+                upipe.get(keys.color(login))
+                display, color = await upipe.execute()
+        except CacheUnavailable:
+            return {"ok": False, "error": "unavailable"}
+        role = Role(broadcaster=_s(broadcaster) == login, mod=bool(is_mod), bot=False)
+        return {"ok": True, "room_id": _s(room_id) or user_id(room),
+                "modes": roommodes.Modes.from_redis(modes).tags(),
+                "userstate": twitch.user_tags(badges=badges(role), color=_s(color),
+                                              display_name=_s(display) or login, mod=role.mod)}
 
     async def _moderate(self, cmd: ModCommand, role: Role, room: str, room_id: str, now: float) -> dict:
         if not role.privileged:
@@ -394,6 +470,10 @@ class Clue:
         app.router.add_post("/v1/privmsg", batch(self.privmsg_batch))
         if self.ctx.cf.clusters[self.ctx.cluster].auth == "open":
             app.router.add_post("/v1/nicks", batch(NickClaims(self.cache).batch))
+
+        async def roomstate_batch(items: list[dict]) -> list[dict]:
+            return list(await asyncio.gather(*(self.roomstate(i) for i in items)))
+        app.router.add_post("/v1/roomstate", batch(roomstate_batch))
 
         async def key_stats(_request):
             return web.json_response(self.cache.stats())

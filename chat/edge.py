@@ -28,7 +28,7 @@ from prometheus_client.core import CounterMetricFamily
 from websockets.asyncio.server import ServerConnection as WsConnection
 from websockets.asyncio.server import serve as ws_serve
 
-from chat import irc, logs, members, membership, service
+from chat import irc, logs, members, membership, service, twitch
 from chat.limits import TokenBucket, per_second
 from chat.nicks import NickClient
 from chat.upstream import Pool, Upstream, UpstreamError, UpstreamFull, UpstreamTimeout
@@ -43,6 +43,11 @@ KERNEL_SNDBUF = 128 * 1024      # per client socket; Linux doubles it for bookke
 CLOSE_REASON_BYTES = 123        # a WebSocket close payload is <= 125 bytes, 2 of them the code
 CLOSE_FLUSH_TIMEOUT = 1.0       # a closing WebSocket client's last lines (an ERROR) get this long
 TAG_CAPS = frozenset({"twitch.tv/tags", "message-tags", "server-time"})
+COMMANDS_CAP = "twitch.tv/commands"
+JOIN_STATE_WAIT = 1.0           # seconds a JOIN waits for clue's USERSTATE/ROOMSTATE values
+# Delivered only to clients that asked for twitch.tv/commands, as Twitch does.
+COMMANDS_ONLY = frozenset({"CLEARCHAT", "CLEARMSG", "ROOMSTATE"})
+DELIVERED = frozenset({"PRIVMSG", "NOTICE"}) | COMMANDS_ONLY
 _ids = itertools.count(1)
 
 
@@ -265,6 +270,7 @@ class Edge:
         self.http_url = f"http://{ctx.address}:{cfg.http_port}/v1/deliver"
         self.clients: set[Client] = set()
         self.rooms: dict[str, set[Client]] = {}
+        self.recent = twitch.RecentMessages()     # for `.delete`: see chat.twitch
         self.anonymous_nicks: set[str] = set()
         self.dirty: list[Client] = []
         self.turns: dict[str, RoomTurn] = {}      # room -> messages delivered this loop turn
@@ -308,8 +314,13 @@ class Edge:
         self.clue_auth = Upstream(self.pool, f"http://{ctx.address}:{clue_cfg.port}/v1/auth", name="clue",
                                   timeout=seconds(clue_cfg.client.timeout), concurrency=2,
                                   max_pending=clue_cfg.client.max_pending)
-        Gauge("chat_edge_clue_queued", "Calls waiting for a connection to clue (messages and logins)",
-              registry=r).set_function(lambda: self.clue.pending + self.clue_auth.pending)
+        # A JOIN's USERSTATE and ROOMSTATE (chat.twitch): rare too, like logins.
+        self.clue_state = Upstream(self.pool, f"http://{ctx.address}:{clue_cfg.port}/v1/roomstate",
+                                   name="clue", timeout=seconds(clue_cfg.client.timeout), concurrency=2,
+                                   max_pending=clue_cfg.client.max_pending)
+        Gauge("chat_edge_clue_queued", "Calls waiting for a connection to clue (messages, logins, JOINs)",
+              registry=r).set_function(lambda: self.clue.pending + self.clue_auth.pending
+                                       + self.clue_state.pending)
         ex = ctx.services.exchange
         self.exchanges = [f"http://{addr}:{ex.port}/v1/subscriptions" for _, addr in ctx.peers()]
         self.membership = membership.Membership(self)
@@ -558,6 +569,11 @@ class Edge:
             if result.get("ok"):
                 client.login, client.user_id = result["login"], result["user_id"]
                 client.proto.accept_registration(result["login"], welcome=self.welcome, motd=self.motd)
+                if COMMANDS_CAP in client.proto.caps:
+                    client.flush_protocol()
+                    self._send(client, twitch.globaluserstate(
+                        user_id=result["user_id"], color=result.get("color", ""),
+                        display_name=result.get("display_name") or result["login"], source=self.server_name))
             elif self.nicks is not None and result.get("error") == "invalid token":
                 await self._claim_nick(client, ev.nick)   # open mode: a PASS that is no token is ignored
             else:
@@ -589,6 +605,13 @@ class Edge:
 
     async def join(self, client: Client, channels: Iterable[str]) -> None:
         """Join channels _admit_joins let through."""
+        channels = [c for c in channels if c[1:] not in client.rooms]
+        states: dict[str, dict] = {}
+        if channels and COMMANDS_CAP in client.proto.caps:
+            # Before the JOIN lines, so 366 still ends the JOIN as clients (and tests) expect.
+            states = await self._room_states(client, [c[1:] for c in channels])
+            if client.closed:
+                return
         for channel in channels:
             room = channel[1:]
             if room in client.rooms:
@@ -610,7 +633,39 @@ class Edge:
             client.deliver(irc.encode("JOIN", channel, source=self._source(client)))
             client.deliver(client.proto.numeric("353", "=", channel, nick))
             client.deliver(client.proto.numeric("366", channel, "End of /NAMES list"))
+            if (state := states.get(room)) is not None:
+                self._send(client, twitch.userstate(room, state["userstate"], source=self.server_name))
+                self._send(client, twitch.roomstate(room, state["room_id"], state["modes"],
+                                                    source=self.server_name))
             self.membership.joined(client, room)
+
+    async def _room_states(self, client: Client, rooms: list[str]) -> dict[str, dict]:
+        """Clue's USERSTATE and ROOMSTATE values for each room, by room. A room clue does not answer
+        for within JOIN_STATE_WAIT is joined all the same, without them: a slow clue must not
+        hold JOINs, which never needed it before."""
+        futures = {r: self.clue_state.call({"login": client.login, "room": r, "anonymous": client.anonymous})
+                   for r in rooms}
+        done, late = await asyncio.wait(futures.values(), timeout=JOIN_STATE_WAIT)
+        for fut in late:
+            fut.add_done_callback(lambda f: f.cancelled() or f.exception())   # retrieved: no warning
+        states, missing = {}, []
+        for room, fut in futures.items():
+            if fut in done and fut.exception() is None and fut.result().get("ok"):
+                states[room] = fut.result()
+            else:
+                missing.append(room)
+        if missing:
+            outcome = "late" if late else next((repr(f.exception() or f.result()) for f in done
+                                                if f.exception() or not f.result().get("ok")), "")
+            logs.event(self.log, "clue", "no room state for JOIN", 30, rooms=len(missing),
+                       outcome=outcome[:200])
+        return states
+
+    def _send(self, client: Client, message: irc.Message) -> None:
+        """One line to one client, with its tags only if the client asked for tags."""
+        tags = message.tags if client.is_tagged else None
+        client.deliver(irc.encode(message.command, *message.params, tags=tags, source=message.source,
+                                  trailing=len(message.params) > 1))
 
     def _leave(self, client: Client, room: str) -> None:
         client.rooms.discard(room)
@@ -622,6 +677,7 @@ class Edge:
 
     def _drop_room(self, room: str) -> None:
         del self.rooms[room]
+        self.recent.drop(room)
         self.sent_log.pop(room, None)
         self.m_rooms.set(len(self.rooms))
 
@@ -645,6 +701,10 @@ class Edge:
                 "conn": client.id, "tags": {"client-nonce": nonce} if nonce else {}}
         if client.open_login:
             item["auth"] = "open"        # clue gives a nick without a token no badges
+        target = twitch.delete_target(ev.text)
+        if target and (found := self.recent.get(room, target)):
+            # Only this edge knows the message (its recent index); clue decides whether it goes.
+            item["delete"] = {"id": target, "login": found[0], "text": found[1], "badges": found[2]}
         fut = self.clue.call(item)
         fut.add_done_callback(lambda f: self._verdict(client, room, f))
 
@@ -667,6 +727,10 @@ class Edge:
         if result.get("ok"):
             self.m_sent.inc()
             self._log_sent(room)
+            if result.get("userstate") and COMMANDS_CAP in client.proto.caps and not client.closed:
+                self._send(client, twitch.userstate(room, result["userstate"], source=self.server_name,
+                                                    msg_id=result.get("id")))
+                client.flush_protocol()
             return
         n = result.get("notice") or {}
         self.m_rejected.labels(n.get("msg_id", "unknown")).inc()
@@ -705,16 +769,20 @@ class Edge:
         command = message["command"]
         if command == membership.COMMAND:
             return self.membership.deliver(message)
-        if command not in ("PRIVMSG", "CLEARCHAT"):
+        if command not in DELIVERED:
             return False
         tags = dict(message.get("tags") or {})
         ts = tags.get("tmi-sent-ts")
         if ts and ts.isdigit():
             tags["time"] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(int(ts) / 1000)) + f".{int(ts) % 1000:03d}Z"
         params, source = message["params"], message["source"]
+        if command == "PRIVMSG" and tags.get("id") and len(params) == 2:
+            self.recent.add(room, tags["id"], source.partition("!")[0], params[1], tags.get("badges", ""))
         # Encoded once per message, whatever the number of subscribers.
-        pair = (irc.encode(command, *params, source=source, trailing=True),
-                irc.encode(command, *params, tags=tags, source=source, trailing=True))
+        # Text takes the ':' form (Twitch writes it so); a lone channel does not (`ROOMSTATE #room`).
+        text = len(params) > 1
+        pair = (irc.encode(command, *params, source=source, trailing=text),
+                irc.encode(command, *params, tags=tags, source=source, trailing=text))
         turn = self.turns.get(room)
         if turn is None:
             turn = self.turns[room] = RoomTurn()
@@ -725,9 +793,9 @@ class Edge:
             sender = self.by_id.get(origin.get("conn"))
             if sender is not None and "echo-message" not in sender.proto.caps:
                 turn.skip.setdefault(sender, set()).add(index)
-        if command == "CLEARCHAT":
+        if command in COMMANDS_ONLY:
             for client in members:
-                if "twitch.tv/commands" not in client.proto.caps:
+                if COMMANDS_CAP not in client.proto.caps:
                     turn.skip.setdefault(client, set()).add(index)
         if not self.flush_scheduled:
             self.flush_scheduled = True
@@ -837,6 +905,7 @@ class Edge:
             task.cancel()
         await self.clue.close()
         await self.clue_auth.close()
+        await self.clue_state.close()
         await self.pool.close()
         await self.directory.close()
 

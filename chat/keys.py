@@ -55,6 +55,28 @@ def ratelimits(name: str) -> str:    # hash of per-room overrides: room_rate, us
     return f"{{{name}}}.ratelimits"
 
 
+def modes(name: str) -> str:         # hash: slow, followers, subs_only, emote_only, r9k
+    return f"{{{name}}}.modes"
+
+
+def subs(name: str) -> str:          # set of logins subscribed to the room (chatops users add --sub)
+    return f"{{{name}}}.subs"
+
+
+def follows(name: str) -> str:       # hash: login -> when they followed the room (epoch seconds)
+    return f"{{{name}}}.follows"
+
+
+def slow(name: str, user_id: str) -> str:  # set while the user must wait in slow mode; TTL = the wait
+    # In the room's hash tag, so the check joins the room's pipeline on its shard; numbered by the
+    # user's numeric id, so the key's kind stays one counting prefix ({*}.slow.#).
+    return f"{{{name}}}.slow.{user_id}"
+
+
+def r9k(name: str, digest: int) -> str:   # a text sent recently in unique-chat mode; TTL
+    return f"{{{name}}}.r9k.{digest}"
+
+
 def user_counters(name: str, window: int) -> str:  # hash: login -> messages in this fixed window
     # One hash per room and window rather than a key per user, so the key's kind stays one
     # counting prefix ({*}.rl.u.#) however many users talk.
@@ -75,14 +97,16 @@ def nick_claim(nick: str) -> str:   # string: the connection holding an open-mod
 # the slot guard's reserved keys. Whole-string, ASCII.
 _TAG = r"\{[a-z0-9_]{1,25}\}"
 PUBLIC = re.compile(
-    rf"{_TAG}\.(?:user|color|room|mods|bans|ratelimits|nick_claim|rl\.u\.[0-9]{{1,12}}|rl\.r\.[0-9]{{1,12}})"
+    rf"{_TAG}\.(?:user|color|room|mods|bans|ratelimits|nick_claim|modes|subs|follows|rl\.u\.[0-9]{{1,12}}"
+    r"|rl\.r\.[0-9]{1,12}|slow\.[0-9]{1,12}|r9k\.[0-9]{1,20})"
     r"|\{[0-9a-f]{64}\}\.token_sha256"
     rf"|{re.escape(_GUARD_PREFIX)}[a-z]{{1,20}}(?::[a-z]{{1,20}})?(?::[0-9]{{1,5}})?", re.ASCII)
 
 # Durable: moderation state and identities, which must never be evicted and carry no TTL (the
 # shards run a volatile-* policy, which evicts only keys with one). Everything else clue writes
-# (the rate-limit counters) carries a TTL.
-DURABLE_KINDS = ("token_sha256", "user", "color", "room", "mods", "bans", "ratelimits")
+# (the rate-limit counters, slow-mode and unique-chat marks) carries a TTL.
+DURABLE_KINDS = ("token_sha256", "user", "color", "room", "mods", "bans", "ratelimits", "modes", "subs",
+                 "follows")
 
 
 def public(key: str | bytes) -> bool:

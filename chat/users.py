@@ -3,13 +3,17 @@
 A token is what a client sends as `PASS oauth:<token>`; it maps to a login. Redis holds only the
 token's SHA-256 (`keys.token`): the token itself is printed once, to whoever created the user.
 Roles are per room: a room's broadcaster and its mods get the higher rate limit and may `.ban`,
-`.timeout` and `.unban`; bots get Twitch's known-bot limit.
+`.timeout` and `.unban`; bots get Twitch's known-bot limit. Subscribing and following are the
+smallest model of Twitch's own (no payments, no follow button): a room's set of subscribers and
+hash of followers (login -> when they followed), which subscribers-only and followers-only modes
+read (chat.roommodes).
 """
 
 from __future__ import annotations
 
 import re
 import secrets
+import time
 
 from chat import keys
 from chat.cache import ShardedCache
@@ -27,10 +31,11 @@ def check_login(login: str) -> str:
 
 async def add_user(cache: ShardedCache, login: str, *, mod_rooms: tuple[str, ...] = (),
                    broadcaster_rooms: tuple[str, ...] = (), bot: bool = False,
-                   color: str = "", display_name: str = "") -> str:
+                   color: str = "", display_name: str = "", sub_rooms: tuple[str, ...] = (),
+                   follow_rooms: tuple[str, ...] = (), followed_at: float | None = None) -> str:
     """Create or update a user and return a new token for them."""
     check_login(login)
-    for room in (*mod_rooms, *broadcaster_rooms):
+    for room in (*mod_rooms, *broadcaster_rooms, *sub_rooms, *follow_rooms):
         check_login(room)
     if color and not COLOR_RE.match(color):
         raise ValueError(f"{color!r} is not a colour like #1E90FF")
@@ -47,4 +52,10 @@ async def add_user(cache: ShardedCache, login: str, *, mod_rooms: tuple[str, ...
     for room in broadcaster_rooms:
         await cache.client_for(keys.room(room)).hset(keys.room(room), mapping={"id": user_id(room),
                                                                                "broadcaster": login})
+    for room in sub_rooms:
+        await cache.client_for(keys.subs(room)).sadd(keys.subs(room), login)
+    since = int(time.time() if followed_at is None else followed_at)
+    for room in follow_rooms:
+        # A follow keeps its first date, as on Twitch: adding the user again is no new follow.
+        await cache.client_for(keys.follows(room)).hsetnx(keys.follows(room), login, since)
     return token

@@ -60,8 +60,13 @@ def users() -> None:
               help="Make the user ROOM's broadcaster (repeatable).")
 @click.option("--bot", is_flag=True, help="A known bot: Twitch's 7,500 messages per 30 s limit.")
 @click.option("--color", default="", help="Chat colour, like #1E90FF.")
+@click.option("--sub", "sub_rooms", multiple=True, metavar="ROOM",
+              help="Subscribe the user to ROOM, for subscribers-only mode (repeatable).")
+@click.option("--follows", "follow_rooms", multiple=True, metavar="ROOM",
+              help="The user follows ROOM from now on, for followers-only mode (repeatable).")
 def users_add(name: str, config: str | None, run_dir: str | None, mod_rooms: tuple[str, ...],
-              broadcaster_rooms: tuple[str, ...], bot: bool, color: str) -> None:
+              broadcaster_rooms: tuple[str, ...], bot: bool, color: str, sub_rooms: tuple[str, ...],
+              follow_rooms: tuple[str, ...]) -> None:
     """Create (or update) user NAME and print a new token for `PASS oauth:<token>`."""
     import asyncio
 
@@ -72,6 +77,8 @@ def users_add(name: str, config: str | None, run_dir: str | None, mod_rooms: tup
     cf = load(config, run).spec
     mod_rooms = tuple(r.lstrip("#") for r in mod_rooms)
     broadcaster_rooms = tuple(r.lstrip("#") for r in broadcaster_rooms)
+    sub_rooms = tuple(r.lstrip("#") for r in sub_rooms)
+    follow_rooms = tuple(r.lstrip("#") for r in follow_rooms)
     host = cf.chat_hosts()[0][0]
 
     async def go() -> str:
@@ -81,7 +88,8 @@ def users_add(name: str, config: str | None, run_dir: str | None, mod_rooms: tup
             while True:
                 try:
                     return await add_user(cache, name.lower(), mod_rooms=mod_rooms,
-                                          broadcaster_rooms=broadcaster_rooms, bot=bot, color=color)
+                                          broadcaster_rooms=broadcaster_rooms, bot=bot, color=color,
+                                          sub_rooms=sub_rooms, follow_rooms=follow_rooms)
                 except CacheUnavailable:
                     # A cluster that has just started may not have passed its first health checks.
                     if time.monotonic() > deadline:
@@ -97,6 +105,7 @@ def users_add(name: str, config: str | None, run_dir: str | None, mod_rooms: tup
     except CacheUnavailable as exc:
         fail(f"cannot reach Redis through {host}'s shard listeners ({exc}); is the cluster up (`chatops status`)?")
     roles = ", ".join([f"mod of #{r}" for r in mod_rooms] + [f"broadcaster of #{r}" for r in broadcaster_rooms]
+                      + [f"subscriber of #{r}" for r in sub_rooms] + [f"follows #{r}" for r in follow_rooms]
                       + (["bot"] if bot else []))
     click.echo(f"user {name.lower()}{f' ({roles})' if roles else ''}; connect with:", err=True)
     click.echo(f"oauth:{token}")

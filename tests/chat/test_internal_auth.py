@@ -26,6 +26,7 @@ CLUE, EXCHANGE, EDGE = 19000, 19100, 17080
 ROUTES = [
     (CLUE, "POST", "/v1/auth", {"items": [{"token": "guess"}]}),
     (CLUE, "POST", "/v1/privmsg", {"items": []}),
+    (CLUE, "POST", "/v1/roomstate", {"items": [{"login": "guess", "room": "lobby"}]}),
     (CLUE, "GET", "/v1/stats/keys", None),
     (CLUE, "GET", "/v1/stats/slots", None),
     (CLUE, "GET", "/v1/nothing", None),
