@@ -13,10 +13,10 @@ import time
 import urllib.request
 from pathlib import Path
 
-import irc.client
 import pytest
 import websockets
 
+from tests.chat.ircclient import IrcClient, tags
 from tests.conftest import chatops, cluster_up, free_subnet, write_cluster
 
 TAGS = ("twitch.tv/tags", "twitch.tv/commands")
@@ -53,46 +53,9 @@ def add_user(c, name: str, *args: str) -> str:
     return result.stdout.strip()
 
 
-class Client:
-    """A real IRC client (jaraco's `irc` package), pumped from the test thread."""
-
+class Client(IrcClient):
     def __init__(self, address: str, port: int, nick: str, password: str | None = None, caps=TAGS):
-        self.reactor = irc.client.Reactor()
-        self.events: list[irc.client.Event] = []
-        self.reactor.add_global_handler("all_events", lambda conn, ev: self.events.append(ev), -10)
-        self.conn = self.reactor.server().connect(address, port, nick, password=password)
-        if caps:
-            self.conn.cap("REQ", ":" + " ".join(caps))
-        self.wait("welcome")
-
-    def wait(self, type_: str, predicate=lambda ev: True, timeout: float = 10.0):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for ev in self.events:
-                if ev.type == type_ and predicate(ev):
-                    self.events.remove(ev)
-                    return ev
-            self.reactor.process_once(0.05)
-        raise AssertionError(f"no {type_!r} event within {timeout}s; got {[(e.type, e.arguments) for e in self.events][-10:]}")
-
-    def pump(self, seconds: float) -> None:
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            self.reactor.process_once(0.05)
-
-    def of_type(self, type_: str) -> list:
-        return [e for e in self.events if e.type == type_]
-
-    def join(self, room: str) -> None:
-        self.conn.join(room)
-        self.wait("endofnames", lambda ev: ev.arguments[0] == room)
-
-    def close(self) -> None:
-        self.conn.disconnect()
-
-
-def tags(ev) -> dict:
-    return {t["key"]: t["value"] or "" for t in (ev.tags or [])}  # the irc package reads "" as None
+        super().__init__(address, port, nick, password=password, caps=caps)
 
 
 def test_two_clients_on_different_edges_see_each_other_with_tags(cluster):

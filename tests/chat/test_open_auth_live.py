@@ -10,11 +10,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import irc.client
 import pytest
 
 from cluster import checks
 from cluster.spec import ClusterFile
+from tests.chat.ircclient import IrcClient
 from tests.conftest import chatops, cluster_up, free_subnet, small_cluster, write_cluster
 
 MEMBERSHIP = "twitch.tv/membership"
@@ -38,45 +38,6 @@ def open_cluster():
         config.unlink(missing_ok=True)
 
 
-class Irc:
-    """A real IRC client, pumped from the test thread."""
-
-    def __init__(self, address: str, port: int, nick: str, *, caps=(), password: str | None = None,
-                 welcome: bool = True):
-        self.reactor = irc.client.Reactor()
-        self.events: list[irc.client.Event] = []
-        self.reactor.add_global_handler("all_events", lambda conn, ev: self.events.append(ev), -10)
-        self.conn = self.reactor.server().connect(address, port, nick, password=password)
-        if caps:
-            self.conn.cap("REQ", ":" + " ".join(caps))
-        if welcome:
-            self.wait("welcome")
-
-    def wait(self, type_: str, predicate=lambda ev: True, timeout: float = 10.0):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for ev in self.events:
-                if ev.type == type_ and predicate(ev):
-                    self.events.remove(ev)
-                    return ev
-            self.reactor.process_once(0.05)
-        raise AssertionError(f"no {type_!r} event within {timeout}s; got "
-                             f"{[(e.type, e.source, e.target, e.arguments) for e in self.events][-10:]}")
-
-    def pump(self, seconds: float) -> None:
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            self.reactor.process_once(0.05)
-
-    def seen(self, type_: str, nick: str) -> list:
-        return [e for e in self.events if e.type == type_ and e.source and e.source.nick == nick]
-
-    def join(self, room: str) -> None:
-        self.conn.join(room)
-        self.wait("endofnames", lambda ev: ev.arguments[0] == room)
-
-    def close(self) -> None:
-        self.conn.disconnect()
 
 
 def _from(nick: str, target: str | None = None):
@@ -86,10 +47,10 @@ def _from(nick: str, target: str | None = None):
 def test_open_login_433_across_edges_and_membership(open_cluster):
     c = open_cluster
     edge1, edge2, front = (f"{c.subnet}.1", EDGE_PORT), (f"{c.subnet}.2", EDGE_PORT), (f"{c.subnet}.1", 6667)
-    clients: list[Irc] = []
+    clients: list[IrcClient] = []
 
-    def connect(where, nick, **kw) -> Irc:
-        client = Irc(*where, nick, **kw)
+    def connect(where, nick, **kw) -> IrcClient:
+        client = IrcClient(*where, nick, **kw)
         clients.append(client)
         return client
 
@@ -173,7 +134,7 @@ def test_open_login_433_across_edges_and_membership(open_cluster):
         assert not again.seen("join", "carol")
 
         # An open nick moderates nobody; a mod (by token) bans it like anyone.
-        def notice_id(client: Irc) -> str:
+        def notice_id(client: IrcClient) -> str:
             got = client.wait("pubnotice")
             return {t["key"]: t["value"] for t in got.tags}["msg-id"]
         carol.conn.privmsg("#lobby", ".ban alice")
@@ -211,8 +172,8 @@ def test_open_logins_get_standard_irc_answers_across_edges(open_cluster):
     edges' members, TOPIC reads 331, PART carries its reason to the parting client and to members
     with the cap, and QUIT reaches them once with its reason."""
     c = open_cluster
-    dana = Irc(f"{c.subnet}.1", EDGE_PORT, "dana", caps=(MEMBERSHIP,))
-    erin = Irc(f"{c.subnet}.2", EDGE_PORT, "erin")
+    dana = IrcClient(f"{c.subnet}.1", EDGE_PORT, "dana", caps=(MEMBERSHIP,))
+    erin = IrcClient(f"{c.subnet}.2", EDGE_PORT, "erin")
     try:
         dana.join("#lounge")
         erin.join("#lounge")

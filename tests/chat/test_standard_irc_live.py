@@ -11,10 +11,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import irc.client
 import pytest
 
 from chat import members
+from tests.chat.ircclient import IrcClient
 from tests.conftest import chatops, cluster_up, free_subnet, wait_for, write_cluster
 
 EDGE_PORT = 16667     # services.edge.irc_port: straight to each edge, so the two clients surely differ
@@ -38,26 +38,11 @@ def two_edges(tmp_path_factory):
         yield c
 
 
-class Client:
+class Client(IrcClient):
     """An RFC client: NICK/USER (and PASS), no CAP at all."""
 
     def __init__(self, address: str, nick: str, password: str | None = None):
-        self.reactor = irc.client.Reactor()
-        self.events: list[irc.client.Event] = []
-        self.reactor.add_global_handler("all_events", lambda conn, ev: self.events.append(ev), -10)
-        self.conn = self.reactor.server().connect(address, EDGE_PORT, nick, password=password)
-        self.wait("welcome")
-
-    def wait(self, type_: str, predicate=lambda ev: True, timeout: float = 5.0):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for ev in self.events:
-                if ev.type == type_ and predicate(ev):
-                    self.events.remove(ev)
-                    return ev
-            self.reactor.process_once(0.02)
-        got = [(e.type, e.arguments) for e in self.events][-12:]
-        raise AssertionError(f"no {type_!r} within {timeout}s; got {got}")
+        super().__init__(address, EDGE_PORT, nick, password=password, tick=0.02)
 
     def until(self, end: str, *kinds: str) -> list:
         """Events of `kinds` received up to the `end` one (that one last)."""
@@ -66,9 +51,6 @@ class Client:
         for e in got:
             self.events.remove(e)
         return got + [last]
-
-    def send(self, line: str) -> None:
-        self.conn.send_raw(line)
 
 
 def test_standard_irc_across_two_edges(two_edges):

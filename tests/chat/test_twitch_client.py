@@ -8,59 +8,31 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import time
 
-import irc.client
-import irc.connection
 import pytest
 
 from chat import users
 from chat.cache import ShardedCache
+from tests.chat.ircclient import IrcClient, tags
 from tests.conftest import chatops
 
 ROOM = "lobby"
-CAPS = b"CAP REQ :twitch.tv/tags twitch.tv/commands\r\n"
+TWITCH_CAPS = ("twitch.tv/tags", "twitch.tv/commands")
 
 
-def tags(ev) -> dict:
-    return {t["key"]: t["value"] or "" for t in (ev.tags or [])}  # the irc package reads "" as None
-
-
-class TwitchClient:
+class TwitchClient(IrcClient):
     """One `irc` package connection that asks for Twitch's capabilities before it logs in, as
-    Twitch's own clients do (the CAP REQ goes out on the socket before the library's PASS/NICK)."""
+    Twitch's own clients do."""
 
     def __init__(self, address: str, port: int, nick: str, token: str):
-        def cap_first(server_address):
-            sock = irc.connection.Factory()(server_address)
-            sock.sendall(CAPS)
-            return sock
-
-        self.reactor = irc.client.Reactor()
-        self.events: list[irc.client.Event] = []
-        self.reactor.add_global_handler("all_events", lambda conn, ev: self.events.append(ev), -10)
-        self.conn = self.reactor.server().connect(address, port, nick, password=f"oauth:{token}",
-                                                  connect_factory=cap_first)
-
-    def wait(self, type_: str, predicate=lambda ev: True, timeout: float = 5.0):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for ev in self.events:
-                if ev.type == type_ and predicate(ev):
-                    self.events.remove(ev)
-                    return ev
-            self.reactor.process_once(0.02)
-        raise AssertionError(f"no {type_!r} event within {timeout}s; got "
-                             f"{[(e.type, e.arguments, tags(e)) for e in self.events][-8:]}")
+        super().__init__(address, port, nick, password=f"oauth:{token}", caps=TWITCH_CAPS, caps_first=True,
+                         welcome=False, tick=0.02)
 
     def notice(self, msg_id: str) -> dict:
         return tags(self.wait("pubnotice", lambda ev: tags(ev).get("msg-id") == msg_id))
 
     def say(self, text: str) -> None:
         self.conn.privmsg(f"#{ROOM}", text)
-
-    def close(self) -> None:
-        self.conn.disconnect()
 
 
 @pytest.fixture(scope="module")
@@ -162,7 +134,7 @@ def test_anonymous_join_on_the_wire(chat):
     JOIN, NAMES, USERSTATE and ROOMSTATE, with the channel a plain middle parameter."""
     address, port = chat[0], chat[1]
     with socket.create_connection((address, port), timeout=5) as sock:
-        sock.sendall(CAPS + b"NICK justinfan4242\r\nJOIN #lobby\r\n")
+        sock.sendall(b"CAP REQ :twitch.tv/tags twitch.tv/commands\r\nNICK justinfan4242\r\nJOIN #lobby\r\n")
         data = b""
         while b" ROOMSTATE " not in data:
             chunk = sock.recv(65536)
