@@ -824,6 +824,7 @@ class Generator:
         if client.moving or client.closing or not client.ready or self.stop.is_set():
             return
         client.moving = True
+        self.overlap_until[client.plan.nick] = float("inf")
         self._spawn(self.move(client, time.time()))
 
     def lost_while_moving(self, client: Client) -> None:
@@ -837,7 +838,6 @@ class Generator:
 
     async def move(self, old: Client, asked_at: float) -> None:
         p = old.plan
-        self.overlap_until[p.nick] = float("inf")
         new = None
         try:
             new = await self.connect_one(p, self.slots, time.monotonic() + SETUP_TIMEOUT)
