@@ -33,6 +33,13 @@ receiver counts toward completeness:
   delivered / (expected + excluded), the figure that counts them as missed. The loss itself is in
   `reconnections`.
 
+RECONNECT (an edge drained or stopping, chat/drain.py) is honoured by every client, whatever
+--reconnect says, make-before-break: a new connection through the same frontend, registered and
+joined, then the old one closed MOVE_OVERLAP later; a message seen on both counts once. Such a move
+is no loss: the report counts it in `reconnects`, one entry per move in `reconnect_events`. If the
+edge closes the old connection first, the receiver is not expected until the new one is in (as
+when reconnecting); if no new connection comes up, the loss counts as one.
+
 Messages are told apart by a per-run `client-nonce` prefix, so other traffic in the same rooms
 (another load generator, real users) is ignored. A message that receivers got but whose echo never
 came, or one that got neither an echo nor a NOTICE, is counted as lost, separately.

@@ -4,6 +4,10 @@ These are the primitives a remediation applies (drain a shard's server, take it 
 it back its weight); they moved here from collectors/haproxy.py, which only reads. Every name is
 checked before anything is sent: a backend or server name able to carry a space, `;`, `/` or a
 newline could smuggle a second runtime command into the first.
+
+For an edge's server (be_edge_<cluster>, be_edge_ws_<cluster>) the edge itself is told too
+(edge_drain.py): drain and maint make it RECONNECT its clients, after HAProxy stops sending it new
+ones; ready makes it accept again, before HAProxy sends it any.
 """
 
 from __future__ import annotations
