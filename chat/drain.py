@@ -8,9 +8,9 @@ TCP and WebSocket, and closes the ones still there spread over `services.edge.dr
 A client honouring RECONNECT opens a new connection through the same frontend, joins its rooms
 there and only then leaves (make-before-break, as the load generator does), so it misses nothing:
 until it leaves, this edge keeps delivering to it. The first half of the period is left to those
-clients; the rest are closed evenly over the second half, so the clients that ignore RECONNECT do
-not all land on the other edges at the same instant. A client leaving by itself counts toward the
-pace: the edge closes only as many as are still due.
+clients; the ones still there then are closed evenly over the second half, the first at once, so
+the clients that ignore RECONNECT do not all land on the other edges at the same instant. One
+leaving by itself meanwhile counts toward the pace: the edge closes only as many as are still due.
 
 SIGINT stops at once (RECONNECT, then every client closed): `chatops down` stops every edge of
 the cluster, so there is nowhere to move to and waiting would only slow it down. A second SIGTERM
@@ -37,25 +37,26 @@ def reconnect_line(server_name: str) -> bytes:
     return irc.encode("RECONNECT", source=server_name)
 
 
-def closed_by(n: int, period: float, elapsed: float) -> int:
-    """How many of the `n` clients present when the drain began should be gone `elapsed` seconds
-    into it: none during the first half of `period` (time to reconnect elsewhere), then evenly more
-    until all `n` at `period`. A period of 0 closes all at once."""
-    if n <= 0:
+def closed_by(m: int, period: float, elapsed: float) -> int:
+    """Of the `m` clients still there when the first half of `period` ended, how many should be
+    gone `elapsed` seconds into the drain: the first half is left to clients reconnecting elsewhere
+    by themselves; then the first of the `m` at once and the others evenly over the second half
+    (the last at `period` - half/m). A period of 0 closes all at once."""
+    if m <= 0:
         return 0
     if period <= 0 or elapsed >= period:
-        return n
+        return m
     half = period / 2
     if elapsed < half:
         return 0
-    return min(n, math.floor(n * (elapsed - half) / half + 1e-9))
+    return min(m, math.floor(m * (elapsed - half) / half + 1e-9) + 1)
 
 
-def to_close(n: int, remaining: int, period: float, elapsed: float) -> int:
-    """How many of the `remaining` clients to close now: what is due minus those already gone,
-    whether closed by the edge or gone by themselves."""
-    gone = n - remaining
-    return max(0, min(remaining, closed_by(n, period, elapsed) - gone))
+def to_close(m: int, remaining: int, period: float, elapsed: float) -> int:
+    """How many of the `remaining` (of those `m`) to close now: what is due minus those already
+    gone, whether closed by the edge or gone by themselves."""
+    gone = m - remaining
+    return max(0, min(remaining, closed_by(m, period, elapsed) - gone))
 
 
 class Listeners:
@@ -148,11 +149,14 @@ class Drainer:
         self.counts = {"clients": n, "closed": 0, "left": 0}
         logs.event(log, "client", "Draining: sent RECONNECT", clients=n, period=self.period_text, reason=reason)
         send_reconnect(edge, clients)
+        stragglers: int | None = None       # still there when the first half ended
         try:
             while True:
                 remaining = [c for c in clients if not c.closed and c in edge.clients]
                 elapsed = time.monotonic() - t0
-                k = to_close(n, len(remaining), self.period, elapsed)
+                if stragglers is None and elapsed >= self.period / 2:
+                    stragglers = len(remaining)
+                k = 0 if stragglers is None else to_close(stragglers, len(remaining), self.period, elapsed)
                 for c in remaining[:k]:
                     c.close("reconnect: edge draining")
                 self.counts["closed"] += k
