@@ -3,7 +3,9 @@
 When an edge is drained (`server_state drain`, through `POST /v1/admin/drain`) or stopped with
 SIGTERM (a rolling restart, systemd), it stops accepting (its listeners close, so HAProxy's checks
 mark it down and new clients go to the other edges), sends `:<server> RECONNECT` to every client,
-TCP and WebSocket, and closes the ones still there spread over `services.edge.drain_period`.
+TCP and WebSocket, that asked for twitch.tv/commands (as Twitch does; a standard IRC client gets
+`ERROR :Closing Link` when closed instead), and closes the ones still there spread over
+`services.edge.drain_period`.
 
 A client honouring RECONNECT opens a new connection through the same frontend, joins its rooms
 there and only then leaves (make-before-break, as the load generator does), so it misses nothing:
@@ -30,6 +32,8 @@ from aiohttp import web
 from chat import irc, logs, service
 
 DRAIN_PATH = "/v1/admin/drain"
+TWITCH_COMMANDS = "twitch.tv/commands"
+DRAIN_REASON = "Server going away, reconnect"
 TICK = 0.05                 # how often the closing pace is looked at
 
 
@@ -158,7 +162,7 @@ class Drainer:
                     stragglers = len(remaining)
                 k = 0 if stragglers is None else to_close(stragglers, len(remaining), self.period, elapsed)
                 for c in remaining[:k]:
-                    c.close("reconnect: edge draining")
+                    close_one(edge, c, DRAIN_REASON)
                 self.counts["closed"] += k
                 if len(remaining) == k:
                     break
@@ -173,13 +177,22 @@ class Drainer:
 
 
 def send_reconnect(edge, clients) -> None:
+    """RECONNECT to the clients that asked for twitch.tv/commands, as Twitch sends it; a standard
+    IRC client knows no such command, and gets ERROR when it is closed instead (close_one)."""
     line = reconnect_line(edge.server_name)
     for c in clients:
-        if not c.closed:
+        if not c.closed and TWITCH_COMMANDS in c.proto.caps:
             c.deliver(line)
 
 
-async def close_all(edge, reason: str = "server shutting down", flush_within: float = 1.0) -> None:
+def close_one(edge, client, reason: str) -> None:
+    if TWITCH_COMMANDS in client.proto.caps:
+        client.close(reason)
+    else:
+        edge.close_link(client, reason)       # ERROR :Closing Link: <nick> (<reason>), as ircds do
+
+
+async def close_all(edge, reason: str = DRAIN_REASON, flush_within: float = 1.0) -> None:
     """Stopping at once: RECONNECT, then every client closed (its lines go out before the close);
     WebSocket closes get `flush_within` seconds to finish before the edge exits."""
     clients = list(edge.clients)
@@ -187,7 +200,7 @@ async def close_all(edge, reason: str = "server shutting down", flush_within: fl
         return
     send_reconnect(edge, clients)
     for c in clients:
-        c.close(reason)
+        close_one(edge, c, reason)
     logs.event(edge.log, "client", "Stopping: sent RECONNECT and closed every client", clients=len(clients))
     closing = [c.closing for c in clients if getattr(c, "closing", None) is not None]
     if closing:

@@ -61,6 +61,13 @@ def test_irc_client_follows_reconnect_to_the_other_edge_and_misses_nothing(clust
     old_edge = _edge(carol)
     assert old_edge != alice_edge, "leastconn puts the second client on the other edge"
     carol.join(ROOM)
+    # A standard IRC client (no twitch.tv/commands) on the same edge: no RECONNECT, which it would
+    # not know, but ERROR when the edge closes it.
+    plain = []
+    while len(plain) < 4 and not any(e == old_edge for _, e in plain):
+        p = Client(front, 6667, f"justinfan{4242 + len(plain)}", caps=())
+        plain.append((p, _edge(p)))
+    irc_client = next(p for p, e in plain if e == old_edge)
 
     sent: list[str] = []
 
@@ -85,6 +92,10 @@ def test_irc_client_follows_reconnect_to_the_other_edge_and_misses_nothing(clust
         carol.close()
         talker.join(10)
         new.pump(1.5)
+        closing = irc_client.wait("error", timeout=6)
+        assert closing.target == "Closing Link: justinfan%d (Server going away, reconnect)" % (
+            4242 + [p for p, _ in plain].index(irc_client)), closing
+        assert not irc_client.of_type("reconnect")
         seen = {**_texts(carol), **_texts(new)}
         assert not [e for e in alice.of_type("pubnotice") + alice.of_type("privnotice")], alice.events
         assert sorted(seen.values()) == sorted(sent), set(sent) - set(seen.values())
@@ -96,5 +107,7 @@ def test_irc_client_follows_reconnect_to_the_other_edge_and_misses_nothing(clust
     finally:
         talker.join(10)
         alice.close()
+        for p, _ in plain:
+            p.close()
         if new is not None:
             new.close()
