@@ -100,6 +100,7 @@ class Drainer:
         self.period_text = period_text
         self.task: asyncio.Task | None = None
         self.stopping = False          # SIGTERM: the edge exits once drained
+        self.stop_task: asyncio.Task | None = None
         self.started_at: float | None = None
         self.reason = ""
         self.counts = {"clients": 0, "closed": 0, "left": 0}
@@ -112,7 +113,8 @@ class Drainer:
         return {"host": self.edge.ctx.host, "draining": self.draining, "stopping": self.stopping,
                 "listening": self.listeners.listening, "clients": len(self.edge.clients),
                 "drain_period": self.period_text, "reason": self.reason or None,
-                "started_s_ago": None if self.started_at is None else round(time.monotonic() - self.started_at, 3),
+                "started_s_ago": (None if self.started_at is None
+                                  else round(time.monotonic() - self.started_at, 3)),
                 **{f"drain_{k}": v for k, v in self.counts.items()}}
 
     def start(self, reason: str) -> bool:
@@ -151,7 +153,8 @@ class Drainer:
         clients = sorted(edge.clients, key=lambda c: c.id)      # oldest first
         n = len(clients)
         self.counts = {"clients": n, "closed": 0, "left": 0}
-        logs.event(log, "client", "Draining: sent RECONNECT", clients=n, period=self.period_text, reason=reason)
+        logs.event(log, "client", "Draining: sent RECONNECT", clients=n, period=self.period_text,
+                   reason=reason)
         send_reconnect(edge, clients)
         stragglers: int | None = None       # still there when the first half ended
         try:
@@ -222,7 +225,8 @@ def install_sigterm(drainer: Drainer, stop: asyncio.Event) -> None:
             stop.set()
             return
         drainer.stopping = True
-        drainer.edge._spawn(drain_then_stop())
+        # Held: a task nobody holds may be collected before it is done.
+        drainer.stop_task = asyncio.ensure_future(drain_then_stop())
     loop.add_signal_handler(signal.SIGTERM, on_term)
 
 
@@ -246,7 +250,8 @@ def add_admin_routes(app: web.Application, ctx: service.Context, drainer: Draine
             return refused
         was = drainer.draining or not drainer.listeners.listening
         if not await drainer.ready():
-            return web.json_response({**drainer.view(), "error": "the edge is stopping (SIGTERM)"}, status=409)
+            return web.json_response({**drainer.view(), "error": "the edge is stopping (SIGTERM)"},
+                                     status=409)
         if was:
             logs.event(ctx.log, "client", "Drain ended: accepting clients again", reason="admin")
         return web.json_response({**drainer.view(), "ended": was})

@@ -884,7 +884,8 @@ class Generator:
         self.reconnect_count += 1
         if len(self.reconnect_events) < MAX_EVENTS:
             self.reconnect_events.append({
-                "nick": p.nick, "sender": p.sender, "room": p.room, "transport": p.transport, "frontend": p.host,
+                "nick": p.nick, "sender": p.sender, "room": p.room, "transport": p.transport,
+                "frontend": p.host,
                 "edge": old.edge, "asked_at": round(asked_at, 3), "back_at": _round(new.since),
                 "back_edge": new.edge, "closed_by_edge_first": old.gone_while_moving})
 

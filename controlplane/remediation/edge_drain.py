@@ -74,7 +74,8 @@ def apply(cf, host: str, drain: bool) -> str:
     if drain:
         r = call(cf, host, "POST")
         if r.get("started"):
-            return f"edge {host} sent RECONNECT to {r['drain_clients']} client(s), closing them over {r['drain_period']}"
+            return (f"edge {host} sent RECONNECT to {r['drain_clients']} client(s), "
+                    f"closing them over {r['drain_period']}")
         return f"edge {host} already draining ({r['clients']} client(s) left)"
     r = call(cf, host, "DELETE")
     return f"edge {host} accepts clients again" if r.get("ended") else f"edge {host} was accepting already"

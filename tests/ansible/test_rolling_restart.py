@@ -36,7 +36,7 @@ CLIENTS = 60
 DURATION = 55                           # seconds of sending: main's hosts go first (inventory order), so
                                         # this covers chat1's and chat2's restarts (~30 s) with room to spare
 SERVICES = ("edge", "clue", "exchange")
-AUDIT_AFTER_S = 2.0                     # at most this long from the edge's RECONNECT to the drain's audit record
+AUDIT_AFTER_S = 2.0                     # at most from the edge's RECONNECT to the drain's audit record
 
 
 def _pids(live) -> dict[str, int]:
@@ -192,7 +192,8 @@ def test_rolling_restart_under_traffic_restarts_every_chat_host_and_keeps_other_
         assert e["edge"] in windows, e
         drained, ready = windows[e["edge"]]
         assert drained <= at <= ready, (
-            f"{e['nick']} left edge {e['edge']} outside that edge's restart ({drained:.3f}..{ready:.3f}): {e}")
+            f"{e['nick']} left edge {e['edge']} outside that edge's restart "
+            f"({drained:.3f}..{ready:.3f}): {e}")
         assert e["back_at"] is not None and e["back_edge"] != e["edge"], e
     assert rc["still_lost"] == 0 and rc["reestablished"] == rc["lost"]
     # The first host restarted under load: exactly its edge's clients moved; the other edge's

@@ -101,7 +101,8 @@ def test_irc_client_follows_reconnect_to_the_other_edge_and_misses_nothing(clust
         assert sorted(seen.values()) == sorted(sent), set(sent) - set(seen.values())
         # The move happened while alice talked: some messages came on each connection.
         assert _texts(carol) and _texts(new), (len(_texts(carol)), len(_texts(new)))
-        print(f"\ncarol moved {old_edge} -> {alice_edge}: {len(_texts(carol))} messages on the old connection, "
+        print(f"\ncarol moved {old_edge} -> {alice_edge}: {len(_texts(carol))} messages on the old "
+              "connection, "
               f"{len(_texts(new))} on the new one ({len(set(_texts(carol)) & set(_texts(new)))} on both), "
               f"{len(sent)} sent")
     finally:

@@ -134,7 +134,8 @@ def test_drain_then_ready_under_traffic(monkeypatch):
             report = loadgen_report(load)
         _moved(report, "chat2")
         # TCP and WebSocket clients alike (a quarter of the loadgen's clients use WebSocket).
-        assert {e["transport"] for e in report["reconnect_events"]} == {"tcp", "ws"}, report["reconnect_events"]
+        events = report["reconnect_events"]
+        assert {e["transport"] for e in events} == {"tcp", "ws"}, events
         log = RunDir(c.run).log("edge-chat2").read_text()
         assert "Draining: sent RECONNECT" in log and "Drain done" in log, log[-2000:]
 
