@@ -28,7 +28,7 @@ from prometheus_client.core import CounterMetricFamily
 from websockets.asyncio.server import ServerConnection as WsConnection
 from websockets.asyncio.server import serve as ws_serve
 
-from chat import irc, logs, members, membership, service, twitch
+from chat import drain, irc, logs, members, membership, service, twitch
 from chat.limits import TokenBucket, per_second
 from chat.nicks import NickClient
 from chat.upstream import Pool, Upstream, UpstreamError, UpstreamFull, UpstreamTimeout
@@ -896,8 +896,7 @@ class Edge:
                     pass
 
     async def close(self) -> None:
-        for client in list(self.clients):
-            client.close("server shutting down")
+        await drain.close_all(self)
         if self.nicks is not None:
             await self.nicks.close()
         await self.membership.close()
@@ -953,20 +952,25 @@ async def main(ctx: service.Context, stop: asyncio.Event) -> None:
     edge = Edge(ctx)
     cfg = ctx.services.edge
     loop = asyncio.get_running_loop()
-    tcp = await loop.create_server(lambda: TcpClient(edge), ctx.address, cfg.irc_port, backlog=2048,
-                                   reuse_address=True)
-    ws = await ws_serve(edge.websocket, ctx.address, cfg.ws_port, subprotocols=["text.ircv3.net"],
-                        max_size=irc.MAX_TAGS + irc.MAX_LINE * 4, compression=None,
-                        select_subprotocol=_select_subprotocol)
-    runner = await service.serve_http(edge.app(), ctx.address, cfg.http_port)
+    listeners = drain.Listeners([
+        lambda: loop.create_server(lambda: TcpClient(edge), ctx.address, cfg.irc_port, backlog=2048,
+                                   reuse_address=True),
+        lambda: ws_serve(edge.websocket, ctx.address, cfg.ws_port, subprotocols=["text.ircv3.net"],
+                         max_size=irc.MAX_TAGS + irc.MAX_LINE * 4, compression=None,
+                         select_subprotocol=_select_subprotocol)])
+    await listeners.open()
+    drainer = drain.Drainer(edge, listeners, seconds(cfg.drain_period), cfg.drain_period)
+    drain.install_sigterm(drainer, stop)
+    app = edge.app()
+    drain.add_admin_routes(app, ctx, drainer)
+    runner = await service.serve_http(app, ctx.address, cfg.http_port)
     refresher = asyncio.ensure_future(edge.refresh_loop(stop))
     logs.event(ctx.log, None, "listening", irc=f"{ctx.address}:{cfg.irc_port}", ws=f"{ctx.address}:{cfg.ws_port}",
                http=f"{ctx.address}:{cfg.http_port}")
     try:
         await stop.wait()
     finally:
-        tcp.close()
-        ws.close()
+        listeners.close()
         await edge.close()
         refresher.cancel()
         await runner.cleanup()

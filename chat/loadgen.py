@@ -33,6 +33,13 @@ receiver counts toward completeness:
   delivered / (expected + excluded), the figure that counts them as missed. The loss itself is in
   `reconnections`.
 
+RECONNECT (an edge drained or stopping, chat/drain.py) is honoured by every client, whatever
+--reconnect says, make-before-break: a new connection through the same frontend, registered and
+joined, then the old one closed MOVE_OVERLAP later; a message seen on both counts once. Such a move
+is no loss: the report counts it in `reconnects`, one entry per move in `reconnect_events`. If the
+edge closes the old connection first, the receiver is not expected until the new one is in (as
+when reconnecting); if no new connection comes up, the loss counts as one.
+
 Messages are told apart by a per-run `client-nonce` prefix, so other traffic in the same rooms
 (another load generator, real users) is ignored. A message that receivers got but whose echo never
 came, or one that got neither an echo nor a NOTICE, is counted as lost, separately.
@@ -113,6 +120,7 @@ FD_RESERVE = 64
 RECONNECT_FIRST = 1.0           # a lost client reconnects after 0.5-1 s (jitter), doubling...
 RECONNECT_MAX = 30.0            # ...up to 30 s between attempts
 MAX_EVENTS = 2000               # reconnection events kept in the report (the counts are always whole)
+MOVE_OVERLAP = 0.5              # after RECONNECT, the old connection stays this long past the new one's 366
 TEXT_MAX = 400
 # --tpp grows the room the way TPP grew, 5k to 50k viewers: the rate starts at a tenth and
 # reaches the full --rate after --ramp seconds.
@@ -456,6 +464,8 @@ class Client:
         self.edge: str | None = None    # the edge behind the frontend, as its 002 line names it
         self.since: float | None = None  # wall time the session was set up (366)
         self.lost_reason = ""
+        self.moving = False         # RECONNECT received: a new connection is being set up in its place
+        self.gone_while_moving = False   # ...and the server closed this one before the new one was in
 
     # -- bytes in --
 
@@ -488,6 +498,8 @@ class Client:
                 self.joined.set_result(True)
         elif cmd == "PING":
             self.send_line(irc.encode("PONG", m.params[-1] if m.params else self.plan.host, trailing=True))
+        elif cmd == "RECONNECT":
+            self.gen.reconnect_asked(self)
         elif cmd in ("464", "433", "432", "451"):
             self._fail("registration_failed", f"{cmd} {m.params[-1] if m.params else ''}")
         elif cmd in ("403", "405", "471", "473", "474", "475"):
@@ -513,6 +525,8 @@ class Client:
             self.joined.set_exception(SetupFailed("connection_closed", f"{self.plan.nick} via "
                                                   f"{self.plan.address}:{self.plan.port}: closed during set-up: {reason}",
                                                   retry=True))
+        elif self.ready and not self.closing and self.moving:
+            self.gen.lost_while_moving(self)      # not an error: the move RECONNECT asked for goes on
         elif self.ready and not self.closing:
             self.gen.tally.error("disconnected", f"{self.plan.nick} ({self.plan.transport} to "
                                                  f"{self.plan.host}): {reason}")
@@ -670,6 +684,9 @@ class Generator:
         self.window_latency = Histogram()
         self._last_point = (0, 0, 0, 0, 0, 0)
         self.recent_ids: dict[str, tuple[set, deque]] = {}   # receiver nick -> its last DEDUP_WINDOW ids
+        self.overlap_until: dict[str, float] = {}  # nick -> while it has two connections (a RECONNECT move)
+        self.reconnect_count = 0                   # moves RECONNECT asked for, done
+        self.reconnect_events: list[dict[str, Any]] = []
 
     # -- events from clients --
 
@@ -690,6 +707,8 @@ class Generator:
                 self.tally.echo(msg_id, client.plan.room, now)
             return       # another sender's message: senders are not counted as receivers
         if self.seen_before(client.plan.nick, msg_id):
+            if time.monotonic() < self.overlap_until.get(client.plan.nick, 0.0):
+                return   # the same message on both connections of a RECONNECT move: counted once
             self.tally.duplicates += 1
             self.tally.error("duplicate", f"{client.plan.nick} got message {msg_id} twice")
             return
@@ -803,6 +822,72 @@ class Generator:
                                edge=client.edge or "unknown", was=event.get("edge") or "unknown")
                 return
             delay = min(delay * 2, RECONNECT_MAX)
+
+    # -- RECONNECT: the edge is going away --
+
+    def reconnect_asked(self, client: Client) -> None:
+        """Twitch's RECONNECT, honoured as tmi.js does, but make-before-break: a new connection
+        through the same frontend, registered and in the same room, before the old one is closed."""
+        if client.moving or client.closing or not client.ready or self.stop.is_set():
+            return
+        client.moving = True
+        self.overlap_until[client.plan.nick] = float("inf")
+        self._spawn(self.move(client, time.time()))
+
+    def lost_while_moving(self, client: Client) -> None:
+        """The edge closed the old connection before the new one was in its room: until it is, the
+        receiver is not expected (as one reconnecting), and a sender does not send."""
+        client.gone_while_moving = True
+        if client in self.receivers:
+            self.tally.receivers[client.plan.room] = self.tally.receivers.get(client.plan.room, 1) - 1
+        if client in self.senders:
+            self.senders.remove(client)
+
+    async def move(self, old: Client, asked_at: float) -> None:
+        p = old.plan
+        new = None
+        try:
+            new = await self.connect_one(p, self.slots, time.monotonic() + SETUP_TIMEOUT)
+        finally:
+            if new is None or self.stop.is_set():
+                self.overlap_until.pop(p.nick, None)
+        if new is None or self.stop.is_set():
+            if new is not None:
+                await new.close()
+            old.moving = False
+            if old.gone_while_moving and not self.stop.is_set():
+                # No new connection: the loss is a loss after all.
+                if p.sender and old not in self.senders:
+                    self.senders.append(old)
+                if old in self.receivers:
+                    self.tally.receivers[p.room] = self.tally.receivers.get(p.room, 0) + 1
+                self.tally.error("disconnected", f"{p.nick} ({p.transport} to {p.host}): {old.lost_reason} "
+                                                 "(RECONNECT asked; no new connection came up)")
+                self.disconnected(old)
+            return
+        # Echoes of what the old connection sent may come back on either.
+        new.outstanding = old.outstanding
+        new.notices, old.notices = old.notices, 0
+        for group in (self.clients, self.receivers, self.senders):
+            if old in group:
+                group[group.index(old)] = new
+        if p.sender and new not in self.senders:
+            self.senders.append(new)
+        if old.gone_while_moving and new in self.receivers:
+            self.tally.receivers[p.room] = self.tally.receivers.get(p.room, 0) + 1
+        # What was already on its way to the old edge still arrives there: the old connection
+        # stays a moment past the new 366, and copies seen on both count once.
+        await asyncio.sleep(MOVE_OVERLAP)
+        await old.close()
+        new.notices += old.notices
+        self.overlap_until[p.nick] = time.monotonic() + MOVE_OVERLAP
+        self.reconnect_count += 1
+        if len(self.reconnect_events) < MAX_EVENTS:
+            self.reconnect_events.append({
+                "nick": p.nick, "sender": p.sender, "room": p.room, "transport": p.transport,
+                "frontend": p.host,
+                "edge": old.edge, "asked_at": round(asked_at, 3), "back_at": _round(new.since),
+                "back_edge": new.edge, "closed_by_edge_first": old.gone_while_moving})
 
     def _spawn(self, coro) -> None:
         task = asyncio.ensure_future(coro)
@@ -1137,6 +1222,8 @@ class Generator:
             "edges": {"at_start": dict(self.edges_at_start),
                       "at_end": dict(Counter(c.edge or "unknown" for c in self.clients))},
             "reconnections": self.reconnections(),
+            # Moves RECONNECT asked for (an edge drained or stopping), make-before-break: not losses.
+            "reconnects": self.reconnect_count, "reconnect_events": list(self.reconnect_events),
         }
 
     def reconnections(self) -> dict[str, Any]:
@@ -1335,6 +1422,10 @@ def format_report(r: dict[str, Any]) -> str:
             cg = r["completeness_with_gaps"]
             lines.append(f"  {r['excluded_while_disconnected']} deliveries excluded while receivers reconnected; "
                          f"counted as missed, completeness {'-' if cg is None else f'{cg * 100:.3f}%'}")
+    if r.get("reconnects"):
+        moved = Counter(f"{e['edge']} -> {e['back_edge']}" for e in r.get("reconnect_events") or [])
+        lines.append(f"  RECONNECT followed {r['reconnects']} times, make-before-break ("
+                     + ", ".join(f"{k} x{v}" for k, v in sorted(moved.items())) + ")")
     if r["skipped"]:
         lines.append(f"  the generator fell behind and skipped {r['skipped']} messages (its machine's CPU is the limit)")
     if r["errors"]:

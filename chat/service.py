@@ -116,6 +116,7 @@ def parse_args(service: str, argv: list[str] | None = None) -> Context:
 
 OPEN_PATHS = frozenset({"/healthz", "/metrics"})   # read-only, nothing secret: probes and Prometheus
 ADMIN_PATH = "/v1/admin/upstream"                  # its own check, with the control plane's API token
+ADMIN_PATHS = frozenset({ADMIN_PATH, "/v1/admin/drain"})   # the drain route: chat/drain.py, the edge's
 
 
 def bearer_matches(request: web.Request, token: str) -> bool:
@@ -135,7 +136,7 @@ def internal_auth(ctx: Context):
         # slashes) can reach a guarded handler as an open one. None for a path nobody serves.
         resource = request.match_info.route.resource
         route = resource.canonical if resource is not None else None
-        if route in OPEN_PATHS or route == ADMIN_PATH or bearer_matches(request, ctx.internal_token):
+        if route in OPEN_PATHS or route in ADMIN_PATHS or bearer_matches(request, ctx.internal_token):
             return await handler(request)
         return web.json_response(
             {"error": "missing or wrong internal token (Authorization: Bearer <token>; "
@@ -203,6 +204,9 @@ def _refused(ctx: Context, request: web.Request) -> web.Response | None:
         return web.json_response({"error": "missing or wrong API token (Authorization: Bearer <token>)"},
                                  status=401, headers={"WWW-Authenticate": "Bearer"})
     return None
+
+
+admin_refused = _refused     # for admin routes added outside this module (chat/drain.py)
 
 
 def _settings_line(settings: dict[str, Any]) -> str:

@@ -96,6 +96,15 @@ def _duration(value: Any) -> str:
     return value
 
 
+def _duration_or_zero(value: Any) -> str:
+    """A duration where zero means "at once" (services.edge.drain_period)."""
+    try:
+        durations.parse(value)
+    except durations.DurationError as exc:
+        raise ValueError(str(exc)) from None
+    return value
+
+
 def _text_line(value: str) -> str:
     """Free text that ends up inside an IRC line: one line of printable characters."""
     bad = next((c for c in value if not c.isprintable()), None)
@@ -109,6 +118,7 @@ Room = Annotated[str, AfterValidator(_room)]
 EnvName = Annotated[str, AfterValidator(_env_name)]
 Address = Annotated[str, AfterValidator(_address)]
 Duration = Annotated[str, BeforeValidator(_duration)]
+DurationOrZero = Annotated[str, BeforeValidator(_duration_or_zero)]
 TextLine = Annotated[str, AfterValidator(_text_line), Field(min_length=1, max_length=400)]
 HostName = Annotated[str, AfterValidator(_host_name)]
 Port = Annotated[int, Field(ge=1, le=65535)]
@@ -162,6 +172,10 @@ class EdgeService(_Model):
     # A connection that has not logged in by then is closed; a login waits at most the clue
     # timeout (5 s) for its token check.
     registration_timeout: Duration = "30s"
+    # A drained or stopped edge sends RECONNECT to its clients, then closes the ones still there
+    # over this period (chat/drain.py); 0s closes them at once. Long enough for a client honouring
+    # RECONNECT to reconnect elsewhere first, short enough for a rolling restart.
+    drain_period: DurationOrZero = "10s"
 
 
 class ClueClientSettings(_Model):

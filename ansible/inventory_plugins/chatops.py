@@ -128,7 +128,7 @@ class InventoryModule(BaseInventoryPlugin):
                 inv.set_variable(h, "chatops_cluster", cname)
                 inv.set_variable(h, "chatops_services", {
                     "edge": {"irc_port": sv.edge.irc_port, "ws_port": sv.edge.ws_port,
-                             "http_port": sv.edge.http_port},
+                             "http_port": sv.edge.http_port, "drain_period": sv.edge.drain_period},
                     "clue": {"port": sv.clue.port},
                     "exchange": {"port": sv.exchange.port},
                 })

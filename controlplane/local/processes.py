@@ -6,6 +6,7 @@ ready) so the supervisor never needs to know what a Redis or an HAProxy is.
 from __future__ import annotations
 
 import csv
+import signal
 import socket
 import sys
 import urllib.error
@@ -39,6 +40,9 @@ class ProcessSpec:
     settled: Callable[[], bool] | None = None
     # A client of the cluster (the load generator): started only once everything has settled.
     client: bool = False
+    # What stop_all sends. An edge drains its clients on SIGTERM (chat/drain.py), which a whole
+    # cluster stopping has no use for: SIGINT makes it send RECONNECT and close them at once.
+    stop_signal: int = signal.SIGTERM
 
 
 def redis_ping(address: str, port: int, timeout: float = 0.5) -> bool:
@@ -92,7 +96,8 @@ def _chat_spec(cf: ClusterFile, config: Path, host: str, kind: str, port: int, h
     return ProcessSpec(
         name=f"{kind}-{host}", kind=kind, host=host, address=address, port=port,
         argv=[sys.executable, "-m", f"chat.{kind}", "--config", str(config), "--host", host],
-        describe=describe, ready=lambda: http_healthy(address, health_port), stage=kind)
+        describe=describe, ready=lambda: http_healthy(address, health_port), stage=kind,
+        stop_signal=signal.SIGINT if kind == "edge" else signal.SIGTERM)
 
 
 def _redis_spec(cf: ClusterFile, run: RunDir, name: str, shard_name: str, host: str, port: int,

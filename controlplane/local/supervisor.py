@@ -385,10 +385,11 @@ class Supervisor:
         self.run.state_file.unlink(missing_ok=True)
 
     def _terminate(self, live: list[Managed]) -> None:
-        """SIGTERM all of them at once, then SIGKILL whatever outlives the grace."""
+        """Signal all of them at once (SIGTERM; SIGINT for edges, which then close their clients at
+        once instead of draining them), then SIGKILL whatever outlives the grace."""
         for m in live:
             try:
-                m.proc.terminate()
+                m.proc.send_signal(m.spec.stop_signal)
             except ProcessLookupError:
                 pass
         deadline = time.monotonic() + STOP_GRACE

@@ -2,7 +2,8 @@
 until it is healthy again.
 
 Locally the supervisor owns every process: the action sends the process SIGTERM (and SIGCONT, so
-a hung, stopped process acts on it; SIGKILL after STOP_WITHIN_S if it still has not exited), the
+a hung, stopped process acts on it; SIGKILL after STOP_WITHIN_S if it still has not exited, plus
+services.edge.drain_period for an edge, which first sends its clients RECONNECT and drains them), the
 supervisor sees it exit and starts it again (at once for a process that ran long, with its usual backoff for
 one that keeps dying), and the action waits for state.json to show a new pid that is up. The plan's
 fingerprint is the pid it saw, so a process that restarted on its own since is a stale plan.
@@ -14,6 +15,7 @@ import os
 import signal
 import time
 
+from cluster.durations import seconds
 from cluster.state import read_state
 from controlplane.remediation.base import BadParams, Context, Draft, Outcome, Param, Unavailable
 
@@ -100,9 +102,17 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def stop_grace(cf, process: dict) -> float:
+    """How long SIGTERM may take: an edge first drains its clients over services.edge.drain_period
+    (chat/drain.py), then exits."""
+    if process.get("kind") != "edge" or cf.cluster_of(process.get("host", "")) is None:
+        return STOP_WITHIN_S
+    return STOP_WITHIN_S + seconds(cf.clusters[cf.cluster_of(process["host"])].services.edge.drain_period)
+
+
 def apply(ctx: Context, params: dict, draft: Draft) -> Outcome:
     old = draft.state["pid"]
-    terminate(old)
+    terminate(old, stop_grace(ctx.cf, draft.details["process"]))
     deadline = time.monotonic() + HEALTHY_WITHIN_S
     while time.monotonic() < deadline:
         p = {x["name"]: x for x in (read_state(ctx.run) or {}).get("processes", [])}.get(_name(params))

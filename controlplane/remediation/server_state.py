@@ -4,6 +4,10 @@ These are the primitives a remediation applies (drain a shard's server, take it 
 it back its weight); they moved here from collectors/haproxy.py, which only reads. Every name is
 checked before anything is sent: a backend or server name able to carry a space, `;`, `/` or a
 newline could smuggle a second runtime command into the first.
+
+For an edge's server (be_edge_<cluster>, be_edge_ws_<cluster>) the edge itself is told too
+(edge_drain.py): drain and maint make it RECONNECT its clients, after HAProxy stops sending it new
+ones; ready makes it accept again, before HAProxy sends it any.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from pathlib import Path
 
 from collectors import haproxy as hc
 from collectors.haproxy_runtime import RuntimeAPIError, command
+from controlplane.remediation import edge_drain
 from controlplane.remediation.base import BadParams, Context, Draft, Outcome, Param, Unavailable
 
 _NAME = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
@@ -127,14 +132,31 @@ def plan(ctx: Context, params: dict) -> Draft:
         else:
             diff.append(f"  {h} {backend}/{server}: {v['state']} weight {v['weight']} (already)")
     diff.append("  (runtime only: the cluster file has no key for a server's state; no reload)")
+    edge = _edge(ctx, backend, server, params["state"])
+    if edge is not None and not ctx.replanning:
+        lines, edge_change, _ = edge_drain.plan_lines(ctx.cf, edge, edge_drain.wanted(params["state"]))
+        diff += lines
+        changes = changes or edge_change
     what = " ".join(x for x in (params["state"], f"weight {params['weight']}" if params["weight"] is not None
                                 else None) if x)
     return Draft(summary=f"set {backend}/{server} {what} on {', '.join(present)}", diff=diff,
                  preconditions=[f"{h}'s HAProxy admin socket answers" for h in present],
-                 state=now, details={"hosts": list(present)}, changes=changes)
+                 state=now, details={"hosts": list(present), "edge": edge}, changes=changes)
+
+
+def _edge(ctx: Context, backend: str, server: str, state: str | None) -> str | None:
+    """The edge to tell too (chat/drain.py), when the server is an edge and the state changes."""
+    return edge_drain.edge_of(ctx.cf, backend, server) if edge_drain.wanted(state) is not None else None
 
 
 def apply(ctx: Context, params: dict, draft: Draft) -> Outcome:
+    # An edge accepts again before HAProxy sends it clients, and is drained only once HAProxy
+    # sends it no more: its RECONNECTed clients must land on another edge.
+    # An edge that does not answer is down, so it holds no clients: HAProxy's part still applies.
+    edge = draft.details.get("edge")
+    said = []
+    if edge is not None and params["state"] == "ready":
+        said.append(_tell(ctx, edge, drain=False))
     done = []
     for h in draft.details["hosts"]:
         sock = ctx.run.haproxy_socket(h)
@@ -146,4 +168,14 @@ def apply(ctx: Context, params: dict, draft: Draft) -> Outcome:
         except (RuntimeAPIError, ValueError) as exc:
             return Outcome(False, f"{h}: {exc} (done: {', '.join(done) or 'none'})", {"hosts": done})
         done.append(h)
-    return Outcome(True, f"{params['backend']}/{params['server']} set on {', '.join(done)}", {"hosts": done})
+    if edge is not None and params["state"] != "ready":
+        said.append(_tell(ctx, edge, drain=True))
+    text = f"{params['backend']}/{params['server']} set on {', '.join(done)}"
+    return Outcome(True, "; ".join([text, *said]), {"hosts": done, "edge": said or None})
+
+
+def _tell(ctx: Context, edge: str, drain: bool) -> str:
+    try:
+        return edge_drain.apply(ctx.cf, edge, drain)
+    except Unavailable as exc:
+        return f"edge {edge} not told: {exc}"

@@ -63,7 +63,8 @@ def test_list_has_every_host_of_the_default_with_address_and_groups(tmp_path):
     assert groups["redis2"] == {"redis", "shard_shard2", "shard_shard3"}
     assert groups["controlplane"] == {"controlplane"}
     # Ports come from cluster/, the same numbers the supervisor binds.
-    assert hv["chat1"]["chatops_services"]["edge"] == {"irc_port": 16667, "ws_port": 18080, "http_port": 17080}
+    assert hv["chat1"]["chatops_services"]["edge"] == {"irc_port": 16667, "ws_port": 18080,
+                                                   "http_port": 17080, "drain_period": "10s"}
     assert hv["chat1"]["chatops_haproxy"]["listeners"][2] == {"shard": "shard2", "port": 2002}
     assert hv["chat1"]["chatops_haproxy"]["stats_port"] == 8404
     assert hv["chat-testing"]["chatops_cluster"] == "testing"

@@ -210,6 +210,38 @@ async def _duplicates(gen: loadgen.Generator) -> None:        # clients need a r
     assert len(gen.recent_ids[b.plan.nick][0]) == loadgen.DEDUP_WINDOW
 
 
+def test_reconnect_is_honoured_once_and_copies_during_the_move_count_once(tmp_path):
+    """RECONNECT (as bytes from the server) starts one move, however often it comes; a copy of a
+    message seen on both connections of a move is not a duplicate; an old connection the server
+    closes while the move is under way is no error, and becomes a plain loss only if the new
+    connection never comes up (here nothing listens on the planned frontend)."""
+    asyncio.run(_reconnect(_generator(tmp_path)))
+
+
+async def _reconnect(gen: loadgen.Generator) -> None:
+    old = loadgen.TcpClient(gen, gen.plans[0], None)
+    old.ready = True
+    old.joined.set_result(True)
+    gen.clients.append(old)
+    gen.receivers.append(old)
+    gen.tally = Tally({"degentp": 4})
+    old.feed(b":tmi.chatops.local RECONNECT\r\n:tmi.chatops.local RECONNECT\r\n")
+    assert old.moving and len(gen.tasks) == 1
+    gen.tally.echo("m1", "degentp", 0.0)
+    gen.privmsg(old, _privmsg(gen, "m1"))
+    gen.privmsg(loadgen.TcpClient(gen, old.plan, None), _privmsg(gen, "m1"))   # the new connection's copy
+    assert gen.tally.duplicates == 0 and not gen.tally.errors
+    old.lost("closed by the server")
+    assert not gen.tally.errors and gen.tally.receivers["degentp"] == 3        # away, not expected
+    await asyncio.gather(*gen.tasks)
+    assert not old.moving and gen.reconnect_count == 0
+    assert gen.tally.errors["disconnected"] == 1 and gen.tally.errors["connect"] == 1
+    assert any("no new connection came up" in e for e in gen.tally.examples), gen.tally.examples
+    assert gen.lost_count == 1 and gen.tally.receivers["degentp"] == 4        # a timed run: counted missed
+    gen.tally.settle(5.0)
+    assert (gen.tally.delivered, gen.tally.expected) == (1, 4)
+
+
 def test_series_points_say_which_echoes_they_judged(tmp_path):
     """--series: each point carries its completeness, duplicates and the wall-clock span of the
     echoes it settled, so a fault at a known time can be matched to its messages."""
@@ -372,7 +404,7 @@ def test_unbounded_run_logs_in_the_talks_shape_and_stops_cleanly_on_sigterm(clus
 
 
 def test_timed_run_with_reconnect_brings_back_the_clients_of_a_restarted_edge(cluster):
-    """`--reconnect`: an edge restarted mid-run (SIGTERM; the supervisor starts it again) loses its
+    """`--reconnect`: an edge crashing mid-run (SIGKILL; the supervisor starts it again) loses its
     clients, each comes back through its frontend, and the report names every loss with its edge.
     Clients of the other edge keep their session; completeness counts the connected receivers,
     completeness_with_gaps the messages missed while away."""
@@ -383,7 +415,8 @@ def test_timed_run_with_reconnect_brings_back_the_clients_of_a_restarted_edge(cl
     try:
         time.sleep(4)
         old = cluster.pid_of("edge-chat1")
-        os.kill(old, signal.SIGTERM)
+        # Not SIGTERM: that drains the edge, and its clients follow RECONNECT instead of losing it.
+        os.kill(old, signal.SIGKILL)
         out, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
