@@ -9,11 +9,20 @@ import time
 
 import yaml
 
-from cluster import clusterfile
+from cluster import clusterfile, secrets
 from cluster.rundir import RunDir
 from controlplane.local import processes
 from controlplane.local.supervisor import SETTLE_NS, Supervisor, pid_alive
-from tests.conftest import chatops, cluster_up, read_state, require, small_cluster, wait_for, write_cluster
+from tests.conftest import (
+    chatops,
+    cluster_up,
+    read_state,
+    require,
+    secret_variables,
+    small_cluster,
+    wait_for,
+    write_cluster,
+)
 
 
 def _pids(c) -> dict[str, int]:
@@ -124,7 +133,7 @@ class _Lines(logging.Handler):
         self.lines.append(f"[{record.remote or '-'}] {record.getMessage()}")
 
 
-def test_moved_shard_gets_its_new_process_and_the_old_one_stops(tmp_path, run_dir, subnet):
+def test_moved_shard_gets_its_new_process_and_the_old_one_stops(tmp_path, run_dir, subnet, monkeypatch):
     """Called directly: reconcile() keys processes by (name, address, port)."""
     require("redis-server")
     config = write_cluster(tmp_path / "cluster.yaml", small_cluster(subnet))
@@ -133,7 +142,11 @@ def test_moved_shard_gets_its_new_process_and_the_old_one_stops(tmp_path, run_di
     lines = _Lines()
     log.addHandler(lines)
     log.setLevel(logging.INFO)
-    sup = Supervisor(processes.redis_specs(clusterfile.load(config).spec, run), run, log, str(config), 10.0)
+    cf = clusterfile.load(config).spec
+    for name in secret_variables():
+        monkeypatch.delenv(name, raising=False)   # so what ensure_local sets is undone after the test
+    secrets.ensure_local(cf, run)   # as `chatops up` does first; the shards' ACL file needs them
+    sup = Supervisor(processes.redis_specs(cf, run), run, log, str(config), 10.0)
     try:
         sup.acquire()
         sup.start_all()
