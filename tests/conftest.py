@@ -315,6 +315,24 @@ def open_idle(address: str, port: int, n: int) -> list:
     return socks
 
 
+def drop_at_maxclients(admin, address: str, slack: int = 3) -> int:
+    """The talk's shard at maxclients, made exact: `address`'s connections (a chat host's clue,
+    through its HAProxy listener) are killed after maxclients is lowered to what stays connected
+    without them, less `slack` so a few other clients leaving meanwhile free no slot; reconnecting,
+    that clue is refused. Lowering maxclients closes nobody. Returns how many were killed (clue
+    holds up to services.clue.cache_max_conns to a shard, more while JOINs ask for room states)."""
+    from collectors import redis as rc
+    from controlplane.remediation.kill_clients import parse_clients
+
+    mine = [cl["id"] for cl in parse_clients(admin.call("CLIENT", "LIST")) if cl["ip"] == address]
+    assert mine, f"{address} holds no connection to the shard"
+    connected = rc.parse_info(admin.call("INFO", "clients"))["clients"]["connected_clients"]
+    assert admin.call("CONFIG", "SET", "maxclients", str(connected - len(mine) - slack)) == "OK"
+    for cid in mine:
+        admin.call("CLIENT", "KILL", "ID", str(cid))
+    return len(mine)
+
+
 def start_loadgen(c: RunningCluster, source: str, *, clients: int, duration: float, room: str = "lobby"):
     """`chatops loadgen --json` against a running cluster, from its own loopback address, with
     two senders at 10 messages/s into `room`: the traffic a change must not disturb. Read its

@@ -6,8 +6,8 @@ the leak as the root cause, and shows it with its evidence in the API and on the
 
 Redis refuses a client only above maxclients, and clue's old connections free their slots the
 moment they close, so "at maxclients" is made exact the way an operator would meet it: an admin
-connection opened before the leak lowers maxclients to what is connected, then drops clue's
-connections (as a restart or an idle timeout in front of Redis would)."""
+connection opened before the leak lowers maxclients to what stays connected without clue, then
+drops clue's connections (as a restart or an idle timeout in front of Redis would)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from chat import keys
 from chat.sharding import SlotMap
 from collectors import redis as rc
 from controlplane.database import Database
-from tests.conftest import live_controlplane, open_idle, redis_creds, wait_for
+from tests.conftest import drop_at_maxclients, live_controlplane, open_idle, redis_creds, wait_for
 
 LEAK = 2000
 ROOM = "lobby"                                  # small_cluster's main room
@@ -52,14 +52,7 @@ def test_leaked_clients_plus_refused_clue_make_one_incident_with_the_chain():
             open_kinds = lambda: {(f["kind"], f["subject"]) for f in db.findings(open_only=True)}  # noqa: E731
             wait_for(lambda: ("leaked_clients", f"chat-testing->{SHARD}") in open_kinds(), 40, 0.5,
                      "the leak to be found")
-            connected = rc.parse_info(admin.call("INFO", "clients"))["clients"]["connected_clients"]
-            assert admin.call("CONFIG", "SET", "maxclients", str(connected - 5)) == "OK"
-            fields = [dict(f.split(b"=", 1) for f in line.split(b" ") if b"=" in f)
-                      for line in admin.call("CLIENT", "LIST").splitlines()]
-            clue_ids = [f[b"id"].decode() for f in fields if f[b"addr"].rsplit(b":", 1)[0].decode() == chat1]
-            assert clue_ids, "clue-chat1 held no connection to the room's shard"
-            for cid in clue_ids:
-                admin.call("CLIENT", "KILL", "ID", cid)
+            drop_at_maxclients(admin, chat1)
             wanted = {("ingestion_timeouts", "clue-chat1"), ("ingestion_timeouts", "edge-chat1"),
                       ("leaked_clients", f"chat-testing->{SHARD}")}
             wait_for(lambda: wanted <= open_kinds(), 60, 0.5, f"findings {sorted(wanted)}")

@@ -21,7 +21,7 @@ from chat.sharding import SlotMap
 from collectors import redis as rc
 from controlplane.database import Database
 from controlplane.remediation.kill_clients import parse_clients
-from tests.conftest import REPO, live_controlplane, open_idle, redis_creds, wait_for
+from tests.conftest import REPO, drop_at_maxclients, live_controlplane, open_idle, redis_creds, wait_for
 
 TOKEN = "leak-fix-test-token"
 LEAK = 2000
@@ -52,11 +52,7 @@ def leak_to_maxclients(c, admin: rc.Conn, db: Database) -> tuple[list[socket.soc
     socks = open_idle(testing, port, LEAK)
     open_kinds = lambda: {(f["kind"], f["subject"]) for f in db.findings(open_only=True)}  # noqa: E731
     wait_for(lambda: ("leaked_clients", f"chat-testing->{SHARD}") in open_kinds(), 40, 0.5, "the leak to be found")
-    connected = rc.parse_info(admin.call("INFO", "clients"))["clients"]["connected_clients"]
-    assert admin.call("CONFIG", "SET", "maxclients", str(connected - 5)) == "OK"
-    for cl in parse_clients(admin.call("CLIENT", "LIST")):
-        if cl["ip"] == chat1:
-            admin.call("CLIENT", "KILL", "ID", str(cl["id"]))
+    drop_at_maxclients(admin, chat1)
     wanted = {("ingestion_timeouts", "clue-chat1"), ("leaked_clients", f"chat-testing->{SHARD}")}
     wait_for(lambda: wanted <= open_kinds(), 60, 0.5, f"findings {sorted(wanted)}")
     return socks, testing
