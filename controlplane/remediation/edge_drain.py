@@ -7,15 +7,10 @@ with the control plane's API token as /v1/admin/upstream takes it.
 
 from __future__ import annotations
 
-import json
-import os
-import urllib.error
-import urllib.request
-
+from controlplane.remediation import service_admin
 from controlplane.remediation.base import Unavailable
 
 PATH = "/v1/admin/drain"
-TIMEOUT_S = 5.0
 
 
 def edge_of(cf, backend: str, server: str) -> str | None:
@@ -35,20 +30,8 @@ def wanted(state: str | None) -> bool | None:
 
 
 def call(cf, host: str, method: str) -> dict:
-    env = cf.controlplane.auth_token_env
-    token = os.environ.get(env)
-    if not token:
-        raise Unavailable(f"{env} is not set: the edge's drain route needs the control plane's token")
     port = cf.clusters[cf.cluster_of(host)].services.edge.http_port
-    url = f"http://{cf.address(host)}:{port}{PATH}"
-    req = urllib.request.Request(url, method=method, headers={"Authorization": f"Bearer {token}"})
-    try:
-        with urllib.request.urlopen(req, timeout=TIMEOUT_S) as resp:
-            return json.load(resp)
-    except urllib.error.HTTPError as exc:
-        raise Unavailable(f"edge-{host}: {method} {PATH}: {exc.code} {exc.read()[:200]!r}") from None
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        raise Unavailable(f"edge-{host} {PATH}: {getattr(exc, 'reason', exc)}") from None
+    return service_admin.call(cf, host, port, PATH, method, f"edge-{host}")
 
 
 def plan_lines(cf, host: str, drain: bool) -> tuple[list[str], bool, dict | None]:

@@ -13,13 +13,9 @@ file has no key for.
 
 from __future__ import annotations
 
-import json
-import os
-import urllib.error
-import urllib.request
-
 from cluster import writeback
 from collectors.services import service_port
+from controlplane.remediation import service_admin
 from controlplane.remediation.base import BadParams, Context, Draft, Outcome, Param, Unavailable
 
 NAME = "set_keepalive"
@@ -30,7 +26,6 @@ SERVICES = ("exchange", "edge", "clue")
 FILE_KEYS = {"exchange": {"keepalive": "exchange.keepalive", "pool": "exchange.pool_size"},
              "edge": {"pool": "clue.client.pool_size"},
              "clue": {}}
-TIMEOUT_S = 5.0
 
 
 def _chat_hosts(cf) -> list[str]:
@@ -64,20 +59,8 @@ def subject(cf, params: dict) -> str:
 
 
 def _call(ctx: Context, host: str, service: str, method: str, body: dict | None = None) -> dict:
-    env = ctx.cf.controlplane.auth_token_env
-    token = os.environ.get(env)
-    if not token:
-        raise Unavailable(f"{env} is not set: the services' admin endpoint needs the control plane's token")
-    url = f"http://{ctx.cf.address(host)}:{service_port(ctx.cf, host, service)}/v1/admin/upstream"
-    req = urllib.request.Request(url, method=method, data=None if body is None else json.dumps(body).encode(),
-                                 headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=TIMEOUT_S) as resp:
-            return json.load(resp)
-    except urllib.error.HTTPError as exc:
-        raise Unavailable(f"{service}-{host}: {method} /v1/admin/upstream: {exc.code} {exc.read()[:200]!r}") from None
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        raise Unavailable(f"{service}-{host} admin endpoint: {getattr(exc, 'reason', exc)}") from None
+    return service_admin.call(ctx.cf, host, service_port(ctx.cf, host, service), "/v1/admin/upstream", method,
+                              f"{service}-{host}", body)
 
 
 def _wanted(params: dict) -> dict:
