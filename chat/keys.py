@@ -39,7 +39,7 @@ def color(login: str) -> str:        # string: #RRGGBB
     return f"{{{login}}}.color"
 
 
-def room(name: str) -> str:          # hash: id, broadcaster
+def room(name: str) -> str:          # hash: id, broadcaster, and the modes (chat.roommodes.FIELDS)
     return f"{{{name}}}.room"
 
 
@@ -55,8 +55,6 @@ def ratelimits(name: str) -> str:    # hash of per-room overrides: room_rate, us
     return f"{{{name}}}.ratelimits"
 
 
-def modes(name: str) -> str:         # hash: slow, followers, subs_only, emote_only, r9k
-    return f"{{{name}}}.modes"
 
 
 def subs(name: str) -> str:          # set of logins subscribed to the room (chatops users add --sub)
@@ -97,7 +95,7 @@ def nick_claim(nick: str) -> str:   # string: the connection holding an open-mod
 # the slot guard's reserved keys. Whole-string, ASCII.
 _TAG = r"\{[a-z0-9_]{1,25}\}"
 PUBLIC = re.compile(
-    rf"{_TAG}\.(?:user|color|room|mods|bans|ratelimits|nick_claim|modes|subs|follows|rl\.u\.[0-9]{{1,12}}"
+    rf"{_TAG}\.(?:user|color|room|mods|bans|ratelimits|nick_claim|subs|follows|rl\.u\.[0-9]{{1,12}}"
     r"|rl\.r\.[0-9]{1,12}|slow\.[0-9]{1,12}|r9k\.[0-9]{1,20})"
     r"|\{[0-9a-f]{64}\}\.token_sha256"
     rf"|{re.escape(_GUARD_PREFIX)}[a-z]{{1,20}}(?::[a-z]{{1,20}})?(?::[0-9]{{1,5}})?", re.ASCII)
@@ -105,7 +103,7 @@ PUBLIC = re.compile(
 # Durable: moderation state and identities, which must never be evicted and carry no TTL (the
 # shards run a volatile-* policy, which evicts only keys with one). Everything else clue writes
 # (the rate-limit counters, slow-mode and unique-chat marks) carries a TTL.
-DURABLE_KINDS = ("token_sha256", "user", "color", "room", "mods", "bans", "ratelimits", "modes", "subs",
+DURABLE_KINDS = ("token_sha256", "user", "color", "room", "mods", "bans", "ratelimits", "subs",
                  "follows")
 
 

@@ -3,11 +3,12 @@ moderation commands (`.delete`, `.clear`): what mods type, what the room's state
 whether a message may go out under the modes in force. Clue calls these; the rules themselves are
 pure functions, tested without Redis (tests/chat/test_twitch_state.py).
 
-State lives on the room's shard, under its hash tag (chat.keys): `{room}.modes` holds the modes,
-`{room}.subs` and `{room}.follows` who subscribes and who follows (and since when); slow mode
-and unique chat leave short-lived marks (`{room}.slow.<user id>`, `{room}.r9k.<digest>`) that
-SET NX both checks and writes. Clue reads `{room}.modes` in the pipeline it already sends for
-every message, so a room with every mode off costs one HMGET more per message and nothing else;
+State lives on the room's shard, under its hash tag (chat.keys): the room's own hash `{room}.room`
+holds the modes beside its id and broadcaster, `{room}.subs` and `{room}.follows` who subscribes
+and who follows (and since when); slow mode and unique chat leave short-lived marks
+(`{room}.slow.<user id>`, `{room}.r9k.<digest>`) that SET NX both checks and writes. Clue reads
+the modes in the HMGET of the room's hash it already sends for every message, so a room with
+every mode off costs no extra Redis command;
 only a mode in force sends one more round trip to the same shard, and only for users it applies
 to: mods and the broadcaster are exempt from every mode, as on Twitch.
 """
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 
 from chat import keys, twitch
 
-FIELDS = ("slow", "followers", "subs_only", "emote_only", "r9k")    # `{room}.modes`, HMGET order
+FIELDS = ("slow", "followers", "subs_only", "emote_only", "r9k")    # fields of `{room}.room`, HMGET order
 TAGS = {"emote_only": "emote-only", "followers": "followers-only", "r9k": "r9k", "slow": "slow",
         "subs_only": "subs-only"}
 SLOW_DEFAULT = 30           # seconds, Twitch's `/slow` without a number
@@ -39,7 +40,7 @@ class Modes:
 
     @classmethod
     def from_redis(cls, values) -> Modes:
-        """From HMGET `{room}.modes` FIELDS. Values only clue writes; anything unreadable is off."""
+        """From HMGET `{room}.room` FIELDS. Values only clue writes; anything unreadable is off."""
         if not any(values):
             return ALL_OFF          # most rooms, for every message: no parsing
         slow, followers, subs_only, emote_only, r9k = (_text(v) for v in values)
@@ -298,7 +299,7 @@ async def enforce(cache, modes: Modes, room: str, login: str, uid: str, text: st
     if need is None:
         return None
     if need.reads:
-        pipe = cache.pipeline_for(keys.modes(room))
+        pipe = cache.pipeline_for(keys.room(room))
         if need.subs:
             pipe.sismember(keys.subs(room), login)
         if need.follows:
@@ -309,7 +310,7 @@ async def enforce(cache, modes: Modes, room: str, login: str, uid: str, text: st
         if refusal := reads_refusal(modes, room, need, is_sub, followed_at, now):
             return refusal
     if need.writes:
-        pipe = cache.pipeline_for(keys.modes(room))
+        pipe = cache.pipeline_for(keys.room(room))
         if need.r9k:
             pipe.set(keys.r9k(room, text_digest(text)), 1, nx=True, ex=R9K_WINDOW)
         if need.slow:
