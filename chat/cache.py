@@ -91,7 +91,7 @@ class ShardEndpoint:
 # -- which arguments of a command are keys --
 # redis-py passes a subcommand inside the name ("CLIENT LIST", "OBJECT ENCODING"), so the first
 # argument after the name is the key for every command not listed here.
-_NO_KEYS, _ALL, _TWO, _ALL_BUT_LAST, _PAIRS, _NUMKEYS = range(6)
+_NO_KEYS, _ALL, _TWO, _ALL_BUT_LAST, _PAIRS, _NUMKEYS, _PRIVMSG_OP = range(7)
 _KINDS: dict[str, int] = {
     **dict.fromkeys("PING ECHO INFO TIME DBSIZE CLIENT CONFIG COMMAND SCRIPT FUNCTION FLUSHDB "
                     "FLUSHALL SELECT HELLO AUTH SLOWLOG LATENCY DEBUG SCAN RANDOMKEY KEYS MULTI "
@@ -104,6 +104,7 @@ _KINDS: dict[str, int] = {
     **dict.fromkeys("BLPOP BRPOP".split(), _ALL_BUT_LAST),
     **dict.fromkeys("MSET MSETNX".split(), _PAIRS),
     **dict.fromkeys("EVAL EVALSHA EVAL_RO EVALSHA_RO FCALL FCALL_RO".split(), _NUMKEYS),
+    slotguard.PRIVMSG_OP.upper(): _PRIVMSG_OP,
 }
 _RESOLVED: dict[Any, int] = {}    # command name as redis-py sends it -> kind, filled on first use
 
@@ -130,6 +131,8 @@ def command_keys(args: Sequence[Any]) -> Sequence[Any]:
         return args[1:-1]
     if kind == _PAIRS:
         return args[1::2]
+    if kind == _PRIVMSG_OP:
+        return args[1:1 + slotguard.PRIVMSG_KEYS]
     try:  # _NUMKEYS: name script numkeys key... arg...
         return args[3:3 + int(args[2])]
     except (IndexError, ValueError, TypeError):
@@ -675,6 +678,21 @@ class RoutedPipeline(Pipeline):
             return self._immediate(args, kwargs)
         self._queued.append(routed)
         return self.pipeline_execute_command(*args, **kwargs)
+
+    def privmsg_check(self, bans: str, mods: str, room: str, limits: str, user_counters: str,
+                      room_counter: str, login: str, user_ttl: int, room_ttl: int,
+                      room_fields: Sequence[str]) -> RoutedPipeline:
+        """Queue the guard's PRIVMSG op (chat.slotguard.PRIVMSG_LUA): the eight commands clue ran
+        per message on the room's shard, in one. Counted as those eight commands."""
+        args = (slotguard.PRIVMSG_OP, bans, mods, room, limits, user_counters, room_counter, login,
+                user_ttl, room_ttl, *room_fields)
+        cache, shard = self._cache, self._shard
+        cache._route(shard, args, self._anchor, self._slots)
+        if self._anchor is None:
+            self._anchor = bans
+        for key, n in zip(args[1:], slotguard.PRIVMSG_COMMANDS):
+            self._queued += [(key_slot(key), key_prefix(key))] * n
+        return self.pipeline_execute_command(*args)
 
     async def _immediate(self, args: tuple, kwargs: dict) -> Any:
         try:

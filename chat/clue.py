@@ -36,6 +36,7 @@ TOP_SLOTS = 32                 # per-slot series exported; 16,384 would swamp Pr
 TIMEOUT_DEFAULT = 600          # seconds, as Twitch's /timeout without a duration
 MAX_TIMEOUT = 14 * 24 * 3600   # Twitch's cap: two weeks
 ERROR_LOG_EVERY = 1.0          # seconds between "could not decide" lines; the rest are counted
+ROOM_FIELDS = ("id", "broadcaster", *roommodes.FIELDS)    # read from `{room}.room` with every message
 
 
 def user_id(login: str) -> str:
@@ -115,6 +116,13 @@ def parse_mod_command(text: str) -> ModCommand | ModRefusal | None:
                                   f"from 1 to {MAX_TIMEOUT} (two weeks), e.g. .timeout {target} 600")
         return ModCommand("timeout", target, duration, " ".join(args[reason_at:]))
     return ModCommand(word, target, 0, " ".join(args[1:]))
+
+
+@dataclass(frozen=True, slots=True)
+class _Publish:
+    """An accepted message on its way to the exchange, and what its sender is told once it is there."""
+    future: asyncio.Future
+    result: dict
 
 
 @dataclass(frozen=True)
@@ -208,43 +216,47 @@ class Clue:
     async def privmsg_batch(self, items: list[dict]) -> list[dict]:
         """Decide a batch of PRIVMSGs with one pipeline per shard, whatever the batch size.
 
-        Each message needs eight commands on its room's shard and two on its user's; grouping
-        them by shard makes a burst of N messages a handful of round trips instead of 2N, which
-        keeps a burst inside the talk's ten-connection, 100 ms cache budget."""
+        Each message is one op on its room's shard (the guard's PRIVMSG op: ban, mod, room,
+        limits and both counters) and two commands on its user's; grouping them by shard makes a
+        burst of N messages a handful of round trips instead of 2N, which keeps a burst inside the
+        talk's ten-connection, 100 ms cache budget. An ordinary message is then decided without a
+        task of its own: only commands and room modes that need Redis again await one."""
         started = time.perf_counter()
         now = time.time()
         second = int(now)
+        window = second // self.window
+        user_ttl = self.window + 1
         pipes: dict[int, object] = {}
         sizes: dict[int, int] = {}
         plans: list[tuple[int, int, int, int] | None] = []
-
-        def queue(key: str) -> tuple[object, int, int]:
-            shard = self.cache.shard_of(key)
-            if shard not in pipes:
-                pipes[shard], sizes[shard] = self.cache.pipeline_for(key), 0
-            return pipes[shard], shard, sizes[shard]
+        shard_of, pipeline_for = self.cache.shard_of, self.cache.pipeline_for
 
         for item in items:
             login, room, text = item.get("login"), item.get("room"), item.get("text")
-            if not all(isinstance(v, str) and v for v in (login, room)) or not isinstance(text, str):
+            if not (isinstance(login, str) and login and isinstance(room, str) and room
+                    and isinstance(text, str)):
                 plans.append(None)
                 continue
-            bans, ucount = keys.bans(room), keys.user_counters(room, second // self.window)
-            rcount = keys.room_counter(room, second)
-            rp, rshard, rstart = queue(bans)
-            rp.hget(bans, login)
-            rp.sismember(keys.mods(room), login)
+            bans, user = keys.bans(room), keys.user(login)
+            rshard = shard_of(bans)
+            rp = pipes.get(rshard)
+            if rp is None:
+                rp = pipes[rshard] = pipeline_for(bans)
+                sizes[rshard] = 0
             # The modes sit in the room's own hash: read with its id and broadcaster, for free.
-            rp.hmget(keys.room(room), "id", "broadcaster", *roommodes.FIELDS)
-            rp.hmget(keys.ratelimits(room), "room_rate", "user_rate")
-            rp.hincrby(ucount, login, 1)
-            rp.expire(ucount, self.window + 1, nx=True)
-            rp.incr(rcount)
-            rp.expire(rcount, 2, nx=True)
-            sizes[rshard] += 8
-            up, ushard, ustart = queue(keys.user(login))
-            up.hmget(keys.user(login), "id", "display_name", "bot")
+            rp.privmsg_check(bans, keys.mods(room), keys.room(room), keys.ratelimits(room),
+                             keys.user_counters(room, window), keys.room_counter(room, second), login,
+                             user_ttl, 2, ROOM_FIELDS)
+            rstart = sizes[rshard]
+            sizes[rshard] += 1
+            ushard = shard_of(user)
+            up = pipes.get(ushard)
+            if up is None:
+                up = pipes[ushard] = pipeline_for(user)
+                sizes[ushard] = 0
+            up.hmget(user, "id", "display_name", "bot")
             up.get(keys.color(login))
+            ustart = sizes[ushard]
             sizes[ushard] += 2
             plans.append((rshard, rstart, ushard, ustart))
 
@@ -255,19 +267,40 @@ class Clue:
             if isinstance(reply, BaseException) and not isinstance(reply, CacheUnavailable):
                 logs.event(self.ctx.log, "redis", f"pipeline failed on shard {shard}: {reply!r}", 40)
 
-        results = await asyncio.gather(*(self._decide_one(item, plan, by_shard, now)
-                                         for item, plan in zip(items, plans)))
+        results: list[dict | None] = []
+        waits: list[tuple[int, object]] = []      # (index, awaitable) of what still needs I/O
+        for k, (item, plan) in enumerate(zip(items, plans)):
+            try:
+                result = self._decide(item, plan, by_shard, now)
+            except Exception as exc:  # noqa: BLE001 -- the item fails closed, the batch goes on
+                self._report_error(item, exc)
+                result = notice("msg_rejected", "Your message was not sent: clue could not check it.")
+            if isinstance(result, dict):
+                results.append(result)
+            else:
+                results.append(None)
+                waits.append((k, result))
+        if waits:
+            done = await asyncio.gather(*(self._finish(items[k], w) for k, w in waits))
+            for (k, _), result in zip(waits, done):
+                results[k] = result
         per_item = (time.perf_counter() - started)
+        observe, count = self.m_decision.observe, self.m_messages.labels
         for result in results:
-            self.m_decision.observe(per_item)
-            self.m_messages.labels("accepted" if result["ok"] else result["notice"]["msg_id"]).inc()
+            observe(per_item)
+            count("accepted" if result["ok"] else result["notice"]["msg_id"]).inc()
         return results
 
-    async def _decide_one(self, item: dict, plan, by_shard: dict, now: float) -> dict:
-        """_decide, with any unexpected exception turned into this item's own refusal: one message
-        that raises must never fail the batch (every message in it, from every user)."""
+    async def _finish(self, item: dict, pending) -> dict:
+        """Await what `_decide` left pending (an exchange publish, or a command's own Redis and
+        exchange calls); any failure is this item's own refusal, never the batch's."""
         try:
-            return await self._decide(item, plan, by_shard, now)
+            if isinstance(pending, _Publish):
+                await pending.future
+                return pending.result
+            return await pending
+        except (CacheUnavailable, UpstreamError):  # Redis or the exchange: never send unchecked
+            return notice("msg_unavailable", "Your message was not sent: chat is temporarily unavailable.")
         except Exception as exc:  # noqa: BLE001 -- the item fails closed, the batch goes on
             self._report_error(item, exc)
             return notice("msg_rejected", "Your message was not sent: clue could not check it.")
@@ -285,15 +318,19 @@ class Clue:
         self._error_logged, self._errors_suppressed = now, 0
         logs.event(self.ctx.log, None, "could not decide a message", 40, **fields)
 
-    async def _decide(self, item: dict, plan, by_shard: dict, now: float) -> dict:
+    def _decide(self, item: dict, plan, by_shard: dict, now: float):
+        """A refusal, or what is left to await: the accepted message's publish (_Publish), or a
+        coroutine for commands and room modes that need Redis again."""
         if plan is None:
             return notice("msg_rejected", "Your message was not sent: it was malformed.")
         rshard, rstart, ushard, ustart = plan
         room_reply, user_reply = by_shard[rshard], by_shard[ushard]
         if isinstance(room_reply, BaseException) or isinstance(user_reply, BaseException):
             return notice("msg_unavailable", "Your message was not sent: chat is temporarily unavailable.")
-        ban, is_mod, (room_id, broadcaster, *modes), (room_rate, user_rate), used, _, room_used, _ = \
-            room_reply[rstart:rstart + 8]
+        checked = room_reply[rstart]
+        if isinstance(checked, Exception):      # the op failed on its own (a key of the wrong type)
+            raise checked
+        ban, is_mod, used, room_used, room_rate, user_rate, room_id, broadcaster, *modes = checked
         (uid, display, bot), color = user_reply[ustart:ustart + 2]
         login, room, text = item["login"], item["room"], item["text"]
 
@@ -319,39 +356,55 @@ class Clue:
         if isinstance(command, (ModRefusal, roommodes.Refusal)):
             return notice(command.msg_id, command.text)
         modes = roommodes.Modes.from_redis(modes)
-        try:
-            if room_command is not None:
-                return await self._room_command(room_command, role, room, room_id, modes, item, now)
-            if command is not None:
-                return await self._moderate(command, role, room, room_id, now)
+        if room_command is not None:
+            return self._room_command(room_command, role, room, room_id, modes, item, now)
+        if command is not None:
+            return self._moderate(command, role, room, room_id, now)
+        if room_used > _count(_s(room_rate), self.settings.room_rate):
+            return notice("msg_ratelimit", "Your message was not sent because this room is too busy right now.")
+        accept = self._accept(item, role, login, room, room_id, uid, text, _s(display), _s(color), now)
+        if role.privileged or not modes.any_on:
+            return accept()
+        return self._enforced(modes, item, role, uid, text, now, accept)
 
-            if room_used > _count(_s(room_rate), self.settings.room_rate):
-                return notice("msg_ratelimit", "Your message was not sent because this room is too busy right now.")
-            refusal = await roommodes.enforce(self.cache, modes, room, login, uid, text, role.privileged, now)
-            if refusal is not None:
-                return notice(refusal.msg_id, refusal.text)
+    async def _enforced(self, modes, item: dict, role: Role, uid: str, text: str, now: float, accept) -> dict:
+        """A message in a room with modes on: the modes' verdict first (it may read Redis)."""
+        refusal = await roommodes.enforce(self.cache, modes, item["room"], item["login"], uid, text,
+                                          role.privileged, now)
+        if refusal is not None:
+            return notice(refusal.msg_id, refusal.text)
+        pending = accept()
+        await pending.future
+        return pending.result
 
+    def _accept(self, item: dict, role: Role, login: str, room: str, room_id: str, uid: str, text: str,
+                display: str, color: str, now: float):
+        """The accepted message's publish, started when called: the PRIVMSG the exchange fans out,
+        and the answer the sender gets once the exchange took it."""
+        def publish() -> _Publish:
             msg_id = str(uuid.uuid4())
+            ts = str(int(now * 1000))
+            badge = badges(role)
+            mod = "1" if role.mod else "0"
             tags = {
-                "badge-info": "", "badges": badges(role), "color": _s(color), "display-name": _s(display) or login,
-                "emotes": twitch.emotes_tag(text), "first-msg": "0", "flags": "", "id": msg_id, "mod": "1" if role.mod else "0",
-                "room-id": room_id, "subscriber": "0", "tmi-sent-ts": str(int(now * 1000)), "turbo": "0",
+                "badge-info": "", "badges": badge, "color": color, "display-name": display or login,
+                "emotes": twitch.emotes_tag(text), "first-msg": "0", "flags": "", "id": msg_id, "mod": mod,
+                "room-id": room_id, "subscriber": "0", "tmi-sent-ts": ts, "turbo": "0",
                 "user-id": uid, "user-type": "mod" if role.mod else "",
             }
             client_tags = item.get("tags")
             nonce = client_tags.get("client-nonce") if isinstance(client_tags, dict) else None
             if nonce:
                 tags["client-nonce"] = str(nonce)[:64]
-            await self._publish({
+            future = self._publish({
                 "room": room, "command": "PRIVMSG", "tags": tags,
                 "source": f"{login}!{login}@{login}.{self.server_name}", "params": [f"#{room}", text],
                 "origin": {"edge": item.get("edge"), "conn": item.get("conn")},
             })
-        except (CacheUnavailable, UpstreamError):  # Redis or the exchange: never send unchecked
-            return notice("msg_unavailable", "Your message was not sent: chat is temporarily unavailable.")
-        userstate = twitch.user_tags(badges=tags["badges"], color=tags["color"],
-                                     display_name=tags["display-name"], mod=role.mod)
-        return {"ok": True, "id": msg_id, "tmi_sent_ts": tags["tmi-sent-ts"], "userstate": userstate}
+            userstate = twitch.user_tags(badges=badge, color=color, display_name=tags["display-name"],
+                                         mod=role.mod)
+            return _Publish(future, {"ok": True, "id": msg_id, "tmi_sent_ts": ts, "userstate": userstate})
+        return publish
 
     async def _room_command(self, cmd: roommodes.RoomCommand, role: Role, room: str, room_id: str,
                             modes: roommodes.Modes, item: dict, now: float) -> dict:
@@ -433,19 +486,23 @@ class Clue:
             return notice("ban_success", f"{cmd.target} is now banned from this channel.")
         return notice("timeout_success", f"{cmd.target} has been timed out for {cmd.duration} seconds.")
 
-    async def _publish(self, message: dict) -> None:
-        try:
-            await self.exchange.call(message)
-        except UpstreamFull as exc:
+    def _publish(self, message: dict) -> asyncio.Future:
+        """Hand `message` to the exchange; the future fails as the exchange call did, and the
+        failure is counted and logged here, once, whoever awaits it."""
+        future = self.exchange.call(message)
+        future.add_done_callback(self._published)
+        return future
+
+    def _published(self, future: asyncio.Future) -> None:
+        exc = None if future.cancelled() else future.exception()
+        if isinstance(exc, UpstreamFull):
             self.m_exchange_errors.labels("queue_full").inc()
             if exc.report:
                 logs.event(self.ctx.log, "exchange", f"publish failed: {exc}", 30, refused=exc.report)
-            raise
-        except UpstreamError as exc:
+        elif isinstance(exc, UpstreamError):
             kind = "timeout" if "timed out" in str(exc) else "error"
             self.m_exchange_errors.labels(kind).inc()
             logs.event(self.ctx.log, "exchange", f"publish failed: {exc}", 30)
-            raise
 
     def app(self) -> web.Application:
         app = service.metrics_app(self.ctx)

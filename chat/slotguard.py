@@ -45,10 +45,47 @@ EPOCH = "chatops:slotmap:epoch"
 
 REFUSED = "CHATOPS-MOVED"       # not MOVED: redis-py would parse that as a Redis Cluster redirect
 
+# The per-message work of a PRIVMSG on its room's shard, as one op of a batch instead of eight
+# commands: clue packed, sent and parsed each of them (and their replies) one by one, which was
+# most of its Redis cost per message. `v[a]..v[a+5]` are the keys (bans, mods, room, rate limits,
+# the user counters, the room counter), then the login, the two counters' TTLs, and the room hash's
+# fields to read, up to v[last]. Replies, flat: ban, is_mod, user count, room count, room_rate,
+# user_rate, then the room fields (nil for a missing one). The order of the reads and writes is
+# the eight commands' order, so a refusal counts the message against the limits just as before.
+PRIVMSG_OP = "chatops.privmsg"
+PRIVMSG_KEYS = 6
+# Redis commands the op runs per key, in key order: what clue counts as sent, so its per-prefix
+# and per-slot figures (hot keys, the reshard planner's load) mean what they meant before.
+PRIVMSG_COMMANDS = (1, 1, 1, 1, 2, 2)
+PRIVMSG_LUA = """
+local function privmsg(v, a, last)
+  local bans, mods, room, limits, ucount, rcount = v[a], v[a + 1], v[a + 2], v[a + 3], v[a + 4], v[a + 5]
+  local login = v[a + 6]
+  local out = {redis.call('HGET', bans, login), redis.call('SISMEMBER', mods, login)}
+  local fields = redis.call('HMGET', room, unpack(v, a + 9, last))
+  local rates = redis.call('HMGET', limits, 'room_rate', 'user_rate')
+  out[3] = redis.call('HINCRBY', ucount, login, 1)
+  redis.call('EXPIRE', ucount, v[a + 7], 'NX')
+  out[4] = redis.call('INCR', rcount)
+  redis.call('EXPIRE', rcount, v[a + 8], 'NX')
+  out[5], out[6] = rates[1], rates[2]
+  for j = 1, last - a - 8 do out[6 + j] = fields[j] end
+  return out
+end
+"""
+# The op on its own, KEYS then ARGV: what a plain client (bench.ingest's baseline) sends with
+# EVALSHA to do the same per-message work without the guard.
+PRIVMSG_SCRIPT = PRIVMSG_LUA + """
+local v = {}
+for j = 1, #KEYS do v[j] = KEYS[j] end
+for j = 1, #ARGV do v[#KEYS + j] = ARGV[j] end
+return privmsg(v, 1, #v)
+"""
+
 # ARGV: nslots, then per slot (slot, asking 0/1, nkeys, keys...), then ncmds, then per command
 # (argc, args...). Keys are passed as arguments, not KEYS: these are standalone shards, and the
-# reserved keys are read by name.
-GUARD = """
+# reserved keys are read by name. A command named PRIVMSG_OP runs that op here, in Lua.
+GUARD = PRIVMSG_LUA + """
 local owned = redis.call('GET', 'chatops:owned')
 local tracked = redis.call('GET', 'chatops:tracked')
 local function has(bits, slot)
@@ -80,7 +117,13 @@ local n = tonumber(ARGV[i])
 i = i + 1
 for c = 1, n do
   local argc = tonumber(ARGV[i])
-  out[c] = redis.pcall(unpack(ARGV, i + 1, i + argc))
+  if ARGV[i + 1] == 'chatops.privmsg' then
+    local ok, reply = pcall(privmsg, ARGV, i + 2, i + argc)
+    -- redis.call raises a Redis error as a table with `err`; anything else is Lua's own message
+    out[c] = ok and reply or redis.error_reply(type(reply) == 'table' and reply.err or tostring(reply))
+  else
+    out[c] = redis.pcall(unpack(ARGV, i + 1, i + argc))
+  end
   i = i + 1 + argc
 end
 return out
@@ -140,6 +183,7 @@ def sha1(script: str) -> str:
 
 
 GUARD_SHA = sha1(GUARD)
+PRIVMSG_SCRIPT_SHA = sha1(PRIVMSG_SCRIPT)
 # Commands a shard runs for every guarded batch besides the batch's own: the EVALSHA and its two
 # GETs (owned, tracked). A one-key batch costs the shard four commands, which the reshard planner
 # must weigh as that slot's load, not as load clue does not see.

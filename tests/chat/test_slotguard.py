@@ -135,3 +135,66 @@ def test_migrate_slots_copies_keeps_ttls_deletes_and_hands_over(r, subnet):
             r.execute_command("EVAL", slotguard.MIGRATE_SLOTS, 0,
                               *slotguard.migrate_args(address, port, 500, 3, [other], ["{q}.k"], *BARE))
         assert r.get("{q}.k") == b"v" and other in slotguard.owned_slots(r.get(slotguard.OWNED))
+
+
+# -- the PRIVMSG op --
+
+FIELDS = ("id", "broadcaster", "slow", "r9k")
+
+
+def room_keys(room: str, login: str) -> list[str]:
+    return [f"{{{room}}}.bans", f"{{{room}}}.mods", f"{{{room}}}.room", f"{{{room}}}.ratelimits",
+            f"{{{room}}}.users:7", f"{{{room}}}.count:99"]
+
+
+def eight_commands(r, room: str, login: str) -> list:
+    """What clue sent per message before the op, flattened the way the op answers."""
+    bans, mods, room_hash, limits, ucount, rcount = room_keys(room, login)
+    p = r.pipeline(transaction=False)
+    p.hget(bans, login)
+    p.sismember(mods, login)
+    p.hmget(room_hash, *FIELDS)
+    p.hmget(limits, "room_rate", "user_rate")
+    p.hincrby(ucount, login, 1)
+    p.expire(ucount, 31, nx=True)
+    p.incr(rcount)
+    p.expire(rcount, 2, nx=True)
+    ban, mod, fields, (room_rate, user_rate), used, _, room_used, _ = p.execute()
+    return [ban, int(mod), used, room_used, room_rate, user_rate, *fields]
+
+
+def seed(r, room: str, login: str) -> None:
+    bans, mods, room_hash, limits, _, _ = room_keys(room, login)
+    r.hset(bans, login, 0)
+    r.sadd(mods, "somebody_else")
+    r.hset(room_hash, mapping={"id": "42", "broadcaster": "bob", "r9k": "1"})
+    r.hset(limits, "user_rate", "5")
+
+
+def test_the_privmsg_op_answers_and_writes_what_its_eight_commands_did(r):
+    """Twice (a fresh counter, then a counting one): the op's replies equal the eight commands'
+    on a twin room, and so do the counters and their TTLs. Standalone (EVAL) and inside the guard."""
+    seed(r, "cmds", "amy")
+    seed(r, "guard", "amy")
+    seed(r, "alone", "amy")
+    for _ in range(2):
+        want = eight_commands(r, "cmds", "amy")
+        op = (slotguard.PRIVMSG_OP, *room_keys("guard", "amy"), "amy", 31, 2, *FIELDS)
+        got_guard, = guarded(r, [op])
+        got_alone = r.eval(slotguard.PRIVMSG_SCRIPT, slotguard.PRIVMSG_KEYS, *room_keys("alone", "amy"),
+                           "amy", 31, 2, *FIELDS)
+        assert got_guard == want and got_alone == want
+    assert want == [b"0", 0, 2, 2, None, b"5", b"42", b"bob", None, b"1"]
+    for room in ("cmds", "guard", "alone"):
+        ucount, rcount = room_keys(room, "amy")[4:]
+        assert 29 <= r.ttl(ucount) <= 31 and 1 <= r.ttl(rcount) <= 2, room
+
+
+def test_a_failing_op_fails_its_own_message_only(r):
+    """Hostile state: the bans key is a string. That message's op answers WRONGTYPE; the next
+    command of the same batch still runs and answers."""
+    r.set("{bad}.bans", "not a hash")
+    op = (slotguard.PRIVMSG_OP, *room_keys("bad", "eve"), "eve", 31, 2, *FIELDS)
+    bad, after = guarded(r, [op, ("SET", "{bad}.after", "1")])
+    assert isinstance(bad, redis.ResponseError) and "WRONGTYPE" in str(bad)
+    assert after == b"OK"
