@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from collectors import clientscan
 from collectors.base import Observation, source_address
 from collectors.redis import admin_auth, connect, fetch_info, find_shard
 from collectors.resp import TIMEOUT_S, Conn, RedisError, decode
@@ -254,6 +255,36 @@ def parse_client_list(data: bytes) -> ClientList:
 UNUSED_AFTER_S = 2        # younger, a connection may not have sent its first command yet
 
 
+def _new_host(name: str, ip: str, cluster_of) -> dict[str, Any]:
+    return {"host": name, "addresses": [], "cluster": cluster_of(name) if name != ip else None,
+            "count": 0, "idle_over": 0, "idle_over_long": 0, "unused": 0, "oldest_age_s": 0,
+            "max_idle_s": 0, "_cmds": Counter()}
+
+
+def _host_of(ip_b: bytes, hosts: dict[str, dict[str, Any]], host_by_address, cluster_of) -> dict[str, Any]:
+    """The host row an IP (as written in addr=) counts into, created on first sight."""
+    ip = ip_b.strip(b"[]").decode("ascii", "replace")
+    name = host_by_address.get(ip, ip)
+    h = hosts.get(name)
+    if h is None:
+        h = hosts[name] = _new_host(name, ip, cluster_of)
+    h["addresses"].append(ip)
+    return h
+
+
+def _finish(hosts: dict[str, dict[str, Any]], most_idle: list[dict[str, Any]], host_by_address, total: int,
+            lines: int, skipped: int, slow_path: bool, idle_after: float, long_idle: float,
+            top_commands: int) -> dict[str, Any]:
+    by_host = sorted(hosts.values(), key=lambda h: (-h["count"], h["host"]))
+    for h in by_host:
+        h["top_commands"] = [[k, v] for k, v in h.pop("_cmds").most_common(top_commands)]
+    for c in most_idle:
+        c["host"] = host_by_address.get(c["ip"], c["ip"])
+    return {"total": total, "idle_after_s": idle_after, "long_idle_s": long_idle,
+            "by_host": by_host, "most_idle": most_idle, "lines": lines, "skipped_lines": skipped,
+            "slow_path": slow_path}
+
+
 def aggregate_clients(cl: ClientList, host_by_address: dict[str, str], cluster_of, idle_after: float = 60.0,
                       long_idle: float = 600.0, top_n: int = 20, top_commands: int = 5) -> dict[str, Any]:
     """Per source host: total, idle counts, oldest age, top commands; plus the top-N most idle clients.
@@ -264,22 +295,15 @@ def aggregate_clients(cl: ClientList, host_by_address: dict[str, str], cluster_o
 
     `host_by_address` maps an IP to a host name (unknown IPs stay as the IP); `cluster_of(host)`
     names the host's chat cluster, or None. Loops over the distinct (ip, age, idle, cmd) tuples
-    that parse_client_list counted in C, not over every client.
+    that parse_client_list counted in C, not over every client. The pure-Python reference for
+    `summarize`'s compiled scanner.
     """
     hosts: dict[str, dict[str, Any]] = {}
     by_ip: dict[bytes, dict[str, Any]] = {}
     for (ip_b, age, idle, cmd), n in cl.groups.items():
         h = by_ip.get(ip_b)
         if h is None:
-            ip = ip_b.strip(b"[]").decode("ascii", "replace")
-            name = host_by_address.get(ip, ip)
-            h = hosts.get(name)
-            if h is None:
-                h = hosts[name] = {"host": name, "addresses": [], "cluster": cluster_of(name) if name != ip else None,
-                                   "count": 0, "idle_over": 0, "idle_over_long": 0, "unused": 0, "oldest_age_s": 0,
-                                   "max_idle_s": 0, "_cmds": Counter()}
-            h["addresses"].append(ip)
-            by_ip[ip_b] = h
+            h = by_ip[ip_b] = _host_of(ip_b, hosts, host_by_address, cluster_of)
         h["count"] += n
         age = int(age)
         if age > h["oldest_age_s"]:
@@ -294,15 +318,40 @@ def aggregate_clients(cl: ClientList, host_by_address: dict[str, str], cluster_o
             if idle > h["max_idle_s"]:
                 h["max_idle_s"] = idle
         h["_cmds"][decode(cmd)] += n
-    by_host = sorted(hosts.values(), key=lambda h: (-h["count"], h["host"]))
-    for h in by_host:
-        h["top_commands"] = [[k, v] for k, v in h.pop("_cmds").most_common(top_commands)]
-    most_idle = cl.most_idle(top_n)
-    for c in most_idle:
-        c["host"] = host_by_address.get(c["ip"], c["ip"])
-    return {"total": len(cl), "idle_after_s": idle_after, "long_idle_s": long_idle,
-            "by_host": by_host, "most_idle": most_idle, "lines": cl.lines, "skipped_lines": cl.skipped,
-            "slow_path": cl.slow_path}
+    return _finish(hosts, cl.most_idle(top_n), host_by_address, len(cl), cl.lines, cl.skipped, cl.slow_path,
+                   idle_after, long_idle, top_commands)
+
+
+def summarize(raw: bytes, host_by_address: dict[str, str], cluster_of, idle_after: float = 60.0,
+              long_idle: float = 600.0, top_n: int = 20, top_commands: int = 5,
+              compiled: bool | None = None) -> dict[str, Any]:
+    """aggregate_clients(parse_client_list(raw), ...), in one pass of collectors/clientscan.c when
+    it is built (compiled=None: when available; False: the Python path). The same dict either way,
+    except `slow_path`, which only the Python parser takes (always False here when compiled)."""
+    if compiled is None:
+        compiled = clientscan.AVAILABLE
+    if not compiled:
+        return aggregate_clients(parse_client_list(raw), host_by_address, cluster_of, idle_after=idle_after,
+                                 long_idle=long_idle, top_n=top_n, top_commands=top_commands)
+    sc = clientscan.scan(raw, idle_after, long_idle, UNUSED_AFTER_S, top_n)
+    hosts: dict[str, dict[str, Any]] = {}
+    rows = []
+    total = 0
+    for r in sc.ips:
+        h = _host_of(r.ip, hosts, host_by_address, cluster_of)
+        rows.append(h)
+        total += r.count
+        h["count"] += r.count
+        h["idle_over"] += r.idle_over
+        h["idle_over_long"] += r.idle_over_long
+        h["unused"] += r.unused
+        h["oldest_age_s"] = max(h["oldest_age_s"], r.oldest_age)
+        h["max_idle_s"] = max(h["max_idle_s"], r.max_idle)
+    for k, cmd, n in sc.cmds:
+        rows[k]["_cmds"][decode(cmd)] += n
+    most_idle = [_line_detail(raw[start:end], ip) for start, end, ip in sc.top]
+    return _finish(hosts, most_idle, host_by_address, total, sc.lines, sc.skipped, False,
+                   idle_after, long_idle, top_commands)
 
 
 def fetch_client_list(conn: Conn) -> bytes:
@@ -330,13 +379,14 @@ def snapshot(conn: Conn, target: Target) -> dict[str, Any]:
         t0 = time.perf_counter()
         raw = fetch_client_list(conn)
         t1 = time.perf_counter()
-        agg = aggregate_clients(parse_client_list(raw), target.hosts, target.clusters.get,
-                                idle_after=target.idle_after, long_idle=target.long_idle, top_n=target.top_n)
+        agg = summarize(raw, target.hosts, target.clusters.get, idle_after=target.idle_after,
+                        long_idle=target.long_idle, top_n=target.top_n)
         t2 = time.perf_counter()
     finally:
         if gc_was_on:
             gc.enable()
-    agg.update(bytes=len(raw), fetch_ms=round((t1 - t0) * 1000, 3), parse_ms=round((t2 - t1) * 1000, 3))
+    agg.update(bytes=len(raw), scanner="compiled" if clientscan.AVAILABLE else "python",
+               fetch_ms=round((t1 - t0) * 1000, 3), parse_ms=round((t2 - t1) * 1000, 3))
     after = _client_list_cost(conn) if target.measure_cost else None
     if before and after and after[0] - before[0] == 1:
         agg["redis_usec"] = after[1] - before[1]
