@@ -91,10 +91,10 @@ def target_for(cf, shard_name: str, timeout: float = TIMEOUT_S, top_n: int = 20,
 # age and idle take at most 18 digits (an int64 has 19): int() refuses more than 4,300, and a line
 # with a longer one goes the per-line way, which skips it.
 _CLIENT_RE = re.compile(
-    rb" addr=([\d.]*):\d+ laddr=\S* fd=\d+ name=\S* age=(\d{1,18}) idle=(\d{1,18}) .* cmd=(\S*)")
+    rb" addr=([\d.]+):\d+ laddr=\S* fd=\d+ name=\S* age=(\d{1,18}) idle=(\d{1,18}) .* cmd=(\S*)")
 # The same, with the port: the per-client columns, built only when asked for (clients(), tests).
 _CLIENT_COLS_RE = re.compile(
-    rb" addr=([\d.]*):(\d+) laddr=\S* fd=\d+ name=\S* age=(\d{1,18}) idle=(\d{1,18}) .* cmd=(\S*)")
+    rb" addr=([\d.]+):(\d+) laddr=\S* fd=\d+ name=\S* age=(\d{1,18}) idle=(\d{1,18}) .* cmd=(\S*)")
 _DETAIL = (b"addr", b"laddr", b"name", b"age", b"idle", b"flags", b"omem", b"cmd")
 
 
@@ -222,10 +222,13 @@ def _fields(line: bytes) -> dict[bytes, bytes]:
     return d
 
 
-def parse_client_list(data: bytes) -> ClientList:
-    """Raw CLIENT LIST bytes -> ClientList, without building a dict of ~25 fields per client."""
+def parse_client_list(data: bytes, per_line: bool = False) -> ClientList:
+    """Raw CLIENT LIST bytes -> ClientList, without building a dict of ~25 fields per client.
+
+    The per-line path is the definition (a key given twice keeps its last value, which the one
+    regex does not check: Redis never repeats one); per_line=True takes it even when the reply fits."""
     lines = data.count(b"\n") + (1 if data and not data.endswith(b"\n") else 0)
-    found = _CLIENT_RE.findall(data)
+    found = None if per_line else _CLIENT_RE.findall(data)
     if found and len(found) == lines:
         return ClientList(Counter(found), raw=data, lines=lines)
     # Something did not fit the Redis 7 layout (older server, truncated line, garbage): per line.
