@@ -172,7 +172,7 @@ def clients_cmd(shard: str, by: str, config: str | None, run_dir: str | None, to
 
     cf = _setup(config, run_dir, shard)
     if not clientscan.AVAILABLE:
-        click.echo(f"chatops: clients: parsing in Python only, about 4x slower: {clientscan.LOAD_ERROR}",
+        click.echo(f"chatops: clients: parsing in Python only, about 6x the CPU: {clientscan.LOAD_ERROR}",
                    err=True)
     obs = clients.collect(clients.target_for(cf, shard, top_n=top))
     if _json_or_down(obs, shard, as_json):
