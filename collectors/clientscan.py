@@ -2,7 +2,8 @@
 
 `make` builds collectors/_clientscan.so (any C compiler; no Python headers). Without it
 collectors/clients.py parses and counts in Python -- the same results, about 6x the CPU on
-10,000 clients (bench/clientlist.py); `AVAILABLE` and `LOAD_ERROR` say which, and `chatops inspect clients` reports it.
+10,000 clients (bench/clientlist.py); `AVAILABLE` and `LOAD_ERROR` say which, and
+`chatops inspect clients` reports it.
 """
 
 from __future__ import annotations
