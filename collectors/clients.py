@@ -1,16 +1,18 @@
 """Redis CLIENT LIST, counted per source host: the talk's `lsof | cut | sort | uniq -c`, done properly.
 
-`parse_client_list` and `aggregate_clients` are pure functions over the recorded reply bytes;
-`fetch_client_list` and `snapshot` are the thin I/O beside them over a `collectors.resp.Conn`;
+`parse_client_list` and `aggregate_clients` are pure functions over the recorded reply bytes, and
+`summarize` does both in one pass of the compiled scanner (collectors/clientscan.c) when it is
+built; `fetch_client_list` and `snapshot` are the thin I/O beside them over a `collectors.resp.Conn`;
 `collect(target)` wraps one shard's snapshot in an Observation. It is its own source (not a
 section of collectors/redis.py) because CLIENT LIST blocks Redis for ~1 us per client and runs on
 its own, slower interval.
 
 Why it is cheap: CLIENT LIST of 10,000 clients is a 2.6 MB bulk string. hiredis reads it as one
-bytes object (collectors/resp.py); one regex pass pulls out only the four fields the aggregation
-uses and a C-level Counter folds their distinct combinations. End to end that is ~5x cheaper
-than redis-py's `client_list()` (Redis itself spends about half of it building the reply;
-bench/clientlist.py).
+bytes object (collectors/resp.py) in about the time Redis takes to build it; the compiled scanner
+counts it per source IP in ~1 ms and Python folds a few rows per host. End to end that is ~1.3x
+Redis's own time and ~9x cheaper than redis-py's `client_list()` (bench/clientlist.py). Without
+the scanner, one regex pass pulls out only the four fields the aggregation uses and a C-level
+Counter folds their distinct combinations: ~6x the scanner's CPU, the same results.
 """
 
 from __future__ import annotations
