@@ -7,9 +7,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CC ?= cc
-# Debian packages the cluster and the tests drive for real, and the compiler for the log scanner.
+# Debian packages the cluster and the tests drive for real, and the compiler for the log and CLIENT LIST scanners.
 APT_PACKAGES := haproxy redis-server redis-tools gcc libc6-dev
 FASTLOG := collectors/_fastlog.so
+CLIENTSCAN := collectors/_clientscan.so
 # Only the tests need a browser (the dashboard tests drive headless Chromium through chromedriver),
 # and a real Prometheus and Alertmanager (the shipped rules are checked, unit-tested and run live), and
 # two standard IRC clients (ii, WeeChat) that the chat must serve as they are.
@@ -25,7 +26,7 @@ run: deps
 test: deps test-packages
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-deps: system-packages $(STAMP) $(FASTLOG)
+deps: system-packages $(STAMP) $(FASTLOG) $(CLIENTSCAN)
 
 # Grafana dashboards (dashboards/grafana/*.json) and Prometheus rules (dashboards/prometheus/chatops-rules.yml)
 # from dashboards/*.py; tests/dashboards/test_generate.py fails when the committed files are stale.
@@ -78,5 +79,9 @@ $(STAMP): pyproject.toml
 $(FASTLOG): collectors/fastlog.c
 	$(CC) -O2 -Wall -shared -fPIC -o $@ $<
 
+# CLIENT LIST counted per source IP in one pass (collectors/clientscan.c), loaded the same way.
+$(CLIENTSCAN): collectors/clientscan.c
+	$(CC) -O2 -Wall -shared -fPIC -o $@ $<
+
 clean:
-	rm -rf $(VENV) .run .pytest_cache $(FASTLOG)
+	rm -rf $(VENV) .run .pytest_cache $(FASTLOG) $(CLIENTSCAN)

@@ -8,7 +8,9 @@ same run and interleaved to spread the machine's noise evenly:
     INFO cost reads switched off);
   - the baseline: redis-py's `client_list()` plus a `collections.Counter` over source hosts.
 The last line printed is one JSON object: medians, their ratio, and what Redis itself spent per
-CLIENT LIST call (INFO commandstats usec_per_call).
+CLIENT LIST call (INFO commandstats usec_per_call); `scanner` says whether the project's parse ran
+in collectors/clientscan.c or in Python, and the two `*_parse_aggregate_cpu_ms_median` figures time
+both on one recorded reply in CPU time.
 
     python -m bench.clientlist [--clients 10000] [--rounds 20] [--json]
 """
@@ -146,6 +148,16 @@ def main(argv: list[str] | None = None) -> None:
         print(f"project ms: {', '.join(f'{m:.1f}' for m in project_ms)}", file=sys.stderr)
         print(f"redis-py ms: {', '.join(f'{m:.1f}' for m in redispy_ms)}", file=sys.stderr)
         stat = rc.fetch_info(conn, "commandstats")["commandstats"].get("cmdstat_client|list", {})
+        # The parse and count alone, in CPU time on one recorded reply: the compiled scanner against
+        # the Python path it replaces (the fallback when collectors/_clientscan.so is not built).
+        raw = clients.fetch_client_list(conn)
+        cpu: dict[bool, list[float]] = {True: [], False: []}
+        for r in range(args.rounds):
+            for compiled in ((True, False) if clients.clientscan.AVAILABLE else (False,)):
+                t = time.process_time()
+                clients.summarize(raw, hosts, target.clusters.get, idle_after=target.idle_after,
+                                  long_idle=target.long_idle, top_n=target.top_n, compiled=compiled)
+                cpu[compiled].append((time.process_time() - t) * 1000)
         conn.close()
         rp.close()
     finally:
@@ -174,6 +186,10 @@ def main(argv: list[str] | None = None) -> None:
         "project_fetch_ms_median": round(statistics.median(parts["fetch_ms"]), 2),
         "project_parse_aggregate_ms_median": round(statistics.median(parts["parse_ms"]), 2),
         "redis_usec_per_call": stat.get("usec_per_call"),
+        "scanner": snap["scanner"],
+        "compiled_parse_aggregate_cpu_ms_median": (round(statistics.median(cpu[True]), 2) if cpu[True]
+                                                   else None),
+        "python_parse_aggregate_cpu_ms_median": round(statistics.median(cpu[False]), 2),
     }))
 
 

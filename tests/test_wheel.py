@@ -38,6 +38,7 @@ MUST_SHIP = [
     "cluster/default-cluster.yaml",
     "runbooks/leaked_clients.md",
     "collectors/fastlog.c",          # so an installed copy can build its log scanner (fastlog.BUILD_HINT)
+    "collectors/clientscan.c",       # and its CLIENT LIST scanner (clientscan.BUILD_HINT)
 ]
 # Whole directories of package data: every file in the tree must be in the wheel too.
 MUST_SHIP_ALL = [

@@ -168,9 +168,12 @@ def redis_cmd(shard: str, config: str | None, run_dir: str | None, interval: flo
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def clients_cmd(shard: str, by: str, config: str | None, run_dir: str | None, top: int, as_json: bool) -> None:
     """Who holds connections to SHARD: the talk's `lsof | uniq -c`, by host, with idle counts."""
-    from collectors import clients
+    from collectors import clients, clientscan
 
     cf = _setup(config, run_dir, shard)
+    if not clientscan.AVAILABLE:
+        click.echo(f"chatops: clients: parsing in Python only, about 6x the CPU: {clientscan.LOAD_ERROR}",
+                   err=True)
     obs = clients.collect(clients.target_for(cf, shard, top_n=top))
     if _json_or_down(obs, shard, as_json):
         return

@@ -157,6 +157,17 @@ def test_3000_idle_clients_by_host(shards, subnet):
         assert lines[0].split()[:5] == ["COUNT", "HOST", "CLUSTER", "IDLE>60s", "IDLE>600s"]
         assert lines[1].split()[:3] == ["2000", "chat-testing", "testing"]
         assert lines[2].split()[:3] == ["1000", "chat1", "main"]
+        assert js["data"]["scanner"] == "compiled"
+        # The same live reply through the compiled scanner and both Python paths.
+        with rc.connect(rc.target_for(cf, "shard0")) as c:
+            raw = clients.fetch_client_list(c)
+        hosts = cf.host_by_address()
+        agg = [clients.aggregate_clients(clients.parse_client_list(raw, per_line=per_line), hosts, {}.get)
+               for per_line in (False, True)]
+        agg.append(clients.summarize(raw, hosts, {}.get, compiled=True))
+        for a in agg:
+            a.pop("slow_path")
+        assert agg[0] == agg[1] == agg[2] and agg[2]["total"] >= 3001
     finally:
         for s in socks:
             s.close()
