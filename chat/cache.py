@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import heapq
 import logging
 import time
@@ -31,6 +32,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import hiredis
 import redis.asyncio as aioredis
 import redis.exceptions
 from redis.asyncio.client import Pipeline
@@ -107,6 +109,21 @@ _KINDS: dict[str, int] = {
     slotguard.PRIVMSG_OP.upper(): _PRIVMSG_OP,
 }
 _RESOLVED: dict[Any, int] = {}    # command name as redis-py sends it -> kind, filled on first use
+
+
+@functools.lru_cache(maxsize=1 << 16, typed=True)
+def _key_info(key: Any) -> tuple[int, str]:
+    """(slot, prefix) of a key, remembered: the same room and user keys come back with every
+    message, and their CRC and prefix were a tenth of clue's CPU per message. typed: 1 and 1.0
+    are different keys ("1", "1.0")."""
+    return key_slot(key), key_prefix(key)
+
+
+def key_info(key: Any) -> tuple[int, str]:
+    try:
+        return _key_info(key)
+    except TypeError:           # unhashable (bytearray, memoryview): computed each time
+        return key_slot(key), key_prefix(key)
 
 
 def command_keys(args: Sequence[Any]) -> Sequence[Any]:
@@ -306,7 +323,7 @@ class ShardedCache:
         return self._map.shard_of_slot(slot)
 
     def shard_of(self, key: str | bytes) -> int:
-        return self._owner(key_slot(key))
+        return self._owner(key_info(key)[0])
 
     def shard_of_slot(self, slot: int) -> int:
         return self._owner(slot)
@@ -445,12 +462,12 @@ class ShardedCache:
         redirects = self._redirects
         asking = [s for s in slots if s in redirects] if redirects else ()
         argv = slotguard.guard_args(slots, asking, [args for args, _ in commands])
-        raw = self._raw[shard]
+        pool = self._raw[shard].connection_pool
         try:
             try:
-                replies = await raw.execute_command("EVALSHA", slotguard.GUARD_SHA, 0, *argv)
+                replies = await _call_packed(pool, hiredis.pack_command(("EVALSHA", slotguard.GUARD_SHA, 0, *argv)))
             except redis.exceptions.NoScriptError:
-                replies = await raw.execute_command("EVAL", slotguard.GUARD, 0, *argv)
+                replies = await _call_packed(pool, hiredis.pack_command(("EVAL", slotguard.GUARD, 0, *argv)))
         except redis.exceptions.ResponseError as exc:
             refused = slotguard.refusal(str(exc))
             if refused is None:
@@ -496,16 +513,17 @@ class ShardedCache:
         if not keys:
             return None
         owner = self._owner
-        first = -1
+        first = None
         for key in keys:
-            slot = key_slot(key)
+            info = key_info(key)
+            slot = info[0]
             if owner(slot) != shard:
                 raise self._cross_shard(shard, key, slot, anchor)
-            if first < 0:
-                first = slot
+            if first is None:
+                first = info
             if slots is not None:
                 slots.setdefault(slot, []).append(key)
-        return first, key_prefix(keys[0])
+        return first
 
     def _cross_shard(self, shard: int, key: Any, slot: int, anchor: Any) -> CrossShardError:
         owner = self.endpoints[self._owner(slot)].name
@@ -519,18 +537,19 @@ class ShardedCache:
             "Keys used together need the same hash tag, e.g. '{room}.bans' and '{room}.ratelimits'.",
             key, anchor)
 
-    def _count(self, shard: int, routed: tuple[int, str] | None) -> None:
-        self._ops_by_shard[shard] += 1
+    def _count(self, shard: int, routed: tuple[int, str] | None, n: int = 1) -> None:
+        """`n` commands on `shard`, the first key of each at `routed` (slot, prefix)."""
+        self._ops_by_shard[shard] += n
         if routed is None:
             return
         slot, prefix = routed
-        self._ops_by_slot[slot] += 1
+        self._ops_by_slot[slot] += n
         counts = self._ops_by_prefix
         # Bounded: keys with unmasked IDs (no hash tag, no digits) must not grow this forever.
         if prefix in counts or len(counts) < MAX_PREFIXES:
-            counts[prefix] += 1
+            counts[prefix] += n
         else:
-            counts[OTHER_PREFIX] += 1
+            counts[OTHER_PREFIX] += n
 
     # -- failures --
 
@@ -624,6 +643,24 @@ class ShardedCache:
         await self.close()
 
 
+async def _call_packed(pool: aioredis.ConnectionPool, packed: bytes) -> Any:
+    """One command already packed, on a connection of `pool`: the guard's batch. hiredis packs
+    its arguments in C; redis-py's own path encoded them one by one in Python (40 per message)
+    and wrapped each call in its retry and observability layers, which this pool disables or
+    does not use (no retries, no callbacks for EVALSHA)."""
+    conn = await pool.get_connection()
+    try:
+        await conn.send_packed_command(packed)
+        return await conn.read_response()
+    except redis.exceptions.ResponseError:
+        raise                       # a whole reply was read: the connection is clean
+    except BaseException:
+        await conn.disconnect()     # cancelled or failed mid-reply: never reuse it
+        raise
+    finally:
+        await pool.release(conn)
+
+
 class _ShardClient(aioredis.Redis):
     """A redis.asyncio.Redis bound to one shard: checks and counts every command's keys and
     turns connection failures into CacheUnavailable."""
@@ -665,6 +702,7 @@ class RoutedPipeline(Pipeline):
         self._shard = shard
         self._anchor = anchor
         self._queued: list[tuple[int, str] | None] = []
+        self._queued_op: list[tuple[tuple[int, str], int]] = []     # (slot, prefix), commands
         self._slots: dict[int, list[Any]] = {}      # the queued commands' keys, by slot, for the guard
 
     def execute_command(self, *args: Any, **kwargs: Any) -> Any:
@@ -690,8 +728,7 @@ class RoutedPipeline(Pipeline):
         cache._route(shard, args, self._anchor, self._slots)
         if self._anchor is None:
             self._anchor = bans
-        for key, n in zip(args[1:], slotguard.PRIVMSG_COMMANDS):
-            self._queued += [(key_slot(key), key_prefix(key))] * n
+        self._queued_op += zip(map(key_info, args[1:]), slotguard.PRIVMSG_COMMANDS)
         return self.pipeline_execute_command(*args)
 
     async def _immediate(self, args: tuple, kwargs: dict) -> Any:
@@ -702,11 +739,14 @@ class RoutedPipeline(Pipeline):
 
     async def execute(self, raise_on_error: bool = True) -> list[Any]:
         cache, shard = self._cache, self._shard
-        if self._queued and cache._closed:
+        if (self._queued or self._queued_op) and cache._closed:
             raise CacheUnavailable(cache.endpoints[shard].name, "cache client is closed")
         for routed in self._queued:
             cache._count(shard, routed)
+        for routed, n in self._queued_op:
+            cache._count(shard, routed, n)
         self._queued = []
+        self._queued_op = []
         slots, self._slots = self._slots, {}
         if self.watching or not self.command_stack:
             # After WATCH the transaction is redis-py's own (unguarded: the chat never uses it).
@@ -721,5 +761,6 @@ class RoutedPipeline(Pipeline):
 
     async def reset(self) -> None:
         self._queued = []
+        self._queued_op = []
         self._slots = {}
         await super().reset()
