@@ -179,6 +179,7 @@ class Clue:
         r = ctx.registry
         self.m_messages = Counter("chat_clue_messages", "PRIVMSGs decided, by result (accepted or the NOTICE msg-id)",
                                   ["result"], registry=r)
+        self.m_accepted = self.m_messages.labels("accepted")
         self.m_auth = Counter("chat_clue_auth", "Token lookups, by result", ["result"], registry=r)
         self.m_decision = Histogram("chat_clue_decision_seconds", "Time to decide one PRIVMSG, Redis included",
                                     registry=r, buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1))
@@ -285,10 +286,15 @@ class Clue:
             for (k, _), result in zip(waits, done):
                 results[k] = result
         per_item = (time.perf_counter() - started)
-        observe, count = self.m_decision.observe, self.m_messages.labels
+        observe, accepted = self.m_decision.observe, 0
         for result in results:
             observe(per_item)
-            count("accepted" if result["ok"] else result["notice"]["msg_id"]).inc()
+            if result["ok"]:
+                accepted += 1
+            else:
+                self.m_messages.labels(result["notice"]["msg_id"]).inc()
+        if accepted:
+            self.m_accepted.inc(accepted)
         return results
 
     async def _finish(self, item: dict, pending) -> dict:

@@ -37,7 +37,7 @@ RELEARN_TIMEOUT = 1.0         # per edge, at start-up: an edge that is down tell
 class EdgeLink:
     """One edge as the exchange sees it: the rooms it holds and the pipe to it."""
 
-    def __init__(self, name: str, url: str, upstream: Upstream):
+    def __init__(self, name: str, url: str, upstream: Upstream, delivered_ok):
         self.name = name
         self.url = url
         self.rooms: set[str] = set()
@@ -45,6 +45,7 @@ class EdgeLink:
         self.upstream = upstream
         self.last_success_log = 0.0
         self.successes_since_log = 0
+        self.delivered_ok = delivered_ok      # its `ok` deliveries counter: one per message, no lookup
 
 
 class Exchange:
@@ -90,7 +91,7 @@ class Exchange:
                           max_pending=self.settings.max_pending,
                           observe=lambda secs, n, e=name: (self.m_requests.labels(e).observe(secs),
                                                            self.m_batch.observe(n)))
-            link = self.edges[name] = EdgeLink(name, url, up)
+            link = self.edges[name] = EdgeLink(name, url, up, self.m_deliveries.labels(name, "ok"))
         return link
 
     def subscribe(self, body: dict) -> dict:
@@ -154,7 +155,7 @@ class Exchange:
     def _delivered(self, link: EdgeLink, fut: asyncio.Future) -> None:
         exc = fut.exception()
         if exc is None:
-            self.m_deliveries.labels(link.name, "ok").inc()
+            link.delivered_ok.inc()
             link.successes_since_log += 1
             now = time.monotonic()
             if now - link.last_success_log >= SUCCESS_LOG_EVERY:
