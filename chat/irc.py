@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import string
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, TypeAlias
 
@@ -270,9 +270,14 @@ class Framer:
     rest max_line bytes counting the line ending as 2 (CRLF) even when it is a bare LF. Decoding is
     per complete line, so a UTF-8 character split across two feeds is fine."""
 
-    def __init__(self, max_line: int = MAX_LINE, max_tags: int = MAX_TAGS):
+    def __init__(self, max_line: int = MAX_LINE, max_tags: int = MAX_TAGS,
+                 parse_line: Callable[[str], Message] | None = None):
+        """`parse_line`: how a complete, decoded line becomes a Message (default `parse`); it
+        raises ParseError on a malformed line. A client that reads only a few tags of its busiest
+        line can skip parsing the rest (chat.loadgen)."""
         self.max_line = max_line
         self.max_tags = max_tags
+        self._parse = parse if parse_line is None else parse_line
         self._bound = max_tags + max_line  # no acceptable line is longer, ending included
         self._buf = bytearray()
         self._discarding = False           # inside a too-long line, waiting for its newline
@@ -352,7 +357,7 @@ class Framer:
             out.append(LineError("bad_utf8", _command_word(line), f"invalid UTF-8 at byte {exc.start}"))
             return
         try:
-            out.append(parse(text))
+            out.append(self._parse(text))
         except ParseError as exc:
             out.append(LineError("malformed", _command_word(line), exc.reason))
 

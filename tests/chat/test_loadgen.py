@@ -456,3 +456,41 @@ def test_unreachable_cluster_is_reported_not_waited_on(subnet, tmp_path):
     assert rep["errors"]["users"] == 2
     assert f"{subnet}." in proc.stderr and "ECONNREFUSED" in proc.stderr
     assert "no sender could join" in proc.stderr
+
+
+# -- the generator's reading of deliveries (pure) --
+
+def _tallied(line: str) -> tuple[dict, str | None]:
+    """What irc.parse says of the tags the generator tallies, and the source."""
+    m = irc.parse(line)
+    return {k: m.tags[k] for k in loadgen.TALLIED_TAGS if k in m.tags}, m.source
+
+
+def test_parse_line_reads_a_deliverys_tallied_tags_as_irc_parse_does():
+    from tests.chat.test_irc import TWITCH_PRIVMSG, TWITCH_USERNOTICE
+    # As the edge writes a delivery (chat.edge: irc.encode of clue's tags), and Twitch's own format.
+    tags = {"badge-info": "", "badges": "", "client-nonce": "lg1-7-1733440000123456", "color": "",
+            "display-name": "Bot_1", "emotes": "", "id": "0f7a3c1e-33b4-4ad9-9d5a-6d2c3b4a5e6f",
+            "mod": "0", "room-id": "12", "target-msg-id": "x", "tmi-sent-ts": "1733440000123",
+            "user-id": "99", "user-type": ""}
+    edge_line = irc.encode("PRIVMSG", "#degentp", "hello there", tags=tags,
+                           source="bot_1!bot_1@bot_1.tmi.chatops.local", trailing=True).decode().rstrip("\r\n")
+    hostile = [
+        # `id=` inside other keys' names, only at the end, repeated (the last wins), escaped.
+        "@room-id=1;user-id=2;target-msg-id=3;id=4 :a!a@a PRIVMSG #r :t",
+        "@id=first;tmi-sent-ts=1;id=second :a!a@a PRIVMSG #r :t",
+        "@client-nonce=a\\sb\\:c;id=x :a!a@a PRIVMSG #r :t",
+        "@room-id=1 :a!a@a PRIVMSG #r :no tallied tag at all",
+        "@id= :a!a@a PRIVMSG #r :empty value",
+    ]
+    for line in [edge_line, TWITCH_PRIVMSG, *hostile]:
+        fast = loadgen.parse_line(line)
+        want_tags, want_source = _tallied(line)
+        assert fast.command == "PRIVMSG" and fast.tags == want_tags and fast.source == want_source, line
+    # Anything else takes the full parse, errors included.
+    for line in [TWITCH_USERNOTICE, ":tmi.chatops.local PING :x", "@id=1 PRIVMSG #r :no source",
+                 "@id=1  :a!a@a PRIVMSG #r :two spaces", "@id=1 :a!a@a NOTICE #r :PRIVMSG later"]:
+        assert loadgen.parse_line(line) == irc.parse(line), line
+    for bad in ["@id=1", "@id=1 :a!a@a", "@ :a PRIVMSG #r :x", ""]:
+        with pytest.raises(irc.ParseError):
+            loadgen.parse_line(bad)

@@ -19,6 +19,7 @@ from chat.irc import (
     ParseError,
     ServerConnection,
     encode,
+    escape_tag_value,
     parse,
 )
 from tests.fuzz.cases import counted
@@ -129,3 +130,23 @@ def test_a_server_connection_survives_any_bytes(chunks):
     for line in conn.lines_to_send():
         assert line.endswith(b"\r\n") and line.count(b"\n") == 1
         parse(line)
+
+
+_tallied_lookalikes = st.sampled_from(["id", "client-nonce", "tmi-sent-ts", "room-id", "target-msg-id",
+                                       "user-id", "xid", "id-x", "+client-nonce"])
+
+
+@given(st.lists(st.tuples(_tallied_lookalikes | tag_keys, tag_values), min_size=1, max_size=8),
+       sources, st.lists(middles, min_size=1, max_size=2), lasts)
+@counted
+def test_the_loadgens_delivery_reader_agrees_with_parse(pairs, source, middle, last):
+    """chat.loadgen.parse_line reads only the tallied tags of a PRIVMSG: whatever the other tags,
+    lookalike keys, repeats and escapes, those it reads are what irc.parse reads, and so is the source."""
+    from chat import loadgen
+    section = ";".join(f"{k}={escape_tag_value(v)}" for k, v in pairs)
+    line = f"@{section} :{source} PRIVMSG {' '.join(middle)} :{last}"
+    want = parse(line)
+    got = loadgen.parse_line(line)
+    assert got.command == want.command == "PRIVMSG"
+    assert got.source == want.source
+    assert got.tags == {k: want.tags[k] for k in loadgen.TALLIED_TAGS if k in want.tags}
