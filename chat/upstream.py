@@ -1,4 +1,5 @@
 """A keepalive HTTP/1.1 client to one upstream service, batching calls per event-loop turn.
+The batches go out through chat.http1; the Pool's aiohttp session serves everything else.
 
 Every hop between chat services (edge -> clue, clue -> exchange, exchange -> edge) is one of
 these. Calls made during one loop turn travel in one POST; while every pooled connection is busy,
@@ -19,12 +20,15 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import urllib.parse
 import weakref
 from collections import deque
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
 import aiohttp
+
+from chat.http1 import HttpError, RawClient
 
 
 class UpstreamError(Exception):
@@ -135,6 +139,9 @@ class Pool:
         self._local_address = local_address
         self._on_connect = on_connect
         self._on_change = on_change          # gauges follow the settings through this
+        # Each session's companion for the Upstreams' batches (chat.http1), built and retired
+        # with it, so a settings change swaps both at once.
+        self._raw: dict[aiohttp.ClientSession, RawClient] = {}
         self.session = self._new_session()
         self._leases: dict[aiohttp.ClientSession, int] = {}
         self._closing: set[asyncio.Task] = set()
@@ -144,8 +151,15 @@ class Pool:
             on_change(self)
 
     def _new_session(self) -> aiohttp.ClientSession:
-        return make_session(pool_size=self.pool_size, keepalive=self.keepalive,
-                            local_address=self._local_address, on_connect=self._on_connect, token=self._token)
+        session = make_session(pool_size=self.pool_size, keepalive=self.keepalive,
+                               local_address=self._local_address, on_connect=self._on_connect, token=self._token)
+        self._raw[session] = RawClient(keepalive=self.keepalive, local_address=self._local_address,
+                                       token=self._token, on_connect=self._on_connect, limit=self.pool_size)
+        return session
+
+    def raw(self, session: aiohttp.ClientSession) -> RawClient:
+        """The batch client that goes with `session` (leased through it)."""
+        return self._raw[session]
 
     def settings(self) -> dict[str, Any]:
         return {"keepalive": self.keepalive, "pool_size": self.pool_size}
@@ -188,13 +202,22 @@ class Pool:
         return True
 
     def _retire(self, session: aiohttp.ClientSession) -> None:
-        task = asyncio.ensure_future(session.close())
+        raw = self._raw.pop(session, None)
+        if raw is not None:
+            self._spawn(raw.close())
+        self._spawn(session.close())
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.ensure_future(coro)
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
 
     async def close(self) -> None:
         # Shutting down: sessions still leased are closed too; their callers were cancelled.
         for session in {self.session, *self._leases}:
+            raw = self._raw.pop(session, None)
+            if raw is not None:
+                await raw.close()
             await session.close()
         if self._closing:
             await asyncio.gather(*self._closing)
@@ -208,6 +231,11 @@ class Upstream:
         `max_pending`: calls waiting for a connection at most; past it `call` fails at once."""
         self.pool = pool
         self.url = url
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme != "http" or not parts.hostname or not parts.port:
+            raise ValueError(f"{name}: an upstream URL is http://host:port/path, not {url!r}")
+        self._host, self._port = parts.hostname, parts.port
+        self._path = parts.path or "/"
         self.name = name
         self.timeout = timeout
         self.max_batch = max_batch
@@ -281,19 +309,20 @@ class Upstream:
         self.requests += 1
         started = time.perf_counter()
         try:
+            body = json.dumps({"items": [i for i, _ in batch]}).encode()
             with self.pool.lease() as session:
-                async with session.post(self.url, json={"items": [i for i, _ in batch]},
-                                        timeout=aiohttp.ClientTimeout(total=self.timeout)) as resp:
-                    if resp.status != 200:
-                        raise UpstreamError(f"{self.name}: HTTP {resp.status}: {(await resp.text())[:200]}")
-                    results = (await resp.json())["results"]
+                async with asyncio.timeout(self.timeout):
+                    status, answer = await self.pool.raw(session).post(self._host, self._port, self._path, body)
+            if status != 200:
+                raise UpstreamError(f"{self.name}: HTTP {status}: {answer[:200].decode('utf-8', 'replace')}")
+            results = json.loads(answer)["results"]
             if len(results) != len(batch):
                 raise UpstreamError(f"{self.name}: {len(results)} results for {len(batch)} items")
         except asyncio.TimeoutError:
             self.timeouts += 1
             self._fail(batch, UpstreamTimeout(self.name, self.timeout))
             return
-        except (UpstreamError, aiohttp.ClientError, OSError, ValueError, KeyError, TypeError) as exc:
+        except (UpstreamError, HttpError, OSError, ValueError, KeyError, TypeError) as exc:
             # UpstreamError too: an answer that is not 200, or the wrong number of results, fails
             # its batch's callers like any other error instead of leaving them waiting forever.
             self.errors += 1
