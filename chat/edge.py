@@ -15,6 +15,7 @@ or slows the others.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import socket
 import time
@@ -50,6 +51,12 @@ COMMANDS_ONLY = frozenset({"CLEARCHAT", "CLEARMSG", "ROOMSTATE"})
 DELIVERED = frozenset({"PRIVMSG", "NOTICE"}) | COMMANDS_ONLY
 _ids = itertools.count(1)
 
+
+
+@functools.lru_cache(maxsize=16)
+def _utc_second(second: int) -> str:
+    """`2026-12-05T23:02:16` for a Unix second: every message of a second shares it."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
 
 class RoomTurn:
     """The messages for one room during one loop turn, as (plain, tagged) encodings, and the
@@ -396,16 +403,27 @@ class Edge:
             asyncio.get_running_loop().call_soon(self.flush)
 
     def flush(self) -> None:
-        """Once per loop turn: each client's own lines, then each room's messages of the turn.
+        """Once per loop turn: each client's own lines, then each room's messages of the turn,
+        in one write per client (each write is a syscall here and a wakeup at the reader).
 
         A room's messages are joined once per encoding and the same bytes go to every member;
         only a member that must miss one of them (its own message without echo-message, a
         CLEARCHAT without twitch.tv/commands) gets a join of its own."""
         self.flush_scheduled = False
+        first: dict[Client, tuple[bytes, list[bytes]]] = {}     # a client's first piece of the turn
+        more: dict[Client, list[tuple[bytes, list[bytes]]]] = {}
+
+        def add(client: Client, blob: bytes, lines: list[bytes]) -> None:
+            if client in first:
+                more.setdefault(client, []).append((blob, lines))
+            else:
+                first[client] = (blob, lines)
+
         dirty, self.dirty = self.dirty, []
         for client in dirty:
-            if client.out:
-                client.write_out()
+            out, client.out = client.out, []
+            if out and not client.closed:
+                add(client, out[0] if len(out) == 1 else b"".join(out), out)
         turns, self.turns = self.turns, {}
         delivered = 0
         for room, turn in turns.items():
@@ -423,15 +441,21 @@ class Edge:
                 if skipped:
                     own = [p[t] for i, p in enumerate(pairs) if i not in skipped]
                     if own:
-                        client.write(b"".join(own), own)
+                        add(client, b"".join(own), own)
                         delivered += len(own)
                     continue
                 blob = joined[t]
                 if blob is None:
                     lines[t] = [p[t] for p in pairs]
                     blob = joined[t] = b"".join(lines[t])
-                client.write(blob, lines[t])
+                add(client, blob, lines[t])
                 delivered += len(pairs)
+        for client, (blob, lines_) in first.items():
+            extra = more.get(client)
+            if extra:
+                blob = b"".join([blob, *(b for b, _ in extra)])
+                lines_ = [*lines_, *(line for _, ls in extra for line in ls)]
+            client.write(blob, lines_)
         if delivered:
             self.m_delivered.inc(delivered)
 
@@ -773,8 +797,9 @@ class Edge:
             return False
         tags = dict(message.get("tags") or {})
         ts = tags.get("tmi-sent-ts")
-        if ts and ts.isdigit():
-            tags["time"] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(int(ts) / 1000)) + f".{int(ts) % 1000:03d}Z"
+        if ts and ts.isascii() and ts.isdigit() and len(ts) <= 13:     # up to the year 2286
+            ms = int(ts)
+            tags["time"] = f"{_utc_second(ms // 1000)}.{ms % 1000:03d}Z"
         params, source = message["params"], message["source"]
         if command == "PRIVMSG" and tags.get("id") and len(params) == 2:
             self.recent.add(room, tags["id"], source.partition("!")[0], params[1], tags.get("badges", ""))

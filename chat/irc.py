@@ -76,7 +76,11 @@ _UNESCAPES = {":": ";", "s": " ", "\\": "\\", "r": "\r", "n": "\n"}
 
 def escape_tag_value(v: str) -> str:
     """IRCv3 escaping: the result holds no ';', space, CR or LF."""
-    return v.translate(_ESCAPES)
+    # Most values (ids, numbers, colours, badges) need none: five scans in C are cheaper than
+    # translate's per-character table lookups, which was a tenth of an edge's delivery work.
+    if ";" in v or " " in v or "\\" in v or "\r" in v or "\n" in v:
+        return v.translate(_ESCAPES)
+    return v
 
 
 def unescape_tag_value(v: str) -> str:
