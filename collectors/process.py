@@ -16,9 +16,13 @@ each remote host holds to a Redis port). Pure parsers beside thin fetchers:
 - `connections_by_remote(entries, local_port, local_ip=None, state="ESTABLISHED")` ->
   Counter[remote_ip]: the `lsof | uniq -c` view. `time_wait_count(entries, port, ip=None)`:
   sockets in TIME_WAIT on either side of `port`, the churn signal of missing keepalives.
-- `read_proc_net_tcp(proc_root="/proc", ports=None)`: the only I/O for sockets, with an
+- `read_proc_net_tcp(proc_root="/proc", ports=None)`: the text table's I/O, with an
   injectable root (prometheus/client_python's `proc=` habit) so a recorded tree stands in for
   the OS in tests.
+- `tcp_sockets(proc_root="/proc", ports=None, max_age=0)`: what the collectors call: the real
+  /proc's sockets come from sock_diag netlink (collectors/sockdiag.py, ~5x less CPU than the
+  text table), falling back to the text; callers that accept a snapshot up to `max_age` s old
+  share one read (the control plane's sources, all on one tick).
 - `collect(target, previous=None)` -> Observation(source="process", target=<run dir, or the
   target's name>, data=ProcessSnapshot([ProcessReport(name, kind, host, address, port, stats,
   connections={remote host name or IP: n}, time_wait, restarts)])); `restarts` is state.json's
@@ -52,6 +56,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import socket
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterable
@@ -219,6 +224,45 @@ def read_proc_net_tcp(proc_root: str | Path = "/proc", ports: Iterable[int] | No
     return entries
 
 
+# One snapshot of the host's sockets serves every collector that asks within `max_age` seconds:
+# the control plane's 12 service sources and its process source all run on the same 2 s tick, and
+# each used to read the whole table for itself (58% of the control plane's CPU, py-spy). A
+# collector reads afresh unless its target allows an older snapshot.
+_shared_lock = threading.Lock()
+_shared: dict[str, tuple[float, list[TcpEntry]]] = {}
+
+
+def _read_all(proc_root: str | Path) -> list[TcpEntry]:
+    if str(proc_root) == "/proc":
+        from collectors import sockdiag
+        try:
+            # LISTEN sockets are left out: nothing counted here is a listener, and ss does the same
+            return sockdiag.dump_tcp(sockdiag.ALL_STATES & ~(1 << 10))
+        except OSError:             # no netlink (sandbox, old kernel): the text table still works
+            pass
+    return [e for e in read_proc_net_tcp(proc_root) if e.state != "LISTEN"]
+
+
+def tcp_sockets(proc_root: str | Path = "/proc", ports: Iterable[int] | None = None,
+                max_age: float = 0.0) -> list[TcpEntry]:
+    """The host's non-LISTEN TCP sockets (only those with one of `ports` on either end when
+    given), from a snapshot shared by callers that accept one up to `max_age` seconds old. From
+    sock_diag netlink for the real /proc (falling back to its text table), from the text files
+    of an injected root. Raises OSError when neither can be read."""
+    key = str(proc_root)
+    with _shared_lock:          # concurrent sources wait for one read instead of each doing it
+        now = time.monotonic()
+        hit = _shared.get(key)
+        if hit is None or now - hit[0] > max_age:
+            hit = (now, _read_all(proc_root))
+            _shared[key] = hit
+    entries = hit[1]
+    if ports is None:
+        return list(entries)
+    wanted = set(ports)
+    return [e for e in entries if e.local_port in wanted or e.remote_port in wanted]
+
+
 def connections_by_remote(entries: Iterable[TcpEntry], local_port: int, local_ip: str | None = None,
                           state: str | None = "ESTABLISHED") -> Counter:
     """Count sockets on `local_ip:local_port` (any local address when None) by remote address:
@@ -278,11 +322,13 @@ class Target:
     run: RunDir                      # the supervisor's run directory: state.json names the processes
     proc_root: str | Path = "/proc"  # a recorded tree stands in for the OS in tests
     name: str | None = None          # the Observation's target; default: the run directory
+    sockets_max_age: float = 0.0     # see tcp_sockets: 0 reads afresh
 
 
-def target_for(run_dir, name: str | None = None, proc_root: str | Path = "/proc") -> Target:
+def target_for(run_dir, name: str | None = None, proc_root: str | Path = "/proc",
+               sockets_max_age: float = 0.0) -> Target:
     run = run_dir if isinstance(run_dir, RunDir) else RunDir.resolve(run_dir)
-    return Target(run, proc_root, name)
+    return Target(run, proc_root, name, sockets_max_age)
 
 
 def collect(target: Target, previous: Observation | None = None) -> Observation:
@@ -318,7 +364,7 @@ def collect(target: Target, previous: Observation | None = None) -> Observation:
     names: dict[str, str] = {}
     if counted:
         try:
-            entries = read_proc_net_tcp(proc_root, {p["port"] for p in counted})
+            entries = tcp_sockets(proc_root, {p["port"] for p in counted}, target.sockets_max_age)
         except OSError as exc:
             section_errors["connections"] = f"{type(exc).__name__}: {exc}"
         names, err = _host_names(state.get("config"))
