@@ -227,20 +227,37 @@ def read_proc_net_tcp(proc_root: str | Path = "/proc", ports: Iterable[int] | No
 # One snapshot of the host's sockets serves every collector that asks within `max_age` seconds:
 # the control plane's 12 service sources and its process source all run on the same 2 s tick, and
 # each used to read the whole table for itself (58% of the control plane's CPU, py-spy). A
-# collector reads afresh unless its target allows an older snapshot.
+# collector reads afresh unless its target allows an older snapshot. The snapshot holds the
+# sockets on every port asked for so far (the kernel filters them: the host may hold thousands
+# of others), so after the first tick one read per tick serves every source.
 _shared_lock = threading.Lock()
-_shared: dict[str, tuple[float, list[TcpEntry]]] = {}
+_shared: dict[str, tuple[float, frozenset[int] | None, list[TcpEntry]]] = {}
+_asked: dict[str, set[int] | None] = {}
 
 
-def _read_all(proc_root: str | Path) -> list[TcpEntry]:
+def _only(entries: Iterable[TcpEntry], ports: frozenset[int] | None) -> list[TcpEntry]:
+    if ports is None:
+        return list(entries)
+    return [e for e in entries if e.local_port in ports or e.remote_port in ports]
+
+
+def _read(proc_root: str | Path, ports: frozenset[int] | None) -> list[TcpEntry]:
+    if ports is not None and not ports:
+        return []
     if str(proc_root) == "/proc":
         from collectors import sockdiag
+        states = sockdiag.ALL_STATES & ~(1 << 10)   # LISTEN left out, as ss does: nothing counts it
         try:
-            # LISTEN sockets are left out: nothing counted here is a listener, and ss does the same
-            return sockdiag.dump_tcp(sockdiag.ALL_STATES & ~(1 << 10))
+            try:
+                return sockdiag.dump_tcp(states, ports=ports)
+            except sockdiag.SockDiagError:
+                if ports is None:
+                    raise
+                # a kernel without the port equality tests (before 4.16) refuses the filter
+                return _only(sockdiag.dump_tcp(states), ports)
         except OSError:             # no netlink (sandbox, old kernel): the text table still works
             pass
-    return [e for e in read_proc_net_tcp(proc_root) if e.state != "LISTEN"]
+    return [e for e in read_proc_net_tcp(proc_root, ports) if e.state != "LISTEN"]
 
 
 def tcp_sockets(proc_root: str | Path = "/proc", ports: Iterable[int] | None = None,
@@ -250,17 +267,20 @@ def tcp_sockets(proc_root: str | Path = "/proc", ports: Iterable[int] | None = N
     sock_diag netlink for the real /proc (falling back to its text table), from the text files
     of an injected root. Raises OSError when neither can be read."""
     key = str(proc_root)
+    wanted = None if ports is None else frozenset(ports)
     with _shared_lock:          # concurrent sources wait for one read instead of each doing it
         now = time.monotonic()
+        asked = _asked.get(key, set())
+        if asked is not None:
+            asked = None if wanted is None else asked | wanted
+            _asked[key] = asked
         hit = _shared.get(key)
-        if hit is None or now - hit[0] > max_age:
-            hit = (now, _read_all(proc_root))
+        if (hit is None or now - hit[0] > max_age
+                or (hit[1] is not None and (wanted is None or not wanted <= hit[1]))):
+            covered = None if asked is None else frozenset(asked)
+            hit = (now, covered, _read(proc_root, covered))
             _shared[key] = hit
-    entries = hit[1]
-    if ports is None:
-        return list(entries)
-    wanted = set(ports)
-    return [e for e in entries if e.local_port in wanted or e.remote_port in wanted]
+    return _only(hit[2], wanted)
 
 
 def connections_by_remote(entries: Iterable[TcpEntry], local_port: int, local_ip: str | None = None,

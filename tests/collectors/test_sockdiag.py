@@ -91,3 +91,31 @@ def test_tcp_sockets_is_shared_then_refreshed(tmp_path):
     (tmp_path / "net" / "tcp").write_text(src.read_text().splitlines()[0] + "\n")
     assert tcp_sockets(tmp_path, max_age=60) == first       # within max_age: the same snapshot
     assert tcp_sockets(tmp_path, max_age=0) == []           # older than max_age: read again
+
+
+def test_kernel_port_filter_keeps_exactly_those_ports():
+    ls = socket.socket()
+    ls.bind(("127.0.0.1", 0))
+    ls.listen(8)
+    port = ls.getsockname()[1]
+    socks = [ls]
+    try:
+        for _ in range(3):
+            socks += [socket.create_connection(("127.0.0.1", port)), ls.accept()[0]]
+        other = socks[1].getsockname()[1]           # one client's own port: matched as either end
+        wanted = {port, other, 1}
+        filtered = sockdiag.dump_tcp(sockdiag.ALL_STATES, ports=wanted)
+        everything = [e for e in sockdiag.dump_tcp(sockdiag.ALL_STATES)
+                      if e.local_port in wanted or e.remote_port in wanted]
+        assert set(filtered) == set(everything)
+        # listener + 3 pairs (other sockets of the host may share the client's port number)
+        assert sum(port in (e.local_port, e.remote_port) for e in filtered) == 7
+    finally:
+        for s in socks:
+            s.close()
+
+
+@pytest.mark.parametrize("ports", [[], [0], [65536], [-5]])
+def test_port_filter_refuses_bad_ports(ports):
+    with pytest.raises(ValueError, match="ports"):
+        sockdiag.port_filter(ports)
