@@ -231,43 +231,67 @@ def read_proc_net_tcp(proc_root: str | Path = "/proc", ports: Iterable[int] | No
 # sockets on every port asked for so far (the kernel filters them: the host may hold thousands
 # of others), so after the first tick one read per tick serves every source.
 _shared_lock = threading.Lock()
-_shared: dict[str, tuple[float, frozenset[int] | None, list[TcpEntry]]] = {}
-_asked: dict[str, set[int] | None] = {}
+Endpoint = tuple  # (ip or None for any address, port)
+_shared: dict[str, tuple[float, frozenset[Endpoint] | None, list[TcpEntry]]] = {}
+_asked: dict[str, set[Endpoint] | None] = {}
 
 
-def _only(entries: Iterable[TcpEntry], ports: frozenset[int] | None) -> list[TcpEntry]:
-    if ports is None:
+def _only(entries: Iterable[TcpEntry], endpoints: frozenset[Endpoint] | None) -> list[TcpEntry]:
+    if endpoints is None:
         return list(entries)
-    return [e for e in entries if e.local_port in ports or e.remote_port in ports]
+    ips: dict[int, set[str | None]] = {}
+    for ip, port in endpoints:
+        ips.setdefault(port, set()).add(ip)
+    out = []
+    for e in entries:
+        a, b = ips.get(e.local_port), ips.get(e.remote_port)
+        if ((a is not None and (None in a or e.local_ip in a))
+                or (b is not None and (None in b or e.remote_ip in b))):
+            out.append(e)
+    return out
 
 
-def _read(proc_root: str | Path, ports: frozenset[int] | None) -> list[TcpEntry]:
-    if ports is not None and not ports:
+def _is_ip(ip: str | None) -> bool:
+    try:
+        ipaddress.ip_address(ip)
+        return True
+    except ValueError:
+        return False
+
+
+def _read(proc_root: str | Path, endpoints: frozenset[Endpoint] | None) -> list[TcpEntry]:
+    if endpoints is not None and not endpoints:
         return []
     if str(proc_root) == "/proc":
         from collectors import sockdiag
         states = sockdiag.ALL_STATES & ~(1 << 10)   # LISTEN left out, as ss does: nothing counts it
+        # the kernel filters on what is an IP address; a name (that matches no socket) on its port
+        kernel = None if endpoints is None else {(ip if _is_ip(ip) else None, p) for ip, p in endpoints}
         try:
             try:
-                return sockdiag.dump_tcp(states, ports=ports)
+                return _only(sockdiag.dump_tcp(states, endpoints=kernel), endpoints)
             except sockdiag.SockDiagError:
-                if ports is None:
+                if endpoints is None:
                     raise
                 # a kernel without the port equality tests (before 4.16) refuses the filter
-                return _only(sockdiag.dump_tcp(states), ports)
+                return _only(sockdiag.dump_tcp(states), endpoints)
         except OSError:             # no netlink (sandbox, old kernel): the text table still works
             pass
-    return [e for e in read_proc_net_tcp(proc_root, ports) if e.state != "LISTEN"]
+    ports = None if endpoints is None else {p for _, p in endpoints}
+    return _only([e for e in read_proc_net_tcp(proc_root, ports) if e.state != "LISTEN"], endpoints)
 
 
 def tcp_sockets(proc_root: str | Path = "/proc", ports: Iterable[int] | None = None,
-                max_age: float = 0.0) -> list[TcpEntry]:
-    """The host's non-LISTEN TCP sockets (only those with one of `ports` on either end when
-    given), from a snapshot shared by callers that accept one up to `max_age` seconds old. From
-    sock_diag netlink for the real /proc (falling back to its text table), from the text files
-    of an injected root. Raises OSError when neither can be read."""
+                max_age: float = 0.0, endpoints: Iterable[Endpoint] | None = None) -> list[TcpEntry]:
+    """The host's non-LISTEN TCP sockets: those with one of `ports` on either end, or one of
+    `endpoints` (ip, port; ip None: any address), or all when neither is given. From a snapshot
+    shared by callers that accept one up to `max_age` seconds old. From sock_diag netlink for
+    the real /proc (falling back to its text table), from the text files of an injected root.
+    Raises OSError when neither can be read."""
     key = str(proc_root)
-    wanted = None if ports is None else frozenset(ports)
+    wanted: frozenset[Endpoint] | None = None
+    if endpoints is not None or ports is not None:
+        wanted = frozenset(endpoints or ()) | frozenset((None, p) for p in ports or ())
     with _shared_lock:          # concurrent sources wait for one read instead of each doing it
         now = time.monotonic()
         asked = _asked.get(key, set())
@@ -384,7 +408,8 @@ def collect(target: Target, previous: Observation | None = None) -> Observation:
     names: dict[str, str] = {}
     if counted:
         try:
-            entries = tcp_sockets(proc_root, {p["port"] for p in counted}, target.sockets_max_age)
+            entries = tcp_sockets(proc_root, max_age=target.sockets_max_age,
+                                  endpoints={(p.get("address") or None, p["port"]) for p in counted})
         except OSError as exc:
             section_errors["connections"] = f"{type(exc).__name__}: {exc}"
         names, err = _host_names(state.get("config"))

@@ -314,7 +314,7 @@ def collect(target: Target, previous: Observation | None = None) -> Observation:
         from collectors import process
         ups = target.upstreams
         try:
-            entries = process.tcp_sockets(target.proc_root, {p for _, p in ups}, target.sockets_max_age)
+            entries = process.tcp_sockets(target.proc_root, max_age=target.sockets_max_age, endpoints=ups)
             time_wait = {f"{a}:{p}": process.time_wait_count(entries, p, a) for a, p in ups}
         except OSError as exc:
             errors["time_wait"] = f"{type(exc).__name__}: {exc}"

@@ -7,14 +7,16 @@ a sock_diag dump of the same sockets costs ~1.9 ms, and a dump limited to ESTABL
 TIME_WAIT sockets leaves the rest in the kernel (`python -m bench.scrape` measures the
 control plane as a whole).
 
-- `request(family, states, ports=None)` -> bytes: one SOCK_DIAG_BY_FAMILY dump request
+- `request(family, states, endpoints=None)` -> bytes: one SOCK_DIAG_BY_FAMILY dump request
   (nlmsghdr + inet_diag_req_v2) for TCP sockets of `family` in the states of the `states` bit
-  mask; with `ports`, an inet_diag bytecode filter (`port_filter`) so the kernel sends only the
-  sockets with one of them on either end, as `ss '( sport = :p or dport = :p )'` does.
+  mask; with `endpoints` [(ip or None, port)], an inet_diag bytecode filter (`endpoint_filter`)
+  so the kernel sends only the sockets with one of them on either end, as
+  `ss '( src ip:p or dst ip:p )'` does.
 - `parse_replies(data)` -> (entries, done): pure parser of the bytes of one or more netlink
   reply datagrams: [collectors.process.TcpEntry] plus whether NLMSG_DONE was seen. Raises
   `SockDiagError` (a ValueError) on a truncated or malformed message and on NLMSG_ERROR.
-- `dump_tcp(states=..., families=(AF_INET, AF_INET6), timeout=1.0, ports=None)` -> [TcpEntry]: the I/O.
+- `dump_tcp(states=..., families=(AF_INET, AF_INET6), timeout=1.0, endpoints=None)` ->
+  [TcpEntry]: the I/O.
   Raises OSError (SockDiagError included) when netlink is unavailable (no AF_NETLINK, a
   sandbox without sock_diag): callers fall back to /proc.
 """
@@ -49,36 +51,58 @@ class SockDiagError(OSError, ValueError):
 
 
 INET_DIAG_REQ_BYTECODE = 1
-_JMP, _S_EQ, _D_EQ = 1, 11, 12                      # INET_DIAG_BC_JMP, S_EQ, D_EQ (S_EQ: Linux 4.16+)
+# INET_DIAG_BC_JMP, S_COND, D_COND, S_EQ, D_EQ (the port equality tests: Linux 4.16+)
+_JMP, _S_COND, _D_COND, _S_EQ, _D_EQ = 1, 7, 8, 11, 12
 _OP = struct.Struct("=BBH")                         # inet_diag_bc_op: code, yes, no
 
 
-def port_filter(ports) -> bytes:
-    """inet_diag bytecode keeping sockets with one of `ports` on either end, so the kernel sends
-    only those. Compiled the way `ss` compiles `sport = :p or dport = :p or ...`: each test is two
-    4-byte ops (the test, then one whose `no` holds the port) going on to the next op when true
-    and 4 bytes past its own end when false; between two tests a JMP sends "true" past the rest
-    (accept) while "false" lands on the next test; past the last test's end is reject. The kernel
-    only accepts jump targets it can reach by following every op's "true" branch from the
-    start, which is why "true" cannot jump straight to the end."""
-    ports = sorted({int(p) for p in ports})
-    if not ports or any(not 0 < p < 65536 for p in ports):
-        raise ValueError(f"ports must be 1..65535, got {ports}")
-    tests = [(code, p) for p in ports for code in (_S_EQ, _D_EQ)]
+def _hostcond(code: int, ip: str, port: int) -> bytes:
+    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+    addr = socket.inet_pton(family, ip)
+    cond = struct.pack("=BBxxi", family, 8 * len(addr), port) + addr    # inet_diag_hostcond
+    return _OP.pack(code, 4 + len(cond), 8 + len(cond)) + cond
+
+
+def endpoint_filter(endpoints) -> bytes:
+    """inet_diag bytecode keeping sockets with one of `endpoints` (ip, port) on either end (ip
+    None: any address on that port), so the kernel sends only those. Compiled the way `ss`
+    compiles `src ip:p or dst ip:p or ...`: each test (a port equality test, or a host
+    condition whose port field must match too) goes on to the next op when true and 4 bytes past
+    its own end when false; between two tests a JMP sends "true" past the rest (accept) while
+    "false" lands on the next test; past the last test's end is reject. The kernel accepts only
+    jump targets reachable by following every op's "true" branch from the start, which is why
+    "true" cannot jump straight to the end. Raises ValueError on a bad port or address."""
+    tests = []
+    for ip, port in sorted(set(endpoints), key=lambda e: (e[1], e[0] or "")):
+        if not isinstance(port, int) or not 0 < port < 65536:
+            raise ValueError(f"ports must be 1..65535, got {port!r}")
+        if ip is None:
+            tests += [_OP.pack(code, 8, 12) + _OP.pack(0, 0, port) for code in (_S_EQ, _D_EQ)]
+        else:
+            try:
+                tests += [_hostcond(code, ip, port) for code in (_S_COND, _D_COND)]
+            except OSError as exc:          # inet_pton: not an address
+                raise ValueError(f"not an IP address: {ip!r}") from exc
+    if not tests:
+        raise ValueError("no ports to filter on")
     out = b""
-    for code, port in reversed(tests):
-        leaf = _OP.pack(code, 8, 12) + _OP.pack(0, 0, port)
+    for leaf in reversed(tests):
         out = leaf + (_OP.pack(_JMP, 4, len(out) + 4) + out if out else b"")
     if len(out) > 65000:
-        raise ValueError(f"too many ports for one filter: {len(ports)}")
+        raise ValueError(f"too many endpoints for one filter: {len(tests) // 2}")
     return out
 
 
-def request(family: int, states: int, seq: int = 1, ports=None) -> bytes:
+def port_filter(ports) -> bytes:
+    """endpoint_filter on any address of each of `ports`."""
+    return endpoint_filter((None, p) for p in ports)
+
+
+def request(family: int, states: int, seq: int = 1, endpoints=None) -> bytes:
     body = _REQ.pack(family, socket.IPPROTO_TCP, 0, 0, states, b"\0\0", b"\0\0", b"\0" * 16, b"\0" * 16,
                      0, b"\0" * 8)
-    if ports is not None:
-        bc = port_filter(ports)
+    if endpoints is not None:
+        bc = endpoint_filter(endpoints)
         body += struct.pack("=HH", 4 + len(bc), INET_DIAG_REQ_BYTECODE) + bc
     return _NLMSGHDR.pack(_NLMSGHDR.size + len(body), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP,
                           seq, 0) + body
@@ -125,14 +149,15 @@ BOTH_FAMILIES = (socket.AF_INET, socket.AF_INET6)
 
 
 def dump_tcp(states: int = STATES_ESTABLISHED_TIME_WAIT, families: tuple[int, ...] = BOTH_FAMILIES,
-             timeout: float = 1.0, ports=None) -> list[TcpEntry]:
-    """`ports`: only sockets with one of these ports on either end, filtered in the kernel (the
-    host may hold thousands of other sockets: building an entry for each cost ~3 us)."""
+             timeout: float = 1.0, endpoints=None) -> list[TcpEntry]:
+    """`endpoints`: only sockets with one of these (ip or None, port) on either end, filtered in
+    the kernel (the host may hold thousands of other sockets, other clusters' on the same port
+    numbers included: building an entry for each cost ~3 us)."""
     entries: list[TcpEntry] = []
     with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_SOCK_DIAG) as s:
         s.settimeout(timeout)
         for seq, family in enumerate(families, 1):
-            s.sendto(request(family, states, seq, ports), (0, 0))
+            s.sendto(request(family, states, seq, endpoints), (0, 0))
             while True:
                 got, done = parse_replies(s.recv(1 << 16))
                 entries += got

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from cluster.loopback import free_prefix
 from collectors import process, sockdiag
 from collectors.process import TcpEntry, read_proc_net_tcp, tcp_sockets, time_wait_count
 from collectors.sockdiag import SockDiagError, parse_replies
@@ -65,20 +66,33 @@ def test_hostile_replies():
     assert parse_replies(b"") == ([], False)
 
 
-def test_live_dump_matches_proc():
+def _pairs(n: int):
+    """A listener on a private loopback prefix (no other socket of the host is on it) and n
+    connections to it: (listener address, port, every socket)."""
+    prefix = free_prefix()
     ls = socket.socket()
-    ls.bind(("127.0.0.1", 0))
-    ls.listen(4)
+    ls.bind((f"{prefix}.21", 0))
+    ls.listen(8)
     port = ls.getsockname()[1]
-    c = socket.create_connection(("127.0.0.1", port))
-    s, _ = ls.accept()
+    socks = [ls]
+    for _ in range(n):
+        c = socket.socket()
+        c.bind((f"{prefix}.1", 0))
+        c.connect((f"{prefix}.21", port))
+        socks += [c, ls.accept()[0]]
+    return f"{prefix}.21", port, socks
+
+
+def test_live_dump_matches_proc():
+    ip, port, socks = _pairs(1)
     try:
-        diag = {e for e in sockdiag.dump_tcp() if port in (e.local_port, e.remote_port)}
-        proc = {e for e in read_proc_net_tcp(ports=[port]) if e.state != "LISTEN"}
+        diag = {e for e in sockdiag.dump_tcp() if ip in (e.local_ip, e.remote_ip)}
+        proc = {e for e in read_proc_net_tcp(ports=[port])
+                if e.state != "LISTEN" and ip in (e.local_ip, e.remote_ip)}
         assert diag == proc and len(diag) == 2
-        assert set(tcp_sockets(ports=[port])) == diag
+        assert set(tcp_sockets(endpoints=[(ip, port)])) == diag
     finally:
-        for x in (c, s, ls):
+        for x in socks:
             x.close()
 
 
@@ -93,29 +107,33 @@ def test_tcp_sockets_is_shared_then_refreshed(tmp_path):
     assert tcp_sockets(tmp_path, max_age=0) == []           # older than max_age: read again
 
 
-def test_kernel_port_filter_keeps_exactly_those_ports():
-    ls = socket.socket()
-    ls.bind(("127.0.0.1", 0))
-    ls.listen(8)
-    port = ls.getsockname()[1]
-    socks = [ls]
+def test_kernel_filter_keeps_exactly_those_endpoints():
+    ip, port, socks = _pairs(3)
     try:
-        for _ in range(3):
-            socks += [socket.create_connection(("127.0.0.1", port)), ls.accept()[0]]
-        other = socks[1].getsockname()[1]           # one client's own port: matched as either end
-        wanted = {port, other, 1}
-        filtered = sockdiag.dump_tcp(sockdiag.ALL_STATES, ports=wanted)
-        everything = [e for e in sockdiag.dump_tcp(sockdiag.ALL_STATES)
-                      if e.local_port in wanted or e.remote_port in wanted]
-        assert set(filtered) == set(everything)
-        # listener + 3 pairs (other sockets of the host may share the client's port number)
-        assert sum(port in (e.local_port, e.remote_port) for e in filtered) == 7
+        client = socks[1].getsockname()                 # one client's own end: matched as either end
+        for wanted in ({(ip, port)}, {client, ("::1", 1)}, {(None, port)}):
+            filtered = sockdiag.dump_tcp(sockdiag.ALL_STATES, endpoints=wanted)
+            everything = process._only(sockdiag.dump_tcp(sockdiag.ALL_STATES), frozenset(wanted))
+            ours = {e for e in filtered if ip in (e.local_ip, e.remote_ip)}
+            assert ours == {e for e in everything if ip in (e.local_ip, e.remote_ip)}
+            assert len(ours) == (7 if port in {p for _, p in wanted} else 2)    # listener + 3 pairs
     finally:
         for s in socks:
             s.close()
 
 
-@pytest.mark.parametrize("ports", [[], [0], [65536], [-5]])
-def test_port_filter_refuses_bad_ports(ports):
-    with pytest.raises(ValueError, match="ports"):
-        sockdiag.port_filter(ports)
+@pytest.mark.parametrize("endpoints", [[], [(None, 0)], [(None, 65536)], [("127.0.0.1", -5)],
+                                       [("not-an-ip", 80)], [("127.0.0.1", "80")], [("☃", 80)]])
+def test_endpoint_filter_refuses_bad_endpoints(endpoints):
+    with pytest.raises(ValueError, match="ports|address"):
+        sockdiag.endpoint_filter(endpoints)
+
+
+def test_tcp_sockets_takes_names_that_match_nothing():
+    ip, port, socks = _pairs(1)
+    try:
+        got = tcp_sockets(endpoints=[("redis1.example", port), (ip, port)])
+        assert len([e for e in got if ip in (e.local_ip, e.remote_ip)]) == 2
+    finally:
+        for s in socks:
+            s.close()
