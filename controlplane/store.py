@@ -62,6 +62,14 @@ class _Ring:
             self.buf[self.start:] + self.buf[:end - len(self.buf)]
         return [None if math.isnan(v) else v for v in raw]
 
+    def tail(self, k: int) -> list[float | None]:
+        """The newest `k` values, oldest first: values()[-k:] without converting the rest."""
+        k = max(0, min(k, self.n))
+        cap = len(self.buf)
+        b = (self.start + self.n - k) % cap
+        raw = self.buf[b:b + k] if b + k <= cap else self.buf[b:] + self.buf[:b + k - cap]
+        return [None if math.isnan(v) else v for v in raw]
+
 
 @dataclass
 class _Target:
@@ -143,6 +151,28 @@ class Store:
         if since is not None:
             points = [p for p in points if p[0] >= since]
         return points
+
+    def window(self, source: str, target: str, since: float) -> dict[str, list[tuple[float, float | None]]]:
+        """Every series of one target since `since`, name -> [(time, value or None)], names
+        sorted: what {n: series(source, target, n, since) for n in names(...)} gives, without
+        converting each ring's whole history per name (the detection engine's window, every tick)."""
+        with self._lock:
+            t = self._series.get((source, target))
+            if t is None:
+                return {}
+            times = t.times.values()
+            keep = [i for i, at in enumerate(times) if at >= since]
+            k = len(keep)
+            if k == 0:
+                return {name: [] for name in sorted(t.values)}
+            if keep[0] == len(times) - k:      # a suffix, as scrape times only grow: convert k points
+                ts = times[-k:]
+                return {name: list(zip(ts, t.values[name].tail(k))) for name in sorted(t.values)}
+            out = {}
+            for name in sorted(t.values):
+                vals = t.values[name].values()
+                out[name] = [(times[i], vals[i]) for i in keep]
+            return out
 
     def names(self, source: str, target: str) -> list[str]:
         with self._lock:
