@@ -130,7 +130,8 @@ class Window:
         return w
 
     def to_json(self) -> str:
-        return json.dumps({"now": self.now, "interval_s": self.interval_s, "series": self.series,
+        series = {k: dict(v) for k, v in self.series.items()}     # SeriesWindow: read every series
+        return json.dumps({"now": self.now, "interval_s": self.interval_s, "series": series,
                            "latest": self.latest}, separators=(",", ":"), default=str)
 
     @classmethod
