@@ -85,7 +85,10 @@ class SeriesWindow(Mapping):
     def __getitem__(self, name: str) -> list[tuple[float, float | None]]:
         got = self._done.get(name)
         if got is None:
-            got = [(t, None if v != v else v) for t, v in zip(self._times, self._raw[name])]
+            raw = self._raw[name]
+            total = sum(raw)        # NaN (an unknown point) makes it NaN: the rare slow path
+            got = list(zip(self._times, raw)) if total == total else \
+                [(t, None if v != v else v) for t, v in zip(self._times, raw)]
             self._done[name] = got
         return got
 
