@@ -271,10 +271,11 @@ def _read(proc_root: str | Path, endpoints: frozenset[Endpoint] | None) -> list[
         try:
             try:
                 return _only(sockdiag.dump_tcp(states, endpoints=kernel), endpoints)
-            except sockdiag.SockDiagError:
+            except (sockdiag.SockDiagError, ValueError):
                 if endpoints is None:
                     raise
-                # a kernel without the port equality tests (before 4.16) refuses the filter
+                # a kernel without the port equality tests (before 4.16) refuses the filter, and
+                # a port no filter can hold (0, > 65535: a broken state file) matches no socket
                 return _only(sockdiag.dump_tcp(states), endpoints)
         except OSError:             # no netlink (sandbox, old kernel): the text table still works
             pass

@@ -2,10 +2,12 @@
 
 Why not /proc/net/tcp: the kernel prints that table as text, walking its whole connection hash
 for every read() chunk, and the control plane read it for each of its 13 sources every 2 s. On
-this machine (2 cores, ~400 TCP sockets on the host) one read of tcp+tcp6 costs ~9 ms of CPU;
-a sock_diag dump of the same sockets costs ~1.9 ms, and a dump limited to ESTABLISHED and
-TIME_WAIT sockets leaves the rest in the kernel (`python -m bench.scrape` measures the
-control plane as a whole).
+this machine (2 cores, ~400 TCP sockets on the host) one read of tcp+tcp6 cost ~9 ms of CPU and
+a sock_diag dump of the same sockets ~1.9 ms. The host often holds tens of thousands of other
+sockets (other clusters on the same port numbers, benchmarks): with 32,000 a full dump cost
+~67 ms, a port-only filter ~61 ms (the others' sockets share the ports), a filter on one
+address and port ~6.5 ms, the kernel's walk (`python -m bench.scrape` measures the control
+plane as a whole).
 
 - `request(family, states, endpoints=None)` -> bytes: one SOCK_DIAG_BY_FAMILY dump request
   (nlmsghdr + inet_diag_req_v2) for TCP sockets of `family` in the states of the `states` bit

@@ -134,6 +134,8 @@ def test_tcp_sockets_takes_names_that_match_nothing():
     try:
         got = tcp_sockets(endpoints=[("redis1.example", port), (ip, port)])
         assert len([e for e in got if ip in (e.local_ip, e.remote_ip)]) == 2
+        # a port out of range (a hand-edited state file) matches nothing instead of raising
+        assert tcp_sockets(endpoints=[(ip, 0), (None, 70000)]) == []
     finally:
         for s in socks:
             s.close()
