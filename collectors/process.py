@@ -16,9 +16,13 @@ each remote host holds to a Redis port). Pure parsers beside thin fetchers:
 - `connections_by_remote(entries, local_port, local_ip=None, state="ESTABLISHED")` ->
   Counter[remote_ip]: the `lsof | uniq -c` view. `time_wait_count(entries, port, ip=None)`:
   sockets in TIME_WAIT on either side of `port`, the churn signal of missing keepalives.
-- `read_proc_net_tcp(proc_root="/proc", ports=None)`: the only I/O for sockets, with an
+- `read_proc_net_tcp(proc_root="/proc", ports=None)`: the text table's I/O, with an
   injectable root (prometheus/client_python's `proc=` habit) so a recorded tree stands in for
   the OS in tests.
+- `tcp_sockets(proc_root="/proc", ports=None, max_age=0)`: what the collectors call: the real
+  /proc's sockets come from sock_diag netlink (collectors/sockdiag.py, ~5x less CPU than the
+  text table), falling back to the text; callers that accept a snapshot up to `max_age` s old
+  share one read (the control plane's sources, all on one tick).
 - `collect(target, previous=None)` -> Observation(source="process", target=<run dir, or the
   target's name>, data=ProcessSnapshot([ProcessReport(name, kind, host, address, port, stats,
   connections={remote host name or IP: n}, time_wait, restarts)])); `restarts` is state.json's
@@ -51,7 +55,9 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import os
 import socket
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterable
@@ -219,6 +225,90 @@ def read_proc_net_tcp(proc_root: str | Path = "/proc", ports: Iterable[int] | No
     return entries
 
 
+# One snapshot of the host's sockets serves every collector that asks within `max_age` seconds:
+# the control plane's 12 service sources and its process source all run on the same 2 s tick, and
+# each used to read the whole table for itself (58% of the control plane's CPU, py-spy). A
+# collector reads afresh unless its target allows an older snapshot. The snapshot holds the
+# sockets on every port asked for so far (the kernel filters them: the host may hold thousands
+# of others), so after the first tick one read per tick serves every source.
+_shared_lock = threading.Lock()
+Endpoint = tuple  # (ip or None for any address, port)
+_shared: dict[str, tuple[float, frozenset[Endpoint] | None, list[TcpEntry]]] = {}
+_asked: dict[str, set[Endpoint] | None] = {}
+
+
+def _only(entries: Iterable[TcpEntry], endpoints: frozenset[Endpoint] | None) -> list[TcpEntry]:
+    if endpoints is None:
+        return list(entries)
+    ips: dict[int, set[str | None]] = {}
+    for ip, port in endpoints:
+        ips.setdefault(port, set()).add(ip)
+    out = []
+    for e in entries:
+        a, b = ips.get(e.local_port), ips.get(e.remote_port)
+        if ((a is not None and (None in a or e.local_ip in a))
+                or (b is not None and (None in b or e.remote_ip in b))):
+            out.append(e)
+    return out
+
+
+def _is_ip(ip: str | None) -> bool:
+    try:
+        ipaddress.ip_address(ip)
+        return True
+    except ValueError:
+        return False
+
+
+def _read(proc_root: str | Path, endpoints: frozenset[Endpoint] | None) -> list[TcpEntry]:
+    if endpoints is not None and not endpoints:
+        return []
+    if str(proc_root) == "/proc":
+        from collectors import sockdiag
+        states = sockdiag.ALL_STATES & ~(1 << 10)   # LISTEN left out, as ss does: nothing counts it
+        # the kernel filters on what is an IP address; a name (that matches no socket) on its port
+        kernel = None if endpoints is None else {(ip if _is_ip(ip) else None, p) for ip, p in endpoints}
+        try:
+            try:
+                return _only(sockdiag.dump_tcp(states, endpoints=kernel), endpoints)
+            except (sockdiag.SockDiagError, ValueError):
+                if endpoints is None:
+                    raise
+                # a kernel without the port equality tests (before 4.16) refuses the filter, and
+                # a port no filter can hold (0, > 65535: a broken state file) matches no socket
+                return _only(sockdiag.dump_tcp(states), endpoints)
+        except OSError:             # no netlink (sandbox, old kernel): the text table still works
+            pass
+    ports = None if endpoints is None else {p for _, p in endpoints}
+    return _only([e for e in read_proc_net_tcp(proc_root, ports) if e.state != "LISTEN"], endpoints)
+
+
+def tcp_sockets(proc_root: str | Path = "/proc", ports: Iterable[int] | None = None,
+                max_age: float = 0.0, endpoints: Iterable[Endpoint] | None = None) -> list[TcpEntry]:
+    """The host's non-LISTEN TCP sockets: those with one of `ports` on either end, or one of
+    `endpoints` (ip, port; ip None: any address), or all when neither is given. From a snapshot
+    shared by callers that accept one up to `max_age` seconds old. From sock_diag netlink for
+    the real /proc (falling back to its text table), from the text files of an injected root.
+    Raises OSError when neither can be read."""
+    key = str(proc_root)
+    wanted: frozenset[Endpoint] | None = None
+    if endpoints is not None or ports is not None:
+        wanted = frozenset(endpoints or ()) | frozenset((None, p) for p in ports or ())
+    with _shared_lock:          # concurrent sources wait for one read instead of each doing it
+        now = time.monotonic()
+        asked = _asked.get(key, set())
+        if asked is not None:
+            asked = None if wanted is None else asked | wanted
+            _asked[key] = asked
+        hit = _shared.get(key)
+        if (hit is None or now - hit[0] > max_age
+                or (hit[1] is not None and (wanted is None or not wanted <= hit[1]))):
+            covered = None if asked is None else frozenset(asked)
+            hit = (now, covered, _read(proc_root, covered))
+            _shared[key] = hit
+    return _only(hit[2], wanted)
+
+
 def connections_by_remote(entries: Iterable[TcpEntry], local_port: int, local_ip: str | None = None,
                           state: str | None = "ESTABLISHED") -> Counter:
     """Count sockets on `local_ip:local_port` (any local address when None) by remote address:
@@ -263,14 +353,30 @@ def _count(v) -> int | None:
     return v if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else None
 
 
+# config path -> ((mtime_ns, size), result): parsing the YAML cluster file on every 2 s scrape
+# was a twentieth of the control plane's CPU; a changed file is read again.
+_names_cache: dict[str, tuple[tuple[int, int], tuple[dict[str, str], str | None]]] = {}
+
+
 def _host_names(config: str | None) -> tuple[dict[str, str], str | None]:
     if not config:
         return {}, None
     from cluster import clusterfile
     try:
-        return clusterfile.load(config).spec.host_by_address(), None
+        st = os.stat(config)
+        stamp = (st.st_mtime_ns, st.st_size)
+    except OSError:
+        stamp = None
+    hit = _names_cache.get(config)
+    if stamp is not None and hit is not None and hit[0] == stamp:
+        return dict(hit[1][0]), hit[1][1]
+    try:
+        result = clusterfile.load(config).spec.host_by_address(), None
     except clusterfile.ClusterFileError as exc:  # a broken cluster file costs names, not the scrape
-        return {}, f"{type(exc).__name__}: {exc}"
+        result = {}, f"{type(exc).__name__}: {exc}"
+    if stamp is not None:
+        _names_cache[config] = (stamp, result)
+    return dict(result[0]), result[1]
 
 
 @dataclass(frozen=True)
@@ -278,11 +384,13 @@ class Target:
     run: RunDir                      # the supervisor's run directory: state.json names the processes
     proc_root: str | Path = "/proc"  # a recorded tree stands in for the OS in tests
     name: str | None = None          # the Observation's target; default: the run directory
+    sockets_max_age: float = 0.0     # see tcp_sockets: 0 reads afresh
 
 
-def target_for(run_dir, name: str | None = None, proc_root: str | Path = "/proc") -> Target:
+def target_for(run_dir, name: str | None = None, proc_root: str | Path = "/proc",
+               sockets_max_age: float = 0.0) -> Target:
     run = run_dir if isinstance(run_dir, RunDir) else RunDir.resolve(run_dir)
-    return Target(run, proc_root, name)
+    return Target(run, proc_root, name, sockets_max_age)
 
 
 def collect(target: Target, previous: Observation | None = None) -> Observation:
@@ -318,7 +426,8 @@ def collect(target: Target, previous: Observation | None = None) -> Observation:
     names: dict[str, str] = {}
     if counted:
         try:
-            entries = read_proc_net_tcp(proc_root, {p["port"] for p in counted})
+            entries = tcp_sockets(proc_root, max_age=target.sockets_max_age,
+                                  endpoints={(p.get("address") or None, p["port"]) for p in counted})
         except OSError as exc:
             section_errors["connections"] = f"{type(exc).__name__}: {exc}"
         names, err = _host_names(state.get("config"))

@@ -259,6 +259,9 @@ class Target:
     # The internal token for /v1/stats/keys, or why there is none; never in a repr.
     token: str | None = field(default=None, repr=False)
     no_token: str | None = None
+    # How old a shared snapshot of the host's sockets may be (collectors.process.tcp_sockets): 0
+    # reads afresh; the control plane's sources, which all run on one tick, share one read.
+    sockets_max_age: float = 0.0
 
     @property
     def name(self) -> str:
@@ -274,7 +277,7 @@ def internal_token(cf, run=None) -> tuple[str | None, str | None]:
 
 
 def target_for(cf, host: str, service: str, timeout: float = 2.0, proc_root: str = "/proc",
-               run=None) -> Target:
+               run=None, sockets_max_age: float = 0.0) -> Target:
     """`service` on chat host `host`; raises KeyError (unknown host) or ValueError (unknown service).
     `run`: the run dir, whose secrets.env (profile local) has the internal token when the
     environment does not."""
@@ -282,7 +285,7 @@ def target_for(cf, host: str, service: str, timeout: float = 2.0, proc_root: str
     ups = tuple(upstreams(cf, host, service)) if cf.profile == "local" else None
     token, no_token = internal_token(cf, run) if service == "clue" else (None, None)
     return Target(service, host, cf.address(host), port, source_address(cf), ups, timeout, proc_root,
-                  token, no_token)
+                  token, no_token, sockets_max_age)
 
 
 def collect(target: Target, previous: Observation | None = None) -> Observation:
@@ -311,7 +314,7 @@ def collect(target: Target, previous: Observation | None = None) -> Observation:
         from collectors import process
         ups = target.upstreams
         try:
-            entries = process.read_proc_net_tcp(target.proc_root, ports={p for _, p in ups})
+            entries = process.tcp_sockets(target.proc_root, max_age=target.sockets_max_age, endpoints=ups)
             time_wait = {f"{a}:{p}": process.time_wait_count(entries, p, a) for a, p in ups}
         except OSError as exc:
             errors["time_wait"] = f"{type(exc).__name__}: {exc}"

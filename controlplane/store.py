@@ -21,6 +21,7 @@ import math
 import threading
 import time
 from array import array
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,6 +62,41 @@ class _Ring:
         raw = self.buf[self.start:end] if end <= len(self.buf) else \
             self.buf[self.start:] + self.buf[:end - len(self.buf)]
         return [None if math.isnan(v) else v for v in raw]
+
+    def raw_tail(self, k: int) -> array:
+        """The newest `k` values, oldest first, as floats (NaN for unknown): a C-speed copy."""
+        k = max(0, min(k, self.n))
+        cap = len(self.buf)
+        b = (self.start + self.n - k) % cap
+        return self.buf[b:b + k] if b + k <= cap else self.buf[b:] + self.buf[:b + k - cap]
+
+
+class SeriesWindow(Mapping):
+    """name -> [(time, value or None)] of one target over a window, each series converted to
+    Python tuples on first access only: the detection engine builds a window of every series of
+    every target each tick and its detectors read a small part of it. Holds copies of the raw
+    values taken under the store's lock, so later scrapes cannot change it."""
+
+    __slots__ = ("_times", "_raw", "_done")
+
+    def __init__(self, times: list[float], raw: dict[str, array]):
+        self._times, self._raw, self._done = times, raw, {}
+
+    def __getitem__(self, name: str) -> list[tuple[float, float | None]]:
+        got = self._done.get(name)
+        if got is None:
+            raw = self._raw[name]
+            total = sum(raw)        # NaN (an unknown point) makes it NaN: the rare slow path
+            got = list(zip(self._times, raw)) if total == total else \
+                [(t, None if v != v else v) for t, v in zip(self._times, raw)]
+            self._done[name] = got
+        return got
+
+    def __iter__(self):
+        return iter(self._raw)
+
+    def __len__(self) -> int:
+        return len(self._raw)
 
 
 @dataclass
@@ -143,6 +179,27 @@ class Store:
         if since is not None:
             points = [p for p in points if p[0] >= since]
         return points
+
+    def window(self, source: str, target: str, since: float) -> SeriesWindow:
+        """Every series of one target since `since`, name -> [(time, value or None)], names
+        sorted: what {n: series(source, target, n, since) for n in names(...)} gives, but only
+        raw copies of the points in the window are taken, and each series is converted when read."""
+        with self._lock:
+            t = self._series.get((source, target))
+            if t is None:
+                return SeriesWindow([], {})
+            n = t.times.n
+            times = t.times.raw_tail(n)
+            keep = [i for i, at in enumerate(times) if at >= since]
+            k = len(keep)
+            if not keep or keep[0] == n - k:      # a suffix, as scrape times only grow
+                return SeriesWindow(list(times[n - k:]), {name: t.values[name].raw_tail(k)
+                                                          for name in sorted(t.values)})
+            raw = {}
+            for name in sorted(t.values):
+                vals = t.values[name].raw_tail(n)
+                raw[name] = array("d", [vals[i] for i in keep])
+            return SeriesWindow([times[i] for i in keep], raw)
 
     def names(self, source: str, target: str) -> list[str]:
         with self._lock:

@@ -90,6 +90,14 @@ def _plain(value: Any) -> Any:
     return value
 
 
+# (id(store), source, target) -> (the snapshot, its data and detail as plain dicts). A source on a
+# slower interval than detection (CLIENT LIST: 5 s) or a tick that found nothing new keeps its
+# snapshot object, and asdict() of it every pass was a third of the engine's time. Detectors only
+# read the window, so a pass can share the previous one's dicts; the identity check keeps a
+# recycled id() from ever matching a different store's snapshot.
+_PLAIN_CACHE: dict[tuple[int, str, str], tuple[Any, Any, Any]] = {}
+
+
 @dataclass
 class Window:
     now: float
@@ -113,14 +121,17 @@ class Window:
                 continue
             key = f"{source}:{target}"
             o = snap.obs
-            w.latest[key] = {"up": o.up, "error": o.error, "at": o.at, "data": _plain(o.data),
-                             "detail": _plain(snap.detail)}
-            w.series[key] = {name: store.series(source, target, name, since=now - seconds)
-                             for name in store.names(source, target)}
+            cached = _PLAIN_CACHE.get((id(store), source, target))
+            if cached is None or cached[0] is not snap:
+                cached = (snap, _plain(o.data), _plain(snap.detail))
+                _PLAIN_CACHE[(id(store), source, target)] = cached
+            w.latest[key] = {"up": o.up, "error": o.error, "at": o.at, "data": cached[1], "detail": cached[2]}
+            w.series[key] = store.window(source, target, now - seconds)
         return w
 
     def to_json(self) -> str:
-        return json.dumps({"now": self.now, "interval_s": self.interval_s, "series": self.series,
+        series = {k: dict(v) for k, v in self.series.items()}     # SeriesWindow: read every series
+        return json.dumps({"now": self.now, "interval_s": self.interval_s, "series": series,
                            "latest": self.latest}, separators=(",", ":"), default=str)
 
     @classmethod

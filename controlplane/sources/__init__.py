@@ -54,6 +54,9 @@ def build(cf, run: RunDir, store: Store) -> list[Source]:
     fails its own job, not the control plane's start."""
     scrape = cf.controlplane.scrape
     interval, slow = seconds(scrape.interval), seconds(scrape.client_list_interval)
+    # The process source and every service source run on the same tick: one socket table read
+    # (collectors.process.tcp_sockets) serves them all, however the tick's threads interleave.
+    sockets_age = min(1.0, interval / 2)
     out: list[Source] = []
 
     def add(kind: str, target: str, every: float, fn: Callable[[float], Observation]) -> None:
@@ -69,14 +72,15 @@ def build(cf, run: RunDir, store: Store) -> list[Source]:
             lambda t, s=shard.name: _redis(store, redis.target_for(cf, s, timeout=t)))
         add("clients", shard.name, slow,
             lambda t, s=shard.name: _clients(store, clients.target_for(cf, s, timeout=t)))
-    add("process", "local", interval, lambda t: _process(store, process.target_for(run, name="local")))
+    add("process", "local", interval,
+        lambda t: _process(store, process.target_for(run, name="local", sockets_max_age=sockets_age)))
     tail = LogTail(run)
     add("logs", "local", interval, lambda t: tail.scrape(store))
     for host, _cluster in cf.chat_hosts():
         for service in services.SERVICES:
             add("service", f"{service}-{host}", interval,
                 lambda t, h=host, s=service: _service(
-                    store, services.target_for(cf, h, s, timeout=t, run=run)))
+                    store, services.target_for(cf, h, s, timeout=t, run=run, sockets_max_age=sockets_age)))
     return out
 
 

@@ -37,6 +37,25 @@ def test_ring_buffer_keeps_the_last_points_with_gaps():
     assert s.size() == {"series": 2, "points": 8, "points_per_series": 4, "dropped_series": 0}
 
 
+@pytest.mark.parametrize("puts", [3, 5, 11])          # not full, full, wrapped round the ring twice
+def test_window_is_every_series_since(puts):
+    s = Store(points=5)
+    for i in range(puts):
+        s.put(obs("redis", "shard0", 100 + i), {"a": float(i), **({"b": 1.0} if i % 3 else {})})
+    for since in (0, 100 + puts - 2, 100 + puts - 1, 10**9):
+        want = {n: s.series("redis", "shard0", n, since=since) for n in s.names("redis", "shard0")}
+        assert s.window("redis", "shard0", since) == want
+    assert s.window("redis", "other", 0) == {}
+
+
+def test_window_after_the_clock_went_back():
+    s = Store(points=6)
+    for at in (100, 101, 99, 102):            # a wall-clock step back: times are not a suffix
+        s.put(obs("redis", "shard0", at), {"a": float(at)})
+    assert s.window("redis", "shard0", 100) == {"a": s.series("redis", "shard0", "a", since=100)}
+    assert s.window("redis", "shard0", 100)["a"] == [(100, 100.0), (101, 101.0), (102, 102.0)]
+
+
 def test_series_per_target_are_bounded(monkeypatch):
     monkeypatch.setattr(store, "MAX_SERIES_PER_TARGET", 10)
     s = Store(points=3)
