@@ -8,6 +8,7 @@ pre-forking server with N workers would scrape N times into N diverging stores.
 
 from __future__ import annotations
 
+import gc
 import logging
 import sys
 
@@ -53,6 +54,11 @@ def controlplane_cmd(config: str | None, run_dir: str | None, listen: str | None
         port = int(p)
         app.config["TRUSTED_HOSTS"] = trusted_hosts(cf, (host, port))   # answer to the address it serves
     url = f"http://{host}:{port}"
+    # Everything loaded so far (modules, the app, the cluster file) lives as long as the process:
+    # out of the collector's sight, so a full collection walks only what scraping builds since.
+    # Full collections of it all took ~50 ms every few seconds, inside whichever job ran then.
+    gc.collect()
+    gc.freeze()
     click.echo(f"chatops control plane: dashboard {url}/  API {url}/api/v1/  metrics {url}/metrics", err=True)
     try:
         serve(app, host=host, port=port, threads=THREADS, ident="chatops", _quiet=True)
