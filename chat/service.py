@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import hmac
 import json
 import logging
@@ -261,6 +262,10 @@ def run(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
             loop.add_signal_handler(sig, stop.set)
         await main(stop)
 
+    # The modules and settings loaded so far live as long as the process: out of the collector's
+    # sight, a full collection walks only what serving builds, and pauses a few ms, not tens.
+    gc.collect()
+    gc.freeze()
     if uvloop is not None:
         uvloop.run(runner())
     else:
