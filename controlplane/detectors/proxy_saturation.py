@@ -52,21 +52,38 @@ def _r(v: float | None) -> float | None:
     return None if v is None else round(v, 3)
 
 
+def _aligned(a: list, b: list) -> bool:
+    """Whether two series of one target share their timestamps, point for point: they come from
+    the same snapshots, so they do unless one was missing from some; then look up by time."""
+    return len(a) == len(b) and all(p[0] == q[0] for p, q in zip(a, b))
+
+
 def _ratio(window: Window, host: str, row: str) -> list:
-    slim = dict(window.points("haproxy", host, names.series(row, "slim")))
+    scur = window.points("haproxy", host, names.series(row, "scur"))
+    slim_pts = window.points("haproxy", host, names.series(row, "slim"))
+    if _aligned(scur, slim_pts):
+        lims = [num(v) for _, v in slim_pts]
+    else:
+        by_time = dict(slim_pts)
+        lims = [num(by_time.get(t)) for t, _ in scur]
     out = []
-    for t, cur in window.points("haproxy", host, names.series(row, "scur")):
-        lim, cur = num(slim.get(t)), num(cur)
+    for (t, cur), lim in zip(scur, lims):
+        cur = num(cur)
         out.append((t, cur / lim if cur is not None and lim else None))
     return out
 
 
 def _sum(window: Window, host: str, row: str, figures: tuple[str, ...]) -> list:
-    series = [dict(window.points("haproxy", host, names.series(row, n))) for n in figures]
-    times = sorted({t for s in series for t in s})
+    series = [window.points("haproxy", host, names.series(row, n)) for n in figures]
+    if all(_aligned(series[0], s) for s in series[1:]):
+        times = [t for t, _ in series[0]]
+        columns = [[num(v) for _, v in s] for s in series]
+    else:
+        by_time = [dict(s) for s in series]
+        times = sorted({t for s in by_time for t in s})
+        columns = [[num(s.get(t)) for t in times] for s in by_time]
     out = []
-    for t in times:
-        vals = [num(s.get(t)) for s in series]
+    for t, vals in zip(times, zip(*columns)):
         out.append((t, None if all(v is None for v in vals) else sum(v or 0.0 for v in vals)))
     return out
 

@@ -225,3 +225,29 @@ def _served(c) -> bool:
     from collectors.services import collect, target_for, total
     obs = collect(target_for(load(c.config).spec, "chat1", "exchange", timeout=1.0))
     return obs.up and (total(obs.data.samples, "chat_exchange_request_seconds_count") or 0) >= 10
+
+
+def test_proxy_figures_line_up_by_time_whether_or_not_a_series_misses_points():
+    """_ratio and _sum take a fast path when a row's series share their timestamps; a series
+    missing some points (a hostile or damaged window) is matched by time instead, to the same
+    values for the times both have."""
+    from controlplane.detectors import proxy_saturation as ps
+    from controlplane.detectors.base import Window
+    from controlplane.sources import names
+    row = "edge_irc/FRONTEND"
+    pts = {n: [(float(t), v) for t, v in vals] for n, vals in {
+        "scur": [(0, 10.0), (2, 20.0), (4, 30.0), (6, None)],
+        "slim": [(0, 100.0), (2, 100.0), (4, 0.0), (6, 100.0)],
+        "econ_per_s": [(0, 1.0), (2, None), (4, 2.0), (6, None)],
+        "eresp_per_s": [(0, 1.0), (2, 3.0), (4, float("nan")), (6, None)]}.items()}
+    full = Window(now=6.0, interval_s=2.0,
+                  series={"haproxy:chat1": {names.series(row, n): p for n, p in pts.items()}})
+    assert ps._ratio(full, "chat1", row) == [(0.0, 0.1), (2.0, 0.2), (4.0, None), (6.0, None)]
+    assert ps._sum(full, "chat1", row, ("econ_per_s", "eresp_per_s")) == [(0.0, 2.0), (2.0, 3.0), (4.0, 2.0),
+                                                                           (6.0, None)]
+    gappy = Window(now=6.0, interval_s=2.0, series={"haproxy:chat1": {
+        names.series(row, "scur"): pts["scur"], names.series(row, "slim"): pts["slim"][1:],
+        names.series(row, "econ_per_s"): pts["econ_per_s"][:2], names.series(row, "eresp_per_s"): pts["eresp_per_s"]}})
+    assert ps._ratio(gappy, "chat1", row) == [(0.0, None), (2.0, 0.2), (4.0, None), (6.0, None)]
+    assert ps._sum(gappy, "chat1", row, ("econ_per_s", "eresp_per_s")) == [(0.0, 2.0), (2.0, 3.0), (4.0, None),
+                                                                            (6.0, None)]
