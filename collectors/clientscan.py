@@ -13,10 +13,11 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from collectors import native
+
 LIBRARY = Path(__file__).with_name("_clientscan.so")
 SOURCE = LIBRARY.with_name("clientscan.c")     # shipped in the wheel too, so an install can build it
-BUILD_HINT = (f"build it with `make` in a checkout, or `cc -O2 -shared -fPIC -o {LIBRARY} {SOURCE}` "
-              "(needs a C compiler: apt-get install -y gcc libc6-dev)")
+BUILD_HINT = native.build_hint(LIBRARY, SOURCE)
 _INT64_MAX, _INT64_MIN = 2**63 - 1, -2**63
 _SHORTEST_LINE = 20       # "addr=a:1 age=1 idle=1": no reply holds more usable lines than len // 20 + 1
 
@@ -39,12 +40,9 @@ class _Top(ctypes.Structure):
 
 
 def _load() -> tuple[ctypes.CDLL | None, str | None]:
-    if not LIBRARY.exists():
-        return None, f"{LIBRARY} is missing; {BUILD_HINT}"
-    try:
-        lib = ctypes.CDLL(str(LIBRARY))
-    except OSError as exc:
-        return None, f"cannot load {LIBRARY}: {exc}; {BUILD_HINT}"
+    lib, error = native.open_library(LIBRARY, BUILD_HINT)
+    if lib is None:
+        return None, error
     fn = lib.clientscan
     fn.restype = ctypes.c_int64
     i32p, i64p = ctypes.POINTER(ctypes.c_int32), ctypes.POINTER(ctypes.c_int64)

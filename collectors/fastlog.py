@@ -11,13 +11,14 @@ import ctypes
 from dataclasses import dataclass
 from pathlib import Path
 
+from collectors import native
+
 MAX_EXAMPLES = 8          # fastlog.c's MAX_EXAMPLES
 KINDS = ("timeout", "success", "connection_refused", "io_timeout", "message_sent", "slow_consumer",
          "other")         # fastlog.c's enum order
 LIBRARY = Path(__file__).with_name("_fastlog.so")
 SOURCE = LIBRARY.with_name("fastlog.c")     # shipped in the wheel too, so an install can build it
-BUILD_HINT = (f"build it with `make` in a checkout, or `cc -O2 -shared -fPIC -o {LIBRARY} {SOURCE}` "
-              "(needs a C compiler: apt-get install -y gcc libc6-dev)")
+BUILD_HINT = native.build_hint(LIBRARY, SOURCE)
 
 
 class _Group(ctypes.Structure):
@@ -30,12 +31,9 @@ class _Group(ctypes.Structure):
 
 
 def _load() -> tuple[ctypes.CDLL | None, str | None]:
-    if not LIBRARY.exists():
-        return None, f"{LIBRARY} is missing; {BUILD_HINT}"
-    try:
-        lib = ctypes.CDLL(str(LIBRARY))
-    except OSError as exc:
-        return None, f"cannot load {LIBRARY}: {exc}; {BUILD_HINT}"
+    lib, error = native.open_library(LIBRARY, BUILD_HINT)
+    if lib is None:
+        return None, error
     fn = lib.fastlog_scan
     fn.restype = ctypes.c_int64
     fn.argtypes = [ctypes.c_char_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int32, ctypes.c_int32,
