@@ -34,10 +34,11 @@ per-kind branches.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field, is_dataclass
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, NamedTuple
 
@@ -77,10 +78,35 @@ class Finding:
         return asdict(self)
 
 
+_ATOMS = (str, int, float, bool, type(None))
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+def _as_dict(value: Any) -> Any:
+    """dataclasses.asdict's result, built without its deepcopy of every leaf: the collectors'
+    data holds strings and numbers, and copying each one was most of the engine's time on a
+    tick whose snapshots had all changed (HAProxy's stat rows, every service's samples)."""
+    cls = type(value)
+    if cls in _ATOMS:
+        return value
+    names = _FIELD_NAMES.get(cls)
+    if names is None and is_dataclass(value) and not isinstance(value, type):
+        names = _FIELD_NAMES.setdefault(cls, tuple(f.name for f in fields(value)))
+    if names is not None:
+        return {n: _as_dict(getattr(value, n)) for n in names}
+    if isinstance(value, tuple) and hasattr(value, "_fields"):      # a namedtuple, as asdict does
+        return cls(*[_as_dict(v) for v in value])
+    if isinstance(value, (list, tuple)):
+        return cls(_as_dict(v) for v in value)
+    if isinstance(value, dict):
+        return cls((_as_dict(k), _as_dict(v)) for k, v in value.items())
+    return copy.deepcopy(value)
+
+
 def _plain(value: Any) -> Any:
     """Observation data as JSON-ready dicts (collector dataclasses become dicts)."""
     if is_dataclass(value) and not isinstance(value, type):
-        return asdict(value)
+        return _as_dict(value)
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
     if isinstance(value, dict):

@@ -120,3 +120,34 @@ def test_engine_as_a_source_reports_its_health(cf, tmp_path):
     obs = engine.scrape()
     assert obs.up and obs.section_errors == {"detector hot_shard": "RuntimeError: detector bug"}
     assert store.latest("detect", "all").figures["detector_errors"] == 1.0
+
+
+def test_the_windows_plain_data_is_what_asdict_gives_on_recorded_collector_output():
+    """base._as_dict skips asdict's deepcopy of every leaf; on real collector data (recorded
+    HAProxy stats, a service's /metrics, CLIENT LIST; the fixtures' READMEs say how they were
+    captured) and their hostile variants it gives exactly asdict's result."""
+    from dataclasses import asdict
+    from pathlib import Path
+
+    from collectors import clients, haproxy, services
+    from controlplane.detectors.base import _as_dict
+    fixtures = Path(__file__).resolve().parents[2] / "fixtures"
+    data = []
+    for name in ("show_stat.csv", "show_stat_evil.csv", "stats_page.csv"):
+        data.append(haproxy.parse_stat_csv((fixtures / "haproxy" / name).read_text(errors="replace")))
+    data.append(haproxy.parse_servers_state((fixtures / "haproxy" / "show_servers_state.txt").read_text()))
+    for name in ("clue_metrics.txt", "exchange_metrics_evil.txt"):
+        parsed = services.parse_metrics((fixtures / "services" / name).read_text(errors="replace"))
+        data.append(services.ServiceData("clue", "chat1", "http://x/metrics", parsed.samples, parsed.unparsed,
+                                         parsed.unparsed_count, {"ops": {"a": 1}}, {"127.0.0.1:1": 2}))
+    for name in ("client_list.txt", "client_list_evil.txt"):
+        data.append(clients.parse_client_list((fixtures / "redis" / name).read_bytes()))
+    compared = 0
+    for d in data:
+        try:
+            want = asdict(d)
+        except TypeError:           # not a dataclass (ClientList): _plain never calls either on it
+            continue
+        assert _as_dict(d) == want and type(_as_dict(d)) is type(want)
+        compared += 1
+    assert compared >= 6
