@@ -25,6 +25,7 @@ import asyncio
 import errno
 import functools
 import heapq
+import itertools
 import logging
 import time
 from collections import Counter
@@ -596,8 +597,11 @@ class ShardedCache:
     def top_slots(self, n: int = 20) -> list[tuple[int, int]]:
         """The `n` busiest slots as (slot, ops), busiest first."""
         ops = self._ops_by_slot
-        best = heapq.nlargest(n, ((count, -slot) for slot, count in enumerate(ops) if count))
-        return [(-neg_slot, count) for count, neg_slot in best]
+        # Only the slots with ops, picked out in C (a few hundred of 16,384): each /metrics and
+        # stats scrape asks, and walking every slot in Python was most of clue's /metrics time.
+        # nlargest is stable, so equal counts keep slot order, lowest first.
+        busy = itertools.compress(range(len(ops)), ops)
+        return [(slot, ops[slot]) for slot in heapq.nlargest(n, busy, key=ops.__getitem__)]
 
     def slot_ops(self) -> list[tuple[int, int]]:
         """(slot, ops) for every slot with at least one command since start, in slot order: the

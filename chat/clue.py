@@ -561,7 +561,7 @@ class _CacheCollector:
         self.cache = cache
 
     def collect(self):
-        stats = self.cache.stats()
+        stats = self.cache.stats(TOP_SLOTS)
         by_shard = CounterMetricFamily("chat_clue_redis_ops", "Redis commands sent, by shard", labels=["shard"])
         for shard, n in stats["ops_by_shard"].items():
             by_shard.add_metric([str(shard)], n)
@@ -583,8 +583,8 @@ class _CacheCollector:
         slots = CounterMetricFamily("chat_clue_redis_slot_ops",
                                     f"Redis commands sent, by slot: the {TOP_SLOTS} busiest slots only",
                                     labels=["slot", "shard"])
-        for slot, n in self.cache.top_slots(TOP_SLOTS):
-            slots.add_metric([str(slot), self.cache.endpoints[self.cache.shard_of_slot(slot)].name], n)
+        for slot, n in stats["top_slots"]:
+            slots.add_metric([str(slot), stats["top_slot_shards"][str(slot)]], n)
         yield slots
 
 

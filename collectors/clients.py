@@ -27,7 +27,7 @@ from typing import Any
 
 from collectors import clientscan
 from collectors.base import Observation, source_address
-from collectors.redis import admin_auth, connect, fetch_info, find_shard
+from collectors.redis import admin_auth, fetch_info, find_shard, on_shard
 from collectors.resp import TIMEOUT_S, Conn, RedisError, decode
 
 LONG_IDLE_S = 600.0      # the second idle column; at least idle_after
@@ -404,9 +404,8 @@ def collect(target: Target, previous: Observation | None = None) -> Observation:
     """CLIENT LIST of one shard, aggregated per source host. `previous` is not needed."""
     at, t0 = time.time(), time.perf_counter()
     try:
-        with connect(target) as conn:
-            data = snapshot(conn, target)
-            data["shard"] = target.shard
+        data = on_shard(target, lambda conn: snapshot(conn, target))
+        data["shard"] = target.shard
     except (OSError, RedisError) as exc:
         return Observation("clients", target.shard, at, False, time.perf_counter() - t0, None,
                            f"{type(exc).__name__}: {exc}")

@@ -19,10 +19,11 @@ from typing import Any
 from cluster import redis_acl
 from cluster.redis_acl import Credentials
 from cluster.secrets import SecretError
+from collectors import keepalive
 from collectors.base import Observation, source_address
 from collectors.resp import TIMEOUT_S, Conn, ProtocolError, RedisError, decode, encode_command, parse_resp
 
-__all__ = ["Target", "target_for", "collect", "connect", "admin_auth", "find_shard", "UnknownShard", "parse_info",
+__all__ = ["Target", "target_for", "collect", "connect", "checkout", "checkin", "admin_auth", "find_shard", "UnknownShard", "parse_info",
            "fetch_info", "rates", "parse_config", "fetch_config", "parse_slowlog", "fetch_slowlog",
            "parse_latency", "fetch_latency", "fetch_hotkeys", "source_address",
            # the RESP layer, for callers that talk to a shard directly
@@ -105,6 +106,59 @@ def admin_auth(cf) -> AdminAuth:
 def connect(target) -> Conn:
     """A connection to the target's shard (a redis or a clients Target: both name one)."""
     return Conn(target.address, target.port, target.timeout, target.source, target.auth)
+
+
+# The sources' connections, kept between scrapes (collectors/keepalive.py says why).
+_IDLE = keepalive.Idle(lambda conn: conn.sock, Conn.close)
+# What leaves a connection out of step with the server, or closed: it is not kept.
+LOST = (OSError, ProtocolError)
+
+
+def _idle_key(target) -> tuple:
+    return (target.address, target.port, target.source, getattr(target.auth, "user", None))
+
+
+def checkout(target) -> tuple[Conn, bool]:
+    """A connection to the target's shard: the one an earlier scrape kept (True), else a new one
+    (False). Raises what `connect` raises."""
+    conn = _IDLE.take(_idle_key(target))
+    if conn is None:
+        return connect(target), False
+    conn.sock.settimeout(target.timeout)
+    return conn, True
+
+
+def checkin(target, conn: Conn, in_step: bool) -> None:
+    """Keep `conn` for the target's next scrape when every reply on it was read whole (`in_step`),
+    else close it: a timed-out command's reply may still arrive."""
+    if in_step and conn.in_step:
+        _IDLE.give(_idle_key(target), conn)
+    else:
+        conn.close()
+
+
+def on_shard(target, fn):
+    """fn(conn) on a kept connection to the target's shard; when a kept one fails with LOST (the
+    shard closed it while it sat idle), once more on a new one. The connection is kept again
+    only after a clean run."""
+    conn, reused = checkout(target)
+    try:
+        result = fn(conn)
+    except LOST:
+        conn.close()
+        if not reused:
+            raise
+        conn, reused = connect(target), False
+        try:
+            result = fn(conn)
+        except BaseException:
+            conn.close()
+            raise
+    except BaseException:
+        conn.close()
+        raise
+    checkin(target, conn, True)
+    return result
 
 
 # ---------------------------------------------------------------------------------------------
@@ -326,13 +380,17 @@ def fetch_hotkeys(conn: Conn, policy: str | None, max_keys: int = 1000, count: i
 # The collector
 # ---------------------------------------------------------------------------------------------
 
-def _section(name: str, fn, data: dict, errors: dict) -> Any:
+def _section(name: str, fn, data: dict, errors: dict, lost: list | None = None) -> Any:
+    """fn()'s result as data[name], or None with the error in errors[name]; an error that leaves
+    the connection unusable is also appended to `lost`."""
     try:
         data[name] = fn()
     except (RedisError, OSError, ValueError, IndexError, TypeError) as exc:
         log.warning("redis section %s failed: %s", name, exc)
         errors[name] = f"{type(exc).__name__}: {exc}"
         data[name] = None
+        if lost is not None and isinstance(exc, LOST):
+            lost.append(exc)
     return data[name]
 
 
@@ -340,28 +398,41 @@ def collect(target: Target, previous: Observation | None = None) -> Observation:
     """INFO, CONFIG, SLOWLOG, LATENCY and (LFU only) hot keys of one shard, each its own section.
     `previous` is not needed: rates between two INFO samples are the control plane's figures."""
     at, t0 = time.time(), time.perf_counter()
+
+    def down(exc: BaseException | str) -> Observation:
+        error = exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}"
+        return Observation("redis", target.shard, at, False, time.perf_counter() - t0, None, error)
+
     try:
-        conn = connect(target)
+        conn, reused = checkout(target)
     except (OSError, RedisError) as exc:       # RedisError: AUTH refused (WRONGPASS)
-        return Observation("redis", target.shard, at, False, time.perf_counter() - t0, None,
-                           f"{type(exc).__name__}: {exc}")
+        return down(exc)
     data: dict[str, Any] = {"shard": target.shard, "address": conn.address}
     errors: dict[str, str] = {}
-    try:
-        info = _section("info", lambda: fetch_info(conn), data, errors)
-        if info is None and isinstance(errors.get("info"), str) and errors["info"].startswith(
-                ("TimeoutError", "ConnectionResetError", "BrokenPipeError", "ProtocolError")):
-            # The shard accepted the connection and then said nothing: treat it as down.
-            return Observation("redis", target.shard, at, False, time.perf_counter() - t0, None,
-                               errors["info"])
-        config = _section("config", lambda: fetch_config(conn), data, errors)
-        _section("slowlog", lambda: fetch_slowlog(conn), data, errors)
-        _section("latency", lambda: fetch_latency(conn), data, errors)
-        policy = (config or {}).get("maxmemory-policy")
-        if config is None:
-            data["hotkeys"] = {"skipped": "CONFIG GET failed, maxmemory-policy unknown", "keys": [], "sampled": 0}
-        else:
-            _section("hotkeys", lambda: fetch_hotkeys(conn, policy, max_keys=target.hotkeys_max), data, errors)
-    finally:
+    lost: list[BaseException] = []
+    info = _section("info", lambda: fetch_info(conn), data, errors, lost)
+    if lost and reused:                 # kept from the last scrape, and closed since: a new one
         conn.close()
+        lost.clear()
+        try:
+            conn = connect(target)
+        except (OSError, RedisError) as exc:
+            return down(exc)
+        info = _section("info", lambda: fetch_info(conn), data, errors, lost)
+        if info is not None:
+            errors.pop("info", None)
+    if lost:
+        # The shard accepted the connection and then said nothing: treat it as down.
+        conn.close()
+        return down(errors["info"])
+    config = _section("config", lambda: fetch_config(conn), data, errors, lost)
+    _section("slowlog", lambda: fetch_slowlog(conn), data, errors, lost)
+    _section("latency", lambda: fetch_latency(conn), data, errors, lost)
+    policy = (config or {}).get("maxmemory-policy")
+    if config is None:
+        data["hotkeys"] = {"skipped": "CONFIG GET failed, maxmemory-policy unknown", "keys": [], "sampled": 0}
+    else:
+        _section("hotkeys", lambda: fetch_hotkeys(conn, policy, max_keys=target.hotkeys_max), data, errors,
+                 lost)
+    checkin(target, conn, not lost)
     return Observation("redis", target.shard, at, True, time.perf_counter() - t0, data, None, errors)

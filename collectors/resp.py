@@ -299,6 +299,11 @@ class Conn:
     def recv(self, n: int) -> list[Any]:
         return [self._reply() for _ in range(n)]
 
+    @property
+    def in_step(self) -> bool:
+        """No protocol error has put this connection out of step with the server."""
+        return self._broken is None
+
     def close(self) -> None:
         try:
             self.sock.close()

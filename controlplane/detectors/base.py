@@ -132,6 +132,12 @@ class Window:
     series: dict[str, dict[str, list[Point]]] = field(default_factory=dict)
     # "source:target" -> {"up", "error", "at", "data", "detail"}
     latest: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # What a detector derived from this window that another reads too (hot_shard's heat, read by
+    # hot_key as well), so a pass derives it once.
+    memo: dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)
+    # "source:target" -> (cache key, snapshot) whose data and detail `latest` does not hold yet:
+    # made plain on first read (most passes read a few of them, or one field of a few).
+    _unread: dict[str, tuple[tuple, Any]] = field(default_factory=dict, repr=False, compare=False)
 
     # -- building and recording --
 
@@ -147,15 +153,26 @@ class Window:
                 continue
             key = f"{source}:{target}"
             o = snap.obs
-            cached = _PLAIN_CACHE.get((id(store), source, target))
-            if cached is None or cached[0] is not snap:
-                cached = (snap, _plain(o.data), _plain(snap.detail))
-                _PLAIN_CACHE[(id(store), source, target)] = cached
-            w.latest[key] = {"up": o.up, "error": o.error, "at": o.at, "data": cached[1], "detail": cached[2]}
+            w.latest[key] = {"up": o.up, "error": o.error, "at": o.at}
+            w._unread[key] = ((id(store), source, target), snap)
             w.series[key] = store.window(source, target, now - seconds)
         return w
 
+    def _entry(self, key: str) -> dict[str, Any]:
+        """latest[key], its data and detail made plain first if they were not yet."""
+        unread = self._unread.pop(key, None)
+        if unread is not None:
+            cache_key, snap = unread
+            cached = _PLAIN_CACHE.get(cache_key)
+            if cached is None or cached[0] is not snap:
+                cached = (snap, _plain(snap.obs.data), _plain(snap.detail))
+                _PLAIN_CACHE[cache_key] = cached
+            self.latest[key].update(data=cached[1], detail=cached[2])
+        return self.latest.get(key, {})
+
     def to_json(self) -> str:
+        for key in list(self._unread):
+            self._entry(key)
         series = {k: dict(v) for k, v in self.series.items()}     # SeriesWindow: read every series
         return json.dumps({"now": self.now, "interval_s": self.interval_s, "series": series,
                            "latest": self.latest}, separators=(",", ":"), default=str)
@@ -195,11 +212,20 @@ class Window:
     def up(self, source: str, target: str) -> bool | None:
         return self.latest.get(f"{source}:{target}", {}).get("up")
 
-    def data(self, source: str, target: str) -> Any:
-        return self.latest.get(f"{source}:{target}", {}).get("data")
+    def data(self, source: str, target: str, part: str | None = None) -> Any:
+        """The newest data of (source, target) as plain dicts; `part`: only that field of it
+        (None when it has no such field), made plain alone when the rest has not been read."""
+        key = f"{source}:{target}"
+        unread = self._unread.get(key)
+        if part is not None and unread is not None:
+            d = unread[1].obs.data
+            if is_dataclass(d) and not isinstance(d, type):
+                return _plain(getattr(d, part, None))
+        d = self._entry(key).get("data")
+        return d if part is None else d.get(part) if isinstance(d, dict) else None
 
     def detail(self, source: str, target: str) -> dict[str, Any]:
-        return self.latest.get(f"{source}:{target}", {}).get("detail") or {}
+        return self._entry(f"{source}:{target}").get("detail") or {}
 
     def held_for(self, points: list[Point], pred: Callable[[float], bool]) -> float:
         """How long `pred` has been true of every point up to the newest: 0.0 when the newest
@@ -217,6 +243,8 @@ class Window:
 
 def num(v: Any) -> float | None:
     """A finite number, else None: a hostile or damaged window must not crash a detector."""
+    if type(v) is float:            # nearly every call: a figure from the store
+        return v if v - v == 0.0 else None      # inf - inf and NaN - NaN are NaN
     if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v or v in (math.inf, -math.inf):
         return None
     return float(v)

@@ -74,8 +74,7 @@ def _log_lines(window: Window, stem: str, kind: str) -> tuple[float | None, list
 
 
 def _time_wait(window: Window, target: str) -> dict[str, int] | None:
-    data = window.data("service", target)
-    tw = data.get("time_wait") if isinstance(data, dict) else None
+    tw = window.data("service", target, "time_wait")
     return {str(k): int(v) for k, v in tw.items() if num(v) is not None} if isinstance(tw, dict) else None
 
 

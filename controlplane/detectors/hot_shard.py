@@ -111,11 +111,13 @@ def workload_ops(window: Window, shard: str) -> list:
             for t, v in window.points("redis", shard, "ops_per_s")]
 
 
-def _at(points: list, t: float, tolerance: float) -> float | None:
-    """The value of the sample nearest to `t` (within `tolerance`), or None."""
+def _at(points: list, t: float, tolerance: float, times: list[float] | None = None) -> float | None:
+    """The value of the sample nearest to `t` (within `tolerance`), or None. `times`: the points'
+    times, when the caller looks up many `t` in the same points."""
     if not points:
         return None
-    times = [p[0] for p in points]
+    if times is None:
+        times = [p[0] for p in points]
     i = bisect.bisect_left(times, t)
     best = None
     for j in (i - 1, i):
@@ -134,7 +136,14 @@ def heat(window: Window, cf, shard: str) -> dict[str, Any] | None:
 
     Returns {"points", "firing", "sustained", "held_s", "peers", "peer_mean_ops", "cpu", "ops",
     "why"}: `firing` when heat >= 1 has held for `hold`, `sustained` when heat >= clear_factor
-    now."""
+    now. Worked out once per window (hot_shard and hot_key both ask); treat it as read-only."""
+    key = ("heat", id(cf), shard)
+    if key not in window.memo:
+        window.memo[key] = _heat(window, cf, shard)
+    return window.memo[key]
+
+
+def _heat(window: Window, cf, shard: str) -> dict[str, Any] | None:
     th = cf.controlplane.thresholds
     if window.up("redis", shard) is False:
         return None
@@ -150,18 +159,19 @@ def heat(window: Window, cf, shard: str) -> dict[str, Any] | None:
         return {"points": [], "firing": False, "sustained": False, "held_s": 0.0, "peers": peers,
                 "peer_mean_ops": None, "why": "every peer is as busy: the cluster is saturated, not one shard"}
     tol = 1.5 * window.interval_s
-    peer_ops = {p: workload_ops(window, p) for p in peers}
-    times = sorted({t for t, _ in cpu} | {t for t, _ in ops})
+    peer_ops = [(pts, [q[0] for q in pts]) for pts in (workload_ops(window, p) for p in peers)]
+    cpu_times, ops_times = [q[0] for q in cpu], [q[0] for q in ops]
+    times = sorted(set(cpu_times) | set(ops_times))
     points, last_peer_mean, last_why = [], None, None
     for t in times:
-        c, o = _at(cpu, t, tol / 3), _at(ops, t, tol / 3)
+        c, o = _at(cpu, t, tol / 3, cpu_times), _at(ops, t, tol / 3, ops_times)
         scores = []
         why = None
         if c is not None:
             scores.append(c / th.hot_shard_cpu_percent)
             why = "cpu"
         if o is not None and peers:
-            vals = [v for v in (_at(peer_ops[p], t, tol) for p in peers) if v is not None]
+            vals = [v for v in (_at(pts, t, tol, pt) for pts, pt in peer_ops) if v is not None]
             if vals:
                 mean = sum(vals) / len(vals)
                 last_peer_mean = mean

@@ -58,9 +58,22 @@ def _aligned(a: list, b: list) -> bool:
     return len(a) == len(b) and all(p[0] == q[0] for p, q in zip(a, b))
 
 
-def _ratio(window: Window, host: str, row: str) -> list:
+def _quiet(value: float | None, floor: float | None) -> bool:
+    """A newest value below `floor` (the lower of a condition's threshold and its relaxed one)
+    settles `judge` at (False, False, 0.0) whatever came before it: the healthy case, on every row
+    of every host each pass, need not build the whole series."""
+    return floor is not None and (value is None or value < floor)
+
+
+def _ratio(window: Window, host: str, row: str, floor: float | None = None) -> list:
+    """scur / slim over the window; only its newest point when that one is `_quiet`."""
     scur = window.points("haproxy", host, names.series(row, "scur"))
     slim_pts = window.points("haproxy", host, names.series(row, "slim"))
+    if scur and slim_pts and slim_pts[-1][0] == scur[-1][0]:
+        cur, lim = num(scur[-1][1]), num(slim_pts[-1][1])
+        newest = (scur[-1][0], cur / lim if cur is not None and lim else None)
+        if _quiet(newest[1], floor):
+            return [newest]
     if _aligned(scur, slim_pts):
         lims = [num(v) for _, v in slim_pts]
     else:
@@ -73,8 +86,14 @@ def _ratio(window: Window, host: str, row: str) -> list:
     return out
 
 
-def _sum(window: Window, host: str, row: str, figures: tuple[str, ...]) -> list:
+def _sum(window: Window, host: str, row: str, figures: tuple[str, ...], floor: float | None = None) -> list:
+    """The figures' sum over the window; only its newest point when that one is `_quiet`."""
     series = [window.points("haproxy", host, names.series(row, n)) for n in figures]
+    if all(s and s[-1][0] == series[0][-1][0] for s in series):
+        vals = [num(s[-1][1]) for s in series]
+        newest = (series[0][-1][0], None if all(v is None for v in vals) else sum(v or 0.0 for v in vals))
+        if _quiet(newest[1], floor):
+            return [newest]
     if all(_aligned(series[0], s) for s in series[1:]):
         times = [t for t, _ in series[0]]
         columns = [[num(v) for _, v in s] for s in series]
@@ -129,13 +148,16 @@ def detect(window: Window, cf) -> list[Finding]:
             if severity == "critical":
                 f["severity"] = "critical"
 
+        factor = th.clear_factor
+        ratio_floor = min(th.proxy_session_warn_ratio, th.proxy_session_warn_ratio * factor)
+        errors_floor = min(th.proxy_errors_per_s, th.proxy_errors_per_s * factor)
         for row in _row_names(window, host):
             proxy, _, name = row.partition("/")
             r = latest.get(row, {})
             kind = r.get("kind") or ("frontend" if name == "FRONTEND" else "backend" if name == "BACKEND" else "server")
             subject = f"{host}:{proxy}" if kind in ("frontend", "backend") else f"{host}:{proxy}/{name}"
             if kind in ("frontend", "server"):
-                pts = _ratio(window, host, row)
+                pts = _ratio(window, host, row, ratio_floor)
                 if pts:
                     note(subject, row, f"{kind}_sessions_of_limit", _r(pts[-1][1]),
                          judge(window, pts, th.proxy_session_warn_ratio, cf),
@@ -143,7 +165,7 @@ def detect(window: Window, cf) -> list[Finding]:
             if kind in ("backend", "server"):
                 pts = window.points("haproxy", host, names.series(row, "qcur"))
                 note(subject, row, f"{kind}_queue", num(pts[-1][1]) if pts else None, judge(window, pts, 1.0, cf))
-                pts = _sum(window, host, row, ("econ_per_s", "eresp_per_s"))
+                pts = _sum(window, host, row, ("econ_per_s", "eresp_per_s"), errors_floor)
                 note(subject, row, f"{kind}_errors_per_s", _r(pts[-1][1]) if pts else None,
                      judge(window, pts, th.proxy_errors_per_s, cf))
             else:

@@ -46,6 +46,7 @@ several unresponsive services is the cause.
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Any
 
 from collectors.services import SERVICES
@@ -88,11 +89,18 @@ def recent_restarts(points: list, span: float) -> list:
     """Each point's restarts within the trailing `span` seconds: its value less the lowest value
     in the span (the lowest, not the first, so a supervisor restarted from 0 counts nothing)."""
     out, start = [], 0
+    low: deque[tuple[int, float]] = deque()   # (index, value): the span's known values, rising
     for i, (t, v) in enumerate(points):
         while points[start][0] < t - span:
             start += 1
-        known = [x for x in (num(x) for _, x in points[start:i + 1]) if x is not None]
-        out.append((t, num(v) - min(known) if num(v) is not None else None))
+        while low and low[0][0] < start:
+            low.popleft()
+        x = num(v)
+        if x is not None:
+            while low and low[-1][1] >= x:
+                low.pop()
+            low.append((i, x))
+        out.append((t, x - low[0][1] if x is not None else None))
     return out
 
 

@@ -58,6 +58,19 @@ def test_clue_key_stats():
     assert "{*}.bans" in k["ops_by_prefix"]
 
 
+@pytest.mark.parametrize("name", ["edge_metrics.txt", "clue_metrics.txt", "exchange_metrics.txt"])
+def test_real_expositions_take_the_plain_reader_and_read_alike(name):
+    from collectors.services import _samples, _samples_plain
+    plain = _samples_plain(text(name))
+    assert plain is not None and len(plain) > 20
+    assert plain == _samples(text(name))
+
+
+def test_hostile_exposition_is_left_to_prometheus_client():
+    from collectors.services import _samples_plain
+    assert _samples_plain(text("exchange_metrics_evil.txt")) is None
+
+
 def test_hostile_exposition_loses_only_the_bad_lines():
     good = parse_metrics(text("exchange_metrics.txt"))
     p = parse_metrics(text("exchange_metrics_evil.txt"))

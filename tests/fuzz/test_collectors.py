@@ -257,6 +257,43 @@ def test_service_metrics(data):
     assert parsed.unparsed_count >= len(parsed.unparsed)
 
 
+def _read(samples) -> list:
+    return [(s.name, s.labels, repr(s.value)) for s in samples]
+
+
+def _same_as_prometheus_client(t: str) -> None:
+    plain = services._samples_plain(t)
+    if plain is not None:          # a text the plain reader takes, prometheus_client reads alike
+        assert _read(plain) == _read(services._samples(t if t.endswith("\n") else t + "\n")), t
+
+
+_family = st.sampled_from(["a", "a_total", "a_count", "a_sum", "a_bucket", "b", "b_total", "1a", "a:b"])
+_label = st.tuples(st.sampled_from(["le", "edge", "__x", "x", "x"]),
+                   st.sampled_from(["", "0.1", "+Inf", "a,b", "a}b", "=", " # ", "x__y", "é"]))
+_sample = st.builds(
+    lambda name, labels, value: name + ("{" + ",".join(f'{k}="{v}"' for k, v in labels) + "}" if labels
+                                        else "") + " " + value,
+    _family, st.lists(_label, max_size=3),
+    st.sampled_from(["1", "1.0", "-0", "0", "+Inf", "-Inf", "NaN", "1e3", "-2.5E-3", "9" * 30, "0.5", "1_0"]))
+_comment = st.builds(lambda kind, name, rest: f"# {kind} {name}{rest}", st.sampled_from(["HELP", "TYPE"]),
+                     _family, st.sampled_from(["", " doc", " counter", " gauge", " histogram", " summary",
+                                               " untyped", " info", " counter x", "  counter"]))
+_exposition = st.lists(_sample | _comment | st.sampled_from(["", "# any comment", "#", "#  TYPE a gauge"]),
+                       max_size=14).map("\n".join)
+
+
+@given(_exposition)
+@counted
+def test_plain_metrics_read_like_prometheus_client(t):
+    _same_as_prometheus_client(t)
+
+
+@given(mutated_doc("services/edge_metrics.txt", "services/clue_metrics.txt", "services/exchange_metrics.txt"))
+@counted
+def test_damaged_metrics_read_like_prometheus_client(data):
+    _same_as_prometheus_client(text(data).replace("\x00", "\ufffd"))
+
+
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8)
     | st.sampled_from(["shard0", "12", "99999", "\xb2", "16383"]),
