@@ -112,6 +112,10 @@ def connect(target) -> Conn:
 _IDLE = keepalive.Idle(lambda conn: conn.sock, Conn.close)
 # What leaves a connection out of step with the server, or closed: it is not kept.
 LOST = (OSError, ProtocolError)
+# How a kept connection the shard closed while it sat idle fails, at once: worth one more try on
+# a new one. A timeout is not among them: the shard is slow or stopped, and a second try would
+# only double the wait.
+STALE = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError, ProtocolError)
 
 
 def _idle_key(target) -> tuple:
@@ -138,15 +142,15 @@ def checkin(target, conn: Conn, in_step: bool) -> None:
 
 
 def on_shard(target, fn):
-    """fn(conn) on a kept connection to the target's shard; when a kept one fails with LOST (the
+    """fn(conn) on a kept connection to the target's shard; when a kept one fails as STALE (the
     shard closed it while it sat idle), once more on a new one. The connection is kept again
     only after a clean run."""
     conn, reused = checkout(target)
     try:
         result = fn(conn)
-    except LOST:
+    except LOST as exc:
         conn.close()
-        if not reused:
+        if not (reused and isinstance(exc, STALE)):
             raise
         conn, reused = connect(target), False
         try:
@@ -411,7 +415,7 @@ def collect(target: Target, previous: Observation | None = None) -> Observation:
     errors: dict[str, str] = {}
     lost: list[BaseException] = []
     info = _section("info", lambda: fetch_info(conn), data, errors, lost)
-    if lost and reused:                 # kept from the last scrape, and closed since: a new one
+    if lost and reused and isinstance(lost[0], STALE):     # kept, and closed since: a new one
         conn.close()
         lost.clear()
         try:

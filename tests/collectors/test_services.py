@@ -3,6 +3,10 @@
 
 from __future__ import annotations
 
+import socket
+import threading
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -143,3 +147,75 @@ def test_clue_detail_rates():
     f = service_figures(b, a)
     assert f["errors_per_s"] == 0.0 and f["shard:shard1:redis_errors_per_s"] == 0.0
     assert service_detail(_obs("edge-chat1", 1.0, text("edge_metrics.txt")), None) == {}
+
+
+# -- fetching: one kept connection per service ------------------------------------------------------
+
+class _Exposition(BaseHTTPRequestHandler):
+    """A real HTTP/1.1 server in a thread that serves a recorded exposition and counts the
+    connections it accepts; `close` makes it answer with Connection: close."""
+    protocol_version = "HTTP/1.1"
+    close = False
+
+    def setup(self):
+        super().setup()
+        self.server.connections += 1
+        self.server.accepted.append(self.connection)
+
+    def do_GET(self):
+        body = text("exchange_metrics.txt").encode() if self.path == "/metrics" else b"no"
+        self.send_response(200 if self.path == "/metrics" else 404)
+        self.send_header("Content-Length", str(len(body)))
+        if self.close:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@contextmanager
+def _serving(address: str, port: int = 0, close: bool = False):
+    handler = type("Handler", (_Exposition,), {"close": close})
+    server = ThreadingHTTPServer((address, port), handler)
+    server.connections, server.accepted = 0, []
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        for conn in server.accepted:          # as a stopped service's connections are
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+def test_fetch_keeps_its_connection_and_replaces_a_closed_one(subnet):
+    from collectors.services import FetchError, fetch
+    address = f"{subnet}.31"
+    with _serving(address) as server:
+        port = server.server_address[1]
+        for _ in range(3):
+            assert "chat_exchange_keepalive" in fetch(address, port, "/metrics", 2)
+        assert server.connections == 1
+        with pytest.raises(FetchError, match="HTTP 404"):
+            fetch(address, port, "/nope", 2)
+        fetch(address, port, "/metrics", 2)          # a whole 404 reply leaves it usable
+        assert server.connections == 1
+    # The service restarts on the same port: the kept connection was closed under us.
+    with _serving(address, port) as server:
+        assert "chat_exchange_keepalive" in fetch(address, port, "/metrics", 2)
+        assert server.connections == 1
+
+
+def test_fetch_does_not_keep_a_connection_the_service_closes(subnet):
+    from collectors.services import fetch
+    address = f"{subnet}.32"
+    with _serving(address, close=True) as server:
+        port = server.server_address[1]
+        for _ in range(2):
+            fetch(address, port, "/metrics", 2)
+        assert server.connections == 2
