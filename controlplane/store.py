@@ -17,6 +17,7 @@ series, ~22 MB after an hour; the worst case is the bound times the targets.
 
 from __future__ import annotations
 
+import bisect
 import math
 import threading
 import time
@@ -72,37 +73,69 @@ class _Ring:
 
 
 class SeriesWindow(Mapping):
-    """name -> [(time, value or None)] of one target over a window, each series converted to
-    Python tuples on first access only: the detection engine builds a window of every series of
-    every target each tick and its detectors read a small part of it. Holds copies of the raw
-    values taken under the store's lock, so later scrapes cannot change it."""
+    """name -> [(time, value or None)] of one target over a window, each series copied out of the
+    store and converted to Python tuples on first access only: the detection engine builds a
+    window of every series of every target each tick and its detectors read a small part of it.
 
-    __slots__ = ("_times", "_raw", "_done")
+    A lazy window remembers how many scrapes its target had taken (`puts`); a series read later
+    is the same points, found that many scrapes further back in its ring, read under the store's
+    lock. A ring holds far more points than a window (721 against 151 at the defaults), so a
+    window stays readable for (ring - window) scrapes, ~19 minutes; past that it raises rather
+    than return other points. An eager window (`raw`) holds its copies already."""
 
-    def __init__(self, times: list[float], raw: dict[str, array]):
-        self._times, self._raw, self._done = times, raw, {}
+    __slots__ = ("_times", "_names", "_raw", "_done", "_lock", "_target", "_puts")
+
+    def __init__(self, times: list[float], raw: dict[str, array] | None = None, *, names=None,
+                 lock=None, target: "_Target | None" = None, puts: int = 0):
+        self._times, self._raw, self._done = times, raw if raw is not None else {}, {}
+        self._names = frozenset(self._raw) if names is None else frozenset(names)
+        self._lock, self._target, self._puts = lock, target, puts
+
+    def _raw_of(self, name: str) -> array:
+        raw = self._raw.get(name)
+        if raw is not None:
+            return raw
+        if name not in self._names or self._target is None:
+            raise KeyError(name)
+        k = len(self._times)
+        with self._lock:
+            ring = self._target.values[name]
+            later = self._target.puts - self._puts       # scrapes since the window was taken
+            if later + k > len(ring.buf):
+                raise LookupError(f"series {name!r}: this window is older than its ring holds "
+                                  f"({later} scrapes since, room for {len(ring.buf) - k})")
+            raw = ring.raw_tail(k + later)[:k]
+        self._raw[name] = raw
+        return raw
 
     def __getitem__(self, name: str) -> list[tuple[float, float | None]]:
         got = self._done.get(name)
         if got is None:
-            raw = self._raw[name]
+            raw = self._raw_of(name)
             total = sum(raw)        # NaN (an unknown point) makes it NaN: the rare slow path
             got = list(zip(self._times, raw)) if total == total else \
                 [(t, None if v != v else v) for t, v in zip(self._times, raw)]
             self._done[name] = got
         return got
 
+    def get(self, name: str, default=None):
+        return self[name] if name in self._names else default
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._names
+
     def __iter__(self):
-        return iter(self._raw)
+        return iter(sorted(self._names))
 
     def __len__(self) -> int:
-        return len(self._raw)
+        return len(self._names)
 
 
 @dataclass
 class _Target:
     times: _Ring                 # one timestamp per scrape, shared by the target's series
     values: dict[str, _Ring]     # figure name -> values aligned with `times`
+    puts: int = 0                # scrapes recorded: each appended one value to every ring
 
 
 class Store:
@@ -142,6 +175,7 @@ class Store:
             if target is None:
                 target = self._series[key] = _Target(_Ring(cap), {})
             target.times.append(obs.at)
+            target.puts += 1
             n = target.times.n
             for name, ring in target.values.items():
                 ring.append(figures.get(name))
@@ -182,24 +216,25 @@ class Store:
 
     def window(self, source: str, target: str, since: float) -> SeriesWindow:
         """Every series of one target since `since`, name -> [(time, value or None)], names
-        sorted: what {n: series(source, target, n, since) for n in names(...)} gives, but only
-        raw copies of the points in the window are taken, and each series is converted when read."""
+        sorted: what {n: series(source, target, n, since) for n in names(...)} gives, but each
+        series is copied out and converted only when read."""
         with self._lock:
             t = self._series.get((source, target))
             if t is None:
-                return SeriesWindow([], {})
+                return SeriesWindow([])
             n = t.times.n
             times = t.times.raw_tail(n)
-            keep = [i for i, at in enumerate(times) if at >= since]
-            k = len(keep)
-            if not keep or keep[0] == n - k:      # a suffix, as scrape times only grow
-                return SeriesWindow(list(times[n - k:]), {name: t.values[name].raw_tail(k)
-                                                          for name in sorted(t.values)})
+            i = bisect.bisect_left(times, since)
+            # Scrape times only grow, so the window is a suffix -- unless the clock stepped back:
+            # then (min/max over the arrays in C say so) take exactly the points at or after `since`.
+            if (i == n or min(times[i:]) >= since) and (i == 0 or max(times[:i]) < since):
+                return SeriesWindow(list(times[i:]), names=t.values, lock=self._lock, target=t, puts=t.puts)
+            keep = [j for j, at in enumerate(times) if at >= since]
             raw = {}
-            for name in sorted(t.values):
-                vals = t.values[name].raw_tail(n)
-                raw[name] = array("d", [vals[i] for i in keep])
-            return SeriesWindow([times[i] for i in keep], raw)
+            for name, ring in t.values.items():
+                vals = ring.raw_tail(n)
+                raw[name] = array("d", [vals[j] for j in keep])
+            return SeriesWindow([times[j] for j in keep], raw)
 
     def names(self, source: str, target: str) -> list[str]:
         with self._lock:

@@ -221,6 +221,8 @@ class Window:
             d = unread[1].obs.data
             if is_dataclass(d) and not isinstance(d, type):
                 return _plain(getattr(d, part, None))
+            if isinstance(d, dict):
+                return _plain(d.get(part))
         d = self._entry(key).get("data")
         return d if part is None else d.get(part) if isinstance(d, dict) else None
 

@@ -30,7 +30,6 @@ resharding is suggested with that caveat.
 
 from __future__ import annotations
 
-import bisect
 from typing import Any
 
 from controlplane.detectors.base import SHARD, Chart, Finding, Window, hold_s, named_shard, num
@@ -75,9 +74,9 @@ def shard_host(cf, shard: str) -> str:
     return next((s.host for s in cf.redis.shards if s.name == shard), "")
 
 
-def redis_data(window: Window, shard: str) -> dict[str, Any]:
-    d = window.data("redis", shard)
-    return d if isinstance(d, dict) else {}
+def redis_data(window: Window, shard: str, part: str) -> Any:
+    """One part of the shard's newest data (info, config, hotkeys, address...), or None."""
+    return window.data("redis", shard, part)
 
 
 def detail(window: Window, source: str, target: str) -> dict[str, Any]:
@@ -99,7 +98,7 @@ def own_ops(window: Window, shard: str) -> float:
     calls = detail(window, "redis", shard).get("calls_per_s")
     if isinstance(calls, dict) and calls:
         return sum(num(v) or 0.0 for k, v in calls.items() if str(k) in COLLECTOR_COMMANDS)
-    hk = redis_data(window, shard).get("hotkeys")
+    hk = redis_data(window, shard, "hotkeys")
     sampled = num(hk.get("sampled")) if isinstance(hk, dict) else None
     return (sampled or 0.0) / window.interval_s
 
@@ -111,20 +110,22 @@ def workload_ops(window: Window, shard: str) -> list:
             for t, v in window.points("redis", shard, "ops_per_s")]
 
 
-def _at(points: list, t: float, tolerance: float, times: list[float] | None = None) -> float | None:
-    """The value of the sample nearest to `t` (within `tolerance`), or None. `times`: the points'
-    times, when the caller looks up many `t` in the same points."""
-    if not points:
-        return None
-    if times is None:
-        times = [p[0] for p in points]
-    i = bisect.bisect_left(times, t)
-    best = None
-    for j in (i - 1, i):
-        if 0 <= j < len(points) and abs(points[j][0] - t) <= tolerance:
-            if best is None or abs(points[j][0] - t) < abs(points[best][0] - t):
-                best = j
-    return num(points[best][1]) if best is not None else None
+def _nearest(points: list, ts: list[float], tolerance: float) -> list[float | None]:
+    """For each of `ts` (ascending), the value of the sample nearest to it within `tolerance`
+    (the earlier of two as near), or None: one walk of both lists, where a binary search per
+    time made the heat series quadratic-ish in the window's length."""
+    out: list[float | None] = []
+    n, i = len(points), 0
+    for t in ts:
+        while i < n and points[i][0] < t:          # where bisect_left would put t
+            i += 1
+        best, gap = None, tolerance
+        if i > 0 and abs(points[i - 1][0] - t) <= gap:
+            best, gap = i - 1, abs(points[i - 1][0] - t)
+        if i < n and abs(points[i][0] - t) <= tolerance and (best is None or abs(points[i][0] - t) < gap):
+            best = i
+        out.append(num(points[best][1]) if best is not None else None)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -159,19 +160,19 @@ def _heat(window: Window, cf, shard: str) -> dict[str, Any] | None:
         return {"points": [], "firing": False, "sustained": False, "held_s": 0.0, "peers": peers,
                 "peer_mean_ops": None, "why": "every peer is as busy: the cluster is saturated, not one shard"}
     tol = 1.5 * window.interval_s
-    peer_ops = [(pts, [q[0] for q in pts]) for pts in (workload_ops(window, p) for p in peers)]
-    cpu_times, ops_times = [q[0] for q in cpu], [q[0] for q in ops]
-    times = sorted(set(cpu_times) | set(ops_times))
+    times = sorted({t for t, _ in cpu} | {t for t, _ in ops})
+    cpu_at, ops_at = _nearest(cpu, times, tol / 3), _nearest(ops, times, tol / 3)
+    peers_at = list(zip(*(_nearest(workload_ops(window, p), times, tol) for p in peers))) if peers else []
     points, last_peer_mean, last_why = [], None, None
-    for t in times:
-        c, o = _at(cpu, t, tol / 3, cpu_times), _at(ops, t, tol / 3, ops_times)
+    for k, t in enumerate(times):
+        c, o = cpu_at[k], ops_at[k]
         scores = []
         why = None
         if c is not None:
             scores.append(c / th.hot_shard_cpu_percent)
             why = "cpu"
         if o is not None and peers:
-            vals = [v for v in (_at(pts, t, tol, pt) for pts, pt in peer_ops) if v is not None]
+            vals = [v for v in peers_at[k] if v is not None]
             if vals:
                 mean = sum(vals) / len(vals)
                 last_peer_mean = mean
@@ -219,7 +220,7 @@ def key_load(window: Window, cf, shard: str, ops_mean: float | None, held_s: flo
 
     th = cf.controlplane.thresholds
     out: dict[str, Any] = {"source": None, "concentrated": False, "relaxed": False}
-    hk = redis_data(window, shard).get("hotkeys")
+    hk = redis_data(window, shard, "hotkeys")
     samples = []        # (key as shown, freq, slot, kind)
     if isinstance(hk, dict) and not hk.get("skipped"):
         for k in hk.get("keys") or []:
@@ -382,7 +383,7 @@ def detect(window: Window, cf) -> list[Finding]:
         ratio = (ops_now / max(peer_mean, IDLE_PEER_OPS)) if ops_now is not None and peer_mean is not None else None
         severity = "critical" if cpu_now is not None and cpu_now >= CRITICAL_CPU else "warning"
         evidence = {
-            "shard": shard, "host": host, "address": redis_data(window, shard).get("address"),
+            "shard": shard, "host": host, "address": redis_data(window, shard, "address"),
             "by": h.get("why"), "heat": _r(h.get("heat_now"), 3), "held_s": round(h["held_s"], 1),
             "hold_s": hold_s(cf),
             "cpu_percent": summary(cpu_pts, span, window.now), "ops_per_s": summary(ops_pts, span, window.now),

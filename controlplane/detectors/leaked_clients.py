@@ -125,8 +125,8 @@ def _last_known(points: list) -> float | None:
 
 
 def _shard_state(window: Window, cf, shard: str) -> dict[str, Any]:
-    data = redis_data(window, shard)
-    config = data.get("config") if isinstance(data.get("config"), dict) else {}
+    config = redis_data(window, shard, "config")
+    config = config if isinstance(config, dict) else {}
     connected = num(window.value("redis", shard, "connected_clients"))
     maxclients = num(window.value("redis", shard, "maxclients")) or num(config.get("maxclients"))
     timeout, timeout_from = config.get("timeout"), "CONFIG GET"

@@ -48,6 +48,23 @@ def test_window_is_every_series_since(puts):
     assert s.window("redis", "other", 0) == {}
 
 
+def test_a_window_read_after_later_scrapes_holds_its_own_points():
+    s = Store(points=6)
+    for i in range(4):
+        s.put(obs("redis", "shard0", 100 + i), {"a": float(i)})
+    w = s.window("redis", "shard0", 102)           # nothing copied yet
+    want = [(102, 2.0), (103, 3.0)]
+    for i in range(4, 8):                          # the ring wraps; the window's points stay
+        s.put(obs("redis", "shard0", 100 + i), {"a": float(i), "b": 1.0})
+    assert "b" not in w and list(w) == ["a"]        # a series born later is not in it
+    assert w["a"] == want and w.get("a") == want and w.get("b") is None
+    old = s.window("redis", "shard0", 102)
+    for i in range(8, 14):                         # more scrapes than the ring has room for
+        s.put(obs("redis", "shard0", 100 + i), {"a": float(i)})
+    with pytest.raises(LookupError, match="older than its ring holds"):
+        old["a"]
+
+
 def test_window_after_the_clock_went_back():
     s = Store(points=6)
     for at in (100, 101, 99, 102):            # a wall-clock step back: times are not a suffix
