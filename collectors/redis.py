@@ -384,6 +384,17 @@ def fetch_hotkeys(conn: Conn, policy: str | None, max_keys: int = 1000, count: i
 # The collector
 # ---------------------------------------------------------------------------------------------
 
+# INFO, CONFIG, SLOWLOG and LATENCY go in one round trip; each reply is its own section.
+SECTIONS = [("INFO", "all"), ("CONFIG", "GET", *CONFIG_KEYS), ("SLOWLOG", "GET", 10), ("LATENCY", "LATEST")]
+
+
+def _reply(value: Any) -> Any:
+    """A pipelined reply, or the error reply raised."""
+    if isinstance(value, RedisError):
+        raise value
+    return value
+
+
 def _section(name: str, fn, data: dict, errors: dict, lost: list | None = None) -> Any:
     """fn()'s result as data[name], or None with the error in errors[name]; an error that leaves
     the connection unusable is also appended to `lost`."""
@@ -411,27 +422,27 @@ def collect(target: Target, previous: Observation | None = None) -> Observation:
         conn, reused = checkout(target)
     except (OSError, RedisError) as exc:       # RedisError: AUTH refused (WRONGPASS)
         return down(exc)
+    try:
+        replies = conn.pipeline(SECTIONS)
+    except LOST as exc:
+        conn.close()
+        if not (reused and isinstance(exc, STALE)):
+            # The shard accepted the connection and then said nothing: treat it as down.
+            return down(exc)
+        try:                                  # kept, and closed since: once more on a new one
+            conn = connect(target)
+            replies = conn.pipeline(SECTIONS)
+        except (OSError, RedisError) as exc2:
+            conn.close()
+            return down(exc2)
     data: dict[str, Any] = {"shard": target.shard, "address": conn.address}
     errors: dict[str, str] = {}
     lost: list[BaseException] = []
-    info = _section("info", lambda: fetch_info(conn), data, errors, lost)
-    if lost and reused and isinstance(lost[0], STALE):     # kept, and closed since: a new one
-        conn.close()
-        lost.clear()
-        try:
-            conn = connect(target)
-        except (OSError, RedisError) as exc:
-            return down(exc)
-        info = _section("info", lambda: fetch_info(conn), data, errors, lost)
-        if info is not None:
-            errors.pop("info", None)
-    if lost:
-        # The shard accepted the connection and then said nothing: treat it as down.
-        conn.close()
-        return down(errors["info"])
-    config = _section("config", lambda: fetch_config(conn), data, errors, lost)
-    _section("slowlog", lambda: fetch_slowlog(conn), data, errors, lost)
-    _section("latency", lambda: fetch_latency(conn), data, errors, lost)
+    info_r, config_r, slowlog_r, latency_r = replies
+    _section("info", lambda: parse_info(_reply(info_r) or b""), data, errors)
+    config = _section("config", lambda: parse_config(config_r), data, errors)
+    _section("slowlog", lambda: parse_slowlog(slowlog_r), data, errors)
+    _section("latency", lambda: parse_latency(latency_r), data, errors)
     policy = (config or {}).get("maxmemory-policy")
     if config is None:
         data["hotkeys"] = {"skipped": "CONFIG GET failed, maxmemory-policy unknown", "keys": [], "sampled": 0}

@@ -209,17 +209,36 @@ def _items(samples) -> list[tuple[str, dict, float]]:
     return out
 
 
+class Indexed(dict):
+    """Samples grouped by name, name -> [(labels, value)]: what `total` and `by_label` read when
+    one exposition is asked for many metrics (the service figures ask ~20)."""
+
+
+def index(samples) -> Indexed:
+    out = Indexed()
+    for n, lb, v in _items(samples):
+        out.setdefault(n, []).append((lb, v))
+    return out
+
+
+def _named(samples, name: str) -> list[tuple[dict, float]]:
+    if isinstance(samples, Indexed):
+        return samples.get(name, [])
+    return [(lb, v) for n, lb, v in _items(samples) if n == name]
+
+
 def total(samples, name: str, **labels: str) -> float | None:
-    """Sum of `name`'s samples whose labels include `labels`; None when no sample matches."""
-    found = [v for n, lb, v in _items(samples) if n == name and _labels_match(lb, labels)]
+    """Sum of `name`'s samples whose labels include `labels`; None when no sample matches.
+    `samples`: a list of samples or their `index`."""
+    found = [v for lb, v in _named(samples, name) if _labels_match(lb, labels)]
     return float(sum(found)) if found else None
 
 
 def by_label(samples, name: str, label: str, **labels: str) -> dict[str, float]:
     """`name`'s samples summed per value of `label` (e.g. redis errors per shard)."""
     out: dict[str, float] = {}
-    for n, lb, v in _items(samples):
-        if n == name and label in lb and _labels_match(lb, labels):
+    for lb, v in _named(samples, name):
+        if label in lb and _labels_match(lb, labels):
             out[lb[label]] = out.get(lb[label], 0.0) + v
     return out
 

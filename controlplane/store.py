@@ -121,6 +121,25 @@ class SeriesWindow(Mapping):
     def get(self, name: str, default=None):
         return self[name] if name in self._names else default
 
+    def newest(self, name: str) -> tuple[float, float | None] | None:
+        """The newest point of `name`, None when it has none, without copying the series."""
+        if name not in self._names or not self._times:
+            return None
+        got = self._done.get(name)
+        if got is not None:
+            return got[-1]
+        raw = self._raw.get(name)
+        if raw is not None:
+            v = raw[-1]
+        else:
+            with self._lock:
+                ring = self._target.values[name]
+                later = self._target.puts - self._puts
+                if later >= ring.n:
+                    raise LookupError(f"series {name!r}: this window is older than its ring holds")
+                v = ring.raw_tail(later + 1)[0]
+        return self._times[-1], None if v != v else v
+
     def __contains__(self, name: object) -> bool:
         return name in self._names
 

@@ -35,6 +35,7 @@ per-kind branches.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import math
 import time
@@ -43,6 +44,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, NamedTuple
 
 from controlplane.sources import names
+from controlplane.store import SeriesWindow
 
 SEVERITIES = ("info", "warning", "critical")
 Point = tuple[float, float | None]
@@ -201,6 +203,14 @@ class Window:
             pts = [p for p in pts if p[0] >= self.now - seconds]
         return pts
 
+    def newest(self, source: str, target: str, name: str) -> Point | None:
+        """The series' newest point, without reading the rest of it."""
+        series = self.series.get(f"{source}:{target}", {})
+        if isinstance(series, SeriesWindow):
+            return series.newest(name)
+        pts = series.get(name)
+        return pts[-1] if pts else None
+
     def names(self, source: str, target: str) -> list[str]:
         return sorted(self.series.get(f"{source}:{target}", {}))
 
@@ -264,8 +274,26 @@ def thresholds(cf) -> Any:
 
 
 def hold_s(cf) -> float:
+    return _seconds(cf.controlplane.thresholds.hold)
+
+
+@functools.lru_cache(maxsize=64)     # asked once per judged figure: parse each text once
+def _seconds(duration: str) -> float:
     from cluster.durations import seconds
-    return seconds(cf.controlplane.thresholds.hold)
+    return seconds(duration)
+
+
+def quiet(window: Window, source: str, target: str, name: str, threshold: float, cf,
+          above: bool = True) -> bool:
+    """Whether the series' newest point alone settles `judge` at (False, False, 0.0): unknown, or
+    within both the threshold and its relaxed value. Checked first, a healthy figure costs one
+    value, not its whole series."""
+    point = window.newest(source, target, name)
+    v = num(point[1]) if point is not None else None
+    if v is None:
+        return True
+    factor = cf.controlplane.thresholds.clear_factor
+    return v < min(threshold, threshold * factor) if above else v > max(threshold, threshold / factor)
 
 
 def judge(window: Window, points: list[Point], threshold: float, cf, above: bool = True) -> tuple[bool, bool, float]:

@@ -37,6 +37,7 @@ from controlplane.detectors.base import (
     judge,
     named_host,
     num,
+    quiet,
     shard_charts,
     thresholds,
 )
@@ -67,13 +68,15 @@ def _quiet(value: float | None, floor: float | None) -> bool:
 
 def _ratio(window: Window, host: str, row: str, floor: float | None = None) -> list:
     """scur / slim over the window; only its newest point when that one is `_quiet`."""
-    scur = window.points("haproxy", host, names.series(row, "scur"))
-    slim_pts = window.points("haproxy", host, names.series(row, "slim"))
-    if scur and slim_pts and slim_pts[-1][0] == scur[-1][0]:
-        cur, lim = num(scur[-1][1]), num(slim_pts[-1][1])
-        newest = (scur[-1][0], cur / lim if cur is not None and lim else None)
+    a = window.newest("haproxy", host, names.series(row, "scur"))
+    b = window.newest("haproxy", host, names.series(row, "slim"))
+    if a is not None and b is not None and a[0] == b[0]:
+        cur, lim = num(a[1]), num(b[1])
+        newest = (a[0], cur / lim if cur is not None and lim else None)
         if _quiet(newest[1], floor):
             return [newest]
+    scur = window.points("haproxy", host, names.series(row, "scur"))
+    slim_pts = window.points("haproxy", host, names.series(row, "slim"))
     if _aligned(scur, slim_pts):
         lims = [num(v) for _, v in slim_pts]
     else:
@@ -88,12 +91,13 @@ def _ratio(window: Window, host: str, row: str, floor: float | None = None) -> l
 
 def _sum(window: Window, host: str, row: str, figures: tuple[str, ...], floor: float | None = None) -> list:
     """The figures' sum over the window; only its newest point when that one is `_quiet`."""
-    series = [window.points("haproxy", host, names.series(row, n)) for n in figures]
-    if all(s and s[-1][0] == series[0][-1][0] for s in series):
-        vals = [num(s[-1][1]) for s in series]
-        newest = (series[0][-1][0], None if all(v is None for v in vals) else sum(v or 0.0 for v in vals))
+    last = [window.newest("haproxy", host, names.series(row, n)) for n in figures]
+    if all(p is not None and p[0] == last[0][0] for p in last):
+        vals = [num(p[1]) for p in last]
+        newest = (last[0][0], None if all(v is None for v in vals) else sum(v or 0.0 for v in vals))
         if _quiet(newest[1], floor):
             return [newest]
+    series = [window.points("haproxy", host, names.series(row, n)) for n in figures]
     if all(_aligned(series[0], s) for s in series[1:]):
         times = [t for t, _ in series[0]]
         columns = [[num(v) for _, v in s] for s in series]
@@ -162,17 +166,24 @@ def detect(window: Window, cf) -> list[Finding]:
                     note(subject, row, f"{kind}_sessions_of_limit", _r(pts[-1][1]),
                          judge(window, pts, th.proxy_session_warn_ratio, cf),
                          "critical" if (pts[-1][1] or 0) >= 1 else "warning")
+            # A figure whose newest point is `quiet` cannot be noted: it is not read further.
             if kind in ("backend", "server"):
-                pts = window.points("haproxy", host, names.series(row, "qcur"))
-                note(subject, row, f"{kind}_queue", num(pts[-1][1]) if pts else None, judge(window, pts, 1.0, cf))
+                name = names.series(row, "qcur")
+                if not quiet(window, "haproxy", host, name, 1.0, cf):
+                    pts = window.points("haproxy", host, name)
+                    note(subject, row, f"{kind}_queue", num(pts[-1][1]) if pts else None,
+                         judge(window, pts, 1.0, cf))
                 pts = _sum(window, host, row, ("econ_per_s", "eresp_per_s"), errors_floor)
                 note(subject, row, f"{kind}_errors_per_s", _r(pts[-1][1]) if pts else None,
                      judge(window, pts, th.proxy_errors_per_s, cf))
             else:
-                pts = window.points("haproxy", host, names.series(row, "ereq_per_s"))
-                note(subject, row, "frontend_request_errors_per_s", _r(pts[-1][1]) if pts else None,
-                     judge(window, pts, th.proxy_errors_per_s, cf))
-            if kind == "server" and not str(r.get("status") or "").startswith("MAINT"):
+                name = names.series(row, "ereq_per_s")
+                if not quiet(window, "haproxy", host, name, th.proxy_errors_per_s, cf):
+                    pts = window.points("haproxy", host, name)
+                    note(subject, row, "frontend_request_errors_per_s", _r(pts[-1][1]) if pts else None,
+                         judge(window, pts, th.proxy_errors_per_s, cf))
+            if kind == "server" and not str(r.get("status") or "").startswith("MAINT") \
+                    and not quiet(window, "haproxy", host, names.series(row, "up"), 0.0, cf, above=False):
                 pts = window.points("haproxy", host, names.series(row, "up"))
                 backend_up = num(window.value("haproxy", host, names.series(names.proxy_row(proxy, "BACKEND"), "up")))
                 note(subject, row, "server_down", r.get("status"), judge(window, pts, 0.0, cf, above=False),

@@ -29,7 +29,7 @@ from __future__ import annotations
 from typing import Any
 
 from collectors.base import Observation
-from collectors.services import by_label, total
+from collectors.services import by_label, index, total
 from controlplane.sources import names
 
 Figures = dict[str, float | None]
@@ -77,10 +77,12 @@ def service_of(obs: Observation) -> str:
 
 
 def _samples(obs: Observation | None):
+    """The observation's samples, indexed by name (services.index), or None."""
     if obs is None or not obs.up or obs.data is None:
         return None
     data = obs.data
-    return data.get("samples") if isinstance(data, dict) else getattr(data, "samples", None)
+    samples = data.get("samples") if isinstance(data, dict) else getattr(data, "samples", None)
+    return None if samples is None else index(samples)
 
 
 def _rate(cur: float | None, prev: float | None, dt: float) -> float | None:

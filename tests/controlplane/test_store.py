@@ -57,6 +57,7 @@ def test_a_window_read_after_later_scrapes_holds_its_own_points():
     for i in range(4, 8):                          # the ring wraps; the window's points stay
         s.put(obs("redis", "shard0", 100 + i), {"a": float(i), "b": 1.0})
     assert "b" not in w and list(w) == ["a"]        # a series born later is not in it
+    assert w.newest("a") == (103, 3.0) and w.newest("b") is None
     assert w["a"] == want and w.get("a") == want and w.get("b") is None
     old = s.window("redis", "shard0", 102)
     for i in range(8, 14):                         # more scrapes than the ring has room for

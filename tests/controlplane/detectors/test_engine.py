@@ -9,7 +9,7 @@ import pytest
 from cluster import spec
 from collectors.base import Observation
 from controlplane.database import Database
-from controlplane.detectors.base import Finding, Window, judge
+from controlplane.detectors.base import Finding, Window, judge, quiet
 from controlplane.detectors.engine import Engine, discover
 from controlplane.store import Store
 from tests.conftest import small_cluster
@@ -46,6 +46,18 @@ def test_judge_fires_after_hold_and_sustains_in_the_band(cf):
     assert j([85, 85, 85, 60]) == (False, False, 0.0)         # below 80 x 0.8: cleared
     w = _window([5, 5, 5])
     assert judge(w, w.points("redis", "shard0", "cpu_percent"), 10.0, cf, above=False)[0]
+
+
+@pytest.mark.parametrize("values", [[85, 85, 60], [85, 85, 70], [85, None], [90, 95], [1, 1, 1], [0, 5], [5, 0]])
+@pytest.mark.parametrize("threshold, above", [(80.0, True), (10.0, False), (0.0, False), (1.0, True)])
+def test_a_quiet_newest_point_is_what_judge_says_of_the_whole_series(cf, values, threshold, above):
+    w = _window(values)
+    whole = judge(w, w.points("redis", "shard0", "cpu_percent"), threshold, cf, above=above)
+    if quiet(w, "redis", "shard0", "cpu_percent", threshold, cf, above=above):
+        assert whole == (False, False, 0.0)
+    else:
+        assert whole[1]                      # not quiet: at least the relaxed condition holds
+    assert w.newest("redis", "shard0", "cpu_percent") == (100.0 + len(values) - 1, values[-1])
 
 
 def test_every_detector_module_is_discovered():
