@@ -233,8 +233,29 @@ def read_proc_net_tcp(proc_root: str | Path = "/proc", ports: Iterable[int] | No
 # of others), so after the first tick one read per tick serves every source.
 _shared_lock = threading.Lock()
 Endpoint = tuple  # (ip or None for any address, port)
-_shared: dict[str, tuple[float, frozenset[Endpoint] | None, list[TcpEntry]]] = {}
+_shared: dict[str, tuple[float, frozenset[Endpoint] | None, list[TcpEntry], dict[int, list[int]]]] = {}
 _asked: dict[str, set[Endpoint] | None] = {}
+
+
+def by_port(entries: list[TcpEntry]) -> dict[int, list[int]]:
+    """port -> positions of the entries with that port at either end, in order: each of the 13
+    callers of a tick's snapshot then reads the few sockets on its own ports, not all of them."""
+    out: dict[int, list[int]] = {}
+    for i, e in enumerate(entries):
+        out.setdefault(e.local_port, []).append(i)
+        if e.remote_port != e.local_port:
+            out.setdefault(e.remote_port, []).append(i)
+    return out
+
+
+def _only_indexed(entries: list[TcpEntry], index: dict[int, list[int]],
+                  endpoints: frozenset[Endpoint] | None) -> list[TcpEntry]:
+    """What _only(entries, endpoints) gives, reading only the entries on the endpoints' ports."""
+    if endpoints is None:
+        return list(entries)
+    ports = {p for _, p in endpoints}
+    hits = sorted({i for p in ports for i in index.get(p, ())})
+    return _only([entries[i] for i in hits], endpoints)
 
 
 def _only(entries: Iterable[TcpEntry], endpoints: frozenset[Endpoint] | None) -> list[TcpEntry]:
@@ -304,9 +325,10 @@ def tcp_sockets(proc_root: str | Path = "/proc", ports: Iterable[int] | None = N
         if (hit is None or now - hit[0] > max_age
                 or (hit[1] is not None and (wanted is None or not wanted <= hit[1]))):
             covered = None if asked is None else frozenset(asked)
-            hit = (now, covered, _read(proc_root, covered))
+            entries = _read(proc_root, covered)
+            hit = (now, covered, entries, by_port(entries))
             _shared[key] = hit
-    return _only(hit[2], wanted)
+    return _only_indexed(hit[2], hit[3], wanted)
 
 
 def connections_by_remote(entries: Iterable[TcpEntry], local_port: int, local_ip: str | None = None,
@@ -434,6 +456,7 @@ def collect(target: Target, previous: Observation | None = None) -> Observation:
         if err:
             section_errors["host_names"] = err
 
+    around = by_port(entries)           # each counted process reads the sockets on its own port
     reports = []
     for p in procs:
         pid = p.get("pid")
@@ -443,9 +466,10 @@ def collect(target: Target, previous: Observation | None = None) -> Observation:
         conns = tw = None
         if p in counted and "connections" not in section_errors:
             address = p.get("address") or None
-            by_ip = connections_by_remote(entries, p["port"], address)
+            mine = [entries[i] for i in around.get(p["port"], ())]
+            by_ip = connections_by_remote(mine, p["port"], address)
             conns = dict(Counter({names.get(ip, ip): n for ip, n in by_ip.items()}).most_common())
-            tw = time_wait_count(entries, p["port"], address)
+            tw = time_wait_count(mine, p["port"], address)
         reports.append(ProcessReport(name=str(p.get("name", "")), kind=str(p.get("kind", "")),
                                      host=str(p.get("host", "")), address=str(p.get("address", "")),
                                      port=p.get("port"), stats=st, connections=conns, time_wait=tw,

@@ -290,3 +290,18 @@ def test_collect_unreadable_proc_drops_only_connections(run_dir, tmp_path):
     assert obs.up and "connections" in obs.section_errors
     report = obs.data.processes[0]
     assert not report.stats.gone and report.connections is None
+
+
+def test_reading_a_snapshot_by_port_finds_what_a_full_pass_finds():
+    import random
+
+    from collectors import process
+    rng = random.Random(7)
+    ips, ports = ["127.0.0.1", "127.0.0.2", "::1"], [80, 6379, 6380, 17080, 40000]
+    for _ in range(300):
+        entries = [process.TcpEntry(rng.choice(ips), rng.choice(ports), rng.choice(ips), rng.choice(ports),
+                                    rng.choice(["ESTABLISHED", "TIME_WAIT"])) for _ in range(rng.randint(0, 40))]
+        wanted = frozenset((rng.choice(ips + [None]), rng.choice(ports)) for _ in range(rng.randint(0, 4)))
+        index = process.by_port(entries)
+        assert process._only_indexed(entries, index, wanted) == process._only(entries, wanted)
+        assert process._only_indexed(entries, index, None) == entries
