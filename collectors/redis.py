@@ -23,7 +23,8 @@ from collectors import keepalive
 from collectors.base import Observation, source_address
 from collectors.resp import TIMEOUT_S, Conn, ProtocolError, RedisError, decode, encode_command, parse_resp
 
-__all__ = ["Target", "target_for", "collect", "connect", "checkout", "checkin", "admin_auth", "find_shard", "UnknownShard", "parse_info",
+__all__ = ["Target", "target_for", "collect", "connect", "checkout", "checkin", "admin_auth", "find_shard",
+           "UnknownShard", "parse_info",
            "fetch_info", "rates", "parse_config", "fetch_config", "parse_slowlog", "fetch_slowlog",
            "parse_latency", "fetch_latency", "fetch_hotkeys", "source_address",
            # the RESP layer, for callers that talk to a shard directly

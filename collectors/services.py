@@ -15,7 +15,8 @@ A pure parser beside a thin fetcher, as the other collectors do it:
 - `total(samples, name, **labels)`: the sum of a metric's samples whose labels match (None when
   the metric is absent, so "not exported" never reads as 0).
 - `fetch(host, port, path, timeout, source_address, token)`: one HTTP GET with a timeout and a size
-  cap, on a connection kept from the last call to that service; `token`, the internal token (`secrets.internal_token_env`), for the guarded `/v1/...` routes.
+  cap, on a connection kept from the last call to that service; `token`, the internal token
+  (`secrets.internal_token_env`), for the guarded `/v1/...` routes.
 - `collect(target)` -> Observation(source="service", target="<service>-<host>", data=ServiceData);
   `target_for(cf, host, service)` names the service's address, port and upstreams. Clue's
   `/v1/stats/keys` (JSON counters by shard, prefix and slot) is a section of its own, so is the
@@ -99,8 +100,9 @@ def _samples(text: str) -> list[Sample]:
 # character by character); any other text goes through prometheus_client, the definition, and
 # tests check that both read the same samples.
 _NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*"
+_PAIR = r'[a-zA-Z_][a-zA-Z0-9_]*="[^"\\\n]*"'          # label="value", nothing escaped
 _PLAIN_SAMPLE = re.compile(
-    rf'({_NAME})(?:\{{((?:[a-zA-Z_][a-zA-Z0-9_]*="[^"\\\n]*")(?:,[a-zA-Z_][a-zA-Z0-9_]*="[^"\\\n]*")*)?\}})? '
+    rf"({_NAME})(?:\{{({_PAIR}(?:,{_PAIR})*)?\}})? "
     r"(-?[0-9]{1,30}(?:\.[0-9]{0,30})?(?:[eE][+-]?[0-9]{1,3})?|[+-]Inf|NaN)")
 _PLAIN_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="([^"]*)"')
 _PLAIN_COMMENT = re.compile(rf"# (HELP|TYPE) ({_NAME})(?: (.*))?")
@@ -313,8 +315,8 @@ def fetch(host: str, port: int, path: str, timeout: float, source_address: str |
     try:
         while True:
             if conn is None:
-                conn = http.client.HTTPConnection(host, port, timeout=timeout,
-                                                  source_address=(source_address, 0) if source_address else None)
+                src = (source_address, 0) if source_address else None
+                conn = http.client.HTTPConnection(host, port, timeout=timeout, source_address=src)
             else:
                 conn.sock.settimeout(timeout)
             try:

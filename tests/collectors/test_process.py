@@ -300,7 +300,8 @@ def test_reading_a_snapshot_by_port_finds_what_a_full_pass_finds():
     ips, ports = ["127.0.0.1", "127.0.0.2", "::1"], [80, 6379, 6380, 17080, 40000]
     for _ in range(300):
         entries = [process.TcpEntry(rng.choice(ips), rng.choice(ports), rng.choice(ips), rng.choice(ports),
-                                    rng.choice(["ESTABLISHED", "TIME_WAIT"])) for _ in range(rng.randint(0, 40))]
+                                    rng.choice(["ESTABLISHED", "TIME_WAIT"]))
+                   for _ in range(rng.randint(0, 40))]
         wanted = frozenset((rng.choice(ips + [None]), rng.choice(ports)) for _ in range(rng.randint(0, 4)))
         index = process.by_port(entries)
         assert process._only_indexed(entries, index, wanted) == process._only(entries, wanted)

@@ -180,7 +180,7 @@ def test_scrapes_keep_one_connection_and_replace_it_when_the_shard_restarts(shar
     # The shard restarts: the kept connections are closed under the collectors, which notice
     # and open new ones rather than report the shard down.
     stop(procs[1])
-    procs[1] = start_redis(f"{target.address}", 6379, run_dir, "--maxmemory-policy", "noeviction", *ADMIN_USER)
+    procs[1] = start_redis(target.address, 6379, run_dir, "--maxmemory-policy", "noeviction", *ADMIN_USER)
     obs = rc.collect(target)
     assert obs.up and obs.section_errors == {}, obs
     assert clients.collect(list_target).up

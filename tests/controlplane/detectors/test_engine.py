@@ -48,7 +48,8 @@ def test_judge_fires_after_hold_and_sustains_in_the_band(cf):
     assert judge(w, w.points("redis", "shard0", "cpu_percent"), 10.0, cf, above=False)[0]
 
 
-@pytest.mark.parametrize("values", [[85, 85, 60], [85, 85, 70], [85, None], [90, 95], [1, 1, 1], [0, 5], [5, 0]])
+@pytest.mark.parametrize("values", [[85, 85, 60], [85, 85, 70], [85, None], [90, 95], [1, 1, 1], [0, 5],
+                                    [5, 0]])
 @pytest.mark.parametrize("threshold, above", [(80.0, True), (10.0, False), (0.0, False), (1.0, True)])
 def test_a_quiet_newest_point_is_what_judge_says_of_the_whole_series(cf, values, threshold, above):
     w = _window(values)
