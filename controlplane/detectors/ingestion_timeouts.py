@@ -95,9 +95,18 @@ def span_s(window: Window, cf, host: str) -> float:
     return max(MIN_SPAN_S, 2 * timeout, 3 * window.interval_s)
 
 
-def smooth(points: list, span: float) -> list:
+def smooth(points: list, span: float, floor: float | None = None) -> list:
     """Each point's value replaced by the mean of the known values in the trailing `span` seconds
-    (an unknown value, e.g. before a log group's first line, counts as 0 once any is known)."""
+    (an unknown value, e.g. before a log group's first line, counts as 0 once any is known).
+    With `floor` (the lower of a threshold and its relaxed value): only the newest point when it
+    is below it, or unknown, which settles `judge` whatever came before."""
+    if floor is not None and points:
+        first = len(points) - 1             # where the newest point's trailing span starts
+        while first > 0 and points[first - 1][0] > points[-1][0] - span:
+            first -= 1
+        newest = smooth(points[first:], span)[-1]
+        if newest[1] is None or newest[1] < floor:
+            return [newest]
     out, start = [], 0
     for i, (t, v) in enumerate(points):
         while points[start][0] <= t - span:
@@ -129,10 +138,11 @@ def detect(window: Window, cf) -> list[Finding]:
         # -- the edge ------------------------------------------------------------------------
         edge = f"edge-{host}"
         span = span_s(window, cf, host)
+        floor = min(th.ingestion_timeouts_per_s, th.ingestion_timeouts_per_s * th.clear_factor)
         signals = {
-            "timed_out_lines_per_s": smooth(_log_series(window, edge, ("timeout",), "clue"), span),
-            "clue_timeouts_per_s": smooth(window.points("service", edge, "timeouts_per_s"), span),
-            "unavailable_per_s": smooth(window.points("service", edge, "unavailable_per_s"), span),
+            "timed_out_lines_per_s": smooth(_log_series(window, edge, ("timeout",), "clue"), span, floor),
+            "clue_timeouts_per_s": smooth(window.points("service", edge, "timeouts_per_s"), span, floor),
+            "unavailable_per_s": smooth(window.points("service", edge, "unavailable_per_s"), span, floor),
         }
         firing, sustained, held, lead = _best(window, cf, signals)
         if firing or sustained:
@@ -158,8 +168,9 @@ def detect(window: Window, cf) -> list[Finding]:
         clue = f"clue-{host}"
         shard_names = [s.name for s in cf.redis.shards]
         signals = {
-            "connection_refused_lines_per_s": smooth(_log_series(window, clue, ("connection_refused",)), span),
-            "redis_errors_per_s": smooth(window.points("service", clue, "errors_per_s"), span),
+            "connection_refused_lines_per_s": smooth(_log_series(window, clue, ("connection_refused",)), span,
+                                                     floor),
+            "redis_errors_per_s": smooth(window.points("service", clue, "errors_per_s"), span, floor),
         }
         firing, sustained, held, lead = _best(window, cf, signals)
         if firing or sustained:

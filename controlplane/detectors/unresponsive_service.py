@@ -188,12 +188,18 @@ def _restarted_shard(window: Window, cf, target: str, shard: str, host: str, rep
 def _judge(window: Window, cf, svc: str, host: str, cluster: str | None) -> Finding | None:
     hold = hold_s(cf)
     target = f"{svc}-{host}"
+    restarts = window.points("process", "local", names.series(target, "restarts"))
+    at = last_restart(restarts)
+    newest = window.newest("service", target, "up")
+    if at is None and (newest is None or num(newest[1]) is None or num(newest[1]) >= 1.0):
+        # The usual pass, settled without reading the rest: answering now (or unknown), so not
+        # silent; and no restart in the window, so none recent (a count that never rose leaves
+        # each point at the span's minimum: 0 recent restarts) and none to wait out.
+        return None
     up = [(t, num(v)) for t, v in window.points("service", target, "up")]
     silent = window.held_for(up, lambda v: v < 1.0)
-    restarts = window.points("process", "local", names.series(target, "restarts"))
     loops = recent_restarts(restarts, LOOP_SPAN_S)
     looped = window.held_for(loops, lambda v: v >= LOOP_RESTARTS)
-    at = last_restart(restarts)
     restarted = at is not None and answered_since(window, up, at) < hold
     if not silent and not looped and not restarted:
         return None

@@ -164,3 +164,42 @@ def test_the_windows_plain_data_is_what_asdict_gives_on_recorded_collector_outpu
         assert _as_dict(d) == want and type(_as_dict(d)) is type(want)
         compared += 1
     assert compared >= 6
+
+
+def test_a_smoothed_signal_cut_short_at_a_quiet_newest_point_ends_as_the_whole_one():
+    import random
+
+    from controlplane.detectors.ingestion_timeouts import smooth
+    rng = random.Random(3)
+    for _ in range(2000):
+        t, pts = 0.0, []
+        for _ in range(rng.randint(0, 25)):
+            t += rng.choice([0.5, 2.0, 2.0, 3.0])
+            pts.append((t, rng.choice([None, 0.0, 0.0, 0.2, 1.0, 5.0, float("nan")])))
+        span, floor = rng.choice([1.0, 4.0, 10.0]), rng.choice([0.0, 0.5, 1.0])
+        whole, quick = smooth(pts, span), smooth(pts, span, floor)
+        if quick != whole:            # cut short: only when the newest point settles judge
+            assert quick == whole[-1:] and (quick[0][1] is None or quick[0][1] < floor)
+
+
+def test_recent_restarts_is_the_span_minimum_walk():
+    import random
+
+    from controlplane.detectors.unresponsive_service import recent_restarts
+    rng = random.Random(5)
+
+    def reference(points, span):        # the definition: each point's span, walked in full
+        out, start = [], 0
+        for i, (t, v) in enumerate(points):
+            while points[start][0] < t - span:
+                start += 1
+            known = [x for _, x in points[start:i + 1] if x is not None]
+            out.append((t, v - min(known) if v is not None else None))
+        return out
+    for _ in range(2000):
+        t, pts = 0.0, []
+        for _ in range(rng.randint(0, 30)):
+            t += rng.choice([0.5, 2.0, 7.0])
+            pts.append((t, rng.choice([None, 0.0, 1.0, 2.0, 3.0, 5.0])))
+        span = rng.choice([0, 3, 10, 60])
+        assert recent_restarts(pts, span) == reference(pts, span)
