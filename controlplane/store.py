@@ -121,6 +121,10 @@ class SeriesWindow(Mapping):
     def get(self, name: str, default=None):
         return self[name] if name in self._names else default
 
+    def __deepcopy__(self, memo: dict) -> "SeriesWindow":
+        """An eager copy: every series copied out now, nothing shared with the store."""
+        return SeriesWindow(list(self._times), {name: array("d", self._raw_of(name)) for name in self._names})
+
     def newest(self, name: str) -> tuple[float, float | None] | None:
         """The newest point of `name`, None when it has none, without copying the series."""
         if name not in self._names or not self._times:

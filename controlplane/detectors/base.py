@@ -160,6 +160,13 @@ class Window:
             w.series[key] = store.window(source, target, now - seconds)
         return w
 
+    def __deepcopy__(self, memo: dict) -> "Window":
+        """A copy to change (tests cut a window): its own series and latest, nothing derived from
+        the original (`memo`), and the same unread snapshots, which are never changed."""
+        new = Window(self.now, self.interval_s, copy.deepcopy(self.series, memo), copy.deepcopy(self.latest, memo))
+        new._unread = dict(self._unread)
+        return new
+
     def _entry(self, key: str) -> dict[str, Any]:
         """latest[key], its data and detail made plain first if they were not yet."""
         unread = self._unread.pop(key, None)

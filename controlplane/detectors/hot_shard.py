@@ -30,6 +30,7 @@ resharding is suggested with that caveat.
 
 from __future__ import annotations
 
+import bisect
 from typing import Any
 
 from controlplane.detectors.base import SHARD, Chart, Finding, Window, hold_s, named_shard, num
@@ -104,10 +105,21 @@ def own_ops(window: Window, shard: str) -> float:
 
 
 def workload_ops(window: Window, shard: str) -> list:
-    """The shard's ops/s series less the control plane's own commands (never below 0)."""
-    own = own_ops(window, shard)
-    return [(t, None if num(v) is None else max(0.0, num(v) - own))
-            for t, v in window.points("redis", shard, "ops_per_s")]
+    """The shard's ops/s series less the control plane's own commands (never below 0). Once per
+    window: each shard's heat reads every peer's."""
+    key = ("workload_ops", shard)
+    if key not in window.memo:
+        own = own_ops(window, shard)
+        window.memo[key] = [(t, None if num(v) is None else max(0.0, num(v) - own))
+                            for t, v in window.points("redis", shard, "ops_per_s")]
+    return window.memo[key]
+
+
+def _tail(points: list, since: float) -> list:
+    """The points from the last one before `since` on: all that `_nearest` can pick for a time
+    within tolerance of the newest."""
+    i = bisect.bisect_left(points, since, key=lambda p: p[0])
+    return points[max(0, i - 1):]
 
 
 def _nearest(points: list, ts: list[float], tolerance: float) -> list[float | None]:
@@ -138,10 +150,10 @@ def heat(window: Window, cf, shard: str) -> dict[str, Any] | None:
     Returns {"points", "firing", "sustained", "held_s", "peers", "peer_mean_ops", "cpu", "ops",
     "why"}: `firing` when heat >= 1 has held for `hold`, `sustained` when heat >= clear_factor
     now. Worked out once per window (hot_shard and hot_key both ask); treat it as read-only."""
-    key = ("heat", id(cf), shard)
-    if key not in window.memo:
-        window.memo[key] = _heat(window, cf, shard)
-    return window.memo[key]
+    got = window.memo.get(("heat", shard))
+    if got is None or got[0] is not cf:        # worked out for this cluster file, not another
+        got = window.memo[("heat", shard)] = (cf, _heat(window, cf, shard))
+    return got[1]
 
 
 def _heat(window: Window, cf, shard: str) -> dict[str, Any] | None:
@@ -161,32 +173,45 @@ def _heat(window: Window, cf, shard: str) -> dict[str, Any] | None:
                 "peer_mean_ops": None, "why": "every peer is as busy: the cluster is saturated, not one shard"}
     tol = 1.5 * window.interval_s
     times = sorted({t for t, _ in cpu} | {t for t, _ in ops})
-    cpu_at, ops_at = _nearest(cpu, times, tol / 3), _nearest(ops, times, tol / 3)
-    peers_at = list(zip(*(_nearest(workload_ops(window, p), times, tol) for p in peers))) if peers else []
-    points, last_peer_mean, last_why = [], None, None
-    for k, t in enumerate(times):
-        c, o = cpu_at[k], ops_at[k]
-        scores = []
-        why = None
+    peer_ops = [workload_ops(window, p) for p in peers]
+
+    def score(c: float | None, o: float | None, peer_vals) -> tuple[float | None, str | None, float | None]:
+        """(heat, why, peers' mean ops) at one time, from the values nearest to it."""
+        scores, why, mean = [], None, None
         if c is not None:
             scores.append(c / th.hot_shard_cpu_percent)
             why = "cpu"
         if o is not None and peers:
-            vals = [v for v in peers_at[k] if v is not None]
+            vals = [v for v in peer_vals if v is not None]
             if vals:
                 mean = sum(vals) / len(vals)
-                last_peer_mean = mean
                 by_ops = min(o / (th.hot_shard_ops_factor * max(mean, IDLE_PEER_OPS)),
                              o / th.hot_shard_min_ops_per_s if th.hot_shard_min_ops_per_s > 0 else float("inf"))
                 scores.append(by_ops)
                 if by_ops > (scores[0] if c is not None else -1):
                     why = "ops"
-        if scores:
-            points.append((t, max(scores)))
-            last_why = why
-        else:
-            points.append((t, None))
+        return (max(scores) if scores else None), why, mean
+
     factor = th.clear_factor
+    # The newest heat first, from each series' last points: below both 1 and clear_factor (the
+    # usual pass) it settles firing, sustained and held, and the rest is not worked out.
+    t = times[-1]
+    now, why, mean = score(_nearest(_tail(cpu, t - tol), [t], tol / 3)[0],
+                           _nearest(_tail(ops, t - tol), [t], tol / 3)[0],
+                           [_nearest(_tail(pts, t - tol), [t], tol)[0] for pts in peer_ops])
+    if now is None or now < min(1.0, factor):
+        return {"points": [(t, now)], "firing": False, "sustained": False, "held_s": 0.0, "peers": peers,
+                "peer_mean_ops": mean, "why": why if now is not None else None, "heat_now": now}
+    cpu_at, ops_at = _nearest(cpu, times, tol / 3), _nearest(ops, times, tol / 3)
+    peers_at = list(zip(*(_nearest(pts, times, tol) for pts in peer_ops))) if peers else []
+    points, last_peer_mean, last_why = [], None, None
+    for k, t in enumerate(times):
+        value, why, mean = score(cpu_at[k], ops_at[k], peers_at[k] if peers else ())
+        if mean is not None:
+            last_peer_mean = mean
+        points.append((t, value))
+        if value is not None:
+            last_why = why
     held = window.held_for(points, lambda v: v >= 1.0)
     relaxed = window.held_for(points, lambda v: v >= factor)
     return {"points": points, "firing": held >= hold_s(cf), "sustained": relaxed > 0, "held_s": held,

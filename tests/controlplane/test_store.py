@@ -3,6 +3,7 @@ it keeps are tested in tests/controlplane/sources/test_figures.py."""
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -58,6 +59,7 @@ def test_a_window_read_after_later_scrapes_holds_its_own_points():
         s.put(obs("redis", "shard0", 100 + i), {"a": float(i), "b": 1.0})
     assert "b" not in w and list(w) == ["a"]        # a series born later is not in it
     assert w.newest("a") == (103, 3.0) and w.newest("b") is None
+    assert copy.deepcopy(w) == {"a": want}               # copied out: nothing shared with the store
     assert w["a"] == want and w.get("a") == want and w.get("b") is None
     old = s.window("redis", "shard0", 102)
     for i in range(8, 14):                         # more scrapes than the ring has room for
