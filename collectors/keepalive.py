@@ -73,12 +73,3 @@ class Idle:
                 self._idle[key] = (conn, time.monotonic())
                 return
         self._close(conn)
-
-    def clear(self) -> None:
-        with self._lock:
-            idle, self._idle = self._idle, {}
-        for conn, _ in idle.values():
-            self._close(conn)
-
-    def __len__(self) -> int:
-        return len(self._idle)

@@ -448,7 +448,11 @@ def collect(target: Target, previous: Observation | None = None) -> Observation:
     if config is None:
         data["hotkeys"] = {"skipped": "CONFIG GET failed, maxmemory-policy unknown", "keys": [], "sampled": 0}
     else:
-        _section("hotkeys", lambda: fetch_hotkeys(conn, policy, max_keys=target.hotkeys_max), data, errors,
-                 lost)
+        try:
+            _section("hotkeys", lambda: fetch_hotkeys(conn, policy, max_keys=target.hotkeys_max), data, errors,
+                     lost)
+        except BaseException:
+            conn.close()
+            raise
     checkin(target, conn, not lost)
     return Observation("redis", target.shard, at, True, time.perf_counter() - t0, data, None, errors)
