@@ -149,7 +149,9 @@ def heat(window: Window, cf, shard: str) -> dict[str, Any] | None:
 
     Returns {"points", "firing", "sustained", "held_s", "peers", "peer_mean_ops", "cpu", "ops",
     "why"}: `firing` when heat >= 1 has held for `hold`, `sustained` when heat >= clear_factor
-    now. Worked out once per window (hot_shard and hot_key both ask); treat it as read-only."""
+    now. `points` is the newest point alone when that one settles all three (below both 1 and
+    clear_factor: neither firing nor sustained). Worked out once per window (hot_shard and hot_key
+    both ask); treat it as read-only."""
     got = window.memo.get(("heat", shard))
     if got is None or got[0] is not cf:        # worked out for this cluster file, not another
         got = window.memo[("heat", shard)] = (cf, _heat(window, cf, shard))
