@@ -54,13 +54,20 @@ class Idle:
         self._idle: dict[Hashable, tuple[Any, float]] = {}
 
     def take(self, key: Hashable) -> Any | None:
-        """The idle connection for `key` if it is still usable, else None (and it is closed)."""
+        """The idle connection for `key` if it is still usable, else None (and it is closed).
+        Connections idle past max_idle_s under any key are closed too: a key no scrape asks for
+        any more (a shard removed, a password changed) must not hold one open for ever."""
+        now = time.monotonic()
         with self._lock:
             got = self._idle.pop(key, None)
+            stale = [k for k, (_, since) in self._idle.items() if now - since > self.max_idle_s]
+            old = [self._idle.pop(k)[0] for k in stale]
+        for conn in old:
+            self._close(conn)
         if got is None:
             return None
         conn, since = got
-        if time.monotonic() - since > self.max_idle_s or readable_or_gone(self._sock_of(conn)):
+        if now - since > self.max_idle_s or readable_or_gone(self._sock_of(conn)):
             self._close(conn)
             return None
         return conn

@@ -9,6 +9,7 @@ Redis for ~1 us per client and runs on its own, slower interval.
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import logging
 import re
@@ -123,11 +124,25 @@ def _idle_key(target) -> tuple:
     return (target.address, target.port, target.source, getattr(target.auth, "user", None))
 
 
+def _secret(auth) -> str | None:
+    return None if auth is None else hashlib.sha256(auth.password.encode()).hexdigest()
+
+
 def checkout(target) -> tuple[Conn, bool]:
     """A connection to the target's shard: the one an earlier scrape kept (True), else a new one
-    (False). Raises what `connect` raises."""
+    (False). A kept one logged in with another password than the target's now (changed, or no
+    longer to be found: RedisError, as connecting would say) is closed, not handed out. Raises
+    what `connect` raises."""
     conn = _IDLE.take(_idle_key(target))
     if conn is None:
+        return connect(target), False
+    try:
+        same = _secret(conn.auth) == _secret(target.auth)
+    except BaseException:
+        conn.close()
+        raise
+    if not same:
+        conn.close()
         return connect(target), False
     conn.sock.settimeout(target.timeout)
     return conn, True
