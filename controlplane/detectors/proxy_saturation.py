@@ -168,18 +168,18 @@ def detect(window: Window, cf) -> list[Finding]:
                          "critical" if (pts[-1][1] or 0) >= 1 else "warning")
             # A figure whose newest point is `quiet` cannot be noted: it is not read further.
             if kind in ("backend", "server"):
-                name = names.series(row, "qcur")
-                if not quiet(window, "haproxy", host, name, 1.0, cf):
-                    pts = window.points("haproxy", host, name)
+                series = names.series(row, "qcur")
+                if not quiet(window, "haproxy", host, series, 1.0, cf):
+                    pts = window.points("haproxy", host, series)
                     note(subject, row, f"{kind}_queue", num(pts[-1][1]) if pts else None,
                          judge(window, pts, 1.0, cf))
                 pts = _sum(window, host, row, ("econ_per_s", "eresp_per_s"), errors_floor)
                 note(subject, row, f"{kind}_errors_per_s", _r(pts[-1][1]) if pts else None,
                      judge(window, pts, th.proxy_errors_per_s, cf))
             else:
-                name = names.series(row, "ereq_per_s")
-                if not quiet(window, "haproxy", host, name, th.proxy_errors_per_s, cf):
-                    pts = window.points("haproxy", host, name)
+                series = names.series(row, "ereq_per_s")
+                if not quiet(window, "haproxy", host, series, th.proxy_errors_per_s, cf):
+                    pts = window.points("haproxy", host, series)
                     note(subject, row, "frontend_request_errors_per_s", _r(pts[-1][1]) if pts else None,
                          judge(window, pts, th.proxy_errors_per_s, cf))
             if kind == "server" and not str(r.get("status") or "").startswith("MAINT") \
