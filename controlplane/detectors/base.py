@@ -290,6 +290,12 @@ def _seconds(duration: str) -> float:
     return seconds(duration)
 
 
+def floor(threshold: float, cf) -> float:
+    """Below this a figure meets neither `threshold` nor its relaxed value (threshold x
+    clear_factor): a newest point under it settles `judge` at (False, False, 0.0)."""
+    return min(threshold, threshold * cf.controlplane.thresholds.clear_factor)
+
+
 def quiet(window: Window, source: str, target: str, name: str, threshold: float, cf,
           above: bool = True) -> bool:
     """Whether the series' newest point alone settles `judge` at (False, False, 0.0): unknown, or
@@ -299,8 +305,9 @@ def quiet(window: Window, source: str, target: str, name: str, threshold: float,
     v = num(point[1]) if point is not None else None
     if v is None:
         return True
-    factor = cf.controlplane.thresholds.clear_factor
-    return v < min(threshold, threshold * factor) if above else v > max(threshold, threshold / factor)
+    if above:
+        return v < floor(threshold, cf)
+    return v > max(threshold, threshold / cf.controlplane.thresholds.clear_factor)
 
 
 def judge(window: Window, points: list[Point], threshold: float, cf, above: bool = True) -> tuple[bool, bool, float]:

@@ -33,7 +33,7 @@ from __future__ import annotations
 import bisect
 from typing import Any
 
-from controlplane.detectors.base import SHARD, Chart, Finding, Window, hold_s, named_shard, num
+from controlplane.detectors.base import SHARD, Chart, Finding, Window, floor, hold_s, named_shard, num
 
 KIND = "hot_shard"
 
@@ -201,7 +201,7 @@ def _heat(window: Window, cf, shard: str) -> dict[str, Any] | None:
     now, why, mean = score(_nearest(_tail(cpu, t - tol), [t], tol / 3)[0],
                            _nearest(_tail(ops, t - tol), [t], tol / 3)[0],
                            [_nearest(_tail(pts, t - tol), [t], tol)[0] for pts in peer_ops])
-    if now is None or now < min(1.0, factor):
+    if now is None or now < floor(1.0, cf):
         return {"points": [(t, now)], "firing": False, "sustained": False, "held_s": 0.0, "peers": peers,
                 "peer_mean_ops": mean, "why": why if now is not None else None, "heat_now": now}
     cpu_at, ops_at = _nearest(cpu, times, tol / 3), _nearest(ops, times, tol / 3)

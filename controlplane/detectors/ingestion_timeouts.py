@@ -33,6 +33,7 @@ from controlplane.detectors.base import (
     Window,
     evidence_figures,
     example_lines,
+    floor,
     judge,
     log_charts,
     log_groups,
@@ -138,11 +139,11 @@ def detect(window: Window, cf) -> list[Finding]:
         # -- the edge ------------------------------------------------------------------------
         edge = f"edge-{host}"
         span = span_s(window, cf, host)
-        floor = min(th.ingestion_timeouts_per_s, th.ingestion_timeouts_per_s * th.clear_factor)
+        quiet_below = floor(th.ingestion_timeouts_per_s, cf)
         signals = {
-            "timed_out_lines_per_s": smooth(_log_series(window, edge, ("timeout",), "clue"), span, floor),
-            "clue_timeouts_per_s": smooth(window.points("service", edge, "timeouts_per_s"), span, floor),
-            "unavailable_per_s": smooth(window.points("service", edge, "unavailable_per_s"), span, floor),
+            "timed_out_lines_per_s": smooth(_log_series(window, edge, ("timeout",), "clue"), span, quiet_below),
+            "clue_timeouts_per_s": smooth(window.points("service", edge, "timeouts_per_s"), span, quiet_below),
+            "unavailable_per_s": smooth(window.points("service", edge, "unavailable_per_s"), span, quiet_below),
         }
         firing, sustained, held, lead = _best(window, cf, signals)
         if firing or sustained:
@@ -169,8 +170,8 @@ def detect(window: Window, cf) -> list[Finding]:
         shard_names = [s.name for s in cf.redis.shards]
         signals = {
             "connection_refused_lines_per_s": smooth(_log_series(window, clue, ("connection_refused",)), span,
-                                                     floor),
-            "redis_errors_per_s": smooth(window.points("service", clue, "errors_per_s"), span, floor),
+                                                     quiet_below),
+            "redis_errors_per_s": smooth(window.points("service", clue, "errors_per_s"), span, quiet_below),
         }
         firing, sustained, held, lead = _best(window, cf, signals)
         if firing or sustained:

@@ -34,6 +34,7 @@ from controlplane.detectors.base import (
     Finding,
     Window,
     about,
+    floor,
     judge,
     named_host,
     num,
@@ -152,9 +153,7 @@ def detect(window: Window, cf) -> list[Finding]:
             if severity == "critical":
                 f["severity"] = "critical"
 
-        factor = th.clear_factor
-        ratio_floor = min(th.proxy_session_warn_ratio, th.proxy_session_warn_ratio * factor)
-        errors_floor = min(th.proxy_errors_per_s, th.proxy_errors_per_s * factor)
+        ratio_floor, errors_floor = floor(th.proxy_session_warn_ratio, cf), floor(th.proxy_errors_per_s, cf)
         for row in _row_names(window, host):
             proxy, _, name = row.partition("/")
             r = latest.get(row, {})
